@@ -1,0 +1,138 @@
+"""Thin HTTP layer over accounts.services; every view declares `required_permission`."""
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Prefetch
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import services
+from accounts.api.serializers import (
+    APIKeyCreateSerializer,
+    APIKeySerializer,
+    IssuedKeySerializer,
+    MeSerializer,
+    TeamSerializer,
+    UserCreateSerializer,
+    UserSerializer,
+    UserUpdateSerializer,
+    me_payload,
+)
+from accounts.models import APIKey, Team, User
+from accounts.permissions import AUTHENTICATED, request_key
+from accounts.roles import effective_permissions
+from accounts.services import key_permissions
+
+
+def organization_scope(queryset, user, field="organization"):
+    """Rows of the caller's organization only; superusers see every organization."""
+    if user.is_superuser:
+        return queryset
+    return queryset.filter(**{field: user.organization_id})
+
+
+class MeView(APIView):
+    required_permission = AUTHENTICATED
+
+    @extend_schema(responses=MeSerializer, summary="Who am I: user, organization, role, effective permissions")
+    def get(self, request):
+        return Response(me_payload(request.user, request_key(request)))
+
+
+class TeamViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = TeamSerializer
+    required_permission = "manage_users"
+    queryset = Team.objects.none()  # for the schema's path parameter types; get_queryset scopes it
+
+    def get_queryset(self):
+        return organization_scope(Team.objects.all(), self.request.user).order_by("name")
+
+    def perform_create(self, serializer):
+        organization = self.request.user.organization
+        if organization is None:
+            raise PermissionDenied("Only members of an organization can create teams.")
+        if Team.objects.filter(organization=organization, name=serializer.validated_data["name"]).exists():
+            raise DjangoValidationError({"name": "A team with this name already exists."})
+        serializer.save(organization=organization)
+
+
+class UserViewSet(viewsets.ModelViewSet):
+    """Users of the caller's organization. DELETE deactivates (history and audit stay)."""
+
+    serializer_class = UserSerializer
+    required_permission = "manage_users"
+    queryset = User.objects.none()
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        users = User.objects.select_related("organization", "team").prefetch_related(
+            Prefetch("groups", queryset=Group.objects.only("name"))
+        )
+        return organization_scope(users, self.request.user).order_by("username")
+
+    @extend_schema(request=UserCreateSerializer, responses={201: UserSerializer})
+    def create(self, request):
+        data = UserCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = request.user.organization
+        if organization is None:
+            raise PermissionDenied("Only members of an organization can create users in it.")
+        user = services.create_user(organization=organization, **data.validated_data)
+        return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=UserUpdateSerializer, responses=UserSerializer)
+    def partial_update(self, request, pk=None):
+        user = self.get_object()
+        data = UserUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = services.update_user(request.user, user, **data.validated_data)
+        return Response(UserSerializer(user).data)
+
+    @extend_schema(exclude=True)
+    def update(self, request, *args, **kwargs):
+        return self.partial_update(request, *args, **kwargs)
+
+    @extend_schema(responses={204: None}, summary="Deactivate a user")
+    def destroy(self, request, pk=None):
+        services.update_user(request.user, self.get_object(), is_active=False)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The caller's own API keys. Secrets appear only in the create and rotate answers."""
+
+    serializer_class = APIKeySerializer
+    required_permission = AUTHENTICATED
+    queryset = APIKey.objects.none()
+
+    def get_queryset(self):
+        return APIKey.objects.filter(owner=self.request.user).order_by("-created_at")
+
+    @extend_schema(request=APIKeyCreateSerializer, responses={201: IssuedKeySerializer})
+    def create(self, request):
+        data = APIKeyCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = request_key(request)
+        grantable = key_permissions(key) if key is not None else effective_permissions(request.user)
+        issued = services.create_api_key(request.user, grantable=grantable, **data.validated_data)
+        return Response(_issued(issued), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=APIKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        return Response(APIKeySerializer(services.revoke_api_key(self.get_object())).data)
+
+    @extend_schema(request=None, responses=IssuedKeySerializer)
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, pk=None):
+        return Response(_issued(services.rotate_api_key(self.get_object())))
+
+
+def _issued(issued: services.IssuedKey) -> dict:
+    data = APIKeySerializer(issued.key).data
+    data["key"] = issued.secret
+    return data

@@ -1,0 +1,304 @@
+"""Rules for users and API keys: creation, roles, scopes, key checks. No HTTP here."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import APIKey, Organization, Team, User
+from accounts.roles import AGENT_PERMISSIONS, PERMISSION_CODENAMES, ROLES, effective_permissions
+
+KEY_PREFIX = "rk_"
+_PREFIX_ALPHABET = string.ascii_letters + string.digits
+_PREFIX_LENGTH = 12
+_KEY_CACHE_SECONDS = 300
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class KeyRejected(Exception):
+    """A presented key is not valid; `reason` is safe to show the client."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- Organizations and users ----------------------------------------------------------------
+
+def create_organization(name: str, *, time_zone: str = "UTC") -> Organization:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "An organization needs a name."})
+    slug = slugify(name)[:200] or secrets.token_hex(4)
+    if Organization.objects.filter(name=name).exists():
+        raise ValidationError({"name": f"An organization named {name!r} already exists."})
+    org = Organization(name=name, slug=slug, time_zone=time_zone)
+    org.full_clean()
+    org.save()
+    return org
+
+
+def get_team(organization: Organization, team: Team | str | int | None) -> Team | None:
+    """The team named (or with that id) inside the organization, created by name if new."""
+    if team is None or team == "":
+        return None
+    if isinstance(team, Team):
+        if team.organization_id != organization.pk:
+            raise ValidationError({"team": "The team belongs to another organization."})
+        return team
+    if isinstance(team, int):
+        found = Team.objects.filter(organization=organization, pk=team).first()
+        if not found:
+            raise ValidationError({"team": f"No team {team} in {organization}."})
+        return found
+    return Team.objects.get_or_create(organization=organization, name=str(team).strip())[0]
+
+
+def set_role(user: User, role: str) -> None:
+    group = Group.objects.filter(name=role).first()
+    if group is None:
+        raise ValidationError({"role": f"Unknown role {role!r}; roles are {', '.join(known_roles())}."})
+    user.groups.set([group])
+    # Django caches permissions on the instance; a role change must be seen at once.
+    for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+        user.__dict__.pop(attr, None)
+
+
+def known_roles() -> list[str]:
+    return list(Group.objects.order_by("name").values_list("name", flat=True)) or ROLES
+
+
+@transaction.atomic
+def create_user(
+    username: str, *, organization: Organization, role: str, email: str = "", password: str | None = None,
+    team: Team | str | int | None = None, first_name: str = "", last_name: str = "",
+) -> User:
+    if User.objects.filter(username=username).exists():
+        raise ValidationError({"username": f"A user named {username!r} already exists."})
+    user = User(
+        username=username, email=email, organization=organization, first_name=first_name, last_name=last_name,
+        team=get_team(organization, team),
+    )
+    if password:
+        from django.contrib.auth.password_validation import validate_password
+
+        validate_password(password, user)
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.full_clean(exclude=["password"])
+    user.save()
+    set_role(user, role)
+    return user
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+@dataclass
+class IssuedKey:
+    """A key together with its secret; the only moment the secret exists outside the client."""
+
+    key: APIKey
+    secret: str
+
+
+def hash_secret(full_key: str, version: str) -> str:
+    server_secret = settings.RELAY_API_KEY_HASH_SECRETS[version].encode()
+    return hmac.new(server_secret, full_key.encode(), hashlib.sha256).hexdigest()
+
+
+def _new_key_material() -> tuple[str, str]:
+    prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_LENGTH))
+    return prefix, f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def validate_key_grants(
+    owner: User, scopes, allowed_agents, allowed_models=None, allowed_ips=None, *, grantable: set[str] | None = None,
+) -> None:
+    """A key may only narrow its owner's rights (or, made through a key, that key's), never widen them."""
+    errors = {}
+    owned = effective_permissions(owner) if grantable is None else grantable
+    unknown = [s for s in scopes if s not in PERMISSION_CODENAMES]
+    lacking = [s for s in scopes if s in PERMISSION_CODENAMES and s not in owned]
+    if unknown:
+        errors["scopes"] = f"Unknown permissions: {', '.join(map(str, unknown))}."
+    elif lacking:
+        errors["scopes"] = f"The owner does not hold: {', '.join(lacking)}."
+    bad_agents = [a for a in allowed_agents if a not in AGENT_PERMISSIONS]
+    denied_agents = [a for a in allowed_agents if AGENT_PERMISSIONS.get(a) and AGENT_PERMISSIONS[a] not in owned]
+    if bad_agents:
+        errors["allowed_agents"] = f"Unknown agents: {', '.join(map(str, bad_agents))}."
+    elif denied_agents:
+        errors["allowed_agents"] = f"The owner may not use: {', '.join(denied_agents)}."
+    for cidr in allowed_ips or []:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except (ValueError, TypeError):
+            errors["allowed_ips"] = f"{cidr!r} is not an IP address or CIDR range."
+            break
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def create_api_key(
+    owner: User, name: str, *, scopes: list[str] | None = None, allowed_agents: list[str] | None = None,
+    allowed_models: list[str] | None = None, allowed_ips: list[str] | None = None,
+    expires_at: datetime | None = None, requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None, grantable: set[str] | None = None,
+) -> IssuedKey:
+    if not owner.is_active:
+        raise ValidationError({"owner": "The owner is deactivated."})
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "A key needs a name."})
+    # Without explicit scopes a key gets what its owner holds today.
+    if grantable is None:
+        grantable = effective_permissions(owner)
+    scopes = sorted(set(grantable if scopes is None else scopes))
+    allowed_agents = sorted(set(allowed_agents or []))
+    validate_key_grants(owner, scopes, allowed_agents, allowed_models, allowed_ips, grantable=grantable)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    prefix, secret = _new_key_material()
+    version = settings.RELAY_API_KEY_HASH_VERSION
+    key = APIKey.objects.create(
+        owner=owner, name=name[:100], prefix=prefix, secret_hash=hash_secret(secret, version), hash_version=version,
+        scopes=scopes, allowed_agents=allowed_agents, allowed_models=sorted(set(allowed_models or [])),
+        allowed_ips=list(allowed_ips or []), expires_at=expires_at, requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+    )
+    return IssuedKey(key=key, secret=secret)
+
+
+def revoke_api_key(key: APIKey) -> APIKey:
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    forget_cached_key(key.prefix)
+    return key
+
+
+@transaction.atomic
+def rotate_api_key(key: APIKey) -> IssuedKey:
+    """A new secret for the same key (its id, budgets and history stay); the old one dies at once."""
+    key = APIKey.objects.select_for_update().get(pk=key.pk)
+    if not key.is_active:
+        raise ValidationError({"key": "A revoked or expired key cannot be rotated."})
+    old_prefix = key.prefix
+    key.prefix, secret = _new_key_material()
+    key.hash_version = settings.RELAY_API_KEY_HASH_VERSION
+    key.secret_hash = hash_secret(secret, key.hash_version)
+    key.save(update_fields=["prefix", "secret_hash", "hash_version"])
+    transaction.on_commit(lambda: forget_cached_key(old_prefix))
+    forget_cached_key(old_prefix)
+    return IssuedKey(key=key, secret=secret)
+
+
+def _cache_key(prefix: str) -> str:
+    return f"apikey:{prefix}"
+
+
+def forget_cached_key(prefix: str) -> None:
+    cache.delete(_cache_key(prefix))
+
+
+def parse_key(presented: str) -> str:
+    """The prefix of a well-formed key, or KeyRejected."""
+    if not presented.startswith(KEY_PREFIX):
+        raise KeyRejected("API keys start with rk_.")
+    body = presented[len(KEY_PREFIX):]
+    prefix, sep, secret = body.partition("_")
+    if not sep or len(prefix) != _PREFIX_LENGTH or len(secret) < 43 or len(presented) > 128:
+        raise KeyRejected("Malformed API key.")
+    return prefix
+
+
+def _lookup(prefix: str) -> APIKey | None:
+    """The key row for a prefix, through the cache (invalidated on revoke and rotate)."""
+    cached = cache.get(_cache_key(prefix))
+    if cached == "missing":
+        return None
+    if cached is not None:
+        return cached
+    key = APIKey.objects.select_related("owner", "owner__organization", "owner__team").filter(prefix=prefix).first()
+    cache.set(_cache_key(prefix), key if key else "missing", _KEY_CACHE_SECONDS if key else 30)
+    return key
+
+
+def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
+    prefix = parse_key(presented)
+    key = _lookup(prefix)
+    # Hash even when the prefix is unknown so timing does not reveal which prefixes exist.
+    version = key.hash_version if key else settings.RELAY_API_KEY_HASH_VERSION
+    expected = key.secret_hash if key else "0" * 64
+    if version not in settings.RELAY_API_KEY_HASH_SECRETS:
+        raise KeyRejected("Invalid API key.")
+    if not hmac.compare_digest(hash_secret(presented, version), expected) or key is None:
+        raise KeyRejected("Invalid API key.")
+    if key.revoked_at is not None:
+        raise KeyRejected("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        raise KeyRejected("This API key has expired.")
+    if not key.owner.is_active:
+        raise KeyRejected("The owner of this API key is deactivated.")
+    if key.allowed_ips and not ip_allowed(client_ip, key.allowed_ips):
+        raise KeyRejected("This API key may not be used from this address.")
+    touch_last_used(key)
+    return key
+
+
+def ip_allowed(client_ip: str | None, ranges: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(client_ip or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in ranges)
+
+
+def touch_last_used(key: APIKey) -> None:
+    """Record use at most once a minute per key, so the hot path does not write every request."""
+    now = timezone.now()
+    if cache.add(f"apikey-used:{key.pk}", 1, int(_LAST_USED_RESOLUTION.total_seconds())):
+        APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+def key_permissions(key: APIKey) -> set[str]:
+    """What a key may do now: its scopes, cut down to what its owner still holds."""
+    return set(key.scopes) & effective_permissions(key.owner)
+
+
+_UNSET = object()
+
+
+@transaction.atomic
+def update_user(actor: User, user: User, *, role: str | None = None, team=_UNSET, is_active: bool | None = None,
+                **profile) -> User:
+    """Change a user's profile, role, team or active flag on behalf of an admin (actor)."""
+    if user.pk == actor.pk and (role is not None or is_active is False or team is not _UNSET):
+        raise ValidationError({"role": "You cannot change your own role, team or active state."})
+    for name, value in profile.items():
+        setattr(user, name, value)
+    if team is not _UNSET:
+        user.team = get_team(user.organization, team)
+    if is_active is not None:
+        user.is_active = is_active
+    user.full_clean(exclude=["password"])
+    user.save()
+    if role is not None:
+        set_role(user, role)
+    return user

@@ -1,0 +1,26 @@
+"""Keep the API key cache honest: any change to a key or its owner drops the cached copy."""
+
+from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.dispatch import receiver
+
+from accounts.models import APIKey, User
+from accounts.services import forget_cached_key
+
+
+@receiver(post_save, sender=APIKey)
+@receiver(post_delete, sender=APIKey)
+def _key_changed(sender, instance, **kwargs):
+    forget_cached_key(instance.prefix)
+
+
+@receiver(post_save, sender=User)
+@receiver(post_delete, sender=User)
+def _owner_changed(sender, instance, **kwargs):
+    for prefix in APIKey.objects.filter(owner_id=instance.pk).values_list("prefix", flat=True):
+        forget_cached_key(prefix)
+
+
+@receiver(m2m_changed, sender=User.groups.through)
+def _role_changed(sender, instance, **kwargs):
+    if isinstance(instance, User):
+        _owner_changed(User, instance)

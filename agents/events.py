@@ -1,0 +1,40 @@
+"""The streaming protocol of DESIGN.md section 6: one dict per event.
+
+Agent runs yield these; SSE writes each as one `data:` line, the WebSocket as one text frame,
+and the non-streaming API collects them. Build events only through these functions so the
+field names stay exactly those of the contract.
+"""
+
+from decimal import Decimal
+
+
+def start(conversation_id, message_id, agent: str, model: str) -> dict:
+    return {"type": "start", "conversation_id": conversation_id, "message_id": message_id,
+            "agent": agent, "model": model}
+
+
+def token(content: str) -> dict:
+    return {"type": "token", "content": content}
+
+
+def tool_call(call_id: str, tool: str, status: str, *, input=None, output=None, duration_ms=None) -> dict:
+    event = {"type": "tool_call", "call_id": call_id, "tool": tool, "status": status}
+    if input is not None:
+        event["input"] = input
+    if output is not None:
+        event["output"] = output
+    if duration_ms is not None:
+        event["duration_ms"] = duration_ms
+    return event
+
+
+def usage(input_tokens: int, output_tokens: int, cost: Decimal) -> dict:
+    return {"type": "usage", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": str(cost)}
+
+
+def error(code: str, message: str) -> dict:
+    return {"type": "error", "code": code, "message": message}
+
+
+def done(status: str, total_tokens: int, cost: Decimal) -> dict:
+    return {"type": "done", "status": status, "total_tokens": total_tokens, "cost": str(cost)}

@@ -1,0 +1,71 @@
+"""What a model provider is: something that streams a chat completion as provider events.
+
+Providers know nothing of Relay's users, budgets or storage; the agent run (agents/runner)
+turns provider events into protocol events (agents/events.py), charges them and stores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]                 # OpenAI chat format: {"role", "content", ...}
+    model: str                           # the upstream model id
+    max_tokens: int | None = None
+    temperature: float | None = None
+    tools: list[dict] | None = None      # OpenAI function-calling tool specs
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class ToolCallRequest:
+    """The model asks for a tool; arguments is the raw JSON string the model produced."""
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass
+class Finish:
+    reason: str  # "stop", "length", "tool_calls", ...
+
+
+ProviderEvent = TextDelta | ToolCallRequest | Usage | Finish
+
+
+class ProviderError(Exception):
+    """An upstream failure, already mapped to Relay's error codes.
+
+    status is the HTTP status Relay answers with (502 upstream_error, 504 upstream_timeout,
+    429 rate_limited, 400 bad_request for an upstream 400, ...).
+    """
+
+    def __init__(self, code: str, message: str, status: int = 502, *, retryable: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        """Yield events; cancelling the consuming task must abort the upstream call at once."""
+        ...

@@ -1,0 +1,41 @@
+"""Project-wide middleware that must run before anything reads the body."""
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+
+from relay.api.envelope import error_response
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse declared bodies over the limit with 413 and the error envelope, before parsing.
+
+    Multipart uploads get RELAY_MAX_UPLOAD_BYTES; everything else RELAY_MAX_BODY_BYTES.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def _refusal(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return error_response(400, "bad_request", "Content-Length is not a number.")
+        is_upload = request.META.get("CONTENT_TYPE", "").startswith("multipart/")
+        limit = settings.RELAY_MAX_UPLOAD_BYTES if is_upload else settings.RELAY_MAX_BODY_BYTES
+        if length > limit:
+            return error_response(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+        return None
+
+    def __call__(self, request):
+        if self._async:
+            return self.__acall__(request)
+        return self._refusal(request) or self.get_response(request)
+
+    async def __acall__(self, request):
+        return self._refusal(request) or await self.get_response(request)

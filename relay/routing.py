@@ -1,0 +1,3 @@
+"""WebSocket routes (the streaming issue adds /ws/chat/)."""
+
+websocket_urlpatterns = []

@@ -1,0 +1,113 @@
+"""Shared fixtures: organizations, one user per role, authenticated clients, service checks."""
+
+import os
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from accounts.roles import ROLES
+from accounts.services import create_api_key, create_organization, create_user
+
+REQUIRE_SERVICES = os.environ.get("RELAY_REQUIRE_SERVICES") == "1"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a service or tool is missing; in CI (RELAY_REQUIRE_SERVICES=1) fail instead."""
+    if condition:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"RELAY_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def require_redis() -> None:
+    require(bool(settings.REDIS_URL), "REDIS_URL is not set (Redis-backed test)")
+
+
+def require_postgres() -> None:
+    require(settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
+            "DATABASE_URL does not point at PostgreSQL")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing():
+    """Tests create many users; the production hasher is deliberately slow."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Each test starts with an empty cache (keys, throttles) — Redis included."""
+    from django.core.cache import cache
+
+    if hasattr(cache, "delete_pattern"):
+        cache.delete_pattern("*")  # this worker's keys only; clear() would flush every worker's
+    else:
+        cache.clear()
+    yield
+
+
+@pytest.fixture
+def org(db):
+    return create_organization("Acme")
+
+
+@pytest.fixture
+def other_org(db):
+    return create_organization("Globex")
+
+
+def _make_users(organization, tag=""):
+    return {
+        role: create_user(f"{role}{tag}", organization=organization, role=role, email=f"{role}{tag}@example.com",
+                          password="correct horse battery staple", team="Research")
+        for role in ROLES
+    }
+
+
+@pytest.fixture
+def users(org):
+    """One user per role in org: users["admin"], users["user"], users["viewer"], users["api_user"]."""
+    return _make_users(org)
+
+
+@pytest.fixture
+def other_users(other_org):
+    return _make_users(other_org, tag="-globex")
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()
+
+
+@pytest.fixture
+def client_for():
+    """client_for(user, via="session"|"api_key"|"jwt") -> an APIClient authenticated as user."""
+
+    def make(user, via="session"):
+        client = APIClient()
+        if via == "session":
+            client.force_login(user)
+        elif via == "api_key":
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_api_key(user, 'test').secret}")
+        elif via == "jwt":
+            from rest_framework_simplejwt.tokens import RefreshToken
+
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+        else:
+            raise ValueError(via)
+        return client
+
+    return make
+
+
+def assert_envelope(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
