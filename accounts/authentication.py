@@ -6,6 +6,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from accounts.services import KEY_PREFIX, KeyRejected, authenticate_key
+from audit import context as audit_context
 from relay.http import client_ip
 
 
@@ -31,6 +32,7 @@ class APIKeyAuthentication(BaseAuthentication):
             key = authenticate_key(token, client_ip=client_ip(request.META))
         except KeyRejected as rejected:
             raise exceptions.AuthenticationFailed(rejected.reason) from None
+        audit_context.set_actor(key.owner, key)  # DRF authenticates inside the view: tell the audit context now
         return key.owner, key
 
     def authenticate_header(self, request):
@@ -44,7 +46,10 @@ class BearerJWTAuthentication(JWTAuthentication):
         token = bearer_token(request)
         if not token or token.startswith(KEY_PREFIX):
             return None
-        return super().authenticate(request)
+        result = super().authenticate(request)
+        if result is not None:
+            audit_context.set_actor(result[0])
+        return result
 
 
 class APIKeyScheme(OpenApiAuthenticationExtension):

@@ -38,6 +38,10 @@ class Team(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
     name = models.CharField(max_length=200)
+    # Made on first use: the auth group through which objects are shared with the whole team
+    # (django-guardian grants object permissions to users and groups).
+    group = models.OneToOneField("auth.Group", on_delete=models.SET_NULL, null=True, blank=True, editable=False,
+                                 related_name="relay_team")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

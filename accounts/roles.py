@@ -35,11 +35,14 @@ def perm(codename: str) -> str:
     return f"{APP_LABEL}.{codename}"
 
 
+TEAM_GROUP_PREFIX = "team:"
+
+
 def role_of(user) -> str | None:
-    """The user's role: the name of their (first) group, or None."""
+    """The user's role: the name of their (first) role group, or None. Team groups are not roles."""
     if not getattr(user, "pk", None):
         return None
-    names = [group.name for group in user.groups.all()]
+    names = [group.name for group in user.groups.all() if not group.name.startswith(TEAM_GROUP_PREFIX)]
     return names[0] if names else None
 
 

@@ -19,7 +19,15 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import APIKey, Organization, Team, User
-from accounts.roles import AGENT_PERMISSIONS, PERMISSION_CODENAMES, ROLES, effective_permissions
+from accounts.roles import (
+    AGENT_PERMISSIONS,
+    PERMISSION_CODENAMES,
+    ROLES,
+    TEAM_GROUP_PREFIX,
+    effective_permissions,
+    role_of,
+)
+from audit import accounts_events as audit_events
 
 KEY_PREFIX = "rk_"
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
@@ -67,18 +75,42 @@ def get_team(organization: Organization, team: Team | str | int | None) -> Team 
     return Team.objects.get_or_create(organization=organization, name=str(team).strip())[0]
 
 
-def set_role(user: User, role: str) -> None:
-    group = Group.objects.filter(name=role).first()
+def set_role(user: User, role: str, *, actor: User | None = None, audited: bool = True) -> None:
+    group = Group.objects.filter(name=role).exclude(name__startswith=TEAM_GROUP_PREFIX).first()
     if group is None:
         raise ValidationError({"role": f"Unknown role {role!r}; roles are {', '.join(known_roles())}."})
-    user.groups.set([group])
+    previous = role_of(user) if audited else None
+    team_groups = list(user.groups.filter(name__startswith=TEAM_GROUP_PREFIX))
+    user.groups.set([group, *team_groups])
     # Django caches permissions on the instance; a role change must be seen at once.
     for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
         user.__dict__.pop(attr, None)
+    if audited:
+        audit_events.role_changed(user, previous, role, actor=actor)
 
 
 def known_roles() -> list[str]:
-    return list(Group.objects.order_by("name").values_list("name", flat=True)) or ROLES
+    names = Group.objects.exclude(name__startswith=TEAM_GROUP_PREFIX).order_by("name").values_list("name", flat=True)
+    return list(names) or ROLES
+
+
+def team_group(team: Team) -> Group:
+    """The team's sharing group, made on first use with the team's current members in it."""
+    if team.group_id is None:
+        team.group, _ = Group.objects.get_or_create(name=f"{TEAM_GROUP_PREFIX}{team.pk}")
+        team.save(update_fields=["group"])
+        team.group.user_set.add(*team.members.all())
+    return team.group
+
+
+def sync_team_group(user: User) -> None:
+    """Keep a user's team-group membership equal to their current team."""
+    current = user.team.group_id if user.team_id and user.team.group_id else None
+    stale = user.groups.filter(name__startswith=TEAM_GROUP_PREFIX).exclude(pk=current)
+    if stale.exists():
+        user.groups.remove(*stale)
+    if current and not user.groups.filter(pk=current).exists():
+        user.groups.add(current)
 
 
 @transaction.atomic
@@ -101,7 +133,8 @@ def create_user(
         user.set_unusable_password()
     user.full_clean(exclude=["password"])
     user.save()
-    set_role(user, role)
+    set_role(user, role, audited=False)
+    audit_events.user_created(user, role)
     return user
 
 
@@ -181,13 +214,16 @@ def create_api_key(
         allowed_ips=list(allowed_ips or []), expires_at=expires_at, requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
     )
+    audit_events.key_created(key)
     return IssuedKey(key=key, secret=secret)
 
 
+@transaction.atomic
 def revoke_api_key(key: APIKey) -> APIKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        audit_events.key_revoked(key)
     forget_cached_key(key.prefix)
     return key
 
@@ -205,6 +241,7 @@ def rotate_api_key(key: APIKey) -> IssuedKey:
     key.save(update_fields=["prefix", "secret_hash", "hash_version"])
     transaction.on_commit(lambda: forget_cached_key(old_prefix))
     forget_cached_key(old_prefix)
+    audit_events.key_rotated(key, old_prefix)
     return IssuedKey(key=key, secret=secret)
 
 
@@ -250,6 +287,7 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
     if not hmac.compare_digest(hash_secret(presented, version), expected) or key is None:
         raise KeyRejected("Invalid API key.")
     if key.revoked_at is not None:
+        audit_events.key_used_after_revoke(key)
         raise KeyRejected("This API key has been revoked.")
     if key.expires_at is not None and key.expires_at <= timezone.now():
         raise KeyRejected("This API key has expired.")
@@ -291,6 +329,7 @@ def update_user(actor: User, user: User, *, role: str | None = None, team=_UNSET
     """Change a user's profile, role, team or active flag on behalf of an admin (actor)."""
     if user.pk == actor.pk and (role is not None or is_active is False or team is not _UNSET):
         raise ValidationError({"role": "You cannot change your own role, team or active state."})
+    before = audit_events.snapshot(user)
     for name, value in profile.items():
         setattr(user, name, value)
     if team is not _UNSET:
@@ -299,6 +338,7 @@ def update_user(actor: User, user: User, *, role: str | None = None, team=_UNSET
         user.is_active = is_active
     user.full_clean(exclude=["password"])
     user.save()
+    audit_events.user_updated(actor, user, before)
     if role is not None:
-        set_role(user, role)
+        set_role(user, role, actor=actor)
     return user

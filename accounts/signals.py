@@ -4,13 +4,19 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from accounts.models import APIKey, User
-from accounts.services import forget_cached_key
+from accounts.services import forget_cached_key, sync_team_group
 
 
 @receiver(post_save, sender=APIKey)
 @receiver(post_delete, sender=APIKey)
 def _key_changed(sender, instance, **kwargs):
     forget_cached_key(instance.prefix)
+
+
+@receiver(post_save, sender=User)
+def _team_changed(sender, instance, raw=False, **kwargs):
+    if not raw:
+        sync_team_group(instance)
 
 
 @receiver(post_save, sender=User)

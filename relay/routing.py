@@ -1,3 +1,9 @@
-"""WebSocket routes (the streaming issue adds /ws/chat/)."""
+"""WebSocket routes."""
 
-websocket_urlpatterns = []
+from django.urls import path
+
+from agents.consumers import ChatConsumer
+
+websocket_urlpatterns = [
+    path("ws/chat/", ChatConsumer.as_asgi()),
+]

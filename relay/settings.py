@@ -73,6 +73,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Early, so every response (413s and redirects included) carries X-Request-ID.
+    "audit.middleware.AuditContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "relay.middleware.RequestSizeLimitMiddleware",
@@ -123,8 +125,9 @@ else:
     }
 DATABASES["default"].setdefault("TEST", {})
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # A file (not :memory:) so that threads and subprocesses of a test see the same data.
-    DATABASES["default"]["TEST"]["NAME"] = str(BASE_DIR / "var" / "test-db.sqlite3")
+    # A file (not :memory:) so that threads and subprocesses of a test see the same data; one per
+    # test run, so that two runs on one machine do not share it.
+    DATABASES["default"]["TEST"]["NAME"] = str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -294,6 +297,14 @@ RELAY_LLM_BASE_URL = os.environ.get("RELAY_LLM_BASE_URL", "")
 RELAY_LLM_API_KEY = os.environ.get("RELAY_LLM_API_KEY", "")
 RELAY_LLM_MODELS = env_list("RELAY_LLM_MODELS")
 RELAY_DRAIN_SECONDS = env_int("RELAY_DRAIN_SECONDS", 30)
+# Threads running ORM work for async views (each holds one database connection).
+RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
+# Budgets: a reservation outlives this many seconds only if its instance died (then it is freed);
+# keep it above the longest run. Threshold alerts are also POSTed to the webhook when set.
+RELAY_BUDGET_RESERVATION_TTL = env_int("RELAY_BUDGET_RESERVATION_TTL", 900)
+RELAY_BUDGET_WEBHOOK_URL = os.environ.get("RELAY_BUDGET_WEBHOOK_URL", "")
+# The embedded engine computes its answer at once; pacing its tokens shows them streaming.
+RELAY_LOCAL_TOKEN_DELAY_MS = env_int("RELAY_LOCAL_TOKEN_DELAY_MS", 8)
 
 LOGGING = {
     "version": 1,

@@ -7,6 +7,9 @@ from relay.api import errors
 
 api_v1 = [
     path("", include("accounts.api.urls")),
+    path("", include("agents.api.urls")),
+    path("costs/", include("billing.api.urls")),
+    path("", include("audit.api.urls")),
 ]
 
 urlpatterns = [
@@ -15,6 +18,7 @@ urlpatterns = [
     path("logout/", account_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("v1/", include("agents.api.openai_urls")),
     path("api/schema/", views.SchemaView.as_view(), name="schema"),
     path("api/docs/", views.SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),

@@ -34,6 +34,18 @@ def require_postgres() -> None:
 def _fast_password_hashing():
     """Tests create many users; the production hasher is deliberately slow."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.RELAY_LOCAL_TOKEN_DELAY_MS = 0  # tests await events; they don't watch tokens being typed
+    # Async views called through the test client must see the test's transaction (relay/asyncdb.py).
+    settings.RELAY_DB_THREAD_SENSITIVE = True
+
+
+@pytest.fixture(autouse=True)
+def _close_db_threads():
+    """The async DB pool's threads hold connections; close them so the test database can be dropped."""
+    yield
+    from relay.asyncdb import close_db_threads
+
+    close_db_threads()
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +123,47 @@ def assert_envelope(response, status: int, code: str | None = None) -> dict:
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+class ASGIServer:
+    """Relay's real ASGI application (HTTP and WebSocket) served by uvicorn on 127.0.0.1."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        import uvicorn
+
+        from relay.asgi import application
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(application, log_level="warning", lifespan="off", ws="websockets-sansio")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def start(self):
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the ASGI test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def asgi_server(transactional_db, settings):
+    """A live Relay over real sockets; data written by the test is visible to it (transactional_db)."""
+    settings.RELAY_DB_THREAD_SENSITIVE = False  # the production threading
+    server = ASGIServer().start()
+    yield server
+    server.stop()

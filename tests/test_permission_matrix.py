@@ -41,6 +41,25 @@ ROUTES = {
     "apikey-detail": {"GET": SIGNED_IN},
     "apikey-revoke": {"POST": SIGNED_IN},
     "apikey-rotate": {"POST": SIGNED_IN},
+    "query": {"POST": SIGNED_IN},  # and then the agent's own permission (tests/agents)
+    "stream": {"POST": SIGNED_IN},
+    "openai-chat-completions": {"POST": SIGNED_IN},
+    "openai-models": {"GET": SIGNED_IN},
+    "vision-analyze": {"POST": "use_vision_agent"},
+    "agent-list": {"GET": SIGNED_IN},
+    "message-feedback": {"POST": SIGNED_IN},
+    "conversation-list": {"GET": SIGNED_IN, "POST": SIGNED_IN},
+    "conversation-detail": {"GET": SIGNED_IN, "DELETE": SIGNED_IN},
+    "document-list": {"GET": SIGNED_IN, "POST": "upload_documents"},
+    "document-detail": {"GET": SIGNED_IN, "DELETE": "delete_documents"},
+    "document-share": {"POST": "upload_documents"},  # and only the owner or an admin
+    "costs-stats": {"GET": "view_metrics"},
+    "costs-usage": {"GET": SIGNED_IN},  # own usage; another user's needs view_metrics (tests/billing)
+    "costs-budget": {"GET": "view_metrics", "POST": ADMIN},
+    "costs-forecast": {"GET": "view_metrics"},
+    "costs-export": {"GET": "export_data"},
+    "audit-events": {"GET": ADMIN},
+    "audit-export": {"GET": "export_data"},
     "logout": {"POST": PUBLIC},  # last: it ends the walker's session
 }
 PAGES = {
@@ -86,6 +105,25 @@ def send(client, method: str, path: str):
     return getattr(client, method.lower())(path, data={}, format="json")
 
 
+def audit_head() -> int:
+    from audit.models import AuditEvent
+
+    return AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True).first() or 0
+
+
+def denial_problem(since: int, response, actor) -> str | None:
+    """Why the denied response did not leave exactly one `denied` event for actor and its request id."""
+    from audit.models import AuditEvent
+
+    denied = list(AuditEvent.objects.filter(sequence__gt=since, status="denied"))
+    if len(denied) != 1:
+        return f"{len(denied)} denied audit events"
+    event, actor_id = denied[0], getattr(actor, "pk", None)
+    if event.actor_id != actor_id or event.request_id != response.get("X-Request-ID"):
+        return f"audit event actor {event.actor_id}/request {event.request_id!r}, expected {actor_id}"
+    return None
+
+
 def test_every_route_is_in_the_table():
     names = {name for _, name, _ in project_routes()}
     assert None not in names, "every route needs a name for the walker"
@@ -110,12 +148,15 @@ def test_each_role_gets_exactly_what_the_matrix_allows(users, client_for, via):
         client = client_for(user, via)
         for name, groups, method, requirement in _api_cases():
             path = concrete_path(name, groups)
+            head = audit_head()
             response = send(client, method, path)
             if allowed(role, requirement):
                 if response.status_code in (401, 403):
                     failures.append(f"{role} {method} {path}: {response.status_code}, expected allowed")
             elif response.status_code != 403 or response.json()["error"]["code"] != "permission_denied":
                 failures.append(f"{role} {method} {path}: {response.status_code}, expected 403")
+            elif problem := denial_problem(head, response, user):
+                failures.append(f"{role} {method} {path}: {problem}")
     assert not failures, "\n".join(failures)
 
 
@@ -125,9 +166,11 @@ def test_anonymous_gets_401_with_the_envelope_everywhere_but_public_routes(api_c
     for name, groups, method, requirement in _api_cases():
         if requirement == PUBLIC:
             continue
+        head = audit_head()
         response = send(api_client, method, concrete_path(name, groups))
         assert_envelope(response, 401, "not_authenticated")
         assert response["WWW-Authenticate"].startswith("Bearer")
+        assert denial_problem(head, response, None) is None, (name, method, denial_problem(head, response, None))
         checked += 1
     assert checked >= 10
 

@@ -3,18 +3,37 @@
 from rest_framework_simplejwt import views as jwt_views
 
 from accounts.throttling import LoginRateThrottle
+from audit import accounts_events as audit_events
+from audit import actions as audit_actions
 
 
-class TokenObtainView(jwt_views.TokenObtainPairView):
+class _AuditedTokenView:
+    """Records each pair issued; refusals are recorded by the audit error listener."""
+
+    audit_success_action = ""
+
+    def post(self, request, *args, **kwargs):
+        response = super().post(request, *args, **kwargs)
+        if response.status_code == 200:
+            audit_events.token_issued(self.audit_success_action, request, response.data["access"])
+        return response
+
+
+class TokenObtainView(_AuditedTokenView, jwt_views.TokenObtainPairView):
     """Exchange username and password for an access and a refresh token."""
+
+    audit_success_action = audit_actions.TOKEN_ISSUED
 
     required_permission = None
     authentication_classes = []
     throttle_classes = [LoginRateThrottle]
 
 
-class TokenRefreshView(jwt_views.TokenRefreshView):
+class TokenRefreshView(_AuditedTokenView, jwt_views.TokenRefreshView):
     """Exchange a refresh token for a new pair; the old refresh token is blacklisted."""
+
+    audit_success_action = audit_actions.TOKEN_REFRESHED
+    audit_auth_failure_action = audit_actions.TOKEN_REFRESH_FAILED
 
     required_permission = None
     authentication_classes = []

@@ -1,0 +1,196 @@
+"""The OpenAI-compatible API: POST /v1/chat/completions and GET /v1/models.
+
+The official `openai` SDK pointed at Relay works unchanged. `model` is either an upstream or
+local model (the client's messages go to it as they are, `tools` passed through), or
+`relay-<agent>` to run one of Relay's agents. Errors use OpenAI's error format.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.http import JsonResponse, StreamingHttpResponse
+from rest_framework import exceptions, serializers
+
+from accounts.permissions import AUTHENTICATED, request_key
+from agents import runner
+from agents.api.serializers import MAX_QUERY_CHARS, clean_text
+from agents.providers.catalog import available_models, resolve
+from agents.registry import all_agents
+from relay.api.async_views import api_endpoint, read_json
+from relay.api.serializers import StrictCharField
+from relay.asyncdb import db
+
+AGENT_PREFIX = "relay-"
+
+
+class ChatCompletionSerializer(serializers.Serializer):
+    """OpenAI's request body; fields Relay does not use (top_p, seed, ...) are accepted and ignored."""
+
+    model = StrictCharField(max_length=100)
+    messages = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=500)
+    stream = serializers.BooleanField(required=False, default=False)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=32768)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=32768)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    stream_options = serializers.DictField(required=False, allow_null=True)
+    tools = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True, max_length=128)
+    n = serializers.IntegerField(required=False, min_value=1, max_value=1)
+
+    def validate_messages(self, messages):
+        for message in messages:
+            if message.get("role") not in ("system", "user", "assistant", "tool", "developer"):
+                raise serializers.ValidationError("Each message needs a role: system, user, assistant or tool.")
+        if not any(m["role"] == "user" for m in messages):
+            raise serializers.ValidationError("At least one user message is needed.")
+        if sum(len(json.dumps(m)) for m in messages) > 4 * MAX_QUERY_CHARS:
+            raise serializers.ValidationError("The conversation is too long.")
+        return messages
+
+
+def text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _run_request(drf_request, data: dict) -> runner.RunRequest:
+    name = data["model"]
+    if name.startswith(AGENT_PREFIX) and name[len(AGENT_PREFIX):] in all_agents():
+        agent, model, raw = name[len(AGENT_PREFIX):], None, None
+    elif resolve(name) is not None:
+        agent, model, raw = "general", name, [{k: v for k, v in m.items()} for m in data["messages"]]
+    else:
+        raise exceptions.NotFound(f"The model {name!r} does not exist.")
+    query = clean_text(text_of(next(m for m in reversed(data["messages"]) if m["role"] == "user").get("content")))
+    if not query.strip():
+        raise exceptions.ValidationError({"messages": ["The last user message is empty."]})
+    history = [{"role": m["role"], "content": text_of(m.get("content"))} for m in data["messages"][:-1]
+               if m["role"] in ("user", "assistant")]
+    return runner.RunRequest(
+        user=drf_request.user, api_key=request_key(drf_request), agent=agent, query=query[:MAX_QUERY_CHARS],
+        model=model, max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
+        temperature=data.get("temperature"), messages=raw if raw is not None else None,
+        client_tools=data.get("tools") or None, history=history,
+    )
+
+
+def _openai_error(response: JsonResponse) -> JsonResponse:
+    """Relay's envelope, reshaped as OpenAI's {"error": {"message", "type", "param", "code"}}."""
+    error = json.loads(response.content)["error"]
+    kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+            402: "insufficient_quota", 429: "rate_limit_error"}.get(response.status_code, "invalid_request_error")
+    if response.status_code >= 500:
+        kind = "server_error"
+    param = next(iter(error.get("fields", {}) or {}), None)
+    reshaped = JsonResponse({"error": {"message": error["message"], "type": kind, "param": param,
+                                       "code": error["code"]}}, status=response.status_code)
+    for header in ("Retry-After", "WWW-Authenticate"):
+        if response.has_header(header):
+            reshaped[header] = response[header]
+    return reshaped
+
+
+class _Chunks:
+    def __init__(self, run: runner.PreparedRun, model: str):
+        self.run, self.model = run, model
+        self.id = f"chatcmpl-{run.request.request_id}"
+        self.created = int(time.time())
+
+    def chunk(self, delta: dict | None, finish_reason=None, **extra) -> bytes:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                **extra}
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _finish_reason(run, status: str, tool_calls: int) -> str:
+    if tool_calls:
+        return "tool_calls"
+    if status == "budget_stop" or run.ctx.facts.get("finish_reason") == "length":
+        return "length"
+    return "stop"
+
+
+async def _sse(run: runner.PreparedRun, model: str, include_usage: bool):
+    out = _Chunks(run, model)
+    yield out.chunk({"role": "assistant", "content": ""})
+    tool_calls = 0
+    async for event in runner.stream(run):
+        kind = event["type"]
+        if kind == "token":
+            yield out.chunk({"content": event["content"]})
+        elif kind == "client_tool_call":
+            yield out.chunk({"tool_calls": [{"index": tool_calls, "id": event["call_id"], "type": "function",
+                                             "function": {"name": event["name"], "arguments": event["arguments"]}}]})
+            tool_calls += 1
+        elif kind == "error":
+            yield b"data: " + json.dumps({"error": {"message": event["message"], "type": "server_error"
+                                                    if event["code"] != "budget_exceeded" else "insufficient_quota",
+                                                    "param": None, "code": event["code"]}}).encode() + b"\n\n"
+        elif kind == "usage":
+            usage = {"prompt_tokens": event["input_tokens"], "completion_tokens": event["output_tokens"],
+                     "total_tokens": event["input_tokens"] + event["output_tokens"]}
+        elif kind == "done":
+            yield out.chunk({}, _finish_reason(run, event["status"], tool_calls))
+            if include_usage:
+                yield out.chunk(None, usage=usage)
+    yield b"data: [DONE]\n\n"
+
+
+async def _whole(run: runner.PreparedRun, model: str) -> dict:
+    answer, calls, status, usage = [], [], "complete", {}
+    async for event in runner.stream(run):
+        if event["type"] == "token":
+            answer.append(event["content"])
+        elif event["type"] == "client_tool_call":
+            calls.append({"id": event["call_id"], "type": "function",
+                          "function": {"name": event["name"], "arguments": event["arguments"]}})
+        elif event["type"] == "usage":
+            usage = {"prompt_tokens": event["input_tokens"], "completion_tokens": event["output_tokens"],
+                     "total_tokens": event["input_tokens"] + event["output_tokens"]}
+        elif event["type"] == "done":
+            status = event["status"]
+    message = {"role": "assistant", "content": "".join(answer) or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = calls
+    return {"id": f"chatcmpl-{run.request.request_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": message,
+                                         "finish_reason": _finish_reason(run, status, len(calls))}],
+            "usage": usage}
+
+
+@api_endpoint(AUTHENTICATED, error_adapter=_openai_error)
+async def chat_completions(request, drf_request):
+    """POST /v1/chat/completions, stream and not."""
+    serializer = ChatCompletionSerializer(data=read_json(request))
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    run = await runner.prepare(await db(_run_request)(drf_request, data))
+    if not data["stream"]:
+        return JsonResponse(await _whole(run, data["model"]))
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    response = StreamingHttpResponse(_sse(run, data["model"], include_usage), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@api_endpoint(AUTHENTICATED, methods=("GET",), throttle=False, error_adapter=_openai_error)
+async def models(request, drf_request):
+    """GET /v1/models: the models and the relay-<agent> aliases this caller may use."""
+    names = await db(_model_names)(drf_request.user, request_key(drf_request))
+    return JsonResponse({"object": "list", "data": [
+        {"id": n, "object": "model", "created": 0, "owned_by": "relay"} for n in names]})
+
+
+def _model_names(user, key) -> list[str]:
+    from agents.registry import may_use
+
+    names = [m.name for m in available_models()]
+    if key is not None and key.allowed_models:
+        names = [n for n in names if n in key.allowed_models]
+    return names + [f"{AGENT_PREFIX}{a}" for a in all_agents() if may_use(user, key, a)]

@@ -1,0 +1,109 @@
+"""The model-call endpoints: async end to end (DESIGN.md section 11)."""
+
+import asyncio
+import contextlib
+import json
+import uuid
+
+from relay.asyncdb import db
+from django.http import JsonResponse, StreamingHttpResponse
+from rest_framework import exceptions
+
+from accounts.permissions import AUTHENTICATED, request_key
+from agents import runner
+from agents.api.serializers import QuerySerializer, VisionSerializer
+from relay.api.async_views import api_endpoint, read_json
+
+
+def validated(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def run_request(drf_request, data: dict, **extra) -> runner.RunRequest:
+    return runner.RunRequest(
+        user=drf_request.user, api_key=request_key(drf_request), agent=data["agent_type"], query=data["query"],
+        conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
+        model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
+        request_id=getattr(drf_request._request, "request_id", None) or str(uuid.uuid4()),
+        **extra,
+    )
+
+
+@api_endpoint(AUTHENTICATED)
+async def query(request, drf_request):
+    """POST /api/v1/query: run an agent and answer with the whole result and its usage."""
+    data = validated(QuerySerializer, read_json(request))
+    run = await runner.prepare(run_request(drf_request, data))
+    return JsonResponse(await runner.collect(run))
+
+
+def _vision_input(request) -> dict:
+    data = validated(VisionSerializer, {**request.POST.dict(), **request.FILES.dict()})
+    return {"agent_type": "vision", "query": data["question"] or "Describe this image.",
+            "conversation_id": data.get("conversation_id"), "image": data["image"].read()}
+
+
+@api_endpoint("use_vision_agent")
+async def vision_analyze(request, drf_request):
+    """POST /api/v1/vision/analyze: multipart `image` (+ `question`) → the vision agent's analysis."""
+    if not request.content_type.startswith("multipart/"):
+        raise exceptions.UnsupportedMediaType(request.content_type or "(none)")
+    data = await db(_vision_input)(request)
+    run = await runner.prepare(run_request(drf_request, data, attachment=data["image"]))
+    return JsonResponse(await runner.collect(run))
+
+
+HEARTBEAT_SECONDS = 15
+
+
+async def with_heartbeats(source, interval: float):
+    """Pass events through, yielding None whenever `interval` seconds pass without one.
+
+    The pending step keeps running across heartbeats (it is never cancelled by the timer), so a
+    slow tool or model is not interrupted by the keep-alive.
+    """
+    iterator = aiter(source)
+    step = asyncio.ensure_future(anext(iterator))
+    try:
+        while True:
+            done, _ = await asyncio.wait({step}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                event = step.result()
+            except StopAsyncIteration:
+                return
+            yield event
+            step = asyncio.ensure_future(anext(iterator))
+    finally:
+        if not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await step
+        await iterator.aclose()
+
+
+async def sse_events(run: runner.PreparedRun):
+    async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS):
+        if event is None:
+            yield b": heartbeat\n\n"
+        else:
+            yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+
+
+@api_endpoint(AUTHENTICATED)
+async def stream(request, drf_request):
+    """POST /api/v1/stream: the same body as /query, answered as `text/event-stream` (DESIGN.md §6).
+
+    Every check runs before the response starts, so refusals are plain 4xx; a client that
+    disconnects cancels the run, which is stored as `cancelled` with what was generated.
+    """
+    data = validated(QuerySerializer, read_json(request))
+    run = await runner.prepare(run_request(drf_request, data))
+    response = StreamingHttpResponse(sse_events(run), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

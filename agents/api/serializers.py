@@ -1,0 +1,121 @@
+import re
+
+from rest_framework import serializers
+
+from agents.models import Conversation, Document, Message
+from agents.registry import all_agents
+from relay.api.serializers import StrictCharField, StrictModelSerializer, StrictSerializer
+
+MAX_QUERY_CHARS = 32_000
+# Control characters other than tab and newlines carry no meaning in a question, and NUL cannot
+# be stored in PostgreSQL text: they are dropped rather than refused.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(value: str) -> str:
+    return _CONTROL.sub("", value)
+
+
+class QuerySerializer(StrictSerializer):
+    query = StrictCharField(max_length=MAX_QUERY_CHARS, trim_whitespace=False, allow_blank=True)
+    agent_type = StrictCharField(max_length=32)
+    conversation_id = serializers.UUIDField(required=False, allow_null=True)
+    model = StrictCharField(max_length=100, required=False, allow_null=True, allow_blank=True)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=32768)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    cache = serializers.BooleanField(required=False, default=True,
+                                     help_text="false skips the response cache for this request.")
+
+    def validate_query(self, value):
+        value = clean_text(value)
+        if not value.strip():
+            raise serializers.ValidationError("The query is empty.")
+        return value
+
+    def validate_agent_type(self, value):
+        if value not in all_agents():
+            raise serializers.ValidationError(f"Unknown agent {value!r}; agents are {', '.join(sorted(all_agents()))}.")
+        return value
+
+
+class VisionSerializer(StrictSerializer):
+    image = serializers.ImageField(required=True, help_text="PNG, JPEG, GIF, WebP, BMP or TIFF.")
+    question = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    conversation_id = serializers.UUIDField(required=False, allow_null=True)
+
+
+class AnswerSerializer(serializers.Serializer):
+    conversation_id = serializers.UUIDField()
+    message_id = serializers.UUIDField()
+    agent = serializers.CharField()
+    model = serializers.CharField()
+    answer = serializers.CharField()
+    status = serializers.ChoiceField(choices=Message.Status.choices)
+    tool_calls = serializers.ListField(child=serializers.DictField())
+    errors = serializers.ListField(child=serializers.DictField())
+    usage = serializers.DictField()
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = ["id", "role", "content", "agent", "model", "input_tokens", "output_tokens", "cost", "latency_ms",
+                  "ttft_ms", "quality_score", "feedback", "tool_calls", "status", "error_code", "created_at"]
+        read_only_fields = fields
+
+
+class ConversationSerializer(StrictModelSerializer):
+    class Meta:
+        model = Conversation
+        fields = ["id", "title", "agent", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate_agent(self, value):
+        if value not in all_agents():
+            raise serializers.ValidationError(f"Unknown agent {value!r}.")
+        return value
+
+    def validate_title(self, value):
+        return clean_text(value)[:200]
+
+
+class ConversationDetailSerializer(ConversationSerializer):
+    messages = MessageSerializer(many=True, read_only=True)
+
+    class Meta(ConversationSerializer.Meta):
+        fields = ConversationSerializer.Meta.fields + ["messages"]
+        read_only_fields = fields
+
+
+class FeedbackSerializer(StrictSerializer):
+    rating = serializers.ChoiceField(choices=[1, -1], help_text="1 (good) or -1 (bad).")
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    chunk_count = serializers.IntegerField(read_only=True, default=None)
+
+    class Meta:
+        model = Document
+        fields = ["id", "name", "title", "kind", "size", "owner", "builtin", "chunk_count", "created_at"]
+        read_only_fields = fields
+
+
+class DocumentUploadSerializer(StrictSerializer):
+    file = serializers.FileField(allow_empty_file=False)
+
+
+class ShareSerializer(StrictSerializer):
+    users = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, default=list,
+                                  max_length=500)
+    teams = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, default=list,
+                                  max_length=100)
+
+
+class AgentInfoSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    title = serializers.CharField()
+    description = serializers.CharField()
+    tools = serializers.ListField(child=serializers.CharField())
+    models = serializers.ListField(child=serializers.CharField())
+    default_model = serializers.CharField()

@@ -1,0 +1,92 @@
+"""What an agent is, what a tool is, and the context one run carries.
+
+An agent answers with the embedded local engine by yielding tool_call events (through
+`RunContext.use`) and plain strings of answer text; the runner turns text into token events,
+prices them and stores the run. With an upstream model, the same tools are offered to the model
+through function calling (agents/upstream.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import events
+
+
+@dataclass
+class ToolOutcome:
+    output: str                 # what the user (and a model) is shown
+    data: dict = field(default_factory=dict)
+    ok: bool = True
+
+
+@dataclass
+class Tool:
+    """A capability an agent offers; `parameters` is its JSON schema for function calling."""
+
+    name: str
+    description: str
+    parameters: dict
+    call: Callable[[dict, RunContext], Awaitable[ToolOutcome]]
+
+    def spec(self) -> dict:
+        return {"type": "function",
+                "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
+class ToolFailed(Exception):
+    """A tool could not do its job; the message is safe to show."""
+
+
+@dataclass
+class RunContext:
+    query: str
+    user: Any
+    api_key: Any = None
+    history: list[dict] = field(default_factory=list)      # earlier turns, OpenAI chat format
+    attachment: bytes | None = None                          # an image for the vision agent
+    raw_messages: list[dict] | None = None                   # OpenAI-compatible API: sent upstream verbatim
+    client_tools: list[dict] | None = None                   # OpenAI-compatible API: tools the client runs
+    tool_records: list[dict] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)               # what the agent learned, for quality scoring
+    last_outcome: ToolOutcome | None = None
+
+    async def use(self, tool: Tool, arguments: dict, call_id: str | None = None) -> AsyncIterator[dict]:
+        """Run a tool, yielding its running and done/error events; the outcome lands in last_outcome."""
+        call_id = call_id or f"call_{uuid.uuid4().hex[:12]}"
+        yield events.tool_call(call_id, tool.name, "running", input=arguments)
+        started = time.monotonic()
+        try:
+            outcome = await tool.call(arguments, self)
+        except ToolFailed as failure:
+            outcome = ToolOutcome(output=str(failure), ok=False)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        self.last_outcome = outcome
+        self.tool_records.append({"call_id": call_id, "name": tool.name, "input": arguments,
+                                  "output": outcome.output[:2000], "ok": outcome.ok, "duration_ms": duration_ms})
+        status = "done" if outcome.ok else "error"
+        yield events.tool_call(call_id, tool.name, status, output=outcome.output[:4000], duration_ms=duration_ms)
+
+
+class Agent:
+    """Base class: subclasses set the attributes and implement answer_locally and quality."""
+
+    name: str = ""
+    title: str = ""
+    description: str = ""
+    tools: list[Tool] = []
+    system_prompt: str = "You are a helpful assistant."
+    needs_attachment: bool = False
+
+    async def answer_locally(self, ctx: RunContext) -> AsyncIterator[dict | str]:
+        """Yield tool_call events and strings of answer text (the embedded engine)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def quality(self, ctx: RunContext, answer: str) -> float:
+        """A score in [0, 1] by this agent's documented rule."""
+        raise NotImplementedError

@@ -1,0 +1,159 @@
+"""RAG documents: upload, share, delete, who may see what, and full-text retrieval.
+
+Visibility is decided in the database: built-in docs for everyone; otherwise documents of the
+caller's organization that they own, that were shared with them or their team (guardian object
+permissions), or all of them for an organization admin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from guardian.shortcuts import assign_perm, get_objects_for_user
+
+from accounts.models import Team, User
+from accounts.roles import is_org_admin
+from accounts.services import team_group
+from agents.ingest import chunk_text, extract_text
+from agents.models import Document, DocumentChunk
+
+SHARE_PERMISSION = "agents.view_document_shared"
+_WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
+_STOP = frozenset(
+    "a an and are as at be by can do does for from how i in is it me my of on or say says tell the this to "
+    "was what when where which who why with you your about according document documents".split()
+)
+
+
+@dataclass
+class Passage:
+    document_id: int
+    document_title: str
+    chunk_index: int
+    text: str
+    score: float
+
+
+def visible_documents(user: User) -> QuerySet[Document]:
+    if user.is_superuser:
+        return Document.objects.all()
+    builtin = Q(builtin=True)
+    if user.organization_id is None:
+        return Document.objects.filter(builtin)
+    if is_org_admin(user):
+        return Document.objects.filter(builtin | Q(organization_id=user.organization_id))
+    shared = get_objects_for_user(user, SHARE_PERMISSION, klass=Document, accept_global_perms=False,
+                                  with_superuser=False).values("pk")
+    mine = Q(organization_id=user.organization_id) & (Q(owner=user) | Q(pk__in=shared))
+    return Document.objects.filter(builtin | mine)
+
+
+@transaction.atomic
+def store_document(*, name: str, data: bytes, content_type: str | None, owner: User | None,
+                   builtin: bool = False) -> Document:
+    """Extract, chunk and store a document; DocumentError (a clear message) for unusable files."""
+    extracted = extract_text(data, name, content_type, max_bytes=settings.RELAY_MAX_UPLOAD_BYTES)
+    document = Document.objects.create(
+        organization=owner.organization if owner else None, owner=owner, name=name[:255],
+        title=(extracted.title or name)[:255], kind=extracted.kind, size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), builtin=builtin,
+    )
+    DocumentChunk.objects.bulk_create(
+        DocumentChunk(document=document, index=chunk.index, text=chunk.text, start_char=chunk.start_char,
+                      end_char=chunk.end_char)
+        for chunk in chunk_text(extracted.text)
+    )
+    if owner is not None:
+        assign_perm(SHARE_PERMISSION, owner, document)
+    return document
+
+
+def share_document(document: Document, *, users: list[User] = (), teams: list[Team] = ()) -> None:
+    for user in users:
+        assign_perm(SHARE_PERMISSION, user, document)
+    for team in teams:
+        assign_perm(SHARE_PERMISSION, team_group(team), document)
+
+
+def may_manage(user: User, document: Document) -> bool:
+    """Owners and organization admins share and delete; others only read what was shared."""
+    if document.builtin:
+        return False
+    return document.owner_id == user.pk or (is_org_admin(user) and
+                                           (user.is_superuser or document.organization_id == user.organization_id))
+
+
+def search_terms(query: str, limit: int = 12) -> list[str]:
+    words = []
+    for word in _WORD.findall(query.lower()):
+        if word not in _STOP and word not in words:
+            words.append(word)
+    return words[:limit]
+
+
+def search(user: User, query: str, *, limit: int = 4) -> list[Passage]:
+    """The best chunks for query among the documents user may see (full-text search in the DB)."""
+    terms = search_terms(query)
+    if not terms:
+        return []
+    visible = visible_documents(user).values("pk")
+    if connection.vendor == "postgresql":
+        ranked = _search_postgres(terms, visible, limit)
+    else:
+        ranked = _search_sqlite(terms, visible, limit)
+    return ranked
+
+
+def _search_postgres(terms, visible, limit) -> list[Passage]:
+    tsquery = " | ".join(terms)  # terms are letters/digits only, so safe for to_tsquery syntax
+    chunks = (
+        DocumentChunk.objects.filter(document__in=visible)
+        .extra(  # noqa: S610 (constant SQL; the query text is a bound parameter)
+            select={"score": "ts_rank(to_tsvector('english', agents_documentchunk.text), to_tsquery('english', %s))"},
+            select_params=[tsquery],
+            where=["to_tsvector('english', agents_documentchunk.text) @@ to_tsquery('english', %s)"],
+            params=[tsquery],
+        )
+        .select_related("document")
+        .order_by("-score", "id")[:limit]
+    )
+    return [_passage(chunk, chunk.score) for chunk in chunks]
+
+
+def _search_sqlite(terms, visible, limit) -> list[Passage]:
+    match = " OR ".join(f'"{term}"' for term in terms)  # quoted: FTS5 operators in text stay words
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT rowid, bm25(agents_chunk_fts) AS score FROM agents_chunk_fts WHERE agents_chunk_fts MATCH %s"
+            " ORDER BY score LIMIT 200",
+            [match],
+        )
+        scores = {rowid: -score for rowid, score in cursor.fetchall()}  # bm25: lower is better
+    chunks = DocumentChunk.objects.filter(pk__in=list(scores), document__in=visible).select_related("document")
+    best = sorted(chunks, key=lambda chunk: (-scores[chunk.pk], chunk.pk))[:limit]
+    return [_passage(chunk, scores[chunk.pk]) for chunk in best]
+
+
+def _passage(chunk: DocumentChunk, score: float) -> Passage:
+    return Passage(document_id=chunk.document_id, document_title=str(chunk.document), chunk_index=chunk.index,
+                   text=chunk.text, score=float(score))
+
+
+def load_builtin_docs(**kwargs) -> None:
+    """Index Relay's own documentation (README and docs/) as built-in documents, once per version."""
+    for path in [settings.BASE_DIR / "README.md", *sorted(Path(settings.BASE_DIR / "docs").glob("*.md"))]:
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        current = Document.objects.filter(builtin=True, name=path.name)
+        if current.filter(sha256=digest).exists():
+            continue
+        current.delete()
+        store_document(name=path.name, data=data, content_type="text/markdown", owner=None, builtin=True)

@@ -1,0 +1,76 @@
+"""Which models exist and who serves them: the embedded engine, env-configured or admin-added upstreams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from agents.providers.openai_compat import OpenAICompatibleProvider
+
+LOCAL_MODELS = ("local-mini", "local-large")
+_providers: dict[tuple, OpenAICompatibleProvider] = {}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str                      # what clients ask for and what is priced
+    kind: str                      # "local" or "openai"
+    upstream_model: str = ""
+    base_url: str = ""
+    api_key: str = ""
+    supports_tools: bool = True
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "local"
+
+    def provider(self) -> OpenAICompatibleProvider:
+        """One provider (connection pool) per upstream, shared by all requests."""
+        key = (self.base_url, self.api_key)
+        if key not in _providers:
+            _providers[key] = OpenAICompatibleProvider(self.name, self.base_url, self.api_key or None)
+        return _providers[key]
+
+
+def _env_models() -> list[ModelChoice]:
+    if not settings.RELAY_LLM_BASE_URL:
+        return []
+    names = settings.RELAY_LLM_MODELS or ["default"]
+    return [ModelChoice(name=n, kind="openai", upstream_model=n, base_url=settings.RELAY_LLM_BASE_URL,
+                        api_key=settings.RELAY_LLM_API_KEY) for n in names]
+
+
+def _endpoint_models() -> list[ModelChoice]:
+    import os
+
+    from agents.models import ModelEndpoint
+
+    choices = []
+    for endpoint in ModelEndpoint.objects.filter(enabled=True):
+        if endpoint.provider_kind == ModelEndpoint.Kind.LOCAL:
+            continue
+        choices.append(ModelChoice(
+            name=endpoint.name, kind="openai", upstream_model=endpoint.upstream_model or endpoint.name,
+            base_url=endpoint.base_url, api_key=os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else "",
+            supports_tools=endpoint.supports_tools,
+        ))
+    return choices
+
+
+def available_models() -> list[ModelChoice]:
+    """Upstream models first (the default is the first), then the embedded engine's."""
+    seen, models = set(), []
+    for choice in [*_endpoint_models(), *_env_models(), *(ModelChoice(n, "local") for n in LOCAL_MODELS)]:
+        if choice.name not in seen:
+            seen.add(choice.name)
+            models.append(choice)
+    return models
+
+
+def resolve(name: str | None) -> ModelChoice | None:
+    """The model called name, or the default when name is empty; None for an unknown name."""
+    models = available_models()
+    if not name:
+        return models[0]
+    return next((m for m in models if m.name == name), None)

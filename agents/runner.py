@@ -1,0 +1,313 @@
+"""One agent run, from checks to stored answer: the hot path of DESIGN.md section 11.
+
+`prepare` does everything that can refuse a request (agent, permission, model, conversation,
+budget reservation) so that refusals are plain 4xx before any stream starts. `stream` then
+yields the protocol events of DESIGN.md section 6 and, however it ends (complete, error,
+budget stop, or the client going away), stores the answer and its one usage record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from relay.asyncdb import db
+from django.conf import settings
+from rest_framework import exceptions
+
+from agents import events
+from agents.core import RunContext
+from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
+from agents.providers.catalog import ModelChoice, resolve
+from agents.registry import get_agent, may_use
+from agents.tokenizer import count_message_tokens, split_tokens
+from agents.upstream import answer_with_model, build_messages
+from billing import services as billing
+
+logger = logging.getLogger(__name__)
+MAX_OUTPUT_TOKENS = 32768
+DEFAULT_MAX_TOKENS = 1024
+HISTORY_MESSAGES = 20
+
+
+@dataclass
+class RunRequest:
+    user: object
+    api_key: object
+    agent: str
+    query: str
+    conversation_id: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    attachment: bytes | None = None
+    history: list[dict] | None = None        # earlier turns given by the client (instead of a conversation)
+    messages: list[dict] | None = None       # OpenAI-compatible API: the client's whole conversation
+    client_tools: list[dict] | None = None   # OpenAI-compatible API: tools passed through to the model
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class PreparedRun:
+    request: RunRequest
+    agent: object
+    model: ModelChoice
+    ctx: RunContext
+    charge: billing.Charge
+    input_tokens: int
+    max_tokens: int
+    conversation_id: str = ""
+    message_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+    outcome: tuple | None = None  # (status, total tokens, cost) once stored
+
+
+class BudgetExceededError(exceptions.APIException):
+    status_code = 402
+    default_code = "budget_exceeded"
+    default_detail = "A budget covering this request is used up."
+
+
+class LedgerUnavailableError(exceptions.APIException):
+    status_code = 503
+    default_code = "ledger_unavailable"
+    default_detail = "The budget ledger cannot be reached; the request was not run. Try again shortly."
+
+
+class _BudgetStop(Exception):
+    pass
+
+
+def _check_request(req: RunRequest):
+    agent = get_agent(req.agent)
+    if agent is None:
+        raise exceptions.ValidationError({"agent_type": [f"Unknown agent {req.agent!r}."]})
+    if not may_use(req.user, req.api_key, req.agent):
+        raise exceptions.PermissionDenied(f"You may not use the {req.agent} agent.")
+    model = resolve(req.model)
+    if model is None:
+        raise exceptions.ValidationError({"model": [f"Unknown model {req.model!r}."]})
+    allowed = getattr(req.api_key, "allowed_models", None)
+    if allowed and model.name not in allowed:
+        raise exceptions.PermissionDenied(f"This API key may not use the model {model.name}.")
+    if agent.needs_attachment and not req.attachment:
+        raise exceptions.ValidationError({"image": ["The vision agent needs an image."]})
+    return agent, model
+
+
+def _load_history(req: RunRequest) -> list[dict]:
+    from agents.models import Conversation
+
+    if not req.conversation_id:
+        return list(req.history or [])
+    conversation = Conversation.objects.filter(pk=req.conversation_id, user=req.user).first()
+    if conversation is None:
+        raise exceptions.NotFound("No such conversation.")
+    recent = conversation.messages.exclude(content="").order_by("-created_at")[:HISTORY_MESSAGES]
+    return [{"role": m.role, "content": m.content} for m in reversed(list(recent))]
+
+
+def _open_conversation(req: RunRequest, agent_name: str, model_name: str) -> tuple[str, str]:
+    """The conversation (new or the caller's own) with the user's turn and an empty answer stored."""
+    from django.db import transaction
+
+    from agents.models import Conversation, Message
+
+    with transaction.atomic():
+        if req.conversation_id:
+            conversation = Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
+        else:
+            conversation = Conversation.objects.create(
+                organization_id=req.user.organization_id, user=req.user, agent=agent_name,
+                title=" ".join(req.query.split())[:80] or "Image",
+            )
+        Message.objects.create(conversation=conversation, role=Message.Role.USER, content=req.query,
+                               agent=agent_name, request_id=req.request_id)
+        answer = Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, agent=agent_name,
+                                        model=model_name, status=Message.Status.RUNNING, request_id=req.request_id)
+    return str(conversation.pk), str(answer.pk)
+
+
+async def prepare(req: RunRequest) -> PreparedRun:
+    """All checks and the budget reservation; raises DRF exceptions (4xx/5xx envelopes)."""
+    agent, model = await db(_check_request)(req)
+    history = await db(_load_history)(req)
+    ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=history,
+                     attachment=req.attachment, raw_messages=req.messages, client_tools=req.client_tools)
+    max_tokens = min(max(int(req.max_tokens or DEFAULT_MAX_TOKENS), 1), MAX_OUTPUT_TOKENS)
+    input_tokens = count_message_tokens(build_messages(agent, ctx))
+    try:
+        charge = await billing.open_charge(request_id=req.request_id, user=req.user, api_key=req.api_key,
+                                           model=model.name, input_tokens=input_tokens, max_output_tokens=max_tokens)
+    except billing.BudgetExceeded as exceeded:
+        await _record_budget_refusal(req, exceeded)
+        raise BudgetExceededError(exceeded.message) from None
+    except billing.UnknownModel as unknown:
+        raise exceptions.ValidationError({"model": [str(unknown)]}) from None
+    except billing.LedgerUnavailable:
+        raise LedgerUnavailableError() from None
+    run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
+                      max_tokens=max_tokens)
+    try:
+        run.conversation_id, run.message_id = await db(_open_conversation)(
+            req, agent.name, model.name)
+    except BaseException:
+        await asyncio.shield(billing.close_charge(charge, user=req.user, api_key=req.api_key, agent=agent.name,
+                                                  input_tokens=0, output_tokens=0, status="error", latency_ms=0))
+        raise
+    return run
+
+
+async def _record_budget_refusal(req: RunRequest, exceeded) -> None:
+    from audit import actions
+    from audit.services import arecord
+
+    await arecord(actions.BUDGET_EXCEEDED, status="denied", actor=req.user,
+                  resource=f"budget:{exceeded.budget_id}",
+                  metadata={"scope": exceeded.scope, "agent": req.agent, "request_id": req.request_id})
+
+
+@dataclass
+class _Progress:
+    answer: list[str] = field(default_factory=list)
+    output_tokens: int = 0
+    ttft_ms: int | None = None
+    status: str = "complete"
+    error_code: str = ""
+
+
+async def stream(run: PreparedRun):
+    """Yield the run's protocol events; the answer is stored however the stream ends."""
+    progress = _Progress()
+    yield events.start(run.conversation_id, run.message_id, run.agent.name, run.model.name)
+    try:
+        async for event in _produce(run, progress):
+            yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        progress.status = "cancelled"
+        await asyncio.shield(_finish(run, progress))
+        raise
+    except _BudgetStop:
+        progress.status, progress.error_code = "budget_stop", "budget_exceeded"
+        blocking = run.charge.blocking_budget()
+        yield events.error("budget_exceeded", blocking.message if blocking else "The budget is used up.")
+    except ProviderError as failure:
+        progress.status, progress.error_code = "error", failure.code
+        yield events.error(failure.code, failure.message)
+    except Exception:
+        logger.exception("agent %s failed (request %s)", run.agent.name, run.request.request_id)
+        progress.status, progress.error_code = "error", "agent_error"
+        yield events.error("agent_error", "The agent failed unexpectedly; the error has been logged.")
+    usage = await asyncio.shield(_finish(run, progress))
+    yield events.usage(usage.input_tokens, usage.output_tokens, usage.cost)
+    yield events.done(progress.status, usage.input_tokens + usage.output_tokens, usage.cost)
+
+
+async def _produce(run: PreparedRun, progress: _Progress):
+    if run.model.is_local:
+        source = run.agent.answer_locally(run.ctx)
+        delay = settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
+    else:
+        source = answer_with_model(run.agent, run.ctx, run.model, run.max_tokens, run.request.temperature)
+        delay = 0
+    async with aclosing(source):
+        async for item in source:
+            if isinstance(item, dict):
+                yield item
+                continue
+            if isinstance(item, ToolCallRequest):  # for the client to run (OpenAI-compatible API)
+                yield {"type": "client_tool_call", "call_id": item.call_id, "name": item.name,
+                       "arguments": item.arguments}
+                continue
+            pieces = [item.text] if isinstance(item, TextDelta) else split_tokens(item)
+            for piece in pieces:
+                if progress.output_tokens >= run.max_tokens:
+                    run.ctx.facts["finish_reason"] = "length"
+                    return  # the local engine honours max_tokens like a model does
+                if not run.charge.allows(run.input_tokens, progress.output_tokens + 1):
+                    raise _BudgetStop()
+                progress.output_tokens += 1
+                progress.answer.append(piece)
+                if progress.ttft_ms is None:
+                    progress.ttft_ms = int((time.monotonic() - run.started) * 1000)
+                yield events.token(piece)
+                if delay:
+                    await asyncio.sleep(delay)
+
+
+@dataclass
+class _Usage:
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+
+
+async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
+    """Store the answer, its usage record and audit event; used once per run, whatever happened."""
+    input_tokens, output_tokens = run.input_tokens, progress.output_tokens
+    reported = run.ctx.facts.get("upstream_usage")
+    if reported and reported["reported"] and progress.status == "complete":
+        input_tokens, output_tokens = reported["input_tokens"], reported["output_tokens"]
+    latency_ms = int((time.monotonic() - run.started) * 1000)
+    answer = "".join(progress.answer)
+    quality = run.agent.quality(run.ctx, answer) if progress.status == "complete" else 0.0
+    tool_calls = [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records]
+    record = await billing.close_charge(
+        run.charge, user=run.request.user, api_key=run.request.api_key, agent=run.agent.name,
+        input_tokens=input_tokens, output_tokens=output_tokens, status=progress.status, latency_ms=latency_ms,
+        message_id=run.message_id, tool_calls=tool_calls,
+    )
+    await db(_store_answer)(run, progress, answer, record, quality, latency_ms)
+    await _audit_run(run, progress, record)
+    run.outcome = (progress.status, record.input_tokens + record.output_tokens, record.cost)
+    return _Usage(record.input_tokens, record.output_tokens, record.cost)
+
+
+def _store_answer(run, progress, answer, record, quality, latency_ms) -> None:
+    from agents.models import Conversation, Message
+
+    Message.objects.filter(pk=run.message_id).update(
+        content=answer, input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
+        latency_ms=latency_ms, ttft_ms=progress.ttft_ms, quality_score=quality, quality_auto=quality,
+        tool_calls=run.ctx.tool_records, status=progress.status, error_code=progress.error_code,
+    )
+    Conversation.objects.filter(pk=run.conversation_id).update(updated_at=record.created_at)
+
+
+async def _audit_run(run: PreparedRun, progress: _Progress, record) -> None:
+    from audit import actions
+    from audit.services import arecord
+
+    metadata = {"agent": run.agent.name, "model": run.model.name, "status": progress.status,
+                "cost": str(record.cost), "input_tokens": record.input_tokens,
+                "output_tokens": record.output_tokens, "request_id": run.request.request_id}
+    if settings.RELAY_AUDIT_PROMPTS:
+        metadata["prompt"] = run.request.query[:4000]
+    await arecord(actions.AGENT_RUN, status="success" if progress.status != "error" else "error",
+                  actor=run.request.user, resource=f"message:{run.message_id}", metadata=metadata)
+
+
+async def collect(run: PreparedRun) -> dict:
+    """The whole run as one answer (the non-streaming API)."""
+    answer, tool_calls, errors, final = [], [], [], {}
+    async for event in stream(run):
+        kind = event["type"]
+        if kind == "token":
+            answer.append(event["content"])
+        elif kind == "tool_call" and event["status"] != "running":
+            tool_calls.append(event)
+        elif kind == "error":
+            errors.append({"code": event["code"], "message": event["message"]})
+        elif kind in ("usage", "done", "start"):
+            final[kind] = event
+    return {
+        "conversation_id": run.conversation_id, "message_id": run.message_id, "agent": run.agent.name,
+        "model": run.model.name, "answer": "".join(answer), "status": final["done"]["status"],
+        "tool_calls": tool_calls, "errors": errors,
+        "usage": {k: final["usage"][k] for k in ("input_tokens", "output_tokens", "cost")},
+    }

@@ -1,0 +1,342 @@
+"""Run untrusted Python in a bubblewrap sandbox (DESIGN.md section 10).
+
+No network, read-only system/interpreter mounts, a private size-capped /tmp, CPU / memory /
+process / wall-time / output limits. Refuses to run when no sandbox is usable unless the
+operator sets RELAY_ALLOW_UNSANDBOXED_CODE=1 (then: rlimits + temp dir + clean env only).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_PY_MOUNT, _VENV_MOUNT = "/opt/python", "/opt/venv"
+_TMP = "/tmp"  # noqa: S108 - the sandbox's own private tmpfs, not the host's /tmp
+_SCRIPT = _TMP + "/main.py"
+_TMPFS_BYTES = 64 * 1024 * 1024
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/ld.so.cache",
+                 "/etc/localtime")
+# Random high uid per run (root mode): never a real account, and RLIMIT_NPROC is counted per uid,
+# so concurrent runs do not share (or exhaust) one process budget.
+_UID_BASE = 1_500_000_000
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_seconds: float = 10.0
+    cpu_seconds: int = 5
+    memory_bytes: int = 512 * 1024 * 1024
+    max_output_bytes: int = 64 * 1024
+    max_processes: int = 32
+
+
+@dataclass
+class SandboxResult:
+    stdout: str
+    stderr: str
+    exit_code: int | None  # None when killed
+    timed_out: bool
+    output_truncated: bool
+    duration_ms: int
+    killed_reason: str | None  # "timeout", "output_limit", "memory", "cpu", "killed", ...
+    sandboxed: bool  # False only in the explicitly-allowed unsandboxed mode
+
+
+class SandboxUnavailable(Exception):
+    """No usable sandbox and unsandboxed execution was not explicitly allowed."""
+
+
+# Runs inside the sandbox before the user's code. Limits are set here rather than in a
+# preexec_fn: preexec_fn is unsafe in threaded servers (daphne, thread pools), and the limits
+# should bind the user's code, not bwrap. Hard limits = soft, so the code cannot raise them.
+# When bwrap runs as root it creates no user namespace (a root-owned userns maps the sandbox
+# uid to host uid 0, which the kernel exempts from RLIMIT_NPROC, so a fork bomb is NOT
+# contained - verified). Instead bwrap keeps only CAP_SETUID/SETGID and we drop to an
+# unprivileged host uid here, which also clears every capability before user code runs.
+_BOOTSTRAP = r"""
+import os, resource as R, sys
+cpu, mem, nproc, fsize, uid = map(int, sys.argv[1:6])
+path, sitedirs = sys.argv[6], sys.argv[7:]
+for res, soft, hard in ((R.RLIMIT_CPU, cpu, cpu + 1), (R.RLIMIT_AS, mem, mem),
+        (R.RLIMIT_NPROC, nproc, nproc), (R.RLIMIT_FSIZE, fsize, fsize),
+        (R.RLIMIT_CORE, 0, 0), (R.RLIMIT_NOFILE, 256, 256)):
+    R.setrlimit(res, (soft, hard))
+if uid and os.getuid() == 0:
+    os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid):
+        sys.exit("sandbox: failed to drop privileges")
+import site
+for d in sitedirs:
+    site.addsitedir(d)
+sys.path.insert(0, os.path.dirname(path))
+sys.argv = [path]
+with open(path, encoding="utf-8") as f:
+    src = f.read()
+try:
+    exec(compile(src, path, "exec"), {"__name__": "__main__", "__file__": path})
+except SystemExit:
+    raise
+except BaseException as e:
+    import traceback  # skip this bootstrap frame so users see only their own code
+    traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+    sys.exit(1)
+"""
+
+_probe_result: tuple[bool, str] | None = None
+
+
+def _bwrap_path() -> str | None:
+    return shutil.which("bwrap") or ("/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else None)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _interpreter_layout() -> tuple[list[tuple[str, str]], str, list[str], dict[str, str]]:
+    """(binds host->inside, interpreter inside, site dirs inside, extra env)."""
+    base = os.path.realpath(sys.base_prefix)
+    venv = os.path.realpath(sys.prefix)
+    binds: list[tuple[str, str]] = []
+    env: dict[str, str] = {}
+    # Remapped to /opt so the sandbox sees neither /root nor /work, only the interpreter/venv.
+    if not _under(base, "/usr"):
+        binds.append((base, _PY_MOUNT))
+        env["LD_LIBRARY_PATH"] = _PY_MOUNT + "/lib"  # libpython's RUNPATH points at the host path
+    if venv != base:
+        binds.append((venv, _VENV_MOUNT))
+
+    def inside(p: str) -> str:
+        p = os.path.realpath(p)
+        for host, dest in binds:
+            if _under(p, host):
+                return dest + p[len(host):]
+        return p
+
+    sitedirs = list(dict.fromkeys(inside(sysconfig.get_path(k)) for k in ("purelib", "platlib")))
+    return binds, inside(sys.executable), sitedirs, env
+
+
+def _child_env(home: str) -> dict[str, str]:
+    # Built from scratch: nothing from os.environ (API keys, DATABASE_URL...) reaches the code.
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", "HOME": home}
+
+
+def _python_args(exe: str, limits: SandboxLimits, uid: int, script: str, sitedirs: list[str]) -> list[str]:
+    # -I: ignore PYTHON* env and user site; -S: we add site dirs ourselves; -B: no .pyc; -u: keep
+    # partial output if the process is killed.
+    return [exe, "-I", "-S", "-B", "-u", "-c", _BOOTSTRAP, str(int(limits.cpu_seconds)),
+            str(int(limits.memory_bytes)), str(int(limits.max_processes)), str(_TMPFS_BYTES),
+            str(uid), script, *sitedirs]
+
+
+def _sandbox_command(code: str, limits: SandboxLimits, extra_ro_binds: Sequence[str]):
+    bwrap = _bwrap_path() or "bwrap"
+    binds, exe, sitedirs, extra_env = _interpreter_layout()
+    extra = [os.path.normpath(p) for p in extra_ro_binds]
+    for path in extra:
+        if not os.path.isabs(path) or not os.path.exists(path):
+            raise ValueError(f"extra_ro_binds: {path!r} is not an existing absolute path")
+    argv = [bwrap, "--die-with-parent", "--new-session"]
+    if os.geteuid() == 0:
+        # Not --unshare-all: it implies a user namespace (see _BOOTSTRAP for why not as root).
+        argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                 "--unshare-cgroup-try", "--cap-drop", "ALL",
+                 "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        uid = _UID_BASE + secrets.randbelow(1 << 24)
+    else:
+        # Unprivileged: the userns is owned by our non-root uid, so RLIMIT_NPROC applies.
+        argv += ["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
+                 "--disable-userns"]
+        uid = 0
+    # /proc, /dev and the private /tmp first, so extra binds under /tmp stay visible.
+    code_fd = os.memfd_create("relay-code")  # the code is copied in: never via a shell or argv
+    os.write(code_fd, code.encode("utf-8", errors="replace"))
+    os.lseek(code_fd, 0, os.SEEK_SET)
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--size", str(_TMPFS_BYTES), "--perms", "1777", "--tmpfs", _TMP,
+             "--perms", "0444", "--ro-bind-data", str(code_fd), _SCRIPT]
+    made, mounted = {_TMP}, set()
+
+    def ro_bind(host: str, dest: str) -> None:
+        # bwrap creates missing parents as 0700 root, which the dropped uid could not traverse.
+        parents, parent = [], os.path.dirname(dest)
+        while parent != "/" and parent not in made and not any(_under(parent, m) for m in mounted):
+            parents.append(parent)
+            parent = os.path.dirname(parent)
+        for d in reversed(parents):
+            argv.extend(["--perms", "0755", "--dir", d])
+            made.add(d)
+        argv.extend(["--ro-bind", host, dest])
+        mounted.add(dest)
+
+    for path in _SYSTEM_PATHS:  # /etc gets only what the dynamic loader needs
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            ro_bind(path, path)
+    for host, dest in [*binds, *((p, p) for p in extra)]:
+        ro_bind(host, dest)
+    argv += ["--chdir", _TMP, "--", *_python_args(exe, limits, uid, _SCRIPT, sitedirs)]
+    return argv, (code_fd,), {**_child_env(_TMP), **extra_env}
+
+
+def _probe() -> tuple[bool, str]:
+    if _bwrap_path() is None:
+        return False, "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
+    argv, fds, env = _sandbox_command("print('ok')", SandboxLimits(), ())
+    try:
+        r = subprocess.run(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL,  # noqa: S603 - fixed argv
+                           capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"bubblewrap failed to start: {e}"
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if r.returncode != 0 or r.stdout.strip() != b"ok":
+        err = r.stderr.decode(errors="replace").strip()[-300:]
+        return False, f"bubblewrap cannot create a sandbox here (namespaces disabled?): {err}"
+    return True, "bubblewrap sandbox available"
+
+
+def sandbox_available() -> tuple[bool, str]:
+    """(ok, reason). Probes once by running a trivial program in the real sandbox; cached."""
+    global _probe_result
+    if _probe_result is None:
+        _probe_result = _probe()
+    return _probe_result
+
+
+def _unsandboxed_allowed() -> bool:
+    value = None
+    try:
+        from django.conf import settings
+        if settings.configured:
+            value = getattr(settings, "RELAY_ALLOW_UNSANDBOXED_CODE", None)
+    except ImportError:
+        pass
+    if value is None:
+        value = os.environ.get("RELAY_ALLOW_UNSANDBOXED_CODE", "")
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _kill_group(pid: int) -> None:
+    # Killing bwrap takes the sandbox with it: --die-with-parent SIGKILLs its pid-1, and the
+    # kernel then kills everything left in that pid namespace (even setsid'd processes).
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sandboxed: bool) -> SandboxResult:
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+            pass_fds=fds, start_new_session=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    out, err = bytearray(), bytearray()
+    state: dict[str, object] = {"reason": None, "truncated": False}
+
+    def kill(reason: str) -> None:
+        state["reason"] = state["reason"] or reason
+        _kill_group(proc.pid)
+
+    async def pump(stream: asyncio.StreamReader, buf: bytearray) -> None:
+        # Past the cap we kill, then keep draining (and discarding) to EOF: memory stays bounded,
+        # and asyncio's proc.wait() only returns once every pipe has been read to EOF.
+        while chunk := await stream.read(65536):
+            room = limits.max_output_bytes - len(buf)
+            if len(chunk) > room and not state["truncated"]:
+                state["truncated"] = True
+                kill("output_limit")
+            buf += chunk[:max(room, 0)]
+
+    async def feed() -> None:
+        if proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(stdin.encode("utf-8", errors="replace"))
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    work = asyncio.gather(pump(proc.stdout, out), pump(proc.stderr, err), feed(), proc.wait())
+    try:
+        done, _ = await asyncio.wait({work}, timeout=limits.wall_seconds)
+        if done:
+            work.result()
+        else:
+            kill("timeout")
+            try:  # keep pumping to EOF now the sandbox is dead (see pump)
+                await asyncio.wait_for(work, 5)
+            except TimeoutError:
+                pass  # a pipe held by an escaped process: only possible unsandboxed
+    except BaseException:  # cancelled: leave nothing running behind us
+        kill("cancelled")
+        work.cancel()
+        raise
+
+    rc = proc.returncode
+    stdout = out.decode("utf-8", errors="replace")
+    stderr = err.decode("utf-8", errors="replace")
+    reason = state["reason"]
+    exit_code: int | None = None if reason else rc
+    if reason is None and rc:
+        # bwrap reports a signalled child as 128+signal (a plain exit(137) looks the same).
+        sig = -rc if rc < 0 else (rc - 128 if sandboxed and rc > 128 else 0)
+        if sig:
+            reason = {signal.SIGXCPU: "cpu", signal.SIGKILL: "killed"}.get(sig, f"signal {sig}")
+            exit_code = None
+        elif "MemoryError" in stderr[-300:]:
+            reason = "memory"  # RLIMIT_AS made the allocation fail; the process exited itself
+    return SandboxResult(
+        stdout=stdout, stderr=stderr, exit_code=exit_code, timed_out=reason == "timeout",
+        output_truncated=bool(state["truncated"]),
+        duration_ms=int((time.monotonic() - started) * 1000),
+        killed_reason=reason, sandboxed=sandboxed)
+
+
+async def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), stdin: str = "",
+                     extra_ro_binds: Sequence[str] = ()) -> SandboxResult:
+    """Run `code` with `python -I` in the sandbox; `extra_ro_binds` are host paths mounted
+    read-only at the same path. The venv's site-packages are always importable (e.g. sympy)."""
+    ok, reason = await asyncio.to_thread(sandbox_available)
+    if ok:
+        argv, fds, env = _sandbox_command(code, limits, extra_ro_binds)
+        return await _execute(argv, env=env, cwd="/", fds=fds, limits=limits, stdin=stdin, sandboxed=True)
+    if not _unsandboxed_allowed():
+        raise SandboxUnavailable(
+            f"Refusing to run code: no sandbox is available ({reason}). Install bubblewrap with "
+            "user namespaces enabled, or set RELAY_ALLOW_UNSANDBOXED_CODE=1 to run code without "
+            "isolation (only resource limits) at your own risk.")
+    log.warning("Running code WITHOUT a sandbox (RELAY_ALLOW_UNSANDBOXED_CODE is set): %s", reason)
+    workdir = tempfile.mkdtemp(prefix="relay-code-")
+    try:
+        script = os.path.join(workdir, "main.py")
+        with open(script, "w", encoding="utf-8", errors="replace") as f:
+            f.write(code)
+        sitedirs = list(dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib")))
+        argv = _python_args(sys.executable, limits, 0, script, sitedirs)
+        return await _execute(argv, env=_child_env(workdir), cwd=workdir, fds=(), limits=limits,
+                              stdin=stdin, sandboxed=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,515 @@
+"""Whitelist parser for the math tool.
+
+Untrusted text is turned into a small intermediate representation (IR) of
+plain tuples using only the `ast` module, so the web process never needs
+SymPy and never evaluates anything. The IR is rebuilt into SymPy objects in
+the worker process by `build`, which constructs every object from a fixed
+mapping -- no `sympify`, `eval` or `getattr` on user-supplied names.
+
+IR nodes: ("int", n) ("rat", p, q) ("sym", name) ("const", name)
+          ("neg", a) ("bin", op, a, b) ("call", fname, [args]) ("list", [items])
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+import unicodedata
+from fractions import Fraction
+
+MAX_INPUT_CHARS = 2000
+MAX_INT_DIGITS = 1000
+# Long sums nest one level per term in the AST, so this is generous; recursion stays < 1000.
+MAX_DEPTH = 200
+# ~10^5 decimal digits: anything bigger is useless to a chat user and slow to build.
+MAX_RESULT_BITS = 332_200
+MAX_FACTORIAL_ARG = 20_000
+MAX_MATRIX_DIM = 12
+
+
+class MathError(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# name -> (min args, max args)
+FUNCTIONS = {
+    "sin": (1, 1), "cos": (1, 1), "tan": (1, 1), "asin": (1, 1), "acos": (1, 1),
+    "atan": (1, 1), "sinh": (1, 1), "cosh": (1, 1), "tanh": (1, 1), "exp": (1, 1),
+    "log": (1, 2), "ln": (1, 1), "sqrt": (1, 1), "abs": (1, 1), "factorial": (1, 1),
+    "binomial": (2, 2), "gamma": (1, 1), "floor": (1, 1), "ceiling": (1, 1),
+    "Min": (1, 8), "Max": (1, 8), "re": (1, 1), "im": (1, 1), "conjugate": (1, 1),
+}
+# Case-insensitive spellings users type; maps to the canonical key above.
+_FUNC_ALIASES = {k.lower(): k for k in FUNCTIONS}
+_FUNC_ALIASES.update({"ceil": "ceiling", "arcsin": "asin", "arccos": "acos", "arctan": "atan"})
+GREEK = {
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+    "mu", "nu", "xi", "omicron", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+}
+CONSTANTS = {"pi": "pi", "e": "E", "E": "E", "oo": "oo", "inf": "oo", "infinity": "oo", "I": "I"}
+
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u22c5": "*", "\u00b7": "*",
+    "\u2219": "*", "\u00f7": "/", "\u2044": "/", "\u221a": "sqrt", "\u03c0": "pi", "\u221e": "oo",
+    "\u2192": "->", "\u2264": "<=", "\u2265": ">=", "\u2260": "!=", "\u222b": "integral of ",
+    "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2018": "'", "\u2019": "'",
+    "\u201c": '"', "\u201d": '"',
+}
+_SUPERSCRIPTS = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b",
+                              "0123456789-")
+_GREEK_LETTERS = {unicodedata.lookup(f"GREEK SMALL LETTER {n.upper()}"): n for n in GREEK}
+
+
+def normalise_text(query) -> str:
+    """Validate raw input and map the unicode people paste into ASCII."""
+    if not isinstance(query, str):
+        raise MathError("The question must be text.")
+    if len(query) > MAX_INPUT_CHARS:
+        raise MathError(f"That input is too long (over {MAX_INPUT_CHARS} characters).")
+    if not query.strip():
+        raise MathError("Please give me an expression or a question, e.g. 'integrate x^2'.")
+    for ch in query:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") and ch not in "\t\n\r":
+            raise MathError(f"The input contains a control or invisible character (U+{ord(ch):04X}).")
+    # Superscripts first: NFKC would turn x² into x2, silently changing the meaning.
+    text = re.sub("[\u2070\u00b9\u00b2\u00b3\u2074-\u2079\u207b]+",
+                  lambda m: "^(" + m.group().translate(_SUPERSCRIPTS) + ")", query)
+    for src, dst in {**_UNICODE, **_GREEK_LETTERS}.items():
+        text = text.replace(src, f" {dst} " if dst in GREEK else dst)
+    text = unicodedata.normalize("NFKC", text)
+    for ch in text:
+        if ord(ch) > 126:
+            raise MathError(f"Unsupported character {ch!r} in the input.")
+    return " ".join(text.split())
+
+
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
+                    r"|(?P<name>[A-Za-z]+)|(?P<op>\*\*|[-+*/^%()\[\],!]))")
+_OPERAND_END = ("num", "sym", ")", "]")
+
+
+def _classify(word: str) -> tuple[str, str]:
+    if word in CONSTANTS or word.lower() in ("pi", "oo", "inf", "infinity"):
+        return "sym", CONSTANTS.get(word) or CONSTANTS[word.lower()]
+    if word in FUNCTIONS or word.lower() in _FUNC_ALIASES:
+        return "func", word if word in FUNCTIONS else _FUNC_ALIASES[word.lower()]
+    if len(word) == 1 or word in GREEK:
+        return "sym", word
+    if word.lower() in GREEK:
+        return "sym", word.lower()
+    raise MathError(f"I don't know the name '{_clip(word)}'. Use single-letter variables, "
+                    "greek letter names and standard functions; write products with *, e.g. x*y.")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def tokenize(expr: str) -> str:
+    """Return a Python-syntax string with explicit operators (2x -> 2*x, ^ -> **, 5! -> factorial(5))."""
+    toks: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if not m:
+            ch = expr[pos:].lstrip()[:1]
+            if not ch:
+                break
+            if ch in "'\"`":
+                raise MathError("Strings aren't allowed in math input.")
+            if ch == "_":
+                raise MathError("Names with underscores aren't allowed.")
+            if ch == ".":
+                raise MathError("Attribute access ('.') isn't allowed.")
+            if ch in "<>=":
+                raise MathError("Inequalities and comparisons aren't supported; use a single '=' for equations.")
+            raise MathError(f"Unexpected character {ch!r} in the expression.")
+        pos = m.end()
+        if m.group("num"):
+            kind, val = "num", m.group("num")
+            if len(re.sub(r"\D", "", val.split("e")[0].split("E")[0])) > MAX_INT_DIGITS:
+                raise MathError(f"Numbers are limited to {MAX_INT_DIGITS} digits.")
+        elif m.group("name"):
+            kind, val = _classify(m.group("name"))
+        else:
+            kind = val = "**" if m.group("op") == "^" else m.group("op")
+        prev = _settle_func(toks, kind)
+        if prev == "sym" and kind == "num":
+            raise MathError(f"'{toks[-1][1]}{val}' is ambiguous: write {toks[-1][1]}*{val} or {toks[-1][1]}^{val}.")
+        if kind == "[" and prev in ("sym", ")"):
+            raise MathError("Indexing with [...] isn't allowed; write matrices as [[1,2],[3,4]].")
+        if prev in _OPERAND_END and (kind in ("sym", "func", "(", "[") or (kind == "num" and prev != "num")):
+            toks.append(("*", "*"))
+        if kind == "!":
+            _wrap_factorial(toks)
+            continue
+        toks.append((kind, val))
+    _settle_func(toks, None)
+    return " ".join(v for _, v in toks)
+
+
+def _settle_func(toks: list[tuple[str, str]], following: str | None) -> str | None:
+    """A function name must be followed by '('; bare 'gamma' is the greek letter."""
+    if not toks:
+        return None
+    if toks[-1][0] == "func" and following != "(":
+        if toks[-1][1] != "gamma":
+            raise MathError(f"{toks[-1][1]} needs parentheses, e.g. {toks[-1][1]}(x).")
+        toks[-1] = ("sym", "gamma")
+    return toks[-1][0]
+
+
+def _wrap_factorial(toks: list[tuple[str, str]]) -> None:
+    if not toks or toks[-1][0] not in _OPERAND_END:
+        raise MathError("'!' must follow a number, a variable or a bracket, e.g. 5!.")
+    start = len(toks) - 1
+    if toks[-1][0] in (")", "]"):
+        depth = 0
+        for start in range(len(toks) - 1, -1, -1):
+            depth += {")": 1, "]": 1, "(": -1, "[": -1}.get(toks[start][0], 0)
+            if depth == 0:
+                break
+        if start > 0 and toks[start - 1][0] == "func":
+            start -= 1
+    toks[start:] = [("func", "factorial"), ("(", "(")] + toks[start:] + [(")", ")")]
+
+
+def to_ir(expr: str):
+    """Parse one expression (no '=') into IR, allowing only whitelisted syntax."""
+    source = tokenize(expr)
+    if not source:
+        raise MathError("The expression is empty.")
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError):
+        raise MathError(f"I couldn't parse '{_clip(expr)}' as a math expression.") from None
+    except (RecursionError, MemoryError):
+        raise MathError("The expression is too deeply nested.") from None
+    return _walk(tree.body, 0)
+
+
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.Mod: "%"}
+_REJECTED = {
+    ast.Attribute: "Attribute access isn't allowed.", ast.Subscript: "Indexing isn't allowed.",
+    ast.Lambda: "Lambdas aren't allowed.", ast.Compare: "Comparisons aren't supported; use '=' for equations.",
+    ast.Tuple: "Tuples aren't supported; use [..] for vectors and matrices.",
+}
+
+
+def _walk(node, depth: int):
+    if depth > MAX_DEPTH:
+        raise MathError("The expression is too deeply nested.")
+    d = depth + 1
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise MathError("Only numbers are allowed as literals (no strings or other constants).")
+        if isinstance(v, int):
+            return ("int", v)
+        if not math.isfinite(v):
+            raise MathError("That number is too large.")
+        # repr() gives the shortest decimal, so 0.1 becomes exactly 1/10.
+        f = Fraction(repr(v))
+        return ("rat", f.numerator, f.denominator)
+    if isinstance(node, ast.Name):
+        if node.id.startswith("_") or "__" in node.id:
+            raise MathError("Names with underscores aren't allowed.")
+        if node.id in CONSTANTS.values():
+            return ("const", node.id)
+        if node.id in GREEK:
+            return ("sym", node.id)
+        if node.id in FUNCTIONS:
+            raise MathError(f"{node.id} needs parentheses, e.g. {node.id}(x).")
+        if len(node.id) == 1 or node.id in GREEK:
+            return ("sym", node.id)
+        raise MathError(f"I don't know the name '{_clip(node.id)}'.")
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return ("bin", _BINOPS[type(node.op)], _walk(node.left, d), _walk(node.right, d))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = _walk(node.operand, d)
+        return ("neg", inner) if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            raise MathError("Only standard math functions can be called (sin, log, sqrt, ...).")
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            raise MathError("Functions take plain positional arguments only.")
+        lo, hi = FUNCTIONS[node.func.id]
+        if not lo <= len(node.args) <= hi:
+            raise MathError(f"{node.func.id} takes {lo if lo == hi else f'{lo} to {hi}'} argument(s).")
+        return ("call", node.func.id, [_walk(a, d) for a in node.args])
+    if isinstance(node, ast.List):
+        if not node.elts or len(node.elts) > MAX_MATRIX_DIM:
+            raise MathError(f"Vectors and matrices must have 1 to {MAX_MATRIX_DIM} rows and columns.")
+        return ("list", [_walk(e, d) for e in node.elts])
+    for kind, msg in _REJECTED.items():
+        if isinstance(node, kind):
+            raise MathError(msg)
+    raise MathError(f"That kind of expression ({type(node).__name__}) isn't allowed.")
+
+
+def ir_symbols(ir) -> set[str]:
+    if ir[0] == "sym":
+        return {ir[1]}
+    kids = ir[1:] if ir[0] != "call" else ir[2]
+    out: set[str] = set()
+    for k in kids:
+        if isinstance(k, tuple):
+            out |= ir_symbols(k)
+        elif isinstance(k, list):
+            for item in k:
+                out |= ir_symbols(item)
+    return out
+
+
+# ---------------------------------------------------------------- worker side
+
+def build(ir, numeric: bool = False):
+    """IR -> SymPy object (runs in the worker). `numeric` builds with 30-digit floats
+    so results can be re-checked through a different arithmetic path."""
+    import sympy as sp
+
+    kind = ir[0]
+    if kind == "int":
+        return sp.Float(ir[1], 30) if numeric else sp.Integer(ir[1])
+    if kind == "rat":
+        return sp.Float(sp.Rational(ir[1], ir[2]), 30) if numeric else sp.Rational(ir[1], ir[2])
+    if kind == "sym":
+        return sp.Symbol(ir[1])
+    if kind == "const":
+        return {"pi": sp.pi, "E": sp.E, "oo": sp.oo, "I": sp.I}[ir[1]]
+    if kind == "neg":
+        return -build(ir[1], numeric)
+    if kind == "list":
+        items = [build(i, numeric) for i in ir[1]]
+        if all(isinstance(i, sp.MatrixBase) for i in items):
+            if len({i.shape for i in items}) != 1 or items[0].cols != 1:
+                raise MathError("Matrix rows must all have the same length.")
+            return sp.Matrix([list(i) for i in items])
+        if any(isinstance(i, sp.MatrixBase) for i in items):
+            raise MathError("A matrix must be a list of rows, e.g. [[1,2],[3,4]].")
+        return sp.Matrix(items)
+    if kind == "bin":
+        a, b = build(ir[2], numeric), build(ir[3], numeric)
+        op = ir[1]
+        if op == "**":
+            _check_power(a, b)
+            out = a ** b
+        elif op == "%":
+            if isinstance(a, sp.MatrixBase) or isinstance(b, sp.MatrixBase):
+                raise MathError("'%' isn't defined for matrices.")
+            if b == 0:
+                raise MathError("Division by zero in '%'.")
+            out = sp.Mod(a, b)
+        else:
+            out = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b}[op]()
+        return _check_size(out)
+    if kind == "call":
+        args = [build(a, numeric) for a in ir[2]]
+        if any(isinstance(a, sp.MatrixBase) for a in args):
+            raise MathError(f"{ir[1]} can't take a matrix argument.")
+        _check_call(ir[1], args)
+        fn = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "asin": sp.asin, "acos": sp.acos,
+              "atan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "exp": sp.exp,
+              "log": sp.log, "ln": sp.log, "sqrt": sp.sqrt, "abs": sp.Abs, "factorial": sp.factorial,
+              "binomial": sp.binomial, "gamma": sp.gamma, "floor": sp.floor, "ceiling": sp.ceiling,
+              "Min": sp.Min, "Max": sp.Max, "re": sp.re, "im": sp.im, "conjugate": sp.conjugate}[ir[1]]
+        return _check_size(fn(*args))
+    raise MathError("Internal error: unknown expression node.")
+
+
+def _bits(r) -> float:
+    return max(abs(int(r.p)).bit_length(), int(r.q).bit_length())
+
+
+def _check_power(base, exp) -> None:
+    # SymPy evaluates Integer**Integer eagerly, so the size must be estimated before `**`.
+    import sympy as sp
+    if not (getattr(exp, "is_Rational", False) and getattr(base, "is_number", False)):
+        return
+    if isinstance(base, sp.MatrixBase) or base in (0, 1, -1):
+        return
+    mag = abs(float(exp)) if abs(exp) < 10**300 else math.inf
+    if base.is_Rational:
+        if mag * _bits(base) > MAX_RESULT_BITS:
+            raise MathError("That number would have more than 100,000 digits; I won't compute it.")
+    elif mag > 100_000 and not base.is_Float:
+        raise MathError("That exponent is too large to compute exactly.")
+
+
+def _check_call(name: str, args) -> None:
+    n = args[0]
+    if name in ("factorial", "gamma") and n.is_Rational and abs(n) > MAX_FACTORIAL_ARG:
+        raise MathError(f"{name} is limited to arguments up to {MAX_FACTORIAL_ARG:,} "
+                        "(bigger results have more than 100,000 digits).")
+    if name == "binomial" and n.is_Integer and args[1].is_Integer and n > 0:
+        k = min(int(args[1]), int(n - args[1]))
+        if k > 0 and k * math.log2(int(n)) > MAX_RESULT_BITS:
+            raise MathError("That binomial coefficient would have more than 100,000 digits.")
+
+
+def _check_size(value):
+    if getattr(value, "is_Rational", False) and _bits(value) > MAX_RESULT_BITS + 64:
+        raise MathError("That number would have more than 100,000 digits; I won't compute it.")
+    return value
+
+
+# ---------------------------------------------------------------- intent
+
+_FILLER = re.compile(r"^(?:please|can\s+you|could\s+you|what\s+is|what's|whats|compute|calculate|find|"
+                     r"work\s+out|tell\s+me|give\s+me|the)\b\s*", re.I)
+_END = r"(?:\b|(?=[(\[])|(?<=:))\s*"
+_OPS = [(op, re.compile(rf"^(?:{pat}){_END}", re.I)) for op, pat in [
+    ("series", r"(?:(?:taylor|maclaurin|power)\s+)?series\s+(?:of|for)|(?:taylor|maclaurin)\s+(?:expansion|series)"
+               r"(?:\s+(?:of|for))?"),
+    ("integrate", r"(?:definite\s+)?(?:integrate|integral\s+of|integral|anti-?derivative\s+of)"),
+    ("differentiate", r"(?:(?P<nth>second|third|2nd|3rd)\s+)?(?:differentiate|derivative\s+of|derivative|diff|"
+                      r"d/d(?P<dvar>[a-z]))"),
+    ("solve", r"solve(?:\s+for\s+(?P<svar>[a-z])\s*:?)?|(?:roots|zeros|zeroes|solutions?)\s+(?:of|to)"),
+    ("simplify", r"simplify|simplification\s+of"),
+    ("expand", r"expand|expansion\s+of"),
+    ("factor", r"factor(?:ise|ize)?|(?:prime\s+)?factori[sz]ation\s+of"),
+    ("limit", r"limit\s+of|limit|lim"),
+    ("matrix", r"(?P<mop>determinant|det|inverse|inv|transpose|eigenvalues|rank|trace)(?:\s+of)?"),
+    ("evaluate", r"evaluate|value\s+of"),
+]]
+_WRT = re.compile(r"[\s,]+(?:with\s+respect\s+to|wrt|w\.r\.t\.?|in|for)\s+([A-Za-z])$", re.I)
+_DX = re.compile(r"\s*\bd([a-z])$")
+_BOUNDS = re.compile(r"[\s,]+from\s+(.+?)\s+to\s+(.+)$", re.I)
+_LIMIT = re.compile(r"^(?P<e>.+?)\s*(?:,\s*|\s+(?:as|when|where)\s+)(?P<v>[A-Za-z])\s*"
+                    r"(?:->|approaches|tends\s+to|goes\s+to|to)\s*(?P<p>.+)$", re.I)
+_LIMIT_PREFIX = re.compile(r"^(?P<v>[A-Za-z])\s*->\s*(?P<p>\S+)\s+(?P<e>.+)$")
+_ORDER = re.compile(r"[\s,]+(?:(?:up\s+)?to\s+)?(?:order|degree)\s+(\d{1,2})$", re.I)
+_AROUND = re.compile(r"[\s,]+(?:around|about|at|near)\s+(?:([A-Za-z])\s*=\s*)?(.+)$", re.I)
+_MOP = {"det": "determinant", "inv": "inverse"}
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    return parts + ["".join(cur)]
+
+
+def _strip(rx: re.Pattern, text: str):
+    m = rx.search(text)
+    return (text[:m.start()].strip(), m) if m else (text, None)
+
+
+def parse_query(query) -> dict:
+    """Natural-ish question -> job dict: op, parsed expression(s) as IR and options."""
+    text = normalise_text(query).rstrip("?. ") or "?"
+    text = text.replace("==", "=")
+    while (m := _FILLER.match(text)) and m.end():
+        text = text[m.end():]
+    job: dict = {"op": "evaluate", "var": None}
+    for op, rx in _OPS:
+        if m := rx.match(text):
+            job["op"], text = op, text[m.end():].strip()
+            groups = m.groupdict()
+            job["var"] = groups.get("dvar") or groups.get("svar")
+            job["n"] = {"second": 2, "2nd": 2, "third": 3, "3rd": 3}.get((groups.get("nth") or "").lower(), 1)
+            job["mop"] = _MOP.get((groups.get("mop") or "").lower(), (groups.get("mop") or "").lower())
+            break
+    op = job["op"]
+    # SymPy call style: integrate(x^2, x) / limit(sin(x)/x, x, 0)
+    args = _split_top(text[1:-1], ",") if text.startswith("(") and text.endswith(")") else [text]
+    if len(args) > 1 and _split_top(text, ",") == [text] and op != "solve":
+        text = args[0]
+        if re.fullmatch(r"\s*[A-Za-z]\s*", args[1]):
+            job["var"] = args[1].strip()
+        if len(args) > 2 and op in ("limit", "series"):
+            job["point"] = to_ir(args[2])
+    if op in ("integrate", "differentiate", "series", "solve"):
+        text, m = _strip(_WRT, text)
+        job["var"] = m.group(1) if m else job["var"]
+    if op == "integrate":
+        for _ in range(2):
+            text, m = _strip(_DX, text)
+            job["var"] = m.group(1) if m else job["var"]
+            text, b = _strip(_BOUNDS, text)
+            if b:
+                job["bounds"] = (to_ir(b.group(1)), to_ir(b.group(2)))
+    elif op == "limit" and "point" not in job:
+        m = _LIMIT.match(text) or _LIMIT_PREFIX.match(text)
+        if not m:
+            raise MathError("For a limit, say where the variable goes, e.g. 'limit of sin(x)/x as x -> 0'.")
+        text, job["var"], point = m.group("e"), m.group("v"), m.group("p").strip()
+        point, side = _strip(re.compile(r"\s+from\s+(?:the\s+)?(left|right|below|above)$", re.I), point)
+        job["dir"] = {"left": "-", "below": "-", "right": "+", "above": "+"}[side.group(1).lower()] if side else "+-"
+        if point[-1:] in "+-" and len(point) > 1:
+            job["dir"], point = point[-1], point[:-1]
+        job["point"] = to_ir(point)
+    elif op == "series":
+        job["order"] = 6
+        for _ in range(2):
+            text, m = _strip(_ORDER, text)
+            job["order"] = int(m.group(1)) if m else job["order"]
+            text, m = _strip(_AROUND, text)
+            if m:
+                job["var"] = m.group(1) or job["var"]
+                job["point"] = to_ir(m.group(2))
+        if not 1 <= job["order"] <= 30:
+            raise MathError("The series order must be between 1 and 30.")
+    elif op == "evaluate":
+        text = re.sub(r"^(.+?)\s+factorial$", r"factorial(\1)", text, flags=re.I)
+        text = re.sub(r"^factorial\s+of\s+(.+)$", r"factorial(\1)", text, flags=re.I)
+        text = re.sub(r"^(?:square\s+)?root\s+of\s+(.+)$", r"sqrt(\1)", text, flags=re.I)
+    if "=" in text and op in ("evaluate", "solve"):
+        job["op"] = op = "solve"
+    if op == "solve":
+        parts = [p for chunk in _split_top(text, ",") for p in re.split(r"\s+and\s+", chunk, flags=re.I)]
+        eqs = []
+        for part in parts:
+            sides = part.split("=")
+            if len(sides) > 2:
+                raise MathError("An equation can have only one '='.")
+            eqs.append((to_ir(sides[0]), to_ir(sides[1]) if len(sides) == 2 else ("int", 0)))
+        if len(eqs) > 6:
+            raise MathError("I can solve systems of at most 6 equations.")
+        job["equations"] = eqs
+    else:
+        if "=" in text:
+            raise MathError(f"'=' only makes sense in equations to solve, not with {op}.")
+        job["expr"] = to_ir(text)
+    return job
+
+
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "%": 2, "**": 4}
+
+
+def ir_str(ir) -> str:
+    """Print IR as typed (2**10 + 3/4), with only the parentheses that are needed."""
+    return _fmt(ir)[0]
+
+
+def _fmt(ir) -> tuple[str, int]:
+    kind = ir[0]
+    if kind == "int":
+        return str(ir[1]), 5
+    if kind == "rat":
+        return f"{ir[1]}/{ir[2]}" if ir[2] != 1 else str(ir[1]), 2 if ir[2] != 1 else 5
+    if kind in ("sym", "const"):
+        return ir[1], 5
+    if kind == "neg":
+        s, p = _fmt(ir[1])
+        return "-" + (s if p >= 3 else f"({s})"), 3
+    if kind == "call":
+        return f"{ir[1]}({', '.join(ir_str(a) for a in ir[2])})", 5
+    if kind == "list":
+        return "[" + ", ".join(ir_str(i) for i in ir[1]) + "]", 5
+    op, prec = ir[1], _PREC[ir[1]]
+    (left, lp), (right, rp) = _fmt(ir[2]), _fmt(ir[3])
+    if op == "**":
+        left = left if lp >= 5 else f"({left})"
+        right = right if rp >= 4 else f"({right})"
+    else:
+        left = left if lp >= prec else f"({left})"
+        right = right if rp > prec or (rp == prec and op in "+*") else f"({right})"
+    return left + (f" {op} " if prec == 1 else op) + right, prec

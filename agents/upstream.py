@@ -1,0 +1,86 @@
+"""An agent answering through an upstream language model, its tools offered by function calling.
+
+Yields what the runner consumes: tool_call event dicts (while tools run) and provider
+TextDelta objects (one per upstream chunk, each counted as one output token). Upstream usage
+is summed over the rounds into ctx.facts["upstream_usage"].
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+
+from agents.core import Agent, RunContext
+from agents.providers.base import ChatRequest, Finish, TextDelta, ToolCallRequest, Usage
+from agents.providers.catalog import ModelChoice
+
+MAX_TOOL_ROUNDS = 4
+
+
+def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
+    if ctx.raw_messages is not None:  # the OpenAI-compatible API: the client's conversation, verbatim
+        return ctx.raw_messages
+    return [{"role": "system", "content": agent.system_prompt}, *ctx.history, {"role": "user", "content": ctx.query}]
+
+
+async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
+                            temperature: float | None = None):
+    provider = choice.provider()
+    messages = list(build_messages(agent, ctx))
+    tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
+    usage = ctx.facts.setdefault("upstream_usage", {"input_tokens": 0, "output_tokens": 0, "reported": False})
+    for _ in range(MAX_TOOL_ROUNDS + 1):
+        offered = ctx.client_tools or [t.spec() for t in tools.values()] or None
+        request = ChatRequest(messages=messages, model=choice.upstream_model, max_tokens=max_tokens,
+                              temperature=temperature, tools=offered)
+        calls: list[ToolCallRequest] = []
+        async with aclosing(provider.stream(request)) as stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        yield event
+                elif isinstance(event, ToolCallRequest):
+                    calls.append(event)
+                elif isinstance(event, Finish):
+                    ctx.facts["finish_reason"] = event.reason
+                elif isinstance(event, Usage):
+                    usage["input_tokens"] += event.input_tokens
+                    usage["output_tokens"] += event.output_tokens
+                    usage["reported"] = True
+        if not calls:
+            return
+        if ctx.client_tools:  # the client's own tools: hand the calls back, the client runs them
+            for call in calls:
+                yield call
+            return
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls
+        ]})
+        for call in calls:
+            async for event in _run_call(ctx, tools, call):
+                yield event
+            messages.append({"role": "tool", "tool_call_id": call.call_id, "content": ctx.last_outcome.output})
+
+
+async def _run_call(ctx: RunContext, tools: dict, call: ToolCallRequest):
+    from agents import events
+    from agents.core import ToolOutcome
+
+    tool = tools.get(call.name)
+    try:
+        arguments = json.loads(call.arguments or "{}")
+        if not isinstance(arguments, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as error:
+        arguments, problem = None, f"The tool arguments were not valid JSON: {error}"
+    else:
+        problem = None if tool else f"There is no tool named {call.name!r}."
+    if problem:
+        ctx.last_outcome = ToolOutcome(output=problem, ok=False)
+        ctx.tool_records.append({"call_id": call.call_id, "name": call.name, "input": call.arguments[:500],
+                                 "output": problem, "ok": False, "duration_ms": 0})
+        yield events.tool_call(call.call_id, call.name, "error", output=problem, duration_ms=0)
+        return
+    async for event in ctx.use(tool, arguments, call_id=call.call_id):
+        yield event

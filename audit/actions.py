@@ -1,0 +1,45 @@
+"""Action names of audit events: use these constants so every app writes the same names.
+
+Names are `<subject>.<verb>`; exports and filters match on them, so never rename one that has
+been recorded (add a new name instead).
+"""
+
+# Sign-in and credentials.
+LOGIN_SUCCEEDED = "auth.login"
+LOGIN_FAILED = "auth.login_failed"
+LOGOUT = "auth.logout"
+AUTH_FAILED = "auth.failed"  # any 401: missing, malformed, expired or unknown credentials
+TOKEN_ISSUED = "auth.token_issued"  # noqa: S105 (an action name)
+TOKEN_REFRESHED = "auth.token_refreshed"  # noqa: S105 (an action name)
+TOKEN_REFRESH_FAILED = "auth.token_refresh_failed"  # noqa: S105 (an action name)
+PERMISSION_DENIED = "permission.denied"  # any 403
+
+API_KEY_CREATED = "api_key.created"
+API_KEY_REVOKED = "api_key.revoked"
+API_KEY_ROTATED = "api_key.rotated"
+API_KEY_USED_AFTER_REVOKE = "api_key.used_after_revoke"
+
+# People and tenants.
+USER_CREATED = "user.created"
+USER_UPDATED = "user.updated"
+ROLE_CHANGED = "user.role_changed"
+TEAM_CREATED = "team.created"
+TEAM_UPDATED = "team.updated"
+
+ADMIN_ACTION = "admin.action"  # a change made in the Django admin (from its LogEntry)
+
+# Data and work; recorded by the apps that own them.
+DATA_EXPORTED = "data.exported"
+AGENT_RUN = "agent.run"
+BUDGET_CREATED = "budget.created"
+BUDGET_UPDATED = "budget.updated"
+BUDGET_EXCEEDED = "budget.exceeded"
+DOCUMENT_UPLOADED = "document.uploaded"
+DOCUMENT_DELETED = "document.deleted"
+DOCUMENT_SHARED = "document.shared"
+
+# The audit trail itself.
+AUDIT_PRUNED = "audit.pruned"
+
+SUCCESS, DENIED, ERROR = "success", "denied", "error"
+STATUSES = (SUCCESS, DENIED, ERROR)

@@ -1,0 +1,151 @@
+"""The hash chain: canonical form of an event, its hash, and the walk that verifies it.
+
+hash = SHA-256(prev_hash + canonical JSON), where the canonical JSON has sorted keys, no
+whitespace, times in ISO-8601 UTC with microseconds, decimals as strings. Values are
+normalised *before* they are stored (see `normalise`) so that what the database hands back
+reads the same canonical bytes years later, on another driver or database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+GENESIS = "0" * 64
+_CHECKPOINT_SALT = "relay.audit.checkpoint"
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalise_ip(value: str | None) -> str | None:
+    """One spelling per address: IPv4-mapped IPv6 becomes IPv4, zone ids are dropped."""
+    if not value:
+        return None
+    try:
+        address = ipaddress.ip_address(str(value).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def clean_text(value, limit: int) -> str:
+    # PostgreSQL text and jsonb refuse NUL; replacing it keeps a hostile string recordable.
+    return str(value or "").replace("\x00", "\ufffd")[:limit]
+
+
+def normalise(value):
+    """JSON-safe metadata that survives a database round trip unchanged (jsonb reorders keys,
+    reformats numbers and drops nothing else)."""
+    if isinstance(value, dict):
+        return {clean_text(k, 200): normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [normalise(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((normalise(v) for v in value), key=repr)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return int(value) if value.is_integer() else value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return iso(value) if value.tzinfo else value.isoformat()
+    if isinstance(value, dt.date | dt.time | uuid.UUID):
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return clean_text(value, 10_000)
+
+
+def canonical(event) -> bytes:
+    data = {
+        "sequence": event.sequence,
+        "time": iso(event.time),
+        "actor_id": event.actor_ref,
+        "actor_name": event.actor_name,
+        "api_key_prefix": event.api_key_prefix,
+        "organization_id": event.organization_ref,
+        "action": event.action,
+        "resource": event.resource,
+        "status": event.status,
+        "ip": normalise_ip(event.ip),
+        "user_agent": event.user_agent,
+        "request_id": event.request_id,
+        # Normalised again: the database may give back 1.0 as 1, which must hash the same.
+        "metadata": normalise(event.metadata),
+    }
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def compute_hash(prev_hash: str, event) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical(event)).hexdigest()
+
+
+# --- Checkpoints ----------------------------------------------------------------------------
+
+def checkpoint_message(last_sequence: int, last_hash: str, count: int, before: dt.datetime, created: dt.datetime) -> str:
+    return f"{last_sequence}:{last_hash}:{count}:{iso(before)}:{iso(created)}"
+
+
+def sign(message: str, secret: str | None = None) -> str:
+    return salted_hmac(_CHECKPOINT_SALT, message, secret=secret, algorithm="sha256").hexdigest()
+
+
+def signature_valid(checkpoint) -> bool:
+    message = checkpoint_message(checkpoint.last_sequence, checkpoint.last_hash, checkpoint.pruned_count,
+                                 checkpoint.pruned_before, checkpoint.created_at)
+    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return any(constant_time_compare(sign(message, secret), checkpoint.signature) for secret in secrets)
+
+
+# --- Verification ---------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    ok: bool
+    verified: int
+    message: str
+    sequence: int | None = None  # the first event found wrong
+    head_sequence: int = 0
+    head_hash: str = GENESIS
+
+
+def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS) -> Verdict:
+    """Walk `events` (ascending sequence, streamed) from a known start; stop at the first break.
+
+    A changed event no longer matches its own hash (altered); a row whose hash is right but
+    whose prev_hash does not link to its predecessor was put there (inserted); a sequence that
+    skips numbers lost events (missing); a repeated sequence was inserted.
+    """
+    expected, prev_hash, count = start_sequence, start_hash, 0
+    for event in events:
+        if event.sequence < expected:
+            return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) is inserted: sequence "
+                           f"#{event.sequence} appears twice or out of order.", event.sequence, expected - 1, prev_hash)
+        if event.sequence > expected:
+            gap = f"#{expected}" if event.sequence == expected + 1 else f"#{expected}..#{event.sequence - 1}"
+            return Verdict(False, count, f"Event {gap} is missing: the chain jumps from #{expected - 1} to "
+                           f"#{event.sequence} (deleted?).", expected, expected - 1, prev_hash)
+        if compute_hash(event.prev_hash, event) != event.hash:
+            return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) was altered: its content no "
+                           "longer matches its hash.", event.sequence, expected - 1, prev_hash)
+        if event.prev_hash != prev_hash:
+            return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) is inserted or its predecessor "
+                           f"#{expected - 1} was rewritten: its prev_hash does not link to #{expected - 1}.",
+                           event.sequence, expected - 1, prev_hash)
+        prev_hash, expected, count = event.hash, expected + 1, count + 1
+    return Verdict(True, count, f"{count} events verified; head #{expected - 1} {prev_hash}.", None,
+                   expected - 1, prev_hash)

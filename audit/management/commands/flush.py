@@ -1,0 +1,32 @@
+"""`flush` empties every table, so it must get past the audit table's DELETE/TRUNCATE triggers.
+
+It is the one sanctioned way to empty the trail besides pruning (development databases and
+test teardown); the chain then starts again at #1.
+"""
+
+from django.core.management.commands import flush
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from audit import triggers
+
+
+class Command(flush.Command):
+    def handle(self, **options):
+        connection = connections[options.get("database") or DEFAULT_DB_ALIAS]
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"SET {triggers.PRUNE_SETTING} = 'on'")
+            elif connection.vendor == "sqlite":
+                cursor.execute(triggers.SQLITE_DROP_DELETE_TRIGGER)
+        try:
+            return super().handle(**options)
+        finally:
+            with connection.cursor() as cursor:
+                if connection.vendor == "postgresql":
+                    cursor.execute(f"RESET {triggers.PRUNE_SETTING}")
+                elif connection.vendor == "sqlite" and _table_exists(connection):
+                    cursor.execute(triggers.SQLITE_DELETE_TRIGGER)
+
+
+def _table_exists(connection) -> bool:
+    return triggers.TABLE in connection.introspection.table_names()

@@ -1,0 +1,130 @@
+"""Appending to the audit trail: `record()` (and `arecord()` for async code). Nothing else writes it.
+
+record() runs inside the caller's transaction when there is one, so an event exists if and
+only if the action it describes committed. Appends are serialized across processes (on
+PostgreSQL by a transaction-scoped advisory lock, on SQLite by its single writer), so the
+chain never forks. The lock is held until the caller's transaction ends: call record() last.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
+
+from audit import context
+from audit.actions import DENIED, STATUSES, SUCCESS
+from audit.chain import GENESIS, clean_text, compute_hash, normalise, normalise_ip
+from audit.models import AuditCheckpoint, AuditEvent
+
+# pg_advisory_xact_lock key for appends ("RELAYAUD"); any constant unique to this purpose.
+APPEND_LOCK_KEY = 0x52454C4159415544
+
+
+def _authenticated(user):
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+def _key_prefix(key) -> str:
+    if key is None:
+        return ""
+    return key if isinstance(key, str) else (getattr(key, "prefix", "") or "")
+
+
+def _request_user(request):
+    """(user, credential) a request was authenticated as, without running authentication again.
+
+    Reading `.user` of a DRF Request that has not authenticated yet would authenticate it (and
+    a bare Request built for an error response would overwrite the real user with anonymous),
+    so only a user DRF already set is taken from it; otherwise the Django request's, which DRF
+    updates whenever it authenticates.
+    """
+    django_request = getattr(request, "_request", request)
+    user = request.__dict__.get("_user") if django_request is not request else None
+    if _authenticated(user) is None:
+        user = getattr(django_request, "user", None)
+    return _authenticated(user), getattr(django_request, "auth", None)
+
+
+def _actor_fields(actor, organization, request, api_key, bound) -> dict:
+    user, key = _authenticated(actor), api_key
+    if user is None and request is not None:
+        user, request_key = _request_user(request)
+        key = key if key is not None else request_key
+    context.resolve_actor(bound)
+    if user is not None:
+        same = user.pk == bound.actor_id
+        fields = {"actor_ref": user.pk, "actor_name": user.get_username(),
+                  "organization_ref": getattr(user, "organization_id", None),
+                  "api_key_prefix": _key_prefix(key) or (bound.api_key_prefix if same else "")}
+    else:
+        fields = {"actor_ref": bound.actor_id, "actor_name": bound.actor_name,
+                  "organization_ref": bound.organization_id, "api_key_prefix": bound.api_key_prefix}
+        if api_key is not None:
+            fields["api_key_prefix"] = _key_prefix(api_key)
+    if organization is not None:
+        fields["organization_ref"] = getattr(organization, "pk", organization)
+    return fields
+
+
+def _origin_fields(request, bound) -> dict:
+    if not bound.request_id and request is not None:
+        django_request = getattr(request, "_request", request)
+        derived = context.from_request(django_request)
+        derived.request_id = getattr(django_request, "request_id", "")
+        bound = derived
+    return {"request_id": bound.request_id or "", "ip": normalise_ip(bound.ip),
+            "user_agent": clean_text(bound.user_agent, 512)}
+
+
+def _lock(connection) -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+        elif connection.vendor == "sqlite" and getattr(connection, "transaction_mode", None) != "IMMEDIATE":
+            # A write that touches nothing takes SQLite's write lock before we read the head,
+            # for connections not opened in IMMEDIATE mode (the embedded settings use it).
+            cursor.execute("UPDATE audit_auditevent SET id = id WHERE 0")
+
+
+def head(using: str = DEFAULT_DB_ALIAS) -> tuple[int, str]:
+    """(sequence, hash) of the newest event, or of the last checkpoint if pruning emptied the table."""
+    last = AuditEvent.objects.using(using).order_by("-sequence").values_list("sequence", "hash").first()
+    if last:
+        return last
+    checkpoint = (AuditCheckpoint.objects.using(using).order_by("-last_sequence")
+                  .values_list("last_sequence", "last_hash").first())
+    return checkpoint or (0, GENESIS)
+
+
+def record(action: str, *, status: str = SUCCESS, resource: str = "", metadata: dict | None = None,
+           actor=None, organization=None, request=None, api_key=None, using: str = DEFAULT_DB_ALIAS) -> AuditEvent:
+    """Append one event. Fields not given come from the request, then from the audit context.
+
+    `actor` is a User (None: whoever the request/context says), `organization` an Organization or
+    id (None: the actor's), `api_key` an APIKey or its prefix, `request` a Django or DRF request.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+    bound = context.current()
+    event = AuditEvent(
+        action=clean_text(action, 64), status=status, resource=clean_text(resource, 255),
+        metadata=normalise(metadata or {}),
+        **_actor_fields(actor, organization, request, api_key, bound), **_origin_fields(request, bound),
+    )
+    event.actor_id, event.organization_id = event.actor_ref, event.organization_ref
+    event._append_allowed = True
+    connection = connections[using]
+    with transaction.atomic(using=using, savepoint=False):
+        _lock(connection)
+        sequence, prev_hash = head(using)
+        event.sequence, event.prev_hash, event.time = sequence + 1, prev_hash, timezone.now()
+        event.hash = compute_hash(prev_hash, event)
+        event.save(using=using)
+    if status == DENIED:
+        bound.denial_recorded = True
+    return event
+
+
+arecord = sync_to_async(record)
+arecord.__doc__ = "record() for async code (runs on Django's sync thread, in the caller's context)."

@@ -1,0 +1,84 @@
+"""Database triggers that make the audit table append-only underneath the ORM.
+
+UPDATE is refused except the one the database itself makes when a user or organization is
+deleted (ON DELETE SET NULL on the `actor`/`organization` pointers, every other column
+unchanged). DELETE is refused unless the transaction says it is pruning: on PostgreSQL
+`SET LOCAL relay.audit_prune = 'on'` (see audit.services.prune); SQLite has no session
+settings, so pruning drops and recreates its DELETE trigger inside its own transaction.
+TRUNCATE (PostgreSQL) is refused the same way.
+
+Migration 0002 installs these. Changing the SQL later needs a new migration that reinstalls.
+"""
+
+TABLE = "audit_auditevent"
+PRUNE_SETTING = "relay.audit_prune"
+
+# Everything the hash covers, plus the row's identity: none of it may ever change.
+IMMUTABLE_COLUMNS = (
+    "id", "sequence", "time", "actor_ref", "actor_name", "api_key_prefix", "organization_ref", "action",
+    "resource", "status", "ip", "user_agent", "request_id", "metadata", "prev_hash", "hash",
+)
+_POINTERS = ("actor_id", "organization_id")
+
+
+def _only_pointers_cleared(same: str) -> str:
+    unchanged = " AND ".join(f"NEW.{c} {same} OLD.{c}" for c in IMMUTABLE_COLUMNS)
+    cleared = " AND ".join(f"(NEW.{p} IS NULL OR NEW.{p} {same} OLD.{p})" for p in _POINTERS)
+    return f"({unchanged} AND {cleared})"
+
+
+POSTGRES_INSTALL = [
+    f"""
+    CREATE OR REPLACE FUNCTION audit_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND {_only_pointers_cleared("IS NOT DISTINCT FROM")} THEN
+            RETURN NEW;
+        END IF;
+        IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{PRUNE_SETTING}', true) = 'on' THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'audit events are append-only: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END;
+    $$
+    """,
+    f"DROP TRIGGER IF EXISTS audit_event_append_only ON {TABLE}",
+    f"""CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE ON {TABLE}
+        FOR EACH ROW EXECUTE FUNCTION audit_event_guard()""",
+    f"DROP TRIGGER IF EXISTS audit_event_no_truncate ON {TABLE}",
+    f"""CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON {TABLE}
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_event_guard()""",
+]
+POSTGRES_UNINSTALL = [
+    f"DROP TRIGGER IF EXISTS audit_event_append_only ON {TABLE}",
+    f"DROP TRIGGER IF EXISTS audit_event_no_truncate ON {TABLE}",
+    "DROP FUNCTION IF EXISTS audit_event_guard()",
+]
+
+SQLITE_DELETE_TRIGGER = f"""
+    CREATE TRIGGER IF NOT EXISTS audit_event_no_delete BEFORE DELETE ON {TABLE}
+    BEGIN SELECT RAISE(ABORT, 'audit events are append-only: DELETE refused'); END
+"""
+SQLITE_INSTALL = [
+    f"""
+    CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON {TABLE}
+    WHEN NOT {_only_pointers_cleared("IS")}
+    BEGIN SELECT RAISE(ABORT, 'audit events are append-only: UPDATE refused'); END
+    """,
+    SQLITE_DELETE_TRIGGER,
+]
+SQLITE_DROP_DELETE_TRIGGER = "DROP TRIGGER IF EXISTS audit_event_no_delete"
+SQLITE_UNINSTALL = ["DROP TRIGGER IF EXISTS audit_event_no_update", SQLITE_DROP_DELETE_TRIGGER]
+
+
+def _run(schema_editor, statements_by_vendor: dict) -> None:
+    for statement in statements_by_vendor.get(schema_editor.connection.vendor, []):
+        schema_editor.execute(statement, params=None)  # None: the SQL has literal % signs
+
+
+def install(apps, schema_editor) -> None:
+    _run(schema_editor, {"postgresql": POSTGRES_INSTALL, "sqlite": SQLITE_INSTALL})
+
+
+def uninstall(apps, schema_editor) -> None:
+    _run(schema_editor, {"postgresql": POSTGRES_UNINSTALL, "sqlite": SQLITE_UNINSTALL})

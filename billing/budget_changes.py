@@ -1,0 +1,106 @@
+"""Setting budgets (admin API and admin site) and listing them with their current spend."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import APIKey, Team, User
+from audit import actions
+from billing import budgets as rules
+from billing.ledger import get_ledger
+from billing.models import Budget
+from billing.money import cost_usd, usd_to_nanos
+from billing.services import record_budget_event
+
+TARGET_FIELD = {"team": "team", "user": "user", "api_key": "api_key"}
+
+
+def resolve_target(organization, scope: str, target) -> dict:
+    """The target's FK for the budget, only inside the caller's organization (else a 400 naming it)."""
+    if scope == "organization":
+        if target not in (None, organization.pk):
+            raise ValidationError({"target": "An organization budget applies to your own organization; "
+                                             "leave target empty."})
+        return {}
+    if target is None:
+        raise ValidationError({"target": f"A {scope} budget needs the id of the {scope.replace('_', ' ')}."})
+    found = {
+        "team": lambda: Team.objects.filter(organization=organization, pk=target).first(),
+        "user": lambda: User.objects.filter(organization=organization, pk=target).first(),
+        "api_key": lambda: APIKey.objects.filter(owner__organization=organization, pk=target).first(),
+    }[scope]()
+    if found is None:
+        raise ValidationError({"target": f"No {scope.replace('_', ' ')} {target} in your organization."})
+    return {TARGET_FIELD[scope]: found}
+
+
+def set_budget(*, actor, organization, scope: str, target, period: str, limit_usd, hard: bool,
+               alert_thresholds: list[int], now=None) -> tuple[Budget, bool]:
+    """Create the budget, or update the one already set for this target and period.
+
+    The counter of the current period is recomputed from UsageRecord inside the transaction: a
+    changed limit never works from stale spend, and if the ledger is down nothing is written.
+    """
+    now = now or timezone.now()
+    target_fields = resolve_target(organization, scope, target)
+    with transaction.atomic():  # the audit event shares the transaction: both or neither
+        lookup = {"organization": organization, "scope": scope, "period": period, **target_fields}
+        budget = Budget.objects.select_for_update().filter(**lookup).first()
+        created = budget is None
+        if created:
+            budget = Budget(created_by=actor, **lookup)
+        budget.limit_usd, budget.hard, budget.alert_thresholds = limit_usd, hard, alert_thresholds
+        budget.full_clean()
+        budget.save()
+        budget_changed(budget, now=now)
+        record_budget_event(actions.BUDGET_CREATED if created else actions.BUDGET_UPDATED, actor=actor,
+                            organization_id=organization.pk,
+                            metadata={"budget_id": budget.pk, "scope": scope, "target": target, "period": period,
+                                      "limit_usd": str(budget.limit_usd), "hard": hard,
+                                      "alert_thresholds": alert_thresholds})
+    return budget, created
+
+
+def budget_changed(budget: Budget, now=None) -> None:
+    """After a save (API or admin): fresh counter for the current period, thresholds re-checked."""
+    budget.refresh_from_db(fields=["created_at"])
+    rules.rebuild_budget(budget, now)
+    rules.check_all_thresholds(budget, now)
+
+
+def budgets_with_spend(organization, now=None) -> list[dict]:
+    """The organization's budgets with this period's spend (recorded, from the database) and
+    what is reserved right now (from the ledger)."""
+    now = now or timezone.now()
+    budgets = list(Budget.objects.filter(organization=organization).select_related(
+        "organization", "team", "user", "api_key"))
+    items = [rules.covering(b, now) for b in budgets]
+    reserved = async_to_sync(_reserved)([item.scope_key for item in items], now.timestamp())
+    rows = []
+    for item in items:
+        budget = item.budget
+        spent = rules.spent_in_period(budget, now)
+        limit = usd_to_nanos(budget.limit_usd)
+        rows.append({
+            "id": budget.pk, "scope": budget.scope, "target": _target_id(budget), "target_name": rules.target_name(budget),
+            "period": budget.period, "period_key": item.period_key, "limit_usd": str(budget.limit_usd),
+            "hard": budget.hard, "alert_thresholds": budget.alert_thresholds, "spent_usd": str(cost_usd(spent)),
+            "reserved_usd": str(cost_usd(reserved.get(item.scope_key, 0))),
+            "remaining_usd": str(cost_usd(max(0, limit - spent))),
+            "resets_at": rules.periods.resets_at(budget.period, now, item.time_zone),
+            "created_at": budget.created_at, "updated_at": budget.updated_at,
+        })
+    return rows
+
+
+def _target_id(budget: Budget):
+    return {"organization": budget.organization_id, "team": budget.team_id, "user": budget.user_id,
+            "api_key": budget.api_key_id}[budget.scope]
+
+
+async def _reserved(scope_keys: list[str], now: float) -> dict[str, int]:
+    ledger = get_ledger()
+    return {key: await ledger.reserved(key, now) for key in scope_keys}

@@ -1,0 +1,166 @@
+"""Budgets: which ones cover a request, their ledger scopes, thresholds, and rebuilding counters."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from billing import periods
+from billing.models import Budget, BudgetAlert, UsageRecord
+from billing.money import cost_usd, usd_to_nanos
+
+logger = logging.getLogger(__name__)
+# Soft budgets ride along in the same reservation (their counters feed the alerts) with a limit
+# that never binds: the largest integer a Lua double holds exactly.
+UNBOUNDED_NANOS = 2**53 - 1
+
+
+@dataclass
+class Covering:
+    """A budget covering a request, in the period the request is reserved in."""
+
+    budget: Budget
+    time_zone: str
+    period_key: str
+
+    @property
+    def scope_key(self) -> str:
+        return f"{self.budget.ledger_id}:{self.period_key}"
+
+    @property
+    def limit_nanos(self) -> int:
+        return usd_to_nanos(self.budget.limit_usd) if self.budget.hard else UNBOUNDED_NANOS
+
+
+def covering(budget: Budget, now: datetime) -> Covering:
+    tz = budget.organization.time_zone
+    return Covering(budget, tz, periods.period_key(budget.period, now, tz))
+
+
+def covering_budgets(user, api_key, now: datetime) -> list[Covering]:
+    """Every budget over the request: the organization's, the user's team's, the user's, the key's."""
+    if user.organization_id is None:
+        return []
+    targets = Q(scope="organization") | Q(scope="user", user_id=user.pk)
+    if user.team_id:
+        targets |= Q(scope="team", team_id=user.team_id)
+    if api_key is not None:
+        targets |= Q(scope="api_key", api_key_id=api_key.pk)
+    found = Budget.objects.filter(targets, organization_id=user.organization_id).select_related(
+        "organization", "team", "user", "api_key")
+    return [covering(budget, now) for budget in found]
+
+
+def target_name(budget: Budget) -> str:
+    if budget.scope == "team":
+        return f"team {budget.team.name}"
+    if budget.scope == "user":
+        return f"user {budget.user.username}"
+    if budget.scope == "api_key":
+        return f"API key {budget.api_key.name} (rk_{budget.api_key.prefix}…)"
+    return f"organization {budget.organization.name}"
+
+
+def exceeded_details(item: Covering, spent_nanos: int, now: datetime) -> dict:
+    """Keyword arguments of services.BudgetExceeded for this budget."""
+    budget = item.budget
+    resets = periods.resets_at(budget.period, now, item.time_zone)
+    when = f"; it resets on {resets.date().isoformat()}" if resets else "; it does not reset"
+    period = "total" if budget.period == "total" else budget.period
+    return {
+        "scope": budget.scope, "budget_id": budget.pk, "limit_usd": budget.limit_usd,
+        "spent_usd": cost_usd(spent_nanos), "resets_at": resets,
+        "message": f"The {period} budget of {target_name(budget)} (${budget.limit_usd:,.2f}) is used up{when}.",
+    }
+
+
+def records_in_scope(budget: Budget):
+    records = UsageRecord.objects.filter(organization_id=budget.organization_id)
+    if budget.scope == "organization":
+        return records
+    field = f"{budget.scope}_id"
+    return records.filter(**{field: getattr(budget, field)})
+
+
+def spent_in_period(budget: Budget, now: datetime) -> int:
+    """Nano-dollars recorded against the budget in the period containing `now` (one aggregate query)."""
+    records = records_in_scope(budget)
+    start, end = periods.period_bounds(budget.period, now, budget.organization.time_zone)
+    if start is not None:
+        records = records.filter(created_at__gte=start, created_at__lt=end)
+    total = records.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    return usd_to_nanos(total)
+
+
+def evaluate_thresholds(budget_ids: list[int], spent: dict[str, int], actual: int, when: datetime | None) -> None:
+    """Raise an alert for each threshold this request's spend crossed (once per period: the
+    unique constraint drops a second one from a concurrent request)."""
+    when = when or timezone.now()
+    for budget in Budget.objects.filter(pk__in=budget_ids).exclude(alert_thresholds=[]).select_related(
+            "organization", "team", "user", "api_key"):
+        item = covering(budget, when)
+        after = spent.get(item.scope_key)
+        if after is None:
+            continue
+        limit = usd_to_nanos(budget.limit_usd)
+        for threshold in sorted(budget.alert_thresholds):
+            line = limit * threshold  # compare in integers: spent * 100 >= limit * threshold
+            if (after - actual) * 100 < line <= after * 100:
+                raise_alert(item, threshold, after)
+
+
+def raise_alert(item: Covering, threshold: int, spent_nanos: int) -> BudgetAlert | None:
+    from billing.services import record_budget_event
+    from billing.tasks import notify_budget_alert
+
+    budget = item.budget
+    try:
+        with transaction.atomic():
+            alert = BudgetAlert.objects.create(budget=budget, period_key=item.period_key, threshold=threshold,
+                                               spent_usd=cost_usd(spent_nanos))
+    except IntegrityError:
+        return None  # already raised this period
+    metadata = {"budget_id": budget.pk, "scope": budget.scope, "period": budget.period,
+                "period_key": item.period_key, "threshold": threshold, "spent_usd": str(alert.spent_usd),
+                "limit_usd": str(budget.limit_usd)}
+    # audit/actions.py has no alert name yet; this one follows its `<subject>.<verb>` scheme.
+    from audit import actions
+
+    record_budget_event(getattr(actions, "BUDGET_ALERT", "budget.alert"), organization_id=budget.organization_id,
+                        metadata=metadata)
+    transaction.on_commit(lambda: notify_budget_alert.delay(alert.pk))
+    return alert
+
+
+def check_all_thresholds(budget: Budget, now: datetime | None = None) -> None:
+    """After a budget changes: raise every threshold already passed in the current period."""
+    now = now or timezone.now()
+    item = covering(budget, now)
+    spent = spent_in_period(budget, now)
+    limit = usd_to_nanos(budget.limit_usd)
+    for threshold in budget.alert_thresholds or []:
+        if spent * 100 >= limit * threshold:
+            raise_alert(item, threshold, spent)
+
+
+def rebuild_budget(budget: Budget, now: datetime | None = None) -> tuple[str, int]:
+    """Reset the ledger's spent counter of the budget's current period from UsageRecord.
+
+    Sync (admin, API, management command): the sum is read on the caller's connection, so it
+    sees the caller's own transaction, then one ledger call sets the counter.
+    """
+    from asgiref.sync import async_to_sync
+
+    from billing.ledger import get_ledger
+
+    now = now or timezone.now()
+    item = covering(budget, now)
+    spent = spent_in_period(budget, now)
+    async_to_sync(get_ledger().rebuild)(item.scope_key, spent)
+    return item.scope_key, spent

@@ -1,0 +1,189 @@
+"""The Redis ledger: each operation is one Lua script, so it is atomic across instances.
+
+Keys (P = billing.ledger.key_prefix()): P s:<scope> spent, P r:<scope> reserved, P d:<scope>
+sorted set of reservation deadlines, P q:<request id> the reservation (amt, st, sc). Lua numbers
+are doubles, exact for integers below 2**53 nano-dollars: amounts cross the script boundary as
+strings and limits are capped well below that (billing.money.MAX_LIMIT_USD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from billing.ledger import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable
+
+# Purges the scope's expired reservations: returns their amount to every scope they hold.
+_PURGE = """
+local function purge(P, scope, now, retention)
+  local dkey = P .. 'd:' .. scope
+  local stale = redis.call('ZRANGEBYSCORE', dkey, '-inf', now)
+  for _, rid in ipairs(stale) do
+    local qkey = P .. 'q:' .. rid
+    local st = redis.call('HGET', qkey, 'st')
+    if st == 'r' then
+      local amt = redis.call('HGET', qkey, 'amt')
+      for s in string.gmatch(redis.call('HGET', qkey, 'sc'), '[^\\n]+') do
+        redis.call('DECRBY', P .. 'r:' .. s, amt)
+        redis.call('ZREM', P .. 'd:' .. s, rid)
+      end
+      redis.call('HSET', qkey, 'st', 'x')
+      redis.call('EXPIRE', qkey, retention)
+    else
+      redis.call('ZREM', dkey, rid)
+    end
+  end
+end
+"""
+
+# ARGV: prefix, request id, now, ttl, min, max, retention, then scope/limit pairs.
+# Returns {granted 0|1|2 (2: counters missing), amount, denied scope, its spent, tightest scope,
+# missing scopes...}.
+RESERVE = _PURGE + """
+local P, rid, now, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local minn, maxn, retention = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local qkey = P .. 'q:' .. rid
+if redis.call('HGET', qkey, 'st') == 'r' then
+  return {1, redis.call('HGET', qkey, 'amt'), '', '0', ''}
+end
+local missing = {}
+for i = 8, #ARGV, 2 do
+  if redis.call('EXISTS', P .. 's:' .. ARGV[i]) == 0 then table.insert(missing, ARGV[i]) end
+end
+if #missing > 0 then
+  return {2, '0', '', '0', '', unpack(missing)}
+end
+local scopes, room, tightest = {}, nil, ''
+for i = 8, #ARGV, 2 do
+  local scope, limit = ARGV[i], tonumber(ARGV[i + 1])
+  purge(P, scope, now, retention)
+  local spent = redis.call('GET', P .. 's:' .. scope) or '0'
+  local left = limit - tonumber(spent) - tonumber(redis.call('GET', P .. 'r:' .. scope) or '0')
+  if left < minn then
+    return {0, '0', scope, spent, ''}
+  end
+  if room == nil or left < room then room, tightest = left, scope end
+  table.insert(scopes, scope)
+end
+local amount = maxn
+if room ~= nil and room < amount then amount = room end
+amount = string.format('%.0f', amount)
+local deadline = tonumber(now) + ttl
+for _, scope in ipairs(scopes) do
+  redis.call('INCRBY', P .. 'r:' .. scope, amount)
+  redis.call('ZADD', P .. 'd:' .. scope, deadline, rid)
+end
+redis.call('HSET', qkey, 'amt', amount, 'st', 'r', 'sc', table.concat(scopes, '\\n'))
+redis.call('EXPIRE', qkey, math.ceil(ttl) + tonumber(retention))
+return {1, amount, '', '0', tightest}
+"""
+
+# ARGV: prefix, request id, actual, retention. Returns {scope, spent, scope, spent, ...}.
+SETTLE = """
+local P, rid, actual, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local qkey = P .. 'q:' .. rid
+local st = redis.call('HGET', qkey, 'st')
+if not st or st == 's' then return {} end
+local amt = redis.call('HGET', qkey, 'amt')
+if tonumber(actual) > tonumber(amt) then actual = amt end
+local out = {}
+for s in string.gmatch(redis.call('HGET', qkey, 'sc'), '[^\\n]+') do
+  if st == 'r' then
+    redis.call('DECRBY', P .. 'r:' .. s, amt)
+    redis.call('ZREM', P .. 'd:' .. s, rid)
+  end
+  table.insert(out, s)
+  table.insert(out, redis.call('INCRBY', P .. 's:' .. s, actual))
+end
+redis.call('HSET', qkey, 'st', 's')
+redis.call('EXPIRE', qkey, retention)
+return out
+"""
+
+RESERVED = _PURGE + """
+purge(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return redis.call('GET', ARGV[1] .. 'r:' .. ARGV[2]) or '0'
+"""
+
+
+class RedisBackend:
+    """One asyncio client per event loop: redis.asyncio connections belong to the loop that made them."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def client(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2,
+                                             decode_responses=True)
+            self._clients[loop] = client
+        return client
+
+    async def run(self, script: str, *args):
+        try:
+            return await self.client().eval(script, 0, *args)  # EVAL: Redis caches the compiled script
+        except RedisError as error:
+            raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
+
+    async def call(self, method: str, *args):
+        try:
+            return await getattr(self.client(), method)(*args)
+        except RedisError as error:
+            raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
+
+
+class RedisLedger(Ledger):
+    def __init__(self, url: str, prefix: str):
+        self.backend = RedisBackend(url)
+        self.prefix = prefix
+
+    async def reserve(self, request_id, scopes, *, min_nanos, max_nanos, ttl, now=None):
+        now = time.time() if now is None else now
+        pairs = [str(part) for scope, limit in scopes for part in (scope, int(limit))]
+        granted, amount, denied, spent, tightest, *missing = await self.backend.run(
+            RESERVE, self.prefix, request_id, repr(float(now)), repr(float(ttl)), int(min_nanos), int(max_nanos),
+            RETENTION_SECONDS, *pairs)
+        if int(granted) == 2:
+            return Grant(False, missing=missing)
+        if not int(granted):
+            return Grant(False, denied_scope=denied, spent_nanos=int(spent))
+        return Grant(True, int(amount), tightest_scope=tightest or None)
+
+    async def settle(self, request_id, actual_nanos):
+        out = await self.backend.run(SETTLE, self.prefix, request_id, max(0, int(actual_nanos)), RETENTION_SECONDS)
+        return {out[i]: int(out[i + 1]) for i in range(0, len(out), 2)}
+
+    async def spent(self, scope_key):
+        return int(await self.backend.call("get", f"{self.prefix}s:{scope_key}") or 0)
+
+    async def reserved(self, scope_key, now=None):
+        now = time.time() if now is None else now
+        return int(await self.backend.run(RESERVED, self.prefix, scope_key, repr(float(now)), RETENTION_SECONDS))
+
+    async def rebuild(self, scope_key, spent_nanos):
+        await self.backend.call("set", f"{self.prefix}s:{scope_key}", int(spent_nanos))
+
+    async def initialize(self, counters):
+        if not counters:
+            return
+        client = self.backend.client()
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                for scope, spent in counters.items():
+                    pipe.set(f"{self.prefix}s:{scope}", int(spent), nx=True)
+                await pipe.execute()
+        except RedisError as error:
+            raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
+
+    async def clear(self) -> None:
+        """Delete every key under this ledger's prefix (tests)."""
+        client = self.backend.client()
+        async for key in client.scan_iter(match=self.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+            await client.delete(key)

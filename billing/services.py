@@ -1,0 +1,225 @@
+"""Billing rules for the runner: price a request, reserve its worst case, settle, record usage.
+
+The contract is DESIGN.md section 7. `open_charge` reserves the worst case (input + max output)
+against every budget covering the request in one ledger step and returns a `Charge`; the runner
+checks `charge.allows(...)` per token (pure arithmetic, no I/O) and ends with `close_charge`,
+which writes the one `UsageRecord` of the request and settles the ledger to the actual cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing import budgets as budget_rules
+from relay.asyncdb import run_db
+from billing.ledger import LedgerUnavailable, get_ledger
+from billing.money import cost_usd, nanos_per_token
+from billing.pricing import UnknownModel, current_price
+
+__all__ = [
+    "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "cost_usd",
+    "record_budget_event",
+]
+logger = logging.getLogger(__name__)
+UNLIMITED = sys.maxsize  # granted_nanos when no hard budget covers the request
+STATUSES = ("complete", "cancelled", "error", "budget_stop", "interrupted")
+
+
+class BudgetExceeded(Exception):
+    """A hard budget has no room for this request (402 `budget_exceeded`).
+
+    `.scope` is "api_key", "user", "team" or "organization"; `.message` is meant for humans, e.g.
+    "The monthly budget of team Research ($10.00) is used up; it resets on 2026-12-01."
+    """
+
+    def __init__(self, *, scope: str, budget_id: int, limit_usd: Decimal, spent_usd: Decimal,
+                 resets_at: datetime | None, message: str):
+        super().__init__(message)
+        self.scope, self.budget_id, self.limit_usd = scope, budget_id, limit_usd
+        self.spent_usd, self.resets_at, self.message = spent_usd, resets_at, message
+
+
+@dataclass
+class Charge:
+    """What one request may spend, and at which price. Pure: its methods never do I/O."""
+
+    request_id: str
+    model: str
+    price_id: int
+    input_nanos_per_token: int  # nano-dollars per single token, rounded up
+    output_nanos_per_token: int
+    granted_nanos: int  # the most this request may spend; UNLIMITED when no hard budget covers it
+    budget_ids: list[int] = field(default_factory=list)
+    organization_id: int | None = None
+    team_id: int | None = None
+    opened_at: datetime | None = None  # the request belongs to the budget period it was reserved in
+    blocking: dict | None = None  # the hard budget with the least room (for mid-stream budget_stop)
+    reserved: bool = False  # whether the ledger holds a reservation to settle
+
+    def cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
+        return input_tokens * self.input_nanos_per_token + output_tokens * self.output_nanos_per_token
+
+    def allows(self, input_tokens: int, output_tokens: int) -> bool:
+        """May the request reach these token counts? The runner asks before emitting each token."""
+        return self.cost_nanos(input_tokens, output_tokens) <= self.granted_nanos
+
+    def blocking_budget(self) -> BudgetExceeded | None:
+        """The exception describing the budget that stops this request mid-stream (None if unlimited)."""
+        if self.blocking is None:
+            return None
+        return BudgetExceeded(**self.blocking)
+
+
+async def open_charge(*, request_id: str, user, api_key, model: str, input_tokens: int, max_output_tokens: int,
+                      now: datetime | None = None, ttl: float | None = None) -> Charge:
+    """Price the model and reserve the worst case against every budget covering the request.
+
+    Reserves up to input + max output tokens and at least input + one output token. Raises
+    UnknownModel (no price), BudgetExceeded (a hard budget lacks even the minimum) or
+    LedgerUnavailable (the ledger cannot be reached: never run unchecked). ValueError for a
+    user outside any organization (usage is always charged to one) or negative token counts.
+    """
+    if user.organization_id is None:
+        raise ValueError("Usage is charged to an organization; this user belongs to none.")
+    if input_tokens < 0 or max_output_tokens < 0:
+        raise ValueError("Token counts cannot be negative.")
+    now = now or timezone.now()
+    price, covering = await run_db(_load_price_and_budgets, model, user, api_key, now)
+    charge = Charge(
+        request_id=request_id, model=price.model, price_id=price.pk,
+        input_nanos_per_token=nanos_per_token(price.input_per_1k),
+        output_nanos_per_token=nanos_per_token(price.output_per_1k),
+        granted_nanos=UNLIMITED, budget_ids=[b.budget.pk for b in covering],
+        organization_id=user.organization_id, team_id=user.team_id, opened_at=now,
+    )
+    if not covering:
+        return charge
+    minimum = charge.cost_nanos(input_tokens, 1)
+    worst = charge.cost_nanos(input_tokens, max_output_tokens)
+    grant = await _reserve(request_id, covering, minimum, max(worst, minimum), ttl, now)
+    by_key = {b.scope_key: b for b in covering}
+    if not grant.granted:
+        blocked = by_key[grant.denied_scope]
+        error = BudgetExceeded(**budget_rules.exceeded_details(blocked, grant.spent_nanos, now))
+        await run_db(_exceeded_event, error, user.organization_id, user, request_id, model)
+        raise error
+    hard = [b for b in covering if b.budget.hard]
+    charge.granted_nanos = grant.amount if hard else UNLIMITED
+    charge.reserved = True
+    if hard:
+        tightest = by_key.get(grant.tightest_scope) or hard[0]
+        charge.blocking = budget_rules.exceeded_details(tightest, tightest.limit_nanos, now)
+    return charge
+
+
+async def _reserve(request_id: str, covering: list, minimum: int, worst: int, ttl: float | None, now: datetime):
+    """One ledger script; a second one only when a counter must first be loaded from UsageRecord."""
+    ledger = get_ledger()
+    scopes = [(b.scope_key, b.limit_nanos) for b in covering]
+    ttl = ttl or settings.RELAY_BUDGET_RESERVATION_TTL
+    for _attempt in range(2):
+        grant = await ledger.reserve(request_id, scopes, min_nanos=minimum, max_nanos=worst, ttl=ttl,
+                                     now=now.timestamp())
+        if not grant.missing:
+            return grant
+        wanted = [b for b in covering if b.scope_key in grant.missing]
+        counters = await run_db(_spent_counters, wanted, now)
+        await ledger.initialize(counters)
+    raise LedgerUnavailable("The budget ledger lost its counters while reserving; try again.")
+
+
+def _spent_counters(wanted: list, now: datetime) -> dict[str, int]:
+    return {b.scope_key: budget_rules.spent_in_period(b.budget, now) for b in wanted}
+
+
+async def close_charge(charge: Charge, *, user, api_key, agent: str, input_tokens: int, output_tokens: int,
+                       status: str, latency_ms: int, cached: bool = False, message_id=None,
+                       tool_calls: list[dict] = ()) -> UsageRecord:  # noqa: F821 (lazy model import)
+    """Record the request's usage and settle its reservation to the actual cost.
+
+    Inserts the UsageRecord (+ one ToolUsage per tool call: {"tool", "duration_ms", "tokens",
+    "cost_nanos"?}) in one DB transaction, then settles the ledger (a failed settle is logged: the
+    reservation expires and `rebuild_ledger` repairs counters). Evaluates soft thresholds.
+    Idempotent per request_id: a second call returns the existing record and charges nothing.
+    The cost is capped at the grant, so a runner overshooting cannot overspend a hard budget.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"Unknown status {status!r}; one of {', '.join(STATUSES)}.")
+    actual = min(charge.cost_nanos(input_tokens, output_tokens), charge.granted_nanos)
+    try:
+        record, created = await run_db(
+            _insert_usage, charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
+            message_id, list(tool_calls))
+    finally:
+        spent = await _settle(charge, actual)
+    if created and spent:
+        await run_db(budget_rules.evaluate_thresholds, charge.budget_ids, spent, actual, charge.opened_at)
+    return record
+
+
+async def _settle(charge: Charge, actual: int) -> dict[str, int]:
+    if not charge.reserved:
+        return {}
+    try:
+        return await get_ledger().settle(charge.request_id, actual)
+    except LedgerUnavailable:
+        logger.error("ledger unreachable settling %s; its reservation will expire; run "
+                     "`manage.py rebuild_ledger` once Redis is back", charge.request_id)
+        return {}
+
+
+def _load_price_and_budgets(model: str, user, api_key, now: datetime):
+    price = current_price(model, now)
+    return price, budget_rules.covering_budgets(user, api_key, now)
+
+
+def _insert_usage(charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
+                  message_id, tool_calls):
+    from billing.models import ToolUsage, UsageRecord
+
+    existing = UsageRecord.objects.filter(request_id=charge.request_id).first()
+    if existing is not None:
+        return existing, False
+    record = UsageRecord(
+        request_id=charge.request_id, organization_id=charge.organization_id, team_id=charge.team_id,
+        user=user, api_key=api_key, agent=agent, model=charge.model, price_id=charge.price_id,
+        input_tokens=input_tokens, output_tokens=output_tokens, cost=cost_usd(actual), cached=cached,
+        status=status, complete=status == "complete", latency_ms=max(0, int(latency_ms)),
+        message_id=message_id, created_at=charge.opened_at or timezone.now(),
+    )
+    try:
+        with transaction.atomic():
+            record.save(force_insert=True)
+            ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for call in tool_calls])
+    except IntegrityError:
+        # A concurrent close_charge for the same request won the race: answer with its record.
+        existing = UsageRecord.objects.filter(request_id=charge.request_id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return record, True
+
+
+def record_budget_event(action: str, *, organization_id: int | None, metadata: dict, actor=None,
+                        status: str = "success") -> None:
+    """Write a budget event to the audit trail (audit.services.record, names from audit/actions.py)."""
+    from audit.services import record
+
+    record(action, status=status, resource=f"budget:{metadata.get('budget_id', '')}", metadata=metadata,
+           actor=actor, organization=organization_id)
+
+
+def _exceeded_event(error: BudgetExceeded, organization_id: int | None, user, request_id: str, model: str) -> None:
+    from audit import actions
+
+    record_budget_event(actions.BUDGET_EXCEEDED, organization_id=organization_id, actor=user, status=actions.DENIED,
+                        metadata={"budget_id": error.budget_id, "scope": error.scope, "request_id": request_id,
+                                  "model": model, "limit_usd": str(error.limit_usd), "spent_usd": str(error.spent_usd)})

@@ -1,0 +1,97 @@
+"""Async API views with the same authentication, permission, throttling and errors as DRF views.
+
+The model-call endpoints stream and must stay async end to end (DESIGN.md section 11); DRF's
+APIView is sync. `api_endpoint` gives a plain async Django view the DRF request handling:
+authenticators (API key, JWT, session with CSRF), the view's `required_permission`, the key's
+rate limit, and every failure as the error envelope (and through the audit listener).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from relay.asyncdb import db
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+
+from accounts.permissions import holds, request_key
+from relay.api.errors import PayloadTooLarge, exception_handler
+
+
+def _authenticate(django_request, requirement, throttle: bool):
+    request = Request(django_request, authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES])
+    user = request.user  # runs the authenticators (raises AuthenticationFailed)
+    if requirement is not None:
+        if not user or not user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        if not holds(user, request_key(request), requirement):
+            raise exceptions.PermissionDenied()
+    if throttle:
+        for throttle_class in api_settings.DEFAULT_THROTTLE_CLASSES:
+            limiter = throttle_class()
+            if not limiter.allow_request(request, None):
+                raise exceptions.Throttled(wait=limiter.wait())
+    return request
+
+
+def error_response(exc, drf_request) -> JsonResponse:
+    response = exception_handler(exc, {"request": drf_request, "view": None})
+    if response is None:
+        raise exc
+    json_response = JsonResponse(response.data, status=response.status_code)
+    for header in ("Retry-After", "WWW-Authenticate"):
+        if response.has_header(header):
+            json_response[header] = response[header]
+    if response.status_code == 401:
+        json_response["WWW-Authenticate"] = 'Bearer realm="relay"'
+    return json_response
+
+
+def read_json(django_request) -> dict:
+    """The JSON object body, with the size limit and clear 400s."""
+    if django_request.content_type != "application/json":
+        raise exceptions.UnsupportedMediaType(django_request.content_type or "(none)")
+    body = django_request.body
+    if len(body) > settings.RELAY_MAX_BODY_BYTES:
+        raise PayloadTooLarge()
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise exceptions.ParseError(f"JSON parse error - {error}") from None
+    if not isinstance(data, dict):
+        raise exceptions.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+    return data
+
+
+def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error_adapter=None):
+    """Decorate `async def view(request, drf_request, ...)`; errors become envelopes.
+
+    error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format).
+    """
+
+    def decorate(view):
+        @csrf_exempt  # SessionAuthentication enforces CSRF for session callers itself
+        @functools.wraps(view)
+        async def wrapper(django_request, *args, **kwargs):
+            drf_request = None
+            try:
+                if django_request.method not in methods:
+                    raise exceptions.MethodNotAllowed(django_request.method)
+                drf_request = await db(_authenticate)(
+                    django_request, required_permission, throttle)
+                return await view(django_request, drf_request, *args, **kwargs)
+            except (exceptions.APIException, DjangoValidationError, Http404) as exc:
+                response = await db(error_response)(exc, drf_request or Request(django_request))
+                return error_adapter(response) if error_adapter else response
+
+        wrapper.required_permission = required_permission
+        wrapper.allowed_methods = methods
+        return wrapper
+
+    return decorate

@@ -1,0 +1,370 @@
+"""Escape suite for agents.sandbox: each test checks what an attacker (or a user) would try."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from agents import sandbox
+from agents.sandbox import SandboxLimits, SandboxUnavailable, run_python
+
+FAST = SandboxLimits(wall_seconds=5.0, cpu_seconds=3)
+
+
+def require_sandbox() -> None:
+    """Skip when bubblewrap is unusable, but fail when RELAY_REQUIRE_SERVICES=1."""
+    ok, reason = sandbox.sandbox_available()
+    if ok:
+        return
+    if os.environ.get("RELAY_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"RELAY_REQUIRE_SERVICES=1 but the code sandbox is unavailable: {reason}")
+    pytest.skip(f"bubblewrap sandbox unavailable: {reason}")
+
+
+@pytest.fixture
+def sandboxed():
+    require_sandbox()
+
+
+def _set_allow(monkeypatch, allowed: bool) -> None:
+    if allowed:
+        monkeypatch.setenv("RELAY_ALLOW_UNSANDBOXED_CODE", "1")
+    else:
+        monkeypatch.delenv("RELAY_ALLOW_UNSANDBOXED_CODE", raising=False)
+    try:
+        from django.conf import settings
+        if settings.configured:
+            monkeypatch.setattr(settings, "RELAY_ALLOW_UNSANDBOXED_CODE", allowed, raising=False)
+    except ImportError:
+        pass
+
+
+def _pids_named(comm: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == comm:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def _wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+def _marker() -> str:
+    return "rx" + uuid.uuid4().hex[:12]  # fits in the 15-char comm
+
+
+def _set_comm(mark: str) -> str:
+    # Tag the sandboxed processes so the host side can find them (children inherit the name).
+    # prctl, not /proc/self/comm: after the uid drop the process is not dumpable.
+    return f"import ctypes\nctypes.CDLL(None).prctl(15, {mark.encode()!r}, 0, 0, 0)\n"
+
+
+# --- basics -----------------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_prints_result(sandboxed):
+    r = await run_python("print(sum(range(10)))")
+    assert (r.stdout, r.exit_code, r.killed_reason, r.sandboxed) == ("45\n", 0, None, True)
+    assert not r.timed_out and not r.output_truncated
+
+
+@pytest.mark.asyncio
+async def test_exit_code_and_stderr_reported(sandboxed):
+    r = await run_python("import sys\nprint('boom', file=sys.stderr)\nraise SystemExit(3)")
+    assert r.exit_code == 3 and "boom" in r.stderr and r.killed_reason is None
+    r = await run_python("1/0")
+    assert r.exit_code == 1 and "ZeroDivisionError" in r.stderr and 'main.py", line 1' in r.stderr
+
+
+@pytest.mark.asyncio
+async def test_stdin_is_passed(sandboxed):
+    r = await run_python("print(input().upper())", stdin="hello\n")
+    assert r.stdout == "HELLO\n"
+
+
+@pytest.mark.asyncio
+async def test_environment_has_no_parent_secrets(sandboxed, monkeypatch):
+    monkeypatch.setenv("RELAY_LLM_API_KEY", "sk-very-secret")
+    r = await run_python("import os, json; print(json.dumps(dict(os.environ)))")
+    env = json.loads(r.stdout)
+    assert "sk-very-secret" not in r.stdout and "RELAY_LLM_API_KEY" not in env
+    assert env["HOME"] == "/tmp" and env["LANG"] == "C.UTF-8"
+
+
+# --- network ----------------------------------------------------------------------------------
+
+NET_PROBE = """
+import socket
+for addr in [("127.0.0.1", 5432), ("1.1.1.1", 53)]:
+    try:
+        socket.create_connection(addr, timeout=2).close()
+        print("CONNECTED", addr)
+    except OSError as e:
+        print("blocked", addr, type(e).__name__)
+"""
+
+
+@pytest.mark.asyncio
+async def test_no_network(sandboxed):
+    r = await run_python(NET_PROBE, limits=FAST)
+    assert "CONNECTED" not in r.stdout
+    assert r.stdout.count("blocked") == 2, r.stderr
+
+
+@pytest.mark.asyncio
+async def test_host_postgres_unreachable_even_though_it_listens(sandboxed):
+    try:  # only meaningful when the host really listens there
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        pytest.skip("nothing listens on host 127.0.0.1:5432")
+    r = await run_python(NET_PROBE, limits=FAST)
+    assert "blocked ('127.0.0.1', 5432)" in r.stdout
+
+
+@pytest.mark.asyncio
+async def test_no_dns(sandboxed):
+    code = ("import socket\ntry:\n    print(socket.getaddrinfo('example.com', 80))\n"
+            "except OSError as e:\n    print('dns failed', type(e).__name__)")
+    r = await run_python(code, limits=FAST)
+    assert r.stdout.startswith("dns failed"), r.stdout + r.stderr
+
+
+# --- filesystem -------------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_host_secrets_and_trees_invisible(sandboxed):
+    code = """
+import json, os
+out = {p: os.path.exists(p) for p in ["/work", "/root", "/home", "/etc/shadow", "/etc/passwd"]}
+try:
+    open("/etc/shadow").read(); out["shadow_read"] = True
+except OSError:
+    out["shadow_read"] = False
+out["root_listing"] = sorted(os.listdir("/"))
+print(json.dumps(out))
+"""
+    out = json.loads((await run_python(code)).stdout)
+    assert out["shadow_read"] is False
+    assert not any(out[p] for p in ["/work", "/root", "/home", "/etc/shadow", "/etc/passwd"])
+    assert "work" not in out["root_listing"] and "root" not in out["root_listing"]
+
+
+@pytest.mark.asyncio
+async def test_system_dirs_read_only(sandboxed):
+    code = """
+import os
+for path in ["/usr/evil", "/evil", "/etc/evil", "/opt/venv/evil", "/usr/bin/python3"]:
+    try:
+        with open(path, "a") as f:
+            f.write("x")
+        print("WROTE", path)
+    except OSError as e:
+        print("denied", path)
+"""
+    r = await run_python(code)
+    assert "WROTE" not in r.stdout and r.stdout.count("denied") == 5, r.stderr
+
+
+@pytest.mark.asyncio
+async def test_tmp_is_private_and_ephemeral(sandboxed):
+    name = f"relay-sbx-{uuid.uuid4().hex}"
+    r = await run_python(f"open('/tmp/{name}', 'w').write('hi')\nprint(open('/tmp/{name}').read())")
+    assert r.stdout == "hi\n" and r.exit_code == 0
+    assert not os.path.exists(f"/tmp/{name}")  # not on the host
+    r = await run_python(f"import os; print(os.path.exists('/tmp/{name}'))")
+    assert r.stdout == "False\n"  # nor in the next run
+
+
+@pytest.mark.asyncio
+async def test_sympy_and_extra_read_only_binds(sandboxed, tmp_path):
+    (tmp_path / "relaymod.py").write_text("VALUE = 42\n")
+    tmp_path.chmod(0o755)  # binds must be readable by the unprivileged sandbox uid
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+            "import relaymod, sympy\n"
+            "print(relaymod.VALUE, sympy.factor('x**2 - 1'))\n"
+            f"open({str(tmp_path / 'w')!r}, 'w')")
+    r = await run_python(code, extra_ro_binds=[str(tmp_path)], limits=FAST)
+    assert r.stdout == "42 (x - 1)*(x + 1)\n", r.stderr
+    assert "Read-only file system" in r.stderr and not (tmp_path / "w").exists()
+    with pytest.raises(ValueError):
+        await run_python("pass", extra_ro_binds=["relative/path"])
+
+
+# --- resource limits --------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_fork_bomb_contained(sandboxed):
+    mark = _marker()
+    code = (_set_comm(mark) + "import os\n"
+            "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    t0 = time.monotonic()
+    r = await run_python(code, limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=5))
+    assert time.monotonic() - t0 < 5  # the wall limit plus slack for a loaded CI machine
+    assert r.exit_code is None and r.killed_reason == "timeout"
+    assert await _wait_until(lambda: not [p for p in _pids_named(mark) if _alive(p)], 3)
+    assert subprocess.run(["true"], timeout=5).returncode == 0  # the host can still spawn
+
+
+@pytest.mark.asyncio
+async def test_process_count_limited(sandboxed):
+    code = """
+import os, time
+n = 0
+try:
+    while n < 500:
+        if os.fork() == 0:
+            time.sleep(5); os._exit(0)
+        n += 1
+except OSError as e:
+    print(n, e.errno)
+"""
+    r = await run_python(code, limits=SandboxLimits(max_processes=16))
+    n, errno_ = map(int, r.stdout.split())
+    assert n < 16 and errno_ == 11  # EAGAIN from RLIMIT_NPROC
+
+
+@pytest.mark.asyncio
+async def test_memory_limit(sandboxed):
+    t0 = time.monotonic()
+    r = await run_python("b = bytearray(10 * 1024 ** 3)\nprint('ALLOCATED')")
+    assert time.monotonic() - t0 < 5
+    assert "ALLOCATED" not in r.stdout and r.exit_code != 0
+    assert r.killed_reason == "memory" and "MemoryError" in r.stderr
+
+
+@pytest.mark.asyncio
+async def test_cpu_limit(sandboxed):
+    t0 = time.monotonic()
+    r = await run_python("while True: pass", limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=1))
+    assert time.monotonic() - t0 < 5
+    assert r.exit_code is None and r.killed_reason in ("cpu", "timeout")
+
+
+@pytest.mark.asyncio
+async def test_wall_timeout(sandboxed):
+    t0 = time.monotonic()
+    r = await run_python("import time\nprint('started')\ntime.sleep(60)",
+                         limits=SandboxLimits(wall_seconds=1.0))
+    assert time.monotonic() - t0 < 4
+    assert r.timed_out and r.killed_reason == "timeout" and r.exit_code is None
+    assert r.stdout == "started\n"  # output produced before the kill is kept
+
+
+@pytest.mark.asyncio
+async def test_output_flood_truncated(sandboxed):
+    limits = SandboxLimits(wall_seconds=10.0, max_output_bytes=16 * 1024)
+    t0 = time.monotonic()
+    r = await run_python("import sys\nwhile True:\n    print('x' * 1000)\n    sys.stderr.write('y' * 1000)",
+                         limits=limits)
+    assert time.monotonic() - t0 < 8  # killed on the flood, not at the wall limit
+    assert r.output_truncated and r.killed_reason == "output_limit" and r.exit_code is None
+    assert 0 < len(r.stdout) <= 16 * 1024 and len(r.stderr) <= 16 * 1024
+
+
+# --- process lifecycle & event loop -----------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_cancel_kills_whole_sandbox(sandboxed, monkeypatch):
+    spawned = []
+    real_exec = asyncio.create_subprocess_exec
+
+    async def spy(*args, **kwargs):
+        proc = await real_exec(*args, **kwargs)
+        spawned.append(proc.pid)
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
+    mark = _marker()
+    code = (_set_comm(mark) + "import os, time\n"
+            "if os.fork() == 0:\n    os.setsid()\ntime.sleep(30)")
+    task = asyncio.create_task(run_python(code, limits=SandboxLimits(wall_seconds=30)))
+    assert await _wait_until(lambda: len(_pids_named(mark)) == 2, 5), "sandboxed code did not start"
+    pids = _pids_named(mark) + spawned
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_until(lambda: not any(_alive(p) for p in pids), 3), "orphans left behind"
+    assert await _wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in spawned), 3)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_event_loop_stays_responsive(sandboxed):
+    # A 5-second CPU-bound job: the loop must keep ticking because the work is in a subprocess.
+    code = "import time\nend = time.time() + 5\nwhile time.time() < end:\n    pass\nprint('done')"
+    task = asyncio.create_task(run_python(code, limits=SandboxLimits(wall_seconds=10, cpu_seconds=8)))
+    max_gap, last = 0.0, time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        max_gap, last = max(max_gap, now - last), now
+    r = task.result()
+    assert r.stdout == "done\n" and r.duration_ms >= 4900
+    assert max_gap < 0.1, f"event loop blocked for {max_gap:.3f}s"
+
+
+# --- availability & explicit unsandboxed fallback ---------------------------------------------
+
+def test_probe_reports_missing_bwrap(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe_result", None)
+    monkeypatch.setattr(sandbox, "_bwrap_path", lambda: None)
+    ok, reason = sandbox.sandbox_available()
+    assert not ok and "bubblewrap" in reason
+
+
+@pytest.mark.asyncio
+async def test_refuses_without_sandbox(monkeypatch):
+    monkeypatch.setattr(sandbox, "sandbox_available", lambda: (False, "bwrap missing (test)"))
+    _set_allow(monkeypatch, False)
+    with pytest.raises(SandboxUnavailable, match="RELAY_ALLOW_UNSANDBOXED_CODE") as exc:
+        await run_python("print(1)")
+    assert "bwrap missing (test)" in str(exc.value)
+
+
+@pytest.mark.asyncio
+async def test_unsandboxed_fallback_when_explicitly_allowed(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "sandbox_available", lambda: (False, "bwrap missing (test)"))
+    _set_allow(monkeypatch, True)
+    monkeypatch.setenv("RELAY_LLM_API_KEY", "sk-very-secret")
+    with caplog.at_level("WARNING", logger="agents.sandbox"):
+        r = await run_python("import os\nprint(sum(range(10)), os.environ.get('RELAY_LLM_API_KEY'))")
+    assert r.stdout == "45 None\n" and r.exit_code == 0 and r.sandboxed is False
+    assert any("WITHOUT a sandbox" in rec.message for rec in caplog.records)
+    r = await run_python("while True: pass", limits=SandboxLimits(wall_seconds=1.5, cpu_seconds=1))
+    assert r.exit_code is None and r.killed_reason in ("cpu", "timeout")
+
+
+def test_require_sandbox_helper_fails_when_services_required(monkeypatch):
+    monkeypatch.setattr(sandbox, "sandbox_available", lambda: (False, "no bwrap here"))
+    monkeypatch.setenv("RELAY_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="no bwrap here"):
+        require_sandbox()
+    monkeypatch.delenv("RELAY_REQUIRE_SERVICES")
+    with pytest.raises(pytest.skip.Exception, match="no bwrap here"):
+        require_sandbox()

@@ -1,0 +1,79 @@
+"""Eight processes appending at once produce one unbroken chain (no fork, no gap, nothing lost)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from audit.maintenance import verify_chain
+from audit.models import AuditEvent
+from tests.conftest import require_postgres
+
+WRITERS = 8
+# The issue asks for 10 s; shorten locally with RELAY_AUDIT_CONCURRENCY_SECONDS.
+SECONDS = float(os.environ.get("RELAY_AUDIT_CONCURRENCY_SECONDS", "10"))
+
+WORKER = """
+import json, os, time
+from audit.services import record
+deadline, count = float(os.environ["AUDIT_DEADLINE"]), 0
+while time.time() < float(os.environ["AUDIT_START"]):
+    time.sleep(0.005)
+while time.time() < deadline:
+    record("bench.append", resource=f"writer:{os.getpid()}", metadata={"n": count})
+    count += 1
+print(json.dumps({"appended": count}))
+"""
+
+
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    if connection.vendor == "postgresql":
+        return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return f"sqlite:///{db['NAME']}"
+
+
+def run_writers(seconds: float) -> int:
+    start = time.time() + 8  # Django starts in each process before the common start line
+    env = {**os.environ, "DATABASE_URL": database_url(), "AUDIT_START": str(start),
+           "AUDIT_DEADLINE": str(start + seconds), "DEBUG": "0", "RELAY_BEHIND_TLS": "0",
+           # DEBUG=0 refuses the development key; only checkpoints are signed with it anyway.
+           "SECRET_KEY": os.environ.get("SECRET_KEY") or "t" * 60}
+    writers = [subprocess.Popen([sys.executable, "manage.py", "shell", "-c", WORKER], env=env, cwd=settings.BASE_DIR,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(WRITERS)]
+    total = 0
+    for writer in writers:
+        out, err = writer.communicate(timeout=seconds + 120)
+        assert writer.returncode == 0, err[-2000:]
+        total += json.loads(out.strip().splitlines()[-1])["appended"]
+    return total
+
+
+def assert_one_chain(total: int) -> None:
+    sequences = list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True))
+    assert len(sequences) == total and sequences == list(range(1, total + 1))
+    assert AuditEvent.objects.filter(action="bench.append").values("resource").distinct().count() == WRITERS
+    verdict = verify_chain()
+    assert verdict.ok and verdict.verified == total, verdict.message
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_eight_postgres_writers_make_one_chain(transactional_db):
+    require_postgres()
+    total = run_writers(SECONDS)
+    assert total > WRITERS
+    assert_one_chain(total)
+
+
+@pytest.mark.slow
+def test_eight_sqlite_writers_make_one_chain(transactional_db):
+    if connection.vendor != "sqlite":
+        pytest.skip("the SQLite variant (PostgreSQL runs the test above)")
+    total = run_writers(min(SECONDS, 3))
+    assert_one_chain(total)
