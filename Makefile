@@ -7,7 +7,19 @@ PORT ?= 8000
 # Parallel test workers: one per core by default.
 WORKERS ?= auto
 
-.PHONY: run test venv install migrate lint clean
+.PHONY: run test venv install migrate lint audit clean cluster cluster-stop cluster-restart
+
+# A local cluster (platform/scripts/cluster.py): N instances + Celery worker/beat + nginx on :8080,
+# on DATABASE_URL/REDIS_URL (default: the local PostgreSQL, database relay_cluster, and Redis).
+N ?= 3
+cluster: install
+	$(PY) platform/scripts/cluster.py start -n $(N)
+
+cluster-stop:
+	$(PY) platform/scripts/cluster.py stop
+
+cluster-restart:
+	$(PY) platform/scripts/cluster.py restart
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +43,10 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# bandit (no high-severity finding) and pip-audit (skipped with a warning when offline): .ci/audit
+audit: install
+	VENV=$(VENV) .ci/audit
 
 clean:
 	rm -rf $(VENV) var db.sqlite3 db.sqlite3-wal db.sqlite3-shm staticfiles

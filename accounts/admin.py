@@ -26,7 +26,7 @@ class TeamAdmin(admin.ModelAdmin):
 class UserAdmin(BaseUserAdmin):
     list_display = ["username", "email", "organization", "team", "role", "is_active", "is_staff", "last_login"]
     list_filter = ["organization", "groups", "is_active", "is_staff", "is_superuser"]
-    list_select_related = ["organization", "team"]
+    list_select_related = ["organization", "team__organization"]  # a team's name shows its organization
     search_fields = ["username", "email", "first_name", "last_name"]
     fieldsets = BaseUserAdmin.fieldsets + (("Relay", {"fields": ("organization", "team")}),)
     add_fieldsets = BaseUserAdmin.add_fieldsets + (("Relay", {"fields": ("email", "organization", "team", "groups")}),)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.cache import cache
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -34,6 +34,13 @@ _PREFIX_ALPHABET = string.ascii_letters + string.digits
 _PREFIX_LENGTH = 12
 _KEY_CACHE_SECONDS = 300
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class PrivilegeRefused(PermissionDenied):
+    """An attempt to gain a right the caller does not hold (the API answers 403 and audits it as denied).
+
+    Distinct from ValidationError (malformed input, 400): this is a refusal of privilege.
+    """
 
 
 class KeyRejected(Exception):
@@ -105,7 +112,8 @@ def team_group(team: Team) -> Group:
 
 def sync_team_group(user: User) -> None:
     """Keep a user's team-group membership equal to their current team."""
-    current = user.team.group_id if user.team_id and user.team.group_id else None
+    # Read the team's group from the database: the instance's cached team may predate its group.
+    current = Team.objects.filter(pk=user.team_id).values_list("group_id", flat=True).first() if user.team_id else None
     stale = user.groups.filter(name__startswith=TEAM_GROUP_PREFIX).exclude(pk=current)
     if stale.exists():
         user.groups.remove(*stale)
@@ -161,21 +169,19 @@ def _new_key_material() -> tuple[str, str]:
 def validate_key_grants(
     owner: User, scopes, allowed_agents, allowed_models=None, allowed_ips=None, *, grantable: set[str] | None = None,
 ) -> None:
-    """A key may only narrow its owner's rights (or, made through a key, that key's), never widen them."""
-    errors = {}
+    """A key may only narrow its owner's rights (or, made through a key, that key's), never widen them.
+
+    Unknown names or malformed ranges are bad input (ValidationError, 400); asking for a permission
+    or agent the grantor lacks is a privilege refusal (PrivilegeRefused, 403, audited as denied).
+    """
+    errors, refused = {}, []
     owned = effective_permissions(owner) if grantable is None else grantable
     unknown = [s for s in scopes if s not in PERMISSION_CODENAMES]
-    lacking = [s for s in scopes if s in PERMISSION_CODENAMES and s not in owned]
     if unknown:
         errors["scopes"] = f"Unknown permissions: {', '.join(map(str, unknown))}."
-    elif lacking:
-        errors["scopes"] = f"The owner does not hold: {', '.join(lacking)}."
     bad_agents = [a for a in allowed_agents if a not in AGENT_PERMISSIONS]
-    denied_agents = [a for a in allowed_agents if AGENT_PERMISSIONS.get(a) and AGENT_PERMISSIONS[a] not in owned]
     if bad_agents:
         errors["allowed_agents"] = f"Unknown agents: {', '.join(map(str, bad_agents))}."
-    elif denied_agents:
-        errors["allowed_agents"] = f"The owner may not use: {', '.join(denied_agents)}."
     for cidr in allowed_ips or []:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -184,6 +190,46 @@ def validate_key_grants(
             break
     if errors:
         raise ValidationError(errors)
+    lacking = [s for s in scopes if s not in owned]
+    if lacking:
+        refused.append(f"the scopes {', '.join(lacking)}")
+    denied_agents = [a for a in allowed_agents if AGENT_PERMISSIONS.get(a) and AGENT_PERMISSIONS[a] not in owned]
+    if denied_agents:
+        refused.append(f"the agents {', '.join(denied_agents)}")
+    if refused:
+        raise PrivilegeRefused(f"The owner does not hold {'; '.join(refused)}: a key cannot be given more.")
+
+
+def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_ips, expires_at):
+    """A key minted through another key: it inherits that key's limits and may not loosen them.
+
+    An empty list means "no restriction", so an unrestricted child of a restricted key would be
+    an escalation: omitted limits are inherited, wider ones refused (PrivilegeRefused).
+    """
+    refused = []
+
+    def narrowed(asked, limit, label):
+        if not limit:
+            return asked
+        if not asked:
+            return list(limit)
+        outside = [item for item in asked if item not in limit]
+        if outside:
+            refused.append(f"{label} {', '.join(map(str, outside))}")
+        return asked
+
+    allowed_agents = narrowed(allowed_agents, parent.allowed_agents, "the agents")
+    allowed_models = narrowed(allowed_models, parent.allowed_models, "the models")
+    if parent.allowed_ips and allowed_ips and not set(allowed_ips) <= set(parent.allowed_ips):
+        refused.append("addresses outside the key's allowed_ips")
+    allowed_ips = allowed_ips or list(parent.allowed_ips)
+    if parent.expires_at is not None:
+        if expires_at is not None and expires_at > parent.expires_at:
+            refused.append("an expiry later than the key's own")
+        expires_at = expires_at or parent.expires_at
+    if refused:
+        raise PrivilegeRefused(f"A key cannot be given what the key creating it lacks: {'; '.join(refused)}.")
+    return allowed_agents, allowed_models, allowed_ips, expires_at
 
 
 @transaction.atomic
@@ -191,8 +237,9 @@ def create_api_key(
     owner: User, name: str, *, scopes: list[str] | None = None, allowed_agents: list[str] | None = None,
     allowed_models: list[str] | None = None, allowed_ips: list[str] | None = None,
     expires_at: datetime | None = None, requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None, grantable: set[str] | None = None,
+    tokens_per_minute: int | None = None, grantable: set[str] | None = None, parent: APIKey | None = None,
 ) -> IssuedKey:
+    """A new key for owner; `parent` is the key the request came through, whose limits bind the new one."""
     if not owner.is_active:
         raise ValidationError({"owner": "The owner is deactivated."})
     name = (name or "").strip()
@@ -203,6 +250,10 @@ def create_api_key(
         grantable = effective_permissions(owner)
     scopes = sorted(set(grantable if scopes is None else scopes))
     allowed_agents = sorted(set(allowed_agents or []))
+    if parent is not None:
+        allowed_agents, allowed_models, allowed_ips, expires_at = narrow_to_parent(
+            parent, allowed_agents=allowed_agents, allowed_models=allowed_models or [],
+            allowed_ips=allowed_ips or [], expires_at=expires_at)
     validate_key_grants(owner, scopes, allowed_agents, allowed_models, allowed_ips, grantable=grantable)
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
@@ -272,6 +323,10 @@ def _lookup(prefix: str) -> APIKey | None:
     if cached is not None:
         return cached
     key = APIKey.objects.select_related("owner", "owner__organization", "owner__team").filter(prefix=prefix).first()
+    if key is not None:
+        # Computed now, the owner's permissions travel in the cached copy: no permission queries
+        # per request. Role and role-permission changes drop the copy (accounts/signals.py).
+        effective_permissions(key.owner)
     cache.set(_cache_key(prefix), key if key else "missing", _KEY_CACHE_SECONDS if key else 30)
     return key
 
@@ -328,7 +383,7 @@ def update_user(actor: User, user: User, *, role: str | None = None, team=_UNSET
                 **profile) -> User:
     """Change a user's profile, role, team or active flag on behalf of an admin (actor)."""
     if user.pk == actor.pk and (role is not None or is_active is False or team is not _UNSET):
-        raise ValidationError({"role": "You cannot change your own role, team or active state."})
+        raise PrivilegeRefused("You cannot change your own role, team or active state.")
     before = audit_events.snapshot(user)
     for name, value in profile.items():
         setattr(user, name, value)

@@ -1,5 +1,6 @@
 """Keep the API key cache honest: any change to a key or its owner drops the cached copy."""
 
+from django.contrib.auth.models import Group
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
@@ -14,8 +15,8 @@ def _key_changed(sender, instance, **kwargs):
 
 
 @receiver(post_save, sender=User)
-def _team_changed(sender, instance, raw=False, **kwargs):
-    if not raw:
+def _team_changed(sender, instance, raw=False, update_fields=None, **kwargs):
+    if not raw and (update_fields is None or "team" in update_fields):
         sync_team_group(instance)
 
 
@@ -30,3 +31,12 @@ def _owner_changed(sender, instance, **kwargs):
 def _role_changed(sender, instance, **kwargs):
     if isinstance(instance, User):
         _owner_changed(User, instance)
+
+
+@receiver(m2m_changed, sender=Group.permissions.through)
+def _role_permissions_changed(sender, instance, **kwargs):
+    """A role's permissions changed: every key of its members must be looked up afresh."""
+    if isinstance(instance, Group):
+        prefixes = APIKey.objects.filter(owner__groups=instance).values_list("prefix", flat=True)
+        for prefix in prefixes:
+            forget_cached_key(prefix)

@@ -23,7 +23,10 @@ class APIKeyRateThrottle(SimpleRateThrottle):
             self.history.pop()
         if len(self.history) >= self.num_requests:
             return self.throttle_failure()
-        return self.throttle_success()
+        allowed = self.throttle_success()
+        # For the X-RateLimit-Remaining-Requests header of the model-call responses (billing.ratelimit).
+        request._request.rate_limit_remaining_requests = self.num_requests - len(self.history)
+        return allowed
 
     def get_rate(self):
         return None  # set per request from the key

@@ -1,9 +1,16 @@
-"""Console pages of the accounts app: sign in and out (HTML, session auth)."""
+"""Console pages of the accounts app: sign in and out, password change, API keys (HTML, session auth)."""
 
 from django.contrib.auth import views as auth_views
 from django.core.cache import cache
 from django.shortcuts import render
+from django.urls import reverse_lazy
+from django.utils.decorators import method_decorator
 
+from accounts.api.serializers import APIKeySerializer
+from accounts.models import APIKey
+from accounts.pages import page
+from accounts.roles import ALL_PERMISSIONS, effective_permissions
+from agents.registry import all_agents, may_use
 from relay.http import client_ip
 
 _LOGIN_FAILURES_ALLOWED = 10
@@ -40,3 +47,31 @@ class LoginView(auth_views.LoginView):
 
 class LogoutView(auth_views.LogoutView):
     pass
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    template_name = "registration/password_change_form.html"
+    success_url = reverse_lazy("password-change-done")
+
+    @method_decorator(page())
+    def dispatch(self, *args, **kwargs):
+        return super().dispatch(*args, **kwargs)
+
+
+@page()
+def password_change_done(request):
+    return render(request, "registration/password_change_done.html")
+
+
+@page()
+def keys(request):
+    """Your API keys. Creating, revoking and rotating go through /api/v1/keys/ (the secret is shown once)."""
+    user = request.user
+    own_keys = APIKey.objects.filter(owner=user).order_by("-created_at")
+    scopes = [{"codename": codename, "label": label} for codename, label in ALL_PERMISSIONS
+              if codename in effective_permissions(user)]
+    return render(request, "console/keys.html", {
+        "keys": APIKeySerializer(own_keys, many=True).data,
+        "scopes": scopes,
+        "agents": [name for name in all_agents() if may_use(user, None, name)],
+    })

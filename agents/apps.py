@@ -6,8 +6,13 @@ class AgentsConfig(AppConfig):
     name = "agents"
 
     def ready(self):
-        from django.db.models.signals import post_migrate
+        from django.db.models.signals import post_delete, post_migrate, post_save
 
+        import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
         from agents.documents import load_builtin_docs
+        from agents.models import ModelEndpoint
+        from agents.providers.catalog import forget_catalog
 
         post_migrate.connect(load_builtin_docs, sender=self)
+        post_save.connect(forget_catalog, sender=ModelEndpoint)
+        post_delete.connect(forget_catalog, sender=ModelEndpoint)

@@ -19,6 +19,7 @@ from rest_framework import exceptions
 from agents import runner
 from agents.api.serializers import QuerySerializer
 from relay.asyncdb import db
+from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 64 * 1024
@@ -61,6 +62,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.runs: dict[str, asyncio.Task] = {}
         self.pending = 0
         await self.accept()
+        self.session_counted = metrics.session_started()
         session_user = self.scope.get("user")
         if session_user is not None and session_user.is_authenticated:
             await self._signed_in(session_user, None)
@@ -78,6 +80,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def disconnect(self, code):
+        metrics.session_ended(getattr(self, "session_counted", False))
+        self.session_counted = False
         for task in list(self.runs.values()):
             task.cancel()
         if self.runs:
@@ -159,7 +163,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 user=self.user, api_key=self.api_key, agent=data["agent_type"], query=data["query"],
                 conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
                 model=data.get("model") or None, max_tokens=data.get("max_tokens"),
-                temperature=data.get("temperature"))
+                temperature=data.get("temperature"), cache=data.get("cache", True))
             return await runner.prepare(request)
         except exceptions.PermissionDenied as denied:
             await self._refuse("permission_denied", str(denied.detail), CLOSE_FORBIDDEN)

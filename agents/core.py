@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import events
+from relay.observability import metrics
 
 
 @dataclass
@@ -64,6 +65,10 @@ class RunContext:
             outcome = await tool.call(arguments, self)
         except ToolFailed as failure:
             outcome = ToolOutcome(output=str(failure), ok=False)
+        except Exception:
+            metrics.record_tool_call(tool.name, False, time.monotonic() - started)
+            raise
+        metrics.record_tool_call(tool.name, outcome.ok, time.monotonic() - started)
         duration_ms = int((time.monotonic() - started) * 1000)
         self.last_outcome = outcome
         self.tool_records.append({"call_id": call_id, "name": tool.name, "input": arguments,

@@ -98,6 +98,9 @@ class DocumentChunk(models.Model):
         ordering = ["document", "index"]
         constraints = [models.UniqueConstraint(fields=["document", "index"], name="chunk_unique_index")]
 
+    def __str__(self):
+        return f"{self.document_id}#{self.index}"
+
 
 class ModelEndpoint(models.Model):
     """An upstream language model Relay can route to (besides the embedded local engine)."""

@@ -16,7 +16,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from relay.asyncdb import db
 from django.conf import settings
 from rest_framework import exceptions
 
@@ -27,7 +26,10 @@ from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
 from agents.tokenizer import count_message_tokens, split_tokens
 from agents.upstream import answer_with_model, build_messages
+from billing import optimizer, ratelimit
 from billing import services as billing
+from relay.asyncdb import db
+from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
 MAX_OUTPUT_TOKENS = 32768
@@ -49,6 +51,7 @@ class RunRequest:
     history: list[dict] | None = None        # earlier turns given by the client (instead of a conversation)
     messages: list[dict] | None = None       # OpenAI-compatible API: the client's whole conversation
     client_tools: list[dict] | None = None   # OpenAI-compatible API: tools passed through to the model
+    cache: bool = True                       # False: neither read nor fill the response cache
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -65,6 +68,9 @@ class PreparedRun:
     message_id: str = ""
     started: float = field(default_factory=time.monotonic)
     outcome: tuple | None = None  # (status, total tokens, cost) once stored
+    stored: asyncio.Future | None = None  # the conversation and message rows being written
+    plan: optimizer.Plan | None = None  # the cost optimizer's decisions (routing, trimming, cache)
+    remaining_tokens: int | None = None  # the key's tokens/minute left, for X-RateLimit-Remaining-Tokens
 
 
 class BudgetExceededError(exceptions.APIException):
@@ -112,8 +118,9 @@ def _load_history(req: RunRequest) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in reversed(list(recent))]
 
 
-def _open_conversation(req: RunRequest, agent_name: str, model_name: str) -> tuple[str, str]:
-    """The conversation (new or the caller's own) with the user's turn and an empty answer stored."""
+def _open_conversation(req: RunRequest, conversation_id: str, message_id: str, agent_name: str,
+                       model_name: str) -> None:
+    """Store the conversation (new or the caller's own), the user's turn and an empty answer."""
     from django.db import transaction
 
     from agents.models import Conversation, Message
@@ -123,53 +130,52 @@ def _open_conversation(req: RunRequest, agent_name: str, model_name: str) -> tup
             conversation = Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
         else:
             conversation = Conversation.objects.create(
-                organization_id=req.user.organization_id, user=req.user, agent=agent_name,
+                id=conversation_id, organization_id=req.user.organization_id, user=req.user, agent=agent_name,
                 title=" ".join(req.query.split())[:80] or "Image",
             )
         Message.objects.create(conversation=conversation, role=Message.Role.USER, content=req.query,
                                agent=agent_name, request_id=req.request_id)
-        answer = Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, agent=agent_name,
-                                        model=model_name, status=Message.Status.RUNNING, request_id=req.request_id)
-    return str(conversation.pk), str(answer.pk)
+        Message.objects.create(id=message_id, conversation=conversation, role=Message.Role.ASSISTANT,
+                               agent=agent_name, model=model_name, status=Message.Status.RUNNING,
+                               request_id=req.request_id)
 
 
 async def prepare(req: RunRequest) -> PreparedRun:
     """All checks and the budget reservation; raises DRF exceptions (4xx/5xx envelopes)."""
     agent, model = await db(_check_request)(req)
     history = await db(_load_history)(req)
-    ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=history,
-                     attachment=req.attachment, raw_messages=req.messages, client_tools=req.client_tools)
+    # Cost optimizer (billing/optimizer): may route an unnamed model by complexity, trims long
+    # histories and looks the question up in the response cache — all before anything is reserved.
+    plan = await optimizer.plan(req, agent, model, history)
+    model = plan.model
+    ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=plan.history,
+                     attachment=req.attachment, raw_messages=plan.raw_messages, client_tools=req.client_tools)
     max_tokens = min(max(int(req.max_tokens or DEFAULT_MAX_TOKENS), 1), MAX_OUTPUT_TOKENS)
     input_tokens = count_message_tokens(build_messages(agent, ctx))
+    remaining_tokens = await ratelimit.admit(req.api_key, input_tokens, max_tokens)  # 429 rate_limited
     try:
-        charge = await billing.open_charge(request_id=req.request_id, user=req.user, api_key=req.api_key,
-                                           model=model.name, input_tokens=input_tokens, max_output_tokens=max_tokens)
+        if plan.hit:  # a cached answer costs nothing: no reservation, a zero-priced charge
+            charge = await optimizer.free_charge(request_id=req.request_id, user=req.user, model=model.name)
+        else:
+            charge = await billing.open_charge(request_id=req.request_id, user=req.user, api_key=req.api_key,
+                                               model=model.name, input_tokens=input_tokens,
+                                               max_output_tokens=max_tokens)
     except billing.BudgetExceeded as exceeded:
-        await _record_budget_refusal(req, exceeded)
+        metrics.record_refusal(agent=agent.name, reason="budget_exceeded", scope=exceeded.scope)
         raise BudgetExceededError(exceeded.message) from None
     except billing.UnknownModel as unknown:
         raise exceptions.ValidationError({"model": [str(unknown)]}) from None
     except billing.LedgerUnavailable:
+        metrics.record_refusal(agent=agent.name, reason="ledger_unavailable")
         raise LedgerUnavailableError() from None
     run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
-                      max_tokens=max_tokens)
-    try:
-        run.conversation_id, run.message_id = await db(_open_conversation)(
-            req, agent.name, model.name)
-    except BaseException:
-        await asyncio.shield(billing.close_charge(charge, user=req.user, api_key=req.api_key, agent=agent.name,
-                                                  input_tokens=0, output_tokens=0, status="error", latency_ms=0))
-        raise
+                      max_tokens=max_tokens, plan=plan, remaining_tokens=remaining_tokens,
+                      conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()))
+    # The rows are written while the model starts answering: the inserts (a commit) stay off the
+    # time to first token. _finish waits for them before it stores the answer.
+    run.stored = asyncio.ensure_future(db(_open_conversation)(req, run.conversation_id, run.message_id,
+                                                               agent.name, model.name))
     return run
-
-
-async def _record_budget_refusal(req: RunRequest, exceeded) -> None:
-    from audit import actions
-    from audit.services import arecord
-
-    await arecord(actions.BUDGET_EXCEEDED, status="denied", actor=req.user,
-                  resource=f"budget:{exceeded.budget_id}",
-                  metadata={"scope": exceeded.scope, "agent": req.agent, "request_id": req.request_id})
 
 
 @dataclass
@@ -209,7 +215,9 @@ async def stream(run: PreparedRun):
 
 
 async def _produce(run: PreparedRun, progress: _Progress):
-    if run.model.is_local:
+    if run.plan is not None and run.plan.hit:  # the response cache: replay, no model call
+        source, delay = optimizer.replay(run.plan.cached_answer), 0
+    elif run.model.is_local:
         source = run.agent.answer_locally(run.ctx)
         delay = settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
     else:
@@ -257,13 +265,27 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     answer = "".join(progress.answer)
     quality = run.agent.quality(run.ctx, answer) if progress.status == "complete" else 0.0
     tool_calls = [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records]
+    try:
+        await run.stored
+    except Exception:
+        # The usage is still recorded and settled below; only the message cannot be stored.
+        logger.exception("could not store conversation %s (request %s)", run.conversation_id,
+                         run.request.request_id)
+
+    def store(record):  # in the usage record's transaction: one commit for the whole outcome
+        _store_answer(run, progress, answer, record, quality, latency_ms)
+        _audit_run(run, progress, record)
+
     record = await billing.close_charge(
         run.charge, user=run.request.user, api_key=run.request.api_key, agent=run.agent.name,
         input_tokens=input_tokens, output_tokens=output_tokens, status=progress.status, latency_ms=latency_ms,
-        message_id=run.message_id, tool_calls=tool_calls,
+        message_id=run.message_id, tool_calls=tool_calls, cached=bool(run.plan and run.plan.hit), also=store,
     )
-    await db(_store_answer)(run, progress, answer, record, quality, latency_ms)
-    await _audit_run(run, progress, record)
+    await optimizer.remember(run.plan, progress.status, answer, run.ctx.facts)  # complete misses only
+    await metrics.refresh_known_models_if_stale()
+    metrics.record_run(agent=run.agent.name, model=run.model.name, status=progress.status,
+                       input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
+                       quality=quality if progress.status == "complete" else None, ttft_ms=progress.ttft_ms)
     run.outcome = (progress.status, record.input_tokens + record.output_tokens, record.cost)
     return _Usage(record.input_tokens, record.output_tokens, record.cost)
 
@@ -279,17 +301,17 @@ def _store_answer(run, progress, answer, record, quality, latency_ms) -> None:
     Conversation.objects.filter(pk=run.conversation_id).update(updated_at=record.created_at)
 
 
-async def _audit_run(run: PreparedRun, progress: _Progress, record) -> None:
+def _audit_run(run: PreparedRun, progress: _Progress, record) -> None:
     from audit import actions
-    from audit.services import arecord
+    from audit.services import record as audit_record
 
     metadata = {"agent": run.agent.name, "model": run.model.name, "status": progress.status,
                 "cost": str(record.cost), "input_tokens": record.input_tokens,
                 "output_tokens": record.output_tokens, "request_id": run.request.request_id}
     if settings.RELAY_AUDIT_PROMPTS:
         metadata["prompt"] = run.request.query[:4000]
-    await arecord(actions.AGENT_RUN, status="success" if progress.status != "error" else "error",
-                  actor=run.request.user, resource=f"message:{run.message_id}", metadata=metadata)
+    audit_record(actions.AGENT_RUN, status="success" if progress.status != "error" else "error",
+                 actor=run.request.user, resource=f"message:{run.message_id}", metadata=metadata)
 
 
 async def collect(run: PreparedRun) -> dict:

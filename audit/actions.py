@@ -13,6 +13,9 @@ TOKEN_ISSUED = "auth.token_issued"  # noqa: S105 (an action name)
 TOKEN_REFRESHED = "auth.token_refreshed"  # noqa: S105 (an action name)
 TOKEN_REFRESH_FAILED = "auth.token_refresh_failed"  # noqa: S105 (an action name)
 PERMISSION_DENIED = "permission.denied"  # any 403
+# Refusals answered 404/400/405 that were privilege refusals (audit/refusals.py).
+HIDDEN_OBJECT_DENIED = "permission.hidden_object"  # someone else's object, answered 404
+PRIVILEGED_FIELD_DENIED = "permission.privileged_field"  # input naming owner/role/organization, refused
 
 API_KEY_CREATED = "api_key.created"
 API_KEY_REVOKED = "api_key.revoked"

@@ -8,7 +8,6 @@ chain never forks. The lock is held until the caller's transaction ends: call re
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
@@ -16,6 +15,7 @@ from audit import context
 from audit.actions import DENIED, STATUSES, SUCCESS
 from audit.chain import GENESIS, clean_text, compute_hash, normalise, normalise_ip
 from audit.models import AuditCheckpoint, AuditEvent
+from relay.asyncdb import run_db
 
 # pg_advisory_xact_lock key for appends ("RELAYAUD"); any constant unique to this purpose.
 APPEND_LOCK_KEY = 0x52454C4159415544
@@ -126,5 +126,6 @@ def record(action: str, *, status: str = SUCCESS, resource: str = "", metadata: 
     return event
 
 
-arecord = sync_to_async(record)
-arecord.__doc__ = "record() for async code (runs on Django's sync thread, in the caller's context)."
+async def arecord(action: str, **kwargs) -> AuditEvent:
+    """record() for async code: on the async DB pool (relay/asyncdb.py), in the caller's audit context."""
+    return await run_db(record, action, **kwargs)

@@ -95,6 +95,9 @@ def connect() -> None:
     post_save.connect(on_admin_log, sender=LogEntry, dispatch_uid="audit.admin_log")
     post_save.connect(on_team_saved, sender=Team, dispatch_uid="audit.team")
     add_error_listener(on_api_error)
+    from audit import refusals
+
+    add_error_listener(refusals.on_api_error)
     manager = type(LogEntry.objects)
     if not getattr(manager.log_actions, "audited", False):
         manager.log_actions = _audited_log_actions(manager.log_actions)

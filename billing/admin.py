@@ -1,8 +1,7 @@
 from django.contrib import admin, messages
-from django.core.paginator import Paginator
-from django.utils.functional import cached_property
 
-from billing.models import Budget, BudgetAlert, ModelPrice, ToolUsage, UsageRecord
+from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, ToolUsage, UsageRecord
+from relay.admin_lists import CappedCountPaginator, choices_filter
 
 
 @admin.register(ModelPrice)
@@ -34,26 +33,38 @@ class ToolUsageInline(admin.TabularInline):
         return False
 
 
-class EstimatedCountPaginator(Paginator):
-    """COUNT(*) over 100k+ filtered rows is the slow part of a changelist; cap the exact count."""
+def _agent_names():
+    from agents.registry import all_agents
 
-    @cached_property
-    def count(self):
-        return self.object_list[:100_001].count()
+    return sorted(all_agents())
+
+
+def _model_names():
+    return list(ModelPrice.objects.order_by("model").values_list("model", flat=True).distinct())
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ["created_at", "organization", "user", "agent", "model", "input_tokens", "output_tokens", "cost",
                     "status", "cached", "latency_ms"]
-    list_filter = ["status", "agent", "model", "cached", "created_at", "organization"]
+    # Fixed choices and relative dates: no filter scans the table to draw itself (relay/admin_lists.py).
+    list_filter = [choices_filter("status", "status", [s for s, _ in UsageRecord.STATUS_CHOICES]),
+                   choices_filter("agent", "agent", _agent_names), choices_filter("model", "model", _model_names),
+                   "cached", "created_at", "organization"]
     list_select_related = ["organization", "user"]
-    search_fields = ["request_id"]  # exact-ish, indexed (unique); free text over users would scan
-    date_hierarchy = "created_at"
+    search_fields = ["request_id"]  # exact, on its unique index: see get_search_results
+    search_help_text = "A request id (X-Request-ID)."
+    # Newest first by primary key: the index serves it; created_at has no index of its own.
+    ordering = ["-id"]
     show_full_result_count = False
-    paginator = EstimatedCountPaginator
+    paginator = CappedCountPaginator
+    list_per_page = 50  # rendering rows, not SQL, is most of a page's time
     raw_id_fields = ["user", "api_key", "team", "price"]
     inlines = [ToolUsageInline]
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(request_id=term) if term else queryset), False
 
     def has_add_permission(self, request):
         return False
@@ -96,3 +107,13 @@ class BudgetAlertAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(OptimizerSettings)
+class OptimizerSettingsAdmin(admin.ModelAdmin):
+    """Turn each cost-optimizer strategy off (or tune it) for one organization."""
+
+    list_display = ["organization", "routing_enabled", "cache_enabled", "cache_ttl_seconds", "trimming_enabled",
+                    "history_token_budget", "updated_at"]
+    list_filter = ["routing_enabled", "cache_enabled", "trimming_enabled"]
+    raw_id_fields = ["organization"]

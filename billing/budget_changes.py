@@ -33,8 +33,23 @@ def resolve_target(organization, scope: str, target) -> dict:
         "api_key": lambda: APIKey.objects.filter(owner__organization=organization, pk=target).first(),
     }[scope]()
     if found is None:
+        _record_foreign_target(scope, target)
         raise ValidationError({"target": f"No {scope.replace('_', ' ')} {target} in your organization."})
     return {TARGET_FIELD[scope]: found}
+
+
+def _record_foreign_target(scope: str, target) -> None:
+    """A target that exists in another organization: same 400 (nothing leaks), but audited as denied."""
+    model = {"team": Team, "user": User, "api_key": APIKey}[scope]
+    try:
+        exists = model.objects.filter(pk=target).exists()
+    except (ValueError, TypeError):
+        return
+    if exists:
+        from audit.services import record
+
+        record(actions.HIDDEN_OBJECT_DENIED, status=actions.DENIED, resource=f"{scope}:{target}",
+               metadata={"operation": "set_budget"})
 
 
 def set_budget(*, actor, organization, scope: str, target, period: str, limit_usd, hard: bool,

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -188,3 +189,28 @@ class BudgetAlert(models.Model):
 
     def __str__(self):
         return f"{self.budget} reached {self.threshold}% in {self.period_key}"
+
+
+class OptimizerSettings(models.Model):
+    """Per-organization switches of the cost optimizer (billing/optimizer); no row means all on."""
+
+    organization = models.OneToOneField("accounts.Organization", on_delete=models.CASCADE,
+                                        related_name="optimizer_settings")
+    routing_enabled = models.BooleanField(
+        default=True, help_text="Send simple queries to the cheapest allowed model when the caller names none.")
+    cache_enabled = models.BooleanField(default=True, help_text="Answer repeated questions from the response cache.")
+    cache_ttl_seconds = models.PositiveIntegerField(
+        default=3600, validators=[MinValueValidator(1), MaxValueValidator(30 * 24 * 3600)],
+        help_text="How long a cached answer is served (seconds, at most 30 days).")
+    trimming_enabled = models.BooleanField(
+        default=True, help_text="Drop the oldest turns of long conversations beyond the history budget.")
+    history_token_budget = models.PositiveIntegerField(
+        default=4000, validators=[MinValueValidator(100), MaxValueValidator(1_000_000)],
+        help_text="Tokens of earlier conversation sent with a question when trimming is on.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "optimizer settings"
+
+    def __str__(self):
+        return f"cost optimizer of organization {self.organization_id}"

@@ -79,3 +79,43 @@ async def _bucket_redis(key, capacity, rate, want, now) -> tuple[bool, float]:
         _backend = RedisBackend(settings.REDIS_URL)
     allowed, level = await _backend.run(_BUCKET, key, repr(capacity), repr(rate), want, repr(float(now)))
     return bool(int(allowed)), float(level)
+
+
+async def admit(api_key, input_tokens: int, max_output_tokens: int) -> int | None:
+    """Take a request's tokens from its key's tokens/minute bucket; the tokens left, or None (no limit).
+
+    Like OpenAI, a request counts its input plus the most it may generate. A request that could
+    use more than a whole minute's allowance needs a full bucket (it is not refused forever);
+    one whose input alone is larger never passes. Raises RateLimitedError (429, Retry-After)
+    or LedgerUnavailableError (503: the limit cannot be checked).
+    """
+    from billing.api.errors import LedgerUnavailableError, RateLimitedError
+    from billing.ledger import LedgerUnavailable
+
+    limit = getattr(api_key, "tokens_per_minute", None)
+    if api_key is None or not limit:
+        return None
+    want = input_tokens + max_output_tokens
+    if want > limit >= input_tokens:
+        want = limit
+    try:
+        allowed, retry_after, remaining = await consume_tokens(api_key.pk, want, limit)
+    except LedgerUnavailable:
+        raise LedgerUnavailableError() from None
+    if not allowed:
+        raise RateLimitedError(
+            wait=retry_after,
+            detail=f"This API key's limit of {limit} tokens per minute is used up."
+            if input_tokens <= limit else
+            f"The request's {input_tokens} input tokens exceed this API key's limit of {limit} tokens per minute.")
+    return remaining
+
+
+def quota_headers(response, django_request, remaining_tokens: int | None):
+    """X-RateLimit-Remaining-Requests/-Tokens on a model-call response, for keys with those limits."""
+    remaining_requests = getattr(django_request, "rate_limit_remaining_requests", None)
+    if remaining_requests is not None:
+        response["X-RateLimit-Remaining-Requests"] = str(max(0, remaining_requests))
+    if remaining_tokens is not None:
+        response["X-RateLimit-Remaining-Tokens"] = str(max(0, remaining_tokens))
+    return response

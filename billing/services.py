@@ -19,10 +19,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import budgets as budget_rules
-from relay.asyncdb import run_db
 from billing.ledger import LedgerUnavailable, get_ledger
 from billing.money import cost_usd, nanos_per_token
 from billing.pricing import UnknownModel, current_price
+from relay.asyncdb import run_db
 
 __all__ = [
     "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "cost_usd",
@@ -142,8 +142,11 @@ def _spent_counters(wanted: list, now: datetime) -> dict[str, int]:
 
 async def close_charge(charge: Charge, *, user, api_key, agent: str, input_tokens: int, output_tokens: int,
                        status: str, latency_ms: int, cached: bool = False, message_id=None,
-                       tool_calls: list[dict] = ()) -> UsageRecord:  # noqa: F821 (lazy model import)
+                       tool_calls: list[dict] = (), also=None) -> UsageRecord:  # noqa: F821 (lazy model import)
     """Record the request's usage and settle its reservation to the actual cost.
+
+    `also(record)`, if given, is sync ORM work that belongs to the same unit (the runner stores the
+    answer and its audit event there): it runs inside the usage transaction, so one commit covers all.
 
     Inserts the UsageRecord (+ one ToolUsage per tool call: {"tool", "duration_ms", "tokens",
     "cost_nanos"?}) in one DB transaction, then settles the ledger (a failed settle is logged: the
@@ -157,7 +160,7 @@ async def close_charge(charge: Charge, *, user, api_key, agent: str, input_token
     try:
         record, created = await run_db(
             _insert_usage, charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
-            message_id, list(tool_calls))
+            message_id, list(tool_calls), also)
     finally:
         spent = await _settle(charge, actual)
     if created and spent:
@@ -182,7 +185,7 @@ def _load_price_and_budgets(model: str, user, api_key, now: datetime):
 
 
 def _insert_usage(charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
-                  message_id, tool_calls):
+                  message_id, tool_calls, also=None):
     from billing.models import ToolUsage, UsageRecord
 
     existing = UsageRecord.objects.filter(request_id=charge.request_id).first()
@@ -199,6 +202,8 @@ def _insert_usage(charge, user, api_key, agent, input_tokens, output_tokens, act
         with transaction.atomic():
             record.save(force_insert=True)
             ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for call in tool_calls])
+            if also is not None:
+                also(record)
     except IntegrityError:
         # A concurrent close_charge for the same request won the race: answer with its record.
         existing = UsageRecord.objects.filter(request_id=charge.request_id).first()

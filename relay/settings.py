@@ -69,14 +69,18 @@ INSTALLED_APPS = [
     "audit",
     "agents",
     "billing",
+    "relay.observability",
 ]
 
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Metrics first and last (relay/observability/middleware.py: django-prometheus's own classes
+    # would hop to the shared sync thread on every request under ASGI).
+    "relay.observability.middleware.MetricsMiddleware",
     # Early, so every response (413s and redirects included) carries X-Request-ID.
     "audit.middleware.AuditContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "relay.security.SecurityHeadersMiddleware",  # CSP (no inline script), Permissions-Policy
+    "relay.static.AsyncWhiteNoiseMiddleware",
     "relay.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -84,7 +88,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "relay.observability.middleware.ViewMetricsMiddleware",
+    # Last, so it sees view errors first: lost Redis/database connections become 503s (relay/faults.py).
+    "relay.faults.ServiceFaultMiddleware",
 ]
 
 ROOT_URLCONF = "relay.urls"
@@ -108,7 +114,11 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
+    # A connection broken by a database restart fails one query (503), is marked errored and is
+    # replaced at the next call (relay/asyncdb.py closes errored connections). CONN_HEALTH_CHECKS
+    # would ping before every ORM call of the hot path: measured ~9% of an instance's time.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+                                                  conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS"))}
 else:
     DATABASES = {
         "default": {
@@ -129,6 +139,12 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # test run, so that two runs on one machine do not share it.
     DATABASES["default"]["TEST"]["NAME"] = str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3")
 
+# Production: django-prometheus's database and cache wrappers (query, connection and cache hit
+# counters). The embedded mode keeps the plain backends.
+RELAY_METRICS_ENABLED = env_bool("RELAY_METRICS_ENABLED", True)
+if RELAY_METRICS_ENABLED and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
@@ -136,7 +152,8 @@ AUTH_USER_MODEL = "accounts.User"
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": ("django_prometheus.cache.backends.redis.RedisCache" if env_bool("RELAY_METRICS_ENABLED", True)
+                        else "django_redis.cache.RedisCache"),
             "LOCATION": REDIS_URL,
             # Parallel test workers share one Redis: each gets its own key space.
             "KEY_PREFIX": os.environ.get("RELAY_CACHE_PREFIX", "relay") + os.environ.get("PYTEST_XDIST_WORKER", ""),
@@ -149,7 +166,10 @@ if REDIS_URL:
     }
     SESSION_ENGINE = "django.contrib.sessions.backends.cache"
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        # redis-py 8 times reads out after 5 s by default, exactly channels-redis's BZPOPMIN wait: the
+        # read then failed and dropped every WebSocket idle for 5 s. The socket timeout must outlast it.
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                    "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]}}
     }
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
@@ -160,6 +180,14 @@ else:
     CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
+# Periodic work, once per cluster (one `celery beat`; relay/periodic.py also locks in Redis).
+CELERY_IMPORTS = ["relay.periodic"]
+CELERY_BEAT_SCHEDULE = {
+    "mark-interrupted-messages": {"task": "relay.mark_interrupted_messages", "schedule": 60.0},
+    "expire-reservations": {"task": "relay.expire_reservations", "schedule": 60.0},
+    "evaluate-budget-alerts": {"task": "relay.evaluate_budget_alerts", "schedule": 300.0},
+    "audit-checkpoint": {"task": "relay.audit_checkpoint", "schedule": 86400.0},
+}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -216,7 +244,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "relay.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "relay.api.schema.RelayAutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "relay.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -246,7 +274,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {"MessageStatusEnum": "agents.models.Message.Status"},
 }
 
 # --- Internationalization, static -----------------------------------------------------------
@@ -272,6 +300,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+RELAY_CSP = os.environ.get("RELAY_CSP", "")  # empty: relay/security.py's strict default policy
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # the console's JS reads it to send X-CSRFToken
 # Behind nginx terminating TLS; RELAY_BEHIND_TLS=0 for a plain-HTTP lab setup.
@@ -297,6 +326,12 @@ RELAY_LLM_BASE_URL = os.environ.get("RELAY_LLM_BASE_URL", "")
 RELAY_LLM_API_KEY = os.environ.get("RELAY_LLM_API_KEY", "")
 RELAY_LLM_MODELS = env_list("RELAY_LLM_MODELS")
 RELAY_DRAIN_SECONDS = env_int("RELAY_DRAIN_SECONDS", 30)
+# A message still "running" after this long belongs to a dead instance (relay/periodic.py);
+# by default the reservation TTL, which already bounds the longest run.
+RELAY_INTERRUPTED_AFTER_SECONDS = env_int("RELAY_INTERRUPTED_AFTER_SECONDS",
+                                          env_int("RELAY_BUDGET_RESERVATION_TTL", 900))
+# Audit events older than this many days are pruned daily behind a signed checkpoint (0: keep all).
+RELAY_AUDIT_RETENTION_DAYS = env_int("RELAY_AUDIT_RETENTION_DAYS", 0)
 # Threads running ORM work for async views (each holds one database connection).
 RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
 # Budgets: a reservation outlives this many seconds only if its instance died (then it is freed);

@@ -2,8 +2,11 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import views as account_views
+from agents import views as agent_views
+from billing import views as billing_views
 from relay import health, views
 from relay.api import errors
+from relay.observability import views as metrics_views
 
 api_v1 = [
     path("", include("accounts.api.urls")),
@@ -16,6 +19,12 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", account_views.LoginView.as_view(), name="login"),
     path("logout/", account_views.LogoutView.as_view(), name="logout"),
+    path("password/", account_views.PasswordChangeView.as_view(), name="password-change"),
+    path("password/done/", account_views.password_change_done, name="password-change-done"),
+    path("chat/", agent_views.chat, name="chat"),
+    path("usage/", billing_views.usage, name="usage"),
+    path("keys/", account_views.keys, name="keys"),
+    path("budgets/", billing_views.budgets, name="budgets"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("v1/", include("agents.api.openai_urls")),
@@ -23,6 +32,7 @@ urlpatterns = [
     path("api/docs/", views.SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_views.metrics_view, name="metrics"),
 ]
 
 handler400 = errors.handler400

@@ -1,6 +1,6 @@
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 
 @login_required
@@ -14,5 +14,7 @@ class SchemaView(SpectacularAPIView):
     required_permission = None
 
 
-class SwaggerView(SpectacularSwaggerView):
+class SwaggerView(SpectacularSwaggerSplitView):
+    """The split view serves Swagger UI's start-up code as a script file: the CSP forbids inline script."""
+
     required_permission = None

@@ -53,6 +53,9 @@ def _clear_cache():
     """Each test starts with an empty cache (keys, throttles) — Redis included."""
     from django.core.cache import cache
 
+    from agents.providers.catalog import forget_catalog
+
+    forget_catalog()  # tests create and flush model endpoints without the signals that drop it
     if hasattr(cache, "delete_pattern"):
         cache.delete_pattern("*")  # this worker's keys only; clear() would flush every worker's
     else:
@@ -164,6 +167,7 @@ class ASGIServer:
 def asgi_server(transactional_db, settings):
     """A live Relay over real sockets; data written by the test is visible to it (transactional_db)."""
     settings.RELAY_DB_THREAD_SENSITIVE = False  # the production threading
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
     server = ASGIServer().start()
     yield server
     server.stop()

@@ -27,6 +27,8 @@ PUBLIC, SIGNED_IN, ADMIN = "public", "signed-in", "admin"
 ROUTES = {
     "healthz": {"GET": PUBLIC},
     "readyz": {"GET": PUBLIC},
+    # Scrapers use the RELAY_METRICS_TOKEN bearer instead (tests/observability/test_metrics_endpoint.py).
+    "metrics": {"GET": "view_metrics"},
     "schema": {"GET": PUBLIC},
     "api-docs": {"GET": PUBLIC},
     "login": {"GET": PUBLIC},
@@ -64,6 +66,12 @@ ROUTES = {
 }
 PAGES = {
     "home": SIGNED_IN,
+    "chat": SIGNED_IN,
+    "usage": SIGNED_IN,  # the organization's figures only with view_metrics (tests/console)
+    "keys": SIGNED_IN,
+    "budgets": ADMIN,
+    "password-change": SIGNED_IN,
+    "password-change-done": SIGNED_IN,
 }
 SKIPPED_PREFIXES = ("admin/", "static/", "media/")
 

@@ -114,3 +114,17 @@ def test_no_platform_package_shadows_the_standard_library():
 
 
 _ = assert_envelope
+
+
+def test_every_middleware_runs_on_the_event_loop():
+    """One sync-only middleware would send every request through Django's single sync thread."""
+    from django.utils.module_loading import import_string
+
+    sync_only = [path for path in settings.MIDDLEWARE if not getattr(import_string(path), "async_capable", False)]
+    assert not sync_only
+
+
+@pytest.mark.django_db
+def test_static_files_are_served_without_collectstatic(client):
+    response = client.get("/static/css/relay.css")
+    assert response.status_code == 200 and b"--accent" in b"".join(response.streaming_content)

@@ -118,7 +118,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         data.is_valid(raise_exception=True)
         key = request_key(request)
         grantable = key_permissions(key) if key is not None else effective_permissions(request.user)
-        issued = services.create_api_key(request.user, grantable=grantable, **data.validated_data)
+        issued = services.create_api_key(request.user, grantable=grantable, parent=key, **data.validated_data)
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=APIKeySerializer)

@@ -11,6 +11,8 @@ import json
 import time
 
 from django.http import JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 
 from accounts.permissions import AUTHENTICATED, request_key
@@ -18,6 +20,7 @@ from agents import runner
 from agents.api.serializers import MAX_QUERY_CHARS, clean_text
 from agents.providers.catalog import available_models, resolve
 from agents.registry import all_agents
+from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
 from relay.api.serializers import StrictCharField
 from relay.asyncdb import db
@@ -163,7 +166,11 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
             "usage": usage}
 
 
-@api_endpoint(AUTHENTICATED, error_adapter=_openai_error)
+@api_endpoint(AUTHENTICATED, error_adapter=_openai_error, schema={
+    "request": ChatCompletionSerializer, "summary": "OpenAI-compatible chat completions (stream and not)",
+    "responses": {200: OpenApiResponse(OpenApiTypes.OBJECT, description="chat.completion, or with stream=true "
+                                       "server-sent chat.completion.chunk objects ending with [DONE]")},
+})
 async def chat_completions(request, drf_request):
     """POST /v1/chat/completions, stream and not."""
     serializer = ChatCompletionSerializer(data=read_json(request))
@@ -171,15 +178,18 @@ async def chat_completions(request, drf_request):
     data = serializer.validated_data
     run = await runner.prepare(await db(_run_request)(drf_request, data))
     if not data["stream"]:
-        return JsonResponse(await _whole(run, data["model"]))
+        return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     response = StreamingHttpResponse(_sse(run, data["model"], include_usage), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    return response
+    return quota_headers(response, request, run.remaining_tokens)
 
 
-@api_endpoint(AUTHENTICATED, methods=("GET",), throttle=False, error_adapter=_openai_error)
+@api_endpoint(AUTHENTICATED, methods=("GET",), throttle=False, error_adapter=_openai_error, schema={
+    "request": None, "summary": "OpenAI-compatible model list",
+    "responses": {200: OpenApiResponse(OpenApiTypes.OBJECT, description='{"object": "list", "data": [...]}')},
+})
 async def models(request, drf_request):
     """GET /v1/models: the models and the relay-<agent> aliases this caller may use."""
     names = await db(_model_names)(drf_request.user, request_key(drf_request))

@@ -5,14 +5,18 @@ import contextlib
 import json
 import uuid
 
-from relay.asyncdb import db
 from django.http import JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions
 
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
-from agents.api.serializers import QuerySerializer, VisionSerializer
+from agents.api.serializers import AnswerSerializer, QuerySerializer, VisionSerializer
+from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
+from relay.asyncdb import db
+from relay.observability import metrics
 
 
 def validated(serializer_class, data) -> dict:
@@ -26,17 +30,19 @@ def run_request(drf_request, data: dict, **extra) -> runner.RunRequest:
         user=drf_request.user, api_key=request_key(drf_request), agent=data["agent_type"], query=data["query"],
         conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
         model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
+        cache=data.get("cache", True),
         request_id=getattr(drf_request._request, "request_id", None) or str(uuid.uuid4()),
         **extra,
     )
 
 
-@api_endpoint(AUTHENTICATED)
+@api_endpoint(AUTHENTICATED, schema={"request": QuerySerializer, "responses": AnswerSerializer,
+                                    "summary": "Run an agent and answer with the whole result"})
 async def query(request, drf_request):
     """POST /api/v1/query: run an agent and answer with the whole result and its usage."""
     data = validated(QuerySerializer, read_json(request))
     run = await runner.prepare(run_request(drf_request, data))
-    return JsonResponse(await runner.collect(run))
+    return quota_headers(JsonResponse(await runner.collect(run)), request, run.remaining_tokens)
 
 
 def _vision_input(request) -> dict:
@@ -45,7 +51,8 @@ def _vision_input(request) -> dict:
             "conversation_id": data.get("conversation_id"), "image": data["image"].read()}
 
 
-@api_endpoint("use_vision_agent")
+@api_endpoint("use_vision_agent", schema={"request": {"multipart/form-data": VisionSerializer},
+                                          "responses": AnswerSerializer, "summary": "Analyse an image"})
 async def vision_analyze(request, drf_request):
     """POST /api/v1/vision/analyze: multipart `image` (+ `question`) → the vision agent's analysis."""
     if not request.content_type.startswith("multipart/"):
@@ -87,14 +94,19 @@ async def with_heartbeats(source, interval: float):
 
 
 async def sse_events(run: runner.PreparedRun):
-    async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS):
-        if event is None:
-            yield b": heartbeat\n\n"
-        else:
-            yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+    with metrics.session_open():
+        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS):
+            if event is None:
+                yield b": heartbeat\n\n"
+            else:
+                yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
 
 
-@api_endpoint(AUTHENTICATED)
+@api_endpoint(AUTHENTICATED, schema={
+    "request": QuerySerializer, "summary": "Run an agent, streaming its events (server-sent events)",
+    "responses": {(200, "text/event-stream"): OpenApiResponse(
+        OpenApiTypes.STR, description="One JSON event per `data:` line: start, token, tool_call, usage, error, done.")},
+})
 async def stream(request, drf_request):
     """POST /api/v1/stream: the same body as /query, answered as `text/event-stream` (DESIGN.md §6).
 
@@ -106,4 +118,4 @@ async def stream(request, drf_request):
     response = StreamingHttpResponse(sse_events(run), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    return response
+    return quota_headers(response, request, run.remaining_tokens)

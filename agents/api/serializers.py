@@ -92,7 +92,7 @@ class FeedbackSerializer(StrictSerializer):
 
 
 class DocumentSerializer(serializers.ModelSerializer):
-    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    owner = serializers.CharField(source="owner.username", default=None, read_only=True, allow_null=True)  # builtin docs: none
     chunk_count = serializers.IntegerField(read_only=True, default=None)
 
     class Meta:

@@ -14,8 +14,14 @@ from accounts.models import Team, User
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import documents
 from agents.api.serializers import (
-    AgentInfoSerializer, ConversationDetailSerializer, ConversationSerializer, DocumentSerializer,
-    DocumentUploadSerializer, FeedbackSerializer, MessageSerializer, ShareSerializer,
+    AgentInfoSerializer,
+    ConversationDetailSerializer,
+    ConversationSerializer,
+    DocumentSerializer,
+    DocumentUploadSerializer,
+    FeedbackSerializer,
+    MessageSerializer,
+    ShareSerializer,
 )
 from agents.ingest import DocumentError
 from agents.models import Conversation, Document, Message
@@ -63,6 +69,7 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins
 
 class MessageFeedbackView(APIView):
     required_permission = AUTHENTICATED
+    audit_hidden_lookup = (Message, "pk")  # someone else's answer: 404, audited as denied
 
     @extend_schema(request=FeedbackSerializer, responses=MessageSerializer,
                    summary="Rate an answer: adjusts its quality score")

@@ -4,11 +4,10 @@ Quality rule: 1.0 when the answer cites at least one retrieved passage, 0.3 when
 relevant was found (the agent says so rather than guessing).
 """
 
-from relay.asyncdb import db
-
 from agents.core import Agent, RunContext, Tool, ToolOutcome
 from agents.documents import search
 from agents.registry import register
+from relay.asyncdb import db
 
 
 def format_passages(passages) -> str:

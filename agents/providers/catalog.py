@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -58,13 +59,31 @@ def _endpoint_models() -> list[ModelChoice]:
     return choices
 
 
+_CATALOG_SECONDS = 5.0
+_catalog: tuple[float, list[ModelChoice]] | None = None
+
+
+def forget_catalog(**kwargs) -> None:
+    """Drop this process's copy (a ModelEndpoint changed here; other processes wait out the TTL)."""
+    global _catalog
+    _catalog = None
+
+
 def available_models() -> list[ModelChoice]:
-    """Upstream models first (the default is the first), then the embedded engine's."""
+    """Upstream models first (the default is the first), then the embedded engine's.
+
+    Every model call asks, so the list is kept for a few seconds instead of read each time.
+    """
+    global _catalog
+    now = time.monotonic()
+    if _catalog is not None and now - _catalog[0] < _CATALOG_SECONDS:
+        return _catalog[1]
     seen, models = set(), []
     for choice in [*_endpoint_models(), *_env_models(), *(ModelChoice(n, "local") for n in LOCAL_MODELS)]:
         if choice.name not in seen:
             seen.add(choice.name)
             models.append(choice)
+    _catalog = (now, models)
     return models
 
 

@@ -35,3 +35,9 @@ def to_api_error(exc: Exception) -> exceptions.APIException | None:
     if isinstance(exc, LedgerUnavailable):
         return LedgerUnavailableError()
     return None
+
+
+class RateLimitedError(exceptions.Throttled):
+    """A key's tokens/minute are used up (429 `rate_limited` with Retry-After)."""
+
+    default_code = "rate_limited"

@@ -47,6 +47,7 @@ class UserUsageView(APIView):
     """One user's usage: your own, or anyone's in your organization with view_metrics (or as admin)."""
 
     required_permission = AUTHENTICATED
+    audit_hidden_lookup = (User, "user_id")  # another organization's user: 404, audited as denied
 
     @extend_schema(parameters=[PERIOD_PARAM], responses=OpenApiTypes.OBJECT, summary="One user's usage")
     def get(self, request, user_id: int):

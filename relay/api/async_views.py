@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 
-from relay.asyncdb import db
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
@@ -22,6 +21,7 @@ from rest_framework.settings import api_settings
 
 from accounts.permissions import holds, request_key
 from relay.api.errors import PayloadTooLarge, exception_handler
+from relay.asyncdb import db
 
 
 def _authenticate(django_request, requirement, throttle: bool):
@@ -69,10 +69,25 @@ def read_json(django_request) -> dict:
     return data
 
 
-def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error_adapter=None):
+def _schema_class(view, required_permission, methods, schema: dict):
+    """An APIView twin that only describes the endpoint, so drf-spectacular documents it."""
+    from drf_spectacular.utils import extend_schema
+    from rest_framework.views import APIView
+
+    def describe(self, request, *args, **kwargs):  # pragma: no cover - never called
+        raise NotImplementedError
+
+    handlers = {method.lower(): extend_schema(description=view.__doc__, **schema)(describe) for method in methods}
+    name = "".join(part.title() for part in view.__name__.split("_"))
+    return type(f"{name}Endpoint", (APIView,), {"required_permission": required_permission,
+                                                                 **handlers})
+
+
+def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error_adapter=None, schema=None):
     """Decorate `async def view(request, drf_request, ...)`; errors become envelopes.
 
-    error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format).
+    error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format);
+    schema holds drf-spectacular `extend_schema` arguments for the OpenAPI document.
     """
 
     def decorate(view):
@@ -92,6 +107,9 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
 
         wrapper.required_permission = required_permission
         wrapper.allowed_methods = methods
+        # drf-spectacular finds API views by their `cls`; the twin carries the documentation.
+        wrapper.cls = _schema_class(view, required_permission, methods, schema or {})
+        wrapper.initkwargs = {}
         return wrapper
 
     return decorate

@@ -48,7 +48,7 @@ def exception_handler(exc, context):
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
+        exc = exceptions.PermissionDenied(str(exc) or None)  # services explain privilege refusals
 
     response = drf_exception_handler(exc, context)
     if response is None:
@@ -115,6 +115,13 @@ def handler404(request, exception=None):
 
 
 def handler500(request):
+    import sys
+
+    from relay.faults import fault_response, is_service_fault
+
+    error = sys.exc_info()[1]  # Django calls this inside its except block
+    if is_service_fault(error):  # Redis/database down, raised outside a view (e.g. sessions)
+        return fault_response(error)
     if _wants_json(request):
         return error_response(500, "server_error", "Relay hit an internal error; it has been logged.")
     from django.views.defaults import server_error

@@ -89,8 +89,8 @@ def test_user_changes_refused_with_field_errors(users, client_for, other_org):
         assert field in error["fields"] or field in error["message"], (body, error)
     assert User.objects.count() == count
     own = reverse("user-detail", args=[users["admin"].pk])
-    assert_envelope(admin.patch(own, {"role": "viewer"}, format="json"), 400, "invalid")
-    assert_envelope(admin.delete(own), 400, "invalid")
+    assert_envelope(admin.patch(own, {"role": "viewer"}, format="json"), 403, "permission_denied")
+    assert_envelope(admin.delete(own), 403, "permission_denied")
 
 
 def test_nothing_crosses_organizations(users, other_users, client_for):

@@ -1,6 +1,6 @@
 from datetime import timedelta
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -33,6 +33,8 @@ class Command(BaseCommand):
                                     requests_per_minute=rpm)
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
+        except PermissionDenied as exc:  # a scope or agent the owner lacks (accounts.services.PrivilegeRefused)
+            raise CommandError(str(exc)) from None
         self.stderr.write(f"Created key {issued.key.name!r} (id {issued.key.pk}) for {owner.username}. "
                           "Store the secret now; it is not shown again:")
         self.stdout.write(issued.secret)

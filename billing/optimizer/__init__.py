@@ -1,0 +1,128 @@
+"""The cost optimizer: model routing, the response cache and context trimming, for the runner.
+
+`plan(req, agent, model, history)` is called by `agents.runner.prepare` before anything is
+reserved and decides, per organization's `OptimizerSettings` (no row: everything on):
+
+- routing (`classifier` + `routing`): when the caller named no model, a `simple` query runs on
+  the cheapest model it may use and anything else on the strongest. A named model is never changed.
+- trimming (`trimming`): history beyond the organization's token budget is dropped, oldest first.
+- caching (`cache`): a question without earlier turns, attachment or client tools, not opted out
+  with `cache: false` and not sampled (temperature > 0), is looked up by exact match; a hit is
+  replayed by the runner at zero cost (`free_charge`) and recorded as `cached`. `remember` stores
+  complete, untruncated answers of cache misses.
+
+`bench/cost_optimizer.py` drives the same classifier, router and cache on a workload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+
+from billing.optimizer.cache import cache_key, get_cache
+from billing.optimizer.classifier import classify
+from billing.optimizer.routing import load_candidates, pick_model
+from billing.optimizer.trimming import trim_history, trim_messages
+from relay.asyncdb import run_db
+
+__all__ = ["Plan", "plan", "replay", "remember", "free_charge", "classify", "pick_model", "cache_key"]
+
+
+@dataclass
+class Plan:
+    model: object                          # agents.providers.catalog.ModelChoice to run on
+    history: list[dict] = field(default_factory=list)
+    raw_messages: list[dict] | None = None
+    label: str | None = None               # the classifier's label when routing ran
+    cache_key: str | None = None           # set when the request may use the cache
+    cache_ttl: int = 0
+    cached_answer: str | None = None       # a cache hit: the runner replays it
+
+    @property
+    def hit(self) -> bool:
+        return self.cached_answer is not None
+
+
+def _settings(organization_id):
+    from accounts.models import Organization
+    from billing.models import OptimizerSettings
+
+    organization = Organization.objects.select_related("optimizer_settings").filter(pk=organization_id).first()
+    switches = getattr(organization, "optimizer_settings", None) if organization else None
+    return organization, switches or OptimizerSettings()
+
+
+def _documents_version(user) -> str:
+    """Changes whenever the set of documents the user can search changes (upload, delete, share)."""
+    from django.db.models import Count, Max, Sum
+
+    from agents.documents import visible_documents
+
+    figures = visible_documents(user).aggregate(n=Count("pk"), top=Max("pk"), total=Sum("pk"), last=Max("created_at"))
+    return f"{figures['n']}:{figures['top']}:{figures['total']}:{figures['last']}"
+
+
+def _cacheable(req, history) -> bool:
+    raw = req.messages
+    single_question = raw is None or (len(raw) == 1 and raw[0].get("role") == "user")
+    return bool(getattr(req, "cache", True) and not history and single_question and not req.attachment
+                and not req.client_tools and not (req.temperature or 0) > 0)
+
+
+def _decide(req, agent, model, history) -> Plan:
+    from agents.providers.catalog import resolve
+
+    organization, switches = _settings(req.user.organization_id)
+    result = Plan(model=model, history=list(history), raw_messages=req.messages)
+    if not req.model and switches.routing_enabled and not agent.needs_attachment:
+        result.label = classify(req.query).label
+        candidates = load_candidates(model, req.api_key, timezone.now())
+        chosen = pick_model(result.label, candidates, model.name)
+        if chosen != model.name:
+            result.model = resolve(chosen) or model
+    if switches.trimming_enabled:
+        result.history = trim_history(result.history, switches.history_token_budget)
+        if result.raw_messages:
+            result.raw_messages = trim_messages(result.raw_messages, switches.history_token_budget)
+    if switches.cache_enabled and organization is not None and _cacheable(req, history):
+        tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
+        documents = _documents_version(req.user) if agent.name == "rag" else "-"
+        result.cache_key = cache_key(req.query, agent=agent.name, model=result.model.name, organization=tenant,
+                                     documents=documents)
+        result.cache_ttl = switches.cache_ttl_seconds
+    return result
+
+
+async def plan(req, agent, model, history: list[dict]) -> Plan:
+    """Route, trim and look up the cache for one request (one DB round trip + one cache read)."""
+    result = await run_db(_decide, req, agent, model, history)
+    if result.cache_key:
+        result.cached_answer = await get_cache().get(result.cache_key)
+    return result
+
+
+async def replay(answer: str):
+    """A cache hit as the runner's token source: the stored text, split into tokens by the runner."""
+    yield answer
+
+
+async def remember(result: Plan | None, status: str, answer: str, facts: dict) -> None:
+    """Store a finished answer: complete, not itself a cache hit, and not cut off at max_tokens."""
+    if result is None or not result.cache_key or result.hit or status != "complete":
+        return
+    if facts.get("finish_reason") == "length":
+        return
+    await get_cache().put(result.cache_key, answer, result.cache_ttl)
+
+
+async def free_charge(*, request_id: str, user, model: str):
+    """The charge of a cache hit: priced at zero per token, nothing reserved, still one UsageRecord."""
+    from billing.pricing import current_price
+    from billing.services import UNLIMITED, Charge
+
+    now = timezone.now()
+    price = await run_db(current_price, model, now)
+    return Charge(request_id=request_id, model=price.model, price_id=price.pk, input_nanos_per_token=0,
+                  output_nanos_per_token=0, granted_nanos=UNLIMITED, organization_id=user.organization_id,
+                  team_id=user.team_id, opened_at=now)

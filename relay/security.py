@@ -1,0 +1,93 @@
+"""Security headers Django's SecurityMiddleware does not set: Content-Security-Policy and friends.
+
+The policy forbids inline script (`script-src 'self'`): every script of the console, the admin
+and the API docs is a file under /static/, so a stored XSS that slips past template escaping
+still cannot run. Inline *styles* stay allowed because the Django admin and Swagger UI set
+`style=` attributes; styles cannot run code. `frame-ancestors 'none'` repeats X-Frame-Options
+DENY for browsers that only read CSP. Override with RELAY_CSP (the whole header value).
+"""
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+
+DEFAULT_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data: blob:",
+    "font-src 'self' data:",
+    "connect-src 'self'",  # the console's fetch, SSE and same-origin WebSocket (CSP3 'self' covers ws/wss)
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+
+
+def policy() -> str:
+    return getattr(settings, "RELAY_CSP", "") or DEFAULT_POLICY
+
+
+def add_security_headers(response) -> None:
+    """Set, without overriding a view that chose its own (e.g. a download)."""
+    if "Content-Security-Policy" not in response:
+        response["Content-Security-Policy"] = policy()
+    if "Permissions-Policy" not in response:
+        response["Permissions-Policy"] = PERMISSIONS_POLICY
+    # API answers carry credentials-dependent data: never let a shared cache keep them.
+    if response.get("Content-Type", "").startswith("application/json") and "Cache-Control" not in response:
+        response["Cache-Control"] = "no-store"
+
+
+ADMIN_PREFIX = "/admin/"
+
+
+def refused_admin_visit(request, response) -> bool:
+    """A signed-in user without admin-site access sent to the admin login (Django's refusal)."""
+    return (request.path.startswith(ADMIN_PREFIX) and response.status_code == 302
+            and response.get("Location", "").startswith(f"{ADMIN_PREFIX}login/"))
+
+
+def record_admin_refusal(request, user) -> None:
+    """Audit it as denied: Django's admin redirects instead of answering 403, so nothing else would."""
+    if not (user.is_authenticated and user.is_active) or user.is_staff:
+        return
+    from audit import actions
+    from audit.services import record
+
+    record(actions.PERMISSION_DENIED, status=actions.DENIED, request=request, actor=user, resource="admin",
+           metadata={"method": request.method, "path": request.path[:500], "status": 302})
+
+
+class SecurityHeadersMiddleware:
+    """Sync and async, so it never moves the async hot path onto the sync thread.
+
+    It sits outside the auth middleware: on the way out `request.user` is set (read only for the
+    rare admin refusal).
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self._async:
+            return self.__acall__(request)
+        response = self.get_response(request)
+        add_security_headers(response)
+        if refused_admin_visit(request, response) and hasattr(request, "user"):
+            record_admin_refusal(request, request.user)
+        return response
+
+    async def __acall__(self, request):
+        response = await self.get_response(request)
+        add_security_headers(response)
+        if refused_admin_visit(request, response) and hasattr(request, "auser"):
+            await sync_to_async(record_admin_refusal)(request, await request.auser())
+        return response

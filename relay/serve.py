@@ -1,0 +1,78 @@
+"""`python -m relay.serve`: one production Relay instance, with a graceful drain on SIGTERM.
+
+The server is uvicorn with uvloop and httptools: it won the measurement in
+bench/server_choice.py (HTTP, SSE and WebSocket) against daphne and gunicorn with uvicorn
+workers. One process per instance; scale out with more instances behind nginx
+(platform/nginx/), which is also how rolling restarts stay invisible.
+
+On SIGTERM (or Ctrl-C) the instance drains:
+1. /readyz answers 503 at once (relay.health.start_draining) for any orchestrator polling it;
+2. the listening socket closes: new connections are refused, and nginx sends them elsewhere
+   (`proxy_next_upstream error`);
+3. idle keep-alive connections close; requests and SSE streams in flight run to their end,
+   for at most RELAY_DRAIN_SECONDS; after that they are cancelled, and the runner stores what
+   was generated as `cancelled` and bills it;
+4. the database connections of the ORM thread pool close, and the process exits.
+WebSocket connections are closed with 1012 (service restart) when the drain begins; clients
+reconnect to another instance and continue the conversation by its id.
+
+Environment: RELAY_HOST (127.0.0.1), RELAY_PORT (8000), RELAY_DRAIN_SECONDS (30),
+RELAY_BACKLOG (2048), plus every setting of relay/settings.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, turning /readyz to 503 the moment the stop signal arrives."""
+
+    def handle_exit(self, sig, frame) -> None:
+        from relay.health import start_draining
+
+        start_draining()
+        super().handle_exit(sig, frame)
+        # A completed drain is a clean exit (status 0), not a death by the signal uvicorn would
+        # otherwise raise again once it has stopped.
+        self._captured_signals.clear()
+
+
+def build_config() -> uvicorn.Config:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relay.settings")
+    from django.conf import settings
+
+    return uvicorn.Config(
+        "relay.asgi:application",
+        host=os.environ.get("RELAY_HOST", "127.0.0.1"),
+        port=int(os.environ.get("RELAY_PORT", "8000")),
+        loop="uvloop", http="httptools", ws="websockets",
+        lifespan="off",  # Django's ASGI handler has no lifespan support
+        # Client addresses come from X-Forwarded-For through relay/http.py and
+        # RELAY_TRUSTED_PROXY_COUNT, so uvicorn must not rewrite them itself.
+        proxy_headers=False,
+        access_log=False,  # nginx logs requests; Relay logs errors and the audit trail
+        log_level=os.environ.get("RELAY_SERVER_LOG_LEVEL", "warning"),
+        timeout_graceful_shutdown=settings.RELAY_DRAIN_SECONDS,
+        # Longer than nginx keeps idle upstream connections (60 s), so nginx always closes
+        # first and never sends a request on a connection Relay is closing.
+        timeout_keep_alive=int(os.environ.get("RELAY_KEEPALIVE_SECONDS", "65")),
+        backlog=int(os.environ.get("RELAY_BACKLOG", "2048")),
+    )
+
+
+def main() -> None:
+    config = build_config()
+    server = DrainingServer(config)
+    try:
+        server.run()
+    finally:
+        from relay.asyncdb import close_db_threads
+
+        close_db_threads()
+
+
+if __name__ == "__main__":
+    main()

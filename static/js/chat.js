@@ -1,0 +1,400 @@
+/* Chat: answers stream over the WebSocket /ws/chat/ (DESIGN.md section 6). */
+(function () {
+  "use strict";
+  const R = window.Relay, el = R.el;
+  const root = document.getElementById("chat");
+  if (!root) return;
+
+  const ui = {
+    messages: document.getElementById("messages"),
+    list: document.getElementById("conversation-list"),
+    title: document.getElementById("conversation-title"),
+    connection: document.getElementById("connection"),
+    error: document.getElementById("chat-error"),
+    composer: document.getElementById("composer"),
+    prompt: document.getElementById("prompt"),
+    agent: document.getElementById("agent"),
+    send: document.getElementById("send"),
+    stop: document.getElementById("stop"),
+  };
+  const agents = R.jsonData("agents-data") || [];
+  const STATUS_TEXT = {
+    complete: "", cancelled: "Cancelled: you stopped this answer.", error: "The answer failed.",
+    budget_stop: "Stopped: a budget ran out.", interrupted: "Interrupted: the connection dropped.",
+    running: "Still answering…",
+  };
+
+  let socket = null, retries = 0, conversationId = null, run = null, resumeAfterReconnect = false;
+
+  /* --- connection -------------------------------------------------------------------------- */
+  function setConnection(state, text) {
+    ui.connection.dataset.state = state;
+    ui.connection.textContent = text;
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
+    setConnection("connecting", retries ? "Reconnecting…" : "Connecting…");
+    socket.addEventListener("open", function () {
+      const wasRetry = retries > 0;
+      retries = 0;
+      setConnection("open", "Connected");
+      updateControls();
+      if (wasRetry && resumeAfterReconnect) {
+        resumeAfterReconnect = false;
+        if (conversationId) loadConversation(conversationId, { poll: true });
+      }
+    });
+    socket.addEventListener("message", function (frame) {
+      let event;
+      try { event = JSON.parse(frame.data); } catch (e) { return; }
+      onEvent(event);
+    });
+    socket.addEventListener("close", function (close) {
+      socket = null;
+      if (close.code === 4401) { setConnection("closed", "Signed out"); showError("Your session ended. Sign in again."); return; }
+      if (run) {
+        // The server stores what was generated when the socket drops; show it once we are back.
+        if (run.conversationId) conversationId = run.conversationId;
+        finish(run, "interrupted");
+        resumeAfterReconnect = true;
+      }
+      retries += 1;
+      setConnection("closed", "Connection lost. Reconnecting…");
+      updateControls();
+      setTimeout(connect, Math.min(5000, 300 * 2 ** Math.min(retries, 5)));
+    });
+  }
+
+  function send(message) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  /* --- rendering --------------------------------------------------------------------------- */
+  function clearEmpty() {
+    const empty = document.getElementById("empty-state");
+    if (empty) empty.remove();
+  }
+
+  function scrollDown() { ui.messages.scrollTop = ui.messages.scrollHeight; }
+
+  function userBubble(text) {
+    clearEmpty();
+    const li = el("li", { class: "msg user" }, [el("div", { class: "content", text: text })]);
+    ui.messages.append(li);
+    scrollDown();
+    return li;
+  }
+
+  function assistantBubble(agentName) {
+    clearEmpty();
+    const bubble = {
+      node: el("li", { class: "msg assistant", "data-state": "streaming" }),
+      head: el("div", { class: "msg-head", text: agentTitle(agentName) }),
+      tools: el("div", { class: "tools" }),
+      content: el("div", { class: "content" }),
+      alert: el("p", { class: "msg-alert", role: "alert", hidden: true }),
+      meta: el("div", { class: "meta" }, [el("span", { class: "typing", text: "Thinking…" })]),
+      toolNodes: {},
+    };
+    bubble.node.append(bubble.head, bubble.tools, bubble.content, bubble.alert, bubble.meta);
+    ui.messages.append(bubble.node);
+    scrollDown();
+    return bubble;
+  }
+
+  function agentTitle(name) {
+    const agent = agents.find(function (a) { return a.name === name; });
+    return agent ? agent.title : (name || "Assistant");
+  }
+
+  function showTool(bubble, call) {
+    const id = call.call_id || (call.tool || call.name) + bubble.tools.children.length;
+    let node = bubble.toolNodes[id];
+    if (!node) {
+      node = {
+        box: el("div", { class: "tool" }),
+        status: el("span", { class: "tool-status" }),
+        duration: el("span", { class: "tool-duration" }),
+      };
+      node.box.append(el("span", { class: "tool-name", text: call.tool || call.name || "tool" }), node.status, node.duration);
+      bubble.toolNodes[id] = node;
+      bubble.tools.append(node.box);
+    }
+    const status = call.status || "done";
+    node.box.dataset.status = status;
+    node.status.textContent = status === "running" ? "running…" : status;
+    if (call.duration_ms !== undefined && call.duration_ms !== null) node.duration.textContent = call.duration_ms + " ms";
+    if (call.input !== undefined && !node.input) {
+      node.input = el("details", { class: "tool-io" }, [el("summary", { text: "Input" }), el("pre", { text: pretty(call.input) })]);
+      node.box.append(node.input);
+    }
+    if (call.output !== undefined && call.output !== null && !node.output) {
+      node.output = el("details", { class: "tool-io" }, [el("summary", { text: "Output" }), el("pre", { text: pretty(call.output) })]);
+      node.box.append(node.output);
+    }
+  }
+
+  function pretty(value) { return typeof value === "string" ? value : JSON.stringify(value, null, 2); }
+
+  function showMeta(bubble, info) {
+    bubble.node.dataset.state = info.status || "complete";
+    bubble.meta.replaceChildren();
+    const parts = [];
+    if (info.model) parts.push(info.model);
+    if (info.input_tokens !== undefined) parts.push(info.input_tokens + " in / " + info.output_tokens + " out tokens");
+    else if (info.total_tokens !== undefined) parts.push(info.total_tokens + " tokens");
+    if (info.cost !== undefined) parts.push(R.usd(info.cost, 6));
+    if (info.latency_ms) parts.push((info.latency_ms / 1000).toFixed(1) + " s");
+    bubble.meta.append(el("span", { class: "usage", text: parts.join(" · ") }));
+    const note = STATUS_TEXT[info.status];
+    if (note) bubble.meta.append(el("span", { class: "status-note status-" + info.status, text: note }));
+    if (info.message_id && (info.status === "complete" || info.status === "cancelled")) {
+      bubble.meta.append(feedbackButtons(info.message_id, info.feedback));
+    }
+  }
+
+  function feedbackButtons(messageId, current) {
+    const box = el("span", { class: "feedback", role: "group", "aria-label": "Rate this answer" });
+    [[1, "👍", "Good answer"], [-1, "👎", "Bad answer"]].forEach(function ([rating, icon, label]) {
+      const button = el("button", {
+        type: "button", class: "icon", "aria-label": label, title: label, "aria-pressed": String(current === rating), text: icon,
+        onclick: async function () {
+          try {
+            await R.api("/api/v1/messages/" + messageId + "/feedback", { method: "POST", json: { rating: rating } });
+            box.querySelectorAll("button").forEach(function (b) { b.setAttribute("aria-pressed", String(b === button)); });
+          } catch (e) { showError(e.message); }
+        },
+      });
+      box.append(button);
+    });
+    return box;
+  }
+
+  function showAlert(bubble, message) {
+    bubble.alert.textContent = message;
+    bubble.alert.hidden = false;
+  }
+
+  function showError(message) {
+    ui.error.textContent = message;
+    ui.error.hidden = !message;
+  }
+
+  /* --- a run ------------------------------------------------------------------------------- */
+  function onEvent(event) {
+    if (event.type === "pong" || event.type === "authenticated") return;
+    if (!run || (event.conversation_id && run.conversationId && event.conversation_id !== run.conversationId)) {
+      if (event.type === "error" && !event.conversation_id) showError(event.message);
+      return;
+    }
+    const bubble = run.bubble;
+    switch (event.type) {
+      case "start":
+        run.conversationId = event.conversation_id;
+        run.messageId = event.message_id;
+        run.model = event.model;
+        bubble.node.dataset.messageId = event.message_id;
+        bubble.head.textContent = agentTitle(event.agent) + " · " + event.model;
+        if (conversationId !== event.conversation_id) {
+          conversationId = event.conversation_id;
+          rememberConversation(conversationId, run.query, event.agent);
+        }
+        break;
+      case "token":
+        if (!bubble.content.firstChild) bubble.meta.replaceChildren(el("span", { class: "typing", text: "Answering…" }));
+        bubble.content.append(document.createTextNode(event.content));
+        scrollDown();
+        break;
+      case "tool_call":
+        showTool(bubble, event);
+        break;
+      case "usage":
+        run.usage = event;
+        break;
+      case "error":
+        run.error = event;
+        showAlert(bubble, event.message);
+        if (!run.messageId) finish(run, event.code === "budget_exceeded" ? "budget_stop" : "error");
+        break;
+      case "done":
+        finish(run, event.status, event);
+        break;
+    }
+  }
+
+  function finish(current, status, done) {
+    const usage = current.usage || {};
+    showMeta(current.bubble, {
+      status: status, model: current.model, message_id: current.messageId,
+      input_tokens: usage.input_tokens, output_tokens: usage.output_tokens,
+      total_tokens: done ? done.total_tokens : undefined,
+      cost: usage.cost !== undefined ? usage.cost : (done ? done.cost : undefined),
+    });
+    if (run === current) run = null;
+    updateControls();
+  }
+
+  function updateControls() {
+    const open = socket && socket.readyState === WebSocket.OPEN;
+    ui.send.disabled = !open || !!run;
+    ui.stop.hidden = !run;
+  }
+
+  function ask(query) {
+    const agentName = ui.agent.value;
+    showError("");
+    userBubble(query);
+    run = { conversationId: conversationId, query: query, bubble: assistantBubble(agentName) };
+    const message = { type: "query", query: query, agent_type: agentName };
+    if (conversationId) message.conversation_id = conversationId;
+    if (!send(message)) {
+      showAlert(run.bubble, "Not connected to Relay; your message was not sent. Reconnecting…");
+      finish(run, "error");
+      return;
+    }
+    updateControls();
+  }
+
+  ui.composer.addEventListener("submit", function (event) {
+    event.preventDefault();
+    const query = ui.prompt.value.trim();
+    if (!query || run) return;
+    ui.prompt.value = "";
+    ask(query);
+  });
+  ui.prompt.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      ui.composer.requestSubmit();
+    }
+  });
+  ui.stop.addEventListener("click", function () {
+    if (!run) return;
+    ui.stop.disabled = true;
+    const message = { type: "cancel" };
+    if (run.conversationId) message.conversation_id = run.conversationId;
+    send(message);
+    setTimeout(function () { ui.stop.disabled = false; }, 500);
+  });
+
+  /* --- conversations ----------------------------------------------------------------------- */
+  function rememberConversation(id, title, agentName) {
+    const none = document.getElementById("no-conversations");
+    if (none) none.remove();
+    const item = el("li", {}, [conversationButton({ id: id, title: title.slice(0, 80), agent: agentName })]);
+    ui.list.prepend(item);
+    markCurrent();
+    ui.title.textContent = title.slice(0, 80);
+  }
+
+  function conversationButton(c) {
+    return el("button", { type: "button", class: "conversation", "data-id": c.id }, [
+      el("span", { class: "c-title", text: c.title || "Untitled conversation" }),
+      el("span", { class: "c-agent", text: c.agent }),
+    ]);
+  }
+
+  function markCurrent() {
+    ui.list.querySelectorAll(".conversation").forEach(function (b) {
+      if (b.dataset.id === conversationId) b.setAttribute("aria-current", "true");
+      else b.removeAttribute("aria-current");
+    });
+  }
+
+  async function loadConversation(id, options) {
+    let detail;
+    try {
+      detail = await R.api("/api/v1/conversations/" + id + "/");
+    } catch (e) { showError(e.message); return; }
+    conversationId = id;
+    markCurrent();
+    ui.title.textContent = detail.title || "Untitled conversation";
+    if ([...ui.agent.options].some(function (o) { return o.value === detail.agent; })) ui.agent.value = detail.agent;
+    ui.messages.replaceChildren();
+    detail.messages.forEach(renderStored);
+    scrollDown();
+    const last = detail.messages[detail.messages.length - 1];
+    const polls = (options && options.polls) || 0;
+    // Right after a dropped socket the server may still be storing the answer: look again shortly.
+    if (options && options.poll && last && last.status === "running" && polls < 10) {
+      setTimeout(function () { loadConversation(id, { poll: true, polls: polls + 1 }); }, 500);
+    }
+  }
+
+  function renderStored(message) {
+    if (message.role === "user") { userBubble(message.content); return; }
+    const bubble = assistantBubble(message.agent);
+    bubble.node.dataset.messageId = message.id;
+    bubble.head.textContent = agentTitle(message.agent) + (message.model ? " · " + message.model : "");
+    (message.tool_calls || []).forEach(function (call) { showTool(bubble, call); });
+    bubble.content.textContent = message.content;
+    if (message.status === "budget_stop") showAlert(bubble, "A budget ran out while answering.");
+    showMeta(bubble, Object.assign({ message_id: message.id }, message));
+  }
+
+  ui.list.addEventListener("click", function (event) {
+    const button = event.target.closest(".conversation");
+    if (button && !run) loadConversation(button.dataset.id);
+  });
+  document.getElementById("new-conversation").addEventListener("click", function () {
+    if (run) return;
+    conversationId = null;
+    markCurrent();
+    ui.title.textContent = "New conversation";
+    ui.messages.replaceChildren(el("li", { class: "empty-state", id: "empty-state" }, [el("p", { text: "Ask anything." })]));
+    ui.prompt.focus();
+  });
+
+  /* --- uploads ------------------------------------------------------------------------------ */
+  const documentForm = document.getElementById("document-form");
+  if (documentForm) documentForm.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    const status = document.getElementById("document-status");
+    status.textContent = "Uploading…";
+    try {
+      const doc = await R.api("/api/v1/documents/", { method: "POST", body: new FormData(documentForm) });
+      status.textContent = "Uploaded “" + (doc.title || doc.name) + "” (" + doc.chunk_count + " passages). Ask the RAG agent about it.";
+      documentForm.reset();
+      const rag = [...ui.agent.options].find(function (o) { return o.value === "rag"; });
+      if (rag) ui.agent.value = "rag";
+    } catch (e) { status.textContent = e.message; status.classList.add("error"); }
+  });
+
+  const visionForm = document.getElementById("vision-form");
+  if (visionForm) visionForm.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    if (run) return;
+    const status = document.getElementById("vision-status");
+    const form = new FormData(visionForm);
+    if (conversationId) form.append("conversation_id", conversationId);
+    const file = form.get("image");
+    userBubble("🖼 " + (file && file.name ? file.name : "image") + (form.get("question") ? ": " + form.get("question") : ""));
+    const bubble = assistantBubble("vision");
+    status.textContent = "Analyzing…";
+    try {
+      const answer = await R.api("/api/v1/vision/analyze", { method: "POST", body: form });
+      status.textContent = "";
+      bubble.head.textContent = agentTitle(answer.agent) + " · " + answer.model;
+      answer.tool_calls.forEach(function (call) { showTool(bubble, call); });
+      bubble.content.textContent = answer.answer;
+      answer.errors.forEach(function (e) { showAlert(bubble, e.message); });
+      showMeta(bubble, Object.assign({ status: answer.status, model: answer.model, message_id: answer.message_id }, answer.usage));
+      if (conversationId !== answer.conversation_id) {
+        conversationId = answer.conversation_id;
+        rememberConversation(conversationId, form.get("question") || "Image", "vision");
+      }
+      visionForm.reset();
+    } catch (e) {
+      status.textContent = "";
+      showAlert(bubble, e.message);
+      showMeta(bubble, { status: e.code === "budget_exceeded" ? "budget_stop" : "error" });
+    }
+  });
+
+  updateControls();
+  connect();
+})();

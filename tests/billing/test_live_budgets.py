@@ -1,0 +1,305 @@
+"""The budget invariant (DESIGN.md section 7) against live Relay instances and the fake upstream.
+
+With PostgreSQL and Redis, several uvicorn processes serve the same database and ledger; in the
+embedded mode (in-process ledger: one process by design) one live server stands in for them.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+from accounts.services import create_api_key
+from billing.budgets import covering
+from billing.ledger import get_ledger
+from billing.models import Budget, UsageRecord
+from tests.conftest import ASGIServer, require_postgres, require_redis
+from tests.streaming.conftest import parse_sse
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+IN_PRICE, OUT_PRICE = 1000, 2000  # nano-dollars per token of "fake-large" (tests/streaming/conftest.py)
+
+
+@pytest.fixture
+def live_settings(settings):
+    """What the asgi_server fixture sets, for tests that start their own in-process servers."""
+    settings.RELAY_DB_THREAD_SENSITIVE = False
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
+    return settings
+
+
+def production_services() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql") and bool(settings.REDIS_URL)
+
+
+class Worker:
+    """One uvicorn process serving relay.asgi against the test database and Redis."""
+
+    def __init__(self, **env_overrides):
+        db = settings.DATABASES["default"]
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(128)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "relay.settings", "ALLOWED_HOSTS": "127.0.0.1,localhost",
+               "RELAY_BEHIND_TLS": "0", "RELAY_LOG_LEVEL": "WARNING", "SECRET_KEY": settings.SECRET_KEY,
+               "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+               "REDIS_URL": settings.REDIS_URL, **env_overrides}
+        # PYTEST_XDIST_WORKER stays: the workers then use this test's ledger and cache key space.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "relay.asgi:application", "--fd", str(self.socket.fileno()),
+             "--lifespan", "off", "--log-level", "warning"],
+            cwd=ROOT, env=env, pass_fds=[self.socket.fileno()], stderr=subprocess.PIPE)
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(self.process.stderr.read().decode()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("worker did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stderr.close()
+        self.socket.close()
+
+
+def start_workers(count: int, **env) -> list[Worker]:
+    workers = [Worker(**env) for _ in range(count)]
+    deadline = time.monotonic() + 60
+    try:
+        for worker in workers:
+            worker.wait_ready(deadline)
+    except BaseException:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
+
+
+def prompt_tokens(query: str) -> int:
+    """What the runner counts for a general-agent question (system prompt + question)."""
+    from agents.registry import get_agent
+    from agents.tokenizer import count_message_tokens
+
+    system = get_agent("general").system_prompt
+    return count_message_tokens([{"role": "system", "content": system}, {"role": "user", "content": query}])
+
+
+def key_budget(user, limit_nanos: int):
+    key = create_api_key(user, "budgeted")
+    budget = Budget.objects.create(organization=user.organization, scope="api_key", api_key=key.key,
+                                   period="monthly", limit_usd=Decimal(limit_nanos) / 10**9, hard=True)
+    return key.secret, budget
+
+
+def ledger_figures(budget) -> tuple[int, int]:
+    """(spent, reserved) nano-dollars of the budget's current period in the shared ledger."""
+    from django.utils import timezone
+
+    scope = covering(Budget.objects.select_related("organization").get(pk=budget.pk), timezone.now()).scope_key
+    ledger = get_ledger()
+
+    async def read():
+        return await ledger.spent(scope), await ledger.reserved(scope)
+
+    return asyncio.run(read())
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, secret: str, body: dict) -> tuple[int, list[dict]]:
+    async with client.stream("POST", f"{url}/api/v1/stream", json=body,
+                             headers={"Authorization": f"Bearer {secret}"}) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code, [response.json()]
+        return 200, parse_sse([line async for line in response.aiter_lines()])
+
+
+def test_fifty_concurrent_streams_never_pass_a_budget_of_ten(users, fake_upstream, upstream_model, live_settings):
+    query, output = "Tell me about budgets.", 20
+    fake_upstream.configure(tokens=output, tps=400, prompt_tokens=prompt_tokens(query))
+    one_request = prompt_tokens(query) * IN_PRICE + output * OUT_PRICE
+    secret, budget = key_budget(users["user"], 10 * one_request)
+    body = {"query": query, "agent_type": "general", "max_tokens": output, "cache": False}
+    multi = production_services()
+    workers = start_workers(3) if multi else []
+    server = None if multi else ASGIServer().start()
+    urls = [w.url for w in workers] or [server.url]
+
+    async def fire():
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            return await asyncio.gather(*(stream_one(client, urls[i % len(urls)], secret, body) for i in range(50)))
+
+    try:
+        results = asyncio.run(fire())
+    finally:
+        for worker in workers:
+            worker.stop()
+        if server:
+            server.stop()
+    outcomes = []
+    for status, events in results:
+        if status == 402:
+            assert events[0]["error"]["code"] == "budget_exceeded"
+            outcomes.append("402")
+        else:
+            assert status == 200 and events[-1]["type"] == "done", events
+            outcomes.append(events[-1]["status"])
+    assert set(outcomes) <= {"complete", "budget_stop", "402"}, outcomes
+    assert outcomes.count("complete") == 10, outcomes
+    records = UsageRecord.objects.filter(api_key__budgets=budget)
+    assert records.count() == outcomes.count("complete") + outcomes.count("budget_stop")
+    spent_usd = sum(r.cost for r in records)
+    assert spent_usd <= budget.limit_usd
+    spent, reserved = ledger_figures(budget)
+    assert (spent, reserved) == (int(spent_usd * 10**9), 0)
+
+
+def test_cancelled_and_budget_stopped_streams_bill_exactly_the_tokens_produced(
+        asgi_server, users, fake_upstream, upstream_model):
+    query = "Write a long story."
+    fake_upstream.configure(tokens=400, tps=100, prompt_tokens=prompt_tokens(query))
+    key = create_api_key(users["user"], "cancel").secret
+    headers = {"Authorization": f"Bearer {key}"}
+
+    # Cancelled: the client reads 5 tokens and hangs up.
+    received = []
+    with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
+        with client.stream("POST", "/api/v1/stream", json={"query": query, "agent_type": "general"},
+                           headers=headers) as response:
+            for event in events_of(response.iter_lines()):
+                if event["type"] == "token":
+                    received.append(event["content"])
+                    if len(received) == 5:
+                        break
+    assert fake_upstream.wait_for_disconnect(timeout=10), "Relay did not stop the upstream"
+    record = wait_for_record(status="cancelled")
+    message_text = _message_text(record)
+    produced = fake_tokens(message_text)
+    assert message_text.startswith("".join(received)) and "".join(received)
+    assert record.output_tokens == len(produced) >= len(received)
+    fake_reply = fake_tokens(_full_reply(fake_upstream))
+    assert produced == fake_reply[:len(produced)], "the stored answer is what the upstream sent"
+    assert record.cost == Decimal(record.input_tokens * IN_PRICE + record.output_tokens * OUT_PRICE) / 10**9
+
+    # Budget-stopped: room for the input and exactly 12 output tokens.
+    secret, budget = key_budget(users["user"], prompt_tokens(query) * IN_PRICE + 12 * OUT_PRICE)
+    body = {"query": query, "agent_type": "general", "max_tokens": 400}
+    status, events = asyncio.run(_stream_once(asgi_server.url, secret, body))
+    tokens = [e["content"] for e in events if e["type"] == "token"]
+    assert status == 200 and events[-1]["status"] == "budget_stop"
+    assert [e["code"] for e in events if e["type"] == "error"] == ["budget_exceeded"]
+    stopped = UsageRecord.objects.get(api_key__budgets=budget)
+    assert stopped.status == "budget_stop" and stopped.output_tokens == len(tokens) == 12
+    assert _message_text(stopped) == "".join(tokens)
+    assert stopped.cost == budget.limit_usd
+    assert ledger_figures(budget) == (int(budget.limit_usd * 10**9), 0)
+    again, refusal = asyncio.run(_stream_once(asgi_server.url, secret, body))
+    assert again == 402 and refusal[0]["error"]["code"] == "budget_exceeded"
+
+
+def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fake_upstream, upstream_model,
+                                                                     live_settings):
+    require_postgres()
+    require_redis()
+    ttl = 2
+    query = "Stream slowly please."
+    fake_upstream.configure(tokens=300, tps=20, prompt_tokens=prompt_tokens(query))
+    secret, budget = key_budget(users["user"], prompt_tokens(query) * IN_PRICE + 300 * OUT_PRICE)
+    body = {"query": query, "agent_type": "general", "max_tokens": 300, "cache": False}
+    [victim] = start_workers(1, RELAY_BUDGET_RESERVATION_TTL=str(ttl))
+    try:
+        with httpx.Client(base_url=victim.url, timeout=30) as client:
+            with client.stream("POST", "/api/v1/stream", json=body,
+                               headers={"Authorization": f"Bearer {secret}"}) as response:
+                for event in events_of(response.iter_lines()):
+                    if event["type"] == "token":
+                        break
+                killed_at = time.monotonic()
+                victim.process.send_signal(signal.SIGKILL)
+                victim.process.wait(timeout=10)
+    finally:
+        victim.stop()
+    spent, reserved = ledger_figures(budget)
+    assert spent == 0 and reserved > 0, "the dead instance's reservation is still held"
+    deadline = killed_at + ttl + 5
+    while ledger_figures(budget)[1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ledger_figures(budget) == (0, 0), "the reservation outlived its TTL"
+
+    fake_upstream.configure(tps=0)
+    survivor = ASGIServer().start()  # another instance on the same database and Redis
+    try:
+        status, events = asyncio.run(_stream_once(survivor.url, secret, body))
+    finally:
+        survivor.stop()
+    assert status == 200 and events[-1]["status"] == "complete", events  # the whole budget is usable again
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+async def _stream_once(url, secret, body):
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await stream_one(client, url, secret, body)
+
+
+def events_of(lines):
+    """Events as they arrive (parse_sse reads the whole stream first)."""
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line[len("data: "):])
+
+
+def wait_for_record(**filters) -> UsageRecord:
+    """The run is stored by the server after the client left: wait for it (bounded)."""
+    from agents.models import Message
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        record = UsageRecord.objects.filter(**filters).first()
+        # The usage record is written first, then the answer: wait for both.
+        if record is not None and Message.objects.filter(pk=record.message_id).exclude(status="running").exists():
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"no usage record {filters}")
+
+
+def _message_text(record) -> str:
+    from agents.models import Message
+
+    return Message.objects.get(pk=record.message_id).content
+
+
+def fake_tokens(text: str) -> list[str]:
+    from relay.testing.fake_upstream import _tokens
+
+    return _tokens(text)
+
+
+def _full_reply(fake) -> str:
+    """The whole answer the fake had planned for the last request (its config, echoing the prompt)."""
+    words = "Echo: Write a long story.".split()
+    return " ".join(words[i % len(words)] for i in range(fake.config.tokens))

@@ -1,0 +1,103 @@
+"""The Django admin as the console: every list page opens, fast and with bounded queries."""
+
+import pytest
+from django.urls import reverse
+
+from tests.console.conftest import add_usage
+
+pytestmark = pytest.mark.django_db
+CHANGELISTS = ["accounts_user", "accounts_organization", "accounts_team", "accounts_apikey", "billing_budget",
+               "billing_modelprice", "billing_usagerecord", "agents_modelendpoint", "agents_document",
+               "agents_conversation", "agents_message", "audit_auditevent"]
+
+
+@pytest.fixture
+def superuser(org):
+    from accounts.services import create_user
+
+    user = create_user("root", organization=org, role="admin", password="correct horse battery staple")
+    user.is_staff = user.is_superuser = True
+    user.save(update_fields=["is_staff", "is_superuser"])
+    return user
+
+
+@pytest.mark.parametrize("changelist", CHANGELISTS)
+def test_changelists_open_with_bounded_queries(client, superuser, users, changelist, django_assert_max_num_queries):
+    from accounts.services import create_api_key
+
+    for role, user in users.items():
+        add_usage(user, 30)
+        create_api_key(user, f"{role} key")
+    client.force_login(superuser)
+    url = reverse(f"admin:{changelist}_changelist")
+    client.get(url)
+    with django_assert_max_num_queries(20):
+        assert client.get(url).status_code == 200
+
+
+def test_audit_events_are_read_only_and_searchable(client, superuser, users):
+    from audit.models import AuditEvent
+
+    client.force_login(superuser)
+    event = AuditEvent.objects.order_by("-sequence").first()
+    response = client.get(reverse("admin:audit_auditevent_changelist"), {"q": event.actor_name or "root",
+                                                                           "status__exact": "success"})
+    assert response.status_code == 200
+    assert client.get(reverse("admin:audit_auditevent_add")).status_code == 403
+    change = client.post(reverse("admin:audit_auditevent_change", args=[event.pk]), {"action": "tampered"})
+    assert change.status_code == 403
+    event.refresh_from_db()
+    assert event.action != "tampered"
+
+
+def test_revoke_action_revokes_keys(client, superuser, users):
+    from accounts.models import APIKey
+    from accounts.services import create_api_key
+
+    key = create_api_key(users["user"], "leaked").key
+    client.force_login(superuser)
+    response = client.post(reverse("admin:accounts_apikey_changelist"),
+                           {"action": "revoke_selected", "_selected_action": [key.pk]})
+    assert response.status_code == 302
+    assert APIKey.objects.get(pk=key.pk).revoked_at is not None
+
+
+def test_model_endpoints_can_be_added(client, superuser):
+    from agents.models import ModelEndpoint
+
+    client.force_login(superuser)
+    response = client.post(reverse("admin:agents_modelendpoint_add"), {
+        "name": "vllm-llama", "provider_kind": "openai", "base_url": "http://10.0.0.5:8000/v1", "upstream_model": "",
+        "api_key_env": "", "tier": "standard", "supports_tools": "on", "enabled": "on"})
+    assert response.status_code == 302, response.content[:2000]
+    assert ModelEndpoint.objects.filter(name="vllm-llama", enabled=True).exists()
+
+
+@pytest.mark.parametrize("changelist", ["accounts_user", "accounts_apikey", "billing_budget", "agents_message",
+                                        "billing_usagerecord", "audit_auditevent"])
+def test_changelist_queries_do_not_grow_with_rows(client, superuser, users, other_users, changelist):
+    """No N+1: twice the rows (users, keys, budgets, usage, audit events) cost no extra query."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.services import create_api_key, create_user
+    from billing.models import Budget
+
+    def grow(tag):
+        for role, user in {**users, **other_users}.items():
+            extra = create_user(f"{role}-{tag}", organization=user.organization, role=role, team=f"T{tag}")
+            create_api_key(extra, f"{role} {tag}")
+            add_usage(extra, 3)
+            Budget.objects.create(organization=user.organization, scope="user", user=extra, period="daily",
+                                  limit_usd="1")
+
+    client.force_login(superuser)
+    url = reverse(f"admin:{changelist}_changelist")
+    grow("a")
+    client.get(url)
+    with CaptureQueriesContext(connection) as before:
+        client.get(url)
+    grow("b")
+    with CaptureQueriesContext(connection) as after:
+        assert client.get(url).status_code == 200
+    assert len(after) == len(before), [q["sql"][:120] for q in after.captured_queries]
