@@ -106,6 +106,12 @@ def _check_request(req: RunRequest):
     return agent, model
 
 
+def _checked_request_and_history(req: RunRequest):
+    """One trip to the database threads for both: each hop costs time before the first token."""
+    agent, model = _check_request(req)
+    return agent, model, _load_history(req)
+
+
 def _load_history(req: RunRequest) -> list[dict]:
     from agents.models import Conversation
 
@@ -142,8 +148,7 @@ def _open_conversation(req: RunRequest, conversation_id: str, message_id: str, a
 
 async def prepare(req: RunRequest) -> PreparedRun:
     """All checks and the budget reservation; raises DRF exceptions (4xx/5xx envelopes)."""
-    agent, model = await db(_check_request)(req)
-    history = await db(_load_history)(req)
+    agent, model, history = await db(_checked_request_and_history)(req)
     # Cost optimizer (billing/optimizer): may route an unnamed model by complexity, trims long
     # histories and looks the question up in the response cache — all before anything is reserved.
     plan = await optimizer.plan(req, agent, model, history)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -88,10 +89,29 @@ general_settings:
     process = subprocess.Popen([str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
                                 "--port", str(port), "--num_workers", "1"], stdout=log, stderr=subprocess.STDOUT,
                                # Not Relay's environment: LiteLLM would take DATABASE_URL for its own.
-                               env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
+                               env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(ROOT / "var")),
                                     "LITELLM_LOG": "ERROR"})
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
     return process, f"http://127.0.0.1:{port}"
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports (the cluster's instances)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        socks = [socket.socket() for _ in range(count)]
+        try:
+            for offset, sock in enumerate(socks):
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no run of free ports")
 
 
 def start_cluster(relay: RelayInstance, instances: int) -> tuple[list[str], str]:
@@ -99,7 +119,7 @@ def start_cluster(relay: RelayInstance, instances: int) -> tuple[list[str], str]
     script = [sys.executable, str(ROOT / "platform" / "scripts" / "cluster.py"), "--state-dir",
               str(Path(relay.tmp) / "cluster")]
     subprocess.run([*script, "start", "-n", str(instances), "--no-celery", "--port", str(port),
-                    "--base-port", str(free_port() + 100)], env=relay.env, check=True, cwd=ROOT)
+                    "--base-port", str(free_port_run(instances))], env=relay.env, check=True, cwd=ROOT)
     return script, f"http://127.0.0.1:{port}"
 
 
@@ -128,8 +148,8 @@ async def open_streams(url: str, key: str, count: int, pid: int) -> dict:
     started = asyncio.Event()
     open_now = 0
     peak = {"rss_kb": before, "open": 0}
-    body = ('{"model": "%s", "stream": true, "temperature": 0.7, "max_tokens": 40, "messages": [{"role": "user",'
-            ' "content": "hold [[fake: tps=1 tokens=40]]"}]}' % MODEL).encode()
+    body = json.dumps({"model": MODEL, "stream": True, "temperature": 0.7, "max_tokens": 40,
+                       "messages": [{"role": "user", "content": "hold [[fake: tps=1 tokens=40]]"}]}).encode()
 
     async def one():
         nonlocal open_now
@@ -163,7 +183,7 @@ async def open_streams(url: str, key: str, count: int, pid: int) -> dict:
     sampler = asyncio.create_task(sample())
     try:
         await asyncio.wait_for(started.wait(), timeout=120)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         started.set()
     ok = sum(await asyncio.gather(*tasks))
     await sampler

@@ -20,7 +20,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TOKEN_DELAY_MS = 25  # slow enough that several DOM updates are observable, fast enough for CI
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: its running event loop would break later tests of this worker
 def browser():
     try:
         from playwright.sync_api import sync_playwright

@@ -152,6 +152,13 @@ def is_ready(url: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """A test process killed (timeout, Ctrl-C) takes its servers with it: none outlives the run."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Instance:
     """One Relay instance (`python -m relay.serve`), as production runs it."""
 
@@ -161,7 +168,7 @@ class Instance:
         self.env = {**env, "RELAY_PORT": str(self.port)}
         self.log = open(log_dir / f"relay-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "relay.serve"], cwd=ROOT, env=self.env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+                                        stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         if not wait_for(lambda: is_ready(self.url) or self.process.poll() is not None, 60) or self.process.poll():
             self.stop()
             raise RuntimeError(f"Relay did not start: {Path(self.log.name).read_text()[-3000:]}")
@@ -190,7 +197,8 @@ class PrivateRedis:
     def start(self):
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         if not wait_for(self.ping, 10):
             raise RuntimeError("private redis-server did not start")
 
