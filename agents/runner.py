@@ -127,7 +127,10 @@ def _load_history(req: RunRequest) -> list[dict]:
 def _open_conversation(req: RunRequest, conversation_id: str, message_id: str, agent_name: str,
                        model_name: str) -> None:
     """Store the conversation (new or the caller's own), the user's turn and an empty answer."""
+    from datetime import timedelta
+
     from django.db import transaction
+    from django.utils import timezone
 
     from agents.models import Conversation, Message
 
@@ -139,11 +142,14 @@ def _open_conversation(req: RunRequest, conversation_id: str, message_id: str, a
                 id=conversation_id, organization_id=req.user.organization_id, user=req.user, agent=agent_name,
                 title=" ".join(req.query.split())[:80] or "Image",
             )
-        Message.objects.create(conversation=conversation, role=Message.Role.USER, content=req.query,
-                               agent=agent_name, request_id=req.request_id)
-        Message.objects.create(id=message_id, conversation=conversation, role=Message.Role.ASSISTANT,
-                               agent=agent_name, model=model_name, status=Message.Status.RUNNING,
-                               request_id=req.request_id)
+        asked = timezone.now()
+        Message.objects.bulk_create([  # one INSERT for both turns; the answer sorts after the question
+            Message(conversation=conversation, role=Message.Role.USER, content=req.query, agent=agent_name,
+                    request_id=req.request_id, created_at=asked),
+            Message(id=message_id, conversation=conversation, role=Message.Role.ASSISTANT, agent=agent_name,
+                    model=model_name, status=Message.Status.RUNNING, request_id=req.request_id,
+                    created_at=asked + timedelta(microseconds=1)),
+        ])
 
 
 async def prepare(req: RunRequest) -> PreparedRun:

@@ -6,8 +6,12 @@ class BillingConfig(AppConfig):
     name = "billing"
 
     def ready(self):
-        from django.db.models.signals import post_migrate
+        from django.db.models.signals import post_delete, post_migrate, post_save
 
+        from billing.models import OptimizerSettings
+        from billing.optimizer import forget_settings
         from billing.pricing import ensure_default_prices
 
         post_migrate.connect(ensure_default_prices, sender=self)
+        post_save.connect(forget_settings, sender=OptimizerSettings)
+        post_delete.connect(forget_settings, sender=OptimizerSettings)

@@ -188,9 +188,6 @@ def _insert_usage(charge, user, api_key, agent, input_tokens, output_tokens, act
                   message_id, tool_calls, also=None):
     from billing.models import ToolUsage, UsageRecord
 
-    existing = UsageRecord.objects.filter(request_id=charge.request_id).first()
-    if existing is not None:
-        return existing, False
     record = UsageRecord(
         request_id=charge.request_id, organization_id=charge.organization_id, team_id=charge.team_id,
         user=user, api_key=api_key, agent=agent, model=charge.model, price_id=charge.price_id,

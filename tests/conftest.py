@@ -54,8 +54,10 @@ def _clear_cache():
     from django.core.cache import cache
 
     from agents.providers.catalog import forget_catalog
+    from billing.optimizer import forget_settings
 
     forget_catalog()  # tests create and flush model endpoints without the signals that drop it
+    forget_settings()
     if hasattr(cache, "delete_pattern"):
         cache.delete_pattern("*")  # this worker's keys only; clear() would flush every worker's
     else:

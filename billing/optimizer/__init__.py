@@ -16,6 +16,7 @@ reserved and decides, per organization's `OptimizerSettings` (no row: everything
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from django.utils import timezone
@@ -44,13 +45,28 @@ class Plan:
         return self.cached_answer is not None
 
 
+_SETTINGS_SECONDS = 10.0
+_settings_cache: dict = {}
+
+
+def forget_settings(**kwargs) -> None:
+    """Drop this process's copies (settings changed here; other processes wait out the TTL)."""
+    _settings_cache.clear()
+
+
 def _settings(organization_id):
+    """The organization and its switches, read at most every few seconds: every model call asks."""
     from accounts.models import Organization
     from billing.models import OptimizerSettings
 
+    cached = _settings_cache.get(organization_id)
+    if cached is not None and time.monotonic() - cached[0] < _SETTINGS_SECONDS:
+        return cached[1]
     organization = Organization.objects.select_related("optimizer_settings").filter(pk=organization_id).first()
     switches = getattr(organization, "optimizer_settings", None) if organization else None
-    return organization, switches or OptimizerSettings()
+    result = (organization, switches or OptimizerSettings())
+    _settings_cache[organization_id] = (time.monotonic(), result)
+    return result
 
 
 def _documents_version(user) -> str:

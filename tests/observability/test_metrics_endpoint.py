@@ -81,7 +81,9 @@ def test_a_thousand_invented_urls_and_models_do_not_create_series(client, users,
     assert not any("page-" in e or "0000" in e for e in endpoints)
     assert not any(s["model"].startswith(("invented", "m-")) for s in series_of(after, "token_usage_total"))
     assert value(after, "token_usage_total", model="other", type="input") >= 1000
-    assert len(after) < 200_000  # the whole exposition stays small
+    # 1,000 URLs and models later the exposition has grown by a few series, not by thousands (its
+    # absolute size depends on what earlier tests in this process recorded).
+    assert len(after) - len(before) < 30_000
 
 
 def test_runs_tools_and_budget_refusals_are_recorded_where_they_happen(users, client_for, metrics_token, client,
