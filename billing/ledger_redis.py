@@ -121,8 +121,12 @@ class RedisBackend:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2,
-                                             decode_responses=True)
+            # A bounded pool: a burst of requests queues for a connection (up to 5 s) instead of
+            # opening hundreds of sockets at once and failing their connect timeouts.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=64, timeout=5, socket_connect_timeout=1, socket_timeout=2,
+                decode_responses=True)
+            client = aioredis.Redis(connection_pool=pool)
             self._clients[loop] = client
         return client
 

@@ -138,8 +138,12 @@ class ASGIServer:
         import threading
 
         import uvicorn
+        from channels.layers import channel_layers
 
         from relay.asgi import application
+
+        # channels-redis ties a layer to the event loop that first used it; each server has its own.
+        channel_layers._reset_backends("CHANNEL_LAYERS")
 
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
