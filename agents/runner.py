@@ -28,6 +28,7 @@ from agents.tokenizer import count_message_tokens, split_tokens
 from agents.upstream import answer_with_model, build_messages
 from billing import optimizer, ratelimit
 from billing import services as billing
+from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from relay.asyncdb import db
 from relay.observability import metrics
 
@@ -71,18 +72,6 @@ class PreparedRun:
     stored: asyncio.Future | None = None  # the conversation and message rows being written
     plan: optimizer.Plan | None = None  # the cost optimizer's decisions (routing, trimming, cache)
     remaining_tokens: int | None = None  # the key's tokens/minute left, for X-RateLimit-Remaining-Tokens
-
-
-class BudgetExceededError(exceptions.APIException):
-    status_code = 402
-    default_code = "budget_exceeded"
-    default_detail = "A budget covering this request is used up."
-
-
-class LedgerUnavailableError(exceptions.APIException):
-    status_code = 503
-    default_code = "ledger_unavailable"
-    default_detail = "The budget ledger cannot be reached; the request was not run. Try again shortly."
 
 
 class _BudgetStop(Exception):

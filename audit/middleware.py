@@ -5,10 +5,9 @@ every denied response leaves exactly one event; DRF's refusals are recorded by t
 listener in audit.signals, which marks the context so this does not record them twice.
 """
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
 from audit import context
 from audit.actions import AUTH_FAILED, DENIED, PERMISSION_DENIED
+from relay.middleware import DualModeMiddleware
 
 HEADER = "X-Request-ID"
 
@@ -54,19 +53,8 @@ def _finish(response, bound):
     return response
 
 
-class AuditContextMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if self._async:
-            return self.__acall__(request)
+class AuditContextMiddleware(DualModeMiddleware):
+    def handle(self, request):
         bound = context.from_request(request)
         request.request_id = bound.request_id
         token = context.activate(bound)

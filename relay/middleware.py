@@ -6,10 +6,12 @@ from django.conf import settings
 from relay.api.envelope import error_response
 
 
-class RequestSizeLimitMiddleware:
-    """Refuse declared bodies over the limit with 413 and the error envelope, before parsing.
+class DualModeMiddleware:
+    """Base for middleware that stays on the event loop under ASGI and still works under WSGI.
 
-    Multipart uploads get RELAY_MAX_UPLOAD_BYTES; everything else RELAY_MAX_BODY_BYTES.
+    A sync-only middleware would make Django run every request through its single shared sync
+    thread (DESIGN.md section 11). Subclasses write `handle(request)` for the sync chain and
+    `__acall__(request)` for the async one.
     """
 
     sync_capable = True
@@ -20,6 +22,24 @@ class RequestSizeLimitMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self._async:
+            return self.__acall__(request)
+        return self.handle(request)
+
+    def handle(self, request):
+        raise NotImplementedError
+
+    async def __acall__(self, request):
+        raise NotImplementedError
+
+
+class RequestSizeLimitMiddleware(DualModeMiddleware):
+    """Refuse declared bodies over the limit with 413 and the error envelope, before parsing.
+
+    Multipart uploads get RELAY_MAX_UPLOAD_BYTES; everything else RELAY_MAX_BODY_BYTES.
+    """
 
     def _refusal(self, request):
         try:
@@ -32,9 +52,7 @@ class RequestSizeLimitMiddleware:
             return error_response(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
         return None
 
-    def __call__(self, request):
-        if self._async:
-            return self.__acall__(request)
+    def handle(self, request):
         return self._refusal(request) or self.get_response(request)
 
     async def __acall__(self, request):

@@ -7,8 +7,10 @@ still cannot run. Inline *styles* stay allowed because the Django admin and Swag
 DENY for browsers that only read CSP. Override with RELAY_CSP (the whole header value).
 """
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
+
+from relay.middleware import DualModeMiddleware
 
 DEFAULT_POLICY = "; ".join([
     "default-src 'self'",
@@ -60,25 +62,14 @@ def record_admin_refusal(request, user) -> None:
            metadata={"method": request.method, "path": request.path[:500], "status": 302})
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(DualModeMiddleware):
     """Sync and async, so it never moves the async hot path onto the sync thread.
 
     It sits outside the auth middleware: on the way out `request.user` is set (read only for the
     rare admin refusal).
     """
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if self._async:
-            return self.__acall__(request)
+    def handle(self, request):
         response = self.get_response(request)
         add_security_headers(response)
         if refused_admin_visit(request, response) and hasattr(request, "user"):
