@@ -163,7 +163,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 user=self.user, api_key=self.api_key, agent=data["agent_type"], query=data["query"],
                 conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
                 model=data.get("model") or None, max_tokens=data.get("max_tokens"),
-                temperature=data.get("temperature"), cache=data.get("cache", True))
+                temperature=data.get("temperature"), cache=data.get("cache", True), attachment=data.get("image"))
             return await runner.prepare(request)
         except exceptions.PermissionDenied as denied:
             await self._refuse("permission_denied", str(denied.detail), CLOSE_FORBIDDEN)

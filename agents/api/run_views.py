@@ -30,7 +30,7 @@ def run_request(drf_request, data: dict, **extra) -> runner.RunRequest:
         user=drf_request.user, api_key=request_key(drf_request), agent=data["agent_type"], query=data["query"],
         conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
         model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
-        cache=data.get("cache", True),
+        cache=data.get("cache", True), attachment=data.get("image"),
         request_id=getattr(drf_request._request, "request_id", None) or str(uuid.uuid4()),
         **extra,
     )
@@ -58,7 +58,7 @@ async def vision_analyze(request, drf_request):
     if not request.content_type.startswith("multipart/"):
         raise exceptions.UnsupportedMediaType(request.content_type or "(none)")
     data = await db(_vision_input)(request)
-    run = await runner.prepare(run_request(drf_request, data, attachment=data["image"]))
+    run = await runner.prepare(run_request(drf_request, data))
     return JsonResponse(await runner.collect(run))
 
 

@@ -25,6 +25,17 @@ class QuerySerializer(StrictSerializer):
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     cache = serializers.BooleanField(required=False, default=True,
                                      help_text="false skips the response cache for this request.")
+    image = StrictCharField(required=False, allow_blank=False, max_length=2 * 1024 * 1024, trim_whitespace=False,
+                            help_text="For the vision agent over SSE and WebSocket: the image, base64-encoded.")
+
+    def validate_image(self, value):
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise serializers.ValidationError("Not valid base64.") from None
 
     def validate_query(self, value):
         value = clean_text(value)

@@ -22,7 +22,6 @@ def test_other_requests_answer_within_100ms_while_a_5_second_job_runs(asgi_serve
             await client.get("/api/v1/me")  # warm: connections, caches
             job = asyncio.ensure_future(client.post("/api/v1/query", json={
                 "agent_type": "code", "query": "import time\ntime.sleep(5)\nprint('slept')"}))
-            await asyncio.sleep(0.5)  # let the job reach the sandbox
             latencies = []
             while not job.done():
                 started = time.monotonic()

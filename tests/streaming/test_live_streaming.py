@@ -284,3 +284,41 @@ def test_openai_errors_use_openais_format(asgi_server, user_key):
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="relay-math", messages=[])
     assert bad.value.body["param"] == "messages"
+
+
+def _png_base64(colour="red") -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_sse_vision_analyses_an_attached_image(asgi_server, user_key):
+    events = parse_sse(sse(asgi_server, user_key, {"query": "What colour is it?", "agent_type": "vision",
+                                                   "image": _png_base64()}).text.splitlines())
+    assert_protocol(events)
+    tools = [e for e in events if e["type"] == "tool_call"]
+    assert [t["status"] for t in tools] == ["running", "done"] and tools[0]["tool"] == "analyze_image"
+    answer = "".join(e["content"] for e in events if e["type"] == "token")
+    assert "PNG" in answer and "64 × 48" in answer and "#ff0000" in answer.lower()
+    bad = sse(asgi_server, user_key, {"query": "x", "agent_type": "vision", "image": "not base64!"})
+    assert bad.status_code == 400 and "image" in bad.json()["error"]["fields"]
+
+
+def test_websocket_vision_analyses_an_attached_image(asgi_server, user_key):
+    async def scenario():
+        async with websockets.connect(ws_url(asgi_server)) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": user_key}))
+            await ws.recv()
+            await ws.send(json.dumps({"type": "query", "query": "Describe it", "agent_type": "vision",
+                                      "image": _png_base64("blue")}))
+            return await _ws_events(ws)
+
+    events = asyncio.run(scenario())
+    assert events[-1]["status"] == "complete"
+    assert [e["status"] for e in events if e["type"] == "tool_call"] == ["running", "done"]
+    assert "#0000ff" in "".join(e.get("content", "") for e in events).lower()
