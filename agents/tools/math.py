@@ -20,7 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from agents.tools.math_parse import MathError, parse_query
+from agents.tools.math_parse import MathError
+from agents.tools.math_query import parse_query
 
 __all__ = ["MathError", "MathResult", "solve_math", "shutdown_pool"]
 
