@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import secrets
 import string
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +35,7 @@ _PREFIX_ALPHABET = string.ascii_letters + string.digits
 _PREFIX_LENGTH = 12
 _KEY_CACHE_SECONDS = 300
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+_last_touched: dict[str, float] = {}  # key prefix -> when this process last claimed the write
 
 
 class PrivilegeRefused(PermissionDenied):
@@ -364,8 +366,15 @@ def ip_allowed(client_ip: str | None, ranges: list[str]) -> bool:
 
 def touch_last_used(key: APIKey) -> None:
     """Record use at most once a minute per key, so the hot path does not write every request."""
+    # This process's own memory first: only its first use of a key each minute asks the shared cache.
+    moment, resolution = time.monotonic(), _LAST_USED_RESOLUTION.total_seconds()
+    if _last_touched.get(key.prefix, -resolution) > moment - resolution:
+        return
+    if len(_last_touched) > 10_000:
+        _last_touched.clear()
+    _last_touched[key.prefix] = moment
     now = timezone.now()
-    if cache.add(f"apikey-used:{key.pk}", 1, int(_LAST_USED_RESOLUTION.total_seconds())):
+    if cache.add(f"apikey-used:{key.pk}", 1, int(resolution)):
         APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
 

@@ -30,6 +30,7 @@ from billing import optimizer, ratelimit
 from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from relay.asyncdb import db
+from relay.group_commit import GroupCommit
 from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ class PreparedRun:
     message_id: str = ""
     started: float = field(default_factory=time.monotonic)
     outcome: tuple | None = None  # (status, total tokens, cost) once stored
-    stored: asyncio.Future | None = None  # the conversation and message rows being written
     plan: optimizer.Plan | None = None  # the cost optimizer's decisions (routing, trimming, cache)
     remaining_tokens: int | None = None  # the key's tokens/minute left, for X-RateLimit-Remaining-Tokens
 
@@ -113,32 +113,72 @@ def _load_history(req: RunRequest) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in reversed(list(recent))]
 
 
-def _open_conversation(req: RunRequest, conversation_id: str, message_id: str, agent_name: str,
-                       model_name: str) -> None:
-    """Store the conversation (new or the caller's own), the user's turn and an empty answer."""
+@dataclass
+class _Opening:
+    """The rows a run starts with: its conversation (new or the caller's own), the question, an empty answer."""
+
+    req: RunRequest
+    conversation_id: str
+    message_id: str
+    agent: str
+    model: str
+
+
+def _turns(opening: _Opening, conversation) -> list:
     from datetime import timedelta
 
-    from django.db import transaction
     from django.utils import timezone
+
+    from agents.models import Message
+
+    req, asked = opening.req, timezone.now()
+    return [  # the answer sorts after the question
+        Message(conversation=conversation, role=Message.Role.USER, content=req.query, agent=opening.agent,
+                request_id=req.request_id, created_at=asked),
+        Message(id=opening.message_id, conversation=conversation, role=Message.Role.ASSISTANT, agent=opening.agent,
+                model=opening.model, status=Message.Status.RUNNING, request_id=req.request_id,
+                created_at=asked + timedelta(microseconds=1)),
+    ]
+
+
+def _conversation(opening: _Opening, *, create: bool):
+    from agents.models import Conversation
+
+    req = opening.req
+    if req.conversation_id:  # the caller's own, locked so turns of one conversation do not interleave
+        return Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
+    conversation = Conversation(id=opening.conversation_id, organization_id=req.user.organization_id, user=req.user,
+                                agent=opening.agent, title=" ".join(req.query.split())[:80] or "Image")
+    if create:
+        conversation.save(force_insert=True)
+    return conversation
+
+
+def _open_one(write) -> None:
+    from django.db import transaction
+
+    from agents.models import Message
+
+    with transaction.atomic():
+        Message.objects.bulk_create(_turns(write.item, _conversation(write.item, create=True)))
+
+
+def _open_many(writes) -> None:
+    """Many runs' opening rows in one transaction (relay/group_commit.py): two bulk inserts."""
+    from django.db import transaction
 
     from agents.models import Conversation, Message
 
     with transaction.atomic():
-        if req.conversation_id:
-            conversation = Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
-        else:
-            conversation = Conversation.objects.create(
-                id=conversation_id, organization_id=req.user.organization_id, user=req.user, agent=agent_name,
-                title=" ".join(req.query.split())[:80] or "Image",
-            )
-        asked = timezone.now()
-        Message.objects.bulk_create([  # one INSERT for both turns; the answer sorts after the question
-            Message(conversation=conversation, role=Message.Role.USER, content=req.query, agent=agent_name,
-                    request_id=req.request_id, created_at=asked),
-            Message(id=message_id, conversation=conversation, role=Message.Role.ASSISTANT, agent=agent_name,
-                    model=model_name, status=Message.Status.RUNNING, request_id=req.request_id,
-                    created_at=asked + timedelta(microseconds=1)),
-        ])
+        conversations = [_conversation(write.item, create=False) for write in writes]
+        Conversation.objects.bulk_create([c for c, w in zip(conversations, writes, strict=True)
+                                          if not w.item.req.conversation_id])
+        Message.objects.bulk_create([message for conversation, write in zip(conversations, writes, strict=True)
+                                     for message in _turns(write.item, conversation)])
+    return [None] * len(writes)
+
+
+_OPENINGS = GroupCommit(_open_many, _open_one)
 
 
 async def prepare(req: RunRequest) -> PreparedRun:
@@ -171,10 +211,14 @@ async def prepare(req: RunRequest) -> PreparedRun:
     run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
                       max_tokens=max_tokens, plan=plan, remaining_tokens=remaining_tokens,
                       conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()))
-    # The rows are written while the model starts answering: the inserts (a commit) stay off the
-    # time to first token. _finish waits for them before it stores the answer.
-    run.stored = asyncio.ensure_future(db(_open_conversation)(req, run.conversation_id, run.message_id,
-                                                               agent.name, model.name))
+    # The question and the running answer are stored before the model is asked: if the database
+    # cannot take them, the request fails here (503) instead of streaming an answer nobody can
+    # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
+    try:
+        await _OPENINGS.submit(_Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
+    except BaseException:
+        await asyncio.shield(billing.release_charge(charge))
+        raise
     return run
 
 
@@ -265,13 +309,6 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     answer = "".join(progress.answer)
     quality = run.agent.quality(run.ctx, answer) if progress.status == "complete" else 0.0
     tool_calls = [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records]
-    try:
-        await run.stored
-    except Exception:
-        # The usage is still recorded and settled below; only the message cannot be stored.
-        logger.exception("could not store conversation %s (request %s)", run.conversation_id,
-                         run.request.request_id)
-
     def store(record):  # in the usage record's transaction: one commit for the whole outcome
         _store_answer(run, progress, answer, record, quality, latency_ms)
         _audit_run(run, progress, record)

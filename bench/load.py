@@ -221,7 +221,7 @@ def main():
     args = parser.parse_args()
     upstream_process, upstream = start_upstream(args.tokens)
     relay = RelayInstance({MODEL: f"{upstream}/v1"}, server="relay.serve",
-                          extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}", "RELAY_DB_THREADS": "16"})
+                          extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
     relay.run_manage("shell", "-c", BUDGET)
     cluster_script, litellm = None, None
     try:

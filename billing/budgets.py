@@ -14,6 +14,7 @@ from django.utils import timezone
 from billing import periods
 from billing.models import Budget, BudgetAlert, UsageRecord
 from billing.money import cost_usd, usd_to_nanos
+from billing.rule_cache import RULES
 
 logger = logging.getLogger(__name__)
 # Soft budgets ride along in the same reservation (their counters feed the alerts) with a limit
@@ -43,17 +44,25 @@ def covering(budget: Budget, now: datetime) -> Covering:
     return Covering(budget, tz, periods.period_key(budget.period, now, tz))
 
 
-def covering_budgets(user, api_key, now: datetime) -> list[Covering]:
-    """Every budget over the request: the organization's, the user's team's, the user's, the key's."""
+def covering_budgets(user, api_key, now: datetime, rules=None) -> list[Covering]:
+    """Every budget over the request: the organization's, the user's team's, the user's, the key's.
+
+    rules: a billing.rule_cache view (the rows are read once per change, not once per request).
+    """
     if user.organization_id is None:
         return []
-    targets = Q(scope="organization") | Q(scope="user", user_id=user.pk)
-    if user.team_id:
-        targets |= Q(scope="team", team_id=user.team_id)
-    if api_key is not None:
-        targets |= Q(scope="api_key", api_key_id=api_key.pk)
-    found = Budget.objects.filter(targets, organization_id=user.organization_id).select_related(
-        "organization", "team", "user", "api_key")
+    key_id = api_key.pk if api_key is not None else None
+
+    def load() -> list[Budget]:
+        targets = Q(scope="organization") | Q(scope="user", user_id=user.pk)
+        if user.team_id:
+            targets |= Q(scope="team", team_id=user.team_id)
+        if key_id is not None:
+            targets |= Q(scope="api_key", api_key_id=key_id)
+        return list(Budget.objects.filter(targets, organization_id=user.organization_id).select_related(
+            "organization", "team", "user", "api_key"))
+
+    found = (rules or RULES.view()).get(("budgets", user.organization_id, user.pk, user.team_id, key_id), load)
     return [covering(budget, now) for budget in found]
 
 
@@ -108,11 +117,14 @@ def evaluate_thresholds(budget_ids: list[int], spent: dict[str, int], actual: in
         after = spent.get(item.scope_key)
         if after is None:
             continue
-        limit = usd_to_nanos(budget.limit_usd)
-        for threshold in sorted(budget.alert_thresholds):
-            line = limit * threshold  # compare in integers: spent * 100 >= limit * threshold
-            if (after - actual) * 100 < line <= after * 100:
-                raise_alert(item, threshold, after)
+        for threshold in crossed_thresholds(budget.alert_thresholds, usd_to_nanos(budget.limit_usd), after, actual):
+            raise_alert(item, threshold, after)
+
+
+def crossed_thresholds(thresholds, limit_nanos: int, after: int, actual: int) -> list[int]:
+    """The thresholds (percent) a spend of `actual` took the counter across, ending at `after`."""
+    # In integers: spent * 100 >= limit * threshold.
+    return [t for t in sorted(thresholds) if (after - actual) * 100 < limit_nanos * t <= after * 100]
 
 
 def raise_alert(item: Covering, threshold: int, spent_nanos: int) -> BudgetAlert | None:

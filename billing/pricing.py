@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from billing.models import ModelPrice
+from billing.rule_cache import RULES
 
 
 class UnknownModel(Exception):
@@ -13,9 +14,11 @@ class UnknownModel(Exception):
         self.model = model
 
 
-def current_price(model: str, now: datetime) -> ModelPrice:
-    price = (ModelPrice.objects.filter(model=model, effective_from__lte=now)
-             .order_by("-effective_from").first())
+def current_price(model: str, now: datetime, rules=None) -> ModelPrice:
+    """The price in effect at `now` (rules: a billing.rule_cache view, to share its one cache read)."""
+    prices = (rules or RULES.view()).get(
+        ("prices", model), lambda: list(ModelPrice.objects.filter(model=model).order_by("-effective_from")))
+    price = next((p for p in prices if p.effective_from <= now), None)
     if price is None:
         raise UnknownModel(model)
     return price
@@ -39,8 +42,9 @@ def ensure_default_prices(**kwargs) -> None:
     from billing.models import ModelPrice
 
     priced = set(ModelPrice.objects.filter(model__in=DEFAULT_PRICES).values_list("model", flat=True))
-    ModelPrice.objects.bulk_create(
-        ModelPrice(model=model, input_per_1k=Decimal(inp), output_per_1k=Decimal(out),
-                   effective_from=datetime(2000, 1, 1, tzinfo=UTC))
-        for model, (inp, out) in DEFAULT_PRICES.items() if model not in priced
-    )
+    missing = [ModelPrice(model=model, input_per_1k=Decimal(inp), output_per_1k=Decimal(out),
+                          effective_from=datetime(2000, 1, 1, tzinfo=UTC))
+               for model, (inp, out) in DEFAULT_PRICES.items() if model not in priced]
+    if missing:
+        ModelPrice.objects.bulk_create(missing)
+        RULES.bump()  # bulk_create sends no signals

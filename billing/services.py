@@ -20,13 +20,15 @@ from django.utils import timezone
 
 from billing import budgets as budget_rules
 from billing.ledger import LedgerUnavailable, get_ledger
-from billing.money import cost_usd, nanos_per_token
+from billing.money import cost_usd, nanos_per_token, usd_to_nanos
 from billing.pricing import UnknownModel, current_price
+from billing.rule_cache import RULES
 from relay.asyncdb import run_db
+from relay.group_commit import GroupCommit
 
 __all__ = [
-    "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "cost_usd",
-    "record_budget_event",
+    "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "release_charge",
+    "cost_usd", "record_budget_event",
 ]
 logger = logging.getLogger(__name__)
 UNLIMITED = sys.maxsize  # granted_nanos when no hard budget covers the request
@@ -63,6 +65,8 @@ class Charge:
     opened_at: datetime | None = None  # the request belongs to the budget period it was reserved in
     blocking: dict | None = None  # the hard budget with the least room (for mid-stream budget_stop)
     reserved: bool = False  # whether the ledger holds a reservation to settle
+    # scope key -> (limit in nanos, alert thresholds) of the covering budgets that alert
+    alerting: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
     def cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
         return input_tokens * self.input_nanos_per_token + output_tokens * self.output_nanos_per_token
@@ -70,6 +74,11 @@ class Charge:
     def allows(self, input_tokens: int, output_tokens: int) -> bool:
         """May the request reach these token counts? The runner asks before emitting each token."""
         return self.cost_nanos(input_tokens, output_tokens) <= self.granted_nanos
+
+    def crosses_threshold(self, spent: dict[str, int], actual: int) -> bool:
+        """Did settling `actual` take a budget across an alert threshold? (Only then is the database asked.)"""
+        return any(budget_rules.crossed_thresholds(thresholds, limit, spent[scope], actual)
+                   for scope, (limit, thresholds) in self.alerting.items() if scope in spent)
 
     def blocking_budget(self) -> BudgetExceeded | None:
         """The exception describing the budget that stops this request mid-stream (None if unlimited)."""
@@ -99,6 +108,8 @@ async def open_charge(*, request_id: str, user, api_key, model: str, input_token
         output_nanos_per_token=nanos_per_token(price.output_per_1k),
         granted_nanos=UNLIMITED, budget_ids=[b.budget.pk for b in covering],
         organization_id=user.organization_id, team_id=user.team_id, opened_at=now,
+        alerting={b.scope_key: (usd_to_nanos(b.budget.limit_usd), tuple(b.budget.alert_thresholds))
+                  for b in covering if b.budget.alert_thresholds},
     )
     if not covering:
         return charge
@@ -157,15 +168,20 @@ async def close_charge(charge: Charge, *, user, api_key, agent: str, input_token
     if status not in STATUSES:
         raise ValueError(f"Unknown status {status!r}; one of {', '.join(STATUSES)}.")
     actual = min(charge.cost_nanos(input_tokens, output_tokens), charge.granted_nanos)
+    closing = _Closing(_usage_record(charge, user, api_key, agent, input_tokens, output_tokens, actual, status,
+                                     latency_ms, cached, message_id), list(tool_calls), also)
     try:
-        record, created = await run_db(
-            _insert_usage, charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
-            message_id, list(tool_calls), also)
+        record, created = await _CLOSINGS.submit(closing)
     finally:
         spent = await _settle(charge, actual)
-    if created and spent:
+    if created and spent and charge.crosses_threshold(spent, actual):
         await run_db(budget_rules.evaluate_thresholds, charge.budget_ids, spent, actual, charge.opened_at)
     return record
+
+
+async def release_charge(charge: Charge) -> None:
+    """Give the reservation back for a request that never ran (nothing is recorded or spent)."""
+    await _settle(charge, 0)
 
 
 async def _settle(charge: Charge, actual: int) -> dict[str, int]:
@@ -180,34 +196,74 @@ async def _settle(charge: Charge, actual: int) -> dict[str, int]:
 
 
 def _load_price_and_budgets(model: str, user, api_key, now: datetime):
-    price = current_price(model, now)
-    return price, budget_rules.covering_budgets(user, api_key, now)
+    rules = RULES.view()
+    return current_price(model, now, rules), budget_rules.covering_budgets(user, api_key, now, rules)
 
 
-def _insert_usage(charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
-                  message_id, tool_calls, also=None):
-    from billing.models import ToolUsage, UsageRecord
+def _usage_record(charge, user, api_key, agent, input_tokens, output_tokens, actual, status, latency_ms, cached,
+                  message_id):
+    from billing.models import UsageRecord
 
-    record = UsageRecord(
+    return UsageRecord(
         request_id=charge.request_id, organization_id=charge.organization_id, team_id=charge.team_id,
         user=user, api_key=api_key, agent=agent, model=charge.model, price_id=charge.price_id,
         input_tokens=input_tokens, output_tokens=output_tokens, cost=cost_usd(actual), cached=cached,
         status=status, complete=status == "complete", latency_ms=max(0, int(latency_ms)),
         message_id=message_id, created_at=charge.opened_at or timezone.now(),
     )
+
+
+@dataclass
+class _Closing:
+    """A request's usage record, its tool calls and the caller's `also`, for the group commit."""
+
+    record: object
+    tool_calls: list[dict]
+    also: object = None
+
+
+def _close_one(write) -> tuple[object, bool]:
+    """One request's usage, tools and `also` in their own transaction; (record, created)."""
+    from billing.models import ToolUsage, UsageRecord
+
+    closing = write.item
     try:
         with transaction.atomic():
-            record.save(force_insert=True)
-            ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for call in tool_calls])
-            if also is not None:
-                also(record)
+            closing.record.save(force_insert=True)
+            ToolUsage.objects.bulk_create([ToolUsage.from_call(closing.record, call) for call in closing.tool_calls])
+            if closing.also is not None:
+                write.run(closing.also, closing.record)
     except IntegrityError:
         # A concurrent close_charge for the same request won the race: answer with its record.
-        existing = UsageRecord.objects.filter(request_id=charge.request_id).first()
+        existing = UsageRecord.objects.filter(request_id=closing.record.request_id).first()
         if existing is None:
             raise
         return existing, False
-    return record, True
+    return closing.record, True
+
+
+def _close_many(writes) -> list[tuple[object, bool]]:
+    """Many requests' closings in one transaction: bulk inserts, one audit append, one commit."""
+    from audit.services import appending_together
+    from billing.models import ToolUsage, UsageRecord
+
+    records = [write.item.record for write in writes]
+    try:
+        with transaction.atomic(), appending_together():
+            UsageRecord.objects.bulk_create(records)
+            ToolUsage.objects.bulk_create([ToolUsage.from_call(write.item.record, call)
+                                           for write in writes for call in write.item.tool_calls])
+            for write in writes:
+                if write.item.also is not None:
+                    write.run(write.item.also, write.item.record)
+    except Exception:
+        for record in records:  # rolled back: each is written again alone, as new
+            record.pk, record._state.adding = None, True
+        raise
+    return [(record, True) for record in records]
+
+
+_CLOSINGS = GroupCommit(_close_many, _close_one)
 
 
 def record_budget_event(action: str, *, organization_id: int | None, metadata: dict, actor=None,

@@ -72,26 +72,43 @@ INSTALLED_APPS = [
     "relay.observability",
 ]
 
-MIDDLEWARE = [
+# Django's own middleware with its hooks run on the event loop (relay/inline_middleware.py).
+# Django's deploy checks look for its classes by path; the subclasses are those classes and
+# count as them, so `check --deploy` still checks HSTS, SSL redirect, CSRF and framing.
+INLINE_MIDDLEWARE = {
+    f"django.{path}": f"relay.inline_middleware.{path.rsplit('.', 1)[1]}" for path in (
+        "middleware.security.SecurityMiddleware", "contrib.sessions.middleware.SessionMiddleware",
+        "middleware.common.CommonMiddleware", "middleware.csrf.CsrfViewMiddleware",
+        "contrib.auth.middleware.AuthenticationMiddleware", "contrib.messages.middleware.MessageMiddleware",
+        "middleware.clickjacking.XFrameOptionsMiddleware")
+}
+
+
+class MiddlewareList(list):
+    def __contains__(self, path):
+        return list.__contains__(self, path) or list.__contains__(self, INLINE_MIDDLEWARE.get(path))
+
+
+MIDDLEWARE = MiddlewareList([
     # Metrics first and last (relay/observability/middleware.py: django-prometheus's own classes
     # would hop to the shared sync thread on every request under ASGI).
     "relay.observability.middleware.MetricsMiddleware",
     # Early, so every response (413s and redirects included) carries X-Request-ID.
     "audit.middleware.AuditContextMiddleware",
-    "django.middleware.security.SecurityMiddleware",
+    "relay.inline_middleware.SecurityMiddleware",
     "relay.security.SecurityHeadersMiddleware",  # CSP (no inline script), Permissions-Policy
     "relay.static.AsyncWhiteNoiseMiddleware",
     "relay.middleware.RequestSizeLimitMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "relay.inline_middleware.SessionMiddleware",
+    "relay.inline_middleware.CommonMiddleware",
+    "relay.inline_middleware.CsrfViewMiddleware",
+    "relay.inline_middleware.AuthenticationMiddleware",
+    "relay.inline_middleware.MessageMiddleware",
+    "relay.inline_middleware.XFrameOptionsMiddleware",
     "relay.observability.middleware.ViewMetricsMiddleware",
     # Last, so it sees view errors first: lost Redis/database connections become 503s (relay/faults.py).
     "relay.faults.ServiceFaultMiddleware",
-]
+])
 
 ROOT_URLCONF = "relay.urls"
 WSGI_APPLICATION = "relay.wsgi.application"

@@ -55,7 +55,9 @@ def _clear_cache():
 
     from agents.providers.catalog import forget_catalog
     from billing.optimizer import forget_settings
+    from billing.rule_cache import RULES
 
+    RULES.clear()  # flushed tables reuse ids on SQLite: no copy may outlive its test
     forget_catalog()  # tests create and flush model endpoints without the signals that drop it
     forget_settings()
     if hasattr(cache, "delete_pattern"):

@@ -128,3 +128,38 @@ def test_every_middleware_runs_on_the_event_loop():
 def test_static_files_are_served_without_collectstatic(client):
     response = client.get("/static/css/relay.css")
     assert response.status_code == 200 and b"--accent" in b"".join(response.streaming_content)
+
+
+def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users, monkeypatch):
+    """Async views: no middleware hook goes through Django's sync thread, and no thread is started
+    per request (relay/inline_middleware.py, relay/asgi_handler.py). Sync views keep Django's
+    thread per request, so they still run side by side."""
+    import threading
+
+    import httpx
+    from asgiref.sync import SyncToAsync
+
+    from accounts.services import create_api_key
+
+    headers = {"Authorization": f"Bearer {create_api_key(users['user'], 'k').secret}"}
+    assert httpx.get(f"{asgi_server.url}/v1/models", headers=headers).status_code == 200  # the DB pool's thread
+    started, hops = [], []
+    thread_start, hop = threading.Thread.start, SyncToAsync.__call__
+
+    def counting_start(thread):
+        started.append(thread.name)
+        return thread_start(thread)
+
+    async def counting_hop(self, *args, **kwargs):
+        if self._thread_sensitive:
+            hops.append(getattr(self.func, "__name__", repr(self.func)))
+        return await hop(self, *args, **kwargs)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    monkeypatch.setattr(SyncToAsync, "__call__", counting_hop)
+    for _ in range(3):
+        assert httpx.get(f"{asgi_server.url}/v1/models", headers=headers).status_code == 200
+    assert started == []
+    assert not {"process_request", "process_response", "process_view"} & set(hops), hops
+    assert httpx.get(f"{asgi_server.url}/api/v1/me", headers=headers).status_code == 200  # a DRF (sync) view
+    assert started

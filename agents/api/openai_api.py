@@ -22,13 +22,13 @@ from agents.providers.catalog import available_models, resolve
 from agents.registry import all_agents
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
-from relay.api.serializers import StrictCharField
+from relay.api.serializers import SharedFieldsMixin, StrictCharField
 from relay.asyncdb import db
 
 AGENT_PREFIX = "relay-"
 
 
-class ChatCompletionSerializer(serializers.Serializer):
+class ChatCompletionSerializer(SharedFieldsMixin, serializers.Serializer):
     """OpenAI's request body; fields Relay does not use (top_p, seed, ...) are accepted and ignored."""
 
     model = StrictCharField(max_length=100)

@@ -1,0 +1,74 @@
+"""Process-local copies of rows every model call reads but that rarely change (prices, budgets).
+
+Reading them from the database costs more than the rest of a request's checks. Each process
+keeps its own copy, tagged with a version token held in the shared cache (Redis in
+production): whoever changes the rows replaces the token (`bump`), so every process reloads on
+its next read. One cache GET per lookup instead of several queries, and no stale window
+between instances, which a plain time-to-live would leave (a new hard budget must bind at once).
+
+`bump` runs twice: at once (readers in this process, and tests inside one transaction) and
+again after the change commits, so that a reader who loaded the old rows between the two
+cannot keep them under the new token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from django.core.cache import cache
+from django.db import transaction
+
+
+class VersionedCache:
+    def __init__(self, name: str, *, max_entries: int = 10_000, max_age: float = 300.0):
+        self.name, self.max_entries, self.max_age = name, max_entries, max_age
+        self._entries: dict = {}
+        self._lock = threading.Lock()
+
+    @property
+    def _version_key(self) -> str:
+        return f"versioned:{self.name}"
+
+    def view(self) -> _View:
+        """The copies under the current version: one cache read, however many lookups follow."""
+        version = cache.get(self._version_key)
+        if version is None:  # never tag copies with "no token": an evicted token would revive them
+            cache.add(self._version_key, uuid.uuid4().hex, None)
+            version = cache.get(self._version_key)
+        return _View(self, version)
+
+    def get(self, key, load):
+        return self.view().get(key, load)
+
+    def bump(self, **signal_kwargs) -> None:
+        """The rows changed: every process reloads (usable directly as a signal receiver)."""
+        self._replace_token()
+        transaction.on_commit(self._replace_token)
+
+    def _replace_token(self) -> None:
+        cache.set(self._version_key, uuid.uuid4().hex, None)
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class _View:
+    def __init__(self, owner: VersionedCache, version):
+        self.owner, self.version = owner, version
+
+    def get(self, key, load):
+        """The copy for key, or load() stored as the copy when it is missing, older or outdated."""
+        owner, now = self.owner, time.monotonic()
+        entry = owner._entries.get(key)
+        if entry is not None and entry[0] == self.version and now - entry[1] < owner.max_age:
+            return entry[2]
+        value = load()
+        with owner._lock:
+            if len(owner._entries) >= owner.max_entries:
+                owner._entries.clear()  # a rare reset beats tracking recency on every read
+            owner._entries[key] = (self.version, now, value)
+        return value

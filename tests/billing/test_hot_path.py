@@ -1,0 +1,158 @@
+"""What keeps a model call cheap without changing what it records: group commit, cached rules."""
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+
+from audit.maintenance import verify_chain
+from audit.models import AuditEvent
+from audit.services import appending_together, record
+from billing import services
+from billing.models import BudgetAlert, UsageRecord
+from tests.billing.conftest import make_budget, rid, seed_prices
+from tests.billing.test_charges import IN, OUT, WORST, usd
+from tests.conftest import require_postgres, require_redis
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _prices(transactional_db):
+    seed_prices()
+
+
+async def _open(user, key=None):
+    return await services.open_charge(request_id=rid(), user=user, api_key=key, model="local-mini",
+                                      input_tokens=IN, max_output_tokens=OUT)
+
+
+async def _close(charge, user, also=None, **extra):
+    return await services.close_charge(charge, user=user, api_key=None, agent="math", input_tokens=IN,
+                                       output_tokens=OUT, status="complete", latency_ms=3, also=also, **extra)
+
+
+# Below the least a request may reserve (input + one output token): refused outright.
+TOO_SMALL = usd(IN * 100)
+
+
+@pytest.fixture
+def sql(monkeypatch):
+    """The SQL run on any thread: the hot path's ORM work runs on the DB pool, not this thread."""
+    from django.db.backends import utils
+
+    seen, execute = [], utils.CursorWrapper._execute
+
+    def recording(self, query, *args):
+        seen.append(query)
+        return execute(self, query, *args)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute", recording)
+    return seen
+
+
+def _audited(record_):
+    record("agent.run", actor=record_.user, resource=f"usage:{record_.pk}", metadata={"cost": str(record_.cost)})
+
+
+def test_closings_that_arrive_together_commit_together(users, ledger, monkeypatch):
+    user, sizes = users["user"], []
+    batch = services._CLOSINGS.write_batch
+    monkeypatch.setattr(services._CLOSINGS, "write_batch", lambda writes: sizes.append(len(writes)) or batch(writes))
+
+    async def scenario():
+        charges = [await _open(user) for _ in range(20)]
+        return await asyncio.gather(*(_close(charge, user, also=_audited, tool_calls=[{"tool": "sympy"}])
+                                      for charge in charges))
+
+    records = asyncio.run(scenario())
+    assert sizes == [20]  # one transaction for all twenty
+    assert UsageRecord.objects.count() == 20 and all(r.pk for r in records)
+    # Each record's own audit event, chained in one append: the chain verifies.
+    events = AuditEvent.objects.filter(action="agent.run")
+    assert sorted(events.values_list("resource", flat=True)) == sorted(f"usage:{r.pk}" for r in records)
+    assert verify_chain().ok
+
+
+def test_a_bad_write_fails_only_its_own_caller(users, ledger):
+    user = users["user"]
+
+    def broken(record_):
+        raise ValueError("this answer cannot be stored")
+
+    async def scenario():
+        charges = [await _open(user) for _ in range(4)]
+        twice = charges[0]  # closed twice in the same batch: the second gets the first's record
+        return await asyncio.gather(_close(twice, user, also=_audited), _close(twice, user, also=_audited),
+                                    _close(charges[1], user, also=broken), _close(charges[2], user, also=_audited),
+                                    _close(charges[3], user), return_exceptions=True)
+
+    first, again, failed, third, fourth = asyncio.run(scenario())
+    assert isinstance(failed, ValueError)
+    assert first.pk == again.pk
+    assert set(UsageRecord.objects.values_list("pk", flat=True)) == {first.pk, third.pk, fourth.pk}
+    assert AuditEvent.objects.filter(action="agent.run").count() == 2  # none for the failed one, none twice
+    assert verify_chain().ok
+
+
+def test_events_appended_together_are_chained_in_order_or_not_at_all(users):
+    from django.db import transaction
+
+    with transaction.atomic(), appending_together():
+        made = [record("test.together", resource=f"n:{n}") for n in range(3)]
+        assert all(event.pk is None for event in made)  # not written before the block ends
+    assert [e.sequence for e in made] == [made[0].sequence + n for n in range(3)]
+    assert made[1].prev_hash == made[0].hash and made[2].prev_hash == made[1].hash
+
+    with pytest.raises(RuntimeError), transaction.atomic(), appending_together():
+        record("test.together", resource="lost")
+        raise RuntimeError("the transaction rolls back")
+    assert not AuditEvent.objects.filter(resource="lost").exists()
+    assert verify_chain().ok
+
+
+def test_prices_and_budgets_are_read_once_until_they_change(org, users, ledger, sql):
+    user = users["user"]
+    asyncio.run(_open(user))  # loads the copies
+    sql.clear()
+    charge = asyncio.run(_open(user))
+    assert charge.granted_nanos == services.UNLIMITED
+    assert not [query for query in sql if "billing_" in query]
+    make_budget(org, limit_usd=TOO_SMALL)  # a new hard budget binds on the very next request
+    with pytest.raises(services.BudgetExceeded):
+        asyncio.run(_open(user))
+
+
+def test_a_budget_created_by_another_process_binds_at_once(org, users, ledger):
+    require_redis()
+    require_postgres()
+    user = users["user"]
+    asyncio.run(_open(user))  # this process now holds "no budget covers this user"
+    db = settings.DATABASES["default"]
+    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
+    script = ("from decimal import Decimal; from billing.models import Budget; "
+              f"Budget.objects.create(organization_id={org.pk}, scope='organization', period='monthly', "
+              f"limit_usd=Decimal('{TOO_SMALL}'), hard=True)")
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", script], check=True, env=env, cwd=settings.BASE_DIR,
+                   capture_output=True, timeout=60)
+    with pytest.raises(services.BudgetExceeded):
+        asyncio.run(_open(user))
+
+
+def test_thresholds_are_looked_up_only_when_one_is_crossed(org, users, ledger, sql):
+    user = users["user"]
+    make_budget(org, limit_usd=usd(4 * WORST), hard=False, thresholds=[50])
+
+    def alert_queries():
+        charge = asyncio.run(_open(user))
+        sql.clear()
+        asyncio.run(_close(charge, user))
+        return [query for query in sql if "billing_budget" in query]
+
+    assert alert_queries() == []  # 25%: nothing crossed, no budget read
+    assert alert_queries() != []  # 50%: crossed, the alert is raised
+    assert BudgetAlert.objects.get().threshold == 50
+    assert alert_queries() == []
