@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.utils import timezone
 from rest_framework import exceptions
 
 from agents import events
@@ -86,6 +87,8 @@ def _check_request(req: RunRequest):
         raise exceptions.PermissionDenied(f"You may not use the {req.agent} agent.")
     model = resolve(req.model)
     if model is None:
+        if req.messages is not None:  # the OpenAI-compatible API answers an unknown model as OpenAI does
+            raise exceptions.NotFound(f"The model {req.model!r} does not exist.")
         raise exceptions.ValidationError({"model": [f"Unknown model {req.model!r}."]})
     allowed = getattr(req.api_key, "allowed_models", None)
     if allowed and model.name not in allowed:
@@ -95,10 +98,20 @@ def _check_request(req: RunRequest):
     return agent, model
 
 
-def _checked_request_and_history(req: RunRequest):
-    """One trip to the database threads for both: each hop costs time before the first token."""
+def _prepare_reads(req: RunRequest, now):
+    """Everything prepare reads, in one trip to the DB threads: each hop costs time before the first token.
+
+    The checks, the history, the optimizer's decision and the chosen model's price and budgets
+    (None when the model has no price: open_charge then raises UnknownModel itself).
+    """
     agent, model = _check_request(req)
-    return agent, model, _load_history(req)
+    history = _load_history(req)
+    decided = optimizer.decide(req, agent, model, history)
+    try:
+        rules = billing.load_rules(decided.model.name, req.user, req.api_key, now)
+    except billing.UnknownModel:
+        rules = None
+    return agent, model, history, decided, rules
 
 
 def _load_history(req: RunRequest) -> list[dict]:
@@ -127,8 +140,6 @@ class _Opening:
 def _turns(opening: _Opening, conversation) -> list:
     from datetime import timedelta
 
-    from django.utils import timezone
-
     from agents.models import Message
 
     req, asked = opening.req, timezone.now()
@@ -146,7 +157,9 @@ def _conversation(opening: _Opening, *, create: bool):
 
     req = opening.req
     if req.conversation_id:  # the caller's own, locked so turns of one conversation do not interleave
-        return Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
+        conversation = Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
+        conversation.save(update_fields=["updated_at"])  # a new turn: the conversation moves up its list
+        return conversation
     conversation = Conversation(id=opening.conversation_id, organization_id=req.user.organization_id, user=req.user,
                                 agent=opening.agent, title=" ".join(req.query.split())[:80] or "Image")
     if create:
@@ -183,10 +196,11 @@ _OPENINGS = GroupCommit(_open_many, _open_one)
 
 async def prepare(req: RunRequest) -> PreparedRun:
     """All checks and the budget reservation; raises DRF exceptions (4xx/5xx envelopes)."""
-    agent, model, history = await db(_checked_request_and_history)(req)
+    now = timezone.now()
+    agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
     # Cost optimizer (billing/optimizer): may route an unnamed model by complexity, trims long
     # histories and looks the question up in the response cache — all before anything is reserved.
-    plan = await optimizer.plan(req, agent, model, history)
+    plan = await optimizer.plan(req, agent, model, history, decided)
     model = plan.model
     ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=plan.history,
                      attachment=req.attachment, raw_messages=plan.raw_messages, client_tools=req.client_tools)
@@ -199,7 +213,7 @@ async def prepare(req: RunRequest) -> PreparedRun:
         else:
             charge = await billing.open_charge(request_id=req.request_id, user=req.user, api_key=req.api_key,
                                                model=model.name, input_tokens=input_tokens,
-                                               max_output_tokens=max_tokens)
+                                               max_output_tokens=max_tokens, now=now, rules=rules)
     except billing.BudgetExceeded as exceeded:
         metrics.record_refusal(agent=agent.name, reason="budget_exceeded", scope=exceeded.scope)
         raise BudgetExceededError(exceeded.message) from None
@@ -328,14 +342,14 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
 
 
 def _store_answer(run, progress, answer, record, quality, latency_ms) -> None:
-    from agents.models import Conversation, Message
+    from agents.models import Message
 
+    # The conversation's updated_at moved when the turn was opened (_conversation): not again here.
     Message.objects.filter(pk=run.message_id).update(
         content=answer, input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
         latency_ms=latency_ms, ttft_ms=progress.ttft_ms, quality_score=quality, quality_auto=quality,
         tool_calls=run.ctx.tool_records, status=progress.status, error_code=progress.error_code,
     )
-    Conversation.objects.filter(pk=run.conversation_id).update(updated_at=record.created_at)
 
 
 def _audit_run(run: PreparedRun, progress: _Progress, record) -> None:

@@ -116,6 +116,7 @@ class RedisBackend:
     def __init__(self, url: str):
         self.url = url
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {script text: script}
 
     def client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
@@ -131,8 +132,15 @@ class RedisBackend:
         return client
 
     async def run(self, script: str, *args):
+        client = self.client()
+        scripts = self._scripts.setdefault(asyncio.get_running_loop(), {})
+        registered = scripts.get(script)
+        if registered is None:
+            # EVALSHA: the script's hash instead of its text on every call (loaded again by
+            # redis-py if Redis restarted and forgot it).
+            registered = scripts[script] = client.register_script(script)
         try:
-            return await self.client().eval(script, 0, *args)  # EVAL: Redis caches the compiled script
+            return await registered(args=args)
         except RedisError as error:
             raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
 

@@ -28,7 +28,7 @@ from relay.group_commit import GroupCommit
 
 __all__ = [
     "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "release_charge",
-    "cost_usd", "record_budget_event",
+    "cost_usd", "record_budget_event", "load_rules",
 ]
 logger = logging.getLogger(__name__)
 UNLIMITED = sys.maxsize  # granted_nanos when no hard budget covers the request
@@ -88,8 +88,10 @@ class Charge:
 
 
 async def open_charge(*, request_id: str, user, api_key, model: str, input_tokens: int, max_output_tokens: int,
-                      now: datetime | None = None, ttl: float | None = None) -> Charge:
+                      now: datetime | None = None, ttl: float | None = None, rules=None) -> Charge:
     """Price the model and reserve the worst case against every budget covering the request.
+
+    rules: `load_rules(model, user, api_key, now)` already read by the caller, at the same `now`.
 
     Reserves up to input + max output tokens and at least input + one output token. Raises
     UnknownModel (no price), BudgetExceeded (a hard budget lacks even the minimum) or
@@ -101,7 +103,7 @@ async def open_charge(*, request_id: str, user, api_key, model: str, input_token
     if input_tokens < 0 or max_output_tokens < 0:
         raise ValueError("Token counts cannot be negative.")
     now = now or timezone.now()
-    price, covering = await run_db(_load_price_and_budgets, model, user, api_key, now)
+    price, covering = rules or await run_db(load_rules, model, user, api_key, now)
     charge = Charge(
         request_id=request_id, model=price.model, price_id=price.pk,
         input_nanos_per_token=nanos_per_token(price.input_per_1k),
@@ -195,7 +197,8 @@ async def _settle(charge: Charge, actual: int) -> dict[str, int]:
         return {}
 
 
-def _load_price_and_budgets(model: str, user, api_key, now: datetime):
+def load_rules(model: str, user, api_key, now: datetime):
+    """(price, covering budgets) of a request: sync, for callers that batch their DB reads (the runner)."""
     rules = RULES.view()
     return current_price(model, now, rules), budget_rules.covering_budgets(user, api_key, now, rules)
 

@@ -63,8 +63,26 @@ def build_config() -> uvicorn.Config:
     )
 
 
+def _settle_startup_objects() -> None:
+    """Load the application now and move what it allocated out of the garbage collector's way.
+
+    Django, DRF and the app leave ~150,000 long-lived objects, which every full collection would
+    walk again (~70 ms each here) while the requests' short-lived objects trigger collections.
+    Frozen, they are never scanned; the young generation's threshold is raised because a
+    request allocates thousands of objects that die with it.
+    """
+    import gc
+
+    import relay.asgi  # noqa: F401  (uvicorn finds it imported)
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(int(os.environ.get("RELAY_GC_THRESHOLD", "10000")), 20, 20)
+
+
 def main() -> None:
     config = build_config()
+    _settle_startup_objects()
     server = DrainingServer(config)
     try:
         server.run()

@@ -18,7 +18,7 @@ from rest_framework import exceptions, serializers
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
 from agents.api.serializers import MAX_QUERY_CHARS, clean_text
-from agents.providers.catalog import available_models, resolve
+from agents.providers.catalog import available_models
 from agents.registry import all_agents
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
@@ -64,10 +64,8 @@ def _run_request(drf_request, data: dict) -> runner.RunRequest:
     name = data["model"]
     if name.startswith(AGENT_PREFIX) and name[len(AGENT_PREFIX):] in all_agents():
         agent, model, raw = name[len(AGENT_PREFIX):], None, None
-    elif resolve(name) is not None:
+    else:  # an upstream or local model: runner.prepare answers 404 if none has this name
         agent, model, raw = "general", name, [{k: v for k, v in m.items()} for m in data["messages"]]
-    else:
-        raise exceptions.NotFound(f"The model {name!r} does not exist.")
     query = clean_text(text_of(next(m for m in reversed(data["messages"]) if m["role"] == "user").get("content")))
     if not query.strip():
         raise exceptions.ValidationError({"messages": ["The last user message is empty."]})
@@ -176,7 +174,7 @@ async def chat_completions(request, drf_request):
     serializer = ChatCompletionSerializer(data=read_json(request))
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
-    run = await runner.prepare(await db(_run_request)(drf_request, data))
+    run = await runner.prepare(_run_request(drf_request, data))
     if not data["stream"]:
         return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

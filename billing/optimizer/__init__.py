@@ -86,7 +86,8 @@ def _cacheable(req, history) -> bool:
                 and not req.client_tools and not (req.temperature or 0) > 0)
 
 
-def _decide(req, agent, model, history) -> Plan:
+def decide(req, agent, model, history) -> Plan:
+    """The plan without the cache lookup: sync ORM code, for a DB thread."""
     from agents.providers.catalog import resolve
 
     organization, switches = _settings(req.user.organization_id)
@@ -110,9 +111,12 @@ def _decide(req, agent, model, history) -> Plan:
     return result
 
 
-async def plan(req, agent, model, history: list[dict]) -> Plan:
-    """Route, trim and look up the cache for one request (one DB round trip + one cache read)."""
-    result = await run_db(_decide, req, agent, model, history)
+async def plan(req, agent, model, history: list[dict], decided: Plan | None = None) -> Plan:
+    """Route, trim and look up the cache for one request (one DB round trip + one cache read).
+
+    decided: `decide(...)` already made by the caller on a DB thread (saving the round trip).
+    """
+    result = decided or await run_db(decide, req, agent, model, history)
     if result.cache_key:
         result.cached_answer = await get_cache().get(result.cache_key)
     return result
