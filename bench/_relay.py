@@ -103,6 +103,26 @@ class RelayInstance:
         self.process.wait(timeout=20)
         if self.dbname:
             subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", self.dbname], check=False)
+        self._forget_redis_keys()
+
+    def _forget_redis_keys(self):
+        """Drop this run's cache and ledger keys: a shared Redis keeps them (ledger records for a day),
+        and every SCAN of the test suite would walk them."""
+        prefix, url = self.env.get("RELAY_CACHE_PREFIX"), self.env.get("REDIS_URL")
+        if not prefix or not url or prefix == "relay":
+            return
+        import redis
+
+        client = redis.Redis.from_url(url)
+        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
+            batch = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) == 1000:
+                    client.delete(*batch)
+                    batch = []
+            if batch:
+                client.delete(*batch)
 
 
 def server_command(server: str, port: int, workers: int = 1) -> list[str]:
