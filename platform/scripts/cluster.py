@@ -19,6 +19,7 @@ Needs PostgreSQL and Redis: DATABASE_URL and REDIS_URL (defaults: the local serv
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import secrets
@@ -289,7 +290,9 @@ def wait_ready(url: str, timeout: float, entry: dict, logs: Path) -> None:
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own http URL)
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
+        # HTTPException too: before the instance listens, a poll from an ephemeral port equal to
+        # the target port connects to itself and reads back its own request (BadStatusLine).
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
             pass
         if not is_ours(entry):
             tail = (logs / f"{entry['name']}.log").read_text(errors="replace")[-3000:]
