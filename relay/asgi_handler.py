@@ -28,6 +28,7 @@ def serves_async_view(path: str) -> bool:
 
 class RelayASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
+        # Under a script prefix the path would need stripping before resolving: Django's way then.
         if scope["type"] == "http" and not scope.get("root_path") and serves_async_view(scope["path"]):
             await self.handle(scope, receive, send)
             return

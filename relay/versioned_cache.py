@@ -39,9 +39,6 @@ class VersionedCache:
             version = cache.get(self._version_key)
         return _View(self, version)
 
-    def get(self, key, load):
-        return self.view().get(key, load)
-
     def bump(self, **signal_kwargs) -> None:
         """The rows changed: every process reloads (usable directly as a signal receiver)."""
         self._replace_token()
