@@ -8,12 +8,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,9 +21,10 @@ from billing.ledger import get_ledger
 from billing.models import Budget, UsageRecord
 from tests.conftest import ASGIServer, require_postgres, require_redis
 from tests.streaming.conftest import parse_sse
+from tests.uvicorn_worker import UvicornWorker
+from tests.uvicorn_worker import start_workers as uvicorn_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 IN_PRICE, OUT_PRICE = 1000, 2000  # nano-dollars per token of "fake-large" (tests/streaming/conftest.py)
 
 
@@ -43,59 +40,15 @@ def production_services() -> bool:
     return settings.DATABASES["default"]["ENGINE"].endswith("postgresql") and bool(settings.REDIS_URL)
 
 
-class Worker:
-    """One uvicorn process serving relay.asgi against the test database and Redis."""
-
-    def __init__(self, **env_overrides):
-        db = settings.DATABASES["default"]
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(128)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "relay.settings", "ALLOWED_HOSTS": "127.0.0.1,localhost",
-               "RELAY_BEHIND_TLS": "0", "RELAY_LOG_LEVEL": "WARNING", "SECRET_KEY": settings.SECRET_KEY,
-               "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-               "REDIS_URL": settings.REDIS_URL, **env_overrides}
-        # PYTEST_XDIST_WORKER stays: the workers then use this test's ledger and cache key space.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "relay.asgi:application", "--fd", str(self.socket.fileno()),
-             "--lifespan", "off", "--log-level", "warning"],
-            cwd=ROOT, env=env, pass_fds=[self.socket.fileno()], stderr=subprocess.PIPE)
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(self.process.stderr.read().decode()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("worker did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stderr.close()
-        self.socket.close()
-
-
-def start_workers(count: int, **env) -> list[Worker]:
-    workers = [Worker(**env) for _ in range(count)]
-    deadline = time.monotonic() + 60
-    try:
-        for worker in workers:
-            worker.wait_ready(deadline)
-    except BaseException:
-        for worker in workers:
-            worker.stop()
-        raise
-    return workers
+def start_workers(count: int, **env_overrides) -> list[UvicornWorker]:
+    """Uvicorn processes on the test database and Redis."""
+    db = settings.DATABASES["default"]
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "relay.settings", "ALLOWED_HOSTS": "127.0.0.1,localhost",
+           "RELAY_BEHIND_TLS": "0", "RELAY_LOG_LEVEL": "WARNING", "SECRET_KEY": settings.SECRET_KEY,
+           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+           "REDIS_URL": settings.REDIS_URL, **env_overrides}
+    # PYTEST_XDIST_WORKER stays: the workers then use this test's ledger and cache key space.
+    return uvicorn_workers([env] * count)
 
 
 def prompt_tokens(query: str) -> int:

@@ -1,67 +1,28 @@
 """Several worker processes per instance share one PROMETHEUS_MULTIPROC_DIR; /metrics sums them."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from relay.observability import multiproc
 from tests.observability.conftest import METRICS_TOKEN, value
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Worker:
-    """One uvicorn process serving relay.asgi on its own inherited socket."""
-
-    def __init__(self, metrics_dir: Path):
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(64)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "RELAY_METRICS_TOKEN": METRICS_TOKEN,
-               "DJANGO_SETTINGS_MODULE": "relay.settings",
-               "ALLOWED_HOSTS": "127.0.0.1"}
-        env.pop("PYTEST_XDIST_WORKER", None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "relay.asgi:application", "--fd", str(self.socket.fileno()),
-             "--lifespan", "off", "--log-level", "warning"],
-            cwd=ROOT, env=env, pass_fds=[self.socket.fileno()], stderr=subprocess.PIPE)
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(self.process.stderr.read().decode()[-3000:])
-            try:
-                httpx.get(f"{self.url}/readyz", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("worker did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.socket.close()
+from tests.uvicorn_worker import start_workers
 
 
 @pytest.fixture
 def two_workers(tmp_path):
     metrics_dir = tmp_path / "instance-a"
     multiproc.prepare_directory(metrics_dir)
-    workers = [Worker(metrics_dir), Worker(metrics_dir)]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "RELAY_METRICS_TOKEN": METRICS_TOKEN,
+           "DJANGO_SETTINGS_MODULE": "relay.settings", "ALLOWED_HOSTS": "127.0.0.1"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    # Any answer from /readyz (its status depends on services this test does not need); not
+    # /healthz, whose requests the test counts.
+    workers = start_workers([env, env], ready_path="/readyz", any_answer=True)
     try:
-        deadline = time.monotonic() + 60
-        for worker in workers:
-            worker.wait_ready(deadline)
         yield workers, metrics_dir
     finally:
         for worker in workers:
