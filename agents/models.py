@@ -54,7 +54,10 @@ class Message(models.Model):
     tool_calls = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE, db_index=True)
     error_code = models.CharField(max_length=64, blank=True)
+    # The run's id, named by the server (its ledger reservation and usage record carry the same).
     request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    client_request_id = models.CharField(max_length=64, blank=True,
+                                         help_text="The client's X-Request-ID: a correlation label, not an identity.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -55,7 +55,9 @@ class RunRequest:
     messages: list[dict] | None = None       # OpenAI-compatible API: the client's whole conversation
     client_tools: list[dict] | None = None   # OpenAI-compatible API: tools passed through to the model
     cache: bool = True                       # False: neither read nor fill the response cache
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    client_request_id: str = ""              # the client's X-Request-ID: a correlation label, never an identity
+    # The server names its runs: the ledger reservation, the usage record and the audit event use this id.
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()), init=False)
 
 
 @dataclass
@@ -145,10 +147,10 @@ def _turns(opening: _Opening, conversation) -> list:
     req, asked = opening.req, timezone.now()
     return [  # the answer sorts after the question
         Message(conversation=conversation, role=Message.Role.USER, content=req.query, agent=opening.agent,
-                request_id=req.request_id, created_at=asked),
+                request_id=req.run_id, client_request_id=req.client_request_id, created_at=asked),
         Message(id=opening.message_id, conversation=conversation, role=Message.Role.ASSISTANT, agent=opening.agent,
-                model=opening.model, status=Message.Status.RUNNING, request_id=req.request_id,
-                created_at=asked + timedelta(microseconds=1)),
+                model=opening.model, status=Message.Status.RUNNING, request_id=req.run_id,
+                client_request_id=req.client_request_id, created_at=asked + timedelta(microseconds=1)),
     ]
 
 
@@ -209,9 +211,9 @@ async def prepare(req: RunRequest) -> PreparedRun:
     remaining_tokens = await ratelimit.admit(req.api_key, input_tokens, max_tokens)  # 429 rate_limited
     try:
         if plan.hit:  # a cached answer costs nothing: no reservation, a zero-priced charge
-            charge = await optimizer.free_charge(request_id=req.request_id, user=req.user, model=model.name)
+            charge = await optimizer.free_charge(request_id=req.run_id, user=req.user, model=model.name)
         else:
-            charge = await billing.open_charge(request_id=req.request_id, user=req.user, api_key=req.api_key,
+            charge = await billing.open_charge(request_id=req.run_id, user=req.user, api_key=req.api_key,
                                                model=model.name, input_tokens=input_tokens,
                                                max_output_tokens=max_tokens, now=now, rules=rules)
     except billing.BudgetExceeded as exceeded:
@@ -264,7 +266,7 @@ async def stream(run: PreparedRun):
         progress.status, progress.error_code = "error", failure.code
         yield events.error(failure.code, failure.message)
     except Exception:
-        logger.exception("agent %s failed (request %s)", run.agent.name, run.request.request_id)
+        logger.exception("agent %s failed (run %s)", run.agent.name, run.request.run_id)
         progress.status, progress.error_code = "error", "agent_error"
         yield events.error("agent_error", "The agent failed unexpectedly; the error has been logged.")
     usage = await asyncio.shield(_finish(run, progress))
@@ -331,6 +333,7 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
         run.charge, user=run.request.user, api_key=run.request.api_key, agent=run.agent.name,
         input_tokens=input_tokens, output_tokens=output_tokens, status=progress.status, latency_ms=latency_ms,
         message_id=run.message_id, tool_calls=tool_calls, cached=bool(run.plan and run.plan.hit), also=store,
+        client_request_id=run.request.client_request_id,
     )
     await optimizer.remember(run.plan, progress.status, answer, run.ctx.facts)  # complete misses only
     await metrics.refresh_known_models_if_stale()
@@ -358,7 +361,8 @@ def _audit_run(run: PreparedRun, progress: _Progress, record) -> None:
 
     metadata = {"agent": run.agent.name, "model": run.model.name, "status": progress.status,
                 "cost": str(record.cost), "input_tokens": record.input_tokens,
-                "output_tokens": record.output_tokens, "request_id": run.request.request_id}
+                "output_tokens": record.output_tokens, "run_id": run.request.run_id,
+                "client_request_id": run.request.client_request_id}
     if settings.RELAY_AUDIT_PROMPTS:
         metadata["prompt"] = run.request.query[:4000]
     audit_record(actions.AGENT_RUN, status="success" if progress.status != "error" else "error",

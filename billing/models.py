@@ -87,7 +87,9 @@ class UsageRecord(models.Model):
     status = models.CharField(max_length=20, choices=STATUS_CHOICES)
     complete = models.BooleanField(default=False)
     latency_ms = models.PositiveIntegerField(default=0)
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64, unique=True, help_text="The run's id, named by the server.")
+    client_request_id = models.CharField(max_length=64, blank=True,
+                                         help_text="The client's X-Request-ID: a correlation label, not an identity.")
     message_id = models.UUIDField(null=True, blank=True)  # agents.Message (its own app may be pruned)
     # The time the request was reserved: it decides the budget period the request belongs to.
     created_at = models.DateTimeField(default=timezone.now)

@@ -155,7 +155,7 @@ def _spent_counters(wanted: list, now: datetime) -> dict[str, int]:
 
 async def close_charge(charge: Charge, *, user, api_key, agent: str, input_tokens: int, output_tokens: int,
                        status: str, latency_ms: int, cached: bool = False, message_id=None,
-                       tool_calls: list[dict] = (), also=None) -> UsageRecord:  # noqa: F821 (lazy model import)
+                       tool_calls: list[dict] = (), also=None, client_request_id: str = "") -> UsageRecord:  # noqa: F821 (lazy model import)
     """Record the request's usage and settle its reservation to the actual cost.
 
     `also(record)`, if given, is sync ORM work that belongs to the same unit (the runner stores the
@@ -172,6 +172,7 @@ async def close_charge(charge: Charge, *, user, api_key, agent: str, input_token
     actual = min(charge.cost_nanos(input_tokens, output_tokens), charge.granted_nanos)
     closing = _Closing(_usage_record(charge, user, api_key, agent, input_tokens, output_tokens, actual, status,
                                      latency_ms, cached, message_id), list(tool_calls), also)
+    closing.record.client_request_id = client_request_id[:64]
     try:
         record, created = await _CLOSINGS.submit(closing)
     finally:

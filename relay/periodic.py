@@ -80,7 +80,7 @@ def _interrupt(message) -> bool:
         record(actions.AGENT_RUN, status=actions.ERROR, actor=conversation.user,
                organization=conversation.organization_id, resource=f"message:{message.pk}",
                metadata={"agent": message.agent, "model": message.model, "status": "interrupted",
-                         "cost": "0", "input_tokens": 0, "output_tokens": 0, "request_id": message.request_id})
+                         "cost": "0", "input_tokens": 0, "output_tokens": 0, "run_id": message.request_id})
     return True
 
 
@@ -98,7 +98,8 @@ def _record_zero_usage(message, conversation) -> None:
         return
     user = conversation.user
     UsageRecord.objects.create(
-        request_id=message.request_id, organization_id=conversation.organization_id, team_id=user.team_id,
+        request_id=message.request_id, client_request_id=message.client_request_id,
+        organization_id=conversation.organization_id, team_id=user.team_id,
         user=user, agent=message.agent, model=price.model, price=price, status="interrupted",
         complete=False, message_id=message.pk, created_at=message.created_at)
 

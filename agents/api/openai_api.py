@@ -98,7 +98,7 @@ def _openai_error(response: JsonResponse) -> JsonResponse:
 class _Chunks:
     def __init__(self, run: runner.PreparedRun, model: str):
         self.run, self.model = run, model
-        self.id = f"chatcmpl-{run.request.request_id}"
+        self.id = f"chatcmpl-{run.request.run_id}"
         self.created = int(time.time())
 
     def chunk(self, delta: dict | None, finish_reason=None, **extra) -> bytes:
@@ -158,7 +158,7 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
     message = {"role": "assistant", "content": "".join(answer) or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
-    return {"id": f"chatcmpl-{run.request.request_id}", "object": "chat.completion", "created": int(time.time()),
+    return {"id": f"chatcmpl-{run.request.run_id}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "message": message,
                                          "finish_reason": _finish_reason(run, status, len(calls))}],
             "usage": usage}

@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import json
-import uuid
 
 from django.http import JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -31,7 +30,7 @@ def run_request(drf_request, data: dict, **extra) -> runner.RunRequest:
         conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
         model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
         cache=data.get("cache", True), attachment=data.get("image"),
-        request_id=getattr(drf_request._request, "request_id", None) or str(uuid.uuid4()),
+        client_request_id=getattr(drf_request._request, "request_id", ""),
         **extra,
     )
 

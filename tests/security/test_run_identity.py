@@ -14,7 +14,14 @@ import pytest
 from agents.models import Message
 from audit.models import AuditEvent
 from billing.models import UsageRecord
-from tests.billing.test_live_budgets import IN_PRICE, OUT_PRICE, key_budget, ledger_figures, live_settings, prompt_tokens
+from tests.billing.test_live_budgets import (
+    IN_PRICE,
+    OUT_PRICE,
+    key_budget,
+    ledger_figures,
+    live_settings,
+    prompt_tokens,
+)
 from tests.live import instances
 
 pytestmark = pytest.mark.django_db(transaction=True)
