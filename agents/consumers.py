@@ -1,10 +1,15 @@
-"""WebSocket /ws/chat/: the streaming protocol of DESIGN.md section 6 over one socket.
+"""WebSocket /ws/chat/: the streaming protocol of docs/design.md section 6 over one socket.
 
 The browser is authenticated by its session; other clients send {"type": "auth", "token"}
 first (an API key or a JWT). Then {"type": "query", ...} (the body of /api/v1/stream) runs an
 agent, {"type": "cancel"} stops it. Queries for different conversations may run side by side;
-each event carries the `conversation_id` it belongs to. Auth failure closes with 4401,
-permission failure with 4403.
+each event carries the `conversation_id` it belongs to.
+
+The socket keeps the credential, not the user it found: every query passes the same admission
+step as an HTTP request (accounts.admission.admit), so a key revoked, an owner deactivated or a
+role lowered on any instance binds the next query, and the key's requests/minute count here
+too. A dead credential closes the socket with 4401, a missing permission with 4403; each
+refusal is recorded in the audit trail as the HTTP API records it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import logging
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions
 
+from accounts.admission import SessionCredential, TokenCredential, admit
+from accounts.permissions import AUTHENTICATED
 from agents import runner
 from agents.api.serializers import QuerySerializer
+from audit import context as audit_context
 from relay.asyncdb import db
 from relay.observability import metrics
 
@@ -26,26 +34,8 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_RUNNING = 4
 AUTH_TIMEOUT_SECONDS = 10
 CLOSE_AUTH_FAILED, CLOSE_FORBIDDEN = 4401, 4403
-
-
-def authenticate_token(token: str):
-    """(user, api_key) for an API key or a JWT access token; AuthenticationFailed otherwise."""
-    from accounts.services import KEY_PREFIX, KeyRejected, authenticate_key
-
-    if token.startswith(KEY_PREFIX):
-        try:
-            key = authenticate_key(token)
-        except KeyRejected as rejected:
-            raise exceptions.AuthenticationFailed(rejected.reason) from None
-        return key.owner, key
-    from rest_framework_simplejwt.authentication import JWTAuthentication
-    from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
-
-    auth = JWTAuthentication()
-    try:
-        return auth.get_user(auth.get_validated_token(token)), None
-    except (InvalidToken, TokenError) as error:
-        raise exceptions.AuthenticationFailed(str(error)) from None
+_CLOSE_CODES = {401: CLOSE_AUTH_FAILED, 403: CLOSE_FORBIDDEN}
+PATH = "/ws/chat/"
 
 
 def _validate_query(message: dict) -> dict:
@@ -54,8 +44,22 @@ def _validate_query(message: dict) -> dict:
     return serializer.validated_data
 
 
+def refusal(exc: exceptions.APIException) -> tuple[int, dict]:
+    """(status, error) as the HTTP API would answer `exc`; a 401/403 is recorded as the HTTP API records it."""
+    from audit.signals import record_refusal
+    from relay.api.errors import exception_handler
+
+    response = exception_handler(exc, {"request": None, "view": None})
+    error = dict(response.data["error"])
+    error.pop("fields", None)
+    record_refusal(response.status_code, error["code"], error["message"], method="WEBSOCKET", path=PATH,
+                   resource=PATH)
+    return response.status_code, error
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
-    user = None
+    credential = None  # what the client presented, admitted again before every query
+    user = None  # whom it authenticated as (the socket's group)
     api_key = None
 
     async def connect(self):
@@ -63,9 +67,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.pending = 0
         await self.accept()
         self.session_counted = metrics.session_started()
+        self.client_ip = audit_context.current().ip
         session_user = self.scope.get("user")
         if session_user is not None and session_user.is_authenticated:
-            await self._signed_in(session_user, None)
+            await self._signed_in(SessionCredential(self.scope["session"].session_key, self.client_ip),
+                                  session_user, None)
         else:
             self.auth_deadline = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_SECONDS, self._auth_timeout)
 
@@ -74,8 +80,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             asyncio.ensure_future(self._refuse("not_authenticated", "Send {\"type\": \"auth\"} first.",
                                                CLOSE_AUTH_FAILED))
 
-    async def _signed_in(self, user, api_key):
-        self.user, self.api_key = user, api_key
+    async def _signed_in(self, credential, user, api_key):
+        self.credential, self.user, self.api_key = credential, user, api_key
         self.group = f"user-{user.pk}"
         await self.channel_layer.group_add(self.group, self.channel_name)
 
@@ -95,6 +101,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, code: str, message: str, close_code: int):
         await self.send_event({"type": "error", "code": code, "message": message})
         await self.close(code=close_code)
+
+    async def _refused(self, exc: exceptions.APIException, **extra) -> None:
+        """Answer a refusal as an error event; a dead credential or a missing permission also closes."""
+        status, error = await db(refusal)(exc)
+        await self.send_event({"type": "error", **error, **extra})
+        if status in _CLOSE_CODES:
+            await self.close(code=_CLOSE_CODES[status])
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None or len(text_data.encode()) > MAX_FRAME_BYTES:
@@ -123,19 +136,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _on_auth(self, message):
         token = message.get("token")
         if not isinstance(token, str) or not token:
-            await self._refuse("not_authenticated", "The auth message needs a token.", CLOSE_AUTH_FAILED)
+            await self._refused(exceptions.NotAuthenticated("The auth message needs a token."))
             return
+        credential = TokenCredential(token, self.client_ip)
         try:
-            user, key = await db(authenticate_token)(token)
-        except exceptions.AuthenticationFailed as failure:
-            await self._refuse("authentication_failed", str(failure.detail), CLOSE_AUTH_FAILED)
+            admitted = await db(admit)(credential, AUTHENTICATED, throttle=False)
+        except exceptions.APIException as refused:
+            await self._refused(refused)
             return
-        await self._signed_in(user, key)
-        await self.send_event({"type": "authenticated", "user": user.get_username()})
+        await self._signed_in(credential, admitted.user, admitted.api_key)
+        await self.send_event({"type": "authenticated", "user": admitted.user.get_username()})
 
     async def _on_query(self, message):
-        if self.user is None:
-            await self._refuse("not_authenticated", "Authenticate before sending queries.", CLOSE_AUTH_FAILED)
+        if self.credential is None:
+            await self._refused(exceptions.NotAuthenticated("Authenticate before sending queries."))
             return
         if len(self.runs) + self.pending >= MAX_RUNNING:
             await self.send_event({"type": "error", "code": "too_many_requests",
@@ -146,32 +160,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_event({"type": "error", "code": "conversation_busy", "conversation_id": conversation,
                                    "message": "This conversation is still answering; cancel it or wait."})
             return
-        self.pending += 1
-        try:
-            run = await self._prepare(message)
-        finally:
-            self.pending -= 1
-        if run is not None:
-            task = asyncio.ensure_future(self._stream(run))
-            self.runs[run.conversation_id] = task
-            task.add_done_callback(lambda _t, cid=run.conversation_id: self.runs.pop(cid, None))
+        # Each query is audited as its own request: its own id, its own refusal record.
+        with audit_context.bind(request_id=audit_context.new_request_id(), denial_recorded=False):
+            self.pending += 1
+            try:
+                run = await self._prepare(message)
+            finally:
+                self.pending -= 1
+            if run is not None:
+                task = asyncio.ensure_future(self._stream(run))
+                self.runs[run.conversation_id] = task
+                task.add_done_callback(lambda _t, cid=run.conversation_id: self.runs.pop(cid, None))
 
     async def _prepare(self, message) -> runner.PreparedRun | None:
+        """The same door as HTTP: admission against the credential's current state, then the run's checks."""
         try:
+            admitted = await db(admit)(self.credential)
+            self.user, self.api_key = admitted.user, admitted.api_key
             data = await db(_validate_query)(message)
-            request = runner.RunRequest(
-                user=self.user, api_key=self.api_key, agent=data["agent_type"], query=data["query"],
-                conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
-                model=data.get("model") or None, max_tokens=data.get("max_tokens"),
-                temperature=data.get("temperature"), cache=data.get("cache", True), attachment=data.get("image"))
+            request = runner.new_request(admitted.user, admitted.api_key, data,
+                                         client_request_id=audit_context.current().request_id)
             return await runner.prepare(request)
-        except exceptions.PermissionDenied as denied:
-            await self._refuse("permission_denied", str(denied.detail), CLOSE_FORBIDDEN)
-        except exceptions.APIException as error:
-            from relay.api.errors import _flatten
-
-            await self.send_event({"type": "error", "code": error.default_code if not isinstance(
-                error, exceptions.ValidationError) else "invalid", "message": _flatten(error.detail)})
+        except exceptions.APIException as refused:
+            await self._refused(refused)
         return None
 
     async def _stream(self, run: runner.PreparedRun):

@@ -60,6 +60,20 @@ class RunRequest:
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()), init=False)
 
 
+def new_request(user, api_key, data: dict, *, client_request_id: str = "", **extra) -> RunRequest:
+    """The one request builder: a run for an admitted caller from a validated body (QuerySerializer's shape).
+
+    Every transport builds its runs here (/api/v1/query and /stream, /v1/chat/completions, the
+    WebSocket); `extra` carries what only the OpenAI-compatible API has (messages, client tools).
+    """
+    return RunRequest(
+        user=user, api_key=api_key, agent=data["agent_type"], query=data["query"],
+        conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
+        model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
+        cache=data.get("cache", True), attachment=data.get("image"), client_request_id=client_request_id, **extra,
+    )
+
+
 @dataclass
 class PreparedRun:
     request: RunRequest

@@ -31,18 +31,28 @@ def on_login_failed(sender, credentials, request=None, **kwargs):
 
 def on_api_error(request, status_code, code, message):
     """relay.api.errors listener: one `denied` event per 401/403 the API answers."""
-    if status_code not in (401, 403) or request is None or context.current().denial_recorded:
+    if request is None:
         return
     view = (getattr(request, "parser_context", None) or {}).get("view")
-    if status_code == 401:
-        action = getattr(view, "audit_auth_failure_action", actions.AUTH_FAILED)
-    else:
-        action = actions.PERMISSION_DENIED
     match = getattr(request, "resolver_match", None)
-    record(action, status=actions.DENIED, request=request,
-           resource=(match.view_name if match else request.path)[:255],
-           metadata={"method": request.method, "path": request.path[:500], "status": status_code,
-                     "code": code, "message": message[:500]})
+    record_refusal(status_code, code, message, method=request.method, path=request.path,
+                   resource=match.view_name if match else request.path, request=request,
+                   auth_failure_action=getattr(view, "audit_auth_failure_action", actions.AUTH_FAILED))
+
+
+def record_refusal(status_code: int, code: str, message: str, *, method: str, path: str, resource: str,
+                   request=None, auth_failure_action: str = actions.AUTH_FAILED) -> None:
+    """The one `denied` event of a 401/403, whichever transport refused (HTTP, WebSocket).
+
+    Nothing is written when the refusal was already recorded in this context (a revoked key's
+    use is recorded as such by the key check), so one refusal never yields two events.
+    """
+    if status_code not in (401, 403) or context.current().denial_recorded:
+        return
+    action = auth_failure_action if status_code == 401 else actions.PERMISSION_DENIED
+    record(action, status=actions.DENIED, request=request, resource=resource[:255],
+           metadata={"method": method, "path": path[:500], "status": status_code, "code": code,
+                     "message": message[:500]})
 
 
 def _admin_resource(entry) -> str:

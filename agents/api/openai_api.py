@@ -71,12 +71,11 @@ def _run_request(drf_request, data: dict) -> runner.RunRequest:
         raise exceptions.ValidationError({"messages": ["The last user message is empty."]})
     history = [{"role": m["role"], "content": text_of(m.get("content"))} for m in data["messages"][:-1]
                if m["role"] in ("user", "assistant")]
-    return runner.RunRequest(
-        user=drf_request.user, api_key=request_key(drf_request), agent=agent, query=query[:MAX_QUERY_CHARS],
-        model=model, max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
-        temperature=data.get("temperature"), messages=raw if raw is not None else None,
-        client_tools=data.get("tools") or None, history=history,
-    )
+    body = {"agent_type": agent, "query": query[:MAX_QUERY_CHARS], "model": model, "temperature": data.get("temperature"),
+            "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens")}
+    return runner.new_request(drf_request.user, request_key(drf_request), body,
+                              client_request_id=getattr(drf_request._request, "request_id", ""),
+                              messages=raw, client_tools=data.get("tools") or None, history=history)
 
 
 def _openai_error(response: JsonResponse) -> JsonResponse:

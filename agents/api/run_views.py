@@ -24,15 +24,9 @@ def validated(serializer_class, data) -> dict:
     return serializer.validated_data
 
 
-def run_request(drf_request, data: dict, **extra) -> runner.RunRequest:
-    return runner.RunRequest(
-        user=drf_request.user, api_key=request_key(drf_request), agent=data["agent_type"], query=data["query"],
-        conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
-        model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
-        cache=data.get("cache", True), attachment=data.get("image"),
-        client_request_id=getattr(drf_request._request, "request_id", ""),
-        **extra,
-    )
+def run_request(drf_request, data: dict) -> runner.RunRequest:
+    return runner.new_request(drf_request.user, request_key(drf_request), data,
+                              client_request_id=getattr(drf_request._request, "request_id", ""))
 
 
 @api_endpoint(AUTHENTICATED, schema={"request": QuerySerializer, "responses": AnswerSerializer,

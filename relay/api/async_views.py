@@ -19,24 +19,16 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from accounts.permissions import holds, request_key
 from relay.api.errors import PayloadTooLarge, exception_handler
 from relay.asyncdb import db
 
 
 def _authenticate(django_request, requirement, throttle: bool):
+    """The one admission step (accounts.admission.admit) for an HTTP request; the DRF request."""
+    from accounts.admission import HTTPCredential, admit
+
     request = Request(django_request, authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES])
-    user = request.user  # runs the authenticators (raises AuthenticationFailed)
-    if requirement is not None:
-        if not user or not user.is_authenticated:
-            raise exceptions.NotAuthenticated()
-        if not holds(user, request_key(request), requirement):
-            raise exceptions.PermissionDenied()
-    if throttle:
-        for throttle_class in api_settings.DEFAULT_THROTTLE_CLASSES:
-            limiter = throttle_class()
-            if not limiter.allow_request(request, None):
-                raise exceptions.Throttled(wait=limiter.wait())
+    admit(HTTPCredential(request), requirement, throttle=throttle)
     return request
 
 

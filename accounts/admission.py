@@ -1,0 +1,125 @@
+"""One door: every query is admitted against the credential's current state.
+
+HTTP requests and WebSocket queries present credentials in different ways (an Authorization
+header, a session cookie, a token in a socket's first frame), but each query passes the same
+step, `admit`: authenticate against the current state (a revoked or expired key, a deactivated
+owner and a lowered role are seen at once: the key cache is shared and dropped on every change),
+authorize, then count the key's requests/minute. A WebSocket keeps its credential, not the user
+it found at connect time, and is admitted again before every query, so a change made through any
+instance binds the next query on every transport.
+
+Refusals are raised as DRF exceptions; each transport turns them into its answer (an error
+envelope, or an error event and a close code) and records 401/403 through
+`audit.signals.record_refusal`, once per refusal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from types import SimpleNamespace
+
+from django.conf import settings
+from rest_framework import exceptions
+from rest_framework.settings import api_settings
+
+from accounts.permissions import AUTHENTICATED, holds, request_key
+from audit import context as audit_context
+
+
+@dataclass(frozen=True)
+class HTTPCredential:
+    """Whatever an HTTP request carries, read by DRF's authenticators (API key, JWT, session + CSRF)."""
+
+    request: object  # a rest_framework Request
+
+    def authenticate(self):
+        return self.request.user, request_key(self.request)
+
+    def throttle_subject(self, user, key):
+        return self.request
+
+
+@dataclass(frozen=True)
+class TokenCredential:
+    """An API key or a JWT access token, as a program sends it in a WebSocket's auth frame."""
+
+    token: str = field(repr=False)
+    client_ip: str | None = None
+
+    def authenticate(self):
+        from accounts.services import KEY_PREFIX, KeyRejected, authenticate_key
+
+        if self.token.startswith(KEY_PREFIX):
+            try:
+                key = authenticate_key(self.token, client_ip=self.client_ip)
+            except KeyRejected as rejected:
+                raise exceptions.AuthenticationFailed(rejected.reason) from None
+            return key.owner, key
+        from rest_framework_simplejwt.authentication import JWTAuthentication
+        from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+
+        jwt = JWTAuthentication()
+        try:
+            return jwt.get_user(jwt.get_validated_token(self.token)), None  # get_user refuses inactive users
+        except (InvalidToken, TokenError) as error:
+            raise exceptions.AuthenticationFailed(str(error)) from None
+
+    def throttle_subject(self, user, key):
+        return _subject(user, key, self.client_ip)
+
+
+@dataclass(frozen=True)
+class SessionCredential:
+    """A browser's session, by its key: read again from the session store for every query."""
+
+    session_key: str = field(repr=False)
+    client_ip: str | None = None
+
+    def authenticate(self):
+        from django.contrib.auth import get_user
+
+        store = import_module(settings.SESSION_ENGINE).SessionStore(self.session_key)
+        # get_user checks the session's auth hash (a changed password ends it) and refuses inactive users.
+        user = get_user(SimpleNamespace(session=store))
+        if not user.is_authenticated:
+            raise exceptions.AuthenticationFailed("The session has ended; sign in again.")
+        return user, None
+
+    def throttle_subject(self, user, key):
+        return _subject(user, key, self.client_ip)
+
+
+def _subject(user, key, client_ip):
+    """What DRF's throttles read of a request, for a query that did not come as one (a WebSocket frame)."""
+    return SimpleNamespace(user=user, auth=key, _request=SimpleNamespace(), META={"REMOTE_ADDR": client_ip or ""})
+
+
+@dataclass
+class Admitted:
+    user: object
+    api_key: object | None
+    remaining_requests: int | None = None  # the key's requests left this minute (X-RateLimit-Remaining-Requests)
+
+
+def admit(credential, requirement=AUTHENTICATED, *, throttle: bool = True) -> Admitted:
+    """Authenticate now, authorize, count the request; raises AuthenticationFailed, PermissionDenied, Throttled.
+
+    Sync (ORM and cache): async callers run it with relay.asyncdb.db.
+    """
+    user, key = credential.authenticate()
+    if requirement is not None:
+        if not user or not user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        if not holds(user, key, requirement):
+            raise exceptions.PermissionDenied()
+    audit_context.set_actor(user, key)
+    remaining = None
+    if throttle:
+        subject = credential.throttle_subject(user, key)
+        for throttle_class in api_settings.DEFAULT_THROTTLE_CLASSES:
+            limiter = throttle_class()
+            if not limiter.allow_request(subject, None):
+                raise exceptions.Throttled(wait=limiter.wait())
+        remaining = getattr(subject._request, "rate_limit_remaining_requests", None)
+    return Admitted(user, key, remaining)
