@@ -135,3 +135,24 @@ class ModelEndpoint(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class IdempotencyKey(models.Model):
+    """A client's Idempotency-Key on a run endpoint and the run it started (agents/idempotency.py).
+
+    Keys belong to one credential (an API key, or the user for sessions and JWTs); a replay with
+    the same key returns that run's stored answer instead of running and billing again.
+    """
+
+    credential = models.CharField(max_length=40, help_text='"key:<id>" or "user:<id>".')
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64, help_text="SHA-256 of the endpoint and the canonical JSON body.")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, null=True, blank=True, related_name="+",
+                                help_text="The run's answer; empty while the run is being admitted.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["credential", "key"], name="idempotency_key_per_credential")]
+
+    def __str__(self):
+        return f"{self.credential} {self.key}"

@@ -30,6 +30,7 @@ from agents.upstream import answer_with_model, build_messages
 from billing import optimizer, ratelimit
 from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
+from billing.money import cost_usd, usd_to_nanos
 from relay.asyncdb import db
 from relay.group_commit import GroupCommit
 from relay.observability import metrics
@@ -89,6 +90,7 @@ class PreparedRun:
     outcome: tuple | None = None  # (status, total tokens, cost) once stored
     plan: optimizer.Plan | None = None  # the cost optimizer's decisions (routing, trimming, cache)
     remaining_tokens: int | None = None  # the key's tokens/minute left, for X-RateLimit-Remaining-Tokens
+    replay: tuple | None = None  # (Message, UsageRecord) of an earlier run answered again (agents.idempotency)
 
 
 class _BudgetStop(Exception):
@@ -263,6 +265,10 @@ class _Progress:
 
 async def stream(run: PreparedRun):
     """Yield the run's protocol events; the answer is stored however the stream ends."""
+    if run.replay is not None:
+        for event in _replayed_events(run):
+            yield event
+        return
     progress = _Progress()
     yield events.start(run.conversation_id, run.message_id, run.agent.name, run.model.name)
     try:
@@ -286,6 +292,32 @@ async def stream(run: PreparedRun):
     usage = await asyncio.shield(_finish(run, progress))
     yield events.usage(usage.input_tokens, usage.output_tokens, usage.cost)
     yield events.done(progress.status, usage.input_tokens + usage.output_tokens, usage.cost)
+
+
+def replayed(request: RunRequest, message) -> PreparedRun:
+    """The run an Idempotency-Key already started, answered again from its stored rows (sync: reads them)."""
+    from billing.models import UsageRecord
+
+    request.run_id = message.request_id
+    record = UsageRecord.objects.filter(request_id=message.request_id).first()
+    return PreparedRun(
+        request=request, agent=get_agent(message.agent), model=ModelChoice(name=message.model, kind="stored"),
+        ctx=RunContext(query=request.query, user=request.user, api_key=request.api_key), charge=None,
+        input_tokens=message.input_tokens, max_tokens=0, conversation_id=str(message.conversation_id),
+        message_id=str(message.pk), replay=(message, record))
+
+
+def _replayed_events(run: PreparedRun):
+    message, record = run.replay
+    yield events.start(run.conversation_id, run.message_id, message.agent, message.model)
+    if message.content:
+        yield events.token(message.content)
+    if message.error_code:
+        yield events.error(message.error_code, f"The run ended with {message.error_code}.")
+    counted = record or message
+    cost = cost_usd(usd_to_nanos(counted.cost))  # as the run first said it (the column's scale differs)
+    yield events.usage(counted.input_tokens, counted.output_tokens, cost)
+    yield events.done(message.status, counted.input_tokens + counted.output_tokens, cost)
 
 
 async def _produce(run: PreparedRun, progress: _Progress):

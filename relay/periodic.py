@@ -104,6 +104,14 @@ def _record_zero_usage(message, conversation) -> None:
         complete=False, message_id=message.pk, created_at=message.created_at)
 
 
+@shared_task(name="relay.prune_idempotency_keys", ignore_result=True)
+def prune_idempotency_keys() -> int:
+    """Idempotency keys live 24 hours (agents/idempotency.py); drop the expired ones."""
+    from agents.idempotency import prune
+
+    return prune()
+
+
 @shared_task(name="relay.expire_reservations", ignore_result=True)
 def expire_reservations() -> int:
     """Free the expired reservations of every budget now, not at the next request touching it.

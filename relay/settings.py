@@ -202,6 +202,7 @@ CELERY_IMPORTS = ["relay.periodic"]
 CELERY_BEAT_SCHEDULE = {
     "mark-interrupted-messages": {"task": "relay.mark_interrupted_messages", "schedule": 60.0},
     "expire-reservations": {"task": "relay.expire_reservations", "schedule": 60.0},
+    "prune-idempotency-keys": {"task": "relay.prune_idempotency_keys", "schedule": 3600.0},
     "evaluate-budget-alerts": {"task": "relay.evaluate_budget_alerts", "schedule": 300.0},
     "audit-checkpoint": {"task": "relay.audit_checkpoint", "schedule": 86400.0},
 }

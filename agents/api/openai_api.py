@@ -18,6 +18,7 @@ from rest_framework import exceptions, serializers
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
 from agents.api.serializers import MAX_QUERY_CHARS, clean_text
+from agents.idempotency import prepare_once
 from agents.providers.catalog import available_models
 from agents.registry import all_agents
 from billing.ratelimit import quota_headers
@@ -170,10 +171,11 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
 })
 async def chat_completions(request, drf_request):
     """POST /v1/chat/completions, stream and not."""
-    serializer = ChatCompletionSerializer(data=read_json(request))
+    body = read_json(request)
+    serializer = ChatCompletionSerializer(data=body)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
-    run = await runner.prepare(_run_request(drf_request, data))
+    run = await prepare_once(request, "chat_completions", body, _run_request(drf_request, data))
     if not data["stream"]:
         return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

@@ -12,6 +12,7 @@ from rest_framework import exceptions
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
 from agents.api.serializers import AnswerSerializer, QuerySerializer, VisionSerializer
+from agents.idempotency import prepare_once
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
 from relay.asyncdb import db
@@ -33,8 +34,9 @@ def run_request(drf_request, data: dict) -> runner.RunRequest:
                                     "summary": "Run an agent and answer with the whole result"})
 async def query(request, drf_request):
     """POST /api/v1/query: run an agent and answer with the whole result and its usage."""
-    data = validated(QuerySerializer, read_json(request))
-    run = await runner.prepare(run_request(drf_request, data))
+    body = read_json(request)
+    data = validated(QuerySerializer, body)
+    run = await prepare_once(request, "query", body, run_request(drf_request, data))
     return quota_headers(JsonResponse(await runner.collect(run)), request, run.remaining_tokens)
 
 
@@ -106,8 +108,9 @@ async def stream(request, drf_request):
     Every check runs before the response starts, so refusals are plain 4xx; a client that
     disconnects cancels the run, which is stored as `cancelled` with what was generated.
     """
-    data = validated(QuerySerializer, read_json(request))
-    run = await runner.prepare(run_request(drf_request, data))
+    body = read_json(request)
+    data = validated(QuerySerializer, body)
+    run = await prepare_once(request, "stream", body, run_request(drf_request, data))
     response = StreamingHttpResponse(sse_events(run), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
