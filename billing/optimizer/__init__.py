@@ -16,6 +16,7 @@ reserved and decides, per organization's `OptimizerSettings` (no row: everything
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -70,13 +71,18 @@ def _settings(organization_id):
 
 
 def _documents_version(user) -> str:
-    """Changes whenever the set of documents the user can search changes (upload, delete, share)."""
-    from django.db.models import Count, Max, Sum
-
+    """A digest of exactly the documents the user can search now (upload, delete, share, team or role
+    changes all change it). An aggregate (count, max, sum) is not enough: different sets collide."""
     from agents.documents import visible_documents
 
-    figures = visible_documents(user).aggregate(n=Count("pk"), top=Max("pk"), total=Sum("pk"), last=Max("created_at"))
-    return f"{figures['n']}:{figures['top']}:{figures['total']}:{figures['last']}"
+    ids = visible_documents(user).order_by("pk").values_list("pk", flat=True)
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+
+
+def _reads_documents(agent) -> bool:
+    from agents.kinds.rag import SEARCH_DOCUMENTS
+
+    return any(tool is SEARCH_DOCUMENTS for tool in agent.tools)
 
 
 def _cacheable(req, history) -> bool:
@@ -104,7 +110,8 @@ def decide(req, agent, model, history) -> Plan:
             result.raw_messages = trim_messages(result.raw_messages, switches.history_token_budget)
     if switches.cache_enabled and organization is not None and _cacheable(req, history):
         tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
-        documents = _documents_version(req.user) if agent.name == "rag" else "-"
+        # Any agent that can search documents (the general agent too) answers from what the caller sees.
+        documents = _documents_version(req.user) if _reads_documents(agent) else "-"
         result.cache_key = cache_key(req.query, agent=agent.name, model=result.model.name, organization=tenant,
                                      documents=documents)
         result.cache_ttl = switches.cache_ttl_seconds
