@@ -82,3 +82,25 @@ def test_callers_who_see_different_documents_never_share_an_entry(users, keyed):
         assert SECRET in answer, agent
         answer, cached, _ = ask(keyed(second), agent=agent)
         assert SECRET not in answer and not cached, (agent, answer)
+
+
+def test_without_use_rag_agent_the_general_agent_reads_only_relays_own_documentation(users, keyed):
+    # Control: agents.documents (reading documents needs use_rag_agent on every path) + the
+    # permission in the cache key.
+    owner = users["user"]
+    store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    math_only, with_rag = keyed(owner, scopes=["use_math_agent"]), keyed(owner, scopes=["use_rag_agent"])
+
+    answer, cached, tools = ask(math_only)
+    assert SECRET not in answer and SECRET not in tools and not cached, answer
+    answer, _, tools = ask(math_only, query="How does Relay reserve the budget before a model call?")
+    assert "From **" in answer and tools  # Relay's own documentation is still searched
+
+    # An answer computed without document access is not served to a caller with it ...
+    answer, cached, _ = ask(with_rag)
+    assert SECRET in answer and not cached
+    # ... and one computed with access never reaches a caller without it.
+    answer, _, tools = ask(math_only)
+    assert SECRET not in answer and SECRET not in tools
+    answer, cached, _ = ask(keyed(owner, scopes=["use_code_agent"]))
+    assert SECRET not in answer
