@@ -19,7 +19,7 @@ def format_passages(passages) -> str:
 
 async def _search(arguments: dict, ctx: RunContext) -> ToolOutcome:
     query = str(arguments.get("query", ""))[:2000]
-    passages = await db(search)(ctx.user, query)
+    passages = await db(search)(ctx.user, query, api_key=ctx.api_key)
     ctx.facts.setdefault("passages", []).extend(passages)
     if not passages:
         return ToolOutcome(output="No passage matched.", data={"passages": []})

@@ -70,13 +70,15 @@ def _settings(organization_id):
     return result
 
 
-def _documents_version(user) -> str:
-    """A digest of exactly the documents the user can search now (upload, delete, share, team or role
-    changes all change it). An aggregate (count, max, sum) is not enough: different sets collide."""
-    from agents.documents import visible_documents
+def _documents_version(user, api_key) -> str:
+    """Whether the caller may read documents, and a digest of exactly the ones they can search now
+    (upload, delete, share, team or role changes all change it). An aggregate (count, max, sum)
+    would not do: different sets collide."""
+    from agents.documents import may_read_documents, readable_documents
 
-    ids = visible_documents(user).order_by("pk").values_list("pk", flat=True)
-    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+    ids = readable_documents(user, api_key).order_by("pk").values_list("pk", flat=True)
+    digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+    return f"{'read' if may_read_documents(user, api_key) else 'builtin'}:{digest}"
 
 
 def _reads_documents(agent) -> bool:
@@ -111,7 +113,7 @@ def decide(req, agent, model, history) -> Plan:
     if switches.cache_enabled and organization is not None and _cacheable(req, history):
         tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
         # Any agent that can search documents (the general agent too) answers from what the caller sees.
-        documents = _documents_version(req.user) if _reads_documents(agent) else "-"
+        documents = _documents_version(req.user, req.api_key) if _reads_documents(agent) else "-"
         result.cache_key = cache_key(req.query, agent=agent.name, model=result.model.name, organization=tenant,
                                      documents=documents)
         result.cache_ttl = switches.cache_ttl_seconds
