@@ -104,3 +104,107 @@ def test_without_use_rag_agent_the_general_agent_reads_only_relays_own_documenta
     assert SECRET not in answer and SECRET not in tools
     answer, cached, _ = ask(keyed(owner, scopes=["use_code_agent"]))
     assert SECRET not in answer
+
+
+# -- every agent, including one registered later ----------------------------------------------------
+
+
+async def _read_notes(arguments, ctx):
+    """A tool a new agent might add: it reads the caller's documents and declares nothing."""
+    from agents.core import ToolOutcome
+    from agents.documents import search
+    from agents.kinds.rag import format_passages
+    from relay.asyncdb import db
+
+    return ToolOutcome(output=format_passages(await db(search)(ctx.user, arguments.get("topic", ""),
+                                                                api_key=ctx.api_key)))
+
+
+def _notes_agent():
+    from agents.core import Agent, Tool
+
+    notes = Tool(name="read_notes", description="Read the user's notes on a topic.",
+                 parameters={"type": "object", "properties": {"topic": {"type": "string"}}}, call=_read_notes)
+
+    class NotesAgent(Agent):
+        name, title, tools = "notes", "Notes", [notes]
+
+        async def answer_locally(self, ctx):
+            async for event in ctx.use(notes, {"topic": ctx.query}):
+                yield event
+            yield ctx.last_outcome.output
+
+    return NotesAgent()
+
+
+def _tables_read(monkeypatch) -> set:
+    """The tables every ORM query reads from now on, on any thread."""
+    from django.db.models.sql.compiler import SQLCompiler
+
+    tables, original = set(), SQLCompiler.execute_sql
+
+    def execute_sql(self, *args, **kwargs):
+        tables.update(alias.table_name for alias in self.query.alias_map.values())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLCompiler, "execute_sql", execute_sql)
+    return tables
+
+
+async def _exercise(agent, ctx):
+    """The agent's local engine, then each tool called as a model would call it."""
+    from agents.core import ToolFailed
+
+    async for _ in agent.answer_locally(ctx):
+        pass
+    for tool in agent.tools:
+        properties = tool.parameters.get("properties", {})
+        arguments = {name: QUESTION for name, spec in properties.items() if spec.get("type") == "string"}
+        try:
+            await tool.call(arguments, ctx)
+        except ToolFailed:
+            pass
+
+
+def _reads_documents(tables) -> bool:
+    return any(table.startswith("agents_document") for table in tables)
+
+
+def test_every_agent_whose_tools_read_documents_keys_its_answers_by_them(users, monkeypatch):
+    # Control: the one function that builds the cache key derives what it holds from what the
+    # agent's tools declare; an agent with a tool that declares nothing is not cached.
+    from asgiref.sync import async_to_sync
+
+    from accounts.roles import AGENT_PERMISSIONS
+    from agents.core import RunContext
+    from agents.providers.catalog import resolve
+    from agents.registry import all_agents
+    from agents.runner import RunRequest
+    from billing import optimizer
+
+    monkeypatch.setitem(AGENT_PERMISSIONS, "notes", None)
+    monkeypatch.setitem(all_agents(), "notes", _notes_agent())
+    owner, colleague = users["user"], users["api_user"]
+    store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    math_only = create_api_key(owner, "math only", scopes=["use_math_agent"]).key
+
+    def key(agent, user, api_key=None):
+        request = RunRequest(user=user, api_key=api_key, agent=agent.name, query=QUESTION)
+        return optimizer.decide(request, agent, resolve(None), []).cache_key
+
+    tables = _tables_read(monkeypatch)
+    readers = set()
+    for name, agent in sorted(all_agents().items()):
+        tables.clear()
+        async_to_sync(_exercise)(agent, RunContext(query=QUESTION, user=owner))
+        if not _reads_documents(tables):
+            tables.clear()
+            key(agent, owner)
+            assert not _reads_documents(tables), f"{name}: visibility computed for an agent that reads no documents"
+            continue
+        readers.add(name)
+        mine = key(agent, owner)
+        # Either not cached at all, or keyed apart from a colleague who sees other documents and
+        # from the same owner acting through a key without use_rag_agent.
+        assert mine is None or mine not in (key(agent, colleague), key(agent, owner, math_only)), name
+    assert {"general", "rag", "notes"} <= readers
