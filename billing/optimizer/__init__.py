@@ -6,17 +6,19 @@ reserved and decides, per organization's `OptimizerSettings` (no row: everything
 - routing (`classifier` + `routing`): when the caller named no model, a `simple` query runs on
   the cheapest model it may use and anything else on the strongest. A named model is never changed.
 - trimming (`trimming`): history beyond the organization's token budget is dropped, oldest first.
-- caching (`cache`): a question without earlier turns, attachment or client tools, not opted out
-  with `cache: false` and not sampled (temperature > 0), is looked up by exact match; a hit is
-  replayed by the runner at zero cost (`free_charge`) and recorded as `cached`. `remember` stores
-  complete, untruncated answers of cache misses.
+- caching (`cache`, `keys`): a question without earlier turns, attachment or client tools, not
+  opted out with `cache: false` and not sampled (temperature > 0), is looked up by exact match
+  under `keys.answer_key` — the one function that decides what a key holds (agent, model,
+  question, the documents the caller may read when the agent's tools read documents, ...); an
+  answer it cannot key is not cached. A hit is replayed by the runner at zero cost
+  (`free_charge`) and recorded as `cached`. `remember` stores complete, untruncated answers of
+  cache misses.
 
 `bench/cost_optimizer.py` drives the same classifier, router and cache on a workload.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +26,7 @@ from django.utils import timezone
 
 from billing.optimizer.cache import cache_key, get_cache
 from billing.optimizer.classifier import classify
+from billing.optimizer.keys import answer_key
 from billing.optimizer.routing import load_candidates, pick_model
 from billing.optimizer.trimming import trim_history, trim_messages
 from relay.asyncdb import run_db
@@ -70,30 +73,6 @@ def _settings(organization_id):
     return result
 
 
-def _documents_version(user, api_key) -> str:
-    """Whether the caller may read documents, and a digest of exactly the ones they can search now
-    (upload, delete, share, team or role changes all change it). An aggregate (count, max, sum)
-    would not do: different sets collide."""
-    from agents.documents import may_read_documents, readable_documents
-
-    ids = readable_documents(user, api_key).order_by("pk").values_list("pk", flat=True)
-    digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
-    return f"{'read' if may_read_documents(user, api_key) else 'builtin'}:{digest}"
-
-
-def _reads_documents(agent) -> bool:
-    from agents.kinds.rag import SEARCH_DOCUMENTS
-
-    return any(tool is SEARCH_DOCUMENTS for tool in agent.tools)
-
-
-def _cacheable(req, history) -> bool:
-    raw = req.messages
-    single_question = raw is None or (len(raw) == 1 and raw[0].get("role") == "user")
-    return bool(getattr(req, "cache", True) and not history and single_question and not req.attachment
-                and not req.client_tools and not (req.temperature or 0) > 0)
-
-
 def decide(req, agent, model, history) -> Plan:
     """The plan without the cache lookup: sync ORM code, for a DB thread."""
     from agents.providers.catalog import resolve
@@ -110,12 +89,9 @@ def decide(req, agent, model, history) -> Plan:
         result.history = trim_history(result.history, switches.history_token_budget)
         if result.raw_messages:
             result.raw_messages = trim_messages(result.raw_messages, switches.history_token_budget)
-    if switches.cache_enabled and organization is not None and _cacheable(req, history):
+    if switches.cache_enabled and organization is not None:
         tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
-        # Any agent that can search documents (the general agent too) answers from what the caller sees.
-        documents = _documents_version(req.user, req.api_key) if _reads_documents(agent) else "-"
-        result.cache_key = cache_key(req.query, agent=agent.name, model=result.model.name, organization=tenant,
-                                     documents=documents)
+        result.cache_key = answer_key(req, agent, result.model.name, history, tenant)
         result.cache_ttl = switches.cache_ttl_seconds
     return result
 
