@@ -106,6 +106,24 @@ def test_without_use_rag_agent_the_general_agent_reads_only_relays_own_documenta
     assert SECRET not in answer
 
 
+
+def test_an_answer_that_read_a_document_shared_during_its_run_is_not_cached_for_others(users, keyed):
+    # Control: remember stores an answer only if every document it read was readable when its key was made.
+    from asgiref.sync import async_to_sync
+
+    from agents import runner
+
+    owner, reader, bystander = users["user"], users["api_user"], users["viewer"]
+    document = store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    run = async_to_sync(runner.prepare)(runner.RunRequest(user=reader, api_key=None, agent="general",
+                                                          query=QUESTION))
+    share_document(document, users=[reader])  # after the key was made, before the search ran
+    assert SECRET in async_to_sync(runner.collect)(run)["answer"]
+    # The bystander can read what the reader could when the key was made, but not the document.
+    answer, cached, _ = ask(keyed(bystander))
+    assert SECRET not in answer and not cached, answer
+
+
 # -- every agent, including one registered later ----------------------------------------------------
 
 
