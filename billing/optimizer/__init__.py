@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from billing.optimizer.cache import cache_key, get_cache
 from billing.optimizer.classifier import classify
-from billing.optimizer.keys import answer_key
+from billing.optimizer.keys import AnswerKey, answer_key
 from billing.optimizer.routing import load_candidates, pick_model
 from billing.optimizer.trimming import trim_history, trim_messages
 from relay.asyncdb import run_db
@@ -40,13 +40,17 @@ class Plan:
     history: list[dict] = field(default_factory=list)
     raw_messages: list[dict] | None = None
     label: str | None = None               # the classifier's label when routing ran
-    cache_key: str | None = None           # set when the request may use the cache
+    key: AnswerKey | None = None           # set when the request may use the cache
     cache_ttl: int = 0
     cached_answer: str | None = None       # a cache hit: the runner replays it
 
     @property
     def hit(self) -> bool:
         return self.cached_answer is not None
+
+    @property
+    def cache_key(self) -> str | None:
+        return self.key.value if self.key else None
 
 
 _SETTINGS_SECONDS = 10.0
@@ -91,7 +95,7 @@ def decide(req, agent, model, history) -> Plan:
             result.raw_messages = trim_messages(result.raw_messages, switches.history_token_budget)
     if switches.cache_enabled and organization is not None:
         tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
-        result.cache_key = answer_key(req, agent, result.model.name, history, tenant)
+        result.key = answer_key(req, agent, result.model.name, history, tenant)
         result.cache_ttl = switches.cache_ttl_seconds
     return result
 
@@ -113,10 +117,11 @@ async def replay(answer: str):
 
 
 async def remember(result: Plan | None, status: str, answer: str, facts: dict) -> None:
-    """Store a finished answer: complete, not itself a cache hit, and not cut off at max_tokens."""
+    """Store a finished answer: complete, not itself a cache hit, not cut off at max_tokens, and
+    read from no document its key does not cover."""
     if result is None or not result.cache_key or result.hit or status != "complete":
         return
-    if facts.get("finish_reason") == "length":
+    if facts.get("finish_reason") == "length" or not result.key.admits(facts):
         return
     await get_cache().put(result.cache_key, answer, result.cache_ttl)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 
 from agents.core import DOCUMENTS
@@ -22,7 +23,21 @@ from billing.optimizer.cache import cache_key
 KEYABLE = frozenset({DOCUMENTS})  # what answer_key knows how to put in a key
 
 
-def answer_key(req, agent, model: str, history: list[dict], tenant: str) -> str | None:
+@dataclass(frozen=True)
+class AnswerKey:
+    value: str
+    documents: frozenset[int] | None = None  # the documents the caller could read when it was made
+
+    def admits(self, facts: dict) -> bool:
+        """May the answer of a run with these facts be stored under this key? Not if it read a
+        document outside the key's set (shared after the key was made): others with that set may
+        not read it. A run that read less (unshared meanwhile) is fine."""
+        if self.documents is None:
+            return True
+        return {passage.document_id for passage in facts.get("passages", ())} <= self.documents
+
+
+def answer_key(req, agent, model: str, history: list[dict], tenant: str) -> AnswerKey | None:
     """The key of this request's answer, or None when the answer must not be cached.
 
     tenant: the organization for good (id + creation time: ids can be reused).
@@ -30,9 +45,10 @@ def answer_key(req, agent, model: str, history: list[dict], tenant: str) -> str 
     inputs = agent.depends_on
     if inputs is None or not inputs <= KEYABLE or not _cacheable(req, history):
         return None
-    documents = _documents(req.user, req.api_key) if DOCUMENTS in inputs else "-"
-    return cache_key(req.query, agent=_identity(agent), model=model, organization=tenant,
-                     history=_digest([history, req.messages]), documents=documents)
+    documents, readable = _documents(req.user, req.api_key) if DOCUMENTS in inputs else ("-", None)
+    value = cache_key(req.query, agent=_identity(agent), model=model, organization=tenant,
+                      history=_digest([history, req.messages]), documents=documents)
+    return AnswerKey(value, readable)
 
 
 def _cacheable(req, history) -> bool:
@@ -43,15 +59,15 @@ def _cacheable(req, history) -> bool:
                 and not req.client_tools and not (req.temperature or 0) > 0)
 
 
-def _documents(user, api_key) -> str:
-    """Whether the caller may read documents, and a digest of exactly the ones they can search now
-    (upload, delete, share, team or role changes all change it). An aggregate (count, max, sum)
-    would not do: different sets collide."""
+def _documents(user, api_key) -> tuple[str, frozenset[int]]:
+    """Whether the caller may read documents and a digest of exactly the ones they can search now
+    (upload, delete, share, team or role changes all change it: an aggregate such as count, max
+    and sum would not, different sets collide); and those documents' ids."""
     from agents.documents import may_read_documents, readable_documents
 
     allowed = may_read_documents(user, api_key)
-    ids = readable_documents(user, api_key).order_by("pk").values_list("pk", flat=True)
-    return f"{'read' if allowed else 'builtin'}:{_digest(list(ids))}"
+    ids = list(readable_documents(user, api_key).order_by("pk").values_list("pk", flat=True))
+    return f"{'read' if allowed else 'builtin'}:{_digest(ids)}", frozenset(ids)
 
 
 @lru_cache(maxsize=64)
