@@ -25,14 +25,28 @@ class ToolOutcome:
     ok: bool = True
 
 
+# What a tool's output depends on besides its arguments (`Tool.depends_on`), so that the response
+# cache can key answers by it (billing/optimizer/keys.py). NOTHING_ELSE: the arguments only.
+NOTHING_ELSE: frozenset[str] = frozenset()
+DOCUMENTS = "documents"    # the documents the caller may read (agents.documents.readable_documents)
+ATTACHMENT = "attachment"  # the request's attachment (no cache key holds one)
+
+
 @dataclass
 class Tool:
-    """A capability an agent offers; `parameters` is its JSON schema for function calling."""
+    """A capability an agent offers; `parameters` is its JSON schema for function calling.
+
+    depends_on: what the output depends on besides the arguments (the names above). None, the
+    default, means undeclared: an agent offering the tool is never answered from the cache, so
+    a new tool cannot leak through it by forgetting to say what it reads. A DOCUMENTS tool puts
+    the `Passage`s it returned in `ctx.facts["passages"]`.
+    """
 
     name: str
     description: str
     parameters: dict
     call: Callable[[dict, RunContext], Awaitable[ToolOutcome]]
+    depends_on: frozenset[str] | None = None
 
     def spec(self) -> dict:
         return {"type": "function",
@@ -86,6 +100,14 @@ class Agent:
     tools: list[Tool] = []
     system_prompt: str = "You are a helpful assistant."
     needs_attachment: bool = False
+
+    @property
+    def depends_on(self) -> frozenset[str] | None:
+        """What its answers depend on besides the question: its tools' declarations; None if one has none."""
+        declared = [tool.depends_on for tool in self.tools]
+        if any(inputs is None for inputs in declared):
+            return None
+        return NOTHING_ELSE.union(*declared)
 
     async def answer_locally(self, ctx: RunContext) -> AsyncIterator[dict | str]:
         """Yield tool_call events and strings of answer text (the embedded engine)."""

@@ -2,7 +2,9 @@
 
 Visibility is decided in the database: built-in docs for everyone; otherwise documents of the
 caller's organization that they own, that were shared with them or their team (guardian object
-permissions), or all of them for an organization admin.
+permissions), or all of them for an organization admin. Reading their text, through any agent
+or tool, also needs `use_rag_agent` (`readable_documents`): without it a caller — a key scoped
+to math, say — searches Relay's own documentation only.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from guardian.shortcuts import assign_perm, get_objects_for_user
 
-from accounts.models import Team, User
+from accounts.models import APIKey, Team, User
+from accounts.permissions import holds
 from accounts.roles import is_org_admin
 from accounts.services import team_group
 from agents.ingest import chunk_text, extract_text
 from agents.models import Document, DocumentChunk
 
 SHARE_PERMISSION = "agents.view_document_shared"
+READ_PERMISSION = "use_rag_agent"
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 _STOP = frozenset(
     "a an and are as at be by can do does for from how i in is it me my of on or say says tell the this to "
@@ -52,6 +56,18 @@ def visible_documents(user: User) -> QuerySet[Document]:
                                   with_superuser=False).values("pk")
     mine = Q(organization_id=user.organization_id) & (Q(owner=user) | Q(pk__in=shared))
     return Document.objects.filter(builtin | mine)
+
+
+def may_read_documents(user: User, api_key: APIKey | None) -> bool:
+    """May this caller (the user, through this key or directly) read the text of their documents?"""
+    return holds(user, api_key, READ_PERMISSION)
+
+
+def readable_documents(user: User, api_key: APIKey | None) -> QuerySet[Document]:
+    """The documents whose text this caller may read: what they see, or Relay's own docs only."""
+    if not may_read_documents(user, api_key):
+        return Document.objects.filter(builtin=True)
+    return visible_documents(user)
 
 
 @transaction.atomic
@@ -97,12 +113,15 @@ def search_terms(query: str, limit: int = 12) -> list[str]:
     return words[:limit]
 
 
-def search(user: User, query: str, *, limit: int = 4) -> list[Passage]:
-    """The best chunks for query among the documents user may see (full-text search in the DB)."""
+def search(user: User, query: str, *, api_key: APIKey | None, limit: int = 4) -> list[Passage]:
+    """The best chunks for query among the documents the caller may read (full-text search in the DB).
+
+    api_key: the key the caller acts through (None: directly); it bounds what may be read.
+    """
     terms = search_terms(query)
     if not terms:
         return []
-    visible = visible_documents(user).values("pk")
+    visible = readable_documents(user, api_key).values("pk")
     if connection.vendor == "postgresql":
         ranked = _search_postgres(terms, visible, limit)
     else:

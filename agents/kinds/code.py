@@ -7,7 +7,7 @@ stderr output, 0.4 for a non-zero exit, 0.2 when killed by a limit, 0.0 when it 
 import ast
 import re
 
-from agents.core import Agent, RunContext, Tool, ToolFailed, ToolOutcome
+from agents.core import NOTHING_ELSE, Agent, RunContext, Tool, ToolFailed, ToolOutcome
 from agents.registry import register
 from agents.sandbox import SandboxLimits, SandboxUnavailable, run_python
 
@@ -57,6 +57,7 @@ RUN_PYTHON = Tool(
                 "the exit status. Print what you want to see.",
     parameters={"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]},
     call=_run,
+    depends_on=NOTHING_ELSE,  # the sandbox sees no caller data: no network, no files of theirs
 )
 
 

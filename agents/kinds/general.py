@@ -1,4 +1,7 @@
-"""The general agent: the configured language model; without one, Relay's own documentation.
+"""The general agent: the configured language model; without one, a search of the documents.
+
+It needs no permission, so its document search reads the caller's own and shared documents only
+with `use_rag_agent` (agents.documents.readable_documents), and Relay's documentation otherwise.
 
 Quality rule (no model judges another here): an empty answer 0.0; a refusal or an answer of
 fewer than 20 characters 0.4; with only the local engine, 0.5 when the docs had a relevant

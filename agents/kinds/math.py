@@ -4,7 +4,7 @@ Quality rule: 1.0 when the result was verified independently (substitution, diff
 back, numeric check), 0.6 when answered but unverified, 0.0 when no answer could be given.
 """
 
-from agents.core import Agent, RunContext, Tool, ToolFailed, ToolOutcome
+from agents.core import NOTHING_ELSE, Agent, RunContext, Tool, ToolFailed, ToolOutcome
 from agents.registry import register
 from agents.tools.math import MathError, solve_math
 
@@ -28,6 +28,7 @@ CALCULATOR = Tool(
                  "e.g. 'integrate x^2', 'solve x^2-5x+6=0', 'determinant of [[1,2],[3,4]]'."),
     parameters={"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
     call=_calculate,
+    depends_on=NOTHING_ELSE,
 )
 
 

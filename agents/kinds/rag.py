@@ -4,7 +4,7 @@ Quality rule: 1.0 when the answer cites at least one retrieved passage, 0.3 when
 relevant was found (the agent says so rather than guessing).
 """
 
-from agents.core import Agent, RunContext, Tool, ToolOutcome
+from agents.core import DOCUMENTS, Agent, RunContext, Tool, ToolOutcome
 from agents.documents import search
 from agents.registry import register
 from relay.asyncdb import db
@@ -19,7 +19,7 @@ def format_passages(passages) -> str:
 
 async def _search(arguments: dict, ctx: RunContext) -> ToolOutcome:
     query = str(arguments.get("query", ""))[:2000]
-    passages = await db(search)(ctx.user, query)
+    passages = await db(search)(ctx.user, query, api_key=ctx.api_key)
     ctx.facts.setdefault("passages", []).extend(passages)
     if not passages:
         return ToolOutcome(output="No passage matched.", data={"passages": []})
@@ -36,6 +36,7 @@ SEARCH_DOCUMENTS = Tool(
                 "Relay's own docs). Returns numbered passages to quote and cite as [n].",
     parameters={"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
     call=_search,
+    depends_on=frozenset({DOCUMENTS}),
 )
 
 

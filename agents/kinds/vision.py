@@ -5,7 +5,7 @@ analysis answers it (e.g. OCR found text for "what does it say"), or no question
 0.6 when a question needs more than measurement can give.
 """
 
-from agents.core import Agent, RunContext, Tool, ToolFailed, ToolOutcome
+from agents.core import ATTACHMENT, Agent, RunContext, Tool, ToolFailed, ToolOutcome
 from agents.registry import register
 from agents.tools.vision import InvalidImage, analyze_image_async
 
@@ -26,6 +26,7 @@ ANALYZE_IMAGE = Tool(
     description="Measure the attached image: format, size, dominant colours, brightness, EXIF and text (OCR).",
     parameters={"type": "object", "properties": {"question": {"type": "string"}}},
     call=_analyze,
+    depends_on=frozenset({ATTACHMENT}),
 )
 
 

@@ -6,10 +6,13 @@ reserved and decides, per organization's `OptimizerSettings` (no row: everything
 - routing (`classifier` + `routing`): when the caller named no model, a `simple` query runs on
   the cheapest model it may use and anything else on the strongest. A named model is never changed.
 - trimming (`trimming`): history beyond the organization's token budget is dropped, oldest first.
-- caching (`cache`): a question without earlier turns, attachment or client tools, not opted out
-  with `cache: false` and not sampled (temperature > 0), is looked up by exact match; a hit is
-  replayed by the runner at zero cost (`free_charge`) and recorded as `cached`. `remember` stores
-  complete, untruncated answers of cache misses.
+- caching (`cache`, `keys`): a question without earlier turns, attachment or client tools, not
+  opted out with `cache: false` and not sampled (temperature > 0), is looked up by exact match
+  under `keys.answer_key` — the one function that decides what a key holds (agent, model,
+  question, the documents the caller may read when the agent's tools read documents, ...); an
+  answer it cannot key is not cached. A hit is replayed by the runner at zero cost
+  (`free_charge`) and recorded as `cached`. `remember` stores complete, untruncated answers of
+  cache misses.
 
 `bench/cost_optimizer.py` drives the same classifier, router and cache on a workload.
 """
@@ -23,6 +26,7 @@ from django.utils import timezone
 
 from billing.optimizer.cache import cache_key, get_cache
 from billing.optimizer.classifier import classify
+from billing.optimizer.keys import AnswerKey, answer_key
 from billing.optimizer.routing import load_candidates, pick_model
 from billing.optimizer.trimming import trim_history, trim_messages
 from relay.asyncdb import run_db
@@ -36,13 +40,17 @@ class Plan:
     history: list[dict] = field(default_factory=list)
     raw_messages: list[dict] | None = None
     label: str | None = None               # the classifier's label when routing ran
-    cache_key: str | None = None           # set when the request may use the cache
+    key: AnswerKey | None = None           # set when the request may use the cache
     cache_ttl: int = 0
     cached_answer: str | None = None       # a cache hit: the runner replays it
 
     @property
     def hit(self) -> bool:
         return self.cached_answer is not None
+
+    @property
+    def cache_key(self) -> str | None:
+        return self.key.value if self.key else None
 
 
 _SETTINGS_SECONDS = 10.0
@@ -69,23 +77,6 @@ def _settings(organization_id):
     return result
 
 
-def _documents_version(user) -> str:
-    """Changes whenever the set of documents the user can search changes (upload, delete, share)."""
-    from django.db.models import Count, Max, Sum
-
-    from agents.documents import visible_documents
-
-    figures = visible_documents(user).aggregate(n=Count("pk"), top=Max("pk"), total=Sum("pk"), last=Max("created_at"))
-    return f"{figures['n']}:{figures['top']}:{figures['total']}:{figures['last']}"
-
-
-def _cacheable(req, history) -> bool:
-    raw = req.messages
-    single_question = raw is None or (len(raw) == 1 and raw[0].get("role") == "user")
-    return bool(getattr(req, "cache", True) and not history and single_question and not req.attachment
-                and not req.client_tools and not (req.temperature or 0) > 0)
-
-
 def decide(req, agent, model, history) -> Plan:
     """The plan without the cache lookup: sync ORM code, for a DB thread."""
     from agents.providers.catalog import resolve
@@ -102,11 +93,9 @@ def decide(req, agent, model, history) -> Plan:
         result.history = trim_history(result.history, switches.history_token_budget)
         if result.raw_messages:
             result.raw_messages = trim_messages(result.raw_messages, switches.history_token_budget)
-    if switches.cache_enabled and organization is not None and _cacheable(req, history):
+    if switches.cache_enabled and organization is not None:
         tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
-        documents = _documents_version(req.user) if agent.name == "rag" else "-"
-        result.cache_key = cache_key(req.query, agent=agent.name, model=result.model.name, organization=tenant,
-                                     documents=documents)
+        result.key = answer_key(req, agent, result.model.name, history, tenant)
         result.cache_ttl = switches.cache_ttl_seconds
     return result
 
@@ -128,10 +117,11 @@ async def replay(answer: str):
 
 
 async def remember(result: Plan | None, status: str, answer: str, facts: dict) -> None:
-    """Store a finished answer: complete, not itself a cache hit, and not cut off at max_tokens."""
+    """Store a finished answer: complete, not itself a cache hit, not cut off at max_tokens, and
+    read from no document its key does not cover."""
     if result is None or not result.cache_key or result.hit or status != "complete":
         return
-    if facts.get("finish_reason") == "length":
+    if facts.get("finish_reason") == "length" or not result.key.admits(facts):
         return
     await get_cache().put(result.cache_key, answer, result.cache_ttl)
 

@@ -1,8 +1,9 @@
 """Exact-match response cache: the same question to the same agent and model gets the stored answer.
 
-The key is a SHA-256 of the normalized query (Unicode NFKC, case-folded, whitespace collapsed),
-the agent, the model, the document set the caller can see (RAG answers change when documents
-do) and the organization (answers never cross tenants). Entries live in Redis in production —
+The key is a SHA-256 of the normalized query (Unicode NFKC, case-folded, whitespace collapsed)
+and the rest of what determines the answer, which `keys.answer_key` decides: the agent, the
+model, the conversation, the documents the caller may read (for agents whose tools read them)
+and the organization (answers never cross tenants). Entries live in Redis in production —
 shared by every instance — and in a bounded in-process LRU in the embedded mode; both expire
 after the organization's TTL. The cache only ever saves money: any Redis error is a miss (and a
 skipped store), never a failed request.
@@ -29,9 +30,9 @@ def normalize(query: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
 
 
-def cache_key(query: str, *, agent: str, model: str, organization: str, documents: str = "-") -> str:
-    """`organization` should identify the tenant for good (id + creation time: ids can be reused)."""
-    material = json.dumps([normalize(query), agent, model, documents, organization], ensure_ascii=False)
+def cache_key(query: str, *, agent: str, model: str, organization: str, history: str, documents: str) -> str:
+    """The hash of a key's material; what goes in is `keys.answer_key`'s decision, so call that."""
+    material = json.dumps([normalize(query), agent, model, history, documents, organization], ensure_ascii=False)
     return hashlib.sha256(material.encode()).hexdigest()
 
 

@@ -55,11 +55,11 @@ def test_routing_sends_only_simple_queries_to_the_cheap_model():
 
 
 def test_cache_key_normalizes_the_query_and_separates_everything_else():
-    base = cache_key("What is  Relay?", agent="general", model="m", organization="1.1", documents="d")
-    assert base == cache_key("what is relay?", agent="general", model="m", organization="1.1", documents="d")
-    for changed in ({"agent": "rag"}, {"model": "n"}, {"organization": "2.1"}, {"documents": "e"}):
-        fields = {"agent": "general", "model": "m", "organization": "1.1", "documents": "d", **changed}
-        assert cache_key("What is Relay?", **fields) != base, changed
+    fields = {"agent": "general", "model": "m", "organization": "1.1", "history": "h", "documents": "d"}
+    base = cache_key("What is  Relay?", **fields)
+    assert base == cache_key("what is relay?", **fields)
+    for changed in ({"agent": "rag"}, {"model": "n"}, {"organization": "2.1"}, {"history": "i"}, {"documents": "e"}):
+        assert cache_key("What is Relay?", **{**fields, **changed}) != base, changed
 
 
 def test_trimming_keeps_the_system_prompt_and_latest_turns():
