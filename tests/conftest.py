@@ -1,5 +1,6 @@
 """Shared fixtures: organizations, one user per role, authenticated clients, service checks."""
 
+import logging
 import os
 
 import pytest
@@ -135,7 +136,7 @@ def assert_envelope(response, status: int, code: str | None = None) -> dict:
 class ASGIServer:
     """Relay's real ASGI application (HTTP and WebSocket) served by uvicorn on 127.0.0.1."""
 
-    def __init__(self):
+    def __init__(self, ws: str = "websockets-sansio"):
         import socket
         import threading
 
@@ -151,7 +152,7 @@ class ASGIServer:
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(application, log_level="warning", lifespan="off", ws="websockets-sansio")
+        config = uvicorn.Config(application, log_level="warning", lifespan="off", ws=ws)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
@@ -179,3 +180,39 @@ def asgi_server(transactional_db, settings):
     server = ASGIServer().start()
     yield server
     server.stop()
+
+
+class _TaskErrors(logging.Handler):
+    """Exceptions of asyncio tasks nobody awaited ("Task exception was never retrieved"), from any loop.
+
+    asyncio and uvloop both report them through the "asyncio" logger when the task is collected.
+    """
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record):
+        if "never retrieved" in record.getMessage():
+            self.seen.append(record.getMessage() + " " + str(record.exc_info[1] if record.exc_info else ""))
+
+    def collected(self) -> list[str]:
+        import gc
+
+        gc.collect()  # a task's unretrieved exception is reported when the task is collected
+        return list(self.seen)
+
+
+@pytest.fixture(autouse=True)
+def unretrieved_task_errors():
+    """Fail a test that leaves a task's exception unretrieved: it is log noise a client could trigger."""
+    errors = _TaskErrors()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(errors)
+    try:
+        yield errors
+        leftover = errors.collected()
+    finally:
+        asyncio_logger.removeHandler(errors)
+    if leftover:
+        pytest.fail(f"task exception(s) never retrieved: {leftover}")
