@@ -57,10 +57,17 @@ def refusal(exc: exceptions.APIException) -> tuple[int, dict]:
     return response.status_code, error
 
 
+def _gone_quietly(task: asyncio.Task) -> None:
+    """A client that left while being refused is not an error: retrieve the exception so none is logged."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("socket gone while refusing it: %r", task.exception())
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     credential = None  # what the client presented, admitted again before every query
     user = None  # whom it authenticated as (the socket's group)
     api_key = None
+    auth_deadline = None  # the timer that closes a socket that never authenticates
 
     async def connect(self):
         self.runs: dict[str, asyncio.Task] = {}
@@ -76,16 +83,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.auth_deadline = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_SECONDS, self._auth_timeout)
 
     def _auth_timeout(self):
+        self.auth_deadline = None
         if self.user is None:
-            asyncio.ensure_future(self._refuse("not_authenticated", "Send {\"type\": \"auth\"} first.",
-                                               CLOSE_AUTH_FAILED))
+            refusal = asyncio.ensure_future(
+                self._refuse("not_authenticated", "Send {\"type\": \"auth\"} first.", CLOSE_AUTH_FAILED))
+            refusal.add_done_callback(_gone_quietly)
+
+    def _disarm(self):
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
+            self.auth_deadline = None
 
     async def _signed_in(self, credential, user, api_key):
+        self._disarm()
         self.credential, self.user, self.api_key = credential, user, api_key
         self.group = f"user-{user.pk}"
         await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def disconnect(self, code):
+        self._disarm()
         metrics.session_ended(getattr(self, "session_counted", False))
         self.session_counted = False
         for task in list(self.runs.values()):
