@@ -39,8 +39,8 @@ class Command(BaseCommand):
     def _print_lines(self, report, repairs, final):
         for found in report.discrepancies:
             self.stdout.write(found.message)
-        for kind, count in report.more.items():
-            self.stdout.write(f"... and {count} more {kind} not listed")
+        for kind in report.truncated:
+            self.stdout.write(f"... more {kind} discrepancies than the {reconcile.LIMIT} listed (run again after --fix)")
         for repair in repairs:
             self.stdout.write(self.style.SUCCESS(f"fixed: {repair.message}"))
         if final is not report:
