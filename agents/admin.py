@@ -1,6 +1,6 @@
 """Agents in the admin: conversations and messages (read-mostly), documents, model endpoints."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from agents.models import Conversation, Document, Message, ModelEndpoint
 
@@ -68,9 +68,50 @@ class DocumentAdmin(admin.ModelAdmin):
         return False  # uploads go through /api/v1/documents/ (type and size checks, chunking)
 
 
+UNPRICED_LIST = ("Enabled without a price in effect: {names}. Requests naming them fail with 400 and they are "
+                 "never the default model; add a price under Billing > Model prices, or disable them.")
+UNPRICED_PAGE = ("This endpoint is enabled but has no price in effect: requests naming it fail with 400 and it is "
+                 "never the default model. Add a price under Billing > Model prices, or disable it.")
+
+
 @admin.register(ModelEndpoint)
 class ModelEndpointAdmin(admin.ModelAdmin):
-    list_display = ["name", "provider_kind", "tier", "base_url", "upstream_model", "supports_tools", "enabled"]
+    """An enabled endpoint nobody priced cannot be billed: the list and its page say so (agents.W001)."""
+
+    list_display = ["name", "provider_kind", "tier", "base_url", "upstream_model", "supports_tools", "enabled",
+                    "priced"]
     list_filter = ["provider_kind", "tier", "enabled"]
     list_editable = ["enabled"]
     search_fields = ["name", "upstream_model"]
+
+    def get_queryset(self, request):
+        from django.db.models import Exists, OuterRef
+        from django.utils import timezone
+
+        from billing.models import ModelPrice
+
+        in_effect = ModelPrice.objects.filter(model=OuterRef("name"), effective_from__lte=timezone.now())
+        return super().get_queryset(request).annotate(has_price=Exists(in_effect))
+
+    @admin.display(boolean=True, description="priced", ordering="has_price")
+    def priced(self, obj) -> bool:
+        if hasattr(obj, "has_price"):
+            return obj.has_price
+        from agents.providers.catalog import unpriced_names
+
+        return not unpriced_names([obj.name])
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            unpriced = [e.name for e in self.get_queryset(request).filter(enabled=True, has_price=False)
+                        .exclude(provider_kind=ModelEndpoint.Kind.LOCAL).only("name")]
+            if unpriced:
+                self.message_user(request, UNPRICED_LIST.format(names=", ".join(unpriced)), messages.WARNING)
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        endpoint = self.get_object(request, object_id) if request.method == "GET" else None
+        if endpoint is not None and endpoint.enabled and endpoint.provider_kind != ModelEndpoint.Kind.LOCAL \
+                and not self.priced(endpoint):
+            self.message_user(request, UNPRICED_PAGE, messages.WARNING)
+        return super().change_view(request, object_id, form_url, extra_context)

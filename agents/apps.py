@@ -8,6 +8,7 @@ class AgentsConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_delete, post_migrate, post_save
 
+        import agents.checks  # noqa: F401  (register the system checks)
         import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
         from agents.documents import load_builtin_docs
         from agents.models import ModelEndpoint

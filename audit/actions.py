@@ -41,6 +41,12 @@ DOCUMENT_UPLOADED = "document.uploaded"
 DOCUMENT_DELETED = "document.deleted"
 DOCUMENT_SHARED = "document.shared"
 
+# Repairs of `manage.py reconcile --fix` (billing/reconcile.py); an interrupted answer it finds
+# gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
+LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usage records
+RESERVATION_RELEASED = "ledger.reservation_released"  # a reservation past its deadline purged
+AGENT_RUN_UNAUDITED = "agent.run_unaudited"  # a usage record found without its agent.run event
+
 # The audit trail itself.
 AUDIT_PRUNED = "audit.pruned"
 

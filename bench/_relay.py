@@ -87,6 +87,17 @@ class RelayInstance:
         return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
                               capture_output=True, text=True).stdout
 
+    def reconcile(self) -> dict:
+        """`manage.py reconcile --json` on this instance's database and ledger: do the books agree after
+        the run? (Its report; `ok` is False with `error` when the command could not report.)"""
+        done = subprocess.run([sys.executable, "manage.py", "reconcile", "--json"], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=600)
+        lines = done.stdout.strip().splitlines()
+        try:
+            return json.loads(lines[-1])
+        except (IndexError, ValueError):
+            return {"ok": False, "error": done.stderr.strip()[-1000:], "discrepancies": []}
+
     def _wait_ready(self, url: str | None = None):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

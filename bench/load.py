@@ -13,7 +13,9 @@ Measured with one load tool (bench/_load.py), at one concurrency, streaming and 
            routing the same model to the same upstream.
 Overhead = a figure's latency minus the direct one. Rounds alternate the targets; each figure is
 the best round. Then 1,000 streams held open at once on one instance, with its memory growth.
-The last line is one JSON object with every figure.
+Last, `manage.py reconcile` checks that the usage records, the ledger and the audit trail agree
+after all that load (printed, and in the JSON as `reconcile`). The last line is one JSON object
+with every figure.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def main():
     relay = RelayInstance({MODEL: f"{upstream}/v1"}, server="relay.serve",
                           extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
     relay.run_manage("shell", "-c", BUDGET)
-    cluster_script, litellm = None, None
+    cluster_script, litellm, books = None, None, None
     try:
         cluster_script, cluster_url = start_cluster(relay, args.instances)
         if args.litellm:
@@ -243,7 +245,10 @@ def main():
         if litellm:
             litellm.terminate()
             litellm.wait(30)
-        relay.stop()
+        try:  # before stop() drops the database: the load left the books as they should be
+            books = relay.reconcile()
+        finally:
+            relay.stop()
         upstream_process.terminate()
     for name, figure in best.items():
         extra = f"  overhead p50 {figure['overhead_p50_ms']:+7.2f} p99 {figure['overhead_p99_ms']:+7.2f} ms" \
@@ -255,9 +260,23 @@ def main():
     if streams:
         print(f"open streams: {streams['open_at_peak']}/{streams['streams']} at once, RSS {streams['rss_before_mb']} -> "
               f"{streams['rss_peak_mb']} MB (+{streams['growth_mb']} MB)")
+    print_reconcile(books)
     print_result({"concurrency": args.concurrency, "seconds": args.seconds, "instances": args.instances,
                   "upstream_tokens": args.tokens, "figures": best, "relay_vs_litellm": summary,
-                  "open_streams": streams})
+                  "open_streams": streams, "reconcile": books})
+
+
+def print_reconcile(books: dict) -> None:
+    """`manage.py reconcile` after the run: usage records, ledger and audit trail must agree."""
+    found = books.get("discrepancies", [])
+    if books.get("ok"):
+        checked = books["checked"]
+        print(f"reconcile: OK ({checked['usage_records']} usage records audited, {checked['ledger_counters']} "
+              f"ledger counter(s) match, ledger: {books['ledger']})")
+        return
+    print(f"reconcile: NOT CLEAN, {len(found)} discrepancy(ies) {books.get('error', '')}".rstrip())
+    for item in found[:20]:
+        print(f"  {item['message']}")
 
 
 if __name__ == "__main__":

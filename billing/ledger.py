@@ -42,6 +42,16 @@ class Grant:
     missing: list[str] | None = None
 
 
+@dataclass
+class OpenReservation:
+    """A reservation still held in the ledger (for `manage.py reconcile`)."""
+
+    request_id: str
+    amount: int
+    deadline: float
+    scopes: list[str]
+
+
 class Ledger:
     """The interface; every amount is an int of nano-dollars, every time a UNIX timestamp."""
 
@@ -70,6 +80,15 @@ class Ledger:
 
     async def initialize(self, counters: dict[str, int]) -> None:
         """Set spent counters that do not exist yet; existing ones are left alone."""
+        raise NotImplementedError
+
+    async def counters(self, scope_keys: list[str]) -> dict[str, int]:
+        """The spent counters that exist among scope_keys (a missing one is loaded from UsageRecord
+        by the next reserve, so it cannot disagree with the records)."""
+        raise NotImplementedError
+
+    async def expired_reservations(self, scope_key: str, now: float | None = None) -> list[OpenReservation]:
+        """Reservations of the scope still open past their deadline, read without purging them."""
         raise NotImplementedError
 
 
@@ -171,6 +190,20 @@ class InProcessLedger(Ledger):
         with self._lock:
             for scope, spent in counters.items():
                 self._spent.setdefault(scope, int(spent))
+
+    async def counters(self, scope_keys):
+        with self._lock:
+            return {scope: self._spent[scope] for scope in scope_keys if scope in self._spent}
+
+    async def expired_reservations(self, scope_key, now=None):
+        now = time.time() if now is None else now
+        with self._lock:
+            found = []
+            for rid, deadline in self._deadlines.get(scope_key, {}).items():
+                res = self._reservations.get(rid)
+                if deadline <= now and res is not None and res.state == "reserved":
+                    found.append(OpenReservation(rid, res.amount, deadline, list(res.scopes)))
+            return found
 
 
 def key_prefix() -> str:

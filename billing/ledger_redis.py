@@ -15,7 +15,7 @@ import weakref
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from billing.ledger import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable
+from billing.ledger import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable, OpenReservation
 
 # Purges the scope's expired reservations: returns their amount to every scope they hold.
 _PURGE = """
@@ -109,6 +109,24 @@ purge(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return redis.call('GET', ARGV[1] .. 'r:' .. ARGV[2]) or '0'
 """
 
+# Read-only: the scope's reservations past their deadline that are still open (not purged).
+# ARGV: prefix, scope, now. Returns {request id, deadline, amount, scopes, ...}.
+EXPIRED = """
+local P, scope, now = ARGV[1], ARGV[2], ARGV[3]
+local due = redis.call('ZRANGEBYSCORE', P .. 'd:' .. scope, '-inf', now, 'WITHSCORES')
+local out = {}
+for i = 1, #due, 2 do
+  local qkey = P .. 'q:' .. due[i]
+  if redis.call('HGET', qkey, 'st') == 'r' then
+    table.insert(out, due[i])
+    table.insert(out, due[i + 1])
+    table.insert(out, redis.call('HGET', qkey, 'amt'))
+    table.insert(out, redis.call('HGET', qkey, 'sc'))
+  end
+end
+return out
+"""
+
 
 class RedisBackend:
     """One asyncio client per event loop: redis.asyncio connections belong to the loop that made them."""
@@ -193,6 +211,18 @@ class RedisLedger(Ledger):
                 await pipe.execute()
         except RedisError as error:
             raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
+
+    async def counters(self, scope_keys):
+        if not scope_keys:
+            return {}
+        values = await self.backend.call("mget", [f"{self.prefix}s:{scope}" for scope in scope_keys])
+        return {scope: int(value) for scope, value in zip(scope_keys, values, strict=True) if value is not None}
+
+    async def expired_reservations(self, scope_key, now=None):
+        now = time.time() if now is None else now
+        out = await self.backend.run(EXPIRED, self.prefix, scope_key, repr(float(now)))
+        return [OpenReservation(out[i], int(out[i + 2]), float(out[i + 1]), out[i + 3].split("\n"))
+                for i in range(0, len(out), 4)]
 
     async def clear(self) -> None:
         """Delete every key under this ledger's prefix (tests)."""

@@ -54,18 +54,25 @@ def mark_interrupted_messages(older_than_seconds: int | None = None) -> int:
     with single_writer("interrupted") as mine:
         if not mine:
             return 0
-        from agents.models import Message
-
-        cutoff = timezone.now() - dt.timedelta(seconds=bound)
-        stale = list(Message.objects.filter(status=Message.Status.RUNNING, created_at__lt=cutoff)
-                     .select_related("conversation").order_by("created_at")[:500])
-        marked = sum(1 for message in stale if _interrupt(message))
+        stale = list(stale_running_messages(bound)[:500])
+        marked = sum(1 for message in stale if interrupt_message(message))
     if marked:
         logger.warning("marked %d message(s) of dead instances interrupted", marked)
     return marked
 
 
-def _interrupt(message) -> bool:
+def stale_running_messages(older_than_seconds: float, now: dt.datetime | None = None):
+    """Answers still `running` that started more than `older_than_seconds` before `now`, oldest first."""
+    from agents.models import Message
+
+    cutoff = (now or timezone.now()) - dt.timedelta(seconds=older_than_seconds)
+    return (Message.objects.filter(status=Message.Status.RUNNING, created_at__lt=cutoff)
+            .select_related("conversation").order_by("created_at"))
+
+
+def interrupt_message(message, *, by: str = "periodic") -> bool:
+    """Mark one orphaned answer `interrupted` with its zero-cost usage record and its audit event
+    (`by` names who found it: this job or `manage.py reconcile`). False if it finished meanwhile."""
     from agents.models import Message
     from audit import actions
     from audit.services import record
@@ -80,7 +87,8 @@ def _interrupt(message) -> bool:
         record(actions.AGENT_RUN, status=actions.ERROR, actor=conversation.user,
                organization=conversation.organization_id, resource=f"message:{message.pk}",
                metadata={"agent": message.agent, "model": message.model, "status": "interrupted",
-                         "cost": "0", "input_tokens": 0, "output_tokens": 0, "run_id": message.request_id})
+                         "cost": "0", "input_tokens": 0, "output_tokens": 0, "run_id": message.request_id,
+                         "interrupted_by": by})
     return True
 
 

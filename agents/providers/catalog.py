@@ -70,7 +70,7 @@ def forget_catalog(**kwargs) -> None:
 
 
 def available_models() -> list[ModelChoice]:
-    """Upstream models first (the default is the first), then the embedded engine's.
+    """Upstream models first, then the embedded engine's (the default is the first priced one).
 
     Every model call asks, so the list is kept for a few seconds instead of read each time.
     """
@@ -91,5 +91,42 @@ def resolve(name: str | None) -> ModelChoice | None:
     """The model called name, or the default when name is empty; None for an unknown name."""
     models = available_models()
     if not name:
-        return models[0]
+        return default_model(models)
     return next((m for m in models if m.name == name), None)
+
+
+def default_model(models: list[ModelChoice] | None = None) -> ModelChoice:
+    """The first model with a price in effect: a model nobody priced cannot be billed, so it is
+    never chosen for a request that names no model (it stays usable by name, with a clear 400).
+
+    With nothing priced at all, the first model: the request then says which price is missing.
+    """
+    models = models if models is not None else available_models()
+    priced = _price_lookup()
+    return next((m for m in models if priced(m.name)), models[0])
+
+
+def unpriced_names(names: list[str], now=None) -> list[str]:
+    """Those of `names` without a price in effect at `now` (the system check and the admin)."""
+    priced = _price_lookup(now)
+    return [name for name in names if not priced(name)]
+
+
+def _price_lookup(now=None):
+    """name -> whether a price is in effect, read through billing's per-process price copies (one
+    cache read, no query once loaded), so a price added or removed anywhere counts at once."""
+    from django.utils import timezone
+
+    from billing.pricing import UnknownModel, current_price
+    from billing.rule_cache import RULES
+
+    rules, now = RULES.view(), now or timezone.now()
+
+    def priced(name: str) -> bool:
+        try:
+            current_price(name, now, rules)
+        except UnknownModel:
+            return False
+        return True
+
+    return priced

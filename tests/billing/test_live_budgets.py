@@ -20,6 +20,7 @@ from billing.budgets import covering
 from billing.ledger import get_ledger
 from billing.models import Budget, UsageRecord
 from tests.conftest import ASGIServer, require_postgres, require_redis
+from tests.reconciled import assert_reconciled
 from tests.streaming.conftest import parse_sse
 from tests.uvicorn_worker import UvicornWorker
 from tests.uvicorn_worker import start_workers as uvicorn_workers
@@ -128,6 +129,7 @@ def test_fifty_concurrent_streams_never_pass_a_budget_of_ten(users, fake_upstrea
     assert spent_usd <= budget.limit_usd
     spent, reserved = ledger_figures(budget)
     assert (spent, reserved) == (int(spent_usd * 10**9), 0)
+    assert_reconciled()
 
 
 def test_cancelled_and_budget_stopped_streams_bill_exactly_the_tokens_produced(
@@ -171,6 +173,7 @@ def test_cancelled_and_budget_stopped_streams_bill_exactly_the_tokens_produced(
     assert ledger_figures(budget) == (int(budget.limit_usd * 10**9), 0)
     again, refusal = asyncio.run(_stream_once(asgi_server.url, secret, body))
     assert again == 402 and refusal[0]["error"]["code"] == "budget_exceeded"
+    assert_reconciled()
 
 
 def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fake_upstream, upstream_model,
@@ -209,6 +212,8 @@ def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fak
     finally:
         survivor.stop()
     assert status == 200 and events[-1]["status"] == "complete", events  # the whole budget is usable again
+    # The killed run's answer is younger than the TTL (still `running`, legitimately); the books agree.
+    assert_reconciled()
 
 
 # -- helpers -----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from tests.cluster.support import (
     scratch_database,
     wait_for,
 )
+from tests.reconciled import assert_reconciled_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 RECOVERY_SECONDS = 5
@@ -79,6 +80,7 @@ def test_redis_stop_gives_503s_and_service_returns_within_5s(tmp_path, upstream)
                 assert time.monotonic() - back <= RECOVERY_SECONDS
                 # Nothing ran unchecked during the outage: the upstream saw no call then.
                 assert len(upstream.requests) > requests_upstream
+                assert_reconciled_in(env)  # Redis lost its counters: they load again from the records
             finally:
                 instance.stop()
     finally:
@@ -104,6 +106,7 @@ def test_postgres_restart_gives_503s_and_service_returns_within_5s(tmp_path, ups
             back = time.monotonic()
             assert wait_for(lambda: served(instance, key), RECOVERY_SECONDS + 5)
             assert time.monotonic() - back <= RECOVERY_SECONDS
+            assert_reconciled_in(env)
         finally:
             instance.stop()
     finally:

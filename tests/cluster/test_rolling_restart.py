@@ -28,6 +28,7 @@ from tests.cluster.support import (
     require_cluster_services,
     scratch_database,
 )
+from tests.reconciled import assert_reconciled_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -110,5 +111,6 @@ def test_rolling_restart_under_load_fails_nothing_and_records_everything(tmp_pat
                     "SELECT metadata->>'request_id' FROM audit_auditevent WHERE action = 'agent.run'")}
             assert request_ids - usage == set(), "requests without a usage record"
             assert request_ids - audited == set(), "requests without an audit event"
+            assert_reconciled_in(env)
     finally:
         upstream.stop()

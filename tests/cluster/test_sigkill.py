@@ -23,6 +23,7 @@ from tests.cluster.support import (
     scratch_database,
     wait_for,
 )
+from tests.reconciled import assert_reconciled_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 TTL = 10
@@ -91,3 +92,4 @@ def test_sigkill_mid_stream_leaks_no_reservation_and_marks_the_answer_interrupte
         assert Decimal(after.pop("usage_cost")) == 0  # nothing was delivered and settled: nothing charged
         assert after == {"marked": 1, "status": "interrupted", "reserved": 0, "usage_status": "interrupted",
                          "audited": 1}
+        assert_reconciled_in(env)  # after the periodic jobs, the books agree
