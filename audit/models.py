@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from audit.actions import STATUSES
+from audit.chain import FORMAT_VERSION
 
 
 class AppendOnlyError(Exception):
@@ -52,6 +53,8 @@ class AuditEvent(AppendOnlyModel):
     `actor` and `organization` are pointers that go NULL when the user or organization is
     deleted; `actor_ref`, `organization_ref` and `actor_name` keep what was recorded, and they
     (not the pointers) are what the hash covers, so deleting a user does not break the chain.
+    Who may read an event is decided by the hashed references, never by the pointers, and
+    verification fails for a pointer that is neither NULL nor its reference.
     """
 
     sequence = models.BigIntegerField(unique=True, editable=False)
@@ -73,13 +76,20 @@ class AuditEvent(AppendOnlyModel):
     metadata = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+    # The hash format (audit.chain): new events get the current one; rows written before the
+    # column existed, or inserted outside the ORM, are the original format 1.
+    version = models.PositiveSmallIntegerField(default=FORMAT_VERSION, db_default=1, editable=False)
 
     objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-sequence"]
         indexes = [
-            # The organization-scoped list (API, admin filter) walks this backwards.
+            # The organization-scoped list (API, admin filter) and the admin's actor search walk
+            # these backwards.
+            models.Index(fields=["organization_ref", "-sequence"], name="audit_event_org_ref_seq"),
+            models.Index(fields=["actor_ref", "-sequence"], name="audit_event_actor_ref_seq"),
+            # Deleting a user or organization sets its pointers NULL (UPDATE ... WHERE actor_id IN ...).
             models.Index(fields=["organization", "-sequence"], name="audit_event_org_seq"),
             models.Index(fields=["actor", "-sequence"], name="audit_event_actor_seq"),
             models.Index(fields=["time"], name="audit_event_time"),
