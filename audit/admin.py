@@ -6,7 +6,7 @@ from django.db.models import OuterRef, Subquery
 from accounts.models import Organization, User
 from audit import actions
 from audit.actions import STATUSES
-from audit.models import AuditCheckpoint, AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent, AuditHeadCheckpoint
 from relay.admin_lists import CappedCountPaginator, choices_filter
 
 ACTION_NAMES = sorted({v for k, v in vars(actions).items() if k.isupper() and isinstance(v, str) and "." in v})
@@ -83,3 +83,12 @@ class AuditEventAdmin(ReadOnlyAdmin):
 class AuditCheckpointAdmin(ReadOnlyAdmin):
     list_display = ["last_sequence", "pruned_count", "pruned_before", "created_at"]
     readonly_fields = [f.name for f in AuditCheckpoint._meta.fields]
+
+
+@admin.register(AuditHeadCheckpoint)
+class AuditHeadCheckpointAdmin(ReadOnlyAdmin):
+    list_display = ["sequence", "hash", "created_at"]
+    ordering = ["-sequence", "-created_at"]
+    show_full_result_count = False
+    paginator = CappedCountPaginator  # one row every RELAY_AUDIT_CHECKPOINT_SECONDS adds up
+    readonly_fields = [f.name for f in AuditHeadCheckpoint._meta.fields]

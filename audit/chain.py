@@ -114,8 +114,17 @@ def compute_hash(prev_hash: str, event) -> str:
 
 # --- Checkpoints ----------------------------------------------------------------------------
 
+# Both kinds are signed with the same key; their messages cannot be mistaken for each other (a
+# prune checkpoint's starts with a digit), so one kind cannot be passed off as the other.
+
 def checkpoint_message(last_sequence: int, last_hash: str, count: int, before: dt.datetime, created: dt.datetime) -> str:
+    """What a prune checkpoint signs."""
     return f"{last_sequence}:{last_hash}:{count}:{iso(before)}:{iso(created)}"
+
+
+def head_message(sequence: int, hash_: str, created: dt.datetime) -> str:
+    """What a checkpoint of the chain head signs."""
+    return f"head:{sequence}:{hash_}:{iso(created)}"
 
 
 def sign(message: str, secret: str | None = None) -> str:
@@ -123,8 +132,8 @@ def sign(message: str, secret: str | None = None) -> str:
 
 
 def signature_valid(checkpoint) -> bool:
-    message = checkpoint_message(checkpoint.last_sequence, checkpoint.last_hash, checkpoint.pruned_count,
-                                 checkpoint.pruned_before, checkpoint.created_at)
+    """`checkpoint` is either kind (it knows its `signed_message()`); SECRET_KEY_FALLBACKS count too."""
+    message = checkpoint.signed_message()
     secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
     return any(constant_time_compare(sign(message, secret), checkpoint.signature) for secret in secrets)
 
@@ -141,13 +150,15 @@ class Verdict:
     head_hash: str = GENESIS
 
 
-def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS) -> Verdict:
+def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS,
+           checkpoint: tuple[int, str] | None = None) -> Verdict:
     """Walk `events` (ascending sequence, streamed) from a known start; stop at the first break.
 
     A changed event no longer matches its own hash (altered); a row whose hash is right but
     whose prev_hash does not link to its predecessor was put there (inserted); a sequence that
     skips numbers lost events (missing); a repeated sequence was inserted; a pointer that is
-    neither NULL nor its hashed reference was moved.
+    neither NULL nor its hashed reference was moved; an event at the sequence of `checkpoint`
+    (a signed head) with another hash was rewritten, with everything after it, or replaced.
     """
     expected, prev_hash, count = start_sequence, start_hash, 0
     for event in events:
@@ -158,7 +169,8 @@ def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS) -> Ver
             gap = f"#{expected}" if event.sequence == expected + 1 else f"#{expected}..#{event.sequence - 1}"
             return Verdict(False, count, f"Event {gap} is missing: the chain jumps from #{expected - 1} to "
                            f"#{event.sequence} (deleted?).", expected, expected - 1, prev_hash)
-        problem = _content_problem(event) or _link_problem(event, prev_hash) or _moved_pointer(event)
+        problem = (_content_problem(event) or _link_problem(event, prev_hash) or _moved_pointer(event)
+                   or _checkpoint_problem(event, checkpoint))
         if problem is not None:
             return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) {problem}", event.sequence,
                            expected - 1, prev_hash)
@@ -180,6 +192,13 @@ def _link_problem(event, prev_hash: str) -> str | None:
         return None
     before = event.sequence - 1
     return f"is inserted or its predecessor #{before} was rewritten: its prev_hash does not link to #{before}."
+
+
+def _checkpoint_problem(event, checkpoint: tuple[int, str] | None) -> str | None:
+    if checkpoint is None or event.sequence != checkpoint[0] or event.hash == checkpoint[1]:
+        return None
+    return (f"does not match the signed checkpoint of the head at #{checkpoint[0]} (hash {checkpoint[1]}): the "
+            "chain was rewritten up to here, or events were deleted and new ones appended in their place.")
 
 
 def _moved_pointer(event) -> str | None:
