@@ -4,6 +4,12 @@ hash = SHA-256(prev_hash + canonical JSON), where the canonical JSON has sorted 
 whitespace, times in ISO-8601 UTC with microseconds, decimals as strings. Values are
 normalised *before* they are stored (see `normalise`) so that what the database hands back
 reads the same canonical bytes years later, on another driver or database.
+
+Each event carries the version of the format it was hashed in and verifies under that version
+forever: 1 is the original format; 2 (every new event) also hashes the version itself, so a
+later format can never be read back as an earlier one. The `actor`/`organization` pointers are
+not hashed (they go NULL when the row they point to is deleted); verification checks that each
+is NULL or equal to its hashed reference instead.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from django.conf import settings
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 GENESIS = "0" * 64
+FORMAT_VERSION = 2  # what new events are hashed in
+FORMAT_VERSIONS = (1, 2)
+POINTERS = ("organization", "actor")  # <name>_id must be NULL or equal to the hashed <name>_ref
 _CHECKPOINT_SALT = "relay.audit.checkpoint"
 
 
@@ -70,7 +79,14 @@ def normalise(value):
     return clean_text(value, 10_000)
 
 
+class UnknownFormat(ValueError):
+    pass
+
+
 def canonical(event) -> bytes:
+    version = getattr(event, "version", 1)  # plain objects without one are in the original format
+    if version not in FORMAT_VERSIONS:
+        raise UnknownFormat(f"unknown hash format version {version!r}")
     data = {
         "sequence": event.sequence,
         "time": iso(event.time),
@@ -87,6 +103,8 @@ def canonical(event) -> bytes:
         # Normalised again: the database may give back 1.0 as 1, which must hash the same.
         "metadata": normalise(event.metadata),
     }
+    if version >= 2:
+        data["version"] = version
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -96,8 +114,17 @@ def compute_hash(prev_hash: str, event) -> str:
 
 # --- Checkpoints ----------------------------------------------------------------------------
 
+# Both kinds are signed with the same key; their messages cannot be mistaken for each other (a
+# prune checkpoint's starts with a digit), so one kind cannot be passed off as the other.
+
 def checkpoint_message(last_sequence: int, last_hash: str, count: int, before: dt.datetime, created: dt.datetime) -> str:
+    """What a prune checkpoint signs."""
     return f"{last_sequence}:{last_hash}:{count}:{iso(before)}:{iso(created)}"
+
+
+def head_message(sequence: int, hash_: str, created: dt.datetime) -> str:
+    """What a checkpoint of the chain head signs."""
+    return f"head:{sequence}:{hash_}:{iso(created)}"
 
 
 def sign(message: str, secret: str | None = None) -> str:
@@ -105,8 +132,8 @@ def sign(message: str, secret: str | None = None) -> str:
 
 
 def signature_valid(checkpoint) -> bool:
-    message = checkpoint_message(checkpoint.last_sequence, checkpoint.last_hash, checkpoint.pruned_count,
-                                 checkpoint.pruned_before, checkpoint.created_at)
+    """`checkpoint` is either kind (it knows its `signed_message()`); SECRET_KEY_FALLBACKS count too."""
+    message = checkpoint.signed_message()
     secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
     return any(constant_time_compare(sign(message, secret), checkpoint.signature) for secret in secrets)
 
@@ -123,12 +150,15 @@ class Verdict:
     head_hash: str = GENESIS
 
 
-def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS) -> Verdict:
+def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS,
+           checkpoint: tuple[int, str] | None = None) -> Verdict:
     """Walk `events` (ascending sequence, streamed) from a known start; stop at the first break.
 
     A changed event no longer matches its own hash (altered); a row whose hash is right but
     whose prev_hash does not link to its predecessor was put there (inserted); a sequence that
-    skips numbers lost events (missing); a repeated sequence was inserted.
+    skips numbers lost events (missing); a repeated sequence was inserted; a pointer that is
+    neither NULL nor its hashed reference was moved; an event at the sequence of `checkpoint`
+    (a signed head) with another hash was rewritten, with everything after it, or replaced.
     """
     expected, prev_hash, count = start_sequence, start_hash, 0
     for event in events:
@@ -139,13 +169,43 @@ def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS) -> Ver
             gap = f"#{expected}" if event.sequence == expected + 1 else f"#{expected}..#{event.sequence - 1}"
             return Verdict(False, count, f"Event {gap} is missing: the chain jumps from #{expected - 1} to "
                            f"#{event.sequence} (deleted?).", expected, expected - 1, prev_hash)
-        if compute_hash(event.prev_hash, event) != event.hash:
-            return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) was altered: its content no "
-                           "longer matches its hash.", event.sequence, expected - 1, prev_hash)
-        if event.prev_hash != prev_hash:
-            return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) is inserted or its predecessor "
-                           f"#{expected - 1} was rewritten: its prev_hash does not link to #{expected - 1}.",
-                           event.sequence, expected - 1, prev_hash)
+        problem = (_content_problem(event) or _link_problem(event, prev_hash) or _moved_pointer(event)
+                   or _checkpoint_problem(event, checkpoint))
+        if problem is not None:
+            return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) {problem}", event.sequence,
+                           expected - 1, prev_hash)
         prev_hash, expected, count = event.hash, expected + 1, count + 1
     return Verdict(True, count, f"{count} events verified; head #{expected - 1} {prev_hash}.", None,
                    expected - 1, prev_hash)
+
+
+def _content_problem(event) -> str | None:
+    try:
+        intact = compute_hash(event.prev_hash, event) == event.hash
+    except UnknownFormat as unknown:
+        return f"was altered: {unknown}."
+    return None if intact else "was altered: its content no longer matches its hash."
+
+
+def _link_problem(event, prev_hash: str) -> str | None:
+    if event.prev_hash == prev_hash:
+        return None
+    before = event.sequence - 1
+    return f"is inserted or its predecessor #{before} was rewritten: its prev_hash does not link to #{before}."
+
+
+def _checkpoint_problem(event, checkpoint: tuple[int, str] | None) -> str | None:
+    if checkpoint is None or event.sequence != checkpoint[0] or event.hash == checkpoint[1]:
+        return None
+    return (f"does not match the signed checkpoint of the head at #{checkpoint[0]} (hash {checkpoint[1]}): the "
+            "chain was rewritten up to here, or events were deleted and new ones appended in their place.")
+
+
+def _moved_pointer(event) -> str | None:
+    """A pointer that is neither NULL nor its hashed reference: the event was moved by hand."""
+    for name in POINTERS:
+        pointer, recorded = getattr(event, f"{name}_id", None), getattr(event, f"{name}_ref", None)
+        if pointer is not None and pointer != recorded:
+            return (f"was moved: its {name} pointer is {pointer}, but {name} {recorded} was recorded "
+                    "(and hashed).")
+    return None

@@ -7,7 +7,7 @@ import json
 from audit.chain import iso
 
 COLUMNS = ["sequence", "time", "actor_id", "actor_name", "api_key_prefix", "organization_id", "action", "resource",
-           "status", "ip", "user_agent", "request_id", "metadata", "prev_hash", "hash"]
+           "status", "ip", "user_agent", "request_id", "metadata", "prev_hash", "hash", "version"]
 
 
 def event_dict(event) -> dict:
@@ -18,6 +18,7 @@ def event_dict(event) -> dict:
         "organization_id": event.organization_ref, "action": event.action, "resource": event.resource,
         "status": event.status, "ip": event.ip, "user_agent": event.user_agent, "request_id": event.request_id,
         "metadata": event.metadata, "prev_hash": event.prev_hash, "hash": event.hash,
+        "version": event.version,  # the hash format (audit.chain), to verify an export elsewhere
     }
 
 

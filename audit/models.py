@@ -1,4 +1,5 @@
-"""The audit trail: append-only, hash-chained events, and the checkpoints pruning leaves behind.
+"""The audit trail: append-only, hash-chained events, the checkpoints pruning leaves behind, and
+the signed checkpoints of the chain head that Celery beat writes.
 
 Only `audit.services.record()` writes events. The model refuses updates and deletes here, and
 database triggers (migration 0002) refuse them underneath the ORM too.
@@ -7,7 +8,9 @@ database triggers (migration 0002) refuse them underneath the ORM too.
 from django.conf import settings
 from django.db import models
 
+from audit import chain
 from audit.actions import STATUSES
+from audit.chain import FORMAT_VERSION
 
 
 class AppendOnlyError(Exception):
@@ -52,6 +55,8 @@ class AuditEvent(AppendOnlyModel):
     `actor` and `organization` are pointers that go NULL when the user or organization is
     deleted; `actor_ref`, `organization_ref` and `actor_name` keep what was recorded, and they
     (not the pointers) are what the hash covers, so deleting a user does not break the chain.
+    Who may read an event is decided by the hashed references, never by the pointers, and
+    verification fails for a pointer that is neither NULL nor its reference.
     """
 
     sequence = models.BigIntegerField(unique=True, editable=False)
@@ -73,13 +78,20 @@ class AuditEvent(AppendOnlyModel):
     metadata = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+    # The hash format (audit.chain): new events get the current one; rows written before the
+    # column existed, or inserted outside the ORM, are the original format 1.
+    version = models.PositiveSmallIntegerField(default=FORMAT_VERSION, db_default=1, editable=False)
 
     objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-sequence"]
         indexes = [
-            # The organization-scoped list (API, admin filter) walks this backwards.
+            # The organization-scoped list (API, admin filter) and the admin's actor search walk
+            # these backwards.
+            models.Index(fields=["organization_ref", "-sequence"], name="audit_event_org_ref_seq"),
+            models.Index(fields=["actor_ref", "-sequence"], name="audit_event_actor_ref_seq"),
+            # Deleting a user or organization sets its pointers NULL (UPDATE ... WHERE actor_id IN ...).
             models.Index(fields=["organization", "-sequence"], name="audit_event_org_seq"),
             models.Index(fields=["actor", "-sequence"], name="audit_event_actor_seq"),
             models.Index(fields=["time"], name="audit_event_time"),
@@ -108,3 +120,34 @@ class AuditCheckpoint(AppendOnlyModel):
 
     def __str__(self):
         return f"checkpoint at #{self.last_sequence}"
+
+    def signed_message(self) -> str:
+        return chain.checkpoint_message(self.last_sequence, self.last_hash, self.pruned_count, self.pruned_before,
+                                        self.created_at)
+
+
+class AuditHeadCheckpoint(AppendOnlyModel):
+    """The chain head (sequence and hash of the newest event) at a moment, signed with SECRET_KEY.
+
+    verify_audit fails when the chain no longer reaches the latest one, so deleting the newest
+    events is detected up to it. Written every RELAY_AUDIT_CHECKPOINT_SECONDS by Celery beat
+    (relay.periodic.audit_head_checkpoint) or by `manage.py checkpoint_audit`; not an event, so
+    writing one never moves the chain.
+    """
+
+    sequence = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    signature = models.CharField(max_length=64)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-sequence", "-created_at"]
+        indexes = [models.Index(fields=["-sequence", "-created_at"], name="audit_head_latest")]
+
+    def __str__(self):
+        return f"head #{self.sequence} at {chain.iso(self.created_at)}"
+
+    def signed_message(self) -> str:
+        return chain.head_message(self.sequence, self.hash, self.created_at)

@@ -7,31 +7,44 @@ unchanged). DELETE is refused unless the transaction says it is pruning: on Post
 settings, so pruning drops and recreates its DELETE trigger inside its own transaction.
 TRUNCATE (PostgreSQL) is refused the same way.
 
-Migration 0002 installs these. Changing the SQL later needs a new migration that reinstalls.
+Migration 0002 installs these, 0003 reinstalls them with the `version` column. Changing the SQL
+later needs a new migration that reinstalls (a migration runs the SQL of its own time: pass it
+the columns it knew).
 """
 
 TABLE = "audit_auditevent"
 PRUNE_SETTING = "relay.audit_prune"
 
 # Everything the hash covers, plus the row's identity: none of it may ever change.
-IMMUTABLE_COLUMNS = (
+# (COLUMNS_0002: what migration 0002 knew, before the hash format version existed.)
+COLUMNS_0002 = (
     "id", "sequence", "time", "actor_ref", "actor_name", "api_key_prefix", "organization_ref", "action",
     "resource", "status", "ip", "user_agent", "request_id", "metadata", "prev_hash", "hash",
 )
+IMMUTABLE_COLUMNS = (*COLUMNS_0002, "version")
 _POINTERS = ("actor_id", "organization_id")
 
 
-def _only_pointers_cleared(same: str) -> str:
-    unchanged = " AND ".join(f"NEW.{c} {same} OLD.{c}" for c in IMMUTABLE_COLUMNS)
+def _only_pointers_cleared(same: str, columns=IMMUTABLE_COLUMNS) -> str:
+    unchanged = " AND ".join(f"NEW.{c} {same} OLD.{c}" for c in columns)
     cleared = " AND ".join(f"(NEW.{p} IS NULL OR NEW.{p} {same} OLD.{p})" for p in _POINTERS)
     return f"({unchanged} AND {cleared})"
 
 
-POSTGRES_INSTALL = [
-    f"""
+_POSTGRES_TRIGGERS = [
+    f"DROP TRIGGER IF EXISTS audit_event_append_only ON {TABLE}",
+    f"""CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE ON {TABLE}
+        FOR EACH ROW EXECUTE FUNCTION audit_event_guard()""",
+    f"DROP TRIGGER IF EXISTS audit_event_no_truncate ON {TABLE}",
+    f"""CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON {TABLE}
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_event_guard()""",
+]
+
+def postgres_install(columns=IMMUTABLE_COLUMNS) -> list[str]:
+    return [f"""
     CREATE OR REPLACE FUNCTION audit_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP = 'UPDATE' AND {_only_pointers_cleared("IS NOT DISTINCT FROM")} THEN
+        IF TG_OP = 'UPDATE' AND {_only_pointers_cleared("IS NOT DISTINCT FROM", columns)} THEN
             RETURN NEW;
         END IF;
         IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{PRUNE_SETTING}', true) = 'on' THEN
@@ -41,14 +54,9 @@ POSTGRES_INSTALL = [
             USING ERRCODE = 'integrity_constraint_violation';
     END;
     $$
-    """,
-    f"DROP TRIGGER IF EXISTS audit_event_append_only ON {TABLE}",
-    f"""CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE ON {TABLE}
-        FOR EACH ROW EXECUTE FUNCTION audit_event_guard()""",
-    f"DROP TRIGGER IF EXISTS audit_event_no_truncate ON {TABLE}",
-    f"""CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON {TABLE}
-        FOR EACH STATEMENT EXECUTE FUNCTION audit_event_guard()""",
-]
+    """, *_POSTGRES_TRIGGERS]
+
+
 POSTGRES_UNINSTALL = [
     f"DROP TRIGGER IF EXISTS audit_event_append_only ON {TABLE}",
     f"DROP TRIGGER IF EXISTS audit_event_no_truncate ON {TABLE}",
@@ -59,16 +67,19 @@ SQLITE_DELETE_TRIGGER = f"""
     CREATE TRIGGER IF NOT EXISTS audit_event_no_delete BEFORE DELETE ON {TABLE}
     BEGIN SELECT RAISE(ABORT, 'audit events are append-only: DELETE refused'); END
 """
-SQLITE_INSTALL = [
-    f"""
-    CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON {TABLE}
-    WHEN NOT {_only_pointers_cleared("IS")}
-    BEGIN SELECT RAISE(ABORT, 'audit events are append-only: UPDATE refused'); END
-    """,
-    SQLITE_DELETE_TRIGGER,
-]
 SQLITE_DROP_DELETE_TRIGGER = "DROP TRIGGER IF EXISTS audit_event_no_delete"
 SQLITE_UNINSTALL = ["DROP TRIGGER IF EXISTS audit_event_no_update", SQLITE_DROP_DELETE_TRIGGER]
+
+
+def sqlite_install(columns=IMMUTABLE_COLUMNS) -> list[str]:
+    return [f"""
+    CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON {TABLE}
+    WHEN NOT {_only_pointers_cleared("IS", columns)}
+    BEGIN SELECT RAISE(ABORT, 'audit events are append-only: UPDATE refused'); END
+    """, SQLITE_DELETE_TRIGGER]
+
+
+SQLITE_INSTALL = sqlite_install()
 
 
 def _run(schema_editor, statements_by_vendor: dict) -> None:
@@ -76,8 +87,18 @@ def _run(schema_editor, statements_by_vendor: dict) -> None:
         schema_editor.execute(statement, params=None)  # None: the SQL has literal % signs
 
 
+def _install(schema_editor, columns) -> None:
+    # SQLite drops first: CREATE TRIGGER IF NOT EXISTS would keep an older guard.
+    _run(schema_editor, {"postgresql": postgres_install(columns), "sqlite": SQLITE_UNINSTALL + sqlite_install(columns)})
+
+
+def install_0002(apps, schema_editor) -> None:
+    _install(schema_editor, COLUMNS_0002)
+
+
 def install(apps, schema_editor) -> None:
-    _run(schema_editor, {"postgresql": POSTGRES_INSTALL, "sqlite": SQLITE_INSTALL})
+    """The current guard. On SQLite, run it after any operation that remakes the table (that drops triggers)."""
+    _install(schema_editor, IMMUTABLE_COLUMNS)
 
 
 def uninstall(apps, schema_editor) -> None:

@@ -186,3 +186,17 @@ def audit_checkpoint() -> dict:
         days = settings.RELAY_AUDIT_RETENTION_DAYS
         checkpoint = prune(timezone.now() - dt.timedelta(days=days)) if days else None
     return {"ok": True, "pruned": checkpoint.pruned_count if checkpoint else 0}
+
+
+@shared_task(name="relay.audit_head_checkpoint", ignore_result=True)
+def audit_head_checkpoint() -> dict:
+    """Sign the audit chain head (every RELAY_AUDIT_CHECKPOINT_SECONDS): from then on, verify_audit
+    fails if any event up to it is deleted; only the events since the latest one are unprotected."""
+    from audit.maintenance import write_head_checkpoint
+
+    # Its own lock: the daily verification (`audit`) may hold its lock for long on a big trail.
+    with single_writer("audit-head", timeout=60) as mine:
+        if not mine:
+            return {"skipped": True}
+        checkpoint = write_head_checkpoint()
+    return {"sequence": checkpoint.sequence if checkpoint else 0}

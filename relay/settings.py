@@ -206,6 +206,12 @@ CELERY_BEAT_SCHEDULE = {
     "evaluate-budget-alerts": {"task": "relay.evaluate_budget_alerts", "schedule": 300.0},
     "audit-checkpoint": {"task": "relay.audit_checkpoint", "schedule": 86400.0},
 }
+# The audit chain head is signed this often: deleting the newest events is detected by verify_audit
+# up to the latest checkpoint, so at most this many seconds of events are unprotected (0: never).
+RELAY_AUDIT_CHECKPOINT_SECONDS = env_int("RELAY_AUDIT_CHECKPOINT_SECONDS", 300)
+if RELAY_AUDIT_CHECKPOINT_SECONDS > 0:
+    CELERY_BEAT_SCHEDULE["audit-head-checkpoint"] = {"task": "relay.audit_head_checkpoint",
+                                                     "schedule": float(RELAY_AUDIT_CHECKPOINT_SECONDS)}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

@@ -19,7 +19,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
         fields = ["sequence", "time", "actor_id", "actor_name", "api_key_prefix", "organization_id", "action",
-                  "resource", "status", "ip", "user_agent", "request_id", "metadata", "prev_hash", "hash"]
+                  "resource", "status", "ip", "user_agent", "request_id", "metadata", "prev_hash", "hash", "version"]
 
     def to_representation(self, instance):
         return event_dict(instance)

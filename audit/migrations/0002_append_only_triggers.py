@@ -8,4 +8,4 @@ class Migration(migrations.Migration):
 
     dependencies = [("audit", "0001_initial")]
 
-    operations = [migrations.RunPython(triggers.install, triggers.uninstall, elidable=False)]
+    operations = [migrations.RunPython(triggers.install_0002, triggers.uninstall, elidable=False)]

@@ -141,8 +141,9 @@ def test_an_inserted_event_is_named():
     fake.hash = compute_hash(fake.prev_hash, fake)
     with triggers_lifted():
         raw("INSERT INTO audit_auditevent (sequence, time, actor_name, api_key_prefix, action, resource, status, "
-            "user_agent, request_id, metadata, prev_hash, hash) VALUES (%s, %s, %s, '', %s, '', %s, '', '', %s, %s, %s)",
-            [4, fake.time, "mallory", fake.action, "success", "{}", fake.prev_hash, fake.hash])
+            "user_agent, request_id, metadata, prev_hash, hash, version) "
+            "VALUES (%s, %s, %s, '', %s, '', %s, '', '', %s, %s, %s, %s)",
+            [4, fake.time, "mallory", fake.action, "success", "{}", fake.prev_hash, fake.hash, fake.version])
     message = verify_fails()
     assert "#4" in message and "inserted" in message
 

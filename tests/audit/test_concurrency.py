@@ -12,6 +12,7 @@ from django.db import connection
 
 from audit.maintenance import verify_chain
 from audit.models import AuditEvent
+from tests.audit.conftest import database_url
 from tests.conftest import require_postgres
 
 WRITERS = 8
@@ -29,13 +30,6 @@ while time.time() < deadline:
     count += 1
 print(json.dumps({"appended": count}))
 """
-
-
-def database_url() -> str:
-    db = settings.DATABASES["default"]
-    if connection.vendor == "postgresql":
-        return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    return f"sqlite:///{db['NAME']}"
 
 
 def run_writers(seconds: float) -> int:
