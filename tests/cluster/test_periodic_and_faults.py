@@ -52,7 +52,7 @@ def test_only_answers_older_than_any_run_become_interrupted_with_usage_and_audit
     assert statuses == {"orphan": "interrupted", "young": "running", "done": "complete"}
     usage = UsageRecord.objects.get(request_id="req-orphan")
     assert (usage.status, usage.cost, usage.output_tokens) == ("interrupted", 0, 0)
-    event = AuditEvent.objects.get(action="agent.run", metadata__request_id="req-orphan")
+    event = AuditEvent.objects.get(action="agent.run", metadata__run_id="req-orphan")
     assert (event.status, event.metadata["status"]) == ("error", "interrupted")
     assert periodic.mark_interrupted_messages(older_than_seconds=900) == 0  # once only
 

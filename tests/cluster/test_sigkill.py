@@ -49,7 +49,7 @@ answer = Message.objects.get(role="assistant", request_id="REQUEST_ID")
 usage = UsageRecord.objects.filter(request_id=answer.request_id).first()
 print(json.dumps({"marked": marked, "status": answer.status, "reserved": async_to_sync(get_ledger().reserved)(scope),
                   "usage_status": usage and usage.status, "usage_cost": usage and str(usage.cost),
-                  "audited": AuditEvent.objects.filter(action="agent.run", metadata__request_id=answer.request_id,
+                  "audited": AuditEvent.objects.filter(action="agent.run", metadata__run_id=answer.request_id,
                                                        metadata__status="interrupted").count()}))
 """.replace("TTL_SECONDS", str(TTL))
 
