@@ -21,6 +21,14 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
+class Unprocessable(exceptions.APIException):
+    """Well-formed input that Relay will not process within its limits (e.g. a document too slow to parse)."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "The request cannot be processed within Relay's limits."
+    default_code = "too_complex"
+
+
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "A service Relay depends on is unavailable; try again shortly."
