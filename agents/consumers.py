@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions
@@ -170,8 +171,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except exceptions.APIException as error:
             from relay.api.errors import _flatten
 
-            await self.send_event({"type": "error", "code": error.default_code if not isinstance(
-                error, exceptions.ValidationError) else "invalid", "message": _flatten(error.detail)})
+            event = {"type": "error", "code": error.default_code if not isinstance(
+                error, exceptions.ValidationError) else "invalid", "message": _flatten(error.detail)}
+            if isinstance(error, exceptions.Throttled) and error.wait:  # 429s: what Retry-After says over HTTP
+                event["retry_after"] = max(1, math.ceil(error.wait))
+            await self.send_event(event)
         return None
 
     async def _stream(self, run: runner.PreparedRun):

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Team, User
 from accounts.permissions import AUTHENTICATED, request_key
-from agents import documents
+from agents import documents, heavy
 from agents.api.serializers import (
     AgentInfoSerializer,
     ConversationDetailSerializer,
@@ -122,8 +122,9 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
         try:
-            document = documents.store_document(name=upload.name, data=upload.read(),
-                                                content_type=upload.content_type, owner=request.user)
+            with heavy.heavy_slot_sync(request.user):  # 429 busy beyond the host's or the user's slots
+                document = documents.store_document(name=upload.name, data=upload.read(),
+                                                    content_type=upload.content_type, owner=request.user)
         except DocumentError as error:
             raise _upload_error(error) from None
         document.chunk_count = document.chunks.count()

@@ -62,8 +62,8 @@ def exception_handler(exc, context):
     if response is None:
         return None  # unexpected: let Django log it and answer 500
 
-    if isinstance(exc, exceptions.Throttled):
-        code = "rate_limited"
+    if isinstance(exc, exceptions.Throttled):  # DRF's own throttles say "throttled"; subclasses name themselves
+        code = "rate_limited" if exc.default_code == exceptions.Throttled.default_code else exc.default_code
     elif isinstance(exc, exceptions.ParseError):
         code = "malformed_request"
     else:
