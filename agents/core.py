@@ -68,6 +68,7 @@ class RunContext:
     client_tools: list[dict] | None = None                   # OpenAI-compatible API: tools the client runs
     tool_records: list[dict] = field(default_factory=list)
     facts: dict = field(default_factory=dict)               # what the agent learned, for quality scoring
+    heavy_lease: Any = None                                  # the run's admitted slot (agents/heavy.py), if any
     last_outcome: ToolOutcome | None = None
 
     async def use(self, tool: Tool, arguments: dict, call_id: str | None = None) -> AsyncIterator[dict]:
@@ -117,3 +118,8 @@ class Agent:
     def quality(self, ctx: RunContext, answer: str) -> float:
         """A score in [0, 1] by this agent's documented rule."""
         raise NotImplementedError
+
+    def runs_heavy_work(self, query: str, attachment: bytes | None) -> bool:
+        """Whether answering will certainly run heavy work (code, image analysis): then the run is
+        admitted against the heavy-work slots before it starts (agents/heavy.py), so a refusal is a 429."""
+        return False

@@ -4,13 +4,16 @@ Uploads are untrusted: the kind of a file is decided by sniffing its bytes, neve
 or declared content type (those only break ties between plain text and Markdown), HTML is
 parsed as text and never rendered, and every failure is a ``DocumentError`` whose message can
 be shown to the user as a 4xx, never an unexpected exception that becomes a 500.
+
+Every upload is bounded by ``Ceilings`` (decoded bytes, extracted characters, parse time), which
+a ``Budget`` enforces while parsing: what exceeds a size is ``DocumentTooLarge`` (413), what
+runs out of time is ``DocumentTooComplex`` (422).
 """
 
 import codecs
-import contextlib
-import io
 import logging
 import re
+import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
@@ -20,13 +23,74 @@ from agents.tokenizer import count_tokens, split_tokens
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-# Each page may legitimately inflate to tens of MB of content streams; bound the total work.
-MAX_PDF_PAGES = 2000
 UNSUPPORTED = "Unsupported file type: Relay can read plain text, Markdown, HTML and PDF documents."
 
 
 class DocumentError(ValueError):
     """A document that cannot be ingested; ``str(error)`` is safe to show the user."""
+
+    status = 400
+
+
+class DocumentTooLarge(DocumentError):
+    """Decoded content or extracted text over its ceiling: 413, like a body over the size limit."""
+
+    status = 413
+
+
+class DocumentTooComplex(DocumentError):
+    """A well-formed document that takes longer to parse than the ceiling allows: 422."""
+
+    status = 422
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    stream_bytes: int = 4 * 1024 * 1024     # one decoded PDF content stream
+    decoded_bytes: int = 64 * 1024 * 1024   # all pages' decoded content, a shared stream counted per page
+    chars: int = 5_000_000                  # extracted text
+    seconds: float = 20.0                   # parsing, wall clock
+
+    @classmethod
+    def from_settings(cls) -> "Ceilings":
+        from django.conf import settings
+
+        return cls(stream_bytes=settings.RELAY_MAX_STREAM_BYTES, decoded_bytes=settings.RELAY_MAX_DECODED_BYTES,
+                   chars=settings.RELAY_MAX_EXTRACTED_CHARS, seconds=settings.RELAY_MAX_PARSE_SECONDS)
+
+
+_clock = time.monotonic  # a module attribute, so tests can give time as an input
+
+
+class Budget:
+    """One upload's allowance, charged by the parsers as they go (not after the fact)."""
+
+    def __init__(self, ceilings: Ceilings):
+        self.ceilings = ceilings
+        self.deadline = _clock() + ceilings.seconds
+        self.decoded_total = 0
+        self.chars_total = 0
+
+    def decoded(self, size: int, what: str) -> None:
+        self.decoded_total += size
+        if self.decoded_total > self.ceilings.decoded_bytes:
+            raise DocumentTooLarge(f"{what} is larger than {self.ceilings.decoded_bytes / 1048576:g} MB once decoded "
+                                   f"(content shared by several pages counts once per page); Relay reads "
+                                   f"documents of up to that size.")
+
+    def extracted(self, chars: int) -> None:
+        self.chars_total += chars
+        self.check_chars(self.chars_total)
+
+    def check_chars(self, chars: int) -> None:
+        if chars > self.ceilings.chars:
+            raise DocumentTooLarge(f"This document has more than {self.ceilings.chars:,} characters of text; "
+                                   f"split it into smaller documents.")
+
+    def check_time(self) -> None:
+        if _clock() > self.deadline:
+            raise DocumentTooComplex(f"This document takes too long to read (over {self.ceilings.seconds:g} "
+                                     f"seconds); split it into smaller documents.")
 
 
 @dataclass(frozen=True)
@@ -58,28 +122,42 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 def extract_text(data: bytes, filename: str, content_type: str | None = None, *,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> ExtractedText:
-    """Extract the readable text of an uploaded document, sniffing its real type."""
+                 max_bytes: int = DEFAULT_MAX_BYTES, ceilings: Ceilings | None = None) -> ExtractedText:
+    """Extract the readable text of an uploaded document, sniffing its real type.
+
+    ``ceilings`` default to the RELAY_MAX_* settings; exceeding one raises DocumentTooLarge or
+    DocumentTooComplex while parsing.
+    """
     if data is None or len(data) == 0:
         raise DocumentError("The file is empty.")
     if len(data) > max_bytes:
         raise DocumentError(f"This file is too large ({len(data) / 1048576:.1f} MB); the limit "
                             f"is {max_bytes / 1048576:.0f} MB.")
+    budget = Budget(ceilings or Ceilings.from_settings())
+    extracted = _extract(data, filename, content_type, budget)
+    budget.check_chars(len(extracted.text))  # every kind, whatever its parser counted on the way
+    return extracted
+
+
+def _extract(data: bytes, filename: str, content_type: str | None, budget: Budget) -> ExtractedText:
     head = data[:1024]
     fallback_title = _title_from_filename(filename)
     # Readers accept junk before the header within the first KB; a text that merely
     # mentions "%PDF-" is not a PDF unless it also has a PDF's trailer.
     pdf_at = head.find(b"%PDF-")
     if pdf_at != -1 and (not head[:pdf_at].strip() or b"startxref" in data[-4096:]):
-        return _extract_pdf(data, fallback_title)
+        from agents.ingest_pdf import extract_pdf
+
+        return extract_pdf(data, fallback_title, budget)
     if head.startswith(_BINARY_MAGIC):
         raise DocumentError(UNSUPPORTED)
     # Markup must open the document, so Markdown that merely mentions <html> stays Markdown.
     start = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
     if start.startswith(b"<") and _HTML_MARKERS.search(start):
-        text, title = _extract_html(_decode(data, content_type, html=True))
+        text, title = _extract_html(_decode(data, content_type, html=True), budget)
         return ExtractedText(text, "html", title or fallback_title)
     text = _decode(data, content_type)
+    budget.check_chars(len(text))
     suffix = PurePosixPath((filename or "").lower()).suffix
     declared_md = suffix in _MARKDOWN_EXTENSIONS or "markdown" in (content_type or "").lower()
     if declared_md or len(_MARKDOWN_MARKERS.findall(text[:20000])) >= 3:
@@ -160,8 +238,9 @@ class _TextExtractor(HTMLParser):
              "footer", "nav", "aside", "main", "h1", "h2", "h3", "h4", "h5", "h6", "pre",
              "blockquote", "dd", "dt", "figcaption", "hr", "form", "fieldset", "address"}
 
-    def __init__(self):
+    def __init__(self, budget: Budget):
         super().__init__(convert_charrefs=True)
+        self.budget = budget
         self.parts: list[str] = []
         self.skip_depth = 0
         self.pre_depth = 0
@@ -210,63 +289,30 @@ class _TextExtractor(HTMLParser):
         if self.in_h1:
             self.h1 += data
         # Outside <pre>, HTML collapses whitespace runs into one space.
-        self.parts.append(data if self.pre_depth else re.sub(r"\s+", " ", data))
+        text = data if self.pre_depth else re.sub(r"\s+", " ", data)
+        self.budget.extracted(len(text))
+        self.parts.append(text)
 
 
-def _extract_html(html: str) -> tuple[str, str]:
-    parser = _TextExtractor()
-    # html.parser is lenient, but a malformed page must not become a 500: keep what was read.
-    with contextlib.suppress(Exception):
-        parser.feed(html)
+_HTML_PIECE = 256 * 1024  # characters fed to the parser between two looks at the clock
+
+
+def _extract_html(html: str, budget: Budget) -> tuple[str, str]:
+    parser = _TextExtractor(budget)
+    try:
+        for start in range(0, len(html), _HTML_PIECE):
+            parser.feed(html[start:start + _HTML_PIECE])
+            budget.check_time()
         parser.close()
+    except DocumentError:
+        raise
+    except Exception:  # html.parser is lenient, but a malformed page must not become a 500: keep what was read
+        logger.debug("malformed HTML, keeping the text read so far", exc_info=True)
     text = "".join(parser.parts)
     text = re.sub(r"[ \t]*\n[ \t]*", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     title = parser.title or " ".join(parser.h1.split())
     return text, title[:200]
-
-
-def _extract_pdf(data: bytes, fallback_title: str) -> ExtractedText:
-    # Imported lazily: pypdf is only needed when someone actually uploads a PDF.
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            # Many PDFs are "encrypted" with an empty user password and only restrict
-            # printing or editing; those are readable without asking anyone.
-            try:
-                unlocked = reader.decrypt("")
-            except DependencyError as exc:
-                raise DocumentError(f"This PDF is encrypted with a method Relay cannot "
-                                    f"open ({exc}).") from exc
-            if not unlocked:
-                raise DocumentError("This PDF is encrypted and needs a password; please "
-                                    "upload an unprotected copy.")
-        if len(reader.pages) > MAX_PDF_PAGES:
-            raise DocumentError(f"This PDF has {len(reader.pages)} pages; Relay reads PDFs of "
-                                f"up to {MAX_PDF_PAGES} pages.")
-        pages = list(reader.pages)
-    except DocumentError:
-        raise
-    except Exception as exc:  # pypdf raises many exception types on corrupt files
-        raise DocumentError(f"This PDF could not be read: {_reason(exc)}") from exc
-
-    texts = []
-    for page in pages:
-        try:
-            texts.append((page.extract_text() or "").strip())
-        except Exception:  # one damaged page should not lose the rest of the document
-            logger.debug("skipping an unreadable PDF page", exc_info=True)
-    text = _clean("\n\n".join(t for t in texts if t))
-    if not text.strip():
-        raise DocumentError("This PDF has no extractable text (it may be a scanned image); "
-                            "upload a PDF with a text layer or the images themselves.")
-    title = ""
-    with contextlib.suppress(Exception):  # broken metadata only costs the title
-        title = str((reader.metadata or {}).get("/Title") or "").strip()
-    return ExtractedText(text, "pdf", _CONTROL.sub("", title)[:200] or fallback_title)
 
 
 def _reason(exc: Exception) -> str:

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 
-from agents import events
+from agents import events, heavy
 from agents.core import RunContext
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
@@ -214,6 +214,17 @@ _OPENINGS = GroupCommit(_open_many, _open_one)
 
 async def prepare(req: RunRequest) -> PreparedRun:
     """All checks and the budget reservation; raises DRF exceptions (4xx/5xx envelopes)."""
+    lease = await heavy.admit_run(req)  # 429 busy before anything else; released in _finish
+    try:
+        run = await _prepare(req)
+    except BaseException:
+        await asyncio.shield(heavy.release(lease))
+        raise
+    run.ctx.heavy_lease = lease
+    return run
+
+
+async def _prepare(req: RunRequest) -> PreparedRun:
     now = timezone.now()
     agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
     # Cost optimizer (billing/optimizer): may route an unnamed model by complexity, trims long
@@ -363,6 +374,7 @@ class _Usage:
 
 async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     """Store the answer, its usage record and audit event; used once per run, whatever happened."""
+    await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
     input_tokens, output_tokens = run.input_tokens, progress.output_tokens
     reported = run.ctx.facts.get("upstream_usage")
     if reported and reported["reported"] and progress.status == "complete":

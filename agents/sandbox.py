@@ -1,12 +1,16 @@
 """Run untrusted Python in a bubblewrap sandbox (DESIGN.md section 10).
 
 No network, read-only system/interpreter mounts, a private size-capped /tmp, CPU / memory /
-process / wall-time / output limits. Refuses to run when no sandbox is usable unless the
+process / wall-time / output limits. The memory limit binds the whole run: RLIMIT_AS caps each
+process, and a watchdog sums the resident memory of every process in the sandbox's pid
+namespace (through its own /proc) and stops the run when the sum passes the limit. Refuses to run when no sandbox is usable unless the
 operator sets RELAY_ALLOW_UNSANDBOXED_CODE=1 (then: rlimits + temp dir + clean env only).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import secrets
@@ -31,6 +35,12 @@ _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/ld.s
 # Random high uid per run (root mode): never a real account, and RLIMIT_NPROC is counted per uid,
 # so concurrent runs do not share (or exhaust) one process budget.
 _UID_BASE = 1_500_000_000
+_MEMORY_POLL_SECONDS = 0.05
+# Resident memory double-counts pages a forked child still shares with its parent; proportional
+# set sizes (smaps_rollup) do not, but cost a page-table walk, so they only confirm an excess,
+# at most this often.
+_PSS_EVERY_SECONDS = 0.5
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,7 @@ def _python_args(exe: str, limits: SandboxLimits, uid: int, script: str, sitedir
             str(uid), script, *sitedirs]
 
 
-def _sandbox_command(code: str, limits: SandboxLimits, extra_ro_binds: Sequence[str]):
+def _sandbox_command(code: str, limits: SandboxLimits, extra_ro_binds: Sequence[str], info_fd: int | None = None):
     bwrap = _bwrap_path() or "bwrap"
     binds, exe, sitedirs, extra_env = _interpreter_layout()
     extra = [os.path.normpath(p) for p in extra_ro_binds]
@@ -151,6 +161,8 @@ def _sandbox_command(code: str, limits: SandboxLimits, extra_ro_binds: Sequence[
         if not os.path.isabs(path) or not os.path.exists(path):
             raise ValueError(f"extra_ro_binds: {path!r} is not an existing absolute path")
     argv = [bwrap, "--die-with-parent", "--new-session"]
+    if info_fd is not None:  # bwrap writes {"child-pid": ...}: the sandbox's pid 1, seen from here
+        argv += ["--info-fd", str(info_fd)]
     if os.geteuid() == 0:
         # Not --unshare-all: it implies a user namespace (see _BOOTSTRAP for why not as root).
         argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
@@ -242,13 +254,79 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sandboxed: bool) -> SandboxResult:
+async def _child_pid(pipe) -> int | None:
+    """The host pid of the sandbox's init from bwrap's --info-fd JSON; None if bwrap exited first."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    data = b""
+    try:
+        while b"}" not in data and (chunk := await reader.read(4096)):
+            data += chunk
+    finally:
+        transport.close()
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _sandbox_memory(procfs: str, field: str) -> int:
+    """Bytes held by every process of the sandbox, read from its own procfs (its pid namespace only).
+
+    field "rss": resident anonymous pages (statm resident - shared), cheap; "pss": proportional
+    set size, which counts a page shared by several processes once.
+    """
+    total = 0
+    try:
+        pids = [entry for entry in os.listdir(procfs) if entry.isdigit()]
+    except OSError:  # the sandbox is gone
+        return 0
+    for pid in pids:
+        try:
+            if field == "rss":
+                with open(f"{procfs}/{pid}/statm", "rb") as f:
+                    _size, resident, shared = f.read().split()[:3]
+                total += (int(resident) - int(shared)) * _PAGE
+            else:
+                with open(f"{procfs}/{pid}/smaps_rollup", "rb") as f:
+                    total += next((int(line.split()[1]) * 1024 for line in f if line.startswith(b"Pss:")), 0)
+        except (OSError, ValueError):  # exited meanwhile
+            continue
+    return total
+
+
+async def _watch_memory(pipe, limit: int, kill) -> None:
+    try:
+        child = await _child_pid(pipe)
+    except OSError:
+        log.warning("sandbox memory watchdog could not start", exc_info=True)
+        return
+    if child is None:
+        return
+    procfs, confirmed = f"/proc/{child}/root/proc", 0.0
+    while True:
+        if _sandbox_memory(procfs, "rss") > limit and time.monotonic() - confirmed > _PSS_EVERY_SECONDS:
+            if await asyncio.to_thread(_sandbox_memory, procfs, "pss") > limit:
+                kill("memory")
+                return
+            confirmed = time.monotonic()
+        await asyncio.sleep(_MEMORY_POLL_SECONDS)
+
+
+async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sandboxed: bool,
+                   info_fd: int | None = None) -> SandboxResult:
     started = time.monotonic()
+    info = os.fdopen(info_fd, "rb", buffering=0) if info_fd is not None else None  # closed however we leave
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
             pass_fds=fds, start_new_session=True)
+    except BaseException:
+        if info is not None:
+            info.close()
+        raise
     finally:
         for fd in fds:
             os.close(fd)
@@ -280,6 +358,7 @@ async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sa
             pass
 
     work = asyncio.gather(pump(proc.stdout, out), pump(proc.stderr, err), feed(), proc.wait())
+    watchdog = asyncio.ensure_future(_watch_memory(info, limits.memory_bytes, kill)) if info is not None else None
     try:
         done, _ = await asyncio.wait({work}, timeout=limits.wall_seconds)
         if done:
@@ -294,6 +373,12 @@ async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sa
         kill("cancelled")
         work.cancel()
         raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            info.close()
 
     rc = proc.returncode
     stdout = out.decode("utf-8", errors="replace")
@@ -321,8 +406,15 @@ async def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), stdi
     read-only at the same path. The venv's site-packages are always importable (e.g. sympy)."""
     ok, reason = await asyncio.to_thread(sandbox_available)
     if ok:
-        argv, fds, env = _sandbox_command(code, limits, extra_ro_binds)
-        return await _execute(argv, env=env, cwd="/", fds=fds, limits=limits, stdin=stdin, sandboxed=True)
+        info_r, info_w = os.pipe()
+        try:
+            argv, fds, env = _sandbox_command(code, limits, extra_ro_binds, info_fd=info_w)
+        except BaseException:
+            os.close(info_r)
+            os.close(info_w)
+            raise
+        return await _execute(argv, env=env, cwd="/", fds=(*fds, info_w), limits=limits, stdin=stdin,
+                              sandboxed=True, info_fd=info_r)
     if not _unsandboxed_allowed():
         raise SandboxUnavailable(
             f"Refusing to run code: no sandbox is available ({reason}). Install bubblewrap with "

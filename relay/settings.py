@@ -247,6 +247,22 @@ RELAY_LOGIN_RATE = os.environ.get("RELAY_LOGIN_RATE", "10/min")
 # Bodies larger than this are refused with 413 before anything parses them.
 RELAY_MAX_BODY_BYTES = env_int("RELAY_MAX_BODY_BYTES", 2 * 1024 * 1024)
 RELAY_MAX_UPLOAD_BYTES = env_int("RELAY_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+# Ceilings on what an upload may become once parsed (agents/ingest.py, agents/tools/vision.py),
+# enforced while parsing: decoded bytes (one PDF content stream, and all pages together, a stream
+# shared by N pages counting N times) and extracted characters get 413, parse time 422.
+RELAY_MAX_STREAM_BYTES = env_int("RELAY_MAX_STREAM_BYTES", 4 * 1024 * 1024)
+RELAY_MAX_DECODED_BYTES = env_int("RELAY_MAX_DECODED_BYTES", 64 * 1024 * 1024)
+RELAY_MAX_EXTRACTED_CHARS = env_int("RELAY_MAX_EXTRACTED_CHARS", 5_000_000)
+RELAY_MAX_PARSE_SECONDS = env_int("RELAY_MAX_PARSE_SECONDS", 20)
+RELAY_MAX_IMAGE_PIXELS = env_int("RELAY_MAX_IMAGE_PIXELS", 40_000_000)
+# Heavy work (sandboxed code, document ingestion, image analysis; agents/heavy.py) runs in slots:
+# RELAY_HEAVY_SLOTS per host (shared by the Relay processes of one RELAY_HEAVY_HOST, default the
+# hostname) and RELAY_HEAVY_PER_USER per user across the cluster; beyond them 429 `busy`.
+RELAY_HEAVY_SLOTS = env_int("RELAY_HEAVY_SLOTS", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                            else os.cpu_count() or 1)
+RELAY_HEAVY_PER_USER = env_int("RELAY_HEAVY_PER_USER", 1)
+RELAY_HEAVY_LEASE_SECONDS = env_int("RELAY_HEAVY_LEASE_SECONDS", 120)
+RELAY_HEAVY_HOST = os.environ.get("RELAY_HEAVY_HOST", "")
 DATA_UPLOAD_MAX_MEMORY_SIZE = RELAY_MAX_BODY_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = RELAY_MAX_BODY_BYTES
 

@@ -54,10 +54,12 @@ def _clear_cache():
     """Each test starts with an empty cache (keys, throttles) — Redis included."""
     from django.core.cache import cache
 
+    from agents import heavy
     from agents.providers.catalog import forget_catalog
     from billing.optimizer import forget_settings
     from billing.rule_cache import RULES
 
+    heavy.forget()  # no heavy-work lease outlives its test
     RULES.clear()  # flushed tables reuse ids on SQLite: no copy may outlive its test
     forget_catalog()  # tests create and flush model endpoints without the signals that drop it
     forget_settings()

@@ -16,6 +16,24 @@ def clean_text(value: str) -> str:
     return _CONTROL.sub("", value)
 
 
+def _bounded_image(source) -> None:
+    """413 for an image whose header declares more pixels than Relay decodes, before any run starts."""
+    from agents.tools.vision import ImageTooLarge, check_dimensions
+    from relay.api.errors import PayloadTooLarge
+
+    try:
+        check_dimensions(source)
+    except ImageTooLarge as error:
+        raise PayloadTooLarge(str(error)) from None
+
+
+class BoundedImageField(serializers.ImageField):
+    def to_internal_value(self, data):
+        if hasattr(data, "read") and hasattr(data, "seek"):
+            _bounded_image(data)  # before Django's check, which calls a huge canvas "not a valid image"
+        return super().to_internal_value(data)
+
+
 class QuerySerializer(StrictSerializer):
     query = StrictCharField(max_length=MAX_QUERY_CHARS, trim_whitespace=False, allow_blank=True)
     agent_type = StrictCharField(max_length=32)
@@ -33,9 +51,11 @@ class QuerySerializer(StrictSerializer):
         import binascii
 
         try:
-            return base64.b64decode(value, validate=True)
+            image = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise serializers.ValidationError("Not valid base64.") from None
+        _bounded_image(image)
+        return image
 
     def validate_query(self, value):
         value = clean_text(value)
@@ -50,7 +70,7 @@ class QuerySerializer(StrictSerializer):
 
 
 class VisionSerializer(StrictSerializer):
-    image = serializers.ImageField(required=True, help_text="PNG, JPEG, GIF, WebP, BMP or TIFF.")
+    image = BoundedImageField(required=True, help_text="PNG, JPEG, GIF, WebP, BMP or TIFF.")
     question = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
     conversation_id = serializers.UUIDField(required=False, allow_null=True)
 

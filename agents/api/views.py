@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Team, User
 from accounts.permissions import AUTHENTICATED, request_key
-from agents import documents
+from agents import documents, heavy
 from agents.api.serializers import (
     AgentInfoSerializer,
     ConversationDetailSerializer,
@@ -27,6 +27,7 @@ from agents.ingest import DocumentError
 from agents.models import Conversation, Document, Message
 from agents.providers.catalog import available_models
 from agents.registry import all_agents, may_use
+from relay.api.errors import PayloadTooLarge, Unprocessable
 from relay.api.parsers import BoundedJSONParser
 
 
@@ -92,6 +93,15 @@ class MessageFeedbackView(APIView):
         return Response(MessageSerializer(message).data)
 
 
+def _upload_error(error: DocumentError):
+    """413 for a ceiling on size (decoded bytes, text), 422 for the parse-time ceiling, else 400 on the file."""
+    if error.status == 413:
+        return PayloadTooLarge(str(error))
+    if error.status == 422:
+        return Unprocessable(str(error))
+    return ValidationError({"file": [str(error)]})
+
+
 class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
                       mixins.DestroyModelMixin, viewsets.GenericViewSet):
     """RAG documents you may see: your own, shared with you or your team, and Relay's own docs."""
@@ -112,10 +122,11 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
         try:
-            document = documents.store_document(name=upload.name, data=upload.read(),
-                                                content_type=upload.content_type, owner=request.user)
+            with heavy.heavy_slot_sync(request.user):  # 429 busy beyond the host's or the user's slots
+                document = documents.store_document(name=upload.name, data=upload.read(),
+                                                    content_type=upload.content_type, owner=request.user)
         except DocumentError as error:
-            raise ValidationError({"file": [str(error)]}) from None
+            raise _upload_error(error) from None
         document.chunk_count = document.chunks.count()
         return Response(DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
 

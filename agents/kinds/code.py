@@ -7,6 +7,7 @@ stderr output, 0.4 for a non-zero exit, 0.2 when killed by a limit, 0.0 when it 
 import ast
 import re
 
+from agents import heavy
 from agents.core import NOTHING_ELSE, Agent, RunContext, Tool, ToolFailed, ToolOutcome
 from agents.registry import register
 from agents.sandbox import SandboxLimits, SandboxUnavailable, run_python
@@ -35,9 +36,12 @@ async def _run(arguments: dict, ctx: RunContext) -> ToolOutcome:
     if not code.strip():
         raise ToolFailed("There is no code to run.")
     try:
-        result = await run_python(code, limits=SandboxLimits(wall_seconds=10, cpu_seconds=5))
+        async with heavy.heavy_slot(ctx.user, admitted=ctx.heavy_lease):
+            result = await run_python(code, limits=SandboxLimits(wall_seconds=10, cpu_seconds=5))
     except SandboxUnavailable as error:
         raise ToolFailed(str(error)) from None
+    except heavy.Busy as busy:  # mid-stream: no 429 any more, the tool call fails and says why
+        raise ToolFailed(f"busy: {busy.detail}") from None
     ctx.facts["code"] = result
     parts = [f"exit status: {result.exit_code if result.exit_code is not None else 'killed'}"]
     if result.killed_reason:
@@ -69,6 +73,9 @@ class CodeAgent(Agent):
     tools = [RUN_PYTHON]
     system_prompt = ("You are Relay's code agent. Write Python and run it with the run_python tool; report the "
                      "output faithfully.")
+
+    def runs_heavy_work(self, query, attachment):
+        return extract_code(query) is not None
 
     async def answer_locally(self, ctx):
         code = extract_code(ctx.query)

@@ -5,6 +5,7 @@ analysis answers it (e.g. OCR found text for "what does it say"), or no question
 0.6 when a question needs more than measurement can give.
 """
 
+from agents import heavy
 from agents.core import ATTACHMENT, Agent, RunContext, Tool, ToolFailed, ToolOutcome
 from agents.registry import register
 from agents.tools.vision import InvalidImage, analyze_image_async
@@ -14,9 +15,12 @@ async def _analyze(arguments: dict, ctx: RunContext) -> ToolOutcome:
     if not ctx.attachment:
         raise ToolFailed("Attach an image to ask the vision agent about it.")
     try:
-        analysis = await analyze_image_async(ctx.attachment, question=arguments.get("question") or None)
+        async with heavy.heavy_slot(ctx.user, admitted=ctx.heavy_lease):
+            analysis = await analyze_image_async(ctx.attachment, question=arguments.get("question") or None)
     except InvalidImage as error:
         raise ToolFailed(str(error)) from None
+    except heavy.Busy as busy:
+        raise ToolFailed(f"busy: {busy.detail}") from None
     ctx.facts["vision"] = analysis
     return ToolOutcome(output=analysis.summary_markdown(), data=analysis.to_dict())
 
@@ -37,6 +41,9 @@ class VisionAgent(Agent):
     description = "Analyses images: size, colours, brightness, EXIF, and text by OCR."
     tools = [ANALYZE_IMAGE]
     needs_attachment = True
+
+    def runs_heavy_work(self, query, attachment):
+        return bool(attachment)
 
     async def answer_locally(self, ctx):
         async for event in ctx.use(ANALYZE_IMAGE, {"question": ctx.query}):

@@ -43,6 +43,64 @@ _COLOUR_NAMES = {
 class InvalidImage(ValueError):
     """An image Relay will not analyse; ``str(error)`` is safe to show the user."""
 
+    status = 400
+
+
+class ImageTooLarge(InvalidImage):
+    """A canvas over the pixel ceiling (RELAY_MAX_IMAGE_PIXELS): 413 before any pixel is decoded."""
+
+    status = 413
+
+
+def _max_pixels() -> int:
+    from django.conf import settings
+
+    return settings.RELAY_MAX_IMAGE_PIXELS
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(f"This image is too large to analyse ({width} × {height} pixels; "
+                         f"the limit is {max_pixels / 1e6:g} megapixels).")
+
+
+def check_dimensions(source, max_pixels: int | None = None) -> None:
+    """Refuse (ImageTooLarge) an image whose header declares more pixels than the ceiling.
+
+    ``source`` is bytes or a seekable file. Only the header is read; what is not an image Relay
+    reads passes here and is refused by whoever decodes it. Decoded bytes are at most 4 per
+    pixel (the widest mode kept), so this is also the ceiling on decoded bytes.
+    """
+    max_pixels = max_pixels or _max_pixels()
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    size = _declared_size(stream)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise _too_large(*size, max_pixels)
+
+
+def _declared_size(stream) -> tuple[int, int] | None:
+    """(width, height) from the header of the first allowed format that parses it, or None.
+
+    The format plugins are called directly, not through Image.open: its own bomb check would
+    refuse a huge canvas without saying how huge.
+    """
+    Image.init()
+    position = stream.tell()
+    try:
+        prefix = stream.read(16)
+        for name in FORMATS:
+            factory, accept = Image.OPEN[name]
+            if accept and not accept(prefix):
+                continue
+            stream.seek(position)
+            try:
+                with factory(stream, "") as image:
+                    return image.size
+            except Exception:  # noqa: S112 - not this format, or a corrupt header: try the next
+                continue
+        return None
+    finally:
+        stream.seek(position)
+
 
 @dataclass
 class ImageAnalysis:
@@ -87,16 +145,17 @@ class ImageAnalysis:
         return "\n".join(lines)
 
 
-def analyze_image(data: bytes, *, question: str | None = None, max_pixels: int = 40_000_000,
+def analyze_image(data: bytes, *, question: str | None = None, max_pixels: int | None = None,
                   ocr: bool = True) -> ImageAnalysis:
     """Analyse an uploaded image; raises ``InvalidImage`` for anything unreadable or too big."""
+    max_pixels = max_pixels or _max_pixels()
     if not data:
         raise InvalidImage(NOT_AN_IMAGE)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own limit (Image.MAX_IMAGE_PIXELS) is a second line of defence.
-        raise InvalidImage("This image is too large to analyse.") from exc
+        raise ImageTooLarge("This image is too large to analyse.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             TypeError, IndexError, KeyError) as exc:
         raise InvalidImage(NOT_AN_IMAGE) from exc
@@ -105,8 +164,7 @@ def analyze_image(data: bytes, *, question: str | None = None, max_pixels: int =
         if width <= 0 or height <= 0:
             raise InvalidImage(NOT_AN_IMAGE)
         if width * height > max_pixels:
-            raise InvalidImage(f"This image is too large to analyse ({width} × {height} pixels; "
-                               f"the limit is {max_pixels / 1e6:g} megapixels).")
+            raise _too_large(width, height, max_pixels)
         result = ImageAnalysis(format=image.format or "unknown", width=width, height=height,
                                mode=image.mode, question=(question or "").strip() or None)
         # Not n_frames, which walks the whole file; is_animated only peeks at frame two,
@@ -125,7 +183,7 @@ def analyze_image(data: bytes, *, question: str | None = None, max_pixels: int =
             if ocr and tesseract:
                 page = _to_rgb(_scaled(image, OCR_MAX_PIXELS, 2.0)).convert("L")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImage("This image is too large to analyse.") from exc
+            raise ImageTooLarge("This image is too large to analyse.") from exc
         except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError,
                 KeyError, MemoryError) as exc:  # truncated or corrupt pixel data
             raise InvalidImage(NOT_AN_IMAGE) from exc

@@ -21,6 +21,14 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
+class Unprocessable(exceptions.APIException):
+    """Well-formed input that Relay will not process within its limits (e.g. a document too slow to parse)."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "The request cannot be processed within Relay's limits."
+    default_code = "too_complex"
+
+
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "A service Relay depends on is unavailable; try again shortly."
@@ -54,8 +62,8 @@ def exception_handler(exc, context):
     if response is None:
         return None  # unexpected: let Django log it and answer 500
 
-    if isinstance(exc, exceptions.Throttled):
-        code = "rate_limited"
+    if isinstance(exc, exceptions.Throttled):  # DRF's own throttles say "throttled"; subclasses name themselves
+        code = "rate_limited" if exc.default_code == exceptions.Throttled.default_code else exc.default_code
     elif isinstance(exc, exceptions.ParseError):
         code = "malformed_request"
     else:

@@ -23,7 +23,7 @@ TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 # Run outcomes (billing.services.STATUSES without the crash-recovery one) plus the two refusals
 # that happen before a run starts and that operators alert on.
 RUN_STATUSES = ("complete", "cancelled", "error", "budget_stop")
-REFUSALS = ("budget_exceeded", "ledger_unavailable")
+REFUSALS = ("budget_exceeded", "ledger_unavailable", "busy")
 BUDGET_SCOPES = ("organization", "team", "user", "api_key")
 TOOL_STATUSES = ("done", "error")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

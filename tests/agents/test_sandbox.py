@@ -259,6 +259,38 @@ async def test_memory_limit(sandboxed):
 
 
 @pytest.mark.asyncio
+async def test_memory_limit_caps_the_whole_run_not_each_process(sandboxed):
+    # RLIMIT_AS binds one process: three children of 300 MB each would hold 900 MB under a
+    # 512 MB limit. The limit is on the run, so the sandbox is stopped as a whole.
+    code = """
+import os, time
+children = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(300 * 1024 * 1024)
+        time.sleep(5)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+print('ALL HELD')
+"""
+    r = await run_python(code, limits=SandboxLimits(memory_bytes=512 * 1024 * 1024, wall_seconds=10))
+    assert "ALL HELD" not in r.stdout
+    assert r.killed_reason == "memory" and r.exit_code is None, r
+
+
+@pytest.mark.asyncio
+async def test_a_run_within_its_memory_limit_is_not_stopped(sandboxed):
+    # A forked child shares its parent's pages until it writes them: they count once, not twice.
+    code = ("import os, time\nblock = bytearray(300 * 1024 * 1024)\nif os.fork() == 0:\n    time.sleep(1)\n"
+            "    os._exit(0)\nos.wait()\nprint('OK')")
+    r = await run_python(code, limits=SandboxLimits(memory_bytes=512 * 1024 * 1024))
+    assert r.stdout == "OK\n" and r.exit_code == 0 and r.killed_reason is None, r
+
+
+@pytest.mark.asyncio
 async def test_cpu_limit(sandboxed):
     t0 = time.monotonic()
     r = await run_python("while True: pass", limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=1))
