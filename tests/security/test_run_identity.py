@@ -23,6 +23,7 @@ from tests.billing.test_live_budgets import (
     prompt_tokens,
 )
 from tests.live import instances
+from tests.reconciled import assert_reconciled
 
 pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["live_settings"]  # a fixture these tests use
@@ -64,6 +65,7 @@ def test_concurrent_runs_sharing_a_client_request_id_are_billed_one_by_one(
     assert not Message.objects.filter(status="running").exists()
     runs = AuditEvent.objects.filter(action="agent.run")
     assert sorted(e.metadata["run_id"] for e in runs) == sorted(r.request_id for r in records)
+    assert_reconciled()
 
 
 def test_sequential_reuse_of_a_client_request_id_keeps_ledger_and_records_equal(
@@ -86,3 +88,4 @@ def test_sequential_reuse_of_a_client_request_id_keeps_ledger_and_records_equal(
     records = UsageRecord.objects.filter(api_key__budgets=budget)
     assert records.count() == 3
     assert ledger_figures(budget) == (3 * one_run, 0)
+    assert_reconciled()

@@ -23,6 +23,7 @@ from tests.billing.test_live_budgets import (
     prompt_tokens,
 )
 from tests.live import instances
+from tests.reconciled import assert_reconciled
 from tests.streaming.conftest import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -83,3 +84,4 @@ def test_forty_eight_runs_sharing_client_identifiers_never_pass_a_budget_of_ten(
     keyed = [message_id for (status, _, message_id), i in zip(results, range(len(results)), strict=True)
              if i % 3 == 1 and status == 200]
     assert len(set(keyed)) <= 1, "one idempotency key, at most one run"
+    assert_reconciled()
