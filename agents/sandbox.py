@@ -372,6 +372,8 @@ async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sa
     except BaseException:  # cancelled: leave nothing running behind us
         kill("cancelled")
         work.cancel()
+        # Nobody awaits the cancelled pumps now: retrieve their end so it is not logged as an error.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise
     finally:
         if watchdog is not None:

@@ -108,7 +108,7 @@ def test_rolling_restart_under_load_fails_nothing_and_records_everything(tmp_pat
                 usage = {row[0] for row in conn.execute(
                     "SELECT request_id FROM billing_usagerecord WHERE status = 'complete'")}
                 audited = {row[0] for row in conn.execute(
-                    "SELECT metadata->>'request_id' FROM audit_auditevent WHERE action = 'agent.run'")}
+                    "SELECT metadata->>'run_id' FROM audit_auditevent WHERE action = 'agent.run'")}
             assert request_ids - usage == set(), "requests without a usage record"
             assert request_ids - audited == set(), "requests without an audit event"
             assert_reconciled_in(env)
