@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts import key_tree
 from accounts.models import APIKey, Organization, Team, User
 from accounts.roles import (
     AGENT_PERMISSIONS,
@@ -253,6 +254,8 @@ def create_api_key(
     scopes = sorted(set(grantable if scopes is None else scopes))
     allowed_agents = sorted(set(allowed_agents or []))
     if parent is not None:
+        if parent.owner_id != owner.pk:
+            raise ValueError("A key minted through a key belongs to that key's owner.")
         allowed_agents, allowed_models, allowed_ips, expires_at = narrow_to_parent(
             parent, allowed_agents=allowed_agents, allowed_models=allowed_models or [],
             allowed_ips=allowed_ips or [], expires_at=expires_at)
@@ -265,7 +268,7 @@ def create_api_key(
         owner=owner, name=name[:100], prefix=prefix, secret_hash=hash_secret(secret, version), hash_version=version,
         scopes=scopes, allowed_agents=allowed_agents, allowed_models=sorted(set(allowed_models or [])),
         allowed_ips=list(allowed_ips or []), expires_at=expires_at, requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
+        tokens_per_minute=tokens_per_minute, parent=parent,
     )
     audit_events.key_created(key)
     return IssuedKey(key=key, secret=secret)
@@ -324,7 +327,10 @@ def _lookup(prefix: str) -> APIKey | None:
         return None
     if cached is not None:
         return cached
-    key = APIKey.objects.select_related("owner", "owner__organization", "owner__team").filter(prefix=prefix).first()
+    # The ancestors come in the same query and stay in the cached copy: the throttle, the token
+    # limit and the budgets walk them without a query (accounts/key_tree.py).
+    key = APIKey.objects.select_related("owner", "owner__organization", "owner__team", key_tree.CHAIN).filter(
+        prefix=prefix).first()
     if key is not None:
         # Computed now, the owner's permissions travel in the cached copy: no permission queries
         # per request. Role and role-permission changes drop the copy (accounts/signals.py).
