@@ -1,0 +1,123 @@
+"""Keys minted through keys stay under their parent: budgets, rates, revocation (accounts/key_tree.py).
+
+Where the guarantee is about live state (counters, the ledger, the key cache), part of the
+traffic goes through a second Relay process on the same PostgreSQL and Redis; in the embedded
+mode (state in process by design) this process's own client stands in for it.
+"""
+
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.urls import reverse
+
+from accounts.services import create_api_key
+from billing.models import Budget, UsageRecord
+from tests.billing.test_live_budgets import production_services, start_workers
+from tests.conftest import assert_envelope
+
+pytestmark = pytest.mark.django_db(transaction=True)
+QUERY = {"query": "2+2", "agent_type": "math", "cache": False}
+
+
+class Answer:
+    def __init__(self, status_code: int, body: dict, headers):
+        self.status_code, self.body, self.headers = status_code, body, headers
+
+    def json(self):
+        return self.body
+
+    def __getitem__(self, header):
+        return self.headers[header]
+
+
+class Here:
+    """This process: Django's test client with a bearer key."""
+
+    def __init__(self):
+        from rest_framework.test import APIClient
+
+        self.client = APIClient()
+
+    def call(self, method: str, path: str, secret: str, body: dict | None = None):
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        return getattr(self.client, method.lower())(path, body, format="json")
+
+
+class Elsewhere:
+    """Another Relay process (a uvicorn worker) on the same database, cache and ledger."""
+
+    def __init__(self, url: str):
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def call(self, method: str, path: str, secret: str, body: dict | None = None):
+        response = self.http.request(method, path, json=body, headers={"Authorization": f"Bearer {secret}"})
+        return Answer(response.status_code, response.json(), response.headers)
+
+
+@pytest.fixture
+def here():
+    return Here()
+
+
+@pytest.fixture
+def elsewhere(transactional_db, here):
+    if not production_services():
+        yield here
+        return
+    (worker,) = start_workers(1)
+    other = Elsewhere(worker.url)
+    yield other
+    other.http.close()
+    worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_token_buckets():
+    """In the embedded mode token buckets live in this process, keyed by key id, which SQLite reuses."""
+    from billing import ratelimit
+
+    ratelimit._local_buckets.clear()
+    yield
+    ratelimit._local_buckets.clear()
+
+
+def mint(via, secret: str, **body) -> dict:
+    """A key made through the key `secret` (POST /api/v1/keys/ authenticated by it)."""
+    made = via.call("POST", reverse("apikey-list"), secret, {"name": "child", **body})
+    assert made.status_code == 201, made.json()
+    return made.json()
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+def test_a_key_whose_budget_is_spent_cannot_mint_its_way_around_it(users, here, elsewhere):
+    parent = create_api_key(users["user"], "parent")
+    assert elsewhere.call("POST", reverse("query"), parent.secret, QUERY).status_code == 200  # spent elsewhere
+    spent = UsageRecord.objects.get(api_key=parent.key).cost
+    Budget.objects.create(organization=users["user"].organization, scope="api_key", api_key=parent.key,
+                          period="total", limit_usd=spent, hard=True)
+    assert_envelope(here.call("POST", reverse("query"), parent.secret, QUERY), 402, "budget_exceeded")
+
+    child = mint(here, parent.secret)
+    grandchild = mint(elsewhere, child["key"])
+    for via in (here, elsewhere):
+        for secret in (child["key"], grandchild["key"]):
+            error = assert_envelope(via.call("POST", reverse("query"), secret, QUERY), 402, "budget_exceeded")
+            assert "rk_" + parent.key.prefix in error["message"]  # the parent's budget is the one that binds
+    assert UsageRecord.objects.count() == 1
+
+
+def test_a_parents_budget_counts_what_its_children_spend_also_when_rebuilt(users, here, elsewhere):
+    from billing.budgets import rebuild_budget
+
+    parent = create_api_key(users["user"], "parent")
+    budget = Budget.objects.create(organization=users["user"].organization, scope="api_key", api_key=parent.key,
+                                   period="monthly", limit_usd=Decimal("5"), hard=True)
+    child = mint(here, parent.secret)
+    assert elsewhere.call("POST", reverse("query"), child["key"], QUERY).status_code == 200
+    child_cost = UsageRecord.objects.get(api_key_id=child["id"]).cost
+    assert child_cost > 0
+    # The counter rebuilt from usage records (rebuild_ledger, or a ledger that lost its counters).
+    _scope, spent = rebuild_budget(budget)
+    assert spent == int(child_cost * 10**9)
