@@ -121,3 +121,18 @@ def test_a_parents_budget_counts_what_its_children_spend_also_when_rebuilt(users
     # The counter rebuilt from usage records (rebuild_ledger, or a ledger that lost its counters).
     _scope, spent = rebuild_budget(budget)
     assert spent == int(child_cost * 10**9)
+
+
+# --- requests and tokens per minute ------------------------------------------------------------
+
+def test_children_share_their_parents_requests_per_minute(users, here, elsewhere):
+    parent = create_api_key(users["user"], "parent", requests_per_minute=4)
+    first, second = mint(here, parent.secret)["key"], mint(here, parent.secret)["key"]  # 2 of the parent's 4
+    me = reverse("me")
+    assert elsewhere.call("GET", me, first).status_code == 200
+    assert here.call("GET", me, second).status_code == 200
+    # The parent's minute is used up by its children: nobody in the family gets a fifth request.
+    for via, secret in ((here, parent.secret), (elsewhere, second), (here, first), (elsewhere, parent.secret)):
+        response = via.call("GET", me, secret)
+        assert_envelope(response, 429, "rate_limited")
+        assert 1 <= int(response["Retry-After"]) <= 60
