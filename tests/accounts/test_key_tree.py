@@ -5,6 +5,7 @@ traffic goes through a second Relay process on the same PostgreSQL and Redis; in
 mode (state in process by design) this process's own client stands in for it.
 """
 
+import asyncio
 from decimal import Decimal
 
 import httpx
@@ -14,7 +15,7 @@ from django.urls import reverse
 from accounts.services import create_api_key
 from billing.models import Budget, UsageRecord
 from tests.billing.test_live_budgets import production_services, start_workers
-from tests.conftest import assert_envelope
+from tests.conftest import ASGIServer, assert_envelope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUERY = {"query": "2+2", "agent_type": "math", "cache": False}
@@ -136,3 +137,30 @@ def test_children_share_their_parents_requests_per_minute(users, here, elsewhere
         response = via.call("GET", me, secret)
         assert_envelope(response, 429, "rate_limited")
         assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_concurrent_requests_of_a_family_never_pass_the_parents_rate(users, transactional_db, settings):
+    parent = create_api_key(users["user"], "parent", requests_per_minute=5)
+    family = [parent.secret] + [create_api_key(users["user"], f"child {i}", parent=parent.key).secret
+                                for i in range(3)]
+    settings.RELAY_DB_THREAD_SENSITIVE = False  # the production threading: requests really overlap
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
+    workers = start_workers(2) if production_services() else []
+    server = None if workers else ASGIServer().start()
+    urls = [worker.url for worker in workers] or [server.url]
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(
+                client.get(f"{urls[i % len(urls)]}{reverse('me')}",
+                           headers={"Authorization": f"Bearer {family[i % len(family)]}"})
+                for i in range(24)))
+
+    try:
+        statuses = sorted(response.status_code for response in asyncio.run(burst()))
+    finally:
+        for worker in workers:
+            worker.stop()
+        if server:
+            server.stop()
+    assert statuses == [200] * 5 + [429] * 19
