@@ -139,6 +139,19 @@ def test_children_share_their_parents_requests_per_minute(users, here, elsewhere
         assert 1 <= int(response["Retry-After"]) <= 60
 
 
+def test_children_share_their_parents_tokens_per_minute(users, here, elsewhere):
+    parent = create_api_key(users["user"], "parent", tokens_per_minute=1000)
+    first, second = mint(here, parent.secret)["key"], mint(here, parent.secret)["key"]
+    # Input plus the most it may generate is more than a minute's allowance: it takes the whole bucket.
+    assert elsewhere.call("POST", reverse("query"), first, {**QUERY, "max_tokens": 1000}).status_code == 200
+    # Half a minute's refill would be needed for any of these: the family's minute is used up.
+    for via, secret in ((here, second), (elsewhere, parent.secret), (here, first), (elsewhere, second)):
+        response = via.call("POST", reverse("query"), secret, {**QUERY, "max_tokens": 500})
+        assert_envelope(response, 429, "rate_limited")
+        assert int(response["Retry-After"]) >= 1
+    assert UsageRecord.objects.count() == 1
+
+
 def test_concurrent_requests_of_a_family_never_pass_the_parents_rate(users, transactional_db, settings):
     parent = create_api_key(users["user"], "parent", requests_per_minute=5)
     family = [parent.secret] + [create_api_key(users["user"], f"child {i}", parent=parent.key).secret
