@@ -6,16 +6,22 @@ mode (state in process by design) this process's own client stands in for it.
 """
 
 import asyncio
+import os
+import subprocess
+import sys
 from decimal import Decimal
 
 import httpx
 import pytest
+from django.conf import settings
 from django.urls import reverse
+from rest_framework.test import APIClient
 
 from accounts.services import create_api_key
+from audit.models import AuditEvent
 from billing.models import Budget, UsageRecord
 from tests.billing.test_live_budgets import production_services, start_workers
-from tests.conftest import ASGIServer, assert_envelope
+from tests.conftest import ASGIServer, assert_envelope, require_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUERY = {"query": "2+2", "agent_type": "math", "cache": False}
@@ -36,8 +42,6 @@ class Here:
     """This process: Django's test client with a bearer key."""
 
     def __init__(self):
-        from rest_framework.test import APIClient
-
         self.client = APIClient()
 
     def call(self, method: str, path: str, secret: str, body: dict | None = None):
@@ -177,3 +181,44 @@ def test_concurrent_requests_of_a_family_never_pass_the_parents_rate(users, tran
         if server:
             server.stop()
     assert statuses == [200] * 5 + [429] * 19
+
+
+# --- revocation ---------------------------------------------------------------------------------
+
+def test_revoking_a_key_revokes_every_key_below_it_each_audited(users, here, elsewhere):
+    owner, me = users["user"], reverse("me")
+    parent = create_api_key(owner, "parent")
+    child = mint(here, parent.secret)
+    grandchild = mint(elsewhere, child["key"])
+    unrelated = create_api_key(owner, "unrelated").secret
+    for via in (here, elsewhere):  # every key is in the key cache now
+        assert {via.call("GET", me, key["key"]).status_code for key in (child, grandchild)} == {200}
+    session = APIClient()
+    session.force_login(owner)
+    rotated = session.post(reverse("apikey-rotate", args=[parent.key.pk])).json()  # rotation keeps the tree
+    assert here.call("GET", me, grandchild["key"]).status_code == 200
+    assert session.post(reverse("apikey-revoke", args=[parent.key.pk])).status_code == 200
+
+    for via in (elsewhere, here):
+        for secret in (rotated["key"], child["key"], grandchild["key"]):
+            error = assert_envelope(via.call("GET", me, secret), 401, "authentication_failed")
+            assert "revoked" in error["message"]
+        assert via.call("GET", me, unrelated).status_code == 200
+    revocations = AuditEvent.objects.filter(action="api_key.revoked").values_list("resource", flat=True)
+    assert sorted(revocations) == sorted(f"api_key:{pk}" for pk in (parent.key.pk, child["id"], grandchild["id"]))
+    listed = {key["id"]: key for key in session.get(reverse("apikey-list")).json()["results"]}
+    assert not listed[child["id"]]["is_active"] and listed[grandchild["id"]]["parent"] == child["id"]
+
+
+def test_a_parent_revoked_by_another_process_stops_its_child_here_at_once(users, here, transactional_db):
+    require_redis()
+    parent = create_api_key(users["user"], "parent")
+    child = mint(here, parent.secret)["key"]
+    assert here.call("GET", reverse("me"), child).status_code == 200  # cached here
+    db = settings.DATABASES["default"]
+    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
+    script = ("from accounts.models import APIKey; from accounts.services import revoke_api_key; "
+              f"revoke_api_key(APIKey.objects.get(pk={parent.key.pk}))")
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", script], check=True, env=env,
+                   cwd=settings.BASE_DIR, capture_output=True, timeout=60)
+    assert_envelope(here.call("GET", reverse("me"), child), 401, "authentication_failed")
