@@ -256,6 +256,9 @@ def create_api_key(
     if parent is not None:
         if parent.owner_id != owner.pk:
             raise ValueError("A key minted through a key belongs to that key's owner.")
+        # Locked until this commits: a revocation of the parent either sees the new key or is seen here.
+        if APIKey.objects.select_for_update().filter(pk=parent.pk, revoked_at__isnull=False).exists():
+            raise PrivilegeRefused("The key making this request has been revoked.")
         allowed_agents, allowed_models, allowed_ips, expires_at = narrow_to_parent(
             parent, allowed_agents=allowed_agents, allowed_models=allowed_models or [],
             allowed_ips=allowed_ips or [], expires_at=expires_at)
@@ -276,11 +279,26 @@ def create_api_key(
 
 @transaction.atomic
 def revoke_api_key(key: APIKey) -> APIKey:
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-        audit_events.key_revoked(key)
-    forget_cached_key(key.prefix)
+    """Revoke a key and every key minted below it, each audited; no cached copy outlives the commit."""
+    key = APIKey.objects.select_for_update().select_related("owner").get(pk=key.pk)
+    family = [key, *key_tree.descendants(key, lock=True)]
+    now, revoked = timezone.now(), []
+    for member in family:
+        if member.revoked_at is None:
+            member.revoked_at = now
+            revoked.append(member)
+    APIKey.objects.filter(pk__in=[member.pk for member in revoked]).update(revoked_at=now)
+    for member in revoked:
+        audit_events.key_revoked(member, because_of=None if member is key else key)
+    prefixes = [member.prefix for member in family]
+
+    def forget():
+        for prefix in prefixes:
+            forget_cached_key(prefix)
+
+    # Now for this process, and after the commit so nobody caches the rows as they were before it.
+    forget()
+    transaction.on_commit(forget)
     return key
 
 
@@ -356,6 +374,11 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
         raise KeyRejected("This API key has expired.")
     if not key.owner.is_active:
         raise KeyRejected("The owner of this API key is deactivated.")
+    for ancestor in key_tree.ancestors(key):  # loaded with the key: no query
+        if ancestor.revoked_at is not None:
+            raise KeyRejected("This API key has been revoked with the key it was made from.")
+        if ancestor.expires_at is not None and ancestor.expires_at <= timezone.now():
+            raise KeyRejected("The key this API key was made from has expired.")
     if key.allowed_ips and not ip_allowed(client_ip, key.allowed_ips):
         raise KeyRejected("This API key may not be used from this address.")
     touch_last_used(key)
