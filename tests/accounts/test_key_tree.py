@@ -222,3 +222,36 @@ def test_a_parent_revoked_by_another_process_stops_its_child_here_at_once(users,
     subprocess.run([sys.executable, "manage.py", "shell", "-c", script], check=True, env=env,
                    cwd=settings.BASE_DIR, capture_output=True, timeout=60)
     assert_envelope(here.call("GET", reverse("me"), child), 401, "authentication_failed")
+
+
+# --- what a child may be given -------------------------------------------------------------------
+
+def test_a_child_inherits_its_parents_limits_and_cannot_raise_them(users, here):
+    from accounts.models import APIKey
+
+    parent = create_api_key(users["user"], "parent", requests_per_minute=50, tokens_per_minute=5000)
+    inherited = mint(here, parent.secret)
+    assert (inherited["requests_per_minute"], inherited["tokens_per_minute"]) == (50, 5000)
+    narrower = mint(here, parent.secret, requests_per_minute=10, tokens_per_minute=100)
+    assert (narrower["requests_per_minute"], narrower["tokens_per_minute"]) == (10, 100)
+
+    before = APIKey.objects.count()
+    wider = ({"requests_per_minute": 51}, {"tokens_per_minute": 5001},
+             {"requests_per_minute": 1_000_000, "tokens_per_minute": 10})
+    for body in wider:
+        seen = AuditEvent.objects.filter(status="denied", action="permission.denied").count()
+        assert_envelope(here.call("POST", reverse("apikey-list"), parent.secret, {"name": "wider", **body}), 403,
+                        "permission_denied")
+        assert AuditEvent.objects.filter(status="denied", action="permission.denied").count() == seen + 1
+    assert APIKey.objects.count() == before
+    # Through a key without limits, a child may be given any.
+    free = create_api_key(users["user"], "free").secret
+    assert mint(here, free, requests_per_minute=7)["requests_per_minute"] == 7
+
+
+def test_keys_nest_at_most_eight_deep(users, here):
+    secret = create_api_key(users["user"], "root").secret
+    for _depth in range(8):
+        secret = mint(here, secret)["key"]
+    error = assert_envelope(here.call("POST", reverse("apikey-list"), secret, {"name": "ninth"}), 400, "invalid")
+    assert "8" in error["message"]
