@@ -203,11 +203,13 @@ def validate_key_grants(
         raise PrivilegeRefused(f"The owner does not hold {'; '.join(refused)}: a key cannot be given more.")
 
 
-def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_ips, expires_at):
+def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_ips, expires_at,
+                     requests_per_minute=None, tokens_per_minute=None) -> dict:
     """A key minted through another key: it inherits that key's limits and may not loosen them.
 
-    An empty list means "no restriction", so an unrestricted child of a restricted key would be
-    an escalation: omitted limits are inherited, wider ones refused (PrivilegeRefused).
+    An empty list (or no rate) means "no restriction", so an unrestricted child of a restricted
+    key would be an escalation: omitted limits are inherited, wider ones refused (PrivilegeRefused).
+    Returns the new key's limits by field name.
     """
     refused = []
 
@@ -221,6 +223,11 @@ def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_
             refused.append(f"{label} {', '.join(map(str, outside))}")
         return asked
 
+    def at_most(asked, limit, label):
+        if limit is not None and asked is not None and asked > limit:
+            refused.append(f"more than its {limit} {label}")
+        return limit if asked is None else asked
+
     allowed_agents = narrowed(allowed_agents, parent.allowed_agents, "the agents")
     allowed_models = narrowed(allowed_models, parent.allowed_models, "the models")
     if parent.allowed_ips and allowed_ips and not set(allowed_ips) <= set(parent.allowed_ips):
@@ -230,9 +237,26 @@ def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_
         if expires_at is not None and expires_at > parent.expires_at:
             refused.append("an expiry later than the key's own")
         expires_at = expires_at or parent.expires_at
+    requests_per_minute = at_most(requests_per_minute, parent.requests_per_minute, "requests per minute")
+    tokens_per_minute = at_most(tokens_per_minute, parent.tokens_per_minute, "tokens per minute")
     if refused:
         raise PrivilegeRefused(f"A key cannot be given what the key creating it lacks: {'; '.join(refused)}.")
-    return allowed_agents, allowed_models, allowed_ips, expires_at
+    return {"allowed_agents": allowed_agents, "allowed_models": allowed_models, "allowed_ips": allowed_ips,
+            "expires_at": expires_at, "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute}
+
+
+def _under_parent(owner: User, parent: APIKey, limits: dict) -> dict:
+    """The limits of a key minted through `parent`, which must stay a live, shallow enough tree."""
+    if parent.owner_id != owner.pk:
+        raise ValueError("A key minted through a key belongs to that key's owner.")
+    if len(key_tree.ancestors(parent)) >= key_tree.MAX_ANCESTORS:
+        raise ValidationError(f"Keys nest at most {key_tree.MAX_ANCESTORS} deep: this key cannot mint keys; "
+                              "create the key with a key higher up or from the console.")
+    # Locked until this commits: a revocation of the parent either sees the new key or is seen here.
+    if APIKey.objects.select_for_update().filter(pk=parent.pk, revoked_at__isnull=False).exists():
+        raise PrivilegeRefused("The key making this request has been revoked.")
+    return narrow_to_parent(parent, **limits)
 
 
 @transaction.atomic
@@ -252,26 +276,21 @@ def create_api_key(
     if grantable is None:
         grantable = effective_permissions(owner)
     scopes = sorted(set(grantable if scopes is None else scopes))
-    allowed_agents = sorted(set(allowed_agents or []))
+    limits = {"allowed_agents": sorted(set(allowed_agents or [])), "allowed_models": allowed_models or [],
+              "allowed_ips": allowed_ips or [], "expires_at": expires_at,
+              "requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute}
     if parent is not None:
-        if parent.owner_id != owner.pk:
-            raise ValueError("A key minted through a key belongs to that key's owner.")
-        # Locked until this commits: a revocation of the parent either sees the new key or is seen here.
-        if APIKey.objects.select_for_update().filter(pk=parent.pk, revoked_at__isnull=False).exists():
-            raise PrivilegeRefused("The key making this request has been revoked.")
-        allowed_agents, allowed_models, allowed_ips, expires_at = narrow_to_parent(
-            parent, allowed_agents=allowed_agents, allowed_models=allowed_models or [],
-            allowed_ips=allowed_ips or [], expires_at=expires_at)
-    validate_key_grants(owner, scopes, allowed_agents, allowed_models, allowed_ips, grantable=grantable)
-    if expires_at is not None and expires_at <= timezone.now():
+        limits = _under_parent(owner, parent, limits)
+    validate_key_grants(owner, scopes, limits["allowed_agents"], limits["allowed_models"], limits["allowed_ips"],
+                        grantable=grantable)
+    if limits["expires_at"] is not None and limits["expires_at"] <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     prefix, secret = _new_key_material()
     version = settings.RELAY_API_KEY_HASH_VERSION
     key = APIKey.objects.create(
         owner=owner, name=name[:100], prefix=prefix, secret_hash=hash_secret(secret, version), hash_version=version,
-        scopes=scopes, allowed_agents=allowed_agents, allowed_models=sorted(set(allowed_models or [])),
-        allowed_ips=list(allowed_ips or []), expires_at=expires_at, requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute, parent=parent,
+        scopes=scopes, parent=parent, **{**limits, "allowed_models": sorted(set(limits["allowed_models"])),
+                                         "allowed_ips": list(limits["allowed_ips"])},
     )
     audit_events.key_created(key)
     return IssuedKey(key=key, secret=secret)
