@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts import key_tree
+from accounts.key_tree import key_within, keys_within  # noqa: F401 (part of this module's API)
 from accounts.models import APIKey, Organization, Team, User
 from accounts.roles import (
     AGENT_PERMISSIONS,
@@ -287,11 +288,15 @@ def create_api_key(
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     prefix, secret = _new_key_material()
     version = settings.RELAY_API_KEY_HASH_VERSION
-    key = APIKey.objects.create(
+    key = APIKey(
         owner=owner, name=name[:100], prefix=prefix, secret_hash=hash_secret(secret, version), hash_version=version,
         scopes=scopes, parent=parent, **{**limits, "allowed_models": sorted(set(limits["allowed_models"])),
                                          "allowed_ips": list(limits["allowed_ips"])},
     )
+    # The rule every key operation answers to, checked on what is about to exist.
+    if parent is not None and not key_within(key, parent):
+        raise PrivilegeRefused("A key can only mint keys within its own powers.")
+    key.save(force_insert=True)
     audit_events.key_created(key)
     return IssuedKey(key=key, secret=secret)
 
