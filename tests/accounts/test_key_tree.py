@@ -255,3 +255,23 @@ def test_keys_nest_at_most_eight_deep(users, here):
         secret = mint(here, secret)["key"]
     error = assert_envelope(here.call("POST", reverse("apikey-list"), secret, {"name": "ninth"}), 400, "invalid")
     assert "8" in error["message"]
+
+
+def test_a_grandchilds_requests_cost_no_more_queries_than_its_roots(users, here):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    root = create_api_key(users["user"], "root", requests_per_minute=100, tokens_per_minute=100_000)
+    Budget.objects.create(organization=users["user"].organization, scope="api_key", api_key=root.key,
+                          period="monthly", limit_usd=Decimal("5"), hard=True)
+    grandchild = mint(here, mint(here, root.secret)["key"])["key"]
+    counts = {}
+    for name, secret in (("root", root.secret), ("grandchild", grandchild)):
+        for path, body in ((reverse("me"), None), (reverse("query"), QUERY)):
+            method = "POST" if body else "GET"
+            assert here.call(method, path, secret, body).status_code == 200  # caches warm
+            with CaptureQueriesContext(connection) as queries:
+                assert here.call(method, path, secret, body).status_code == 200
+            counts[name, path] = len(queries)
+    assert counts["grandchild", reverse("me")] == counts["root", reverse("me")]
+    assert counts["grandchild", reverse("query")] == counts["root", reverse("query")]
