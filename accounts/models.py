@@ -61,7 +61,7 @@ class User(AbstractUser):
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
-        # The ten capabilities of DESIGN.md section 4, checked with user.has_perm("accounts.<codename>").
+        # The ten capabilities of docs/design.md section 4, checked with user.has_perm("accounts.<codename>").
         permissions = ALL_PERMISSIONS
 
     def clean(self):
