@@ -47,7 +47,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at", "owner__organization"]
     list_select_related = ["owner", "owner__organization"]
     search_fields = ["name", "prefix", "owner__username"]
-    readonly_fields = ["prefix", "secret_hash", "hash_version", "last_used_at", "revoked_at", "created_at"]
+    readonly_fields = ["prefix", "secret_hash", "hash_version", "parent", "last_used_at", "revoked_at", "created_at"]
     exclude = []
     actions = ["revoke_selected"]
 

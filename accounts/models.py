@@ -61,7 +61,7 @@ class User(AbstractUser):
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
-        # The ten capabilities of DESIGN.md section 4, checked with user.has_perm("accounts.<codename>").
+        # The ten capabilities of docs/design.md section 4, checked with user.has_perm("accounts.<codename>").
         permissions = ALL_PERMISSIONS
 
     def clean(self):
@@ -101,6 +101,11 @@ class APIKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The key this one was minted through (POST /api/v1/keys/ with a key): it stays under that
+    # key's limits, budgets and revocation (accounts/key_tree.py). Deleting a key deletes its
+    # descendants, so that none outlives it as an unrestricted key.
+    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, editable=False,
+                               related_name="children")
 
     objects = APIKeyQuerySet.as_manager()
 

@@ -1,6 +1,6 @@
 """Where every endpoint's requirement is checked.
 
-A view declares `required_permission`: a codename of DESIGN.md section 4, ADMIN (an admin of
+A view declares `required_permission`: a codename of docs/design.md section 4, ADMIN (an admin of
 the caller's organization), AUTHENTICATED (anyone signed in), or a dict of those per HTTP
 method. The URL-walker test reads the same declarations' effects from the outside.
 """

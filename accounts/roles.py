@@ -1,4 +1,4 @@
-"""Roles and permissions of DESIGN.md section 4: the one place the matrix is written down.
+"""Roles and permissions of docs/design.md section 4: the one place the matrix is written down.
 
 Roles are Django groups; the data migration creates them from ROLE_PERMISSIONS. Admins may add
 more groups in the admin, and a user whose group is not one of these still gets exactly that

@@ -19,6 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts import key_tree
+from accounts.key_tree import key_within, keys_within  # noqa: F401 (part of this module's API)
 from accounts.models import APIKey, Organization, Team, User
 from accounts.roles import (
     AGENT_PERMISSIONS,
@@ -202,11 +204,13 @@ def validate_key_grants(
         raise PrivilegeRefused(f"The owner does not hold {'; '.join(refused)}: a key cannot be given more.")
 
 
-def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_ips, expires_at):
+def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_ips, expires_at,
+                     requests_per_minute=None, tokens_per_minute=None) -> dict:
     """A key minted through another key: it inherits that key's limits and may not loosen them.
 
-    An empty list means "no restriction", so an unrestricted child of a restricted key would be
-    an escalation: omitted limits are inherited, wider ones refused (PrivilegeRefused).
+    An empty list (or no rate) means "no restriction", so an unrestricted child of a restricted
+    key would be an escalation: omitted limits are inherited, wider ones refused (PrivilegeRefused).
+    Returns the new key's limits by field name.
     """
     refused = []
 
@@ -220,6 +224,11 @@ def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_
             refused.append(f"{label} {', '.join(map(str, outside))}")
         return asked
 
+    def at_most(asked, limit, label):
+        if limit is not None and asked is not None and asked > limit:
+            refused.append(f"more than its {limit} {label}")
+        return limit if asked is None else asked
+
     allowed_agents = narrowed(allowed_agents, parent.allowed_agents, "the agents")
     allowed_models = narrowed(allowed_models, parent.allowed_models, "the models")
     if parent.allowed_ips and allowed_ips and not set(allowed_ips) <= set(parent.allowed_ips):
@@ -229,9 +238,26 @@ def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_
         if expires_at is not None and expires_at > parent.expires_at:
             refused.append("an expiry later than the key's own")
         expires_at = expires_at or parent.expires_at
+    requests_per_minute = at_most(requests_per_minute, parent.requests_per_minute, "requests per minute")
+    tokens_per_minute = at_most(tokens_per_minute, parent.tokens_per_minute, "tokens per minute")
     if refused:
         raise PrivilegeRefused(f"A key cannot be given what the key creating it lacks: {'; '.join(refused)}.")
-    return allowed_agents, allowed_models, allowed_ips, expires_at
+    return {"allowed_agents": allowed_agents, "allowed_models": allowed_models, "allowed_ips": allowed_ips,
+            "expires_at": expires_at, "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute}
+
+
+def _under_parent(owner: User, parent: APIKey, limits: dict) -> dict:
+    """The limits of a key minted through `parent`, which must stay a live, shallow enough tree."""
+    if parent.owner_id != owner.pk:
+        raise ValueError("A key minted through a key belongs to that key's owner.")
+    if len(key_tree.ancestors(parent)) >= key_tree.MAX_ANCESTORS:
+        raise ValidationError(f"Keys nest at most {key_tree.MAX_ANCESTORS} deep: this key cannot mint keys; "
+                              "create the key with a key higher up or from the console.")
+    # Locked until this commits: a revocation of the parent either sees the new key or is seen here.
+    if APIKey.objects.select_for_update().filter(pk=parent.pk, revoked_at__isnull=False).exists():
+        raise PrivilegeRefused("The key making this request has been revoked.")
+    return narrow_to_parent(parent, **limits)
 
 
 @transaction.atomic
@@ -251,33 +277,52 @@ def create_api_key(
     if grantable is None:
         grantable = effective_permissions(owner)
     scopes = sorted(set(grantable if scopes is None else scopes))
-    allowed_agents = sorted(set(allowed_agents or []))
+    limits = {"allowed_agents": sorted(set(allowed_agents or [])), "allowed_models": allowed_models or [],
+              "allowed_ips": allowed_ips or [], "expires_at": expires_at,
+              "requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute}
     if parent is not None:
-        allowed_agents, allowed_models, allowed_ips, expires_at = narrow_to_parent(
-            parent, allowed_agents=allowed_agents, allowed_models=allowed_models or [],
-            allowed_ips=allowed_ips or [], expires_at=expires_at)
-    validate_key_grants(owner, scopes, allowed_agents, allowed_models, allowed_ips, grantable=grantable)
-    if expires_at is not None and expires_at <= timezone.now():
+        limits = _under_parent(owner, parent, limits)
+    validate_key_grants(owner, scopes, limits["allowed_agents"], limits["allowed_models"], limits["allowed_ips"],
+                        grantable=grantable)
+    if limits["expires_at"] is not None and limits["expires_at"] <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     prefix, secret = _new_key_material()
     version = settings.RELAY_API_KEY_HASH_VERSION
-    key = APIKey.objects.create(
+    key = APIKey(
         owner=owner, name=name[:100], prefix=prefix, secret_hash=hash_secret(secret, version), hash_version=version,
-        scopes=scopes, allowed_agents=allowed_agents, allowed_models=sorted(set(allowed_models or [])),
-        allowed_ips=list(allowed_ips or []), expires_at=expires_at, requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
+        scopes=scopes, parent=parent, **{**limits, "allowed_models": sorted(set(limits["allowed_models"])),
+                                         "allowed_ips": list(limits["allowed_ips"])},
     )
+    # The rule every key operation answers to, checked on what is about to exist.
+    if parent is not None and not key_within(key, parent):
+        raise PrivilegeRefused("A key can only mint keys within its own powers.")
+    key.save(force_insert=True)
     audit_events.key_created(key)
     return IssuedKey(key=key, secret=secret)
 
 
 @transaction.atomic
 def revoke_api_key(key: APIKey) -> APIKey:
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-        audit_events.key_revoked(key)
-    forget_cached_key(key.prefix)
+    """Revoke a key and every key minted below it, each audited; no cached copy outlives the commit."""
+    key = APIKey.objects.select_for_update().select_related("owner").get(pk=key.pk)
+    family = [key, *key_tree.descendants(key, lock=True)]
+    now, revoked = timezone.now(), []
+    for member in family:
+        if member.revoked_at is None:
+            member.revoked_at = now
+            revoked.append(member)
+    APIKey.objects.filter(pk__in=[member.pk for member in revoked]).update(revoked_at=now)
+    for member in revoked:
+        audit_events.key_revoked(member, because_of=None if member is key else key)
+    prefixes = [member.prefix for member in family]
+
+    def forget():
+        for prefix in prefixes:
+            forget_cached_key(prefix)
+
+    # Now for this process, and after the commit so nobody caches the rows as they were before it.
+    forget()
+    transaction.on_commit(forget)
     return key
 
 
@@ -324,7 +369,10 @@ def _lookup(prefix: str) -> APIKey | None:
         return None
     if cached is not None:
         return cached
-    key = APIKey.objects.select_related("owner", "owner__organization", "owner__team").filter(prefix=prefix).first()
+    # The ancestors come in the same query and stay in the cached copy: the throttle, the token
+    # limit and the budgets walk them without a query (accounts/key_tree.py).
+    key = APIKey.objects.select_related("owner", "owner__organization", "owner__team", key_tree.CHAIN).filter(
+        prefix=prefix).first()
     if key is not None:
         # Computed now, the owner's permissions travel in the cached copy: no permission queries
         # per request. Role and role-permission changes drop the copy (accounts/signals.py).
@@ -350,6 +398,11 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
         raise KeyRejected("This API key has expired.")
     if not key.owner.is_active:
         raise KeyRejected("The owner of this API key is deactivated.")
+    for ancestor in key_tree.ancestors(key):  # loaded with the key: no query
+        if ancestor.revoked_at is not None:
+            raise KeyRejected("This API key has been revoked with the key it was made from.")
+        if ancestor.expires_at is not None and ancestor.expires_at <= timezone.now():
+            raise KeyRejected("The key this API key was made from has expired.")
     if key.allowed_ips and not ip_allowed(client_ip, key.allowed_ips):
         raise KeyRejected("This API key may not be used from this address.")
     touch_last_used(key)

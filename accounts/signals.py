@@ -4,14 +4,20 @@ from django.contrib.auth.models import Group
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
+from accounts.key_tree import descendants
 from accounts.models import APIKey, User
 from accounts.services import forget_cached_key, sync_team_group
 
 
 @receiver(post_save, sender=APIKey)
 @receiver(post_delete, sender=APIKey)
-def _key_changed(sender, instance, **kwargs):
+def _key_changed(sender, instance, created=False, **kwargs):
     forget_cached_key(instance.prefix)
+    # Cached keys carry their ancestors (their limits, expiry, revocation): a changed key is
+    # looked up afresh under every key below it too. A new key has none.
+    if not created and kwargs.get("signal") is post_save:
+        for child in descendants(instance):
+            forget_cached_key(child.prefix)
 
 
 @receiver(post_save, sender=User)

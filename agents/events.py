@@ -1,4 +1,4 @@
-"""The streaming protocol of DESIGN.md section 6: one dict per event.
+"""The streaming protocol of docs/design.md section 6: one dict per event.
 
 Agent runs yield these; SSE writes each as one `data:` line, the WebSocket as one text frame,
 and the non-streaming API collects them. Build events only through these functions so the

@@ -1,8 +1,8 @@
-"""One agent run, from checks to stored answer: the hot path of DESIGN.md section 11.
+"""One agent run, from checks to stored answer: the hot path of docs/design.md section 11.
 
 `prepare` does everything that can refuse a request (agent, permission, model, conversation,
 budget reservation) so that refusals are plain 4xx before any stream starts. `stream` then
-yields the protocol events of DESIGN.md section 6 and, however it ends (complete, error,
+yields the protocol events of docs/design.md section 6 and, however it ends (complete, error,
 budget stop, or the client going away), stores the answer and its one usage record.
 """
 

@@ -1,4 +1,4 @@
-"""Run untrusted Python in a bubblewrap sandbox (DESIGN.md section 10).
+"""Run untrusted Python in a bubblewrap sandbox (docs/design.md section 10).
 
 No network, read-only system/interpreter mounts, a private size-capped /tmp, CPU / memory /
 process / wall-time / output limits. The memory limit binds the whole run: RLIMIT_AS caps each

@@ -40,9 +40,13 @@ def key_created(key) -> None:
            metadata=_key_metadata(key))
 
 
-def key_revoked(key) -> None:
+def key_revoked(key, *, because_of=None) -> None:
+    """because_of: the key above it whose revocation took this one along."""
+    metadata = _key_metadata(key)
+    if because_of is not None:
+        metadata["revoked_with"] = f"api_key:{because_of.pk}"
     record(actions.API_KEY_REVOKED, resource=f"api_key:{key.pk}", organization=key.owner.organization_id,
-           metadata=_key_metadata(key))
+           metadata=metadata)
 
 
 def key_rotated(key, old_prefix: str) -> None:

@@ -10,7 +10,7 @@ line: id, agent, query, complexity, max_tokens). Two passes:
   gpt-4o-mini, and the exact-match response cache (`cache_key` + the in-process store) — a hit
   costs nothing.
 
-Costs use the seeded price table (billing.pricing.DEFAULT_PRICES, DESIGN.md section 3) at the
+Costs use the seeded price table (billing.pricing.DEFAULT_PRICES, docs/design.md section 3) at the
 same nano-dollar rounding as the ledger. Input tokens: the agent's system prompt plus the query
 as a chat, counted by the offline tokenizer (agents/tokenizer.py). Output tokens: the query's
 `max_tokens` — the worst case the ledger reserves, and what a capped answer would use — the same

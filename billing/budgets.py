@@ -45,7 +45,8 @@ def covering(budget: Budget, now: datetime) -> Covering:
 
 
 def covering_budgets(user, api_key, now: datetime, rules=None) -> list[Covering]:
-    """Every budget over the request: the organization's, the user's team's, the user's, the key's.
+    """Every budget over the request: the organization's, the user's team's, the user's, the key's
+    and those of every key above it (a key minted through a key stays under that key's budgets).
 
     rules: a billing.rule_cache view (the rows are read once per change, not once per request).
     """
@@ -54,11 +55,14 @@ def covering_budgets(user, api_key, now: datetime, rules=None) -> list[Covering]
     key_id = api_key.pk if api_key is not None else None
 
     def load() -> list[Budget]:
+        from accounts.key_tree import chain
+
         targets = Q(scope="organization") | Q(scope="user", user_id=user.pk)
         if user.team_id:
             targets |= Q(scope="team", team_id=user.team_id)
         if key_id is not None:
-            targets |= Q(scope="api_key", api_key_id=key_id)
+            # A key's ancestors never change, so the key's id still names this set in the cache.
+            targets |= Q(scope="api_key", api_key_id__in=[key.pk for key in chain(api_key)])
         return list(Budget.objects.filter(targets, organization_id=user.organization_id).select_related(
             "organization", "team", "user", "api_key"))
 
@@ -90,9 +94,14 @@ def exceeded_details(item: Covering, spent_nanos: int, now: datetime) -> dict:
 
 
 def records_in_scope(budget: Budget):
+    """The usage a budget counts: a key's budget also counts the keys minted through it."""
     records = UsageRecord.objects.filter(organization_id=budget.organization_id)
     if budget.scope == "organization":
         return records
+    if budget.scope == "api_key":
+        from accounts.key_tree import subtree_ids
+
+        return records.filter(api_key_id__in=subtree_ids(budget.api_key_id))
     field = f"{budget.scope}_id"
     return records.filter(**{field: getattr(budget, field)})
 

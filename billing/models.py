@@ -1,4 +1,4 @@
-"""Prices, usage and budgets (DESIGN.md sections 3 and 7).
+"""Prices, usage and budgets (docs/design.md sections 3 and 7).
 
 Money is Decimal(18, 10) here and integer nano-dollars in the ledger. Prices are effective-dated:
 a change is a new row, and every UsageRecord keeps the price row it was charged at.

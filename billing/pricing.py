@@ -24,7 +24,7 @@ def current_price(model: str, now: datetime, rules=None) -> ModelPrice:
     return price
 
 
-# The seed of DESIGN.md section 3 (the migration keeps its own frozen copy).
+# The seed of docs/design.md section 3 (the migration keeps its own frozen copy).
 DEFAULT_PRICES = {
     "gpt-4o": ("0.005", "0.015"),
     "gpt-4o-mini": ("0.00015", "0.0006"),

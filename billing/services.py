@@ -1,6 +1,6 @@
 """Billing rules for the runner: price a request, reserve its worst case, settle, record usage.
 
-The contract is DESIGN.md section 7. `open_charge` reserves the worst case (input + max output)
+The contract is docs/design.md section 7. `open_charge` reserves the worst case (input + max output)
 against every budget covering the request in one ledger step and returns a `Charge`; the runner
 checks `charge.allows(...)` per token (pure arithmetic, no I/O) and ends with `close_charge`,
 which writes the one `UsageRecord` of the request and settles the ledger to the actual cost.

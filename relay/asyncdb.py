@@ -1,7 +1,7 @@
 """Running sync (ORM) code from the async hot path, on one bounded pool of threads.
 
 Why not Django's default, sync_to_async(thread_sensitive=True): it runs every such call of the
-process on one shared thread, so requests queue behind each other (DESIGN.md section 11). Why
+process on one shared thread, so requests queue behind each other (docs/design.md section 11). Why
 not the loop's default executor: Django keeps one connection per thread, and a pool that grows
 and shrinks leaks connections. This pool is bounded (RELAY_DB_THREADS) and its connections are
 reused and aged out by CONN_MAX_AGE.

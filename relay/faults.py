@@ -1,6 +1,6 @@
 """Redis or PostgreSQL unreachable: answer 503 with the error envelope, never a 500.
 
-Relay fails closed when a service it depends on is down (DESIGN.md sections 7 and 9): the
+Relay fails closed when a service it depends on is down (docs/design.md sections 7 and 9): the
 budget ledger already refuses with 503 `ledger_unavailable`; everything else that touches
 Redis (key cache, sessions, request rate limits) or the database raises the driver's
 connection error, which this module maps to 503 `service_unavailable`. Nothing is retried

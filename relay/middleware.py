@@ -10,7 +10,7 @@ class DualModeMiddleware:
     """Base for middleware that stays on the event loop under ASGI and still works under WSGI.
 
     A sync-only middleware would make Django run every request through its single shared sync
-    thread (DESIGN.md section 11). Subclasses write `handle(request)` for the sync chain and
+    thread (docs/design.md section 11). Subclasses write `handle(request)` for the sync chain and
     `__acall__(request)` for the async one.
     """
 

@@ -1,6 +1,6 @@
 """Relay settings, read from the environment.
 
-Two run modes share this file (DESIGN.md section 2): with no environment set Relay runs
+Two run modes share this file (docs/design.md section 2): with no environment set Relay runs
 embedded (SQLite, in-process cache/channel layer, eager Celery); with DATABASE_URL and
 REDIS_URL it runs in production mode on PostgreSQL and Redis.
 """

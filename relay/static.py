@@ -2,7 +2,7 @@
 
 WhiteNoise's middleware is sync-only. Under ASGI one sync-only middleware makes Django run the
 rest of the chain through sync_to_async on the process's single shared thread, so every request
-(the streaming hot path included) would queue there (DESIGN.md section 11). Here only requests
+(the streaming hot path included) would queue there (docs/design.md section 11). Here only requests
 under STATIC_URL leave the event loop.
 """
 

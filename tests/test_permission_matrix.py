@@ -1,6 +1,6 @@
 """The URL walker: every route of the project, every role, every way to authenticate.
 
-The expectations here are written from DESIGN.md section 4, not read from the views, so a view
+The expectations here are written from docs/design.md section 4, not read from the views, so a view
 that declares the wrong permission fails. A route missing from ROUTES fails too: each new
 endpoint must say here who may call it.
 """
@@ -13,7 +13,7 @@ from django.urls.exceptions import NoReverseMatch
 
 from tests.conftest import assert_envelope
 
-# DESIGN.md section 4, written out again on purpose.
+# docs/design.md section 4, written out again on purpose.
 MATRIX = {
     "admin": {"use_math_agent", "use_code_agent", "use_rag_agent", "use_vision_agent", "view_metrics",
               "manage_users", "export_data", "manage_training", "upload_documents", "delete_documents"},

@@ -78,7 +78,7 @@ class APIKeySerializer(StrictModelSerializer):
         fields = [
             "id", "name", "prefix", "scopes", "allowed_agents", "allowed_models", "allowed_ips",
             "requests_per_minute", "tokens_per_minute", "expires_at", "revoked_at", "last_used_at",
-            "created_at", "is_active",
+            "created_at", "is_active", "parent",
         ]
         read_only_fields = fields
 

@@ -103,14 +103,18 @@ class UserViewSet(viewsets.ModelViewSet):
 
 
 class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """The caller's own API keys. Secrets appear only in the create and rotate answers."""
+    """The caller's own API keys. Secrets appear only in the create and rotate answers.
+
+    Through a key, only the keys within its powers (accounts.services.key_within): any other is
+    404 to every action, so a narrow key can neither find nor take over a wider one.
+    """
 
     serializer_class = APIKeySerializer
     required_permission = AUTHENTICATED
-    queryset = APIKey.objects.none()
+    queryset = APIKey.objects.none()  # the model for the schema and for the hidden-object audit
 
     def get_queryset(self):
-        return APIKey.objects.filter(owner=self.request.user).order_by("-created_at")
+        return services.keys_within(self.request.user, request_key(self.request)).order_by("-created_at")
 
     @extend_schema(request=APIKeyCreateSerializer, responses={201: IssuedKeySerializer})
     def create(self, request):

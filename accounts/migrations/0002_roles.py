@@ -1,4 +1,4 @@
-"""Create the four roles of DESIGN.md section 4 as groups with their permissions.
+"""Create the four roles of docs/design.md section 4 as groups with their permissions.
 
 The matrix is copied from accounts.roles on purpose: a migration must keep doing what it did
 when it was written, whatever the code later says (a test checks the two agree today).

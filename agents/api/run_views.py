@@ -1,4 +1,4 @@
-"""The model-call endpoints: async end to end (DESIGN.md section 11)."""
+"""The model-call endpoints: async end to end (docs/design.md section 11)."""
 
 import asyncio
 import contextlib
@@ -103,7 +103,7 @@ async def sse_events(run: runner.PreparedRun):
         OpenApiTypes.STR, description="One JSON event per `data:` line: start, token, tool_call, usage, error, done.")},
 })
 async def stream(request, drf_request):
-    """POST /api/v1/stream: the same body as /query, answered as `text/event-stream` (DESIGN.md §6).
+    """POST /api/v1/stream: the same body as /query, answered as `text/event-stream` (docs/design.md §6).
 
     Every check runs before the response starts, so refusals are plain 4xx; a client that
     disconnects cancels the run, which is stored as `cancelled` with what was generated.

@@ -9,7 +9,7 @@ from relay.api.serializers import StrictSerializer
 
 
 class BudgetInputSerializer(StrictSerializer):
-    """Body of POST /api/v1/costs/budget (DESIGN.md section 5)."""
+    """Body of POST /api/v1/costs/budget (docs/design.md section 5)."""
 
     scope = serializers.ChoiceField(choices=Budget.SCOPES)
     target = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)

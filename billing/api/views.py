@@ -1,4 +1,4 @@
-"""Cost API: thin views over billing.stats and billing.budget_changes (DESIGN.md section 5)."""
+"""Cost API: thin views over billing.stats and billing.budget_changes (docs/design.md section 5)."""
 
 import csv
 

@@ -1,4 +1,4 @@
-"""Seed the price table (DESIGN.md section 3) plus the embedded engine's models.
+"""Seed the price table (docs/design.md section 3) plus the embedded engine's models.
 
 Effective from the epoch so requests at any time find a price; later changes are new rows.
 """

@@ -1,6 +1,6 @@
 """Async API views with the same authentication, permission, throttling and errors as DRF views.
 
-The model-call endpoints stream and must stay async end to end (DESIGN.md section 11); DRF's
+The model-call endpoints stream and must stay async end to end (docs/design.md section 11); DRF's
 APIView is sync. `api_endpoint` gives a plain async Django view the DRF request handling:
 authenticators (API key, JWT, session with CSRF), the view's `required_permission`, the key's
 rate limit, and every failure as the error envelope (and through the audit listener).

@@ -1,4 +1,4 @@
-"""The metrics of DESIGN.md section 8, and the helpers that record them where events happen.
+"""The metrics of docs/design.md section 8, and the helpers that record them where events happen.
 
 Every helper is in-memory arithmetic on prometheus_client objects (with PROMETHEUS_MULTIPROC_DIR
 set, an mmap'ed file per process: still no system call per update), so the runner may call them

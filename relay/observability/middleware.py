@@ -2,12 +2,12 @@
 
 django-prometheus's middlewares are `MiddlewareMixin` classes: under ASGI each of their hooks
 runs through `sync_to_async(thread_sensitive=True)`, i.e. on the one shared sync thread of the
-process (DESIGN.md section 11). Their hooks only touch in-memory metrics, so these wrappers call
-them inline instead, in both sync (WSGI) and async (ASGI) mode.
+process (docs/design.md section 11). Their hooks only touch in-memory metrics, so these wrappers
+call them inline instead, in both sync (WSGI) and async (ASGI) mode.
 
-`MetricsMiddleware` (outermost) records DESIGN.md's http_requests_total and
-http_request_duration_seconds, labelled by route pattern, and django-prometheus's "before"
-metrics. `ViewMetricsMiddleware` (innermost) records django-prometheus's per-view metrics.
+`MetricsMiddleware` (outermost) records http_requests_total and http_request_duration_seconds of
+docs/design.md section 8, labelled by route pattern, and django-prometheus's "before" metrics.
+`ViewMetricsMiddleware` (innermost) records django-prometheus's per-view metrics.
 """
 
 from __future__ import annotations

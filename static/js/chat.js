@@ -1,4 +1,4 @@
-/* Chat: answers stream over the WebSocket /ws/chat/ (DESIGN.md section 6). */
+/* Chat: answers stream over the WebSocket /ws/chat/ (docs/design.md section 6). */
 (function () {
   "use strict";
   const R = window.Relay, el = R.el;

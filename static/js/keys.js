@@ -98,6 +98,11 @@
     if (!window.confirm("Revoke " + key.name + "? Programs using it stop working at once.")) return;
     try {
       replace(await R.api("/api/v1/keys/" + key.id + "/revoke/", { method: "POST" }));
+      // Keys minted through this one were revoked with it: show them as they are now.
+      if (keys.some(function (k) { return k.parent === key.id; })) {
+        keys = (await R.api("/api/v1/keys/?limit=500")).results;
+        render();
+      }
       status.textContent = "Revoked " + key.name + ".";
     } catch (e) { status.textContent = e.message; }
   }

@@ -1,4 +1,4 @@
-"""The budget invariant (DESIGN.md section 7) against live Relay instances and the fake upstream.
+"""The budget invariant (docs/design.md section 7) against live Relay instances and the fake upstream.
 
 With PostgreSQL and Redis, several uvicorn processes serve the same database and ledger; in the
 embedded mode (in-process ledger: one process by design) one live server stands in for them.

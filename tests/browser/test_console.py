@@ -138,6 +138,18 @@ def test_create_and_revoke_a_key(new_page, users):
     assert key.prefix[:7] in page.content() and secret.is_hidden()
 
 
+def test_revoking_a_key_shows_the_keys_minted_through_it_revoked(new_page, users):
+    from accounts.services import create_api_key
+
+    parent = create_api_key(users["user"], "deploy bot").key
+    create_api_key(users["user"], "deploy bot child", parent=parent)
+    page = new_page(users["user"])
+    page.goto("/keys/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke deploy bot", exact=True).click()
+    page.wait_for_selector('tr[data-state="revoked"]:has-text("deploy bot child")')
+
+
 def test_usage_page_draws_its_charts(new_page, users):
     from billing.models import Budget
 

@@ -207,7 +207,7 @@ def test_no_role_reads_or_deletes_another_users_private_documents(role, users, o
     # Control: documents.visible_documents (guardian object permissions) + hidden-object audit.
     me = users[role]
     client = client_for(me)
-    # Admins manage every document of their own organization (DESIGN.md section 4), never another's.
+    # Admins manage every document of their own organization (docs/design.md section 4), never another's.
     owners = [other_users["admin"]] if role == "admin" else [users["user" if role != "user" else "viewer"],
                                                               other_users["admin"]]
     for owner in owners:
