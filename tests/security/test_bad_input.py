@@ -1,0 +1,128 @@
+"""Every bad input is a 4xx with the envelope, on every endpoint and transport; never a 500.
+
+Hostile shapes a client can send whatever the schema says: JSON nested thousands deep, lone
+UTF-16 surrogates, parts of the wrong type, bodies of unknown length, money in other scripts.
+"""
+
+import asyncio
+import json
+
+import pytest
+import websockets
+from django.urls import reverse
+
+from accounts.services import create_api_key
+from tests.conftest import assert_envelope
+
+DEEP = 10_000
+JSON_LIMIT = 64  # relay.api.parsers.MAX_JSON_DEPTH
+# url name, and whether it answers in OpenAI's error shape
+JSON_ENDPOINTS = [("query", False), ("stream", False), ("openai-chat-completions", True), ("costs-budget", False),
+                  ("apikey-list", False)]
+# A body each endpoint accepts, to carry a nested value in an extra field.
+VALID = {
+    "query": {"query": "1+1", "agent_type": "math"},
+    "stream": {"query": "1+1", "agent_type": "math"},
+    "openai-chat-completions": {"model": "relay-math", "messages": [{"role": "user", "content": "1+1"}]},
+    "costs-budget": {"scope": "organization", "period": "monthly", "limit_usd": "10.00"},
+    "apikey-list": {"name": "nested"},
+}
+
+
+def nested_list(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def nested_object(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+# The OpenAI body ignores unknown fields; its `n` must be an integer, so a list there is refused.
+EXTRA_FIELD = {"openai-chat-completions": "n"}
+
+
+def with_extra(name: str, depth: int) -> str:
+    """The endpoint's valid body plus a field holding lists: `depth` levels in all, the body included."""
+    return with_extra_frame(VALID[name], depth, EXTRA_FIELD.get(name, "extra"))
+
+
+@pytest.fixture
+def caller(users, client_for):
+    client = client_for(users["admin"], via="api_key")
+    client.raise_request_exception = False  # a 500 must show as a 500, as a real client sees it
+    return client
+
+
+def post_raw(client, name: str, body: str | bytes):
+    return client.generic("POST", reverse(name), body, content_type="application/json")
+
+
+def refused(response, openai: bool, status: int = 400, code: str | None = None) -> dict:
+    """The 4xx in Relay's envelope, or in OpenAI's shape on /v1."""
+    if not openai:
+        return assert_envelope(response, status, code)
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and isinstance(error["message"], str), error
+    assert error["type"] == "invalid_request_error", error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# --- (a) nesting ------------------------------------------------------------------------------
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("shape", [nested_list, nested_object])
+@pytest.mark.parametrize("name, openai", JSON_ENDPOINTS)
+def test_json_nested_ten_thousand_deep_is_a_400(caller, name, openai, shape):
+    # Control: relay.api.parsers.parse_json (the nesting limit), behind read_json and BoundedJSONParser.
+    refused(post_raw(caller, name, shape(DEEP)), openai, 400, "malformed_request")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name, openai", JSON_ENDPOINTS)
+def test_one_nesting_limit_for_the_async_views_and_drf(caller, name, openai):
+    # At the limit the body is parsed (and refused for its unknown field); one level more, it is not.
+    at_limit = refused(post_raw(caller, name, with_extra(name, JSON_LIMIT)), openai, 400)
+    assert at_limit["code"] == "invalid" and EXTRA_FIELD.get(name, "extra") in at_limit["message"], at_limit
+    refused(post_raw(caller, name, with_extra(name, JSON_LIMIT + 1)), openai, 400, "malformed_request")
+
+
+def ws_url(server) -> str:
+    return server.url.replace("http://", "ws://") + "/ws/chat/"
+
+
+async def recv_json(ws, timeout=20):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_websocket_frames_nested_too_deep_get_an_error_and_the_socket_stays_usable(asgi_server, users):
+    # Control: the consumer parses frames with the same relay.api.parsers.parse_json.
+    key = create_api_key(users["user"], "deep").secret
+    query = {"type": "query", "query": "1+1", "agent_type": "math"}
+
+    async def scenario():
+        async with websockets.connect(ws_url(asgi_server), max_size=2**22) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": key}))
+            assert (await recv_json(ws))["type"] == "authenticated"
+            replies = []
+            for frame in (nested_list(DEEP), nested_object(DEEP), with_extra_frame(query, JSON_LIMIT + 1),
+                          with_extra_frame(query, JSON_LIMIT)):
+                await ws.send(frame)
+                replies.append(await recv_json(ws))
+            await ws.send(json.dumps(query))
+            events = [await recv_json(ws)]
+            while events[-1]["type"] != "done":
+                events.append(await recv_json(ws))
+            return replies, events
+
+    replies, events = asyncio.run(scenario())
+    assert [r["type"] for r in replies] == ["error"] * 4, replies
+    assert [r["code"] for r in replies] == ["malformed_frame", "malformed_frame", "malformed_frame", "invalid"]
+    assert events[-1]["status"] == "complete", events[-1]
+
+
+def with_extra_frame(message: dict, depth: int, field: str = "extra") -> str:
+    return json.dumps(message)[:-1] + f', "{field}": ' + nested_list(depth - 1) + "}"
