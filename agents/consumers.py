@@ -18,6 +18,7 @@ from rest_framework import exceptions
 
 from agents import runner
 from agents.api.serializers import QuerySerializer
+from relay.api.parsers import parse_json
 from relay.asyncdb import db
 from relay.observability import metrics
 
@@ -102,7 +103,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                    "message": f"Send JSON text frames of at most {MAX_FRAME_BYTES} bytes."})
             return
         try:
-            message = json.loads(text_data)
+            message = parse_json(text_data)
         except ValueError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
