@@ -126,3 +126,96 @@ def test_websocket_frames_nested_too_deep_get_an_error_and_the_socket_stays_usab
 
 def with_extra_frame(message: dict, depth: int, field: str = "extra") -> str:
     return json.dumps(message)[:-1] + f', "{field}": ' + nested_list(depth - 1) + "}"
+
+
+# --- (b) lone surrogates, parts of the wrong type ---------------------------------------------
+
+LONE_SURROGATES = ["\\ud800", "\\udfff", "a\\udc00b", "\\ud83d"]  # JSON escapes; "\\ud83d\\ude00" is fine
+
+
+def raw_json(template: str, value: str) -> str:
+    """The template with VALUE replaced by the raw JSON string literal (escapes kept as written)."""
+    return template.replace("VALUE", '"' + value + '"')
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("escape", LONE_SURROGATES)
+@pytest.mark.parametrize("name, openai, template", [
+    ("query", False, '{"query": VALUE, "agent_type": "math"}'),
+    ("stream", False, '{"query": VALUE, "agent_type": "math"}'),
+    ("openai-chat-completions", True, '{"model": "relay-math", "messages": [{"role": "user", "content": VALUE}]}'),
+    ("openai-chat-completions", True,
+     '{"model": "relay-math", "messages": [{"role": "user", "content": [{"type": "text", "text": VALUE}]}]}'),
+    ("apikey-list", False, '{"name": VALUE}'),
+])
+def test_a_lone_surrogate_is_a_400(caller, name, openai, template, escape):
+    # Control: relay.api.parsers.parse_json refuses strings that cannot be encoded as UTF-8 (DRF's
+    # CharField refuses them too, but not inside the dicts and lists of the OpenAI body).
+    refused(post_raw(caller, name, raw_json(template, escape)), openai, 400)
+
+
+@pytest.mark.django_db
+def test_a_surrogate_pair_is_an_ordinary_character(caller):
+    body = raw_json('{"model": "relay-math", "messages": [{"role": "user", "content": VALUE}]}', "1+1 \\ud83d\\ude00")
+    response = post_raw(caller, "openai-chat-completions", body)
+    assert response.status_code == 200, response.content[:300]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    [{"role": "user", "content": [{"type": "text", "text": None}]}],
+    [{"role": "user", "content": [{"type": "text", "text": ["1+1"]}]}],
+    [{"role": "user", "content": [{"type": "text"}]}],
+    [{"role": "user", "content": ["1+1"]}],
+    [{"role": "user", "content": [{"text": "1+1"}]}],
+    [{"role": "user", "content": [{"type": 5, "text": "1+1"}]}],
+    [{"role": "user", "content": 5}],
+    [{"role": "user", "content": {"text": "1+1"}}],
+    [{"role": "user", "content": True}],
+    [{"role": "user", "content": 5}, {"role": "user", "content": "1+1"}],  # an earlier message too
+    [{"role": "system", "content": [{"type": "text", "text": 5}]}, {"role": "user", "content": "1+1"}],
+])
+def test_message_content_of_the_wrong_type_is_a_400_in_openais_shape(caller, messages):
+    # Control: ChatCompletionSerializer.validate_messages checks each message's content and parts.
+    body = json.dumps({"model": "relay-math", "messages": messages})
+    error = refused(post_raw(caller, "openai-chat-completions", body), True, 400, "invalid")
+    assert error["param"] == "messages" and "content" in error["message"], error
+
+
+@pytest.mark.django_db
+def test_content_parts_and_tool_turns_in_openais_format_still_work(caller):
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "user", "content": [{"type": "text", "text": "1+1"},
+                                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
+    ]
+    response = post_raw(caller, "openai-chat-completions", json.dumps({"model": "relay-math", "messages": messages}))
+    assert response.status_code == 200, response.content[:300]
+    assert "2" in response.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_websocket_frames_with_a_lone_surrogate_get_an_error_and_the_socket_stays_usable(asgi_server, users):
+    key = create_api_key(users["user"], "surrogate").secret
+    bad = raw_json('{"type": "query", "query": VALUE, "agent_type": "math"}', "1+1 \\ud800")
+
+    async def scenario():
+        async with websockets.connect(ws_url(asgi_server)) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": key}))
+            assert (await recv_json(ws))["type"] == "authenticated"
+            await ws.send(bad)
+            reply = await recv_json(ws)
+            await ws.send(json.dumps({"type": "query", "query": "1+1", "agent_type": "math"}))
+            events = [await recv_json(ws)]
+            while events[-1]["type"] != "done":
+                events.append(await recv_json(ws))
+            return reply, events
+
+    reply, events = asyncio.run(scenario())
+    assert reply["type"] == "error" and reply["code"] in ("malformed_frame", "invalid"), reply
+    assert events[-1]["status"] == "complete", events[-1]
