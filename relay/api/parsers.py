@@ -6,6 +6,8 @@ go through it, so a body refused on one transport is refused on every other.
 """
 
 import json
+import math
+import re
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -18,47 +20,75 @@ from relay.api.errors import PayloadTooLarge
 # takes needs more than a few levels; tool schemas of the OpenAI API a dozen at most.
 MAX_JSON_DEPTH = 64
 _TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels is not accepted."
+# A \ud800-\udfff escape without its partner decodes to a lone surrogate, which no UTF-8 text can
+# hold: PostgreSQL, the tokenizer and every JSON answer would fail on it later, as a 500.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = "JSON strings must not contain lone UTF-16 surrogates (\\ud800-\\udfff without a partner)."
 
 
 class JSONRejected(ValueError):
-    """JSON that decodes but that Relay refuses (too deep, NaN/Infinity)."""
+    """JSON that decodes but that Relay refuses (too deep, NaN/Infinity, lone surrogates)."""
 
 
 def _refuse_constant(name: str):
     raise JSONRejected(f"{name} is not valid JSON.")
 
 
-def parse_json(raw: bytes | str, *, encoding: str = "utf-8"):
-    """The decoded value, or a ValueError naming the problem (never RecursionError).
-
-    Refuses what the JSON standard does: NaN and Infinity; and what Relay does: nesting past
-    MAX_JSON_DEPTH levels (the top-level object or array is level 1).
-    """
-    if isinstance(raw, bytes | bytearray):
-        try:
-            raw = raw.decode(encoding)
-        except LookupError:
-            raise JSONRejected(f"Unknown charset {encoding[:40]!r}.") from None
-    # Fewer brackets than the limit cannot nest past it: almost every body skips the walk.
-    deep = raw.count("[") + raw.count("{") > MAX_JSON_DEPTH
-    try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise JSONRejected(_TOO_DEEP) from None
-    if deep and _nests_past_limit(value):
-        raise JSONRejected(_TOO_DEEP)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 would become inf: Infinity by another name
+        raise JSONRejected(f"The number {text[:40]} is out of range.")
     return value
 
 
-def _nests_past_limit(value) -> bool:
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
+def parse_json(raw: bytes | str, *, encoding: str = "utf-8"):
+    """The decoded value, or a ValueError naming the problem (never RecursionError).
+
+    Refuses what the JSON standard does: NaN and Infinity (also 1e400, which would decode to
+    inf); and what Relay does: nesting past
+    MAX_JSON_DEPTH levels (the top-level object or array is level 1) and strings holding lone
+    surrogates (a surrogate pair, as ensure_ascii encoders write emoji, is one character).
+    """
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = raw.decode(encoding)  # strict: invalid UTF-8 is a UnicodeDecodeError (a ValueError)
+        except LookupError:
+            raise JSONRejected(f"Unknown charset {encoding[:40]!r}.") from None
+    elif _LONE_SURROGATE.search(raw):  # text handed over already decoded
+        raise JSONRejected(_SURROGATE)
+    # Fewer brackets than the limit cannot nest past it, and only an escape can make a surrogate:
+    # almost every body skips the walk below.
+    deep = raw.count("[") + raw.count("{") > MAX_JSON_DEPTH
+    escaped = "\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise JSONRejected(_TOO_DEEP) from None
+    problem = _refusal(value, depth=deep, surrogates=escaped) if deep or escaped else None
+    if problem:
+        raise JSONRejected(problem)
+    return value
+
+
+def _refusal(value, *, depth: bool, surrogates: bool) -> str | None:
+    stack = [(value, 1)]
     while stack:  # iterative: the walk itself must not recurse
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+        item, level = stack.pop()
+        if isinstance(item, str):
+            if surrogates and _LONE_SURROGATE.search(item):
+                return _SURROGATE
+            continue
+        if isinstance(item, dict):
+            children = [*item, *item.values()] if surrogates else item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth and level > MAX_JSON_DEPTH:
+            return _TOO_DEEP
+        stack.extend((child, level + 1) for child in children)
+    return None
 
 
 def parse_json_body(body: bytes, encoding: str | None = None):
