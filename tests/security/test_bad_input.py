@@ -279,3 +279,91 @@ def test_a_chunked_body_within_the_limit_is_read_whole(asgi_server, users):
                                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     assert response.status_code == 201, response.text[:300]
     assert response.json()["limit_usd"].startswith("10.")
+
+
+# --- (d) money ---------------------------------------------------------------------------------
+
+# Each is a JSON literal for a money field. Python's Decimal reads any script's digits ("٥" is 5);
+# Relay's amounts are whole nano-dollars, as its ledger counts them.
+BAD_AMOUNTS = ['"٥"', '"５"', '"١٠.٠٠"', '"1٠"', '"1e-10"', '1e-10', '"0.0000000001"', '"0.0000000015"',
+               '"10.0000000005"', '"NaN"', '"Infinity"', '"-Infinity"', 'NaN', 'Infinity', '"-1"', '-0.5',
+               '"1e30"', '1e400', '"' + "9" * 60 + '"', '"1_000"']
+GOOD_AMOUNTS = [('"10.00"', "10"), ("10.5", "10.5"), ('"0.000000001"', "0.000000001"), ('"1.500000000000"', "1.5"),
+                ('"1e2"', "100")]
+
+
+def budget_body(amount: str) -> str:
+    return '{"scope": "organization", "period": "monthly", "hard": true, "limit_usd": ' + amount + "}"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("amount", BAD_AMOUNTS)
+def test_bad_money_in_a_budget_is_a_400_and_stores_nothing(caller, amount):
+    # Control: billing.money.parse_amount, the one money rule (BudgetInputSerializer.validate_limit_usd).
+    from billing.models import Budget
+
+    refused(post_raw(caller, "costs-budget", budget_body(amount)), False, 400)
+    assert not Budget.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("amount, stored", GOOD_AMOUNTS)
+def test_good_money_in_a_budget_still_works(caller, amount, stored):
+    from decimal import Decimal
+
+    from billing.models import Budget
+
+    response = post_raw(caller, "costs-budget", budget_body(amount))
+    assert response.status_code == 201, response.content[:300]
+    assert Budget.objects.get().limit_usd == Decimal(stored)
+
+
+@pytest.fixture
+def superuser_client(client, db):
+    from accounts.models import User
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "correct horse battery staple"))
+    return client
+
+
+def price_form(value: str) -> dict:
+    return {"model": "new-model", "input_per_1k": value, "output_per_1k": "0.002",
+            "effective_from_0": "2026-01-01", "effective_from_1": "00:00:00"}
+
+
+@pytest.mark.parametrize("value", ["٥", "５", "0.0000000001", "1e-10", "NaN", "-1", "0.0000000015"])
+def test_bad_money_in_the_price_admin_is_a_form_error(superuser_client, value):
+    # Control: the admin's money form field parses with billing.money.parse_amount.
+    from billing.models import ModelPrice
+
+    response = superuser_client.post(reverse("admin:billing_modelprice_add"), price_form(value))
+    assert response.status_code == 200 and response.context["adminform"].form.errors, response.status_code
+    assert "input_per_1k" in response.context["adminform"].form.errors
+    assert not ModelPrice.objects.filter(model="new-model").exists()
+
+
+def test_a_good_price_in_the_admin_still_works(superuser_client):
+    from decimal import Decimal
+
+    from billing.models import ModelPrice
+
+    response = superuser_client.post(reverse("admin:billing_modelprice_add"), price_form("0.005"))
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else response
+    assert ModelPrice.objects.get(model="new-model").input_per_1k == Decimal("0.005")
+
+
+@pytest.mark.parametrize("value, ok", [("٥", False), ("0.0000000001", False), ("10.00", True)])
+def test_money_in_the_budget_admin(superuser_client, org, value, ok):
+    from decimal import Decimal
+
+    from billing.models import Budget
+
+    response = superuser_client.post(reverse("admin:billing_budget_add"), {
+        "organization": org.pk, "scope": "organization", "period": "monthly", "limit_usd": value, "hard": "on",
+        "alert_thresholds": "[]"})
+    if ok:
+        assert response.status_code == 302, response.context["adminform"].form.errors
+        assert Budget.objects.get().limit_usd == Decimal(value)
+    else:
+        assert response.status_code == 200 and "limit_usd" in response.context["adminform"].form.errors
+        assert not Budget.objects.exists()
