@@ -118,6 +118,10 @@ RAW_BODIES = {
     "a NaN literal": '{"query": NaN, "limit_usd": NaN}',
     "a lone surrogate": '{"query": "\\ud800", "name": "\\udfff", "messages": [{"role": "user", "content": "\\ud800"}]}',
     "not UTF-8": b'{"query": "\xff\xfe"}',
+    "a text part that is a number": '{"model": "relay-math", "messages": [{"role": "user", "content": '
+                                    '[{"type": "text", "text": 5}]}]}',
+    "money in Arabic-Indic digits": '{"scope": "organization", "period": "monthly", "limit_usd": "٥"}',
+    "money below a nano-dollar": '{"scope": "organization", "period": "monthly", "limit_usd": "1e-10"}',
 }
 
 
@@ -185,7 +189,7 @@ def chunked(total: int, piece: int = 256 * 1024):
 
 
 def send_raw_bodies(operation, base_url, headers, problems):
-    """Bodies no generator writes: 10,000 levels deep, NaN, lone surrogates, not UTF-8, too large."""
+    """Bodies no generator writes (each a 4xx everywhere: none is a valid body anywhere), and too large."""
     import httpx
     from django.conf import settings
 
@@ -196,7 +200,8 @@ def send_raw_bodies(operation, base_url, headers, problems):
             for name, raw in RAW_BODIES.items():
                 response = client.request(operation.method, operation.path, content=raw,
                                           headers={"Content-Type": "application/json"})
-                if problem := refusal_problem(response, label):
+                if problem := refusal_problem(response, label) or (
+                        response.status_code < 400 and f"{label}: {response.status_code}, expected a 4xx"):
                     problems.append(f"{problem} (sent {name})")
         kind = "multipart/form-data; boundary=relay" if upload else "application/json"
         limit = settings.RELAY_MAX_UPLOAD_BYTES if upload else settings.RELAY_MAX_BODY_BYTES
