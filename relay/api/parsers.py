@@ -5,6 +5,7 @@
 go through it, so a body refused on one transport is refused on every other.
 """
 
+import codecs
 import json
 import math
 import re
@@ -15,14 +16,14 @@ from rest_framework.parsers import JSONParser
 
 from relay.api.errors import PayloadTooLarge
 
-# Deeper JSON is refused before anything walks it: Python's decoder, DRF's fields, json.dumps and
-# the tokenizer all recurse, and 10,000 levels ended in RecursionError (a 500). No request Relay
-# takes needs more than a few levels; tool schemas of the OpenAI API a dozen at most.
+# Deeper JSON is refused: Python's decoder, DRF's fields, json.dumps and the tokenizer all
+# recurse, and 10,000 levels ended in RecursionError (a 500). No request Relay takes needs more
+# than a few levels; tool schemas of the OpenAI API a dozen at most.
 MAX_JSON_DEPTH = 64
 _TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels is not accepted."
 # A \ud800-\udfff escape without its partner decodes to a lone surrogate, which no UTF-8 text can
 # hold: PostgreSQL, the tokenizer and every JSON answer would fail on it later, as a 500.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE = "JSON strings must not contain lone UTF-16 surrogates (\\ud800-\\udfff without a partner)."
 
@@ -46,48 +47,57 @@ def parse_json(raw: bytes | str, *, encoding: str = "utf-8"):
     """The decoded value, or a ValueError naming the problem (never RecursionError).
 
     Refuses what the JSON standard does: NaN and Infinity (also 1e400, which would decode to
-    inf); and what Relay does: nesting past
-    MAX_JSON_DEPTH levels (the top-level object or array is level 1) and strings holding lone
-    surrogates (a surrogate pair, as ensure_ascii encoders write emoji, is one character).
+    inf); and what Relay does: nesting past MAX_JSON_DEPTH levels (the top-level object or array
+    is level 1) and strings holding lone surrogates (a surrogate pair, as ensure_ascii encoders
+    write emoji, is one character).
     """
-    if isinstance(raw, bytes | bytearray):
-        try:
-            raw = raw.decode(encoding)  # strict: invalid UTF-8 is a UnicodeDecodeError (a ValueError)
-        except LookupError:
-            raise JSONRejected(f"Unknown charset {encoding[:40]!r}.") from None
-    elif _LONE_SURROGATE.search(raw):  # text handed over already decoded
-        raise JSONRejected(_SURROGATE)
-    # Fewer brackets than the limit cannot nest past it, and only an escape can make a surrogate:
-    # almost every body skips the walk below.
-    deep = raw.count("[") + raw.count("{") > MAX_JSON_DEPTH
-    escaped = "\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
+    raw = _utf8(raw, encoding)
+    # Only an escape can make a surrogate: most bodies have none, and then only depth is walked.
+    escaped = b"\\" in raw and _SURROGATE_ESCAPE.search(raw) is not None
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise JSONRejected(_TOO_DEEP) from None
-    problem = _refusal(value, depth=deep, surrogates=escaped) if deep or escaped else None
-    if problem:
+    if isinstance(value, dict | list) and (problem := _refusal(value, surrogates=escaped)):
         raise JSONRejected(problem)
+    if escaped and isinstance(value, str) and _LONE_SURROGATE.search(value):
+        raise JSONRejected(_SURROGATE)
     return value
 
 
-def _refusal(value, *, depth: bool, surrogates: bool) -> str | None:
+def _utf8(raw: bytes | str, encoding: str) -> bytes:
+    """The body as UTF-8 bytes (a ValueError if it cannot be), without a byte order mark."""
+    if isinstance(raw, str):  # text handed over already decoded (WebSocket frames)
+        try:
+            return raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JSONRejected(_SURROGATE) from None
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise JSONRejected(f"Unknown charset {encoding[:40]!r}.") from None
+    if name != "utf-8":  # strict: a body that is not in its charset is a UnicodeDecodeError
+        return raw.decode(encoding).encode("utf-8")
+    return raw[3:] if raw.startswith(codecs.BOM_UTF8) else bytes(raw)
+
+
+def _refusal(value: dict | list, *, surrogates: bool) -> str | None:
+    """Why the decoded value is refused (too deep; a lone surrogate, when `surrogates`), or None.
+
+    Iterative, since the walk itself must not recurse; it visits containers only, and strings
+    (keys included) only when the body had a surrogate escape.
+    """
     stack = [(value, 1)]
-    while stack:  # iterative: the walk itself must not recurse
+    while stack:
         item, level = stack.pop()
-        if isinstance(item, str):
-            if surrogates and _LONE_SURROGATE.search(item):
-                return _SURROGATE
-            continue
-        if isinstance(item, dict):
-            children = [*item, *item.values()] if surrogates else item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth and level > MAX_JSON_DEPTH:
+        if level > MAX_JSON_DEPTH:
             return _TOO_DEEP
-        stack.extend((child, level + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item
+        if surrogates:
+            texts = [*item, *children] if isinstance(item, dict) else children
+            if any(isinstance(text, str) and _LONE_SURROGATE.search(text) for text in texts):
+                return _SURROGATE
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
     return None
 
 

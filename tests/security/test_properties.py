@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
-from hypothesis import HealthCheck, given, note
+from hypothesis import HealthCheck, example, given, note
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -256,6 +256,29 @@ def test_a_lone_surrogate_anywhere_is_refused(value, surrogate, data):
     text = f'["\\u{surrogate:04x}", {raw}]' if data.draw(st.booleans()) else f'[{raw}, {{"\\u{surrogate:04x}": 1}}]'
     with pytest.raises(ValueError):
         parse_json(text.encode())
+
+
+# Pieces of a JSON string: surrogate escapes (high, low), escaped backslashes, plain text that
+# reads like an escape after a backslash, and an emoji as such.
+string_pieces = st.sampled_from(["\\ud83d", "\\ude00", "\\uDBFF", "\\uDC00", "\\\\", "ud83d", "ude00", "u",
+                                 "a", "\\u0041", "😀"])
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(pieces=st.lists(string_pieces, max_size=8))
+@example(pieces=["\\\\", "ud83d", "\\ude00"])  # an escaped backslash, then text, then a lone low escape
+@example(pieces=["\\ud83d", "\\\\", "ude00"])  # a high escape, then an escaped backslash
+@example(pieces=["\\ud83d", "\\ud83d", "\\ude00"])
+@example(pieces=["\\ud83d", "\\ude00", "\\ude00"])
+@example(pieces=["\\uDBFF", "\\uDC00", "😀"])
+def test_surrogates_are_refused_exactly_when_one_is_lone(pieces):
+    text = '["' + "".join(pieces) + '"]'
+    decoded = json.loads(text)[0]
+    lone = any("\ud800" <= c <= "\udfff" for c in decoded)
+    try:
+        assert parse_json(text.encode()) == [decoded] and not lone, text
+    except ValueError:
+        assert lone, text
 
 
 # --- money (billing.money.parse_amount) ------------------------------------------------------
