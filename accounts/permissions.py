@@ -1,8 +1,8 @@
 """Where every endpoint's requirement is checked.
 
 A view declares `required_permission`: a codename of DESIGN.md section 4, ADMIN (an admin of
-the caller's organization), PLATFORM_STAFF (an operator of the whole platform: platform-wide
-data such as /metrics), AUTHENTICATED (anyone signed in), or a dict of those per HTTP method. The URL-walker test reads the same declarations' effects from the outside.
+the caller's organization), AUTHENTICATED (anyone signed in), or a dict of those per HTTP
+method. The URL-walker test reads the same declarations' effects from the outside.
 """
 
 from rest_framework.permissions import BasePermission
@@ -13,6 +13,8 @@ from accounts.services import key_permissions
 
 ADMIN = "@admin"
 AUTHENTICATED = "@authenticated"
+# An operator of the whole platform, for platform-wide data such as /metrics: no organization
+# role holds it (accounts.roles.is_platform_staff).
 PLATFORM_STAFF = "@platform-staff"
 
 
