@@ -8,11 +8,14 @@ method. The URL-walker test reads the same declarations' effects from the outsid
 from rest_framework.permissions import BasePermission
 
 from accounts.models import APIKey
-from accounts.roles import PERMISSION_CODENAMES, effective_permissions, is_org_admin
+from accounts.roles import PERMISSION_CODENAMES, effective_permissions, is_org_admin, is_platform_staff
 from accounts.services import key_permissions
 
 ADMIN = "@admin"
 AUTHENTICATED = "@authenticated"
+# An operator of the whole platform, for platform-wide data such as /metrics: no organization
+# role holds it (accounts.roles.is_platform_staff).
+PLATFORM_STAFF = "@platform-staff"
 
 
 def holds(user, key: APIKey | None, requirement: str) -> bool:
@@ -21,6 +24,9 @@ def holds(user, key: APIKey | None, requirement: str) -> bool:
         return False
     if requirement == AUTHENTICATED:
         return True
+    if requirement == PLATFORM_STAFF:
+        # No organization role reaches it, whatever its codenames; a key only with every scope.
+        return is_platform_staff(user) and (key is None or key_permissions(key) >= set(PERMISSION_CODENAMES))
     granted = key_permissions(key) if key is not None else effective_permissions(user)
     if requirement == ADMIN:
         # A key reaches admin-only endpoints only when it carries every permission of its admin owner.

@@ -51,6 +51,14 @@ def is_org_admin(user) -> bool:
     return bool(user.is_superuser or role_of(user) == ROLE_ADMIN)
 
 
+def is_platform_staff(user) -> bool:
+    """Operators of the platform itself: superusers, and staff who belong to no organization.
+
+    Staff inside an organization only run the admin console for it; they are not operators.
+    """
+    return bool(user.is_active and (user.is_superuser or (user.is_staff and user.organization_id is None)))
+
+
 def effective_permissions(user) -> set[str]:
     """Relay codenames the user holds now (superusers hold all)."""
     if not user.is_active:

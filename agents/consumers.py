@@ -26,6 +26,7 @@ from accounts.permissions import AUTHENTICATED
 from agents import runner
 from agents.api.serializers import QuerySerializer
 from audit import context as audit_context
+from relay.api.parsers import parse_json
 from relay.asyncdb import db
 from relay.observability import metrics
 
@@ -131,7 +132,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                    "message": f"Send JSON text frames of at most {MAX_FRAME_BYTES} bytes."})
             return
         try:
-            message = json.loads(text_data)
+            message = parse_json(text_data)
         except ValueError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -1,5 +1,7 @@
 from django.contrib import admin, messages
+from django.db import models
 
+from billing.forms import MONEY_FORM_FIELDS
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, ToolUsage, UsageRecord
 from relay.admin_lists import CappedCountPaginator, choices_filter
 
@@ -9,6 +11,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     """A price change is a new row with a later effective_from; past usage keeps its row."""
 
     list_display = ["model", "input_per_1k", "output_per_1k", "effective_from", "created_at"]
+    formfield_overrides = {models.DecimalField: MONEY_FORM_FIELDS}
     list_filter = ["model"]
     search_fields = ["model"]
     date_hierarchy = "effective_from"
@@ -84,6 +87,7 @@ class BudgetAdmin(admin.ModelAdmin):
     list_select_related = ["organization", "team", "user", "api_key"]
     raw_id_fields = ["team", "user", "api_key", "created_by"]
     readonly_fields = ["created_by", "created_at", "updated_at"]
+    formfield_overrides = {models.DecimalField: MONEY_FORM_FIELDS}
 
     def save_model(self, request, obj, form, change):
         from billing.budget_changes import budget_changed

@@ -1,13 +1,19 @@
 """Money arithmetic: Decimal USD in the database, integer nano-dollars in counters. Never float."""
 
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+import re
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 NANOS_PER_USD = 1_000_000_000
 # Lua numbers in the Redis ledger are doubles: integers are exact only below 2**53 nano-dollars
 # (about $9M), so a single budget limit stays well under it.
 MAX_LIMIT_USD = Decimal("1000000")
-MAX_DECIMAL_PLACES = 10
+# Amounts from outside are whole nano-dollars, the ledger's unit: 9 decimal places at most.
+MAX_DECIMAL_PLACES = 9
 _NANO = Decimal(1) / NANOS_PER_USD
+# ASCII decimal notation only. Decimal() also reads other scripts' digits ("٥" is 5, "５" too)
+# and underscores ("1_000"), which nobody types as money on purpose.
+_AMOUNT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_AMOUNT_CHARS = 64
 
 
 def cost_usd(nanos: int) -> Decimal:
@@ -26,25 +32,37 @@ def nanos_per_token(usd_per_1k: Decimal) -> int:
     return int((Decimal(usd_per_1k) * NANOS_PER_USD / 1000).to_integral_value(rounding=ROUND_CEILING))
 
 
-def parse_amount(value, *, field: str, allow_zero: bool, maximum: Decimal | None = None) -> Decimal:
-    """A user-supplied money amount, or ValueError with a message naming the problem.
+def parse_amount(value, *, field: str, allow_zero: bool, maximum: Decimal = MAX_LIMIT_USD) -> Decimal:
+    """A money amount from outside, exact to the nano-dollar, or ValueError naming the problem.
 
-    Parses str(value) so a JSON float becomes the decimal the client wrote, not its binary
-    approximation. Refuses booleans, NaN/Infinity, negatives, amounts above `maximum` and more
-    than 10 decimal places (the database column's scale: more would be silently rounded).
+    The one rule for money Relay is given (the cost API, the admin's forms, the models'
+    validators). Parses str(value) so a JSON float becomes the decimal the client wrote, not its
+    binary approximation. Refuses booleans, anything but ASCII decimal notation (an exponent is
+    fine), NaN/Infinity, negatives, amounts above `maximum`, and amounts below or finer than one
+    nano-dollar: the ledger counts whole nano-dollars, so 1e-10 would be a limit of nothing and
+    10.0000000005 would lose its tail without a word.
     """
-    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"{field} must be a decimal number.")
-    try:
-        amount = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise ValueError(f"{field} must be a decimal number, not {str(value)[:40]!r}.")
-    if not amount.is_finite():
-        raise ValueError(f"{field} must be a finite number.")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{field} must be a decimal number.")
+    if len(text) > _MAX_AMOUNT_CHARS or not _AMOUNT.fullmatch(text):
+        raise ValueError(f"{field} must be a decimal number in ASCII digits, like 10.00, not {text[:40]!r}.")
+    amount = Decimal(text)
     if amount < 0 or (amount == 0 and not allow_zero):
         raise ValueError(f"{field} must be greater than 0." if not allow_zero else f"{field} must not be negative.")
-    if maximum is not None and amount > maximum:
+    if amount > maximum:
         raise ValueError(f"{field} must be at most {maximum}.")
-    if amount.normalize().as_tuple().exponent < -MAX_DECIMAL_PLACES:  # trailing zeros do not count
-        raise ValueError(f"{field} has more than {MAX_DECIMAL_PLACES} decimal places.")
-    return amount
+    if 0 < amount < _NANO:
+        raise ValueError(f"{field} is below one nano-dollar (0.000000001).")
+    if _finer_than_nanos(amount):
+        raise ValueError(f"{field} has more than {MAX_DECIMAL_PLACES} decimal places (finer than a nano-dollar).")
+    return abs(amount).quantize(_NANO)  # abs: "-0" is 0
+
+
+def _finer_than_nanos(amount: Decimal) -> bool:
+    """Exact, whatever the exponent: no Decimal context (and so no rounding) involved."""
+    _, digits, exponent = amount.as_tuple()
+    cut = -exponent - MAX_DECIMAL_PLACES  # trailing digits that must be zero
+    return cut > 0 and any(digits[-cut:])

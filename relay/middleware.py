@@ -35,10 +35,16 @@ class DualModeMiddleware:
         raise NotImplementedError
 
 
-class RequestSizeLimitMiddleware(DualModeMiddleware):
-    """Refuse declared bodies over the limit with 413 and the error envelope, before parsing.
+def body_limit(content_type: str) -> int:
+    """Multipart uploads get RELAY_MAX_UPLOAD_BYTES; every other body RELAY_MAX_BODY_BYTES."""
+    return settings.RELAY_MAX_UPLOAD_BYTES if content_type.startswith("multipart/") else settings.RELAY_MAX_BODY_BYTES
 
-    Multipart uploads get RELAY_MAX_UPLOAD_BYTES; everything else RELAY_MAX_BODY_BYTES.
+
+class RequestSizeLimitMiddleware(DualModeMiddleware):
+    """Refuse bodies over the limit with 413 and the error envelope, before parsing.
+
+    Under ASGI a body sent without Content-Length (chunked) carries the length read so far by
+    the time it gets here (relay.asgi_handler.bounded_body), so it is refused the same way.
     """
 
     def _refusal(self, request):
@@ -46,8 +52,7 @@ class RequestSizeLimitMiddleware(DualModeMiddleware):
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return error_response(400, "bad_request", "Content-Length is not a number.")
-        is_upload = request.META.get("CONTENT_TYPE", "").startswith("multipart/")
-        limit = settings.RELAY_MAX_UPLOAD_BYTES if is_upload else settings.RELAY_MAX_BODY_BYTES
+        limit = body_limit(request.META.get("CONTENT_TYPE", ""))
         if length > limit:
             return error_response(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
         return None

@@ -22,13 +22,16 @@ MATRIX = {
     "api_user": {"use_math_agent", "use_code_agent", "use_rag_agent"},
 }
 PUBLIC, SIGNED_IN, ADMIN = "public", "signed-in", "admin"
+# Platform operators only (superusers, staff outside every organization): no organization role.
+PLATFORM = "platform-staff"
 
 # url name -> {method: requirement}; pages are HTML (anonymous is redirected to the login page).
 ROUTES = {
     "healthz": {"GET": PUBLIC},
     "readyz": {"GET": PUBLIC},
-    # Scrapers use the RELAY_METRICS_TOKEN bearer instead (tests/observability/test_metrics_endpoint.py).
-    "metrics": {"GET": "view_metrics"},
+    # Platform-wide figures: scrapers use the RELAY_METRICS_TOKEN bearer, operators their own sign-in
+    # (tests/observability/test_metrics_endpoint.py); view_metrics is not enough.
+    "metrics": {"GET": PLATFORM},
     "schema": {"GET": PUBLIC},
     "api-docs": {"GET": PUBLIC},
     "login": {"GET": PUBLIC},
@@ -106,6 +109,8 @@ def allowed(role: str, requirement: str) -> bool:
         return True
     if requirement == ADMIN:
         return role == "admin"
+    if requirement == PLATFORM:
+        return False
     return requirement in MATRIX[role]
 
 

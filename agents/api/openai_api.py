@@ -17,7 +17,7 @@ from rest_framework import exceptions, serializers
 
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
-from agents.api.serializers import MAX_QUERY_CHARS, clean_text
+from agents.api.serializers import MAX_QUERY_CHARS, clean_text, content_problem
 from agents.idempotency import prepare_once
 from agents.providers.catalog import available_models
 from agents.registry import all_agents
@@ -43,9 +43,11 @@ class ChatCompletionSerializer(SharedFieldsMixin, serializers.Serializer):
     n = serializers.IntegerField(required=False, min_value=1, max_value=1)
 
     def validate_messages(self, messages):
-        for message in messages:
+        for index, message in enumerate(messages):
             if message.get("role") not in ("system", "user", "assistant", "tool", "developer"):
                 raise serializers.ValidationError("Each message needs a role: system, user, assistant or tool.")
+            if problem := content_problem(message.get("content")):
+                raise serializers.ValidationError(f"The content of message {index} {problem}.")
         if not any(m["role"] == "user" for m in messages):
             raise serializers.ValidationError("At least one user message is needed.")
         if sum(len(json.dumps(m)) for m in messages) > 4 * MAX_QUERY_CHARS:

@@ -150,3 +150,22 @@ class AgentInfoSerializer(serializers.Serializer):
     tools = serializers.ListField(child=serializers.CharField())
     models = serializers.ListField(child=serializers.CharField())
     default_model = serializers.CharField()
+
+
+def content_problem(content) -> str | None:
+    """What is wrong with a message's content in OpenAI's format, or None.
+
+    A string, null (an assistant turn that only calls tools), or a list of parts, each an object
+    with a string "type"; text parts carry a string "text". Other part types (image_url, ...)
+    pass through to the model as they are.
+    """
+    if content is None or isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return "must be a string or a list of content parts"
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            return 'has a part that is not an object with a string "type"'
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            return 'has a text part whose "text" is not a string'
+    return None

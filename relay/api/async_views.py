@@ -9,7 +9,6 @@ rate limit, and every failure as the error envelope (and through the audit liste
 from __future__ import annotations
 
 import functools
-import json
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -20,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from relay.api.errors import PayloadTooLarge, exception_handler
+from relay.api.parsers import parse_json_body
 from relay.asyncdb import db
 
 
@@ -52,10 +52,7 @@ def read_json(django_request) -> dict:
     body = django_request.body
     if len(body) > settings.RELAY_MAX_BODY_BYTES:
         raise PayloadTooLarge()
-    try:
-        data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as error:
-        raise exceptions.ParseError(f"JSON parse error - {error}") from None
+    data = parse_json_body(body or b"null", django_request.encoding)
     if not isinstance(data, dict):
         raise exceptions.ValidationError({"non_field_errors": ["Expected a JSON object."]})
     return data

@@ -2,7 +2,7 @@
 
 from drf_spectacular.openapi import AutoSchema
 
-from accounts.permissions import ADMIN, AUTHENTICATED, requirement_for
+from accounts.permissions import ADMIN, AUTHENTICATED, PLATFORM_STAFF, requirement_for
 
 
 def describe_requirement(requirement) -> str:
@@ -12,6 +12,8 @@ def describe_requirement(requirement) -> str:
         return "Requires: any authenticated caller (API key, JWT or session)."
     if requirement == ADMIN:
         return "Requires: an admin of the caller's organization (API keys: with every scope)."
+    if requirement == PLATFORM_STAFF:
+        return "Requires: platform staff, not an organization role (API keys: with every scope)."
     return f"Requires: permission `{requirement}` (API keys: in their scopes too)."
 
 

@@ -1,9 +1,12 @@
-"""GET /metrics: Prometheus exposition text for scrapers and for users with view_metrics.
+"""GET /metrics: Prometheus exposition text for scrapers and platform operators.
 
-A scraper sends `Authorization: Bearer $RELAY_METRICS_TOKEN` (compared in constant time); any
-other caller goes through Relay's normal authentication and needs view_metrics. Anonymous gets
-401, a wrong token 401 (it is then tried as a JWT and refused), a signed-in user without
-view_metrics 403 — all as the error envelope.
+The text is platform-wide (every organization's budget ratios, the whole platform's cost), so
+it is for operators only. A scraper sends `Authorization: Bearer $RELAY_METRICS_TOKEN` (compared
+in constant time); any other caller goes through Relay's normal authentication and must be
+platform staff (a superuser, or staff outside every organization). Organization users, even
+with view_metrics, read their own figures through the cost API and the usage page: they get
+403. Anonymous gets 401, a wrong token 401 (it is then tried as a JWT and refused) — all as the
+error envelope.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from django.db import DatabaseError
 from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 
+from accounts.permissions import PLATFORM_STAFF
 from relay.api.async_views import api_endpoint
 from relay.asyncdb import run_db
 from relay.observability import metrics, multiproc
@@ -53,16 +57,16 @@ async def _respond():
     return HttpResponse(await run_db(exposition), content_type=CONTENT_TYPE_PLAIN_0_0_4)  # what Prometheus 2.x parses
 
 
-@api_endpoint("view_metrics", methods=("GET",), throttle=False)
-async def _for_user(request, drf_request):
+@api_endpoint(PLATFORM_STAFF, methods=("GET",), throttle=False)
+async def _for_operator(request, drf_request):
     return await _respond()
 
 
 async def metrics_view(request):
     if request.method == "GET" and scraper_token_matches(request):
         return await _respond()
-    return await _for_user(request)
+    return await _for_operator(request)
 
 
-metrics_view.required_permission = _for_user.required_permission
+metrics_view.required_permission = _for_operator.required_permission
 metrics_view.csrf_exempt = True

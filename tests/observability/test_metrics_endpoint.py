@@ -32,18 +32,43 @@ def test_scraper_token_reads_the_metrics_of_design_section_8(client, metrics_tok
     assert buckets == {"0.5", "0.6", "0.7", "0.8", "0.9", "0.95", "1.0", "+Inf"}
 
 
-def test_anonymous_wrong_token_and_roles_without_view_metrics_are_refused(client, users, client_for, metrics_token):
+def test_anonymous_and_a_wrong_token_are_refused(client, metrics_token):
     assert_envelope(client.get("/metrics"), 401, "not_authenticated")
     assert_envelope(client.get("/metrics", HTTP_AUTHORIZATION="Bearer not-the-token"), 401)
     assert_envelope(client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {metrics_token}x"), 401)
-    for role in ("user", "api_user"):
-        assert_envelope(client_for(users[role]).get("/metrics"), 403, "permission_denied")
-    for role in ("viewer", "admin"):
-        response = client_for(users[role], via="api_key").get("/metrics")
-        assert response.status_code == 200 and b"http_requests_total" in response.content
 
 
-def test_no_token_configured_means_only_view_metrics_users(client, settings):
+@pytest.mark.parametrize("via", ["session", "jwt", "api_key"])
+def test_organization_users_are_refused_even_with_view_metrics(users, client_for, metrics_token, via):
+    # /metrics is platform-wide (every organization's budget ratios, the whole platform's cost): an
+    # organization's viewer or admin reads their own figures through the cost API, never here.
+    for role in ("viewer", "admin", "user", "api_user"):
+        assert_envelope(client_for(users[role], via=via).get("/metrics"), 403, "permission_denied")
+
+
+def test_an_organization_admin_with_admin_site_access_is_still_refused(users, client_for):
+    admin = users["admin"]
+    admin.is_staff = True  # the admin console for their own organization does not make them an operator
+    admin.save(update_fields=["is_staff"])
+    assert_envelope(client_for(admin).get("/metrics"), 403, "permission_denied")
+
+
+@pytest.mark.parametrize("via", ["session", "jwt", "api_key"])
+def test_the_token_and_platform_staff_read_the_metrics(client, client_for, metrics_token, via):
+    from accounts.models import User
+
+    assert b"http_requests_total" in client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {metrics_token}").content
+    root = User.objects.create_superuser("root", "root@example.com", "correct horse battery staple")
+    # A staff member outside every organization operates the platform; their keys hold no Relay
+    # permission (they have none to give), so they read through a session or a JWT.
+    operator = User.objects.create_user("operator", "op@example.com", "correct horse battery staple", is_staff=True)
+    for person in (root, operator) if via != "api_key" else (root,):
+        response = client_for(person, via=via).get("/metrics")
+        assert response.status_code == 200, (person.username, response.content[:300])
+        assert b"http_requests_total" in response.content
+
+
+def test_no_token_configured_means_only_platform_staff(client, settings):
     settings.RELAY_METRICS_TOKEN = ""
     assert_envelope(client.get("/metrics", HTTP_AUTHORIZATION="Bearer "), 401)
 

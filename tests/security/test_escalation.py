@@ -327,12 +327,14 @@ def test_credentials_of_a_deactivated_user_stop_working_at_once(credential, user
 
 # --- operator surfaces ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("role", ["user", "api_user"])
-def test_metrics_need_view_metrics(role, users, client_for, denials, settings):
-    # Control: relay.observability.views.metrics_view (view_metrics or the scraper token).
+@pytest.mark.parametrize("role", ROLES)
+def test_metrics_are_for_operators_not_organization_roles(role, users, client_for, denials, settings):
+    # Control: relay.observability.views.metrics_view (platform staff or the scraper token). The viewer
+    # and admin hold view_metrics, which reads their organization's figures, not the platform's.
     settings.RELAY_METRICS_TOKEN = "s" * 40
     me = users[role]
     refused(client_for(me).get(reverse("metrics")), 403, "permission_denied", denials=denials, actor=me)
+    refused(client_for(me, "api_key").get(reverse("metrics")), 403, "permission_denied", denials=denials, actor=me)
     anonymous = client_for(me)
     anonymous.logout()
     anonymous.credentials(HTTP_AUTHORIZATION="Bearer " + "x" * 40)

@@ -1,19 +1,24 @@
-"""Property-based tests (Hypothesis): the budget ledger never overspends; the audit chain catches tampering."""
+"""Property-based tests (Hypothesis): the budget ledger never overspends; the audit chain catches
+tampering; client JSON and money are parsed by one rule that never raises anything but a refusal."""
 
 import asyncio
 import copy
 import datetime as dt
+import json
 import uuid
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
-from hypothesis import HealthCheck, given, note
+from hypothesis import HealthCheck, example, given, note
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from audit.chain import GENESIS, compute_hash, verify
 from billing.ledger import InProcessLedger, key_prefix
+from billing.money import MAX_LIMIT_USD, NANOS_PER_USD, parse_amount
+from relay.api.parsers import MAX_JSON_DEPTH, parse_json
 
 # --- the ledger -------------------------------------------------------------------------------
 
@@ -188,3 +193,138 @@ def test_any_tampering_with_the_audit_chain_is_detected(n, how, data):
     verdict = verify(events)
     assert not verdict.ok, (how, i)
     assert verdict.sequence is not None and verdict.message
+
+
+# --- client JSON (relay.api.parsers.parse_json) ---------------------------------------------
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner,
+                                                                                                  max_size=4),
+                           max_leaves=30)
+
+
+def depth_of(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+def wrapped(value, depth: int, shape: str):
+    for _ in range(depth):
+        value = [value] if shape == "list" else {"a": value}
+    return value
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(value=json_values, ascii_only=st.booleans())
+def test_json_within_the_limit_round_trips(value, ascii_only):
+    raw = json.dumps(value, ensure_ascii=ascii_only)  # ensure_ascii writes non-BMP text as surrogate pairs
+    assert parse_json(raw.encode()) == value
+    assert parse_json(raw) == value
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(value=json_values, extra=st.integers(1, 12_000), shape=st.sampled_from(["list", "object"]))
+def test_json_past_the_depth_limit_is_a_value_error_never_a_recursion_error(value, extra, shape):
+    levels = MAX_JSON_DEPTH - depth_of(value) + extra  # one level past the limit, or thousands
+    if shape == "list":
+        raw = "[" * levels + json.dumps(value) + "]" * levels
+    else:
+        raw = '{"a":' * levels + json.dumps(value) + "}" * levels
+    with pytest.raises(ValueError):
+        parse_json(raw.encode())
+    at_limit = wrapped(value, MAX_JSON_DEPTH - depth_of(value), shape)
+    assert parse_json(json.dumps(at_limit)) == at_limit
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_parse_or_are_a_value_error(raw):
+    try:
+        parse_json(raw)
+    except ValueError:
+        pass
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(value=json_values, surrogate=st.integers(0xD800, 0xDFFF), data=st.data())
+def test_a_lone_surrogate_anywhere_is_refused(value, surrogate, data):
+    raw = json.dumps(value)
+    # Between two tokens there is always room for a string; inside one, the escape would split it.
+    text = f'["\\u{surrogate:04x}", {raw}]' if data.draw(st.booleans()) else f'[{raw}, {{"\\u{surrogate:04x}": 1}}]'
+    with pytest.raises(ValueError):
+        parse_json(text.encode())
+
+
+# Pieces of a JSON string: surrogate escapes (high, low), escaped backslashes, plain text that
+# reads like an escape after a backslash, and an emoji as such.
+string_pieces = st.sampled_from(["\\ud83d", "\\ude00", "\\uDBFF", "\\uDC00", "\\\\", "ud83d", "ude00", "u",
+                                 "a", "\\u0041", "😀"])
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(pieces=st.lists(string_pieces, max_size=8))
+@example(pieces=["\\\\", "ud83d", "\\ude00"])  # an escaped backslash, then text, then a lone low escape
+@example(pieces=["\\ud83d", "\\\\", "ude00"])  # a high escape, then an escaped backslash
+@example(pieces=["\\ud83d", "\\ud83d", "\\ude00"])
+@example(pieces=["\\ud83d", "\\ude00", "\\ude00"])
+@example(pieces=["\\uDBFF", "\\uDC00", "😀"])
+def test_surrogates_are_refused_exactly_when_one_is_lone(pieces):
+    text = '["' + "".join(pieces) + '"]'
+    decoded = json.loads(text)[0]
+    lone = any("\ud800" <= c <= "\udfff" for c in decoded)
+    try:
+        assert parse_json(text.encode()) == [decoded] and not lone, text
+    except ValueError:
+        assert lone, text
+
+
+# --- money (billing.money.parse_amount) ------------------------------------------------------
+
+NANO = Decimal(1) / NANOS_PER_USD
+nanos = st.integers(1, int(MAX_LIMIT_USD * NANOS_PER_USD))
+# Every script's decimal digits (category Nd): Python's Decimal reads them all.
+foreign_digits = st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=30) | st.from_regex(r"[+-]?[0-9]{0,8}(\.[0-9]{0,12})?([eE][+-]?[0-9]{1,3})?",
+                                                   fullmatch=True))
+def test_any_text_is_an_amount_of_whole_nanos_in_range_or_a_value_error(text):
+    try:
+        amount = parse_amount(text, field="x", allow_zero=True)
+    except ValueError:
+        return
+    assert text.strip().isascii()
+    assert 0 <= amount <= MAX_LIMIT_USD and amount.is_finite()
+    assert amount == amount.quantize(NANO) and (amount * NANOS_PER_USD) % 1 == 0
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(amount=nanos)
+def test_whole_nanos_round_trip_in_every_ascii_spelling(amount):
+    usd = Decimal(amount).scaleb(-9)
+    plain = format(usd, "f")
+    for spelling in (str(usd), plain, format(usd, "e"), plain + ("000" if "." in plain else ".000"), f" {plain} "):
+        assert parse_amount(spelling, field="x", allow_zero=False) == usd
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(amount=nanos, digit=foreign_digits, data=st.data())
+def test_other_scripts_digits_are_refused(amount, digit, data):
+    text = format(Decimal(amount).scaleb(-9), "f")
+    at = data.draw(st.sampled_from([i for i, c in enumerate(text) if c.isdigit()]))
+    with pytest.raises(ValueError):
+        parse_amount(text[:at] + digit + text[at + 1:], field="x", allow_zero=True)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(amount=nanos, finer=st.integers(1, 9), exponent=st.integers(10, 40))
+def test_anything_finer_than_a_nano_dollar_is_refused(amount, finer, exponent):
+    text = f"{Decimal(amount).scaleb(-9):.9f}" + "0" * (exponent - 10) + str(finer)  # exact, as a client writes it
+    with pytest.raises(ValueError):
+        parse_amount(text, field="x", allow_zero=True)
+    with pytest.raises(ValueError):
+        parse_amount(f"{finer}e-{exponent}", field="x", allow_zero=True)
