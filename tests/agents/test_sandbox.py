@@ -400,3 +400,10 @@ def test_require_sandbox_helper_fails_when_services_required(monkeypatch):
     monkeypatch.delenv("RELAY_REQUIRE_SERVICES")
     with pytest.raises(pytest.skip.Exception, match="no bwrap here"):
         require_sandbox()
+
+
+def test_the_memory_watchdog_never_counts_processes_outside_the_sandbox():
+    """Until bwrap has mounted the sandbox's own /proc, /proc/<child>/root/proc is the host's:
+    summing it killed a program that only slept ("stopped by the sandbox's memory limit")."""
+    assert sandbox._sandbox_memory("/proc", "rss") == 0
+    assert sandbox._sandbox_memory("/proc", "pss") == 0
