@@ -279,6 +279,13 @@ def _sandbox_memory(procfs: str, field: str) -> int:
     """
     total = 0
     try:
+        # Until bwrap has mounted the sandbox's /proc, the path is the host's (it shows this process
+        # as "self"): counting it would add up every process of the host.
+        if os.readlink(f"{procfs}/self") == str(os.getpid()):
+            return 0
+    except OSError:
+        pass  # the sandbox's own procfs: this process is not in its pid namespace
+    try:
         pids = [entry for entry in os.listdir(procfs) if entry.isdigit()]
     except OSError:  # the sandbox is gone
         return 0
