@@ -87,10 +87,10 @@ def test_usage_export_link_only_with_export_data(client, users):
     assert export not in page(client, users["viewer"], "usage")
 
 
-def test_usage_shows_budgets_covering_the_user_with_progress(client, users):
+def test_usage_shows_budgets_covering_the_user_with_progress(fixed_now, client, users):
     from billing.models import Budget
 
-    add_usage(users["user"], 4)  # $0.05
+    add_usage(users["user"], 4)  # $0.05, spread over the last five days
     Budget.objects.create(organization=users["user"].organization, scope="user", user=users["user"],
                           period="monthly", limit_usd="0.10", hard=True)
     Budget.objects.create(organization=users["user"].organization, scope="user", user=users["admin"],
