@@ -1,5 +1,6 @@
 """Shared fixtures: organizations, one user per role, authenticated clients, service checks."""
 
+import datetime as dt
 import logging
 import os
 
@@ -68,6 +69,30 @@ def _clear_cache():
     else:
         cache.clear()
     yield
+
+
+# The clock's awkward moments: "this month" has only just begun (most of the last days are in the
+# previous month), the month and the ISO week end within minutes, the year ends, a leap day, and
+# for an organization in Europe/Berlin the hour after clocks went forward.
+FIRST_OF_MONTH = dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)
+AWKWARD_MOMENTS = {
+    "first-of-month-00:30": FIRST_OF_MONTH,
+    "last-of-month-and-week-23:50": dt.datetime(2027, 1, 31, 23, 50, tzinfo=dt.UTC),  # a Sunday
+    "new-years-eve-23:59": dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC),
+    "leap-day": dt.datetime(2028, 2, 29, 12, tzinfo=dt.UTC),
+    "berlin-spring-forward-03:30": dt.datetime(2027, 3, 28, 1, 30, tzinfo=dt.UTC),  # a 23-hour day there
+}
+
+
+@pytest.fixture
+def fixed_now(request, time_machine) -> dt.datetime:
+    """The test runs at a fixed moment (FIRST_OF_MONTH, or `indirect=True` parameters), and time
+    ticks on from there. time-machine moves the clock itself, so the code under test sees the same
+    time in every thread (the async views' DB pool, a live server). List it before the fixtures
+    that create rows, so they are made at that moment too."""
+    moment = getattr(request, "param", FIRST_OF_MONTH)
+    time_machine.move_to(moment, tick=True)
+    return moment
 
 
 @pytest.fixture

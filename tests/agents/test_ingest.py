@@ -281,7 +281,9 @@ def test_chunking_a_large_document_is_fast():
     text = ("A sentence about retrieval. " * 8 + "\n\n") * 4000  # ~900 KB
     started = time.perf_counter()
     chunks = chunk_text(text)
-    assert time.perf_counter() - started < 3
+    # Well under a second on an idle machine; a quadratic chunker would take hours, so a ceiling
+    # generous enough for a loaded CI machine still tells them apart.
+    assert time.perf_counter() - started < 30
     assert len(chunks) > 100
     assert all(count_tokens(c.text) <= 200 for c in chunks[:50])
 

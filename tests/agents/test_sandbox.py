@@ -15,6 +15,9 @@ from agents import sandbox
 from agents.sandbox import SandboxLimits, SandboxUnavailable, run_python
 
 FAST = SandboxLimits(wall_seconds=5.0, cpu_seconds=3)
+# A wait that ends on an event, or a ceiling on a run with a much shorter limit: generous, because it
+# only matters when the behaviour under test is broken, and CI machines are loaded.
+WAIT = 30
 
 
 def require_sandbox() -> None:
@@ -225,9 +228,9 @@ async def test_fork_bomb_contained(sandboxed):
             "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
     t0 = time.monotonic()
     r = await run_python(code, limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=5))
-    assert time.monotonic() - t0 < 5  # the wall limit plus slack for a loaded CI machine
+    assert time.monotonic() - t0 < WAIT  # the wall limit stopped it: a fork bomb never ends by itself
     assert r.exit_code is None and r.killed_reason == "timeout"
-    assert await _wait_until(lambda: not [p for p in _pids_named(mark) if _alive(p)], 3)
+    assert await _wait_until(lambda: not [p for p in _pids_named(mark) if _alive(p)], WAIT)
     assert subprocess.run(["true"], timeout=5).returncode == 0  # the host can still spawn
 
 
@@ -253,7 +256,7 @@ except OSError as e:
 async def test_memory_limit(sandboxed):
     t0 = time.monotonic()
     r = await run_python("b = bytearray(10 * 1024 ** 3)\nprint('ALLOCATED')")
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < WAIT
     assert "ALLOCATED" not in r.stdout and r.exit_code != 0
     assert r.killed_reason == "memory" and "MemoryError" in r.stderr
 
@@ -294,27 +297,27 @@ async def test_a_run_within_its_memory_limit_is_not_stopped(sandboxed):
 async def test_cpu_limit(sandboxed):
     t0 = time.monotonic()
     r = await run_python("while True: pass", limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=1))
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < WAIT
     assert r.exit_code is None and r.killed_reason in ("cpu", "timeout")
 
 
 @pytest.mark.asyncio
 async def test_wall_timeout(sandboxed):
     t0 = time.monotonic()
-    r = await run_python("import time\nprint('started')\ntime.sleep(60)",
+    r = await run_python("import time\nprint('started')\ntime.sleep(120)",
                          limits=SandboxLimits(wall_seconds=1.0))
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < WAIT  # far less than the sleep
     assert r.timed_out and r.killed_reason == "timeout" and r.exit_code is None
     assert r.stdout == "started\n"  # output produced before the kill is kept
 
 
 @pytest.mark.asyncio
 async def test_output_flood_truncated(sandboxed):
-    limits = SandboxLimits(wall_seconds=10.0, max_output_bytes=16 * 1024)
+    limits = SandboxLimits(wall_seconds=2 * WAIT, max_output_bytes=16 * 1024)
     t0 = time.monotonic()
     r = await run_python("import sys\nwhile True:\n    print('x' * 1000)\n    sys.stderr.write('y' * 1000)",
                          limits=limits)
-    assert time.monotonic() - t0 < 8  # killed on the flood, not at the wall limit
+    assert time.monotonic() - t0 < WAIT  # killed on the flood, not at the wall limit
     assert r.output_truncated and r.killed_reason == "output_limit" and r.exit_code is None
     assert 0 < len(r.stdout) <= 16 * 1024 and len(r.stderr) <= 16 * 1024
 
@@ -336,29 +339,32 @@ async def test_cancel_kills_whole_sandbox(sandboxed, monkeypatch):
     code = (_set_comm(mark) + "import os, time\n"
             "if os.fork() == 0:\n    os.setsid()\ntime.sleep(30)")
     task = asyncio.create_task(run_python(code, limits=SandboxLimits(wall_seconds=30)))
-    assert await _wait_until(lambda: len(_pids_named(mark)) == 2, 5), "sandboxed code did not start"
+    assert await _wait_until(lambda: len(_pids_named(mark)) == 2, WAIT), "sandboxed code did not start"
     pids = _pids_named(mark) + spawned
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _wait_until(lambda: not any(_alive(p) for p in pids), 3), "orphans left behind"
-    assert await _wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in spawned), 3)
+    assert await _wait_until(lambda: not any(_alive(p) for p in pids), WAIT), "orphans left behind"
+    assert await _wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in spawned), WAIT)
 
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_event_loop_stays_responsive(sandboxed):
-    # A 5-second CPU-bound job: the loop must keep ticking because the work is in a subprocess.
-    code = "import time\nend = time.time() + 5\nwhile time.time() < end:\n    pass\nprint('done')"
-    task = asyncio.create_task(run_python(code, limits=SandboxLimits(wall_seconds=10, cpu_seconds=8)))
-    max_gap, last = 0.0, time.monotonic()
-    while not task.done():
-        await asyncio.sleep(0.01)
-        now = time.monotonic()
-        max_gap, last = max(max_gap, now - last), now
-    r = task.result()
-    assert r.stdout == "done\n" and r.duration_ms >= 4900
-    assert max_gap < 0.1, f"event loop blocked for {max_gap:.3f}s"
+async def test_event_loop_stays_responsive(sandboxed, tmp_path):
+    # A CPU-bound job that runs until the test lets it finish: while it runs, the loop must serve
+    # another run from start to end, which it cannot if the job blocks it (the work is in a subprocess).
+    tmp_path.chmod(0o755)  # binds must be readable by the unprivileged sandbox uid
+    release, mark = tmp_path / "release", _marker()
+    code = _set_comm(mark) + f"import os\nwhile not os.path.exists({str(release)!r}):\n    pass\nprint('done')"
+    limits = SandboxLimits(wall_seconds=WAIT, cpu_seconds=WAIT)
+    job = asyncio.create_task(run_python(code, extra_ro_binds=[str(tmp_path)], limits=limits))
+    assert await _wait_until(lambda: [p for p in _pids_named(mark) if _alive(p)], WAIT), "the job did not start"
+    other = await run_python("print('meanwhile')", limits=FAST)
+    assert other.stdout == "meanwhile\n" and not job.done()
+    assert [p for p in _pids_named(mark) if _alive(p)], "the job ended before the other run was served"
+    release.touch()
+    r = await job
+    assert r.stdout == "done\n" and r.killed_reason is None
 
 
 # --- availability & explicit unsandboxed fallback ---------------------------------------------

@@ -71,7 +71,9 @@ def test_one_megabyte_is_fast():
     total = count_tokens(text)
     pieces = split_tokens(text)
     elapsed = time.perf_counter() - started
-    assert elapsed < 1.0
+    # About a second at most on an idle machine; a quadratic or backtracking tokenizer would take
+    # hours, so a ceiling generous enough for a loaded CI machine still tells them apart.
+    assert elapsed < 20
     assert total == len(pieces) > 150_000
     assert "".join(pieces) == text
 

@@ -159,7 +159,9 @@ def test_large_photo_is_analysed_quickly():
     data = encode(photo, "JPEG", quality=80)
     started = time.perf_counter()
     result = analyze_image(data, ocr=False)
-    assert time.perf_counter() - started < 2
+    # Well under a second on an idle machine: the ceiling only has to catch work on full-size
+    # pixels per pixel in Python (minutes), so it is generous for a loaded CI machine.
+    assert time.perf_counter() - started < 30
     assert (result.width, result.height) == (3000, 2000)
     assert 0.3 < result.brightness < 0.7
 
@@ -180,7 +182,7 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
     for width, height in [(100_000, 100_000), (7_000, 7_000), (65_535, 1_000)]:
         with pytest.raises(InvalidImage, match="too large"):
             analyze_image(png_claiming_size(width, height))
-    assert time.perf_counter() - started < 1
+    assert time.perf_counter() - started < 10  # generous: must_not_decode already proves nothing was decoded
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
     assert grown_kb < 50_000  # a decoded 100000² bitmap would need gigabytes
 

@@ -4,6 +4,7 @@ import csv
 import io
 from datetime import timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.urls import reverse
@@ -12,7 +13,7 @@ from django.utils import timezone
 from accounts.services import create_api_key
 from billing.models import Budget, ModelPrice, UsageRecord
 from tests.billing.conftest import make_budget
-from tests.conftest import assert_envelope
+from tests.conftest import AWKWARD_MOMENTS, assert_envelope
 
 pytestmark = pytest.mark.django_db
 BUDGET = reverse("costs-budget")
@@ -95,7 +96,8 @@ def test_only_admins_set_budgets(users, client_for):
     assert not Budget.objects.exists()
 
 
-def test_stats_agree_with_raw_records(users, other_users, client_for):
+@pytest.mark.parametrize("fixed_now", AWKWARD_MOMENTS.values(), ids=list(AWKWARD_MOMENTS), indirect=True)
+def test_stats_agree_with_raw_records(fixed_now, users, other_users, client_for):
     spend = [("0.5", 0, "gpt-4o", "math"), ("0.25", 0, "gpt-4o-mini", "code"), ("1.125", 3, "gpt-4o", "rag"),
              ("2", 20, "gpt-4o", "math"), ("7", 45, "gpt-4o", "math")]
     for n, (cost, days, model, agent) in enumerate(spend):
@@ -127,18 +129,26 @@ def test_usage_is_own_or_needs_view_metrics_and_never_crosses_organizations(user
     assert_envelope(client_for(other_users["admin"]).get(url), 404, "not_found")
 
 
-def test_forecast_projects_the_month_and_budget_exhaustion(users, client_for):
+@pytest.mark.parametrize("time_zone", ["UTC", "Europe/Berlin"])
+@pytest.mark.parametrize("fixed_now", AWKWARD_MOMENTS.values(), ids=list(AWKWARD_MOMENTS), indirect=True)
+def test_forecast_projects_the_month_and_budget_exhaustion(fixed_now, users, client_for, time_zone):
     org = users["user"].organization
+    org.time_zone = time_zone  # Berlin: the month turns an hour earlier, and one day has 23 hours
+    org.save(update_fields=["time_zone"])
     for day in range(7):
         add_usage(users["user"], cost="1", days_ago=day, n=day)
     budget = make_budget(org, scope="organization", period="total", limit_usd="100")
     data = client_for(users["viewer"]).get(reverse("costs-forecast")).json()
     assert Decimal(data["daily_rate_usd"]) == 1
     so_far = Decimal(data["month_to_date_usd"])
-    assert so_far <= Decimal(7) and Decimal(data["projected_month_end_usd"]) > so_far
+    local = fixed_now.astimezone(ZoneInfo(time_zone))
+    this_month = sum(f"{(fixed_now - timedelta(days=day)).astimezone(local.tzinfo):%Y-%m}" == f"{local:%Y-%m}"
+                     for day in range(7))
+    assert data["month"] == f"{local:%Y-%m}" and so_far == this_month  # $1 a day, this month's days only
+    assert Decimal(data["projected_month_end_usd"]) > so_far
     (row,) = data["budgets"]
     assert row["id"] == budget.pk and Decimal(row["spent_usd"]) == 7
-    assert row["runs_out_on"] == (timezone.localdate() + timedelta(days=93)).isoformat()  # $93 left at $1/day
+    assert row["runs_out_on"] == (local.date() + timedelta(days=93)).isoformat()  # $93 left at $1/day
 
 
 def test_export_streams_csv_of_the_organization_only(users, other_users, client_for):

@@ -2,10 +2,12 @@
 
 import json
 import re
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 
+from tests.conftest import AWKWARD_MOMENTS
 from tests.console.conftest import add_usage
 
 pytestmark = pytest.mark.django_db
@@ -87,10 +89,11 @@ def test_usage_export_link_only_with_export_data(client, users):
     assert export not in page(client, users["viewer"], "usage")
 
 
-def test_usage_shows_budgets_covering_the_user_with_progress(client, users):
+@pytest.mark.parametrize("fixed_now", AWKWARD_MOMENTS.values(), ids=list(AWKWARD_MOMENTS), indirect=True)
+def test_usage_shows_budgets_covering_the_user_with_progress(fixed_now, client, users):
     from billing.models import Budget
 
-    add_usage(users["user"], 4)  # $0.05
+    add_usage(users["user"], 4, span=timedelta(minutes=30))  # $0.05, all of it this month
     Budget.objects.create(organization=users["user"].organization, scope="user", user=users["user"],
                           period="monthly", limit_usd="0.10", hard=True)
     Budget.objects.create(organization=users["user"].organization, scope="user", user=users["admin"],

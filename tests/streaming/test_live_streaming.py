@@ -12,6 +12,9 @@ from agents.models import Message
 from tests.streaming.conftest import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
+ANSWER = 1024  # tokens: Relay's default max_tokens
+# Waits that end on an event; the ceiling only matters when the behaviour under test is broken.
+WAIT = 30
 
 
 def sse(server, key, body, **kwargs):
@@ -88,7 +91,7 @@ def test_sse_refusals_are_plain_4xx_before_any_stream(asgi_server, users, user_k
 
 def test_sse_upstream_model_streams_and_disconnect_cancels_the_upstream(asgi_server, user_key, fake_upstream,
                                                                         upstream_model):
-    fake_upstream.configure(tps=50, tokens=200)
+    fake_upstream.configure(tps=10, tokens=ANSWER)  # 100 s of answer: only a cancellation ends it within WAIT
     with httpx.Client(base_url=asgi_server.url, timeout=30) as client, client.stream(
         "POST", "/api/v1/stream", json={"query": "tell me a long story", "agent_type": "general",
                                         "model": upstream_model},
@@ -101,18 +104,16 @@ def test_sse_upstream_model_streams_and_disconnect_cancels_the_upstream(asgi_ser
                 events.append(json.loads(line[6:]))
                 if sum(e["type"] == "token" for e in events) == 3:
                     break
-    closed_at = time.monotonic()
-    seen = fake_upstream.wait_for_disconnect(timeout=5)
+    seen = fake_upstream.wait_for_disconnect(timeout=WAIT)
     assert seen is not None and seen.client_disconnected, "the upstream call was not cancelled"
     message_id = events[0]["message_id"]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT
     while Message.objects.get(pk=message_id).status == "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     stored = Message.objects.get(pk=message_id)
     assert stored.status == "cancelled"
-    assert 3 <= stored.output_tokens < 200 and stored.content.startswith("".join(
+    assert 3 <= stored.output_tokens < ANSWER and stored.content.startswith("".join(
         e["content"] for e in events if e["type"] == "token"))
-    assert seen.disconnected_at - closed_at < 1.0
 
 
 async def _ws_events(ws, until="done", limit=500):
@@ -152,7 +153,7 @@ def test_websocket_queries_with_an_api_key(asgi_server, user_key):
 
 def test_websocket_cancel_stops_the_upstream_and_stores_the_partial_answer(asgi_server, user_key, fake_upstream,
                                                                           upstream_model):
-    fake_upstream.configure(tps=40, tokens=300)
+    fake_upstream.configure(tps=10, tokens=ANSWER)
 
     async def scenario():
         async with websockets.connect(ws_url(asgi_server)) as ws:
@@ -169,10 +170,10 @@ def test_websocket_cancel_stops_the_upstream_and_stores_the_partial_answer(asgi_
 
     events = asyncio.run(scenario())
     assert events[-1]["type"] == "done" and events[-1]["status"] == "cancelled"
-    seen = fake_upstream.wait_for_disconnect(timeout=5)
+    seen = fake_upstream.wait_for_disconnect(timeout=WAIT)
     assert seen is not None and seen.client_disconnected
     stored = Message.objects.get(pk=events[0]["message_id"])
-    assert stored.status == "cancelled" and 3 <= stored.output_tokens < 300
+    assert stored.status == "cancelled" and 3 <= stored.output_tokens < ANSWER
 
 
 @pytest.mark.parametrize("token, code", [("rk_" + "A" * 12 + "_" + "b" * 43, 4401), ("not-a-jwt", 4401)])

@@ -13,6 +13,11 @@ from agents.providers.base import ChatRequest, Finish, ProviderError, TextDelta,
 from agents.providers.openai_compat import OpenAICompatibleProvider
 from relay.testing.fake_upstream import FakeUpstream
 
+# Waits that end on an event; the ceiling only matters when the behaviour under test is broken,
+# so it is generous enough for a loaded 2-core machine. STALL outlasts it: whatever ends a stall
+# in time is the provider, not the upstream.
+LONG = 30.0
+STALL = 120.0
 TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
 
 
@@ -73,14 +78,17 @@ async def test_no_usage_when_upstream_does_not_report_it(provider, server):
 
 
 @pytest.mark.asyncio
-async def test_ttft_is_honoured(provider, server):
-    server.configure(ttft=0.3)
+async def test_ttft_is_honoured_and_the_first_token_is_not_held_back(provider, server):
+    server.configure(ttft=0.3, tps=1, tokens=1000)  # the whole answer would take 1000 s
     start = time.monotonic()
-    async for ev in provider.stream(req("hi")):
-        if isinstance(ev, TextDelta):
-            ttft = time.monotonic() - start
-            break
-    assert 0.3 <= ttft < 0.6
+    async with contextlib.aclosing(provider.stream(req("hi"))) as events:
+        async for ev in events:
+            if isinstance(ev, TextDelta):
+                ttft = time.monotonic() - start
+                break
+    assert ttft >= 0.3  # a lower bound holds however loaded the machine is
+    # Passed on as it came, not buffered: the upstream had not finished when it arrived.
+    assert server.wait_for_disconnect(LONG) is not None and not server.requests[-1].completed
 
 
 @pytest.mark.asyncio
@@ -148,14 +156,14 @@ async def test_garbage_in_stream(provider, server):
 
 @pytest.mark.asyncio
 async def test_stall_beyond_read_timeout(server):
-    server.configure(stall_after=1, stall=3)
+    # Without the read timeout the provider would wait out the stall and then succeed.
+    server.configure(stall_after=1, stall=STALL)
     provider = OpenAICompatibleProvider("fake", server.base_url, "k", read_timeout=0.2)
-    start = time.monotonic()
     with pytest.raises(ProviderError) as info:
         await collect(provider, req("a b c"))
     assert (info.value.code, info.value.status) == ("upstream_timeout", 504)
-    assert time.monotonic() - start < 1.0
-    assert server.wait_for_disconnect(1.0) is not None  # and the stalled stream was let go
+    rec = server.wait_for_disconnect(LONG)  # and the stalled stream was let go, mid-stall
+    assert rec is not None and not rec.completed
     await provider.aclose()
 
 
@@ -191,7 +199,7 @@ async def test_two_tool_calls(provider, server):
 
 @pytest.mark.asyncio
 async def test_cancelling_the_consumer_closes_the_upstream_connection(provider, server):
-    server.configure(tps=20, tokens=100)
+    server.configure(tps=20, tokens=20_000)  # 1000 s of answer: only a hang-up ends it in time
     two_tokens = asyncio.Event()
     seen = []
 
@@ -202,27 +210,24 @@ async def test_cancelling_the_consumer_closes_the_upstream_connection(provider, 
                 two_tokens.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(two_tokens.wait(), 2)
+    await asyncio.wait_for(two_tokens.wait(), LONG)
     task.cancel()
-    cancelled_at = time.monotonic()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    rec = server.wait_for_disconnect(1.0)
+    rec = server.wait_for_disconnect(LONG)
     assert rec is not None and not rec.completed
-    assert rec.disconnected_at - cancelled_at < 0.1
     assert len(seen) == 2
 
 
 @pytest.mark.asyncio
 async def test_stopping_between_events_with_aclosing_closes_the_connection(provider, server):
-    server.configure(tps=20, tokens=100)
+    server.configure(tps=20, tokens=20_000)
     async with contextlib.aclosing(provider.stream(req("slow"))) as events:
         async for ev in events:
             if isinstance(ev, TextDelta):
                 break
-        stopped_at = time.monotonic()
-    rec = server.wait_for_disconnect(1.0)
-    assert rec is not None and rec.disconnected_at - stopped_at < 0.1
+    rec = server.wait_for_disconnect(LONG)
+    assert rec is not None and not rec.completed
 
 
 @pytest.mark.asyncio
