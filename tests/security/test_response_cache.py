@@ -226,3 +226,38 @@ def test_every_agent_whose_tools_read_documents_keys_its_answers_by_them(users, 
         # from the same owner acting through a key without use_rag_agent.
         assert mine is None or mine not in (key(agent, colleague), key(agent, owner, math_only)), name
     assert {"general", "rag", "notes"} <= readers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_across_two_instances_a_cached_private_answer_reaches_only_its_owner(users, settings):
+    """The cache is shared by every instance (Redis in production): the owner's answer, cached by one
+    instance, is replayed to the owner by the other and never to a colleague."""
+    import httpx
+
+    from billing.models import ModelPrice
+    from tests.live import instances
+
+    settings.RELAY_DB_THREAD_SENSITIVE = False
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
+    ModelPrice.objects.get_or_create(model="local-mini", defaults={"input_per_1k": "0.0001", "output_per_1k": "0.0002"})
+    owner, colleague = users["user"], users["api_user"]
+    store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    mine, theirs = create_api_key(owner, "owner").secret, create_api_key(colleague, "colleague").secret
+
+    def ask_at(url, secret):
+        response = httpx.post(f"{url}/api/v1/query", timeout=60, headers={"Authorization": f"Bearer {secret}"},
+                              json={"query": QUESTION, "agent_type": "general", "model": "local-mini"})
+        assert response.status_code == 200, response.content
+        body = response.json()
+        return body["answer"], UsageRecord.objects.get(message_id=body["message_id"]).cached
+
+    with instances(2) as urls:
+        first, second = urls[0], urls[-1]
+        answer, cached = ask_at(first, mine)
+        assert SECRET in answer and not cached
+        answer, cached = ask_at(second, mine)
+        assert SECRET in answer and cached  # the other instance replays the owner's cached answer
+        answer, cached = ask_at(second, theirs)
+        assert SECRET not in answer and not cached, answer
+        answer, cached = ask_at(first, theirs)
+        assert SECRET not in answer, answer
