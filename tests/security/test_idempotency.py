@@ -77,16 +77,22 @@ def test_a_replay_while_running_is_409_and_another_body_is_422(asgi_server, user
         async with httpx.AsyncClient(timeout=60) as client:
             headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "slow-1"}
             async with client.stream("POST", f"{asgi_server.url}/api/v1/stream", json=body, headers=headers) as first:
-                async for line in first.aiter_lines():
+                # Held, not dropped: an abandoned line iterator is finalized by the loop, which
+                # closes the response and so cancels the first run before the replay arrives.
+                seen, lines = [], first.aiter_lines()
+                async for line in lines:
+                    seen.append(line)
                     if '"type": "token"' in line:
                         break
+                assert '"type": "token"' in seen[-1], f"the first run was not answering: {seen}"
                 during = await client.post(f"{asgi_server.url}/api/v1/stream", json=body, headers=headers)
                 other = await client.post(f"{asgi_server.url}/api/v1/query", json={**body, "query": "Else."},
                                           headers=headers)
                 return during, other
 
     during, other = asyncio.run(race())
-    assert during.status_code == 409 and during.json()["error"]["code"] == "idempotency_key_in_use"
+    assert during.status_code == 409, (during.status_code, during.text[:2000])
+    assert during.json()["error"]["code"] == "idempotency_key_in_use"
     assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
     assert len(upstream.requests) == 1
 
