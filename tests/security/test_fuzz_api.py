@@ -67,13 +67,17 @@ def fuzz_operation(operation, base_url, headers, protected_ids, problems):
         problems.append(f"{operation.label}: {str(failure)[:1500]}")
 
 
-@pytest.mark.slow
-def test_the_api_survives_fuzzing_of_its_whole_schema(asgi_server, users):
+def _fuzzing_as_admin(asgi_server, users):
+    """(headers of an admin's key, the ids a fuzzer must not delete, the live schema)."""
     admin = users["admin"]
     issued = create_api_key(admin, "fuzzer")
-    headers = {"Authorization": f"Bearer {issued.secret}"}
-    protected_ids = {str(issued.key.pk), str(admin.pk)}
     schema = schemathesis.openapi.from_url(f"{asgi_server.url}/api/schema/")
+    return {"Authorization": f"Bearer {issued.secret}"}, {str(issued.key.pk), str(admin.pk)}, schema
+
+
+@pytest.mark.slow
+def test_the_api_survives_fuzzing_of_its_whole_schema(asgi_server, users):
+    headers, protected_ids, schema = _fuzzing_as_admin(asgi_server, users)
     problems, started, ran = [], time.monotonic(), 0
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -213,11 +217,7 @@ def send_raw_bodies(operation, base_url, headers, problems):
 
 @pytest.mark.slow
 def test_hostile_shapes_get_a_4xx_on_every_operation_with_a_body(asgi_server, users):
-    admin = users["admin"]
-    issued = create_api_key(admin, "fuzzer")
-    headers = {"Authorization": f"Bearer {issued.secret}"}
-    protected_ids = {str(issued.key.pk), str(admin.pk)}
-    schema = schemathesis.openapi.from_url(f"{asgi_server.url}/api/schema/")
+    headers, protected_ids, schema = _fuzzing_as_admin(asgi_server, users)
     problems, started, ran = [], time.monotonic(), 0
     for result in schema.get_all_operations():
         operation = result.ok()
