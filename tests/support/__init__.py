@@ -1,0 +1,1 @@
+"""What the tests share: the fake upstream, live servers, free ports, stream readers."""
