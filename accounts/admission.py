@@ -105,7 +105,7 @@ class Admitted:
 def admit(credential, requirement=AUTHENTICATED, *, throttle: bool = True) -> Admitted:
     """Authenticate now, authorize, count the request; raises AuthenticationFailed, PermissionDenied, Throttled.
 
-    Sync (ORM and cache): async callers run it with relay.asyncdb.db.
+    Sync (ORM and cache): async callers run it with relay.eventloop.db.db.
     """
     user, key = credential.authenticate()
     if requirement is not None:

@@ -57,7 +57,7 @@ def chain(key: APIKey) -> list[APIKey]:
 async def achain(key: APIKey) -> list[APIKey]:
     if chain_loaded(key):
         return chain(key)
-    from relay.asyncdb import run_db
+    from relay.eventloop.db import run_db
 
     return await run_db(chain, key)
 

@@ -27,7 +27,7 @@ from agents import runner
 from agents.api.serializers import QuerySerializer
 from audit import context as audit_context
 from relay.api.parsers import parse_json
-from relay.asyncdb import db
+from relay.eventloop.db import db
 from relay.observability import metrics
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import exceptions, status
 
-from relay.asyncdb import db
+from relay.eventloop.db import db
 
 HEADER = "HTTP_IDEMPOTENCY_KEY"
 LIFETIME = timedelta(hours=24)

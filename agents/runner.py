@@ -31,8 +31,8 @@ from billing import optimizer, ratelimit
 from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
-from relay.asyncdb import db
-from relay.group_commit import GroupCommit
+from relay.eventloop.db import db
+from relay.eventloop.group_commit import GroupCommit
 from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def _open_one(write) -> None:
 
 
 def _open_many(writes) -> None:
-    """Many runs' opening rows in one transaction (relay/group_commit.py): two bulk inserts."""
+    """Many runs' opening rows in one transaction (relay/eventloop/group_commit.py): two bulk inserts."""
     from django.db import transaction
 
     from agents.models import Conversation, Message

@@ -7,7 +7,7 @@ listener in audit.signals, which marks the context so this does not record them 
 
 from audit import context
 from audit.actions import AUTH_FAILED, DENIED, PERMISSION_DENIED
-from relay.middleware import DualModeMiddleware
+from relay.eventloop.middleware import DualModeMiddleware
 
 HEADER = "X-Request-ID"
 

@@ -18,7 +18,7 @@ from audit import context
 from audit.actions import DENIED, STATUSES, SUCCESS
 from audit.chain import GENESIS, clean_text, compute_hash, normalise, normalise_ip
 from audit.models import AuditCheckpoint, AuditEvent
-from relay.asyncdb import run_db
+from relay.eventloop.db import run_db
 
 # pg_advisory_xact_lock key for appends ("RELAYAUD"); any constant unique to this purpose.
 APPEND_LOCK_KEY = 0x52454C4159415544
@@ -140,7 +140,7 @@ def appending_together():
     """Inside a transaction: the events record() makes here are appended together at the end.
 
     One lock, one head read and one INSERT for all of them (the group commit of model calls,
-    relay/group_commit.py). Until the block ends, the events it returned have no sequence yet.
+    relay/eventloop/group_commit.py). Until the block ends, the events it returned have no sequence yet.
     """
     previous = getattr(_together, "events", None)
     _together.events = events = []
@@ -169,5 +169,5 @@ def _append(events: list[AuditEvent], using: str) -> None:
 
 
 async def arecord(action: str, **kwargs) -> AuditEvent:
-    """record() for async code: on the async DB pool (relay/asyncdb.py), in the caller's audit context."""
+    """record() for async code: on the async DB pool (relay/eventloop/db.py), in the caller's audit context."""
     return await run_db(record, action, **kwargs)

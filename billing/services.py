@@ -23,8 +23,8 @@ from billing.ledger import LedgerUnavailable, get_ledger
 from billing.money import cost_usd, nanos_per_token, usd_to_nanos
 from billing.pricing import UnknownModel, current_price
 from billing.rule_cache import RULES
-from relay.asyncdb import run_db
-from relay.group_commit import GroupCommit
+from relay.eventloop.db import run_db
+from relay.eventloop.group_commit import GroupCommit
 
 __all__ = [
     "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "release_charge",

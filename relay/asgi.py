@@ -7,7 +7,7 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relay.settings")
 django.setup(set_prefix=False)
 
-from relay.asgi_handler import RelayASGIHandler  # noqa: E402  (needs Django set up first)
+from relay.eventloop.handler import RelayASGIHandler  # noqa: E402  (needs Django set up first)
 
 django_asgi_app = RelayASGIHandler()
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 
 from relay.api.envelope import error_response
+from relay.eventloop.middleware import DualModeMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +62,16 @@ def fault_response(exc: BaseException):
     return response
 
 
-class ServiceFaultMiddleware:
+class ServiceFaultMiddleware(DualModeMiddleware):
     """Turns a view's lost-connection error into the 503 envelope (see module docstring).
 
     Errors raised in other middleware never reach process_exception; relay.api.errors.handler500
     maps those with the same function.
     """
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
     def __call__(self, request):
+        # Only process_exception matters here: the rest of the chain is handed back as it is (its
+        # response, or under ASGI its coroutine), without a frame of this middleware around it.
         return self.get_response(request)
 
     def process_exception(self, request, exception):

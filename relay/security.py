@@ -10,7 +10,7 @@ DENY for browsers that only read CSP. Override with RELAY_CSP (the whole header 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from relay.middleware import DualModeMiddleware
+from relay.eventloop.middleware import DualModeMiddleware
 
 DEFAULT_POLICY = "; ".join([
     "default-src 'self'",

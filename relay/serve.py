@@ -87,7 +87,7 @@ def main() -> None:
     try:
         server.run()
     finally:
-        from relay.asyncdb import close_db_threads
+        from relay.eventloop.db import close_db_threads
 
         close_db_threads()
 

@@ -72,11 +72,11 @@ INSTALLED_APPS = [
     "relay.observability",
 ]
 
-# Django's own middleware with its hooks run on the event loop (relay/inline_middleware.py).
+# Django's own middleware with its hooks run on the event loop (relay/eventloop/inline.py).
 # Django's deploy checks look for its classes by path; the subclasses are those classes and
 # count as them, so `check --deploy` still checks HSTS, SSL redirect, CSRF and framing.
 INLINE_MIDDLEWARE = {
-    f"django.{path}": f"relay.inline_middleware.{path.rsplit('.', 1)[1]}" for path in (
+    f"django.{path}": f"relay.eventloop.inline.{path.rsplit('.', 1)[1]}" for path in (
         "middleware.security.SecurityMiddleware", "contrib.sessions.middleware.SessionMiddleware",
         "middleware.common.CommonMiddleware", "middleware.csrf.CsrfViewMiddleware",
         "contrib.auth.middleware.AuthenticationMiddleware", "contrib.messages.middleware.MessageMiddleware",
@@ -95,16 +95,16 @@ MIDDLEWARE = MiddlewareList([
     "relay.observability.middleware.MetricsMiddleware",
     # Early, so every response (413s and redirects included) carries X-Request-ID.
     "audit.middleware.AuditContextMiddleware",
-    "relay.inline_middleware.SecurityMiddleware",
+    "relay.eventloop.inline.SecurityMiddleware",
     "relay.security.SecurityHeadersMiddleware",  # CSP (no inline script), Permissions-Policy
-    "relay.static.AsyncWhiteNoiseMiddleware",
-    "relay.middleware.RequestSizeLimitMiddleware",
-    "relay.inline_middleware.SessionMiddleware",
-    "relay.inline_middleware.CommonMiddleware",
-    "relay.inline_middleware.CsrfViewMiddleware",
-    "relay.inline_middleware.AuthenticationMiddleware",
-    "relay.inline_middleware.MessageMiddleware",
-    "relay.inline_middleware.XFrameOptionsMiddleware",
+    "relay.eventloop.static.AsyncWhiteNoiseMiddleware",
+    "relay.eventloop.middleware.RequestSizeLimitMiddleware",
+    "relay.eventloop.inline.SessionMiddleware",
+    "relay.eventloop.inline.CommonMiddleware",
+    "relay.eventloop.inline.CsrfViewMiddleware",
+    "relay.eventloop.inline.AuthenticationMiddleware",
+    "relay.eventloop.inline.MessageMiddleware",
+    "relay.eventloop.inline.XFrameOptionsMiddleware",
     "relay.observability.middleware.ViewMetricsMiddleware",
     # Last, so it sees view errors first: lost Redis/database connections become 503s (relay/faults.py).
     "relay.faults.ServiceFaultMiddleware",
@@ -132,7 +132,7 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 if DATABASE_URL:
     # A connection broken by a database restart fails one query (503), is marked errored and is
-    # replaced at the next call (relay/asyncdb.py closes errored connections). CONN_HEALTH_CHECKS
+    # replaced at the next call (relay/eventloop/db.py closes errored connections). CONN_HEALTH_CHECKS
     # would ping before every ORM call of the hot path: measured ~9% of an instance's time.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
                                                   conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS"))}

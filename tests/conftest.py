@@ -37,7 +37,7 @@ def _fast_password_hashing():
     """Tests create many users; the production hasher is deliberately slow."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.RELAY_LOCAL_TOKEN_DELAY_MS = 0  # tests await events; they don't watch tokens being typed
-    # Async views called through the test client must see the test's transaction (relay/asyncdb.py).
+    # Async views called through the test client must see the test's transaction (relay/eventloop/db.py).
     settings.RELAY_DB_THREAD_SENSITIVE = True
 
 
@@ -45,7 +45,7 @@ def _fast_password_hashing():
 def _close_db_threads():
     """The async DB pool's threads hold connections; close them so the test database can be dropped."""
     yield
-    from relay.asyncdb import close_db_threads
+    from relay.eventloop.db import close_db_threads
 
     close_db_threads()
 

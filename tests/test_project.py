@@ -132,7 +132,7 @@ def test_static_files_are_served_without_collectstatic(client):
 
 def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users, monkeypatch):
     """Async views: no middleware hook goes through Django's sync thread, and no thread is started
-    per request (relay/inline_middleware.py, relay/asgi_handler.py). Sync views keep Django's
+    per request (relay/eventloop/inline.py, relay/eventloop/handler.py). Sync views keep Django's
     thread per request, so they still run side by side."""
     import threading
 

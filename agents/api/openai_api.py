@@ -24,7 +24,7 @@ from agents.registry import all_agents
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
 from relay.api.serializers import SharedFieldsMixin, StrictCharField
-from relay.asyncdb import db
+from relay.eventloop.db import db
 
 AGENT_PREFIX = "relay-"
 

@@ -15,7 +15,7 @@ from agents.api.serializers import AnswerSerializer, QuerySerializer, VisionSeri
 from agents.idempotency import prepare_once
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
-from relay.asyncdb import db
+from relay.eventloop.db import db
 from relay.observability import metrics
 
 

@@ -7,7 +7,7 @@ relevant was found (the agent says so rather than guessing).
 from agents.core import DOCUMENTS, Agent, RunContext, Tool, ToolOutcome
 from agents.documents import search
 from agents.registry import register
-from relay.asyncdb import db
+from relay.eventloop.db import db
 
 
 def format_passages(passages) -> str:

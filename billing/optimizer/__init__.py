@@ -29,7 +29,7 @@ from billing.optimizer.classifier import classify
 from billing.optimizer.keys import AnswerKey, answer_key
 from billing.optimizer.routing import load_candidates, pick_model
 from billing.optimizer.trimming import trim_history, trim_messages
-from relay.asyncdb import run_db
+from relay.eventloop.db import run_db
 
 __all__ = ["Plan", "plan", "replay", "remember", "free_charge", "classify", "pick_model", "cache_key"]
 

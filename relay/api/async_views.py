@@ -20,7 +20,7 @@ from rest_framework.settings import api_settings
 
 from relay.api.errors import PayloadTooLarge, exception_handler
 from relay.api.parsers import parse_json_body
-from relay.asyncdb import db
+from relay.eventloop.db import db
 
 
 def _authenticate(django_request, requirement, throttle: bool):

@@ -80,7 +80,7 @@ class _KnownModels:
         return time.monotonic() - self.loaded_at > self.TTL
 
     def refresh(self) -> frozenset[str]:
-        """Load the set (sync ORM: call from a thread, e.g. through relay.asyncdb.run_db)."""
+        """Load the set (sync ORM: call from a thread, e.g. through relay.eventloop.db.run_db)."""
         from agents.providers.catalog import available_models
         from billing.models import ModelPrice
 
@@ -100,7 +100,7 @@ def model_label(name: str) -> str:
 
 async def refresh_known_models_if_stale() -> None:
     if known_models.stale():
-        from relay.asyncdb import run_db
+        from relay.eventloop.db import run_db
 
         await run_db(known_models.refresh)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.urls import Resolver404, resolve
 from django_prometheus import middleware as dp
 
+from relay.eventloop.middleware import DualModeMiddleware
 from relay.observability import metrics
 
 UNMATCHED = "unmatched"
@@ -38,32 +38,23 @@ def endpoint_label(request) -> str:
     return "/" + match.route if match.route else UNMATCHED
 
 
-class _DualMode:
-    sync_capable = True
-    async_capable = True
+class _Measured(DualModeMiddleware):
+    """Calls before(request) -> state and after(request, response, state) around the chain, when metrics are on."""
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if self.async_mode:
-            return self._acall(request)
+    def handle(self, request):
         if not metrics.enabled():
             return self.get_response(request)
         state = self.before(request)
         return self.after(request, self.get_response(request), state)
 
-    async def _acall(self, request):
+    async def __acall__(self, request):
         if not metrics.enabled():
             return await self.get_response(request)
         state = self.before(request)
         return self.after(request, await self.get_response(request), state)
 
 
-class MetricsMiddleware(_DualMode):
+class MetricsMiddleware(_Measured):
     def __init__(self, get_response):
         super().__init__(get_response)
         self.django_before = dp.PrometheusBeforeMiddleware(get_response)
@@ -78,7 +69,7 @@ class MetricsMiddleware(_DualMode):
         return self.django_before.process_response(request, response)
 
 
-class ViewMetricsMiddleware(_DualMode):
+class ViewMetricsMiddleware(_Measured):
     """django-prometheus's per-view metrics; the view counter is taken from the resolver match
     at response time instead of a process_view hook (which Django would call through a thread)."""
 

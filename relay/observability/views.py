@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 
 from accounts.permissions import PLATFORM_STAFF
 from relay.api.async_views import api_endpoint
-from relay.asyncdb import run_db
+from relay.eventloop.db import run_db
 from relay.observability import metrics, multiproc
 from relay.observability.budgets import BudgetUsageCollector
 

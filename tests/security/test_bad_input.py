@@ -246,7 +246,7 @@ def multipart(field: str, total: int):
     ("/api/v1/documents/", "upload"), ("/api/v1/vision/analyze", "upload"),
 ])
 def test_an_oversized_chunked_body_is_a_413_without_an_error_log(asgi_server, users, settings, caplog, path, kind):
-    # Control: relay.asgi_handler bounds a body of unknown length while reading it; the size
+    # Control: relay.eventloop.handler bounds a body of unknown length while reading it; the size
     # middleware then refuses it like a declared one.
     import httpx
 

@@ -132,7 +132,7 @@ async def _read_notes(arguments, ctx):
     from agents.core import ToolOutcome
     from agents.documents import search
     from agents.kinds.rag import format_passages
-    from relay.asyncdb import db
+    from relay.eventloop.db import db
 
     return ToolOutcome(output=format_passages(await db(search)(ctx.user, arguments.get("topic", ""),
                                                                 api_key=ctx.api_key)))

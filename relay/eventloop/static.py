@@ -6,27 +6,22 @@ rest of the chain through sync_to_async on the process's single shared thread, s
 under STATIC_URL leave the event loop.
 """
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from relay.eventloop.middleware import DualModeMiddleware
 
-class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
-    sync_capable = True
-    async_capable = True
 
+class AsyncWhiteNoiseMiddleware(DualModeMiddleware, WhiteNoiseMiddleware):
     def __init__(self, get_response=None, **kwargs):
-        super().__init__(get_response, **kwargs)
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
+        WhiteNoiseMiddleware.__init__(self, get_response, **kwargs)
+        DualModeMiddleware.__init__(self, get_response)
 
     def _static_file(self, path: str):
         return self.find_file(path) if self.autorefresh else self.files.get(path)
 
-    def __call__(self, request):
-        if self._async:
-            return self.__acall__(request)
-        return super().__call__(request)
+    def handle(self, request):
+        return WhiteNoiseMiddleware.__call__(self, request)
 
     async def __acall__(self, request):
         if request.path_info.startswith(self.static_prefix):

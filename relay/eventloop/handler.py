@@ -19,7 +19,7 @@ from asgiref.sync import iscoroutinefunction
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import Resolver404, resolve
 
-from relay.middleware import body_limit
+from relay.eventloop.middleware import body_limit
 
 _END_OF_BODY = {"type": "http.request", "body": b"", "more_body": False}
 

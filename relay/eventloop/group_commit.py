@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from relay.asyncdb import run_db
+from relay.eventloop.db import run_db
 
 logger = logging.getLogger(__name__)
 

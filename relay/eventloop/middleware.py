@@ -1,4 +1,4 @@
-"""Project-wide middleware that must run before anything reads the body."""
+"""The one base of Relay's middleware, and the request size limit that runs before anything reads the body."""
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -11,7 +11,8 @@ class DualModeMiddleware:
 
     A sync-only middleware would make Django run every request through its single shared sync
     thread (docs/design.md section 11). Subclasses write `handle(request)` for the sync chain and
-    `__acall__(request)` for the async one.
+    `__acall__(request)` for the async one; Django's process_view / process_exception hooks, where
+    a subclass has them, are called by Django as for any middleware.
     """
 
     sync_capable = True
@@ -44,7 +45,7 @@ class RequestSizeLimitMiddleware(DualModeMiddleware):
     """Refuse bodies over the limit with 413 and the error envelope, before parsing.
 
     Under ASGI a body sent without Content-Length (chunked) carries the length read so far by
-    the time it gets here (relay.asgi_handler.bounded_body), so it is refused the same way.
+    the time it gets here (relay.eventloop.handler.bounded_body), so it is refused the same way.
     """
 
     def _refusal(self, request):
