@@ -130,6 +130,83 @@ def test_static_files_are_served_without_collectstatic(client):
     assert response.status_code == 200 and b"--accent" in b"".join(response.streaming_content)
 
 
+@pytest.fixture
+def thread_hops(monkeypatch):
+    """Every thread-sensitive sync_to_async call from now on: (qualified name, on the shared thread?).
+
+    Outside a ThreadSensitiveContext (Django's per-request one, which RelayASGIHandler skips for
+    async views) such a call runs on asgiref's one shared sync thread, where requests queue.
+    """
+    from asgiref.sync import SyncToAsync
+
+    hops, hop = [], SyncToAsync.__call__
+
+    async def recording_hop(self, *args, **kwargs):
+        if self._thread_sensitive:
+            name = getattr(self.func, "__qualname__", repr(self.func))
+            hops.append((name, SyncToAsync.thread_sensitive_context.get(None) is None))
+        return await hop(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", recording_hop)
+    return hops
+
+
+MIDDLEWARE_HOOKS = ("process_request", "process_response", "process_view", "__call__", "__acall__")
+
+
+def hook_hops(hops, *, shared_only=False) -> list[str]:
+    return [name for name, shared in hops if name.endswith(MIDDLEWARE_HOOKS) and (shared or not shared_only)]
+
+
+def signed_in_client(server, user):
+    """An httpx client with user's session and a CSRF cookie; its CSRF token in client.csrf."""
+    import httpx
+    from django.middleware.csrf import _get_new_csrf_string
+    from django.test import Client
+
+    django_client = Client()
+    django_client.force_login(user)
+    csrf = _get_new_csrf_string()
+    client = httpx.Client(base_url=server.url, cookies={
+        settings.SESSION_COOKIE_NAME: django_client.cookies[settings.SESSION_COOKIE_NAME].value,
+        settings.CSRF_COOKIE_NAME: csrf})
+    client.csrf = csrf
+    return client
+
+
+def test_sessions_csrf_and_messages_send_no_middleware_hook_to_the_shared_thread(asgi_server, users, thread_hops):
+    """The guard below, for what the console uses: a signed-in page, the session on an async view,
+    CSRF-checked POSTs (refused, then accepted), and a message added by one page and shown by the next."""
+    from accounts.models import User
+    from accounts.services import create_api_key
+
+    with signed_in_client(asgi_server, users["user"]) as client:
+        page = client.get("/keys/")
+        assert page.status_code == 200 and users["user"].username.encode() in page.content
+        assert hook_hops(thread_hops) == [], thread_hops
+        models = client.get("/v1/models")  # an async view, with the session as its credential
+        assert models.status_code == 200 and models.json()["data"]
+        refused = client.post("/api/v1/keys/", json={"name": "console"})  # no CSRF token
+        assert refused.status_code == 403 and "CSRF" in refused.text
+        created = client.post("/api/v1/keys/", json={"name": "console"}, headers={"X-CSRFToken": client.csrf})
+        assert created.status_code == 201, created.text
+        assert hook_hops(thread_hops) == [], thread_hops
+
+    root = User.objects.create_superuser("root", "root@example.com", "correct horse battery staple")
+    key = create_api_key(users["user"], "to revoke").key
+    with signed_in_client(asgi_server, root) as client:
+        revoked = client.post("/admin/accounts/apikey/", data={
+            "action": "revoke_selected", "_selected_action": str(key.pk), "index": "0",
+            "csrfmiddlewaretoken": client.csrf})
+        assert revoked.status_code == 302
+        shown = client.get(revoked.headers["Location"])
+        assert shown.status_code == 200 and b"Revoked 1 key(s)." in shown.content
+    # Storing the message (then clearing it once shown) is the one hop, as Django does it: on the
+    # request's own thread, never the shared one.
+    assert hook_hops(thread_hops, shared_only=True) == [], thread_hops
+    assert set(hook_hops(thread_hops)) == {"MessageMiddleware.process_response"}, thread_hops
+
+
 def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users, monkeypatch):
     """Async views: no middleware hook goes through Django's sync thread, and no thread is started
     per request (relay/eventloop/inline.py, relay/eventloop/handler.py). Sync views keep Django's
