@@ -182,13 +182,25 @@ def test_asgi_handler_handle_serves_a_request_outside_the_context():
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
 
 
+def test_asgi_request_takes_content_length_from_the_scope_headers():
+    """bounded_body appends the length it read to the scope's headers before Django builds the request."""
+    import io
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]}
+    request = ASGIRequest(scope, io.BytesIO(b"{}"))
+    assert request.META["CONTENT_LENGTH"] == "2" and request.body == b"{}"
+
+
 # --- the deploy checks' membership tests on MIDDLEWARE (relay/settings.py MiddlewareList) ----
 
 
 def _deploy_check_cases():
     from django.core.checks.security import base, csrf, sessions
 
-    return [
+    cases = [
         ("security.W001", base.check_security_middleware, {}),
         ("security.W002", base.check_xframe_options_middleware, {}),
         ("security.W003", csrf.check_csrf_middleware, {}),
@@ -196,9 +208,10 @@ def _deploy_check_cases():
         ("security.W016", csrf.check_csrf_cookie_secure, {"CSRF_COOKIE_SECURE": False}),
         ("security.W012", sessions.check_session_cookie_secure, {"SESSION_COOKIE_SECURE": False}),
     ]
+    return [pytest.param(*case, id=case[0]) for case in cases]
 
 
-@pytest.mark.parametrize("check_id,check,overrides", _deploy_check_cases(), ids=lambda c: c if isinstance(c, str) else "")
+@pytest.mark.parametrize("check_id,check,overrides", _deploy_check_cases())
 def test_deploy_checks_find_django_middleware_by_membership_in_MIDDLEWARE(check_id, check, overrides):
     """Django's deploy checks ask `"django.middleware...." in settings.MIDDLEWARE`; Relay's list
     answers yes for its inline subclasses, so each check sees the middleware it looks for."""
