@@ -5,6 +5,8 @@ from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.contrib.auth.models import Group
+from rest_framework_simplejwt.token_blacklist import admin as token_admin
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 
 from accounts.actions import keys, organizations, roles, teams, users
 from accounts.models import APIKey, Organization, Team, User
@@ -117,6 +119,24 @@ class APIKeyAdmin(ActionsAdmin):
 
     def get_fields(self, request, obj=None):
         return [f for f in super().get_fields(request, obj) if f != "secret_hash"]
+
+
+admin.site.unregister(BlacklistedToken)
+
+
+@admin.register(BlacklistedToken)
+class BlacklistedTokenAdmin(token_admin.BlacklistedTokenAdmin):
+    """Read only: a refresh token is revoked by signing out or deactivating its user (both audited);
+    an unaudited write here would bypass the trail."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 admin.site.site_header = "Relay admin console"
