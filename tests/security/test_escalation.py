@@ -157,7 +157,7 @@ def test_non_admins_cannot_change_their_own_role_team_or_organization(role, via,
 
 
 def test_an_admin_cannot_change_their_own_role_team_or_organization(users, other_users, client_for, denials):
-    # Controls: accounts.services.update_user refuses self-changes (PrivilegeRefused -> 403); the
+    # Controls: accounts.actions.users.update_user refuses self-changes (PrivilegeRefused -> 403); the
     # organization is not a writable field (strict serializer + audit.refusals).
     admin = users["admin"]
     client = client_for(admin)
