@@ -5,7 +5,7 @@ A key minted through another key stays under it.
 A key created with a key (POST /api/v1/keys/ authenticated by that key) records it as its
 `parent`. Its runs count against every ancestor's requests/minute (accounts/throttling.py),
 tokens/minute (billing/ratelimit.py) and key budgets (billing/budgets.py), and revoking a key
-revokes its descendants (accounts.services.revoke_api_key). The depth is bounded, so the whole
+revokes its descendants (accounts.actions.keys.revoke_api_key). The depth is bounded, so the whole
 chain of ancestors loads with the key in one query and travels with it in the key cache
 (accounts.services._lookup): the hot path walks it without a query.
 

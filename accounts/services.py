@@ -1,4 +1,7 @@
-"""Rules for users and API keys: creation, roles, scopes, key checks. No HTTP here."""
+"""Rules and reads for users and API keys: roles, scopes, key checks. No HTTP here.
+
+Every state change is in accounts/actions/ (organizations, users, teams, keys, tokens).
+"""
 
 from __future__ import annotations
 
@@ -9,28 +12,26 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.utils import timezone
-from django.utils.text import slugify
 
 from accounts import key_tree
 from accounts.key_tree import key_within, keys_within  # noqa: F401 (part of this module's API)
-from accounts.models import APIKey, Organization, Team, User
+from accounts.models import APIKey, Team, User
 from accounts.roles import (
     AGENT_PERMISSIONS,
     PERMISSION_CODENAMES,
     ROLES,
     TEAM_GROUP_PREFIX,
     effective_permissions,
-    role_of,
 )
-from audit import accounts_events as audit_events
+from audit import actions
+from audit.services import record
 
 KEY_PREFIX = "rk_"
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
@@ -55,50 +56,7 @@ class KeyRejected(Exception):
         self.reason = reason
 
 
-# --- Organizations and users ----------------------------------------------------------------
-
-def create_organization(name: str, *, time_zone: str = "UTC") -> Organization:
-    name = (name or "").strip()
-    if not name:
-        raise ValidationError({"name": "An organization needs a name."})
-    slug = slugify(name)[:200] or secrets.token_hex(4)
-    if Organization.objects.filter(name=name).exists():
-        raise ValidationError({"name": f"An organization named {name!r} already exists."})
-    org = Organization(name=name, slug=slug, time_zone=time_zone)
-    org.full_clean()
-    org.save()
-    return org
-
-
-def get_team(organization: Organization, team: Team | str | int | None) -> Team | None:
-    """The team named (or with that id) inside the organization, created by name if new."""
-    if team is None or team == "":
-        return None
-    if isinstance(team, Team):
-        if team.organization_id != organization.pk:
-            raise ValidationError({"team": "The team belongs to another organization."})
-        return team
-    if isinstance(team, int):
-        found = Team.objects.filter(organization=organization, pk=team).first()
-        if not found:
-            raise ValidationError({"team": f"No team {team} in {organization}."})
-        return found
-    return Team.objects.get_or_create(organization=organization, name=str(team).strip())[0]
-
-
-def set_role(user: User, role: str, *, actor: User | None = None, audited: bool = True) -> None:
-    group = Group.objects.filter(name=role).exclude(name__startswith=TEAM_GROUP_PREFIX).first()
-    if group is None:
-        raise ValidationError({"role": f"Unknown role {role!r}; roles are {', '.join(known_roles())}."})
-    previous = role_of(user) if audited else None
-    team_groups = list(user.groups.filter(name__startswith=TEAM_GROUP_PREFIX))
-    user.groups.set([group, *team_groups])
-    # Django caches permissions on the instance; a role change must be seen at once.
-    for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
-        user.__dict__.pop(attr, None)
-    if audited:
-        audit_events.role_changed(user, previous, role, actor=actor)
-
+# --- Roles and teams ------------------------------------------------------------------------
 
 def known_roles() -> list[str]:
     names = Group.objects.exclude(name__startswith=TEAM_GROUP_PREFIX).order_by("name").values_list("name", flat=True)
@@ -125,31 +83,6 @@ def sync_team_group(user: User) -> None:
         user.groups.add(current)
 
 
-@transaction.atomic
-def create_user(
-    username: str, *, organization: Organization, role: str, email: str = "", password: str | None = None,
-    team: Team | str | int | None = None, first_name: str = "", last_name: str = "",
-) -> User:
-    if User.objects.filter(username=username).exists():
-        raise ValidationError({"username": f"A user named {username!r} already exists."})
-    user = User(
-        username=username, email=email, organization=organization, first_name=first_name, last_name=last_name,
-        team=get_team(organization, team),
-    )
-    if password:
-        from django.contrib.auth.password_validation import validate_password
-
-        validate_password(password, user)
-        user.set_password(password)
-    else:
-        user.set_unusable_password()
-    user.full_clean(exclude=["password"])
-    user.save()
-    set_role(user, role, audited=False)
-    audit_events.user_created(user, role)
-    return user
-
-
 # --- API keys -------------------------------------------------------------------------------
 
 @dataclass
@@ -165,7 +98,7 @@ def hash_secret(full_key: str, version: str) -> str:
     return hmac.new(server_secret, full_key.encode(), hashlib.sha256).hexdigest()
 
 
-def _new_key_material() -> tuple[str, str]:
+def new_key_material() -> tuple[str, str]:
     prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_LENGTH))
     return prefix, f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
 
@@ -247,7 +180,7 @@ def narrow_to_parent(parent: APIKey, *, allowed_agents, allowed_models, allowed_
             "tokens_per_minute": tokens_per_minute}
 
 
-def _under_parent(owner: User, parent: APIKey, limits: dict) -> dict:
+def under_parent(owner: User, parent: APIKey, limits: dict) -> dict:
     """The limits of a key minted through `parent`, which must stay a live, shallow enough tree."""
     if parent.owner_id != owner.pk:
         raise ValueError("A key minted through a key belongs to that key's owner.")
@@ -258,89 +191,6 @@ def _under_parent(owner: User, parent: APIKey, limits: dict) -> dict:
     if APIKey.objects.select_for_update().filter(pk=parent.pk, revoked_at__isnull=False).exists():
         raise PrivilegeRefused("The key making this request has been revoked.")
     return narrow_to_parent(parent, **limits)
-
-
-@transaction.atomic
-def create_api_key(
-    owner: User, name: str, *, scopes: list[str] | None = None, allowed_agents: list[str] | None = None,
-    allowed_models: list[str] | None = None, allowed_ips: list[str] | None = None,
-    expires_at: datetime | None = None, requests_per_minute: int | None = None,
-    tokens_per_minute: int | None = None, grantable: set[str] | None = None, parent: APIKey | None = None,
-) -> IssuedKey:
-    """A new key for owner; `parent` is the key the request came through, whose limits bind the new one."""
-    if not owner.is_active:
-        raise ValidationError({"owner": "The owner is deactivated."})
-    name = (name or "").strip()
-    if not name:
-        raise ValidationError({"name": "A key needs a name."})
-    # Without explicit scopes a key gets what its owner holds today.
-    if grantable is None:
-        grantable = effective_permissions(owner)
-    scopes = sorted(set(grantable if scopes is None else scopes))
-    limits = {"allowed_agents": sorted(set(allowed_agents or [])), "allowed_models": allowed_models or [],
-              "allowed_ips": allowed_ips or [], "expires_at": expires_at,
-              "requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute}
-    if parent is not None:
-        limits = _under_parent(owner, parent, limits)
-    validate_key_grants(owner, scopes, limits["allowed_agents"], limits["allowed_models"], limits["allowed_ips"],
-                        grantable=grantable)
-    if limits["expires_at"] is not None and limits["expires_at"] <= timezone.now():
-        raise ValidationError({"expires_at": "The expiry must be in the future."})
-    prefix, secret = _new_key_material()
-    version = settings.RELAY_API_KEY_HASH_VERSION
-    key = APIKey(
-        owner=owner, name=name[:100], prefix=prefix, secret_hash=hash_secret(secret, version), hash_version=version,
-        scopes=scopes, parent=parent, **{**limits, "allowed_models": sorted(set(limits["allowed_models"])),
-                                         "allowed_ips": list(limits["allowed_ips"])},
-    )
-    # The rule every key operation answers to, checked on what is about to exist.
-    if parent is not None and not key_within(key, parent):
-        raise PrivilegeRefused("A key can only mint keys within its own powers.")
-    key.save(force_insert=True)
-    audit_events.key_created(key)
-    return IssuedKey(key=key, secret=secret)
-
-
-@transaction.atomic
-def revoke_api_key(key: APIKey) -> APIKey:
-    """Revoke a key and every key minted below it, each audited; no cached copy outlives the commit."""
-    key = APIKey.objects.select_for_update().select_related("owner").get(pk=key.pk)
-    family = [key, *key_tree.descendants(key, lock=True)]
-    now, revoked = timezone.now(), []
-    for member in family:
-        if member.revoked_at is None:
-            member.revoked_at = now
-            revoked.append(member)
-    APIKey.objects.filter(pk__in=[member.pk for member in revoked]).update(revoked_at=now)
-    for member in revoked:
-        audit_events.key_revoked(member, because_of=None if member is key else key)
-    prefixes = [member.prefix for member in family]
-
-    def forget():
-        for prefix in prefixes:
-            forget_cached_key(prefix)
-
-    # Now for this process, and after the commit so nobody caches the rows as they were before it.
-    forget()
-    transaction.on_commit(forget)
-    return key
-
-
-@transaction.atomic
-def rotate_api_key(key: APIKey) -> IssuedKey:
-    """A new secret for the same key (its id, budgets and history stay); the old one dies at once."""
-    key = APIKey.objects.select_for_update().get(pk=key.pk)
-    if not key.is_active:
-        raise ValidationError({"key": "A revoked or expired key cannot be rotated."})
-    old_prefix = key.prefix
-    key.prefix, secret = _new_key_material()
-    key.hash_version = settings.RELAY_API_KEY_HASH_VERSION
-    key.secret_hash = hash_secret(secret, key.hash_version)
-    key.save(update_fields=["prefix", "secret_hash", "hash_version"])
-    transaction.on_commit(lambda: forget_cached_key(old_prefix))
-    forget_cached_key(old_prefix)
-    audit_events.key_rotated(key, old_prefix)
-    return IssuedKey(key=key, secret=secret)
 
 
 def _cache_key(prefix: str) -> str:
@@ -392,7 +242,9 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
     if not hmac.compare_digest(hash_secret(presented, version), expected) or key is None:
         raise KeyRejected("Invalid API key.")
     if key.revoked_at is not None:
-        audit_events.key_used_after_revoke(key)
+        # Someone holds the secret of a revoked key: the owner is named, the attempt refused.
+        record(actions.API_KEY_USED_AFTER_REVOKE, status=actions.DENIED, actor=key.owner, api_key=key,
+               resource=f"api_key:{key.pk}", metadata={"name": key.name, "revoked_at": key.revoked_at})
         raise KeyRejected("This API key has been revoked.")
     if key.expires_at is not None and key.expires_at <= timezone.now():
         raise KeyRejected("This API key has expired.")
@@ -437,25 +289,4 @@ def key_permissions(key: APIKey) -> set[str]:
     return set(key.scopes) & effective_permissions(key.owner)
 
 
-_UNSET = object()
 
-
-@transaction.atomic
-def update_user(actor: User, user: User, *, role: str | None = None, team=_UNSET, is_active: bool | None = None,
-                **profile) -> User:
-    """Change a user's profile, role, team or active flag on behalf of an admin (actor)."""
-    if user.pk == actor.pk and (role is not None or is_active is False or team is not _UNSET):
-        raise PrivilegeRefused("You cannot change your own role, team or active state.")
-    before = audit_events.snapshot(user)
-    for name, value in profile.items():
-        setattr(user, name, value)
-    if team is not _UNSET:
-        user.team = get_team(user.organization, team)
-    if is_active is not None:
-        user.is_active = is_active
-    user.full_clean(exclude=["password"])
-    user.save()
-    audit_events.user_updated(actor, user, before)
-    if role is not None:
-        set_role(user, role, actor=actor)
-    return user

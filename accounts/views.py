@@ -1,11 +1,14 @@
 """Console pages of the accounts app: sign in and out, password change, API keys (HTML, session auth)."""
 
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.core.cache import cache
+from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse_lazy
 from django.utils.decorators import method_decorator
 
+from accounts.actions.users import change_password
 from accounts.api.serializers import APIKeySerializer
 from accounts.models import APIKey
 from accounts.pages import page
@@ -56,6 +59,12 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     @method_decorator(page())
     def dispatch(self, *args, **kwargs):
         return super().dispatch(*args, **kwargs)
+
+    def form_valid(self, form):
+        # Django's form_valid saves through the form; the change goes through the action (audited).
+        change_password(form.user, form.cleaned_data["new_password1"], actor=self.request.user)
+        update_session_auth_hash(self.request, form.user)
+        return HttpResponseRedirect(self.get_success_url())
 
 
 @page()

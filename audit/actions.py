@@ -21,6 +21,8 @@ API_KEY_CREATED = "api_key.created"
 API_KEY_REVOKED = "api_key.revoked"
 API_KEY_ROTATED = "api_key.rotated"
 API_KEY_USED_AFTER_REVOKE = "api_key.used_after_revoke"
+API_KEY_UPDATED = "api_key.updated"  # name or limits edited in the admin
+API_KEY_DELETED = "api_key.deleted"  # deleted in the admin (the API only revokes)
 
 # People and tenants.
 USER_CREATED = "user.created"
@@ -28,6 +30,15 @@ USER_UPDATED = "user.updated"
 ROLE_CHANGED = "user.role_changed"
 TEAM_CREATED = "team.created"
 TEAM_UPDATED = "team.updated"
+TEAM_DELETED = "team.deleted"
+USER_DELETED = "user.deleted"  # deleted in the admin (the API deactivates)
+PASSWORD_CHANGED = "user.password_changed"  # noqa: S105 (an action name)
+ORGANIZATION_CREATED = "organization.created"
+ORGANIZATION_UPDATED = "organization.updated"
+ORGANIZATION_DELETED = "organization.deleted"
+ROLE_CREATED = "role.created"  # a role is a Group (django.contrib.auth), edited in the admin
+ROLE_UPDATED = "role.updated"
+ROLE_DELETED = "role.deleted"
 
 ADMIN_ACTION = "admin.action"  # a change made in the Django admin (from its LogEntry)
 
@@ -37,6 +48,13 @@ AGENT_RUN = "agent.run"
 BUDGET_CREATED = "budget.created"
 BUDGET_UPDATED = "budget.updated"
 BUDGET_EXCEEDED = "budget.exceeded"
+BUDGET_DELETED = "budget.deleted"
+BUDGET_ALERT_DELETED = "budget_alert.deleted"
+PRICE_CREATED = "model_price.created"
+PRICE_UPDATED = "model_price.updated"
+PRICE_DELETED = "model_price.deleted"
+OPTIMIZER_SETTINGS_SAVED = "optimizer_settings.saved"
+OPTIMIZER_SETTINGS_DELETED = "optimizer_settings.deleted"
 DOCUMENT_UPLOADED = "document.uploaded"
 DOCUMENT_DELETED = "document.deleted"
 DOCUMENT_SHARED = "document.shared"

@@ -1,5 +1,7 @@
 """What gets recorded without its code calling record(): sign-ins, API refusals, admin changes.
 
+Domain changes are recorded by the apps' actions (<app>/actions/), never from model signals here.
+
 Connected in AuditConfig.ready().
 """
 
@@ -88,22 +90,15 @@ def _audited_log_actions(original):
     return log_actions
 
 
-def on_team_saved(sender, instance, created, **kwargs):
-    record(actions.TEAM_CREATED if created else actions.TEAM_UPDATED, resource=f"team:{instance.pk}",
-           organization=instance.organization_id, metadata={"name": instance.name})
-
-
 def connect() -> None:
     import rest_framework.views  # noqa: F401  (first: relay.api.errors imported alone is a circular import)
 
-    from accounts.models import Team
     from relay.api.errors import add_error_listener
 
     user_logged_in.connect(on_login, dispatch_uid="audit.login")
     user_logged_out.connect(on_logout, dispatch_uid="audit.logout")
     user_login_failed.connect(on_login_failed, dispatch_uid="audit.login_failed")
     post_save.connect(on_admin_log, sender=LogEntry, dispatch_uid="audit.admin_log")
-    post_save.connect(on_team_saved, sender=Team, dispatch_uid="audit.team")
     add_error_listener(on_api_error)
     from audit import refusals
 

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SETUP = """
-from accounts.services import create_api_key, create_organization, create_user
+from accounts.actions.keys import create_api_key
+from accounts.actions.organizations import create_organization
+from accounts.actions.users import create_user
 from agents.models import ModelEndpoint
 from billing.models import ModelPrice
 from decimal import Decimal

@@ -175,7 +175,8 @@ def main():
     try:
         from django.test import Client
 
-        from accounts.services import create_organization, create_user
+        from accounts.actions.organizations import create_organization
+        from accounts.actions.users import create_user
 
         org = create_organization("Bench Corp")
         users = [create_user(f"bench{i}", organization=org, role="user", team=f"team{i % 4}") for i in range(20)]

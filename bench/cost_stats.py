@@ -44,7 +44,8 @@ def setup_database():
 def populate(count: int):
     from django.utils import timezone
 
-    from accounts.services import create_organization, create_user
+    from accounts.actions.organizations import create_organization
+    from accounts.actions.users import create_user
     from billing.models import ModelPrice, UsageRecord
 
     org = create_organization("Bench Corp", time_zone="Europe/Berlin")

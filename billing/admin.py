@@ -1,13 +1,15 @@
 from django.contrib import admin, messages
 from django.db import models
 
+from billing.actions import budgets, optimizer_settings, prices
 from billing.forms import MONEY_FORM_FIELDS
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, ToolUsage, UsageRecord
+from relay.admin_actions import ActionsAdmin
 from relay.admin_lists import CappedCountPaginator, choices_filter
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(ActionsAdmin):
     """A price change is a new row with a later effective_from; past usage keeps its row."""
 
     list_display = ["model", "input_per_1k", "output_per_1k", "effective_from", "created_at"]
@@ -15,6 +17,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     list_filter = ["model"]
     search_fields = ["model"]
     date_hierarchy = "effective_from"
+    save_action, delete_action = prices.save_price, prices.delete_price
 
     def get_readonly_fields(self, request, obj=None):
         # Rows already charged against are history: editing them would rewrite past costs.
@@ -80,7 +83,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(ActionsAdmin):
     list_display = ["__str__", "organization", "scope", "team", "user", "api_key", "period", "limit_usd", "hard",
                     "updated_at"]
     list_filter = ["scope", "period", "hard", "organization"]
@@ -89,35 +92,35 @@ class BudgetAdmin(admin.ModelAdmin):
     readonly_fields = ["created_by", "created_at", "updated_at"]
     formfield_overrides = {models.DecimalField: MONEY_FORM_FIELDS}
 
-    def save_model(self, request, obj, form, change):
-        from billing.budget_changes import budget_changed
-        from billing.ledger import LedgerUnavailable
+    delete_action = budgets.delete_budget
 
-        if not change:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
-        try:
-            budget_changed(obj)  # period or limit changed: recompute the counter from records
-        except LedgerUnavailable:
+    def save_model(self, request, obj, form, change):
+        if not budgets.save_budget(obj, actor=request.user):
             messages.warning(request, "Saved, but the ledger is unreachable: run `manage.py rebuild_ledger`.")
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(admin.ModelAdmin):
+class BudgetAlertAdmin(ActionsAdmin):
     list_display = ["budget", "period_key", "threshold", "spent_usd", "created_at"]
     list_filter = ["threshold", "created_at"]
     list_select_related = ["budget", "budget__organization"]
     readonly_fields = ["budget", "period_key", "threshold", "spent_usd", "created_at"]
+    delete_action = budgets.delete_budget_alert
 
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False  # an alert is a fact: it can be deleted (to fire again), not edited
+
 
 @admin.register(OptimizerSettings)
-class OptimizerSettingsAdmin(admin.ModelAdmin):
+class OptimizerSettingsAdmin(ActionsAdmin):
     """Turn each cost-optimizer strategy off (or tune it) for one organization."""
 
     list_display = ["organization", "routing_enabled", "cache_enabled", "cache_ttl_seconds", "trimming_enabled",
                     "history_token_budget", "updated_at"]
     list_filter = ["routing_enabled", "cache_enabled", "trimming_enabled"]
     raw_id_fields = ["organization"]
+    save_action = optimizer_settings.save_optimizer_settings
+    delete_action = optimizer_settings.delete_optimizer_settings

@@ -1,10 +1,10 @@
-"""Setting budgets (admin API and admin site) and listing them with their current spend."""
+"""Rules and reads of budgets: whose target a budget may name, the counter after a change, the list
+with current spend. Setting, changing and deleting a budget are billing/actions/budgets.py."""
 
 from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import APIKey, Team, User
@@ -13,7 +13,6 @@ from billing import budgets as rules
 from billing.ledger import get_ledger
 from billing.models import Budget
 from billing.money import cost_usd, usd_to_nanos
-from billing.services import record_budget_event
 
 TARGET_FIELD = {"team": "team", "user": "user", "api_key": "api_key"}
 
@@ -52,32 +51,6 @@ def _record_foreign_target(scope: str, target) -> None:
                metadata={"operation": "set_budget"})
 
 
-def set_budget(*, actor, organization, scope: str, target, period: str, limit_usd, hard: bool,
-               alert_thresholds: list[int], now=None) -> tuple[Budget, bool]:
-    """Create the budget, or update the one already set for this target and period.
-
-    The counter of the current period is recomputed from UsageRecord inside the transaction: a
-    changed limit never works from stale spend, and if the ledger is down nothing is written.
-    """
-    now = now or timezone.now()
-    target_fields = resolve_target(organization, scope, target)
-    with transaction.atomic():  # the audit event shares the transaction: both or neither
-        lookup = {"organization": organization, "scope": scope, "period": period, **target_fields}
-        budget = Budget.objects.select_for_update().filter(**lookup).first()
-        created = budget is None
-        if created:
-            budget = Budget(created_by=actor, **lookup)
-        budget.limit_usd, budget.hard, budget.alert_thresholds = limit_usd, hard, alert_thresholds
-        budget.full_clean()
-        budget.save()
-        budget_changed(budget, now=now)
-        record_budget_event(actions.BUDGET_CREATED if created else actions.BUDGET_UPDATED, actor=actor,
-                            organization_id=organization.pk,
-                            metadata={"budget_id": budget.pk, "scope": scope, "target": target, "period": period,
-                                      "limit_usd": str(budget.limit_usd), "hard": hard,
-                                      "alert_thresholds": alert_thresholds})
-    return budget, created
-
 
 def budget_changed(budget: Budget, now=None) -> None:
     """After a save (API or admin): fresh counter for the current period, thresholds re-checked."""
@@ -100,7 +73,7 @@ def budgets_with_spend(organization, now=None) -> list[dict]:
         spent = rules.spent_in_period(budget, now)
         limit = usd_to_nanos(budget.limit_usd)
         rows.append({
-            "id": budget.pk, "scope": budget.scope, "target": _target_id(budget), "target_name": rules.target_name(budget),
+            "id": budget.pk, "scope": budget.scope, "target": target_id(budget), "target_name": rules.target_name(budget),
             "period": budget.period, "period_key": item.period_key, "limit_usd": str(budget.limit_usd),
             "hard": budget.hard, "alert_thresholds": budget.alert_thresholds, "spent_usd": str(cost_usd(spent)),
             "reserved_usd": str(cost_usd(reserved.get(item.scope_key, 0))),
@@ -111,7 +84,7 @@ def budgets_with_spend(organization, now=None) -> list[dict]:
     return rows
 
 
-def _target_id(budget: Budget):
+def target_id(budget: Budget):
     return {"organization": budget.organization_id, "team": budget.team_id, "user": budget.user_id,
             "api_key": budget.api_key_id}[budget.scope]
 

@@ -8,8 +8,10 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from accounts.actions.keys import create_api_key
+from accounts.actions.organizations import create_organization
+from accounts.actions.users import create_user
 from accounts.roles import ROLES
-from accounts.services import create_api_key, create_organization, create_user
 
 REQUIRE_SERVICES = os.environ.get("RELAY_REQUIRE_SERVICES") == "1"
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from tests.conftest import FIRST_OF_MONTH
 
 

@@ -203,7 +203,8 @@ def test_pages_need_a_signed_in_user(client, users):
 
 @pytest.mark.django_db
 def test_a_key_acts_with_its_scopes_cut_to_its_owner(users, api_client):
-    from accounts.services import create_api_key, set_role
+    from accounts.actions.keys import create_api_key
+    from accounts.actions.users import set_role
 
     admin = users["admin"]
     narrow = create_api_key(admin, "read only", scopes=["view_metrics"]).secret

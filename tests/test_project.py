@@ -216,7 +216,7 @@ def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users
     import httpx
     from asgiref.sync import SyncToAsync
 
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     headers = {"Authorization": f"Bearer {create_api_key(users['user'], 'k').secret}"}
     assert httpx.get(f"{asgi_server.url}/v1/models", headers=headers).status_code == 200  # the DB pool's thread

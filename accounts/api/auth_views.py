@@ -2,8 +2,8 @@
 
 from rest_framework_simplejwt import views as jwt_views
 
+from accounts.actions.tokens import token_issued
 from accounts.throttling import LoginRateThrottle
-from audit import accounts_events as audit_events
 from audit import actions as audit_actions
 
 
@@ -15,7 +15,7 @@ class _AuditedTokenView:
     def post(self, request, *args, **kwargs):
         response = super().post(request, *args, **kwargs)
         if response.status_code == 200:
-            audit_events.token_issued(self.audit_success_action, request, response.data["access"])
+            token_issued(self.audit_success_action, request, response.data["access"])
         return response
 
 

@@ -1,7 +1,7 @@
-"""Thin HTTP layer over accounts.services; every view declares `required_permission`."""
+"""Thin HTTP layer over accounts.actions (writes) and accounts.services (reads); every view declares
+`required_permission`."""
 
 from django.contrib.auth.models import Group
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import services
+from accounts.actions import keys, teams, users
 from accounts.api.serializers import (
     APIKeyCreateSerializer,
     APIKeySerializer,
@@ -55,9 +56,8 @@ class TeamViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.Retriev
         organization = self.request.user.organization
         if organization is None:
             raise PermissionDenied("Only members of an organization can create teams.")
-        if Team.objects.filter(organization=organization, name=serializer.validated_data["name"]).exists():
-            raise DjangoValidationError({"name": "A team with this name already exists."})
-        serializer.save(organization=organization)
+        serializer.instance = teams.create_team(organization, serializer.validated_data["name"],
+                                                actor=self.request.user)
 
 
 class UserViewSet(viewsets.ModelViewSet):
@@ -81,7 +81,7 @@ class UserViewSet(viewsets.ModelViewSet):
         organization = request.user.organization
         if organization is None:
             raise PermissionDenied("Only members of an organization can create users in it.")
-        user = services.create_user(organization=organization, **data.validated_data)
+        user = users.create_user(actor=request.user, organization=organization, **data.validated_data)
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=UserUpdateSerializer, responses=UserSerializer)
@@ -89,7 +89,7 @@ class UserViewSet(viewsets.ModelViewSet):
         user = self.get_object()
         data = UserUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = services.update_user(request.user, user, **data.validated_data)
+        user = users.update_user(request.user, user, **data.validated_data)
         return Response(UserSerializer(user).data)
 
     @extend_schema(exclude=True)
@@ -98,7 +98,7 @@ class UserViewSet(viewsets.ModelViewSet):
 
     @extend_schema(responses={204: None}, summary="Deactivate a user")
     def destroy(self, request, pk=None):
-        services.update_user(request.user, self.get_object(), is_active=False)
+        users.update_user(request.user, self.get_object(), is_active=False)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -122,18 +122,18 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         data.is_valid(raise_exception=True)
         key = request_key(request)
         grantable = key_permissions(key) if key is not None else effective_permissions(request.user)
-        issued = services.create_api_key(request.user, grantable=grantable, parent=key, **data.validated_data)
+        issued = keys.create_api_key(request.user, grantable=grantable, parent=key, **data.validated_data)
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=APIKeySerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
-        return Response(APIKeySerializer(services.revoke_api_key(self.get_object())).data)
+        return Response(APIKeySerializer(keys.revoke_api_key(self.get_object())).data)
 
     @extend_schema(request=None, responses=IssuedKeySerializer)
     @action(detail=True, methods=["post"])
     def rotate(self, request, pk=None):
-        return Response(_issued(services.rotate_api_key(self.get_object())))
+        return Response(_issued(keys.rotate_api_key(self.get_object())))
 
 
 def _issued(issued: services.IssuedKey) -> dict:

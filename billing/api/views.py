@@ -1,4 +1,5 @@
-"""Cost API: thin views over billing.stats and billing.budget_changes (docs/design.md section 5)."""
+"""Cost API: thin views over billing.stats, billing.budget_changes (reads) and billing.actions
+(writes) (docs/design.md section 5)."""
 
 import csv
 
@@ -12,6 +13,7 @@ from rest_framework.views import APIView
 from accounts.models import User
 from accounts.permissions import ADMIN, AUTHENTICATED, holds, request_key
 from billing import budget_changes, stats
+from billing.actions import budgets
 from billing.api.serializers import BudgetInputSerializer, ExportQuerySerializer, StatsQuerySerializer
 from billing.ledger import LedgerUnavailable
 
@@ -82,8 +84,7 @@ class BudgetView(APIView):
         body = BudgetInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            budget, created = budget_changes.set_budget(actor=request.user, organization=organization,
-                                                        **body.validated_data)
+            budget, created = budgets.set_budget(actor=request.user, organization=organization, **body.validated_data)
         except LedgerUnavailable:
             raise LedgerUnavailableError()
         row = next(r for r in budget_changes.budgets_with_spend(organization) if r["id"] == budget.pk)

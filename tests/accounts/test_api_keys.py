@@ -9,8 +9,8 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.actions.keys import create_api_key
 from accounts.models import APIKey
-from accounts.services import create_api_key
 from tests.conftest import assert_envelope, require_redis
 
 pytestmark = pytest.mark.django_db
@@ -176,7 +176,7 @@ def test_revocation_is_seen_by_another_process_at_once(users, api_client, transa
     assert bearer(api_client, issued.secret).get(reverse("me")).status_code == 200  # cached here
     db = settings.DATABASES["default"]
     env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
-    script = ("from accounts.models import APIKey; from accounts.services import revoke_api_key; "
+    script = ("from accounts.models import APIKey; from accounts.actions.keys import revoke_api_key; "
               f"revoke_api_key(APIKey.objects.get(pk={issued.key.pk}))")
     subprocess.run([sys.executable, "manage.py", "shell", "-c", script], check=True, env=env,
                    cwd=settings.BASE_DIR, capture_output=True, timeout=60)

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from audit.models import AuditEvent
 from billing.models import Budget, UsageRecord
 from tests.billing.test_live_budgets import production_services, start_workers
@@ -217,7 +217,7 @@ def test_a_parent_revoked_by_another_process_stops_its_child_here_at_once(users,
     assert here.call("GET", reverse("me"), child).status_code == 200  # cached here
     db = settings.DATABASES["default"]
     env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
-    script = ("from accounts.models import APIKey; from accounts.services import revoke_api_key; "
+    script = ("from accounts.models import APIKey; from accounts.actions.keys import revoke_api_key; "
               f"revoke_api_key(APIKey.objects.get(pk={parent.key.pk}))")
     subprocess.run([sys.executable, "manage.py", "shell", "-c", script], check=True, env=env,
                    cwd=settings.BASE_DIR, capture_output=True, timeout=60)

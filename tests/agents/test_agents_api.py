@@ -121,7 +121,7 @@ def test_bad_queries_get_400_naming_the_field(users, client_for, body, field):
 def test_agent_permissions_and_key_allow_lists(users, client_for, api_client):
     assert_envelope(client_for(users["viewer"]).post(reverse("query"), {"query": "1+1", "agent_type": "math"},
                                                      format="json"), 403, "permission_denied")
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     key = create_api_key(users["user"], "math only", allowed_agents=["math"]).secret
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")

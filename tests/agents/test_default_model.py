@@ -84,7 +84,7 @@ def test_manage_check_warns_about_an_enabled_endpoint_without_a_price(unpriced_f
 
 @pytest.fixture
 def superuser(org):
-    from accounts.services import create_user
+    from accounts.actions.users import create_user
 
     user = create_user("root", organization=org, role="admin", password="correct horse battery staple")
     user.is_staff = user.is_superuser = True

@@ -21,7 +21,7 @@ import websockets
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from agents.models import Document
 from tests.agents.test_sandbox import _pids_named, require_sandbox
 from tests.conftest import assert_envelope

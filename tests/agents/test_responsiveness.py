@@ -7,7 +7,7 @@ import signal
 import httpx
 import pytest
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from tests.agents.test_sandbox import _alive, _marker, _pids_named, _set_comm, _wait_until, require_sandbox
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

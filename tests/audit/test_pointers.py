@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from accounts.services import create_user
+from accounts.actions.users import create_user
 from audit import actions
 from audit.services import record
 from tests.audit.conftest import raw, triggers_lifted

@@ -7,8 +7,10 @@ from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 
+from accounts.actions.keys import create_api_key
+from accounts.actions.teams import create_team
+from accounts.actions.users import set_role
 from accounts.models import Team
-from accounts.services import create_api_key, set_role
 from audit import actions
 from audit.models import AuditEvent
 from tests.conftest import assert_envelope
@@ -118,7 +120,7 @@ def test_user_and_role_changes(users, client_for):
     assert last(actions.USER_UPDATED).metadata["changes"]["email"] == ["n@example.com", "m@example.com"]
     set_role(users["viewer"], "user")  # a shell or command: no actor, still recorded
     assert last(actions.ROLE_CHANGED).actor_id is None
-    Team.objects.create(organization=users["admin"].organization, name="Ops")
+    create_team(users["admin"].organization, "Ops")
     assert last(actions.TEAM_CREATED).metadata == {"name": "Ops"}
 
 

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from billing.models import Budget, ModelPrice, UsageRecord
 from tests.billing.conftest import make_budget
 from tests.conftest import AWKWARD_MOMENTS, assert_envelope

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Sum
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from billing import services
 from billing.budgets import covering, spent_in_period
 from billing.ledger import get_ledger

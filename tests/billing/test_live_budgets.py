@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from billing.budgets import covering
 from billing.ledger import get_ledger
 from billing.models import Budget, UsageRecord

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from billing.models import OptimizerSettings, UsageRecord
 from billing.optimizer import cache_key, classify, pick_model
 from billing.optimizer.routing import Candidate

@@ -139,7 +139,7 @@ def test_create_and_revoke_a_key(new_page, users):
 
 
 def test_revoking_a_key_shows_the_keys_minted_through_it_revoked(new_page, users):
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     parent = create_api_key(users["user"], "deploy bot").key
     create_api_key(users["user"], "deploy bot child", parent=parent)
@@ -196,8 +196,8 @@ def test_budgets_page_validates_and_saves(new_page, users):
 
 
 def test_admin_creates_a_user_and_a_budget(new_page, org, users):
+    from accounts.actions.users import create_user
     from accounts.models import User
-    from accounts.services import create_user
     from billing.models import Budget
 
     root = create_user("root", organization=org, role="admin", password="correct horse battery staple")

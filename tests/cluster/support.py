@@ -31,7 +31,9 @@ MODEL = "fake-large"
 SETUP = """
 import json
 from decimal import Decimal
-from accounts.services import create_api_key, create_organization, create_user
+from accounts.actions.keys import create_api_key
+from accounts.actions.organizations import create_organization
+from accounts.actions.users import create_user
 from agents.models import ModelEndpoint
 from billing.models import Budget, ModelPrice
 org = create_organization("Cluster")

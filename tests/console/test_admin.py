@@ -13,7 +13,7 @@ CHANGELISTS = ["accounts_user", "accounts_organization", "accounts_team", "accou
 
 @pytest.fixture
 def superuser(org):
-    from accounts.services import create_user
+    from accounts.actions.users import create_user
 
     user = create_user("root", organization=org, role="admin", password="correct horse battery staple")
     user.is_staff = user.is_superuser = True
@@ -23,7 +23,7 @@ def superuser(org):
 
 @pytest.mark.parametrize("changelist", CHANGELISTS)
 def test_changelists_open_with_bounded_queries(client, superuser, users, changelist, django_assert_max_num_queries):
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     for role, user in users.items():
         add_usage(user, 30)
@@ -51,8 +51,8 @@ def test_audit_events_are_read_only_and_searchable(client, superuser, users):
 
 
 def test_revoke_action_revokes_keys(client, superuser, users):
+    from accounts.actions.keys import create_api_key
     from accounts.models import APIKey
-    from accounts.services import create_api_key
 
     key = create_api_key(users["user"], "leaked").key
     client.force_login(superuser)
@@ -80,7 +80,8 @@ def test_changelist_queries_do_not_grow_with_rows(client, superuser, users, othe
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from accounts.services import create_api_key, create_user
+    from accounts.actions.keys import create_api_key
+    from accounts.actions.users import create_user
     from billing.models import Budget
 
     def grow(tag):

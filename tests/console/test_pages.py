@@ -152,7 +152,7 @@ def test_password_change(client, users):
 
 
 def test_keys_page_lists_own_keys_without_secrets(client, users):
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     issued = create_api_key(users["user"], "ci deploy")
     create_api_key(users["admin"], "not mine")

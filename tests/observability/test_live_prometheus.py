@@ -18,7 +18,7 @@ import httpx
 import pytest
 from django.urls import reverse
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from tests.conftest import require
 from tests.observability.prom import (
     ALERT_SHAPE,

@@ -11,7 +11,7 @@ import pytest
 import websockets
 from django.urls import reverse
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from tests.conftest import assert_envelope
 
 DEEP = 10_000

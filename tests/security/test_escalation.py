@@ -10,9 +10,10 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.actions.keys import create_api_key, rotate_api_key
+from accounts.actions.users import update_user
 from accounts.models import APIKey, User
 from accounts.roles import ROLES
-from accounts.services import create_api_key, rotate_api_key, update_user
 from agents.documents import store_document
 from agents.models import Conversation, Document
 from audit.models import AuditEvent
@@ -156,7 +157,7 @@ def test_non_admins_cannot_change_their_own_role_team_or_organization(role, via,
 
 
 def test_an_admin_cannot_change_their_own_role_team_or_organization(users, other_users, client_for, denials):
-    # Controls: accounts.services.update_user refuses self-changes (PrivilegeRefused -> 403); the
+    # Controls: accounts.actions.users.update_user refuses self-changes (PrivilegeRefused -> 403); the
     # organization is not a writable field (strict serializer + audit.refusals).
     admin = users["admin"]
     client = client_for(admin)
@@ -287,7 +288,7 @@ def test_revoked_expired_and_rotated_keys_are_refused(role, users, api_client, d
     # Controls: accounts.services.authenticate_key (revoked_at, expires_at, rotated hash) -> 401 auth.failed.
     owner = users[role]
     revoked = create_api_key(owner, "revoked")
-    from accounts.services import revoke_api_key
+    from accounts.actions.keys import revoke_api_key
 
     revoke_api_key(revoked.key)
     expired = create_api_key(owner, "expired", expires_at=timezone.now() + timedelta(seconds=30))

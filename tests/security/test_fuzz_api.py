@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.core import NOT_SET
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "25"))
 BUDGET_SECONDS = float(os.environ.get("RELAY_FUZZ_SECONDS", "150"))

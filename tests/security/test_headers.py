@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from accounts.services import create_user
+from accounts.actions.users import create_user
 from agents.documents import store_document
 from agents.models import Conversation
 from tests.conftest import assert_envelope

@@ -13,7 +13,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from agents.models import Message
 from billing.models import UsageRecord
 from tests.billing.test_live_budgets import IN_PRICE, OUT_PRICE, key_budget, ledger_figures, prompt_tokens

@@ -12,8 +12,8 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.actions.keys import create_api_key
 from accounts.models import APIKey
-from accounts.services import create_api_key
 from billing.models import Budget
 from tests.security.test_escalation import Denials, refused
 

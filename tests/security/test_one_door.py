@@ -16,8 +16,9 @@ import httpx
 import pytest
 import websockets
 
+from accounts.actions.keys import create_api_key, revoke_api_key
+from accounts.actions.users import set_role
 from accounts.models import User
-from accounts.services import create_api_key, revoke_api_key, set_role
 from audit.models import AuditEvent
 from billing.models import ModelPrice
 from tests.billing.test_live_budgets import live_settings

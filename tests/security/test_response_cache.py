@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 from guardian.shortcuts import remove_perm
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from agents.documents import SHARE_PERMISSION, share_document, store_document
 from billing.models import UsageRecord
 

@@ -14,7 +14,7 @@ import pytest
 import websockets
 from django.conf import settings
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from agents.models import Message
 from tests.conftest import assert_envelope
 from tests.streaming.conftest import parse_sse

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from accounts.services import create_api_key
+from accounts.actions.keys import create_api_key
 from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
 
 

@@ -79,7 +79,7 @@ def test_sse_code_agent(asgi_server, user_key):
 
 
 def test_sse_refusals_are_plain_4xx_before_any_stream(asgi_server, users, user_key):
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     viewer_key = create_api_key(users["viewer"], "v").secret
     denied = sse(asgi_server, viewer_key, {"query": "1+1", "agent_type": "math"})
@@ -191,7 +191,7 @@ def test_websocket_auth_failure_closes_4401(asgi_server, token, code):
 
 
 def test_websocket_permission_failure_closes_4403_and_bad_frames_get_errors(asgi_server, users):
-    from accounts.services import create_api_key
+    from accounts.actions.keys import create_api_key
 
     viewer_key = create_api_key(users["viewer"], "v").secret
 

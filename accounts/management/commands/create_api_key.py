@@ -4,8 +4,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from accounts.actions.keys import create_api_key
 from accounts.models import User
-from accounts.services import create_api_key
 
 
 class Command(BaseCommand):

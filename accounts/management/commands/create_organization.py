@@ -1,7 +1,7 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.services import create_organization
+from accounts.actions.organizations import create_organization
 
 
 class Command(BaseCommand):

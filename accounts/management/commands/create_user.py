@@ -4,8 +4,9 @@ import sys
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.actions.users import create_user
 from accounts.models import Organization
-from accounts.services import create_user, known_roles
+from accounts.services import known_roles
 
 
 class Command(BaseCommand):

@@ -1,9 +1,11 @@
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from accounts.actions.keys import create_api_key
+from accounts.actions.organizations import create_organization
+from accounts.actions.users import create_user, update_user
 from accounts.models import Organization, User
 from accounts.roles import ROLES
-from accounts.services import create_api_key, create_organization, create_user
 
 DEMO_ORG = "Demo"
 
@@ -28,8 +30,7 @@ class Command(BaseCommand):
                                    password=password, team="Research" if role != "admin" else "Platform")
                 if role == "admin":
                     # The demo admin also runs the Django admin console.
-                    user.is_staff = user.is_superuser = True
-                    user.save(update_fields=["is_staff", "is_superuser"])
+                    user = update_user(None, user, is_staff=True, is_superuser=True)
                 created = "created"
             else:
                 created = "exists"
