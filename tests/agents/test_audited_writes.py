@@ -172,3 +172,35 @@ def test_an_admin_edit_of_a_document_is_recorded_with_its_changes(users, operato
     event = only(actions.DOCUMENT_UPDATED)
     assert (event.actor_id, event.resource) == (operator.pk, f"document:{document.pk}")
     assert event.metadata["changes"]["owner_id"] == [users["user"].pk, users["admin"].pk]
+
+
+def test_admin_writes_of_model_endpoints_are_recorded_once_each(operator, client):
+    from agents.models import ModelEndpoint
+
+    form = {"name": "tiny", "provider_kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "upstream_model": "",
+            "api_key_env": "TINY_KEY", "tier": "mini", "supports_tools": "on", "enabled": "on"}
+    assert client.post("/admin/agents/modelendpoint/add/", form).status_code == 302
+    endpoint = ModelEndpoint.objects.get(name="tiny")
+    created = only(actions.MODEL_ENDPOINT_CREATED)
+    assert (created.actor_id, created.resource) == (operator.pk, f"model_endpoint:{endpoint.pk}")
+    assert created.metadata["api_key_env"] == "TINY_KEY"
+    form.pop("enabled")
+    assert client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/change/", form).status_code == 302
+    assert only(actions.MODEL_ENDPOINT_UPDATED).metadata["changes"] == {"enabled": [True, False]}
+    response = client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not ModelEndpoint.objects.filter(pk=endpoint.pk).exists()
+    assert only(actions.MODEL_ENDPOINT_DELETED).resource == f"model_endpoint:{endpoint.pk}"
+
+
+def test_an_admin_delete_of_one_message_is_recorded_once(users, operator, client):
+    from agents.models import Message
+
+    conversation = Conversation.objects.create(user=users["user"], organization=users["user"].organization,
+                                               agent="math")
+    message = Message.objects.create(conversation=conversation, role="user", content="private words")
+    response = client.post(f"/admin/agents/message/{message.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not Message.objects.filter(pk=message.pk).exists()
+    event = only(actions.MESSAGE_DELETED)
+    assert (event.actor_id, event.organization_id, event.resource) == (
+        operator.pk, users["user"].organization_id, f"message:{message.pk}")
+    assert "private words" not in str(event.metadata)
