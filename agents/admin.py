@@ -1,7 +1,13 @@
-"""Agents in the admin: conversations and messages (read-mostly), documents, model endpoints."""
+"""Agents in the admin: conversations and messages (read-mostly), documents, model endpoints.
+
+Every change goes through agents.actions, which records its event beside the admin's own
+admin.action; bulk deletes go one object at a time for the same reason.
+"""
 
 from django.contrib import admin, messages
 
+from agents.actions import conversations, endpoints
+from agents.actions import documents as document_actions
 from agents.models import Conversation, Document, Message, ModelEndpoint
 
 
@@ -33,6 +39,13 @@ class ConversationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def delete_model(self, request, obj):
+        conversations.delete_conversation(request.user, obj)
+
+    def delete_queryset(self, request, queryset):
+        for conversation in queryset:
+            conversations.delete_conversation(request.user, conversation)
+
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
@@ -54,6 +67,13 @@ class MessageAdmin(admin.ModelAdmin):
     def conversation_title(self, obj):
         return str(obj.conversation)
 
+    def delete_model(self, request, obj):
+        conversations.delete_message(request.user, obj)
+
+    def delete_queryset(self, request, queryset):
+        for message in queryset:
+            conversations.delete_message(request.user, message)
+
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
@@ -66,6 +86,16 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # uploads go through /api/v1/documents/ (type and size checks, chunking)
+
+    def save_model(self, request, obj, form, change):
+        document_actions.save_document_edit(request.user, obj)
+
+    def delete_model(self, request, obj):
+        document_actions.delete_document(request.user, obj)
+
+    def delete_queryset(self, request, queryset):
+        for document in queryset:
+            document_actions.delete_document(request.user, document)
 
 
 UNPRICED_LIST = ("Enabled without a price in effect: {names}. Requests naming them fail with 400 and they are "
@@ -83,6 +113,16 @@ class ModelEndpointAdmin(admin.ModelAdmin):
     list_filter = ["provider_kind", "tier", "enabled"]
     list_editable = ["enabled"]
     search_fields = ["name", "upstream_model"]
+
+    def save_model(self, request, obj, form, change):  # the form and the list's "enabled" column
+        endpoints.save_endpoint(request.user, obj)
+
+    def delete_model(self, request, obj):
+        endpoints.delete_endpoint(request.user, obj)
+
+    def delete_queryset(self, request, queryset):
+        for endpoint in queryset:
+            endpoints.delete_endpoint(request.user, endpoint)
 
     def get_queryset(self, request):
         from django.db.models import Exists, OuterRef

@@ -10,7 +10,7 @@ class AgentsConfig(AppConfig):
 
         import agents.checks  # noqa: F401  (register the system checks)
         import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
-        from agents.documents import load_builtin_docs
+        from agents.actions.documents import load_builtin_docs
         from agents.models import ModelEndpoint
         from agents.providers.catalog import forget_catalog
 

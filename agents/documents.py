@@ -1,4 +1,4 @@
-"""RAG documents: upload, share, delete, who may see what, and full-text retrieval.
+"""RAG documents: who may see and manage what, and full-text retrieval (their writes: agents.actions.documents).
 
 Visibility is decided in the database: built-in docs for everyone; otherwise documents of the
 caller's organization that they own, that were shared with them or their team (guardian object
@@ -9,21 +9,16 @@ to math, say — searches Relay's own documentation only.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Q, QuerySet
-from guardian.shortcuts import assign_perm, get_objects_for_user
+from guardian.shortcuts import get_objects_for_user
 
-from accounts.models import APIKey, Team, User
+from accounts.models import APIKey, User
 from accounts.permissions import holds
 from accounts.roles import is_org_admin
-from accounts.services import team_group
-from agents.ingest import chunk_text, extract_text
 from agents.models import Document, DocumentChunk
 
 SHARE_PERMISSION = "agents.view_document_shared"
@@ -68,33 +63,6 @@ def readable_documents(user: User, api_key: APIKey | None) -> QuerySet[Document]
     if not may_read_documents(user, api_key):
         return Document.objects.filter(builtin=True)
     return visible_documents(user)
-
-
-@transaction.atomic
-def store_document(*, name: str, data: bytes, content_type: str | None, owner: User | None,
-                   builtin: bool = False) -> Document:
-    """Extract, chunk and store a document; DocumentError (a clear message) for unusable files."""
-    extracted = extract_text(data, name, content_type, max_bytes=settings.RELAY_MAX_UPLOAD_BYTES)
-    document = Document.objects.create(
-        organization=owner.organization if owner else None, owner=owner, name=name[:255],
-        title=(extracted.title or name)[:255], kind=extracted.kind, size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), builtin=builtin,
-    )
-    DocumentChunk.objects.bulk_create(
-        DocumentChunk(document=document, index=chunk.index, text=chunk.text, start_char=chunk.start_char,
-                      end_char=chunk.end_char)
-        for chunk in chunk_text(extracted.text)
-    )
-    if owner is not None:
-        assign_perm(SHARE_PERMISSION, owner, document)
-    return document
-
-
-def share_document(document: Document, *, users: list[User] = (), teams: list[Team] = ()) -> None:
-    for user in users:
-        assign_perm(SHARE_PERMISSION, user, document)
-    for team in teams:
-        assign_perm(SHARE_PERMISSION, team_group(team), document)
 
 
 def may_manage(user: User, document: Document) -> bool:
@@ -162,17 +130,3 @@ def _search_sqlite(terms, visible, limit) -> list[Passage]:
 def _passage(chunk: DocumentChunk, score: float) -> Passage:
     return Passage(document_id=chunk.document_id, document_title=str(chunk.document), chunk_index=chunk.index,
                    text=chunk.text, score=float(score))
-
-
-def load_builtin_docs(**kwargs) -> None:
-    """Index Relay's own documentation (README and docs/) as built-in documents, once per version."""
-    for path in [settings.BASE_DIR / "README.md", *sorted(Path(settings.BASE_DIR / "docs").glob("*.md"))]:
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        current = Document.objects.filter(builtin=True, name=path.name)
-        if current.filter(sha256=digest).exists():
-            continue
-        current.delete()
-        store_document(name=path.name, data=data, content_type="text/markdown", owner=None, builtin=True)

@@ -58,6 +58,14 @@ OPTIMIZER_SETTINGS_DELETED = "optimizer_settings.deleted"
 DOCUMENT_UPLOADED = "document.uploaded"
 DOCUMENT_DELETED = "document.deleted"
 DOCUMENT_SHARED = "document.shared"
+DOCUMENT_UPDATED = "document.updated"  # its title, owner or organization, edited in the admin
+CONVERSATION_CREATED = "conversation.created"  # an empty one, through the API (a run's own is in agent.run)
+CONVERSATION_DELETED = "conversation.deleted"
+FEEDBACK_RECORDED = "message.feedback_recorded"
+MESSAGE_DELETED = "message.deleted"  # one message, in the admin (a conversation's go with conversation.deleted)
+MODEL_ENDPOINT_CREATED = "model_endpoint.created"
+MODEL_ENDPOINT_UPDATED = "model_endpoint.updated"
+MODEL_ENDPOINT_DELETED = "model_endpoint.deleted"
 
 # Repairs of `manage.py reconcile --fix` (billing/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".

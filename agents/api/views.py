@@ -1,18 +1,18 @@
 """Conversations, documents, feedback and the agent list (DRF); model calls are in run_views.py."""
 
-from django.db import transaction
 from django.db.models import Count
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Team, User
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import documents, heavy
+from agents.actions import conversations, feedback
+from agents.actions import documents as document_actions
 from agents.api.serializers import (
     AgentInfoSerializer,
     ConversationDetailSerializer,
@@ -63,9 +63,14 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins
         return ConversationDetailSerializer if self.action == "retrieve" else ConversationSerializer
 
     def perform_create(self, serializer):
-        if not may_use(self.request.user, request_key(self.request), serializer.validated_data["agent"]):
+        data = serializer.validated_data
+        if not may_use(self.request.user, request_key(self.request), data["agent"]):
             raise PermissionDenied("You may not use this agent.")
-        serializer.save(user=self.request.user, organization_id=self.request.user.organization_id)
+        serializer.instance = conversations.create_conversation(self.request.user, agent=data["agent"],
+                                                                title=data.get("title", ""))
+
+    def perform_destroy(self, conversation):
+        conversations.delete_conversation(self.request.user, conversation)
 
 
 class MessageFeedbackView(APIView):
@@ -77,19 +82,10 @@ class MessageFeedbackView(APIView):
     def post(self, request, pk):
         data = FeedbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        with transaction.atomic():
-            message = Message.objects.select_for_update().filter(
-                pk=pk, conversation__user=request.user, role=Message.Role.ASSISTANT).first()
-            if message is None:
-                from rest_framework.exceptions import NotFound
-
-                raise NotFound("No such answer.")
-            rating = data.validated_data["rating"]
-            base = message.quality_auto if message.quality_auto is not None else 0.5
-            # Feedback moves the automatic score a quarter of the scale, within [0, 1].
-            message.feedback = rating
-            message.quality_score = min(1.0, max(0.0, base + 0.25 * rating))
-            message.save(update_fields=["feedback", "quality_score"])
+        try:
+            message = feedback.record_feedback(request.user, pk, data.validated_data["rating"])
+        except Message.DoesNotExist:
+            raise NotFound("No such answer.") from None
         return Response(MessageSerializer(message).data)
 
 
@@ -123,8 +119,8 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         upload = data.validated_data["file"]
         try:
             with heavy.heavy_slot_sync(request.user):  # 429 busy beyond the host's or the user's slots
-                document = documents.store_document(name=upload.name, data=upload.read(),
-                                                    content_type=upload.content_type, owner=request.user)
+                document = document_actions.upload_document(request.user, name=upload.name, data=upload.read(),
+                                                             content_type=upload.content_type)
         except DocumentError as error:
             raise _upload_error(error) from None
         document.chunk_count = document.chunks.count()
@@ -133,7 +129,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     def perform_destroy(self, document):
         if not documents.may_manage(self.request.user, document):
             raise PermissionDenied("Only the owner or an admin may delete this document.")
-        document.delete()
+        document_actions.delete_document(self.request.user, document)
 
     @extend_schema(request=ShareSerializer, responses=DocumentSerializer,
                    summary="Share a document with users or teams of your organization")
@@ -144,10 +140,6 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
             raise PermissionDenied("Only the owner or an admin may share this document.")
         data = ShareSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        org = document.organization_id
-        users = list(User.objects.filter(pk__in=data.validated_data["users"], organization_id=org))
-        teams = list(Team.objects.filter(pk__in=data.validated_data["teams"], organization_id=org))
-        if len(users) != len(set(data.validated_data["users"])) or len(teams) != len(set(data.validated_data["teams"])):
-            raise ValidationError({"users": ["Share only with users and teams of the document's organization."]})
-        documents.share_document(document, users=users, teams=teams)
+        document_actions.share_document(request.user, document, user_ids=data.validated_data["users"],
+                                        team_ids=data.validated_data["teams"])
         return Response(DocumentSerializer(self.get_queryset().get(pk=document.pk)).data)

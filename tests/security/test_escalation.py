@@ -14,7 +14,7 @@ from accounts.actions.keys import create_api_key, rotate_api_key
 from accounts.actions.users import update_user
 from accounts.models import APIKey, User
 from accounts.roles import ROLES
-from agents.documents import store_document
+from agents.actions.documents import upload_document
 from agents.models import Conversation, Document
 from audit.models import AuditEvent
 from billing.models import Budget
@@ -64,7 +64,7 @@ def conversation_of(user):
 
 
 def document_of(user):
-    return store_document(name="private.txt", data=b"The launch code is 0000.", content_type="text/plain", owner=user)
+    return upload_document(user, name="private.txt", data=b"The launch code is 0000.", content_type="text/plain")
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -226,11 +226,11 @@ def test_no_role_reads_or_deletes_another_users_private_documents(role, users, o
 
 def test_a_shared_document_can_be_read_but_not_deleted_or_reshared_by_non_owners(users, client_for, denials):
     # Control: documents.may_manage (only owner or admin deletes/shares) -> 403 permission.denied.
-    from agents.documents import share_document
+    from agents.actions.documents import share_document
 
     owner, reader = users["user"], users["api_user"]
     document = document_of(owner)
-    share_document(document, users=[reader])
+    share_document(owner, document, user_ids=[reader.pk])
     reader_client = client_for(reader)
     assert reader_client.get(reverse("document-detail", args=[document.pk])).status_code == 200
     denials.seen = Denials._last()

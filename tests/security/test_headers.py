@@ -10,7 +10,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from accounts.actions.users import create_user
-from agents.documents import store_document
+from agents.actions.documents import upload_document
 from agents.models import Conversation
 from tests.conftest import assert_envelope
 from tests.test_project import PRODUCTION_ENV, run_manage
@@ -172,7 +172,7 @@ def test_stored_xss_through_conversation_titles_and_document_names_is_escaped(us
     # Control: Django template auto-escaping (and json_script for data handed to the console's JS).
     victim = users["user"]
     Conversation.objects.create(organization_id=victim.organization_id, user=victim, agent="math", title=XSS)
-    store_document(name=f"{XSS}.txt", data=b"plain text", content_type="text/plain", owner=victim)
+    upload_document(victim, name=f"{XSS}.txt", data=b"plain text", content_type="text/plain")
     client.force_login(victim)
     pages = ["/chat/", "/keys/", "/usage/", "/"]
     client.force_login(superuser)

@@ -9,7 +9,8 @@ from django.urls import reverse
 from guardian.shortcuts import remove_perm
 
 from accounts.actions.keys import create_api_key
-from agents.documents import SHARE_PERMISSION, share_document, store_document
+from agents.actions.documents import share_document, upload_document
+from agents.documents import SHARE_PERMISSION
 from billing.models import UsageRecord
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +44,7 @@ def keyed():
 
 def test_the_general_agent_never_serves_one_users_private_passage_to_another(users, other_users, keyed):
     owner, colleague = users["user"], users["api_user"]
-    document = store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    document = upload_document(owner, name="plan.txt", data=PASSAGE, content_type="text/plain")
     mine = keyed(owner)
     answer, cached, _ = ask(mine)
     assert SECRET in answer and not cached
@@ -55,7 +56,7 @@ def test_the_general_agent_never_serves_one_users_private_passage_to_another(use
     assert SECRET not in answer and not cached, answer  # computed for the colleague, not replayed
     assert SECRET not in ask(theirs)[0]
 
-    share_document(document, users=[colleague])  # visibility grows: the colleague's answer follows
+    share_document(owner, document, user_ids=[colleague.pk])  # visibility grows: the colleague's answer follows
     assert SECRET in ask(theirs)[0]
     remove_perm(SHARE_PERMISSION, colleague, document)  # and shrinks again
     assert SECRET not in ask(theirs)[0]
@@ -70,13 +71,13 @@ def test_callers_who_see_different_documents_never_share_an_entry(users, keyed):
     # documents themselves tell them apart (an aggregate of ids is not a key).
     owner, first, second = users["user"], users["api_user"], users["viewer"]
     texts = [PASSAGE] + [f"Meeting notes number {n} about the quarterly garden party.".encode() for n in range(5)]
-    docs = [store_document(name=f"d{n}.txt", data=text, content_type="text/plain", owner=owner)
+    docs = [upload_document(owner, name=f"d{n}.txt", data=text, content_type="text/plain")
             for n, text in enumerate(texts)]
     ids = [d.pk for d in docs]
     assert ids == list(range(ids[0], ids[0] + 6))
     for reader, picked in ((first, (0, 4, 5)), (second, (1, 3, 5))):
         for n in picked:
-            share_document(docs[n], users=[reader])
+            share_document(owner, docs[n], user_ids=[reader.pk])
     for agent in ("rag", "general"):
         answer, _, _ = ask(keyed(first), agent=agent)
         assert SECRET in answer, agent
@@ -88,7 +89,7 @@ def test_without_use_rag_agent_the_general_agent_reads_only_relays_own_documenta
     # Control: agents.documents (reading documents needs use_rag_agent on every path) + the
     # permission in the cache key.
     owner = users["user"]
-    store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    upload_document(owner, name="plan.txt", data=PASSAGE, content_type="text/plain")
     math_only, with_rag = keyed(owner, scopes=["use_math_agent"]), keyed(owner, scopes=["use_rag_agent"])
 
     answer, cached, tools = ask(math_only)
@@ -114,10 +115,10 @@ def test_an_answer_that_read_a_document_shared_during_its_run_is_not_cached_for_
     from agents import runner
 
     owner, reader, bystander = users["user"], users["api_user"], users["viewer"]
-    document = store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    document = upload_document(owner, name="plan.txt", data=PASSAGE, content_type="text/plain")
     run = async_to_sync(runner.prepare)(runner.RunRequest(user=reader, api_key=None, agent="general",
                                                           query=QUESTION))
-    share_document(document, users=[reader])  # after the key was made, before the search ran
+    share_document(owner, document, user_ids=[reader.pk])  # after the key was made, before the search ran
     assert SECRET in async_to_sync(runner.collect)(run)["answer"]
     # The bystander can read what the reader could when the key was made, but not the document.
     answer, cached, _ = ask(keyed(bystander))
@@ -203,7 +204,7 @@ def test_every_agent_whose_tools_read_documents_keys_its_answers_by_them(users, 
     monkeypatch.setitem(AGENT_PERMISSIONS, "notes", None)
     monkeypatch.setitem(all_agents(), "notes", _notes_agent())
     owner, colleague = users["user"], users["api_user"]
-    store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    upload_document(owner, name="plan.txt", data=PASSAGE, content_type="text/plain")
     math_only = create_api_key(owner, "math only", scopes=["use_math_agent"]).key
 
     def key(agent, user, api_key=None):
@@ -241,7 +242,7 @@ def test_across_two_instances_a_cached_private_answer_reaches_only_its_owner(use
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
     ModelPrice.objects.get_or_create(model="local-mini", defaults={"input_per_1k": "0.0001", "output_per_1k": "0.0002"})
     owner, colleague = users["user"], users["api_user"]
-    store_document(name="plan.txt", data=PASSAGE, content_type="text/plain", owner=owner)
+    upload_document(owner, name="plan.txt", data=PASSAGE, content_type="text/plain")
     mine, theirs = create_api_key(owner, "owner").secret, create_api_key(colleague, "colleague").secret
 
     def ask_at(url, secret):

@@ -1,0 +1,206 @@
+"""Every write of the agents app outside a run leaves exactly one audit event of its action, and a
+refused write none (agents/actions/)."""
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from accounts.models import Team, User
+from agents.models import Conversation, Document
+from audit import actions
+from audit.models import AuditEvent
+from tests.conftest import assert_envelope
+
+pytestmark = pytest.mark.django_db
+SECRET_TEXT = b"Project Nightingale launches on the ninth of March."
+
+
+def events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("sequence"))
+
+
+def only(action: str) -> AuditEvent:
+    found = events(action)
+    assert len(found) == 1, [(e.action, e.resource) for e in found]
+    return found[0]
+
+
+def upload(client, name="plan.txt", data=SECRET_TEXT, content_type="text/plain"):
+    return client.post(reverse("document-list"), {"file": SimpleUploadedFile(name, data, content_type)},
+                       format="multipart")
+
+
+def assert_by(event: AuditEvent, user, resource: str) -> None:
+    assert (event.status, event.actor_id, event.organization_id, event.resource) == (
+        "success", user.pk, user.organization_id, resource)
+
+
+def test_an_upload_is_recorded_once_without_the_content(users, client_for):
+    response = upload(client_for(users["user"]))
+    assert response.status_code == 201, response.content
+    event = only(actions.DOCUMENT_UPLOADED)
+    assert_by(event, users["user"], f"document:{response.json()['id']}")
+    assert event.metadata["name"] == "plan.txt" and event.metadata["kind"] == "text"
+    assert "Nightingale" not in str(event.metadata)
+
+
+def test_a_refused_or_unusable_upload_is_not_recorded(users, client_for):
+    assert_envelope(upload(client_for(users["viewer"])), 403)  # no upload_documents
+    assert_envelope(upload(client_for(users["user"]), "empty.txt", b""), 400)
+    assert_envelope(upload(client_for(users["user"]), "program.exe", bytes(range(256)) * 10,
+                        "application/octet-stream"), 400)  # the ingestion error: no document, no event
+    assert not Document.objects.filter(builtin=False).exists()
+    assert events(actions.DOCUMENT_UPLOADED) == []
+
+
+@pytest.fixture
+def document(users, client_for):
+    response = upload(client_for(users["user"]))
+    assert response.status_code == 201, response.content
+    return Document.objects.get(pk=response.json()["id"])
+
+
+def test_a_delete_is_recorded_once_and_a_refused_one_not_at_all(users, client_for, other_users, document):
+    detail = reverse("document-detail", args=[document.pk])
+    assert_envelope(client_for(users["user"]).delete(detail), 403)  # the owner lacks delete_documents
+    assert_envelope(client_for(other_users["admin"]).delete(detail), 404)  # another organization's
+    builtin = Document.objects.filter(builtin=True).first()
+    assert_envelope(client_for(users["admin"]).delete(reverse("document-detail", args=[builtin.pk])), 403)
+    assert events(actions.DOCUMENT_DELETED) == []
+    assert client_for(users["admin"]).delete(detail).status_code == 204
+    event = only(actions.DOCUMENT_DELETED)
+    assert_by(event, users["admin"], f"document:{document.pk}")
+    assert event.metadata["name"] == "plan.txt" and event.metadata["owner"] == users["user"].username
+
+
+def test_a_share_is_recorded_once_naming_whom_and_a_refused_one_not_at_all(users, client_for, other_users,
+                                                                          document):
+    share = reverse("document-share", args=[document.pk])
+    owner = client_for(users["user"])
+    assert_envelope(owner.post(share, {"users": [other_users["user"].pk]}, format="json"), 400)
+    assert_envelope(client_for(users["viewer"]).post(share, {"users": [users["viewer"].pk]}, format="json"), 403)
+    assert events(actions.DOCUMENT_SHARED) == []
+    team = Team.objects.get(organization=users["user"].organization, name="Research")
+    response = owner.post(share, {"users": [users["viewer"].pk], "teams": [team.pk]}, format="json")
+    assert response.status_code == 200, response.content
+    event = only(actions.DOCUMENT_SHARED)
+    assert_by(event, users["user"], f"document:{document.pk}")
+    assert (event.metadata["users"], event.metadata["teams"]) == ([users["viewer"].pk], [team.pk])
+
+
+def _answer(client) -> str:
+    response = client.post(reverse("query"), {"query": "integrate x^2", "agent_type": "math"}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()["message_id"]
+
+
+def test_feedback_is_recorded_once_and_refused_feedback_not_at_all(users, client_for):
+    client = client_for(users["user"])
+    message_id = _answer(client)
+    url = reverse("message-feedback", args=[message_id])
+    assert_envelope(client.post(url, {"rating": 5}, format="json"), 400)
+    assert_envelope(client_for(users["admin"]).post(url, {"rating": 1}, format="json"), 404)
+    assert events(actions.FEEDBACK_RECORDED) == []
+    assert client.post(url, {"rating": -1}, format="json").status_code == 200
+    event = only(actions.FEEDBACK_RECORDED)
+    assert_by(event, users["user"], f"message:{message_id}")
+    assert (event.metadata["rating"], event.metadata["quality_score"]) == (-1, 0.75)
+    assert "x**3" not in str(event.metadata)  # the answer's text stays out of the trail
+
+
+def test_creating_a_conversation_is_recorded_once_and_a_refused_one_not_at_all(users, client_for):
+    url = reverse("conversation-list")
+    assert_envelope(client_for(users["viewer"]).post(url, {"agent": "math"}, format="json"), 403)
+    assert_envelope(client_for(users["user"]).post(url, {"agent": "nonsense"}, format="json"), 400)
+    assert events(actions.CONVERSATION_CREATED) == []
+    response = client_for(users["user"]).post(url, {"agent": "math", "title": "Homework"}, format="json")
+    assert response.status_code == 201, response.content
+    event = only(actions.CONVERSATION_CREATED)
+    assert_by(event, users["user"], f"conversation:{response.json()['id']}")
+    assert event.metadata == {"agent": "math"}  # titles are the user's words: not copied
+
+
+def test_deleting_a_conversation_is_recorded_once_and_a_refused_one_not_at_all(users, client_for):
+    conversation = Conversation.objects.create(user=users["user"], organization=users["user"].organization,
+                                               agent="math", title="Homework")
+    detail = reverse("conversation-detail", args=[conversation.pk])
+    assert_envelope(client_for(users["admin"]).delete(detail), 404)  # not theirs
+    assert events(actions.CONVERSATION_DELETED) == []
+    assert client_for(users["user"]).delete(detail).status_code == 204
+    event = only(actions.CONVERSATION_DELETED)
+    assert_by(event, users["user"], f"conversation:{conversation.pk}")
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+@pytest.fixture
+def operator(client):
+    root = User.objects.create_superuser("root", "root@example.com", "correct horse battery staple")
+    client.force_login(root)
+    return root
+
+
+def test_admin_deletes_are_recorded_as_the_domain_action_beside_the_admin_action(users, operator, client,
+                                                                                  document):
+    conversation = Conversation.objects.create(user=users["user"], organization=users["user"].organization,
+                                               agent="math")
+    response = client.post(f"/admin/agents/document/{document.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not Document.objects.filter(pk=document.pk).exists()
+    event = only(actions.DOCUMENT_DELETED)
+    assert (event.actor_id, event.organization_id, event.resource) == (
+        operator.pk, users["user"].organization_id, f"document:{document.pk}")
+    response = client.post(f"/admin/agents/conversation/{conversation.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    event = only(actions.CONVERSATION_DELETED)
+    assert (event.actor_id, event.resource) == (operator.pk, f"conversation:{conversation.pk}")
+    assert len(events(actions.ADMIN_ACTION)) == 2
+
+
+def test_admin_bulk_delete_records_one_event_per_document(users, operator, client):
+    docs = [Document.objects.create(organization=users["user"].organization, owner=users["user"], name=f"d{n}",
+                                    kind="text", sha256="0" * 64) for n in range(2)]
+    response = client.post("/admin/agents/document/", {"action": "delete_selected", "post": "yes",
+                                                       "_selected_action": [d.pk for d in docs]})
+    assert response.status_code == 302 and not Document.objects.filter(pk__in=[d.pk for d in docs]).exists()
+    assert sorted(e.resource for e in events(actions.DOCUMENT_DELETED)) == sorted(f"document:{d.pk}" for d in docs)
+
+
+def test_an_admin_edit_of_a_document_is_recorded_with_its_changes(users, operator, client, document):
+    page = f"/admin/agents/document/{document.pk}/change/"
+    response = client.post(page, {"title": "Renamed", "owner": users["admin"].pk,
+                                  "organization": users["user"].organization_id})
+    assert response.status_code == 302, response.content[:2000]
+    event = only(actions.DOCUMENT_UPDATED)
+    assert (event.actor_id, event.resource) == (operator.pk, f"document:{document.pk}")
+    assert event.metadata["changes"]["owner_id"] == [users["user"].pk, users["admin"].pk]
+
+
+def test_admin_writes_of_model_endpoints_are_recorded_once_each(operator, client):
+    from agents.models import ModelEndpoint
+
+    form = {"name": "tiny", "provider_kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "upstream_model": "",
+            "api_key_env": "TINY_KEY", "tier": "mini", "supports_tools": "on", "enabled": "on"}
+    assert client.post("/admin/agents/modelendpoint/add/", form).status_code == 302
+    endpoint = ModelEndpoint.objects.get(name="tiny")
+    created = only(actions.MODEL_ENDPOINT_CREATED)
+    assert (created.actor_id, created.resource) == (operator.pk, f"model_endpoint:{endpoint.pk}")
+    assert created.metadata["api_key_env"] == "TINY_KEY"
+    form.pop("enabled")
+    assert client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/change/", form).status_code == 302
+    assert only(actions.MODEL_ENDPOINT_UPDATED).metadata["changes"] == {"enabled": [True, False]}
+    response = client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not ModelEndpoint.objects.filter(pk=endpoint.pk).exists()
+    assert only(actions.MODEL_ENDPOINT_DELETED).resource == f"model_endpoint:{endpoint.pk}"
+
+
+def test_an_admin_delete_of_one_message_is_recorded_once(users, operator, client):
+    from agents.models import Message
+
+    conversation = Conversation.objects.create(user=users["user"], organization=users["user"].organization,
+                                               agent="math")
+    message = Message.objects.create(conversation=conversation, role="user", content="private words")
+    response = client.post(f"/admin/agents/message/{message.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not Message.objects.filter(pk=message.pk).exists()
+    event = only(actions.MESSAGE_DELETED)
+    assert (event.actor_id, event.organization_id, event.resource) == (
+        operator.pk, users["user"].organization_id, f"message:{message.pk}")
+    assert "private words" not in str(event.metadata)
