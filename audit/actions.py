@@ -41,7 +41,7 @@ DOCUMENT_UPLOADED = "document.uploaded"
 DOCUMENT_DELETED = "document.deleted"
 DOCUMENT_SHARED = "document.shared"
 
-# Repairs of `manage.py reconcile --fix` (billing/reconcile.py); an interrupted answer it finds
+# Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
 LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usage records
 RESERVATION_RELEASED = "ledger.reservation_released"  # a reservation past its deadline purged

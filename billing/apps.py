@@ -11,15 +11,12 @@ class BillingConfig(AppConfig):
         from accounts import key_tree
         from accounts.models import Organization
         from billing.budgets import hard_key_budgets
-        from billing.models import Budget, ModelPrice, OptimizerSettings
-        from billing.optimizer import forget_settings
+        from billing.models import Budget, ModelPrice
         from billing.pricing import ensure_default_prices
         from billing.rule_cache import RULES
 
         post_migrate.connect(ensure_default_prices, sender=self)
         key_tree.register_binding(hard_key_budgets)  # a key minted under a budgeted key stays under it
-        post_save.connect(forget_settings, sender=OptimizerSettings)
-        post_delete.connect(forget_settings, sender=OptimizerSettings)
         # Organization: its time zone sets the budgets' periods.
         for model in (Budget, ModelPrice, Organization):
             post_save.connect(RULES.bump, sender=model, dispatch_uid=f"rules-{model.__name__}-save")

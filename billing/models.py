@@ -204,7 +204,7 @@ class BudgetAlert(models.Model):
 
 
 class OptimizerSettings(models.Model):
-    """Per-organization switches of the cost optimizer (billing/optimizer); no row means all on."""
+    """Per-organization switches of the cost optimizer (agents/optimizer); no row means all on."""
 
     organization = models.OneToOneField("accounts.Organization", on_delete=models.CASCADE,
                                         related_name="optimizer_settings")
