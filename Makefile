@@ -43,6 +43,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # bandit (no high-severity finding) and pip-audit (skipped with a warning when offline): .ci/audit
 audit: install

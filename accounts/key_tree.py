@@ -109,12 +109,23 @@ def _at_most(asked, limit) -> bool:
     return limit is None or (asked is not None and asked <= limit)
 
 
+# What binds a key from outside its own fields: billing's hard key budgets, registered by
+# BillingConfig.ready (billing sits above accounts). Each takes key ids and returns those it binds.
+_BINDINGS: list = []
+
+
+def register_binding(binding) -> None:
+    if binding not in _BINDINGS:
+        _BINDINGS.append(binding)
+
+
 def budgeted(acting: APIKey) -> set[int]:
     """The keys among `acting` and those above it that a hard key budget binds."""
-    from billing.models import Budget
-
-    return set(Budget.objects.filter(scope="api_key", hard=True, api_key_id__in=[k.pk for k in chain(acting)])
-               .values_list("api_key_id", flat=True))
+    ids = [k.pk for k in chain(acting)]
+    bound: set[int] = set()
+    for binding in _BINDINGS:
+        bound |= binding(ids)
+    return bound
 
 
 def key_within(candidate: APIKey, acting: APIKey, *, lineage: set | None = None,

@@ -12,8 +12,13 @@ class AgentsConfig(AppConfig):
         import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
         from agents.actions.documents import load_builtin_docs
         from agents.models import ModelEndpoint
+        from agents.optimizer import forget_settings
         from agents.providers.catalog import forget_catalog
+        from billing.models import OptimizerSettings
 
         post_migrate.connect(load_builtin_docs, sender=self)
         post_save.connect(forget_catalog, sender=ModelEndpoint)
         post_delete.connect(forget_catalog, sender=ModelEndpoint)
+        # The optimizer's switches are billing's model (no data migration); the optimizer is here.
+        post_save.connect(forget_settings, sender=OptimizerSettings)
+        post_delete.connect(forget_settings, sender=OptimizerSettings)

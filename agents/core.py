@@ -26,7 +26,7 @@ class ToolOutcome:
 
 
 # What a tool's output depends on besides its arguments (`Tool.depends_on`), so that the response
-# cache can key answers by it (billing/optimizer/keys.py). NOTHING_ELSE: the arguments only.
+# cache can key answers by it (agents/optimizer/keys.py). NOTHING_ELSE: the arguments only.
 NOTHING_ELSE: frozenset[str] = frozenset()
 DOCUMENTS = "documents"    # the documents the caller may read (agents.documents.readable_documents)
 ATTACHMENT = "attachment"  # the request's attachment (no cache key holds one)

@@ -20,14 +20,14 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 
-from agents import events, heavy
+from agents import events, heavy, optimizer
 from agents.core import RunContext
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
 from agents.tokenizer import count_message_tokens, split_tokens
 from agents.upstream import answer_with_model, build_messages
-from billing import optimizer, ratelimit
+from billing import ratelimit
 from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
@@ -227,7 +227,7 @@ async def prepare(req: RunRequest) -> PreparedRun:
 async def _prepare(req: RunRequest) -> PreparedRun:
     now = timezone.now()
     agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
-    # Cost optimizer (billing/optimizer): may route an unnamed model by complexity, trims long
+    # Cost optimizer (agents/optimizer): may route an unnamed model by complexity, trims long
     # histories and looks the question up in the response cache — all before anything is reserved.
     plan = await optimizer.plan(req, agent, model, history, decided)
     model = plan.model

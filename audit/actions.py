@@ -67,7 +67,7 @@ MODEL_ENDPOINT_CREATED = "model_endpoint.created"
 MODEL_ENDPOINT_UPDATED = "model_endpoint.updated"
 MODEL_ENDPOINT_DELETED = "model_endpoint.deleted"
 
-# Repairs of `manage.py reconcile --fix` (billing/reconcile.py); an interrupted answer it finds
+# Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
 LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usage records
 RESERVATION_RELEASED = "ledger.reservation_released"  # a reservation past its deadline purged

@@ -54,7 +54,7 @@ def load(path: Path) -> list[dict]:
 
 
 def candidates():
-    from billing.optimizer.routing import Candidate
+    from agents.optimizer.routing import Candidate
     from billing.pricing import DEFAULT_PRICES
 
     return [Candidate(name, Decimal(DEFAULT_PRICES[name][0]), Decimal(DEFAULT_PRICES[name][1]), tier)
@@ -79,9 +79,9 @@ def input_tokens(agent_name: str, query: str) -> int:
 
 
 async def replay(rows: list[dict]) -> dict:
-    from billing.optimizer import cache_key, classify, pick_model
-    from billing.optimizer.cache import LocalStore, ResponseCache
-    from billing.optimizer.classifier import COMPLEX
+    from agents.optimizer import cache_key, classify, pick_model
+    from agents.optimizer.cache import LocalStore, ResponseCache
+    from agents.optimizer.classifier import COMPLEX
 
     choices = candidates()
     cache = ResponseCache(LocalStore(max_entries=len(rows) + 1))

@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.db import models
 
+from accounts.roles import AGENT_PERMISSIONS
 from billing.actions import budgets, optimizer_settings, prices
 from billing.forms import MONEY_FORM_FIELDS
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, ToolUsage, UsageRecord
@@ -40,9 +41,7 @@ class ToolUsageInline(admin.TabularInline):
 
 
 def _agent_names():
-    from agents.registry import all_agents
-
-    return sorted(all_agents())
+    return sorted(AGENT_PERMISSIONS)  # every agent has its entry (agents.registry.register insists)
 
 
 def _model_names():

@@ -8,15 +8,15 @@ class BillingConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_delete, post_migrate, post_save
 
+        from accounts import key_tree
         from accounts.models import Organization
-        from billing.models import Budget, ModelPrice, OptimizerSettings
-        from billing.optimizer import forget_settings
+        from billing.budgets import hard_key_budgets
+        from billing.models import Budget, ModelPrice
         from billing.pricing import ensure_default_prices
         from billing.rule_cache import RULES
 
         post_migrate.connect(ensure_default_prices, sender=self)
-        post_save.connect(forget_settings, sender=OptimizerSettings)
-        post_delete.connect(forget_settings, sender=OptimizerSettings)
+        key_tree.register_binding(hard_key_budgets)  # a key minted under a budgeted key stays under it
         # Organization: its time zone sets the budgets' periods.
         for model in (Budget, ModelPrice, Organization):
             post_save.connect(RULES.bump, sender=model, dispatch_uid=f"rules-{model.__name__}-save")

@@ -11,10 +11,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from audit import actions
+from audit.services import record
 from billing import periods
 from billing.models import Budget, BudgetAlert, UsageRecord
 from billing.money import cost_usd, usd_to_nanos
 from billing.rule_cache import RULES
+from billing.tasks import notify_budget_alert
 
 logger = logging.getLogger(__name__)
 # Soft budgets ride along in the same reservation (their counters feed the alerts) with a limit
@@ -71,13 +74,13 @@ def covering_budgets(user, api_key, now: datetime, rules=None) -> list[Covering]
 
 
 def target_name(budget: Budget) -> str:
-    if budget.scope == "team":
-        return f"team {budget.team.name}"
-    if budget.scope == "user":
-        return f"user {budget.user.username}"
-    if budget.scope == "api_key":
-        return f"API key {budget.api_key.name} (rk_{budget.api_key.prefix}…)"
-    return f"organization {budget.organization.name}"
+    return budget.target_name()
+
+
+def hard_key_budgets(key_ids: list[int]) -> set[int]:
+    """The keys among `key_ids` a hard key budget binds (accounts.key_tree.budgeted asks)."""
+    return set(Budget.objects.filter(scope="api_key", hard=True, api_key_id__in=key_ids)
+               .values_list("api_key_id", flat=True))
 
 
 def exceeded_details(item: Covering, spent_nanos: int, now: datetime) -> dict:
@@ -137,9 +140,6 @@ def crossed_thresholds(thresholds, limit_nanos: int, after: int, actual: int) ->
 
 
 def raise_alert(item: Covering, threshold: int, spent_nanos: int) -> BudgetAlert | None:
-    from billing.services import record_budget_event
-    from billing.tasks import notify_budget_alert
-
     budget = item.budget
     try:
         with transaction.atomic():
@@ -151,12 +151,17 @@ def raise_alert(item: Covering, threshold: int, spent_nanos: int) -> BudgetAlert
                 "period_key": item.period_key, "threshold": threshold, "spent_usd": str(alert.spent_usd),
                 "limit_usd": str(budget.limit_usd)}
     # audit/actions.py has no alert name yet; this one follows its `<subject>.<verb>` scheme.
-    from audit import actions
-
     record_budget_event(getattr(actions, "BUDGET_ALERT", "budget.alert"), organization_id=budget.organization_id,
                         metadata=metadata)
     transaction.on_commit(lambda: notify_budget_alert.delay(alert.pk))
     return alert
+
+
+def record_budget_event(action: str, *, organization_id: int | None, metadata: dict, actor=None,
+                        status: str = "success") -> None:
+    """Write a budget event to the audit trail (audit.services.record, names from audit/actions.py)."""
+    record(action, status=status, resource=f"budget:{metadata.get('budget_id', '')}", metadata=metadata,
+           actor=actor, organization=organization_id)
 
 
 def check_all_thresholds(budget: Budget, now: datetime | None = None) -> None:

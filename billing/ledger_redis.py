@@ -15,7 +15,7 @@ import weakref
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from billing.ledger import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable, OpenReservation
+from billing.ledger_base import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable, OpenReservation
 
 # Purges the scope's expired reservations: returns their amount to every scope they hold.
 _PURGE = """

@@ -174,6 +174,16 @@ class Budget(models.Model):
         # inherits another budget's counters.
         return f"b{self.pk}.{int(self.created_at.timestamp() * 1_000_000)}"
 
+    def target_name(self) -> str:
+        """Who the budget covers, in words (alerts, console, reconcile reports)."""
+        if self.scope == "team":
+            return f"team {self.team.name}"
+        if self.scope == "user":
+            return f"user {self.user.username}"
+        if self.scope == "api_key":
+            return f"API key {self.api_key.name} (rk_{self.api_key.prefix}…)"
+        return f"organization {self.organization.name}"
+
 
 class BudgetAlert(models.Model):
     """A soft threshold crossed: at most one per budget, period and threshold."""
@@ -194,7 +204,7 @@ class BudgetAlert(models.Model):
 
 
 class OptimizerSettings(models.Model):
-    """Per-organization switches of the cost optimizer (billing/optimizer); no row means all on."""
+    """Per-organization switches of the cost optimizer (agents/optimizer); no row means all on."""
 
     organization = models.OneToOneField("accounts.Organization", on_delete=models.CASCADE,
                                         related_name="optimizer_settings")

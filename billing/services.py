@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import budgets as budget_rules
+from billing.budgets import record_budget_event
 from billing.ledger import LedgerUnavailable, get_ledger
 from billing.money import cost_usd, nanos_per_token, usd_to_nanos
 from billing.pricing import UnknownModel, current_price
@@ -268,15 +269,6 @@ def _close_many(writes) -> list[tuple[object, bool]]:
 
 
 _CLOSINGS = GroupCommit(_close_many, _close_one)
-
-
-def record_budget_event(action: str, *, organization_id: int | None, metadata: dict, actor=None,
-                        status: str = "success") -> None:
-    """Write a budget event to the audit trail (audit.services.record, names from audit/actions.py)."""
-    from audit.services import record
-
-    record(action, status=status, resource=f"budget:{metadata.get('budget_id', '')}", metadata=metadata,
-           actor=actor, organization=organization_id)
 
 
 def _exceeded_event(error: BudgetExceeded, organization_id: int | None, user, request_id: str, model: str) -> None:

@@ -13,7 +13,6 @@ logger = logging.getLogger(__name__)
 @shared_task(bind=True, max_retries=5, default_retry_delay=30, ignore_result=True)
 def notify_budget_alert(self, alert_id: int) -> None:
     """Log the alert and POST it as JSON to RELAY_BUDGET_WEBHOOK_URL when that is set."""
-    from billing.budgets import target_name
     from billing.models import BudgetAlert
 
     alert = BudgetAlert.objects.select_related("budget__organization", "budget__team", "budget__user",
@@ -23,7 +22,7 @@ def notify_budget_alert(self, alert_id: int) -> None:
     budget = alert.budget
     payload = {
         "type": "budget.alert", "alert_id": alert.pk, "organization": budget.organization.name,
-        "budget_id": budget.pk, "scope": budget.scope, "target": target_name(budget), "period": budget.period,
+        "budget_id": budget.pk, "scope": budget.scope, "target": budget.target_name(), "period": budget.period,
         "period_key": alert.period_key, "threshold": alert.threshold, "spent_usd": str(alert.spent_usd),
         "limit_usd": str(budget.limit_usd), "hard": budget.hard,
     }

@@ -12,7 +12,6 @@ api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("agents.api.urls")),
     path("costs/", include("billing.api.urls")),
-    path("", include("audit.api.urls")),
 ]
 
 urlpatterns = [

@@ -58,8 +58,8 @@ def _clear_cache():
     from django.core.cache import cache
 
     from agents import heavy
+    from agents.optimizer import forget_settings
     from agents.providers.catalog import forget_catalog
-    from billing.optimizer import forget_settings
     from billing.rule_cache import RULES
 
     heavy.forget()  # no heavy-work lease outlives its test

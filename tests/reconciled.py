@@ -1,6 +1,6 @@
 """`assert_reconciled()`: end a concurrency, fault or load test by proving the money books agree.
 
-In-process (`assert_reconciled`) it runs billing.reconcile's checks on the test's database and
+In-process (`assert_reconciled`) it runs agents.reconcile's checks on the test's database and
 this process's ledger (the one live test servers in this process and uvicorn workers sharing the
 Redis prefix use); `assert_reconciled_in(env)` runs `manage.py reconcile --json` against another
 database and Redis prefix (the cluster tests' scratch databases). Either fails listing every
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def assert_reconciled(**options):
-    """billing.reconcile.check(**options) must find nothing; returns its report."""
-    from billing.reconcile import check
+    """agents.reconcile.check(**options) must find nothing; returns its report."""
+    from agents.reconcile import check
 
     report = check(**options)
     assert report.ok, "reconcile found:\n" + "\n".join(found.message for found in report.discrepancies)

@@ -41,7 +41,7 @@ def reconcile(*args) -> tuple[int, str]:
     """(exit status, stdout) of `manage.py reconcile *args`."""
     from django.core.management import get_commands
 
-    assert get_commands().get("reconcile") == "billing", "there is no billing command `reconcile`"
+    assert get_commands().get("reconcile") == "agents", "there is no agents command `reconcile`"
     out = io.StringIO()
     try:
         call_command("reconcile", *args, stdout=out, stderr=io.StringIO())

@@ -1,6 +1,6 @@
 """The response cache serves an answer only to a caller who could have produced it.
 
-Control: the response cache's key (billing/optimizer): agent, model, query, and for an agent
+Control: the response cache's key (agents/optimizer): agent, model, query, and for an agent
 whose tools read documents, the documents the caller may read and whether they may read them.
 """
 
@@ -195,11 +195,11 @@ def test_every_agent_whose_tools_read_documents_keys_its_answers_by_them(users, 
     from asgiref.sync import async_to_sync
 
     from accounts.roles import AGENT_PERMISSIONS
+    from agents import optimizer
     from agents.core import RunContext
     from agents.providers.catalog import resolve
     from agents.registry import all_agents
     from agents.runner import RunRequest
-    from billing import optimizer
 
     monkeypatch.setitem(AGENT_PERMISSIONS, "notes", None)
     monkeypatch.setitem(all_agents(), "notes", _notes_agent())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from agents.core import DOCUMENTS
-from billing.optimizer.cache import cache_key
+from agents.optimizer.cache import cache_key
 
 KEYABLE = frozenset({DOCUMENTS})  # what answer_key knows how to put in a key
 

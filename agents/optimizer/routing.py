@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from billing.optimizer.classifier import SIMPLE
+from agents.optimizer.classifier import SIMPLE
 
 TIER_RANK = {"mini": 0, "standard": 1, "large": 2}
 LOCAL_TIERS = {"local-mini": "mini", "local-large": "large"}

@@ -4,7 +4,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing import reconcile
+from agents import reconcile
 from billing.ledger import LedgerUnavailable
 
 

@@ -1,4 +1,7 @@
-"""The audit trail over HTTP: a filtered, cursor-paginated list (admins) and a JSONL export."""
+"""The audit trail over HTTP: a filtered, cursor-paginated list (admins) and a JSONL export.
+
+Here, not in audit: who may read which events is an accounts rule, and audit sits below accounts.
+"""
 
 from django.http import StreamingHttpResponse
 from django.utils import timezone

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
-from billing.optimizer.cache import cache_key, get_cache
-from billing.optimizer.classifier import classify
-from billing.optimizer.keys import AnswerKey, answer_key
-from billing.optimizer.routing import load_candidates, pick_model
-from billing.optimizer.trimming import trim_history, trim_messages
+from agents.optimizer.cache import cache_key, get_cache
+from agents.optimizer.classifier import classify
+from agents.optimizer.keys import AnswerKey, answer_key
+from agents.optimizer.routing import load_candidates, pick_model
+from agents.optimizer.trimming import trim_history, trim_messages
 from relay.eventloop.db import run_db
 
 __all__ = ["Plan", "plan", "replay", "remember", "free_charge", "classify", "pick_model", "cache_key"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from accounts.actions.keys import create_api_key
+from agents.optimizer import cache_key, classify, pick_model
+from agents.optimizer.routing import Candidate
+from agents.optimizer.trimming import trim_messages
 from billing.models import OptimizerSettings, UsageRecord
-from billing.optimizer import cache_key, classify, pick_model
-from billing.optimizer.routing import Candidate
-from billing.optimizer.trimming import trim_messages
 from tests.conftest import assert_envelope
 
 ROOT = Path(__file__).resolve().parents[2]
