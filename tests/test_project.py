@@ -177,8 +177,8 @@ def signed_in_client(server, user):
 def test_sessions_csrf_and_messages_send_no_middleware_hook_to_the_shared_thread(asgi_server, users, thread_hops):
     """The guard below, for what the console uses: a signed-in page, the session on an async view,
     CSRF-checked POSTs (refused, then accepted), and a message added by one page and shown by the next."""
-    from accounts.models import User
     from accounts.actions.keys import create_api_key
+    from accounts.models import User
 
     with signed_in_client(asgi_server, users["user"]) as client:
         page = client.get("/keys/")
