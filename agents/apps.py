@@ -10,9 +10,14 @@ class AgentsConfig(AppConfig):
 
         import agents.checks  # noqa: F401  (register the system checks)
         import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
-        from agents.documents import load_builtin_docs
-        from agents.models import ModelEndpoint
+        from accounts import scoping
+        from agents.documents import DOCUMENT_RULE, load_builtin_docs
+        from agents.models import Conversation, Document, Message, ModelEndpoint
         from agents.providers.catalog import forget_catalog
+
+        scoping.register(Document, DOCUMENT_RULE)
+        scoping.register(Conversation, scoping.Rule(owner="user"))  # personal, even to superusers
+        scoping.register(Message, scoping.Rule(owner="conversation__user"))
 
         post_migrate.connect(load_builtin_docs, sender=self)
         post_save.connect(forget_catalog, sender=ModelEndpoint)

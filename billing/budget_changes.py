@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import scoping
 from accounts.models import APIKey, Team, User
 from audit import actions
 from billing import budgets as rules
@@ -41,15 +42,7 @@ def resolve_target(organization, scope: str, target) -> dict:
 def _record_foreign_target(scope: str, target) -> None:
     """A target that exists in another organization: same 400 (nothing leaks), but audited as denied."""
     model = {"team": Team, "user": User, "api_key": APIKey}[scope]
-    try:
-        exists = model.objects.filter(pk=target).exists()
-    except (ValueError, TypeError):
-        return
-    if exists:
-        from audit.services import record
-
-        record(actions.HIDDEN_OBJECT_DENIED, status=actions.DENIED, resource=f"{scope}:{target}",
-               metadata={"operation": "set_budget"})
+    scoping.refuse_hidden(model, target, resource=f"{scope}:{target}", metadata={"operation": "set_budget"})
 
 
 def set_budget(*, actor, organization, scope: str, target, period: str, limit_usd, hard: bool,
