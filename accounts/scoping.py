@@ -172,6 +172,9 @@ class ScopedAPIView(Scoped, APIView):
 
     lookup_url_kwarg = "pk"
 
+    def get_queryset(self):
+        return self.scoped(self.scoped_model._default_manager.all())
+
 
 def _exists(model: type[Model], value) -> bool:
     if value is None:
