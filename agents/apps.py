@@ -10,11 +10,17 @@ class AgentsConfig(AppConfig):
 
         import agents.checks  # noqa: F401  (register the system checks)
         import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
+        from accounts import scoping
         from agents.actions.documents import load_builtin_docs
-        from agents.models import ModelEndpoint
+        from agents.documents import DOCUMENT_RULE
+        from agents.models import Conversation, Document, Message, ModelEndpoint
         from agents.optimizer import forget_settings
         from agents.providers.catalog import forget_catalog
         from billing.models import OptimizerSettings
+
+        scoping.register(Document, DOCUMENT_RULE)
+        scoping.register(Conversation, scoping.Rule(owner="user"))  # personal, even to superusers
+        scoping.register(Message, scoping.Rule(owner="conversation__user"))
 
         post_migrate.connect(load_builtin_docs, sender=self)
         post_save.connect(forget_catalog, sender=ModelEndpoint)

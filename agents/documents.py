@@ -1,10 +1,10 @@
 """RAG documents: who may see and manage what, and full-text retrieval (their writes: agents.actions.documents).
 
-Visibility is decided in the database: built-in docs for everyone; otherwise documents of the
-caller's organization that they own, that were shared with them or their team (guardian object
-permissions), or all of them for an organization admin. Reading their text, through any agent
-or tool, also needs `use_rag_agent` (`readable_documents`): without it a caller — a key scoped
-to math, say — searches Relay's own documentation only.
+Visibility is decided by the scoping gate (accounts.scoping, DOCUMENT_RULE): built-in docs for
+everyone; otherwise documents of the caller's organization that they own, that were shared with
+them or their team (guardian object permissions), or all of them for an organization admin.
+Reading their text, through any agent or tool, also needs `use_rag_agent` (`readable_documents`):
+without it a caller — a key scoped to math, say — searches Relay's own documentation only.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from dataclasses import dataclass
 
 from django.db import connection
 from django.db.models import Q, QuerySet
-from guardian.shortcuts import get_objects_for_user
 
+from accounts import scoping
 from accounts.models import APIKey, User
 from accounts.permissions import holds
-from accounts.roles import is_org_admin
 from agents.models import Document, DocumentChunk
 
 SHARE_PERMISSION = "agents.view_document_shared"
 READ_PERMISSION = "use_rag_agent"
+DOCUMENT_RULE = scoping.Rule(organization="organization", owner="owner", shared=SHARE_PERMISSION,
+                             public=Q(builtin=True), requires={scoping.READ: READ_PERMISSION})
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 _STOP = frozenset(
     "a an and are as at be by can do does for from how i in is it me my of on or say says tell the this to "
@@ -40,17 +41,7 @@ class Passage:
 
 
 def visible_documents(user: User) -> QuerySet[Document]:
-    if user.is_superuser:
-        return Document.objects.all()
-    builtin = Q(builtin=True)
-    if user.organization_id is None:
-        return Document.objects.filter(builtin)
-    if is_org_admin(user):
-        return Document.objects.filter(builtin | Q(organization_id=user.organization_id))
-    shared = get_objects_for_user(user, SHARE_PERMISSION, klass=Document, accept_global_perms=False,
-                                  with_superuser=False).values("pk")
-    mine = Q(organization_id=user.organization_id) & (Q(owner=user) | Q(pk__in=shared))
-    return Document.objects.filter(builtin | mine)
+    return scoping.restrict(Document.objects.all(), user)
 
 
 def may_read_documents(user: User, api_key: APIKey | None) -> bool:
@@ -60,17 +51,12 @@ def may_read_documents(user: User, api_key: APIKey | None) -> bool:
 
 def readable_documents(user: User, api_key: APIKey | None) -> QuerySet[Document]:
     """The documents whose text this caller may read: what they see, or Relay's own docs only."""
-    if not may_read_documents(user, api_key):
-        return Document.objects.filter(builtin=True)
-    return visible_documents(user)
+    return scoping.restrict(Document.objects.all(), user, api_key, scoping.READ)
 
 
 def may_manage(user: User, document: Document) -> bool:
     """Owners and organization admins share and delete; others only read what was shared."""
-    if document.builtin:
-        return False
-    return document.owner_id == user.pk or (is_org_admin(user) and
-                                           (user.is_superuser or document.organization_id == user.organization_id))
+    return not document.builtin and scoping.manages(user, document)
 
 
 def search_terms(query: str, limit: int = 12) -> list[str]:

@@ -133,11 +133,12 @@ def _prepare_reads(req: RunRequest, now):
 
 
 def _load_history(req: RunRequest) -> list[dict]:
+    from accounts.scoping import restrict
     from agents.models import Conversation
 
     if not req.conversation_id:
         return list(req.history or [])
-    conversation = Conversation.objects.filter(pk=req.conversation_id, user=req.user).first()
+    conversation = restrict(Conversation, req.user).filter(pk=req.conversation_id).first()
     if conversation is None:
         raise exceptions.NotFound("No such conversation.")
     recent = conversation.messages.exclude(content="").order_by("-created_at")[:HISTORY_MESSAGES]

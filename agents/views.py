@@ -3,6 +3,7 @@
 from django.shortcuts import render
 
 from accounts.pages import may_open, page
+from accounts.scoping import restrict
 from agents.models import Conversation
 from agents.registry import all_agents, may_use
 
@@ -17,7 +18,7 @@ def chat(request):
     conversations = [
         {"id": str(c["id"]), "title": c["title"] or "Untitled conversation", "agent": c["agent"],
          "updated_at": c["updated_at"].isoformat()}
-        for c in Conversation.objects.filter(user=user).order_by("-updated_at")
+        for c in restrict(Conversation, user).order_by("-updated_at")
         .values("id", "title", "agent", "updated_at")[:RECENT_CONVERSATIONS]
     ]
     context = {

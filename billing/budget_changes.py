@@ -7,8 +7,8 @@ from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from accounts import scoping
 from accounts.models import APIKey, Team, User
-from audit import actions
 from billing import budgets as rules
 from billing.ledger import get_ledger
 from billing.models import Budget
@@ -40,15 +40,7 @@ def resolve_target(organization, scope: str, target) -> dict:
 def _record_foreign_target(scope: str, target) -> None:
     """A target that exists in another organization: same 400 (nothing leaks), but audited as denied."""
     model = {"team": Team, "user": User, "api_key": APIKey}[scope]
-    try:
-        exists = model.objects.filter(pk=target).exists()
-    except (ValueError, TypeError):
-        return
-    if exists:
-        from audit.services import record
-
-        record(actions.HIDDEN_OBJECT_DENIED, status=actions.DENIED, resource=f"{scope}:{target}",
-               metadata={"operation": "set_budget"})
+    scoping.refuse_hidden(model, target, resource=f"{scope}:{target}", metadata={"operation": "set_budget"})
 
 
 

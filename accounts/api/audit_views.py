@@ -8,12 +8,13 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import CursorPagination
-from rest_framework.views import APIView
 
 from accounts.permissions import ADMIN
+from accounts.scoping import Scoped, ScopedAPIView
 from audit import actions, queries
 from audit.api.serializers import AuditEventSerializer, EventFilterSerializer
 from audit.export import iter_jsonl
+from audit.models import AuditEvent
 from audit.services import record
 
 _PAGING_PARAMS = {"cursor", "page_size"}
@@ -37,25 +38,27 @@ def _filters(request, *, default_span=None) -> dict:
 
 
 @extend_schema(parameters=[EventFilterSerializer], summary="The audit trail of your organization (admins)")
-class AuditEventListView(ListAPIView):
+class AuditEventListView(Scoped, ListAPIView):
     required_permission = ADMIN
     serializer_class = AuditEventSerializer
     pagination_class = EventCursor
+    queryset = AuditEvent.objects.all()
 
     def get_queryset(self):
-        return queries.filter_events(queries.visible_events(self.request.user), **_filters(self.request))
+        return queries.filter_events(super().get_queryset(), **_filters(self.request))
 
 
-class AuditExportView(APIView):
+class AuditExportView(ScopedAPIView):
     """Events as JSON lines, oldest first; without since/until, the last 31 days. Itself recorded."""
 
     required_permission = "export_data"
+    scoped_model = AuditEvent
 
     @extend_schema(parameters=[EventFilterSerializer], summary="Export the audit trail as JSON lines",
                    responses={(200, "application/x-ndjson"): OpenApiResponse(description="One event per line.")})
     def get(self, request):
         filters = _filters(request, default_span=queries.DEFAULT_EXPORT_RANGE)
-        events = queries.filter_events(queries.visible_events(request.user), **filters).order_by("sequence")
+        events = queries.filter_events(self.scoped(AuditEvent.objects.all()), **filters).order_by("sequence")
         record(actions.DATA_EXPORTED, request=request, resource="audit_events",
                metadata={"format": "jsonl", **{k: v for k, v in filters.items() if v is not None}})
         response = StreamingHttpResponse(iter_jsonl(events.iterator(chunk_size=1000)),

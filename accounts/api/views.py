@@ -4,7 +4,7 @@
 from django.contrib.auth.models import Group
 from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
@@ -26,14 +26,8 @@ from accounts.api.serializers import (
 from accounts.models import APIKey, Team, User
 from accounts.permissions import AUTHENTICATED, request_key
 from accounts.roles import effective_permissions
+from accounts.scoping import ScopedViewSet
 from accounts.services import key_permissions
-
-
-def organization_scope(queryset, user, field="organization"):
-    """Rows of the caller's organization only; superusers see every organization."""
-    if user.is_superuser:
-        return queryset
-    return queryset.filter(**{field: user.organization_id})
 
 
 class MeView(APIView):
@@ -44,13 +38,10 @@ class MeView(APIView):
         return Response(me_payload(request.user, request_key(request)))
 
 
-class TeamViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class TeamViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
     serializer_class = TeamSerializer
     required_permission = "manage_users"
-    queryset = Team.objects.none()  # for the schema's path parameter types; get_queryset scopes it
-
-    def get_queryset(self):
-        return organization_scope(Team.objects.all(), self.request.user).order_by("name")
+    queryset = Team.objects.order_by("name")
 
     def perform_create(self, serializer):
         organization = self.request.user.organization
@@ -60,19 +51,16 @@ class TeamViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.Retriev
                                                 actor=self.request.user)
 
 
-class UserViewSet(viewsets.ModelViewSet):
+class UserViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
+                  mixins.DestroyModelMixin, mixins.ListModelMixin, ScopedViewSet):
     """Users of the caller's organization. DELETE deactivates (history and audit stay)."""
 
     serializer_class = UserSerializer
     required_permission = "manage_users"
-    queryset = User.objects.none()
+    queryset = User.objects.select_related("organization", "team").prefetch_related(
+        Prefetch("groups", queryset=Group.objects.only("name"))
+    ).order_by("username")
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-
-    def get_queryset(self):
-        users = User.objects.select_related("organization", "team").prefetch_related(
-            Prefetch("groups", queryset=Group.objects.only("name"))
-        )
-        return organization_scope(users, self.request.user).order_by("username")
 
     @extend_schema(request=UserCreateSerializer, responses={201: UserSerializer})
     def create(self, request):
@@ -102,7 +90,7 @@ class UserViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedViewSet):
     """The caller's own API keys. Secrets appear only in the create and rotate answers.
 
     Through a key, only the keys within its powers (accounts.services.key_within): any other is
@@ -111,10 +99,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     serializer_class = APIKeySerializer
     required_permission = AUTHENTICATED
-    queryset = APIKey.objects.none()  # the model for the schema and for the hidden-object audit
-
-    def get_queryset(self):
-        return services.keys_within(self.request.user, request_key(self.request)).order_by("-created_at")
+    queryset = APIKey.objects.order_by("-created_at")
 
     @extend_schema(request=APIKeyCreateSerializer, responses={201: IssuedKeySerializer})
     def create(self, request):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from accounts import scoping
 from accounts.models import User
 from agents.models import Message
 from audit import actions
@@ -18,8 +19,8 @@ def record_feedback(user: User, message_id, rating: int) -> Message:
     """Rate one of `user`'s own answers; Message.DoesNotExist for any other message (someone else's too)."""
     if rating not in RATINGS:
         raise ValidationError({"rating": [f"A rating is one of {RATINGS}."]})
-    message = Message.objects.select_for_update().select_related("conversation").get(
-        pk=message_id, conversation__user=user, role=Message.Role.ASSISTANT)
+    message = scoping.restrict(Message.objects.select_for_update().select_related("conversation"), user).get(
+        pk=message_id, role=Message.Role.ASSISTANT)
     base = message.quality_auto if message.quality_auto is not None else 0.5
     previous = message.feedback
     # Feedback moves the automatic score a quarter of the scale, within [0, 1].

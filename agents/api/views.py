@@ -2,7 +2,7 @@
 
 from django.db.models import Count
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import MultiPartParser
@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import AUTHENTICATED, request_key
+from accounts.scoping import ScopedAPIView, ScopedViewSet
 from agents import documents, heavy
 from agents.actions import conversations, feedback
 from agents.actions import documents as document_actions
@@ -47,14 +48,14 @@ class AgentListView(APIView):
 
 
 class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
-                          mixins.DestroyModelMixin, viewsets.GenericViewSet):
+                          mixins.DestroyModelMixin, ScopedViewSet):
     """The caller's own conversations; the detail includes the messages."""
 
     required_permission = AUTHENTICATED
-    queryset = Conversation.objects.none()
+    queryset = Conversation.objects.all()
 
     def get_queryset(self):
-        conversations = Conversation.objects.filter(user=self.request.user)
+        conversations = super().get_queryset()
         if self.action == "retrieve":
             conversations = conversations.prefetch_related("messages")
         return conversations
@@ -73,9 +74,9 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins
         conversations.delete_conversation(self.request.user, conversation)
 
 
-class MessageFeedbackView(APIView):
+class MessageFeedbackView(ScopedAPIView):
     required_permission = AUTHENTICATED
-    audit_hidden_lookup = (Message, "pk")  # someone else's answer: 404, audited as denied
+    scoped_model = Message  # someone else's answer: 404, audited as denied
 
     @extend_schema(request=FeedbackSerializer, responses=MessageSerializer,
                    summary="Rate an answer: adjusts its quality score")
@@ -99,17 +100,14 @@ def _upload_error(error: DocumentError):
 
 
 class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                      mixins.DestroyModelMixin, viewsets.GenericViewSet):
+                      mixins.DestroyModelMixin, ScopedViewSet):
     """RAG documents you may see: your own, shared with you or your team, and Relay's own docs."""
 
     serializer_class = DocumentSerializer
-    queryset = Document.objects.none()
+    queryset = Document.objects.select_related("owner").annotate(chunk_count=Count("chunks")).order_by(
+        "builtin", "-created_at")
     parser_classes = [MultiPartParser]
     required_permission = {"GET": AUTHENTICATED, "POST": "upload_documents", "DELETE": "delete_documents"}
-
-    def get_queryset(self):
-        return (documents.visible_documents(self.request.user).select_related("owner")
-                .annotate(chunk_count=Count("chunks")).order_by("builtin", "-created_at"))
 
     @extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses={201: DocumentSerializer},
                    summary="Upload a text, Markdown, HTML or PDF document")

@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.permissions import ADMIN, AUTHENTICATED, holds, request_key
+from accounts.scoping import ScopedAPIView
 from billing import budget_changes, stats
 from billing.actions import budgets
 from billing.api.serializers import BudgetInputSerializer, ExportQuerySerializer, StatsQuerySerializer
@@ -45,16 +46,18 @@ class CostStatsView(APIView):
         return Response(stats.organization_stats(caller_organization(request), period_of(request)))
 
 
-class UserUsageView(APIView):
+class UserUsageView(ScopedAPIView):
     """One user's usage: your own, or anyone's in your organization with view_metrics (or as admin)."""
 
     required_permission = AUTHENTICATED
-    audit_hidden_lookup = (User, "user_id")  # another organization's user: 404, audited as denied
+    scoped_model, lookup_url_kwarg = User, "user_id"  # another organization's user: 404, audited as denied
 
     @extend_schema(parameters=[PERIOD_PARAM], responses=OpenApiTypes.OBJECT, summary="One user's usage")
     def get(self, request, user_id: int):
         organization = caller_organization(request)
-        target = User.objects.filter(pk=user_id, organization=organization).select_related("organization").first()
+        # Costs belong to the caller's organization, so even a superuser asks about its users only.
+        target = self.scoped(User.objects.filter(organization=organization)).filter(pk=user_id).select_related(
+            "organization").first()
         if target is None:
             raise NotFound()  # another organization's user is not there for this caller
         if target.pk != request.user.pk:

@@ -242,7 +242,7 @@ def test_a_shared_document_can_be_read_but_not_deleted_or_reshared_by_non_owners
 def test_usage_of_others_needs_view_metrics_and_never_crosses_organizations(role, users, other_users, client_for,
                                                                             denials):
     # Controls: UserUsageView (own usage only without view_metrics -> 403) and its organization
-    # filter (another organization's user is 404, audited through audit_hidden_lookup).
+    # filter (another organization's user is 404, audited by the scoping gate).
     me = users[role]
     client = client_for(me)
     refused(client.get(reverse("costs-usage", args=[users["admin"].pk])), 403, "permission_denied", denials=denials,
