@@ -12,9 +12,10 @@ from guardian.shortcuts import assign_perm
 from rest_framework.generics import GenericAPIView
 
 from accounts import scoping
+from accounts.actions.keys import create_api_key
 from accounts.models import APIKey, Organization, Team, User
 from accounts.scoping import READ, Scoped, restrict
-from accounts.services import create_api_key, team_group
+from accounts.services import team_group
 from agents.documents import SHARE_PERMISSION, may_manage
 from agents.models import Conversation, Document
 from audit import actions
