@@ -283,7 +283,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "relay.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "relay.api.schema.RelayAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "accounts.schema.RelayAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "relay.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

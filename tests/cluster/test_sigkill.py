@@ -42,7 +42,8 @@ AFTER_TTL = LEDGER + """
 from agents.models import Message
 from audit.models import AuditEvent
 from billing.models import UsageRecord
-from relay.periodic import expire_reservations, mark_interrupted_messages
+from agents.jobs import mark_interrupted_messages
+from billing.jobs import expire_reservations
 marked = mark_interrupted_messages(older_than_seconds=TTL_SECONDS)
 expire_reservations()
 answer = Message.objects.get(role="assistant", request_id="REQUEST_ID")
