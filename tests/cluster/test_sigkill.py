@@ -12,7 +12,6 @@ import httpx
 import psycopg
 import pytest
 
-from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from tests.cluster.support import (
     MODEL,
     Instance,
@@ -24,6 +23,7 @@ from tests.cluster.support import (
     wait_for,
 )
 from tests.reconciled import assert_reconciled_in
+from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 TTL = 10
