@@ -9,10 +9,12 @@ class AgentsConfig(AppConfig):
         from django.db.models.signals import post_delete, post_migrate, post_save
 
         import agents.checks  # noqa: F401  (register the system checks)
+        import agents.jobs  # noqa: F401  (registers the periodic jobs with relay.periodic)
         import agents.kinds  # noqa: F401  (register the agents now, not on the first request)
         from accounts import scoping
         from agents.actions.documents import load_builtin_docs
         from agents.documents import DOCUMENT_RULE
+        from agents.metrics import register as register_metric_labels
         from agents.models import Conversation, Document, Message, ModelEndpoint
         from agents.optimizer import forget_settings
         from agents.providers.catalog import forget_catalog
@@ -22,6 +24,7 @@ class AgentsConfig(AppConfig):
         scoping.register(Conversation, scoping.Rule(owner="user"))  # personal, even to superusers
         scoping.register(Message, scoping.Rule(owner="conversation__user"))
 
+        register_metric_labels()
         post_migrate.connect(load_builtin_docs, sender=self)
         post_save.connect(forget_catalog, sender=ModelEndpoint)
         post_delete.connect(forget_catalog, sender=ModelEndpoint)

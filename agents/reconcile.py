@@ -139,8 +139,8 @@ def _counter_discrepancy(item, in_ledger: int, in_records: int) -> Discrepancy:
 
 def stuck_messages(now: datetime, ttl: float) -> tuple[int, list[Discrepancy]]:
     """(answers running now, those running for longer than the TTL)."""
+    from agents.jobs import stale_running_messages
     from agents.models import Message
-    from relay.periodic import stale_running_messages
 
     running = Message.objects.filter(status=Message.Status.RUNNING).count()
     stale = stale_running_messages(ttl, now)[:LIMIT + 1]
@@ -261,8 +261,8 @@ def _release(found: Discrepancy, now: datetime) -> Discrepancy:
 
 
 def _interrupt(found: Discrepancy, now: datetime) -> Discrepancy | None:
+    from agents.actions.recovery import interrupt_message
     from agents.models import Message
-    from relay.periodic import interrupt_message
 
     message = Message.objects.select_related("conversation").filter(pk=found.ids["message"]).first()
     if message is None or not interrupt_message(message, by="reconcile"):

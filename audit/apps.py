@@ -7,6 +7,7 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit trail"
 
     def ready(self):
+        import audit.jobs  # noqa: F401  (registers the periodic jobs with relay.periodic)
         from audit import celery_context, signals
 
         signals.connect()

@@ -131,7 +131,7 @@ class AuditHeadCheckpoint(AppendOnlyModel):
 
     verify_audit fails when the chain no longer reaches the latest one, so deleting the newest
     events is detected up to it. Written every RELAY_AUDIT_CHECKPOINT_SECONDS by Celery beat
-    (relay.periodic.audit_head_checkpoint) or by `manage.py checkpoint_audit`; not an event, so
+    (audit.jobs.audit_head_checkpoint) or by `manage.py checkpoint_audit`; not an event, so
     writing one never moves the chain.
     """
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.support.ports import free_port  # noqa: E402  (the repository on the path first)
 
 SETUP = """
 from accounts.actions.keys import create_api_key
@@ -31,12 +32,6 @@ for name, url in {upstreams!r}.items():
     ModelPrice.objects.create(model=name, input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
 print(create_api_key(user, "bench").secret)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], pct: float) -> float:

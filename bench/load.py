@@ -3,7 +3,7 @@
 Run: python bench/load.py [--seconds 10] [--concurrency 32] [--instances 2] [--streams 1000]
      (DATABASE_URL and REDIS_URL point at PostgreSQL and Redis: the production configuration)
 
-One fake OpenAI-compatible upstream process (relay/testing/fake_upstream.py) serves everyone.
+One fake OpenAI-compatible upstream process (tests/support/fake_upstream.py) serves everyone.
 Measured with one load tool (bench/_load.py), at one concurrency, streaming and not:
   direct   the upstream itself (the floor every proxy adds to);
   relay    one Relay instance (python -m relay.serve) with API-key auth, a hard budget on the key
@@ -33,6 +33,8 @@ from pathlib import Path
 from _load import Connection, figures, run_load  # noqa: I001  (bench-local helpers)
 from _relay import ROOT, RelayInstance, free_port, print_result
 
+from tests.support.ports import free_port_run
+
 MODEL = "fake-large"
 LITELLM_VENV = ROOT / "var" / "litellm" / "venv"
 # Without a database LiteLLM authenticates its master key only (no virtual keys, no budgets).
@@ -49,7 +51,7 @@ Budget.objects.create(organization=key.owner.organization, scope="api_key", api_
 
 def start_upstream(tokens: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "relay.testing.fake_upstream", "--port", str(port), "--tokens",
+    process = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port), "--tokens",
                                 str(tokens)], cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/v1/models")
     return process, f"http://127.0.0.1:{port}"
@@ -95,25 +97,6 @@ general_settings:
                                     "LITELLM_LOG": "ERROR"})
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
     return process, f"http://127.0.0.1:{port}"
-
-
-def free_port_run(count: int) -> int:
-    """The first of `count` consecutive free ports (the cluster's instances)."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        socks = [socket.socket() for _ in range(count)]
-        try:
-            for offset, sock in enumerate(socks):
-                sock.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no run of free ports")
 
 
 def start_cluster(relay: RelayInstance, instances: int) -> tuple[list[str], str]:

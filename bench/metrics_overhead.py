@@ -26,12 +26,13 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.ports import bound_socket  # noqa: E402  (the repository on the path first)
 
 
 def start_server(enabled: bool, multiprocess_dir: str | None) -> tuple[subprocess.Popen, str, socket.socket]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
+    sock = bound_socket(backlog=1024)
     env = {**os.environ, "RELAY_METRICS_ENABLED": "1" if enabled else "0", "DJANGO_SETTINGS_MODULE": "relay.settings"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if enabled and multiprocess_dir:

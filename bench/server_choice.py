@@ -20,7 +20,7 @@ import websockets
 from _load import figures, run_load  # noqa: I001  (bench-local helpers)
 from _relay import RelayInstance, percentile, print_result
 
-from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
+from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
 
 MODEL = "bench-model"
 SERVERS = {  # name: (server, workers)

@@ -20,7 +20,7 @@ import httpx
 import websockets
 from _relay import RelayInstance, print_result, summary_ms  # noqa: I001  (bench-local helper)
 
-from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
+from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
 
 MODEL = "bench-model"
 

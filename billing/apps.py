@@ -8,13 +8,16 @@ class BillingConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_delete, post_migrate, post_save
 
+        import billing.jobs  # noqa: F401  (registers the periodic jobs with relay.periodic)
         from accounts import key_tree
         from accounts.models import Organization
         from billing.budgets import hard_key_budgets
+        from billing.metrics import register as register_metrics
         from billing.models import Budget, ModelPrice
         from billing.pricing import ensure_default_prices
         from billing.rule_cache import RULES
 
+        register_metrics()
         post_migrate.connect(ensure_default_prices, sender=self)
         key_tree.register_binding(hard_key_budgets)  # a key minted under a budgeted key stays under it
         # Organization: its time zone sets the budgets' periods.

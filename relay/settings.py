@@ -198,6 +198,7 @@ else:
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 # Periodic work, once per cluster (one `celery beat`; relay/periodic.py also locks in Redis).
+# The job bodies register from their apps' ready() (agents, billing and audit jobs.py).
 CELERY_IMPORTS = ["relay.periodic"]
 CELERY_BEAT_SCHEDULE = {
     "mark-interrupted-messages": {"task": "relay.mark_interrupted_messages", "schedule": 60.0},
@@ -283,7 +284,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "relay.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "relay.api.schema.RelayAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "accounts.schema.RelayAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "relay.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -366,7 +367,7 @@ RELAY_LLM_BASE_URL = os.environ.get("RELAY_LLM_BASE_URL", "")
 RELAY_LLM_API_KEY = os.environ.get("RELAY_LLM_API_KEY", "")
 RELAY_LLM_MODELS = env_list("RELAY_LLM_MODELS")
 RELAY_DRAIN_SECONDS = env_int("RELAY_DRAIN_SECONDS", 30)
-# A message still "running" after this long belongs to a dead instance (relay/periodic.py);
+# A message still "running" after this long belongs to a dead instance (agents/jobs.py);
 # by default the reservation TTL, which already bounds the longest run.
 RELAY_INTERRUPTED_AFTER_SECONDS = env_int("RELAY_INTERRUPTED_AFTER_SECONDS",
                                           env_int("RELAY_BUDGET_RESERVATION_TTL", 900))

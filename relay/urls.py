@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import views as account_views
+from accounts.permissions import PLATFORM_STAFF
 from agents import views as agent_views
 from billing import views as billing_views
 from relay import health, views
@@ -31,7 +32,7 @@ urlpatterns = [
     path("api/docs/", views.SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("metrics", metrics_views.metrics_view, name="metrics"),
+    path("metrics", metrics_views.metrics_view_requiring(PLATFORM_STAFF), name="metrics"),
 ]
 
 handler400 = errors.handler400

@@ -13,6 +13,9 @@ from accounts.actions.organizations import create_organization
 from accounts.actions.users import create_user
 from accounts.roles import ROLES
 
+# The streaming fixtures (fake_upstream, upstream_model, user_key) for every test directory.
+pytest_plugins = ["tests.support.streams"]
+
 REQUIRE_SERVICES = os.environ.get("RELAY_REQUIRE_SERVICES") == "1"
 
 
@@ -166,19 +169,18 @@ class ASGIServer:
     """Relay's real ASGI application (HTTP and WebSocket) served by uvicorn on 127.0.0.1."""
 
     def __init__(self, ws: str = "websockets-sansio"):
-        import socket
         import threading
 
         import uvicorn
         from channels.layers import channel_layers
 
         from relay.asgi import application
+        from tests.support.ports import bound_socket
 
         # channels-redis ties a layer to the event loop that first used it; each server has its own.
         channel_layers._reset_backends("CHANNEL_LAYERS")
 
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
+        self.socket = bound_socket()
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(application, log_level="warning", lifespan="off", ws=ws)

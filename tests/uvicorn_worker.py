@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from tests.support.ports import bound_socket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,9 +19,7 @@ class UvicornWorker:
 
     def __init__(self, env: dict, *, ready_path: str = "/healthz", any_answer: bool = False):
         self.ready_path, self.any_answer = ready_path, any_answer
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(128)
+        self.socket = bound_socket(backlog=128)
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "relay.asgi:application", "--fd", str(self.socket.fileno()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -22,13 +23,21 @@ from relay.api.errors import PayloadTooLarge, exception_handler
 from relay.api.parsers import parse_json_body
 from relay.eventloop.db import db
 
+_admission = []  # [admit(drf_request, requirement, throttle)], set by AccountsConfig.ready
+
+
+def register_admission(admit) -> None:
+    """The one admission step (authenticate, authorize, throttle); accounts owns the rule, so it
+    registers it here and this module imports no app."""
+    _admission[:] = [admit]
+
 
 def _authenticate(django_request, requirement, throttle: bool):
-    """The one admission step (accounts.admission.admit) for an HTTP request; the DRF request."""
-    from accounts.admission import HTTPCredential, admit
-
+    """Admit an HTTP request through the registered admission step; the DRF request."""
+    if not _admission:
+        raise ImproperlyConfigured("no admission step registered (accounts must be installed)")
     request = Request(django_request, authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES])
-    admit(HTTPCredential(request), requirement, throttle=throttle)
+    _admission[0](request, requirement, throttle)
     return request
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 from django.conf import settings
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OTHER = "other"
 QUALITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -60,11 +60,47 @@ budget_rejections_total = Counter(
     ["scope"])
 
 
+# Collectors computed when Prometheus scrapes (e.g. billing's budget_usage_ratio, read from the
+# database); registered by the apps that own the data, exposed beside the process metrics.
+scrape_registry = CollectorRegistry(auto_describe=False)
+_collector_types: set[type] = set()
+
+
+def register_collector(collector) -> None:
+    """Expose `collector` on /metrics; one per type, so a second ready() does not duplicate it."""
+    if type(collector) not in _collector_types:
+        _collector_types.add(type(collector))
+        scrape_registry.register(collector)
+
+
 def enabled() -> bool:
     return settings.RELAY_METRICS_ENABLED
 
 
 # --- bounded labels -----------------------------------------------------------------------------
+
+# What an app knows (agents, their tools, the models it prices or serves) is registered by that
+# app in its AppConfig.ready, so this module imports no app. kind -> callables returning names.
+_label_sources: dict[str, list] = {"agent_type": [], "tool_name": [], "model": []}
+
+
+def register_label_values(kind: str, source) -> None:
+    """Add `source()` (an iterable of names) to the allowed values of label `kind`.
+
+    "agent_type" is read per run (keep it a cheap in-memory call), "tool_name" once per process,
+    "model" at most once a minute from a thread (it may use the sync ORM).
+    """
+    if source not in _label_sources[kind]:
+        _label_sources[kind].append(source)
+    tool_names.cache_clear()
+
+
+def _names(kind: str) -> frozenset[str]:
+    sources = _label_sources[kind]
+    if len(sources) == 1:
+        return frozenset(sources[0]())
+    return frozenset(name for source in sources for name in source())
+
 
 class _KnownModels:
     """Model names Relay prices or serves, refreshed at most once a minute (never per request)."""
@@ -81,13 +117,9 @@ class _KnownModels:
 
     def refresh(self) -> frozenset[str]:
         """Load the set (sync ORM: call from a thread, e.g. through relay.eventloop.db.run_db)."""
-        from agents.providers.catalog import available_models
-        from billing.models import ModelPrice
-
-        names = set(ModelPrice.objects.values_list("model", flat=True).distinct())
-        names.update(choice.name for choice in available_models())
+        names = _names("model")
         with self.lock:
-            self.names, self.loaded_at = frozenset(names), time.monotonic()
+            self.names, self.loaded_at = names, time.monotonic()
         return self.names
 
 
@@ -105,18 +137,14 @@ async def refresh_known_models_if_stale() -> None:
         await run_db(known_models.refresh)
 
 
-def agent_names() -> tuple[str, ...]:
-    from agents.registry import all_agents
-
-    return tuple(all_agents())
+def agent_names() -> frozenset[str]:
+    return _names("agent_type")
 
 
 @functools.cache
 def tool_names() -> frozenset[str]:
     """Tools come from the registered agents' code, which does not change while a process runs."""
-    from agents.registry import all_agents
-
-    return frozenset(tool.name for agent in all_agents().values() for tool in agent.tools)
+    return _names("tool_name")
 
 
 def _bounded(value: str, allowed) -> str:

@@ -17,17 +17,13 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpResponse
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from accounts.permissions import PLATFORM_STAFF
 from relay.api.async_views import api_endpoint
 from relay.eventloop.db import run_db
 from relay.observability import metrics, multiproc
-from relay.observability.budgets import BudgetUsageCollector
 
 logger = logging.getLogger(__name__)
-_budget_registry = CollectorRegistry(auto_describe=False)
-_budget_registry.register(BudgetUsageCollector())
 
 
 def scraper_token_matches(request) -> bool:
@@ -50,23 +46,26 @@ def exposition() -> bytes:
         except DatabaseError:
             logger.warning("metrics: cannot load the model names; unknown models stay 'other'", exc_info=True)
     metrics.initialize_series()
-    return generate_latest(multiproc.collection_registry()) + generate_latest(_budget_registry)
+    return generate_latest(multiproc.collection_registry()) + generate_latest(metrics.scrape_registry)
 
 
 async def _respond():
     return HttpResponse(await run_db(exposition), content_type=CONTENT_TYPE_PLAIN_0_0_4)  # what Prometheus 2.x parses
 
 
-@api_endpoint(PLATFORM_STAFF, methods=("GET",), throttle=False)
-async def _for_operator(request, drf_request):
-    return await _respond()
+def metrics_view_requiring(requirement):
+    """The /metrics view; who counts as an operator is accounts' rule (PLATFORM_STAFF), which
+    relay/urls.py passes in so that relay/ imports no app."""
 
-
-async def metrics_view(request):
-    if request.method == "GET" and scraper_token_matches(request):
+    @api_endpoint(requirement, methods=("GET",), throttle=False)
+    async def _for_operator(request, drf_request):
         return await _respond()
-    return await _for_operator(request)
 
+    async def metrics_view(request):
+        if request.method == "GET" and scraper_token_matches(request):
+            return await _respond()
+        return await _for_operator(request)
 
-metrics_view.required_permission = _for_operator.required_permission
-metrics_view.csrf_exempt = True
+    metrics_view.required_permission = _for_operator.required_permission
+    metrics_view.csrf_exempt = True
+    return metrics_view

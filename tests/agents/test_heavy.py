@@ -25,7 +25,7 @@ from accounts.actions.keys import create_api_key
 from agents.models import Document
 from tests.agents.test_sandbox import _pids_named, require_sandbox
 from tests.conftest import assert_envelope
-from tests.streaming.conftest import parse_sse
+from tests.support.streams import parse_sse
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import actions
+from audit import jobs as audit_jobs
 from audit.chain import compute_hash
 from audit.maintenance import write_head_checkpoint
 from audit.models import AuditEvent, AuditHeadCheckpoint
@@ -48,7 +49,7 @@ def verify_fails(**options) -> str:
 
 def test_deleting_the_newest_events_after_a_checkpoint_fails_verify_audit_in_another_process(manage_py):
     chain_of(5)
-    assert periodic.audit_head_checkpoint()["sequence"] == 5  # what Celery beat runs
+    assert audit_jobs.audit_head_checkpoint()["sequence"] == 5  # what Celery beat runs
     chain_of(2)
     intact = manage_py("verify_audit")
     assert intact.returncode == 0 and intact.stdout.startswith("7 events verified"), intact.stderr
@@ -183,7 +184,7 @@ def test_beat_writes_a_checkpoint_every_configured_interval(manage_py, settings)
 def test_the_checkpoint_is_written_once_per_cluster(manage_py):
     require_redis()
     chain_of(2)
-    task = "import json; from relay.periodic import audit_head_checkpoint; print(json.dumps(audit_head_checkpoint()))"
+    task = "import json; from audit.jobs import audit_head_checkpoint; print(json.dumps(audit_head_checkpoint()))"
     with periodic.single_writer("audit-head") as mine:  # another instance's beat task, running now
         assert mine
         skipped = manage_py("shell", "-c", task)

@@ -10,7 +10,6 @@ from django.conf import settings
 import billing.ledger as ledger_module
 from billing.ledger import InProcessLedger, key_prefix
 from tests.conftest import require_redis
-from tests.streaming.conftest import fake_upstream, upstream_model  # noqa: F401 (fixtures for live tests)
 
 LEDGERS = ["inprocess", "redis"]
 

@@ -5,7 +5,6 @@ embedded mode (in-process ledger: one process by design) one live server stands 
 """
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -22,7 +21,7 @@ from billing.ledger import get_ledger
 from billing.models import Budget, UsageRecord
 from tests.conftest import ASGIServer, require_postgres, require_redis
 from tests.reconciled import assert_reconciled
-from tests.streaming.conftest import parse_sse
+from tests.support.streams import parse_sse, sse_events
 from tests.uvicorn_worker import UvicornWorker
 from tests.uvicorn_worker import start_workers as uvicorn_workers
 
@@ -147,7 +146,7 @@ def test_cancelled_and_budget_stopped_streams_bill_exactly_the_tokens_produced(
     with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
         with client.stream("POST", "/api/v1/stream", json={"query": query, "agent_type": "general"},
                            headers=headers) as response:
-            for event in events_of(response.iter_lines()):
+            for event in sse_events(response.iter_lines()):
                 if event["type"] == "token":
                     received.append(event["content"])
                     if len(received) == 5:
@@ -194,7 +193,7 @@ def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fak
         with httpx.Client(base_url=victim.url, timeout=30) as client:
             with client.stream("POST", "/api/v1/stream", json=body,
                                headers={"Authorization": f"Bearer {secret}"}) as response:
-                for event in events_of(response.iter_lines()):
+                for event in sse_events(response.iter_lines()):
                     if event["type"] == "token":
                         break
                 killed_at = time.monotonic()
@@ -228,13 +227,6 @@ async def _stream_once(url, secret, body):
         return await stream_one(client, url, secret, body)
 
 
-def events_of(lines):
-    """Events as they arrive (parse_sse reads the whole stream first)."""
-    for line in lines:
-        if line.startswith("data: "):
-            yield json.loads(line[len("data: "):])
-
-
 def wait_for_record(**filters) -> UsageRecord:
     """The run is stored by the server after the client left: wait for it (bounded)."""
     from agents.models import Message
@@ -256,7 +248,7 @@ def _message_text(record) -> str:
 
 
 def fake_tokens(text: str) -> list[str]:
-    from relay.testing.fake_upstream import _tokens
+    from tests.support.fake_upstream import _tokens
 
     return _tokens(text)
 

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
+
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fake-large"
@@ -45,33 +46,6 @@ Budget.objects.create(organization=org, scope="api_key", api_key=issued.key, per
                       limit_usd=Decimal("1000"), hard=True, alert_thresholds=[])
 print(json.dumps({{"key": issued.secret}}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_run(count: int) -> int:
-    """The first of `count` consecutive free ports."""
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65000:
-            continue
-        try:
-            socks = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no run of free ports")
 
 
 def require_cluster_services() -> None:

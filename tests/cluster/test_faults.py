@@ -11,7 +11,6 @@ import time
 import httpx
 import pytest
 
-from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from tests.cluster.support import (
     Instance,
     PrivatePostgres,
@@ -24,6 +23,7 @@ from tests.cluster.support import (
     wait_for,
 )
 from tests.reconciled import assert_reconciled_in
+from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 RECOVERY_SECONDS = 5

@@ -15,6 +15,9 @@ import redis
 from django.db import OperationalError
 from django.utils import timezone
 
+from agents import jobs as agent_jobs
+from audit import jobs as audit_jobs
+from billing import jobs as billing_jobs
 from relay import periodic
 from relay.api import errors
 
@@ -47,22 +50,22 @@ def test_only_answers_older_than_any_run_become_interrupted_with_usage_and_audit
     from audit.models import AuditEvent
     from billing.models import UsageRecord
 
-    assert periodic.mark_interrupted_messages(older_than_seconds=900) == 1
+    assert agent_jobs.mark_interrupted_messages(older_than_seconds=900) == 1
     statuses = {name: Message.objects.get(pk=m.pk).status for name, m in running_answers.items()}
     assert statuses == {"orphan": "interrupted", "young": "running", "done": "complete"}
     usage = UsageRecord.objects.get(request_id="req-orphan")
     assert (usage.status, usage.cost, usage.output_tokens) == ("interrupted", 0, 0)
     event = AuditEvent.objects.get(action="agent.run", metadata__run_id="req-orphan")
     assert (event.status, event.metadata["status"]) == ("error", "interrupted")
-    assert periodic.mark_interrupted_messages(older_than_seconds=900) == 0  # once only
+    assert agent_jobs.mark_interrupted_messages(older_than_seconds=900) == 0  # once only
 
 
 @pytest.mark.django_db
 def test_a_periodic_job_skips_its_turn_while_another_process_holds_its_lock(running_answers):
     with periodic.single_writer("interrupted") as mine:
         assert mine
-        assert periodic.mark_interrupted_messages(older_than_seconds=900) == 0
-    assert periodic.mark_interrupted_messages(older_than_seconds=900) == 1
+        assert agent_jobs.mark_interrupted_messages(older_than_seconds=900) == 0
+    assert agent_jobs.mark_interrupted_messages(older_than_seconds=900) == 1
 
 
 @pytest.mark.django_db
@@ -72,9 +75,9 @@ def test_beat_schedule_names_registered_tasks(settings):
     app.loader.import_default_modules()
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         assert entry["task"] in app.tasks
-    assert periodic.evaluate_budget_alerts() == 0  # no budgets: nothing to do, no error
-    assert periodic.expire_reservations() == 0
-    assert periodic.audit_checkpoint()["ok"] is True
+    assert billing_jobs.evaluate_budget_alerts() == 0  # no budgets: nothing to do, no error
+    assert billing_jobs.expire_reservations() == 0
+    assert audit_jobs.audit_checkpoint()["ok"] is True
 
 
 @pytest.mark.django_db

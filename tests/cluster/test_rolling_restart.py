@@ -17,18 +17,18 @@ import httpx
 import psycopg
 import pytest
 
-from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from tests.cluster.support import (
     MODEL,
     ROOT,
-    free_port,
-    free_port_run,
     prepare,
     relay_env,
     require_cluster_services,
     scratch_database,
 )
 from tests.reconciled import assert_reconciled_in
+from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
+from tests.support.ports import free_port, free_port_run
+from tests.support.streams import DONE, parse_sse
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -49,9 +49,8 @@ async def client_loop(url: str, key: str, stream: bool, stop: threading.Event, o
                 if response.status_code != 200:
                     outcomes.append((None, f"HTTP {response.status_code}: {text[:200]}"))
                 elif stream:
-                    chunks = [json.loads(line[6:]) for line in text.splitlines()
-                              if line.startswith("data: ") and line != "data: [DONE]"]
-                    finished = "data: [DONE]" in text and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+                    chunks = parse_sse(text.splitlines())
+                    finished = DONE in text and chunks[-1]["choices"][0]["finish_reason"] == "stop"
                     outcomes.append((chunks[0]["id"], None if finished else f"stream cut: {text[-200:]}"))
                 else:
                     outcomes.append((json.loads(text)["id"], None))

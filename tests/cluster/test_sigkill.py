@@ -12,7 +12,6 @@ import httpx
 import psycopg
 import pytest
 
-from relay.testing.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from tests.cluster.support import (
     MODEL,
     Instance,
@@ -24,6 +23,7 @@ from tests.cluster.support import (
     wait_for,
 )
 from tests.reconciled import assert_reconciled_in
+from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 TTL = 10
@@ -42,7 +42,8 @@ AFTER_TTL = LEDGER + """
 from agents.models import Message
 from audit.models import AuditEvent
 from billing.models import UsageRecord
-from relay.periodic import expire_reservations, mark_interrupted_messages
+from agents.jobs import mark_interrupted_messages
+from billing.jobs import expire_reservations
 marked = mark_interrupted_messages(older_than_seconds=TTL_SECONDS)
 expire_reservations()
 answer = Message.objects.get(role="assistant", request_id="REQUEST_ID")

@@ -3,8 +3,6 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.streaming.conftest import fake_upstream, upstream_model  # noqa: F401 (fixtures for the live test)
-
 METRICS_TOKEN = "scrape-token-for-tests-0123456789"
 
 

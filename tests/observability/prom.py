@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import yaml
+
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "platform" / "prometheus"
@@ -82,9 +83,7 @@ class Prometheus:
     """A real Prometheus on 127.0.0.1 with its own storage, stopped on exit."""
 
     def __init__(self, config: Path, tmp_path: Path):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(

@@ -95,7 +95,7 @@ def _has_number(result: list[dict]) -> bool:
 
 def test_every_panel_and_alert_returns_data_from_a_real_prometheus(asgi_server, users, metrics_token, fake_upstream,
                                                                    upstream_model, tmp_path, monkeypatch):
-    from relay.observability import budgets
+    from billing import metrics as budgets
 
     monkeypatch.setattr(budgets, "CACHE_SECONDS", 0)  # scrapes every second must see the new budget
     require(tool("prometheus") is not None, "prometheus is not installed (Debian package prometheus)")

@@ -113,7 +113,7 @@ def test_a_thousand_invented_urls_and_models_do_not_create_series(client, users,
 
 def test_runs_tools_and_budget_refusals_are_recorded_where_they_happen(users, client_for, metrics_token, client,
                                                                       monkeypatch):
-    from relay.observability import budgets
+    from billing import metrics as budgets
 
     monkeypatch.setattr(budgets, "CACHE_SECONDS", 0)
     before = scrape(client, metrics_token)

@@ -330,7 +330,7 @@ def test_credentials_of_a_deactivated_user_stop_working_at_once(credential, user
 
 @pytest.mark.parametrize("role", ROLES)
 def test_metrics_are_for_operators_not_organization_roles(role, users, client_for, denials, settings):
-    # Control: relay.observability.views.metrics_view (platform staff or the scraper token). The viewer
+    # Control: relay.observability.views.metrics_view_requiring(PLATFORM_STAFF) (platform staff or the scraper token). The viewer
     # and admin hold view_metrics, which reads their organization's figures, not the platform's.
     settings.RELAY_METRICS_TOKEN = "s" * 40
     me = users[role]

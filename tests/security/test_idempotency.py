@@ -17,7 +17,7 @@ from accounts.actions.keys import create_api_key
 from agents.models import Message
 from billing.models import UsageRecord
 from tests.billing.test_live_budgets import IN_PRICE, OUT_PRICE, key_budget, ledger_figures, prompt_tokens
-from tests.streaming.conftest import parse_sse
+from tests.support.streams import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUERY = "Say something once."

@@ -22,7 +22,7 @@ from accounts.models import User
 from audit.models import AuditEvent
 from billing.models import ModelPrice
 from tests.billing.test_live_budgets import live_settings
-from tests.live import instances
+from tests.support.live import instances
 
 pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["live_settings"]

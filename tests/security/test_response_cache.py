@@ -236,7 +236,7 @@ def test_across_two_instances_a_cached_private_answer_reaches_only_its_owner(use
     import httpx
 
     from billing.models import ModelPrice
-    from tests.live import instances
+    from tests.support.live import instances
 
     settings.RELAY_DB_THREAD_SENSITIVE = False
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]

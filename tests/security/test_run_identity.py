@@ -22,8 +22,8 @@ from tests.billing.test_live_budgets import (
     live_settings,
     prompt_tokens,
 )
-from tests.live import instances
 from tests.reconciled import assert_reconciled
+from tests.support.live import instances
 
 pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["live_settings"]  # a fixture these tests use

@@ -22,9 +22,9 @@ from tests.billing.test_live_budgets import (
     live_settings,
     prompt_tokens,
 )
-from tests.live import instances
 from tests.reconciled import assert_reconciled
-from tests.streaming.conftest import parse_sse
+from tests.support.live import instances
+from tests.support.streams import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["live_settings"]

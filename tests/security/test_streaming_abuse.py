@@ -17,7 +17,8 @@ from django.conf import settings
 from accounts.actions.keys import create_api_key
 from agents.models import Message
 from tests.conftest import assert_envelope
-from tests.streaming.conftest import parse_sse
+from tests.support.ports import free_port
+from tests.support.streams import parse_sse
 
 
 def ws_url(base: str) -> str:
@@ -184,10 +185,7 @@ def database_url() -> str:
 @pytest.fixture
 def relay_subprocess(transactional_db):
     """Relay under uvicorn in its own process, so its memory can be measured alone."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "0", "RELAY_BEHIND_TLS": "0",
            "SECRET_KEY": os.environ.get("SECRET_KEY") or "s" * 60, "ALLOWED_HOSTS": "127.0.0.1,localhost",
            "RELAY_API_KEY_HASH_SECRET": settings.RELAY_API_KEY_HASH_SECRETS["1"], "RELAY_METRICS_ENABLED": "0"}

@@ -6,23 +6,14 @@ import httpx
 import openai
 import pytest
 
-from relay.testing.fake_upstream import FakeUpstream
-
 TOOLS = [{"type": "function", "function": {
     "name": "calculator", "description": "Evaluate arithmetic.",
     "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeUpstream() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.reset()
-    yield
+@pytest.fixture
+def server(fresh_upstream):
+    return fresh_upstream  # tests/support/streams.py: the module's fake upstream, reset per test
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from agents.models import Message
-from tests.streaming.conftest import parse_sse
+from tests.support.streams import parse_sse, sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ANSWER = 1024  # tokens: Relay's default max_tokens
@@ -97,13 +97,11 @@ def test_sse_upstream_model_streams_and_disconnect_cancels_the_upstream(asgi_ser
                                         "model": upstream_model},
         headers={"Authorization": f"Bearer {user_key}"},
     ) as response:
-        lines = response.iter_lines()
         events = []
-        for line in lines:
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-                if sum(e["type"] == "token" for e in events) == 3:
-                    break
+        for event in sse_events(response.iter_lines()):
+            events.append(event)
+            if sum(e["type"] == "token" for e in events) == 3:
+                break
     seen = fake_upstream.wait_for_disconnect(timeout=WAIT)
     assert seen is not None and seen.client_disconnected, "the upstream call was not cancelled"
     message_id = events[0]["message_id"]

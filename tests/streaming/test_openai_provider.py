@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import json
-import socket
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import pytest_asyncio
 
 from agents.providers.base import ChatRequest, Finish, ProviderError, TextDelta, ToolCallRequest, Usage
 from agents.providers.openai_compat import OpenAICompatibleProvider
-from relay.testing.fake_upstream import FakeUpstream
+from tests.support.ports import free_port
 
 # Waits that end on an event; the ceiling only matters when the behaviour under test is broken,
 # so it is generous enough for a loaded 2-core machine. STALL outlasts it: whatever ends a stall
@@ -21,16 +20,9 @@ STALL = 120.0
 TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeUpstream() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.reset()
-    yield
+@pytest.fixture
+def server(fresh_upstream):
+    return fresh_upstream  # tests/support/streams.py: the module's fake upstream, reset per test
 
 
 @pytest_asyncio.fixture
@@ -232,9 +224,7 @@ async def test_stopping_between_events_with_aclosing_closes_the_connection(provi
 
 @pytest.mark.asyncio
 async def test_unreachable_port():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     provider = OpenAICompatibleProvider("down", f"http://127.0.0.1:{port}/v1", "k", retry_backoff=0.01)
     with pytest.raises(ProviderError) as info:
         await collect(provider, req("x"))

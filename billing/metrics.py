@@ -1,4 +1,6 @@
-"""budget_usage_ratio: how much of each budget's current period is spent, read at scrape time.
+"""Billing's metrics: budget_usage_ratio, and the priced models as `model` label values.
+
+budget_usage_ratio: how much of each budget's current period is spent, read at scrape time.
 
 Budget limits live in the database, not in the processes that spend them, so this gauge is
 computed when Prometheus scrapes (one query for the budgets and one per budget for its spend,
@@ -16,6 +18,10 @@ from django.db import DatabaseError
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
+from billing import budgets as rules
+from billing.models import Budget, ModelPrice
+from billing.money import usd_to_nanos
+
 logger = logging.getLogger(__name__)
 CACHE_SECONDS = 5.0
 MAX_BUDGETS = 500  # far beyond what one deployment configures; keeps a scrape bounded anyway
@@ -25,10 +31,6 @@ _lock = threading.Lock()
 
 
 def _usage_rows() -> list[tuple[str, str, str, str, float]]:
-    from billing import budgets as rules
-    from billing.models import Budget
-    from billing.money import usd_to_nanos
-
     now = timezone.now()
     rows = []
     for budget in Budget.objects.select_related("organization").order_by("pk")[:MAX_BUDGETS]:
@@ -56,3 +58,16 @@ class BudgetUsageCollector:
         for budget_id, scope, period, kind, ratio in rows:
             family.add_metric([budget_id, scope, period, kind], ratio)
         yield family
+
+
+def priced_models():
+    """Every model with a price: a `model` label value (relay.observability.metrics.known_models)."""
+    return ModelPrice.objects.values_list("model", flat=True).distinct()
+
+
+def register() -> None:
+    """Called by BillingConfig.ready: relay/observability imports no app, billing tells it."""
+    from relay.observability import metrics
+
+    metrics.register_label_values("model", priced_models)
+    metrics.register_collector(BudgetUsageCollector())

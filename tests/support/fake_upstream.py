@@ -11,7 +11,7 @@ timing and failures are scripted by :class:`FakeUpstreamConfig`:
   The magic is removed from the echoed prompt.
 
 Raw ASGI (no framework) so the fake adds no dependency beyond uvicorn and costs little per token
-in benchmarks.  ``python -m relay.testing.fake_upstream --port 8901 --ttft 0.05 --tps 200``.
+in benchmarks.  ``python -m tests.support.fake_upstream --port 8901 --ttft 0.05 --tps 200``.
 """
 
 from __future__ import annotations

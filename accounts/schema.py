@@ -1,4 +1,4 @@
-"""OpenAPI: every operation says who may call it, from the view's own declaration."""
+"""OpenAPI (settings: DEFAULT_SCHEMA_CLASS): every operation says who may call it, from the view's own declaration."""
 
 from drf_spectacular.openapi import AutoSchema
 
