@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from agents.api.run_views import HEARTBEAT_SECONDS, with_heartbeats
+from agents.api.sse import HEARTBEAT_SECONDS, with_heartbeats
 
 
 @pytest.mark.asyncio

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.api import run_views
+from agents.api import sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,7 +32,7 @@ def _last_event(lines: list[str]) -> str:
 ])
 def test_a_slow_model_gets_heartbeats_and_counts_as_an_open_session(
         asgi_server, user_key, fake_upstream, upstream_model, monkeypatch, path, body, ends_with):
-    monkeypatch.setattr(run_views, "HEARTBEAT_SECONDS", INTERVAL)
+    monkeypatch.setattr(sse, "HEARTBEAT_SECONDS", INTERVAL)
     fake_upstream.configure(ttft=TTFT)
     before = open_sessions()
     with httpx.Client(base_url=asgi_server.url, timeout=30) as client, client.stream(
