@@ -45,28 +45,89 @@ async def with_heartbeats(source, interval: float):
     """Pass events through, yielding None whenever `interval` seconds pass without one.
 
     The pending step keeps running across heartbeats (it is never cancelled by the timer), so a
-    slow tool or model is not interrupted by the keep-alive.
+    slow tool or model is not interrupted by the keep-alive. Closing this generator cancels the
+    pending step and closes the source.
     """
-    iterator = aiter(source)
-    step = asyncio.ensure_future(anext(iterator))
+    pump = _Pump(source, interval)
     try:
-        while True:
-            done, _ = await asyncio.wait({step}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            try:
-                event = step.result()
-            except StopAsyncIteration:
-                return
-            yield event
-            step = asyncio.ensure_future(anext(iterator))
+        while (item := await pump.next()) is not _END:
+            yield item
     finally:
-        if not step.done():
-            step.cancel()
+        await pump.close()
+
+
+_END = object()
+
+
+class _Pump:
+    """Fetches the source's next event when asked, in one task for the whole stream.
+
+    Per event this costs two futures and no task or timer: a task per step plus asyncio.wait with
+    a timeout would add a timer and several loop callbacks to every token. One timer, moved on
+    lazily, wakes the consumer with a heartbeat once `interval` passed since it started waiting.
+    """
+
+    def __init__(self, source, interval: float):
+        self.loop = asyncio.get_running_loop()
+        self.iterator, self.interval = aiter(source), interval
+        self.wanted = self.loop.create_future()  # set by the consumer: fetch the next event
+        self.fetching = False
+        self.ready = None  # (event, error) fetched while the consumer was away sending a heartbeat
+        self.answer = None  # what the consumer waits on: (event, error), or (None, None) for a heartbeat
+        self.deadline, self.timer = 0.0, None
+        self.task = self.loop.create_task(self._fetch())
+
+    async def _fetch(self) -> None:
+        while True:
+            await self.wanted
+            self.wanted = self.loop.create_future()
+            try:
+                result = (await anext(self.iterator), None)
+            except StopAsyncIteration:
+                result = (_END, None)
+            except Exception as error:  # noqa: BLE001 (raised in the consumer, as the source raised it)
+                result = (None, error)
+            self.fetching = False
+            if self.answer is not None and not self.answer.done():
+                self.answer.set_result(result)
+            else:
+                self.ready = result
+            if result[0] is _END or result[1] is not None:
+                return
+
+    async def next(self):
+        if self.ready is None:
+            if not self.fetching:
+                self.fetching = True
+                self.wanted.set_result(None)
+            self.answer = self.loop.create_future()
+            self.deadline = self.loop.time() + self.interval
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.deadline, self._tick)
+            event, error = await self.answer
+        else:
+            (event, error), self.ready = self.ready, None
+        if error is not None:
+            raise error
+        return event
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.answer is None or self.answer.done():
+            return  # not waiting: the next wait arms the timer again
+        if self.loop.time() >= self.deadline:
+            self.answer.set_result((None, None))
+        else:
+            self.timer = self.loop.call_at(self.deadline, self._tick)
+
+    async def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.task.done():
+            self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await step
-        await iterator.aclose()
+                await self.task
+        await self.iterator.aclose()
 
 
 async def sse_events(run: runner.PreparedRun, framing):
