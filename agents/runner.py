@@ -21,6 +21,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from agents import events, heavy, optimizer
+from agents.actions import runs
 from agents.core import RunContext
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
@@ -32,7 +33,6 @@ from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
 from relay.eventloop.db import db
-from relay.eventloop.group_commit import GroupCommit
 from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -145,74 +145,6 @@ def _load_history(req: RunRequest) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in reversed(list(recent))]
 
 
-@dataclass
-class _Opening:
-    """The rows a run starts with: its conversation (new or the caller's own), the question, an empty answer."""
-
-    req: RunRequest
-    conversation_id: str
-    message_id: str
-    agent: str
-    model: str
-
-
-def _turns(opening: _Opening, conversation) -> list:
-    from datetime import timedelta
-
-    from agents.models import Message
-
-    req, asked = opening.req, timezone.now()
-    return [  # the answer sorts after the question
-        Message(conversation=conversation, role=Message.Role.USER, content=req.query, agent=opening.agent,
-                request_id=req.run_id, client_request_id=req.client_request_id, created_at=asked),
-        Message(id=opening.message_id, conversation=conversation, role=Message.Role.ASSISTANT, agent=opening.agent,
-                model=opening.model, status=Message.Status.RUNNING, request_id=req.run_id,
-                client_request_id=req.client_request_id, created_at=asked + timedelta(microseconds=1)),
-    ]
-
-
-def _conversation(opening: _Opening, *, create: bool):
-    from agents.models import Conversation
-
-    req = opening.req
-    if req.conversation_id:  # the caller's own, locked so turns of one conversation do not interleave
-        conversation = Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
-        conversation.save(update_fields=["updated_at"])  # a new turn: the conversation moves up its list
-        return conversation
-    conversation = Conversation(id=opening.conversation_id, organization_id=req.user.organization_id, user=req.user,
-                                agent=opening.agent, title=" ".join(req.query.split())[:80] or "Image")
-    if create:
-        conversation.save(force_insert=True)
-    return conversation
-
-
-def _open_one(write) -> None:
-    from django.db import transaction
-
-    from agents.models import Message
-
-    with transaction.atomic():
-        Message.objects.bulk_create(_turns(write.item, _conversation(write.item, create=True)))
-
-
-def _open_many(writes) -> None:
-    """Many runs' opening rows in one transaction (relay/eventloop/group_commit.py): two bulk inserts."""
-    from django.db import transaction
-
-    from agents.models import Conversation, Message
-
-    with transaction.atomic():
-        conversations = [_conversation(write.item, create=False) for write in writes]
-        Conversation.objects.bulk_create([c for c, w in zip(conversations, writes, strict=True)
-                                          if not w.item.req.conversation_id])
-        Message.objects.bulk_create([message for conversation, write in zip(conversations, writes, strict=True)
-                                     for message in _turns(write.item, conversation)])
-    return [None] * len(writes)
-
-
-_OPENINGS = GroupCommit(_open_many, _open_one)
-
-
 async def prepare(req: RunRequest) -> PreparedRun:
     """All checks and the budget reservation; raises DRF exceptions (4xx/5xx envelopes)."""
     lease = await heavy.admit_run(req)  # 429 busy before anything else; released in _finish
@@ -259,7 +191,7 @@ async def _prepare(req: RunRequest) -> PreparedRun:
     # cannot take them, the request fails here (503) instead of streaming an answer nobody can
     # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
     try:
-        await _OPENINGS.submit(_Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
+        await runs.open_run(runs.Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
     except BaseException:
         await asyncio.shield(billing.release_charge(charge))
         raise
@@ -374,26 +306,18 @@ class _Usage:
 
 
 async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
-    """Store the answer, its usage record and audit event; used once per run, whatever happened."""
+    """Close the run (agents.actions.runs.close_run), once per run, whatever happened."""
     await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
     input_tokens, output_tokens = run.input_tokens, progress.output_tokens
     reported = run.ctx.facts.get("upstream_usage")
     if reported and reported["reported"] and progress.status == "complete":
         input_tokens, output_tokens = reported["input_tokens"], reported["output_tokens"]
-    latency_ms = int((time.monotonic() - run.started) * 1000)
     answer = "".join(progress.answer)
     quality = run.agent.quality(run.ctx, answer) if progress.status == "complete" else 0.0
-    tool_calls = [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records]
-    def store(record):  # in the usage record's transaction: one commit for the whole outcome
-        _store_answer(run, progress, answer, record, quality, latency_ms)
-        _audit_run(run, progress, record)
-
-    record = await billing.close_charge(
-        run.charge, user=run.request.user, api_key=run.request.api_key, agent=run.agent.name,
-        input_tokens=input_tokens, output_tokens=output_tokens, status=progress.status, latency_ms=latency_ms,
-        message_id=run.message_id, tool_calls=tool_calls, cached=bool(run.plan and run.plan.hit), also=store,
-        client_request_id=run.request.client_request_id,
-    )
+    record = await runs.close_run(run, runs.Ending(
+        status=progress.status, answer=answer, input_tokens=input_tokens, output_tokens=output_tokens,
+        latency_ms=int((time.monotonic() - run.started) * 1000), quality=quality, ttft_ms=progress.ttft_ms,
+        error_code=progress.error_code))
     await optimizer.remember(run.plan, progress.status, answer, run.ctx.facts)  # complete misses only
     await metrics.refresh_known_models_if_stale()
     metrics.record_run(agent=run.agent.name, model=run.model.name, status=progress.status,
@@ -401,31 +325,6 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
                        quality=quality if progress.status == "complete" else None, ttft_ms=progress.ttft_ms)
     run.outcome = (progress.status, record.input_tokens + record.output_tokens, record.cost)
     return _Usage(record.input_tokens, record.output_tokens, record.cost)
-
-
-def _store_answer(run, progress, answer, record, quality, latency_ms) -> None:
-    from agents.models import Message
-
-    # The conversation's updated_at moved when the turn was opened (_conversation): not again here.
-    Message.objects.filter(pk=run.message_id).update(
-        content=answer, input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
-        latency_ms=latency_ms, ttft_ms=progress.ttft_ms, quality_score=quality, quality_auto=quality,
-        tool_calls=run.ctx.tool_records, status=progress.status, error_code=progress.error_code,
-    )
-
-
-def _audit_run(run: PreparedRun, progress: _Progress, record) -> None:
-    from audit import actions
-    from audit.services import record as audit_record
-
-    metadata = {"agent": run.agent.name, "model": run.model.name, "status": progress.status,
-                "cost": str(record.cost), "input_tokens": record.input_tokens,
-                "output_tokens": record.output_tokens, "run_id": run.request.run_id,
-                "client_request_id": run.request.client_request_id}
-    if settings.RELAY_AUDIT_PROMPTS:
-        metadata["prompt"] = run.request.query[:4000]
-    audit_record(actions.AGENT_RUN, status="success" if progress.status != "error" else "error",
-                 actor=run.request.user, resource=f"message:{run.message_id}", metadata=metadata)
 
 
 async def collect(run: PreparedRun) -> dict:

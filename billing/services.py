@@ -2,8 +2,10 @@
 
 The contract is docs/design.md section 7. `open_charge` reserves the worst case (input + max output)
 against every budget covering the request in one ledger step and returns a `Charge`; the runner
-checks `charge.allows(...)` per token (pure arithmetic, no I/O) and ends with `close_charge`,
-which writes the one `UsageRecord` of the request and settles the ledger to the actual cost.
+checks `charge.allows(...)` per token (pure arithmetic, no I/O). At the end the caller's
+transaction writes the request's one `UsageRecord` (`usage_record` + `record_usage`, or many at
+once with `record_usages`) and `settle_charge` then settles the ledger to the actual cost; an
+agent run closes this way in agents.actions.runs, `close_charge` does both for a charge alone.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from billing.money import cost_usd, nanos_per_token, usd_to_nanos
 from billing.pricing import UnknownModel, current_price
 from billing.rule_cache import RULES
 from relay.eventloop.db import run_db
-from relay.eventloop.group_commit import GroupCommit
 
 __all__ = [
     "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "release_charge",
+    "usage_record", "record_usage", "record_usages", "recorded_usage", "settle_charge",
     "cost_usd", "record_budget_event", "load_rules",
 ]
 logger = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ class Charge:
 
     def cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
         return input_tokens * self.input_nanos_per_token + output_tokens * self.output_nanos_per_token
+
+    def actual_nanos(self, input_tokens: int, output_tokens: int) -> int:
+        """What the request is charged: its cost, capped at the grant."""
+        return min(self.cost_nanos(input_tokens, output_tokens), self.granted_nanos)
 
     def allows(self, input_tokens: int, output_tokens: int) -> bool:
         """May the request reach these token counts? The runner asks before emitting each token."""
@@ -154,33 +160,88 @@ def _spent_counters(wanted: list, now: datetime) -> dict[str, int]:
     return {b.scope_key: budget_rules.spent_in_period(b.budget, now) for b in wanted}
 
 
-async def close_charge(charge: Charge, *, user, api_key, agent: str, input_tokens: int, output_tokens: int,
-                       status: str, latency_ms: int, cached: bool = False, message_id=None,
-                       tool_calls: list[dict] = (), also=None, client_request_id: str = "") -> UsageRecord:  # noqa: F821 (lazy model import)
-    """Record the request's usage and settle its reservation to the actual cost.
+def usage_record(charge: Charge, *, user, api_key, agent: str, input_tokens: int, output_tokens: int,
+                 status: str, latency_ms: int, cached: bool = False, message_id=None,
+                 client_request_id: str = "") -> UsageRecord:  # noqa: F821 (lazy model import)
+    """The request's one usage record, not yet saved, at the actual cost capped at the grant.
 
-    `also(record)`, if given, is sync ORM work that belongs to the same unit (the runner stores the
-    answer and its audit event there): it runs inside the usage transaction, so one commit covers all.
-
-    Inserts the UsageRecord (+ one ToolUsage per tool call: {"tool", "duration_ms", "tokens",
-    "cost_nanos"?}) in one DB transaction, then settles the ledger (a failed settle is logged: the
-    reservation expires and `rebuild_ledger` repairs counters). Evaluates soft thresholds.
-    Idempotent per request_id: a second call returns the existing record and charges nothing.
-    The cost is capped at the grant, so a runner overshooting cannot overspend a hard budget.
+    The cap means a runner overshooting cannot overspend a hard budget. ValueError for an
+    unknown status.
     """
     if status not in STATUSES:
         raise ValueError(f"Unknown status {status!r}; one of {', '.join(STATUSES)}.")
-    actual = min(charge.cost_nanos(input_tokens, output_tokens), charge.granted_nanos)
-    closing = _Closing(_usage_record(charge, user, api_key, agent, input_tokens, output_tokens, actual, status,
-                                     latency_ms, cached, message_id), list(tool_calls), also)
-    closing.record.client_request_id = client_request_id[:64]
-    try:
-        record, created = await _CLOSINGS.submit(closing)
-    finally:
-        spent = await _settle(charge, actual)
-    if created and spent and charge.crosses_threshold(spent, actual):
-        await run_db(budget_rules.evaluate_thresholds, charge.budget_ids, spent, actual, charge.opened_at)
+    record = _usage_record(charge, user, api_key, agent, input_tokens, output_tokens,
+                           charge.actual_nanos(input_tokens, output_tokens), status, latency_ms, cached, message_id)
+    record.client_request_id = client_request_id[:64]
     return record
+
+
+def record_usage(record, tool_calls: list[dict] = ()) -> None:
+    """Insert one request's usage record and its tool calls ({"tool", "duration_ms", "tokens", "cost_nanos"?}).
+
+    Sync, in the caller's transaction (the caller owns the unit: the agents' closing action).
+    IntegrityError when the request was recorded already (`recorded_usage` then finds it).
+    """
+    from billing.models import ToolUsage
+
+    record.save(force_insert=True)
+    ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for call in tool_calls])
+
+
+def record_usages(usages: list[tuple[object, list[dict]]]) -> None:
+    """Many requests' (record, tool calls) in two bulk inserts, in the caller's transaction."""
+    from billing.models import ToolUsage, UsageRecord
+
+    UsageRecord.objects.bulk_create([record for record, _ in usages])
+    ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for record, calls in usages for call in calls])
+
+
+def recorded_usage(request_id: str):
+    """The usage record of a request recorded already, or None."""
+    from billing.models import UsageRecord
+
+    return UsageRecord.objects.filter(request_id=request_id).first()
+
+
+async def settle_charge(charge: Charge, actual_nanos: int, *, recorded: bool) -> None:
+    """Settle the reservation to the actual cost, after its usage record committed (or failed to).
+
+    A failed settle is logged: the reservation expires and `rebuild_ledger` repairs counters.
+    Soft thresholds are evaluated only for a usage `recorded` now, and the database is asked
+    only when one is crossed.
+    """
+    spent = await _settle(charge, actual_nanos)
+    if recorded and spent and charge.crosses_threshold(spent, actual_nanos):
+        await run_db(budget_rules.evaluate_thresholds, charge.budget_ids, spent, actual_nanos, charge.opened_at)
+
+
+async def close_charge(charge: Charge, *, tool_calls: list[dict] = (), **usage) -> UsageRecord:  # noqa: F821
+    """Record a request's usage alone in its own transaction and settle its reservation.
+
+    `usage`: the keywords of `usage_record`. For a charge whose closing writes nothing else (an
+    agent run closes through agents.actions.runs.close_run, which batches and adds its answer).
+    Idempotent per request_id: a second call returns the existing record and charges nothing.
+    """
+    record = usage_record(charge, **usage)
+    created = False
+    try:
+        record, created = await run_db(_record_alone, record, list(tool_calls))
+    finally:
+        await settle_charge(charge, charge.actual_nanos(usage["input_tokens"], usage["output_tokens"]),
+                            recorded=created)
+    return record
+
+
+def _record_alone(record, tool_calls: list[dict]) -> tuple[object, bool]:
+    try:
+        with transaction.atomic():
+            record_usage(record, tool_calls)
+    except IntegrityError:
+        existing = recorded_usage(record.request_id)
+        if existing is None:
+            raise
+        return existing, False
+    return record, True
 
 
 async def release_charge(charge: Charge) -> None:
@@ -218,57 +279,6 @@ def _usage_record(charge, user, api_key, agent, input_tokens, output_tokens, act
     )
 
 
-@dataclass
-class _Closing:
-    """A request's usage record, its tool calls and the caller's `also`, for the group commit."""
-
-    record: object
-    tool_calls: list[dict]
-    also: object = None
-
-
-def _close_one(write) -> tuple[object, bool]:
-    """One request's usage, tools and `also` in their own transaction; (record, created)."""
-    from billing.models import ToolUsage, UsageRecord
-
-    closing = write.item
-    try:
-        with transaction.atomic():
-            closing.record.save(force_insert=True)
-            ToolUsage.objects.bulk_create([ToolUsage.from_call(closing.record, call) for call in closing.tool_calls])
-            if closing.also is not None:
-                write.run(closing.also, closing.record)
-    except IntegrityError:
-        # A concurrent close_charge for the same request won the race: answer with its record.
-        existing = UsageRecord.objects.filter(request_id=closing.record.request_id).first()
-        if existing is None:
-            raise
-        return existing, False
-    return closing.record, True
-
-
-def _close_many(writes) -> list[tuple[object, bool]]:
-    """Many requests' closings in one transaction: bulk inserts, one audit append, one commit."""
-    from audit.services import appending_together
-    from billing.models import ToolUsage, UsageRecord
-
-    records = [write.item.record for write in writes]
-    try:
-        with transaction.atomic(), appending_together():
-            UsageRecord.objects.bulk_create(records)
-            ToolUsage.objects.bulk_create([ToolUsage.from_call(write.item.record, call)
-                                           for write in writes for call in write.item.tool_calls])
-            for write in writes:
-                if write.item.also is not None:
-                    write.run(write.item.also, write.item.record)
-    except Exception:
-        for record in records:  # rolled back: each is written again alone, as new
-            record.pk, record._state.adding = None, True
-        raise
-    return [(record, True) for record in records]
-
-
-_CLOSINGS = GroupCommit(_close_many, _close_one)
 
 
 def _exceeded_event(error: BudgetExceeded, organization_id: int | None, user, request_id: str, model: str) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
+from agents.api import sse
 from agents.api.serializers import MAX_QUERY_CHARS, clean_text, content_problem
 from agents.idempotency import prepare_once
 from agents.providers.catalog import available_models
@@ -97,17 +98,43 @@ def _openai_error(response: JsonResponse) -> JsonResponse:
     return reshaped
 
 
-class _Chunks:
-    def __init__(self, run: runner.PreparedRun, model: str):
-        self.run, self.model = run, model
+class _OpenAIFraming:
+    """OpenAI's chunks (agents.api.sse): the assistant's role first, `data: [DONE]` last."""
+
+    closing = b"data: [DONE]\n\n"
+
+    def __init__(self, run: runner.PreparedRun, model: str, include_usage: bool):
+        self.run, self.model, self.include_usage = run, model, include_usage
         self.id = f"chatcmpl-{run.request.run_id}"
         self.created = int(time.time())
+        self.tool_calls, self.usage = 0, None
+        self.opening = self.chunk({"role": "assistant", "content": ""})
 
     def chunk(self, delta: dict | None, finish_reason=None, **extra) -> bytes:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                 **extra}
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+        return sse.data(body)
+
+    def frame(self, event: dict) -> bytes:
+        kind = event["type"]
+        if kind == "token":
+            return self.chunk({"content": event["content"]})
+        if kind == "client_tool_call":
+            self.tool_calls += 1
+            return self.chunk({"tool_calls": [{"index": self.tool_calls - 1, "id": event["call_id"], "type": "function",
+                                               "function": {"name": event["name"], "arguments": event["arguments"]}}]})
+        if kind == "error":
+            kind = "server_error" if event["code"] != "budget_exceeded" else "insufficient_quota"
+            return sse.data({"error": {"message": event["message"], "type": kind, "param": None,
+                                       "code": event["code"]}})
+        if kind == "usage":
+            self.usage = {"prompt_tokens": event["input_tokens"], "completion_tokens": event["output_tokens"],
+                          "total_tokens": event["input_tokens"] + event["output_tokens"]}
+        elif kind == "done":
+            finish = self.chunk({}, _finish_reason(self.run, event["status"], self.tool_calls))
+            return finish + self.chunk(None, usage=self.usage) if self.include_usage else finish
+        return b""
 
 
 def _finish_reason(run, status: str, tool_calls: int) -> str:
@@ -116,32 +143,6 @@ def _finish_reason(run, status: str, tool_calls: int) -> str:
     if status == "budget_stop" or run.ctx.facts.get("finish_reason") == "length":
         return "length"
     return "stop"
-
-
-async def _sse(run: runner.PreparedRun, model: str, include_usage: bool):
-    out = _Chunks(run, model)
-    yield out.chunk({"role": "assistant", "content": ""})
-    tool_calls = 0
-    async for event in runner.stream(run):
-        kind = event["type"]
-        if kind == "token":
-            yield out.chunk({"content": event["content"]})
-        elif kind == "client_tool_call":
-            yield out.chunk({"tool_calls": [{"index": tool_calls, "id": event["call_id"], "type": "function",
-                                             "function": {"name": event["name"], "arguments": event["arguments"]}}]})
-            tool_calls += 1
-        elif kind == "error":
-            yield b"data: " + json.dumps({"error": {"message": event["message"], "type": "server_error"
-                                                    if event["code"] != "budget_exceeded" else "insufficient_quota",
-                                                    "param": None, "code": event["code"]}}).encode() + b"\n\n"
-        elif kind == "usage":
-            usage = {"prompt_tokens": event["input_tokens"], "completion_tokens": event["output_tokens"],
-                     "total_tokens": event["input_tokens"] + event["output_tokens"]}
-        elif kind == "done":
-            yield out.chunk({}, _finish_reason(run, event["status"], tool_calls))
-            if include_usage:
-                yield out.chunk(None, usage=usage)
-    yield b"data: [DONE]\n\n"
 
 
 async def _whole(run: runner.PreparedRun, model: str) -> dict:
@@ -181,9 +182,7 @@ async def chat_completions(request, drf_request):
     if not data["stream"]:
         return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-    response = StreamingHttpResponse(_sse(run, data["model"], include_usage), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
+    response = sse.event_stream(run, _OpenAIFraming(run, data["model"], include_usage))
     return quota_headers(response, request, run.remaining_tokens)
 
 

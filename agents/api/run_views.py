@@ -1,22 +1,18 @@
 """The model-call endpoints: async end to end (docs/design.md section 11)."""
 
-import asyncio
-import contextlib
-import json
-
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions
 
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
+from agents.api import sse
 from agents.api.serializers import AnswerSerializer, QuerySerializer, VisionSerializer
 from agents.idempotency import prepare_once
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
 from relay.eventloop.db import db
-from relay.observability import metrics
 
 
 def validated(serializer_class, data) -> dict:
@@ -57,46 +53,6 @@ async def vision_analyze(request, drf_request):
     return JsonResponse(await runner.collect(run))
 
 
-HEARTBEAT_SECONDS = 15
-
-
-async def with_heartbeats(source, interval: float):
-    """Pass events through, yielding None whenever `interval` seconds pass without one.
-
-    The pending step keeps running across heartbeats (it is never cancelled by the timer), so a
-    slow tool or model is not interrupted by the keep-alive.
-    """
-    iterator = aiter(source)
-    step = asyncio.ensure_future(anext(iterator))
-    try:
-        while True:
-            done, _ = await asyncio.wait({step}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            try:
-                event = step.result()
-            except StopAsyncIteration:
-                return
-            yield event
-            step = asyncio.ensure_future(anext(iterator))
-    finally:
-        if not step.done():
-            step.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await step
-        await iterator.aclose()
-
-
-async def sse_events(run: runner.PreparedRun):
-    with metrics.session_open():
-        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS):
-            if event is None:
-                yield b": heartbeat\n\n"
-            else:
-                yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
-
-
 @api_endpoint(AUTHENTICATED, schema={
     "request": QuerySerializer, "summary": "Run an agent, streaming its events (server-sent events)",
     "responses": {(200, "text/event-stream"): OpenApiResponse(
@@ -111,7 +67,4 @@ async def stream(request, drf_request):
     body = read_json(request)
     data = validated(QuerySerializer, body)
     run = await prepare_once(request, "stream", body, run_request(drf_request, data))
-    response = StreamingHttpResponse(sse_events(run), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return quota_headers(response, request, run.remaining_tokens)
+    return quota_headers(sse.event_stream(run, sse.RelayFraming()), request, run.remaining_tokens)

@@ -1,4 +1,4 @@
-"""What keeps a model call cheap without changing what it records: group commit, cached rules."""
+"""What keeps a model call cheap without changing what it records: group commit of closings, cached rules."""
 
 import asyncio
 import os
@@ -8,11 +8,12 @@ import sys
 import pytest
 from django.conf import settings
 
+from agents.actions import runs
 from audit.maintenance import verify_chain
 from audit.models import AuditEvent
 from audit.services import appending_together, record
 from billing import services
-from billing.models import BudgetAlert, UsageRecord
+from billing.models import BudgetAlert, ToolUsage, UsageRecord
 from tests.billing.conftest import make_budget, rid, seed_prices
 from tests.billing.test_charges import IN, OUT, WORST, usd
 from tests.conftest import require_postgres, require_redis
@@ -30,9 +31,30 @@ async def _open(user, key=None):
                                       input_tokens=IN, max_output_tokens=OUT)
 
 
-async def _close(charge, user, also=None, **extra):
+async def _close(charge, user, **extra):
     return await services.close_charge(charge, user=user, api_key=None, agent="math", input_tokens=IN,
-                                       output_tokens=OUT, status="complete", latency_ms=3, also=also, **extra)
+                                       output_tokens=OUT, status="complete", latency_ms=3, **extra)
+
+
+def _run(user, charge, tool_records=()):
+    """A prepared run as the runner holds it when it closes (its opening rows are not needed here)."""
+    import uuid
+
+    from agents.core import RunContext
+    from agents.providers.catalog import ModelChoice
+    from agents.registry import get_agent
+    from agents.runner import PreparedRun, new_request
+
+    request = new_request(user, None, {"agent_type": "math", "query": "1+1"})
+    ctx = RunContext(query="1+1", user=user, api_key=None)
+    ctx.tool_records = list(tool_records)
+    return PreparedRun(request=request, agent=get_agent("math"), model=ModelChoice(name="local-mini", kind="local"),
+                       ctx=ctx, charge=charge, input_tokens=IN, max_tokens=OUT, message_id=str(uuid.uuid4()))
+
+
+async def _close_run(run):
+    return await runs.close_run(run, runs.Ending(status="complete", answer="2", input_tokens=IN, output_tokens=OUT,
+                                                 latency_ms=3))
 
 
 # Below the least a request may reserve (input + one output token): refused outright.
@@ -54,47 +76,47 @@ def sql(monkeypatch):
     return seen
 
 
-def _audited(record_):
-    record("agent.run", actor=record_.user, resource=f"usage:{record_.pk}", metadata={"cost": str(record_.cost)})
-
-
 def test_closings_that_arrive_together_commit_together(users, ledger, monkeypatch):
     user, sizes = users["user"], []
-    batch = services._CLOSINGS.write_batch
-    monkeypatch.setattr(services._CLOSINGS, "write_batch", lambda writes: sizes.append(len(writes)) or batch(writes))
+    batch = runs._CLOSINGS.write_batch
+    monkeypatch.setattr(runs._CLOSINGS, "write_batch", lambda writes: sizes.append(len(writes)) or batch(writes))
 
     async def scenario():
-        charges = [await _open(user) for _ in range(20)]
-        return await asyncio.gather(*(_close(charge, user, also=_audited, tool_calls=[{"tool": "sympy"}])
-                                      for charge in charges))
+        prepared = [_run(user, await _open(user), [{"name": "sympy", "duration_ms": 2}]) for _ in range(20)]
+        return prepared, await asyncio.gather(*(_close_run(run) for run in prepared))
 
-    records = asyncio.run(scenario())
+    prepared, records = asyncio.run(scenario())
     assert sizes == [20]  # one transaction for all twenty
     assert UsageRecord.objects.count() == 20 and all(r.pk for r in records)
-    # Each record's own audit event, chained in one append: the chain verifies.
+    assert ToolUsage.objects.count() == 20
+    # Each run's own audit event, chained in one append: the chain verifies.
     events = AuditEvent.objects.filter(action="agent.run")
-    assert sorted(events.values_list("resource", flat=True)) == sorted(f"usage:{r.pk}" for r in records)
+    assert sorted(events.values_list("resource", flat=True)) == sorted(f"message:{r.message_id}" for r in prepared)
     assert verify_chain().ok
 
 
-def test_a_bad_write_fails_only_its_own_caller(users, ledger):
-    user = users["user"]
+def test_a_bad_write_fails_only_its_own_caller(users, ledger, monkeypatch):
+    user, store = users["user"], runs._store_answer
 
-    def broken(record_):
-        raise ValueError("this answer cannot be stored")
+    def store_unless_broken(run, ending, record):
+        if run.request.query == "broken":
+            raise ValueError("this answer cannot be stored")
+        store(run, ending, record)
+
+    monkeypatch.setattr(runs, "_store_answer", store_unless_broken)
 
     async def scenario():
-        charges = [await _open(user) for _ in range(4)]
-        twice = charges[0]  # closed twice in the same batch: the second gets the first's record
-        return await asyncio.gather(_close(twice, user, also=_audited), _close(twice, user, also=_audited),
-                                    _close(charges[1], user, also=broken), _close(charges[2], user, also=_audited),
-                                    _close(charges[3], user), return_exceptions=True)
+        prepared = [_run(user, await _open(user)) for _ in range(4)]
+        prepared[1].request.query = "broken"
+        twice = prepared[0]  # closed twice in the same batch: the second gets the first's record
+        return await asyncio.gather(_close_run(twice), _close_run(twice), *(_close_run(run) for run in prepared[1:]),
+                                    return_exceptions=True)
 
     first, again, failed, third, fourth = asyncio.run(scenario())
     assert isinstance(failed, ValueError)
     assert first.pk == again.pk
     assert set(UsageRecord.objects.values_list("pk", flat=True)) == {first.pk, third.pk, fourth.pk}
-    assert AuditEvent.objects.filter(action="agent.run").count() == 2  # none for the failed one, none twice
+    assert AuditEvent.objects.filter(action="agent.run").count() == 3  # none for the failed one, none twice
     assert verify_chain().ok
 
 

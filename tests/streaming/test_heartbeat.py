@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from agents.api.run_views import HEARTBEAT_SECONDS, with_heartbeats
+from agents.api.sse import HEARTBEAT_SECONDS, with_heartbeats
 
 
 @pytest.mark.asyncio
@@ -46,3 +46,33 @@ async def test_closing_the_stream_cancels_the_pending_step():
 
 def test_the_production_interval_is_fifteen_seconds():
     assert HEARTBEAT_SECONDS == 15
+
+
+@pytest.mark.asyncio
+async def test_a_failing_source_raises_in_the_reader_after_its_events():
+    async def fails_after_one():
+        yield "first"
+        raise ValueError("the model broke")
+
+    seen = []
+    with pytest.raises(ValueError, match="the model broke"):
+        async for item in with_heartbeats(fails_after_one(), interval=10):
+            seen.append(item)
+    assert seen == ["first"]
+
+
+@pytest.mark.asyncio
+async def test_an_event_that_arrives_while_a_heartbeat_is_sent_is_not_lost():
+    released = asyncio.Event()
+
+    async def answers_when_released():
+        await released.wait()
+        yield "answer"
+
+    seen = []
+    async for item in with_heartbeats(answers_when_released(), interval=0.01):
+        seen.append(item)
+        if item is None:
+            released.set()
+            await asyncio.sleep(0)  # the source answers while the reader is still away
+    assert seen[-1] == "answer" and set(seen[:-1]) == {None}

@@ -1,0 +1,152 @@
+"""The one server-sent-events path: /api/v1/stream and /v1/chat/completions with stream=true.
+
+Both answer a prepared run with the same generator, so both get the keep-alive comments while a
+tool or the model is slow and both count in `active_sessions` while open; only the framing of
+the run's events differs (Relay's own events, or OpenAI's chunks ending with `data: [DONE]`).
+The run itself stores its answer however the stream ends, also when the client disconnects
+(the server closes this generator, which cancels the pending step: agents.runner.stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from django.http import StreamingHttpResponse
+
+from agents import runner
+from relay.observability import metrics
+
+HEARTBEAT_SECONDS = 15  # read at each stream's start, so tests can shorten it
+HEARTBEAT = b": heartbeat\n\n"
+
+
+def data(payload) -> bytes:
+    """One `data:` event carrying `payload` as JSON."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+class RelayFraming:
+    """Relay's own protocol (docs/design.md section 6): one `data:` event per run event, nothing around them.
+
+    A framing is what the two protocols differ in: `opening` goes first, `frame(event)` turns each
+    run event into bytes (b"" sends nothing) and `closing` ends a stream that ran to its end.
+    """
+
+    opening = b""
+    closing = b""
+
+    def frame(self, event: dict) -> bytes:
+        return data(event)
+
+
+async def with_heartbeats(source, interval: float):
+    """Pass events through, yielding None whenever `interval` seconds pass without one.
+
+    The pending step keeps running across heartbeats (it is never cancelled by the timer), so a
+    slow tool or model is not interrupted by the keep-alive. Closing this generator cancels the
+    pending step and closes the source.
+    """
+    pump = _Pump(source, interval)
+    try:
+        while (item := await pump.next()) is not _END:
+            yield item
+    finally:
+        await pump.close()
+
+
+_END = object()
+
+
+class _Pump:
+    """Fetches the source's next event when asked, in one task for the whole stream.
+
+    Per event this costs two futures and no task or timer: a task per step plus asyncio.wait with
+    a timeout would add a timer and several loop callbacks to every token. One timer, moved on
+    lazily, wakes the consumer with a heartbeat once `interval` passed since it started waiting.
+    """
+
+    def __init__(self, source, interval: float):
+        self.loop = asyncio.get_running_loop()
+        self.iterator, self.interval = aiter(source), interval
+        self.wanted = self.loop.create_future()  # set by the consumer: fetch the next event
+        self.fetching = False
+        self.ready = None  # (event, error) fetched while the consumer was away sending a heartbeat
+        self.answer = None  # what the consumer waits on: (event, error), or (None, None) for a heartbeat
+        self.deadline, self.timer = 0.0, None
+        self.task = self.loop.create_task(self._fetch())
+
+    async def _fetch(self) -> None:
+        while True:
+            await self.wanted
+            self.wanted = self.loop.create_future()
+            try:
+                result = (await anext(self.iterator), None)
+            except StopAsyncIteration:
+                result = (_END, None)
+            except Exception as error:  # noqa: BLE001 (raised in the consumer, as the source raised it)
+                result = (None, error)
+            self.fetching = False
+            if self.answer is not None and not self.answer.done():
+                self.answer.set_result(result)
+            else:
+                self.ready = result
+            if result[0] is _END or result[1] is not None:
+                return
+
+    async def next(self):
+        if self.ready is None:
+            if not self.fetching:
+                self.fetching = True
+                self.wanted.set_result(None)
+            self.answer = self.loop.create_future()
+            self.deadline = self.loop.time() + self.interval
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.deadline, self._tick)
+            event, error = await self.answer
+        else:
+            (event, error), self.ready = self.ready, None
+        if error is not None:
+            raise error
+        return event
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.answer is None or self.answer.done():
+            return  # not waiting: the next wait arms the timer again
+        if self.loop.time() >= self.deadline:
+            self.answer.set_result((None, None))
+        else:
+            self.timer = self.loop.call_at(self.deadline, self._tick)
+
+    async def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await self.task
+        await self.iterator.aclose()
+
+
+async def sse_events(run: runner.PreparedRun, framing):
+    """The run's events as SSE bytes in `framing`, with heartbeats, counted as an open session."""
+    with metrics.session_open():
+        if framing.opening:
+            yield framing.opening
+        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS):
+            if event is None:
+                yield HEARTBEAT
+            elif frame := framing.frame(event):
+                yield frame
+        if framing.closing:
+            yield framing.closing
+
+
+def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpResponse:
+    """The streaming response of a run: no caching, and no proxy buffering (nginx honours X-Accel-Buffering)."""
+    response = StreamingHttpResponse(sse_events(run, framing), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
