@@ -39,6 +39,9 @@ class ConversationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):  # every field is read-only: a "save" would change nothing
+        return False
+
     def delete_model(self, request, obj):
         conversations.delete_conversation(request.user, obj)
 

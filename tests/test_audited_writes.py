@@ -99,7 +99,6 @@ ADMIN_WRITES = {
     ("billing.optimizersettings", "delete"): actions.OPTIMIZER_SETTINGS_DELETED,
     ("billing.optimizersettings", "action:delete_selected"): actions.OPTIMIZER_SETTINGS_DELETED,
     # The agents' models (agents/actions/).
-    ("agents.conversation", "change"): "conversation.updated",
     ("agents.conversation", "delete"): "conversation.deleted",
     ("agents.conversation", "action:delete_selected"): "conversation.deleted",
     ("agents.message", "delete"): "message.deleted",
@@ -436,6 +435,14 @@ def _admin_request(client, label: str, operation: str, users, other):
     changelist = reverse(f"{base}_changelist")
     if operation == "list_edit":
         data = form_data(client, f"{changelist}?q={obj.name}", "changelist-form")
+        for field in admin.site._registry[type(obj)].list_editable:  # an unchanged row is not saved: change it
+            key = f"form-0-{field}"
+            if isinstance(data.get(key), str) and data[key] not in ("on", "true"):
+                data[key] += "-edited"
+            elif key in data:
+                del data[key]  # an unchecked box is absent from the post
+            else:
+                data[key] = "on"
         return changelist, {**data, "_save": "Save"}
     return changelist, {"action": operation.removeprefix("action:"), "_selected_action": [obj.pk], "post": "yes",
                         "index": 0}
