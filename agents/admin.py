@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from agents.actions import conversations, endpoints
 from agents.actions import documents as document_actions
 from agents.models import Conversation, Document, Message, ModelEndpoint
+from relay.admin_actions import ActionsAdmin
 
 
 class MessageInline(admin.TabularInline):
@@ -24,7 +25,7 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(ActionsAdmin):
     """History is evidence: it can be read and deleted (privacy requests), not rewritten."""
 
     list_display = ["__str__", "user", "organization", "agent", "updated_at"]
@@ -42,16 +43,11 @@ class ConversationAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):  # every field is read-only: a "save" would change nothing
         return False
 
-    def delete_model(self, request, obj):
-        conversations.delete_conversation(request.user, obj)
-
-    def delete_queryset(self, request, queryset):
-        for conversation in queryset:
-            conversations.delete_conversation(request.user, conversation)
+    delete_action = conversations.delete_conversation
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(ActionsAdmin):
     list_display = ["created_at", "conversation_title", "role", "agent", "model", "status", "input_tokens",
                     "output_tokens", "cost", "feedback"]
     list_filter = ["status", "role", "agent"]
@@ -70,16 +66,11 @@ class MessageAdmin(admin.ModelAdmin):
     def conversation_title(self, obj):
         return str(obj.conversation)
 
-    def delete_model(self, request, obj):
-        conversations.delete_message(request.user, obj)
-
-    def delete_queryset(self, request, queryset):
-        for message in queryset:
-            conversations.delete_message(request.user, message)
+    delete_action = conversations.delete_message
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(ActionsAdmin):
     list_display = ["__str__", "kind", "size", "owner", "organization", "builtin", "created_at"]
     list_filter = ["kind", "builtin", "organization"]
     list_select_related = ["owner", "organization"]
@@ -90,15 +81,8 @@ class DocumentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # uploads go through /api/v1/documents/ (type and size checks, chunking)
 
-    def save_model(self, request, obj, form, change):
-        document_actions.save_document_edit(request.user, obj)
-
-    def delete_model(self, request, obj):
-        document_actions.delete_document(request.user, obj)
-
-    def delete_queryset(self, request, queryset):
-        for document in queryset:
-            document_actions.delete_document(request.user, document)
+    save_action = document_actions.save_document_edit
+    delete_action = document_actions.delete_document
 
 
 UNPRICED_LIST = ("Enabled without a price in effect: {names}. Requests naming them fail with 400 and they are "
@@ -108,7 +92,7 @@ UNPRICED_PAGE = ("This endpoint is enabled but has no price in effect: requests 
 
 
 @admin.register(ModelEndpoint)
-class ModelEndpointAdmin(admin.ModelAdmin):
+class ModelEndpointAdmin(ActionsAdmin):
     """An enabled endpoint nobody priced cannot be billed: the list and its page say so (agents.W001)."""
 
     list_display = ["name", "provider_kind", "tier", "base_url", "upstream_model", "supports_tools", "enabled",
@@ -117,15 +101,8 @@ class ModelEndpointAdmin(admin.ModelAdmin):
     list_editable = ["enabled"]
     search_fields = ["name", "upstream_model"]
 
-    def save_model(self, request, obj, form, change):  # the form and the list's "enabled" column
-        endpoints.save_endpoint(request.user, obj)
-
-    def delete_model(self, request, obj):
-        endpoints.delete_endpoint(request.user, obj)
-
-    def delete_queryset(self, request, queryset):
-        for endpoint in queryset:
-            endpoints.delete_endpoint(request.user, endpoint)
+    save_action = endpoints.save_endpoint  # the form and the list's "enabled" column
+    delete_action = endpoints.delete_endpoint
 
     def get_queryset(self, request):
         from django.db.models import Exists, OuterRef

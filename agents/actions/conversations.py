@@ -29,7 +29,7 @@ def create_conversation(user: User, *, agent: str, title: str = "") -> Conversat
 
 
 @transaction.atomic
-def delete_conversation(actor: User | None, conversation: Conversation) -> None:
+def delete_conversation(conversation: Conversation, *, actor: User | None = None) -> None:
     """Deletes its messages too (a privacy request, or the owner clearing their history)."""
     resource, organization = _resource(conversation), conversation.organization_id
     metadata = {"agent": conversation.agent, "user": conversation.user_id,
@@ -40,7 +40,7 @@ def delete_conversation(actor: User | None, conversation: Conversation) -> None:
 
 
 @transaction.atomic
-def delete_message(actor: User | None, message: Message) -> None:
+def delete_message(message: Message, *, actor: User | None = None) -> None:
     """One message, in the admin; its conversation stays."""
     resource = f"message:{message.pk}"
     metadata = {"conversation": str(message.conversation_id), "role": message.role, "request_id": message.request_id}

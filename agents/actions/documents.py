@@ -100,7 +100,7 @@ def share_document(actor: User, document: Document, *, user_ids=(), team_ids=())
 
 
 @transaction.atomic
-def delete_document(actor: User | None, document: Document) -> None:
+def delete_document(document: Document, *, actor: User | None = None) -> None:
     about, resource = _about(document), _resource(document)
     organization = document.organization_id
     document.delete()
@@ -108,7 +108,7 @@ def delete_document(actor: User | None, document: Document) -> None:
 
 
 @transaction.atomic
-def save_document_edit(actor: User, document: Document) -> None:
+def save_document_edit(document: Document, *, actor: User | None = None) -> None:
     """Store the admin's edit of `document` (its EDITABLE fields) and record what changed."""
     before = snapshot(Document.objects.select_for_update().get(pk=document.pk), EDITABLE)
     document.save()

@@ -22,7 +22,7 @@ def _resource(endpoint: ModelEndpoint) -> str:
 
 
 @transaction.atomic
-def save_endpoint(actor: User | None, endpoint: ModelEndpoint) -> None:
+def save_endpoint(endpoint: ModelEndpoint, *, actor: User | None = None) -> None:
     """Create or update `endpoint` as edited (admin form or list), recording what changed."""
     stored = ModelEndpoint.objects.select_for_update().filter(pk=endpoint.pk).first() if endpoint.pk else None
     endpoint.save()
@@ -35,7 +35,7 @@ def save_endpoint(actor: User | None, endpoint: ModelEndpoint) -> None:
 
 
 @transaction.atomic
-def delete_endpoint(actor: User | None, endpoint: ModelEndpoint) -> None:
+def delete_endpoint(endpoint: ModelEndpoint, *, actor: User | None = None) -> None:
     resource, metadata = _resource(endpoint), snapshot(endpoint, FIELDS)
     endpoint.delete()
     record(actions.MODEL_ENDPOINT_DELETED, actor=actor, resource=resource, metadata=metadata)

@@ -71,7 +71,7 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins
                                                                 title=data.get("title", ""))
 
     def perform_destroy(self, conversation):
-        conversations.delete_conversation(self.request.user, conversation)
+        conversations.delete_conversation(conversation, actor=self.request.user)
 
 
 class MessageFeedbackView(ScopedAPIView):
@@ -127,7 +127,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     def perform_destroy(self, document):
         if not documents.may_manage(self.request.user, document):
             raise PermissionDenied("Only the owner or an admin may delete this document.")
-        document_actions.delete_document(self.request.user, document)
+        document_actions.delete_document(document, actor=self.request.user)
 
     @extend_schema(request=ShareSerializer, responses=DocumentSerializer,
                    summary="Share a document with users or teams of your organization")
