@@ -150,13 +150,20 @@ def test_asgiref_thread_sensitive_calls_get_a_thread_per_context_and_share_one_o
     def thread():
         return threading.get_ident()
 
-    async def in_context():
+    async def in_context(seen: list, both: asyncio.Event):
         async with ThreadSensitiveContext():
-            return await sync_to_async(thread)()
+            ident = await sync_to_async(thread)()
+            seen.append(ident)
+            if len(seen) == 2:
+                both.set()
+            # Both contexts stay open, so both threads are alive: a finished thread's id may be reused.
+            await both.wait()
+            return ident
 
     async def calls():
         shared = {await sync_to_async(thread)() for _ in range(2)}
-        contexts = {await in_context() for _ in range(2)}
+        seen, both = [], asyncio.Event()
+        contexts = set(await asyncio.gather(in_context(seen, both), in_context(seen, both)))
         return shared, contexts
 
     shared, contexts = asyncio.run(calls())
