@@ -236,7 +236,9 @@ def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users
     monkeypatch.setattr(SyncToAsync, "__call__", counting_hop)
     for _ in range(3):
         assert httpx.get(f"{asgi_server.url}/v1/models", headers=headers).status_code == 200
-    assert started == []
+    # The DB pool (relay/eventloop/db.py) is bounded; on a loaded machine it may grow by a thread
+    # when a call arrives before the last one's thread marked itself idle. Nothing else may start.
+    assert [name for name in started if not name.startswith("relay-db")] == []
     assert not {"process_request", "process_response", "process_view"} & set(hops), hops
     assert httpx.get(f"{asgi_server.url}/api/v1/me", headers=headers).status_code == 200  # a DRF (sync) view
     assert started

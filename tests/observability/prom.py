@@ -79,6 +79,10 @@ def variable_queries() -> list[tuple[str, str, str, str]]:
     return found
 
 
+class Starting(Exception):
+    """Prometheus answers 503 (not JSON) until its storage is open."""
+
+
 class Prometheus:
     """A real Prometheus on 127.0.0.1 with its own storage, stopped on exit."""
 
@@ -93,6 +97,8 @@ class Prometheus:
 
     def query(self, expr: str) -> list[dict]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        if response.status_code == 503:
+            raise Starting(response.text[:200])
         body = response.json()
         if body.get("status") != "success":
             raise AssertionError(f"{expr!r}: {body.get('errorType')}: {body.get('error')}")
@@ -106,7 +112,7 @@ class Prometheus:
                 raise AssertionError(f"prometheus exited: {self.logs()}")
             try:
                 result = self.query(expr)
-            except httpx.TransportError:
+            except (httpx.TransportError, Starting):
                 result = None
             if result is not None and predicate(result):
                 return result
