@@ -169,8 +169,9 @@ AUTH_USER_MODEL = "accounts.User"
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": ("django_prometheus.cache.backends.redis.RedisCache" if env_bool("RELAY_METRICS_ENABLED", True)
-                        else "django_redis.cache.RedisCache"),
+            # django-redis (with django-prometheus's counters), one client per process: relay/redis_cache.py.
+            "BACKEND": ("relay.redis_cache.MeasuredCache" if env_bool("RELAY_METRICS_ENABLED", True)
+                        else "relay.redis_cache.RedisCache"),
             "LOCATION": REDIS_URL,
             # Parallel test workers share one Redis: each gets its own key space.
             "KEY_PREFIX": os.environ.get("RELAY_CACHE_PREFIX", "relay") + os.environ.get("PYTEST_XDIST_WORKER", ""),

@@ -7,6 +7,7 @@ missing deploy warning somewhere else.
 """
 
 import asyncio
+import contextvars
 import threading
 
 import pytest
@@ -346,3 +347,29 @@ def test_model_admin_logs_through_the_logentry_manager_log_actions(users, monkey
     model_admin.log_change(request, team, "Changed.")
     model_admin.log_deletions(request, Team.objects.filter(pk=team.pk))
     assert [flag for flag, _, _ in calls] == [CHANGE, DELETION]
+
+
+def test_every_async_context_builds_its_own_cache_backend():
+    """Why relay/redis_cache.py shares the client: Django's caches are per context, so per request."""
+    from django.core.cache import caches
+
+    async def backend():
+        return caches["default"]
+
+    async def two_requests():
+        return await asyncio.gather(backend(), backend())
+
+    # A server's requests start from a context where nothing touched the cache (relay.asgi does not).
+    first, second = contextvars.Context().run(asyncio.run, two_requests())
+    assert first is not second
+
+
+def test_cache_backends_built_from_the_same_settings_share_one_redis_client():
+    from relay.redis_cache import MeasuredCache, RedisCache
+
+    params = {"KEY_PREFIX": "shared", "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"}}
+    location = "redis://127.0.0.1:6379/15"  # built, never connected: no Redis needed
+    assert MeasuredCache(location, dict(params)).client is MeasuredCache(location, dict(params)).client
+    assert RedisCache(location, dict(params)).client is RedisCache(location, dict(params)).client
+    assert MeasuredCache(location, {**params, "KEY_PREFIX": "other"}).client is not \
+        MeasuredCache(location, dict(params)).client

@@ -60,53 +60,54 @@ _END = object()
 
 
 class _Pump:
-    """Fetches the source's next event when asked, in one task for the whole stream.
+    """Fetches the source's events in one task for the whole stream, at most one step ahead.
 
-    Per event this costs two futures and no task or timer: a task per step plus asyncio.wait with
-    a timeout would add a timer and several loop callbacks to every token. One timer, moved on
-    lazily, wakes the consumer with a heartbeat once `interval` passed since it started waiting.
+    Per event this costs one future, and only when the consumer is already waiting: the task
+    starts on the next event as soon as it handed one over, so the consumer never has to wake
+    it, and it waits only when the consumer has not yet taken what it fetched (backpressure).
+    One timer, moved on lazily, wakes the consumer with a heartbeat once `interval` passed
+    since it started waiting.
     """
 
     def __init__(self, source, interval: float):
         self.loop = asyncio.get_running_loop()
         self.iterator, self.interval = aiter(source), interval
-        self.wanted = self.loop.create_future()  # set by the consumer: fetch the next event
-        self.fetching = False
-        self.ready = None  # (event, error) fetched while the consumer was away sending a heartbeat
+        self.ready = None  # (event, error) fetched while the consumer was away (sending, or a heartbeat)
+        self.taken = None  # the task's wait until the consumer took `ready`
         self.answer = None  # what the consumer waits on: (event, error), or (None, None) for a heartbeat
         self.deadline, self.timer = 0.0, None
         self.task = self.loop.create_task(self._fetch())
 
     async def _fetch(self) -> None:
         while True:
-            await self.wanted
-            self.wanted = self.loop.create_future()
             try:
                 result = (await anext(self.iterator), None)
             except StopAsyncIteration:
                 result = (_END, None)
             except Exception as error:  # noqa: BLE001 (raised in the consumer, as the source raised it)
                 result = (None, error)
-            self.fetching = False
+            last = result[0] is _END or result[1] is not None
             if self.answer is not None and not self.answer.done():
                 self.answer.set_result(result)
             else:
                 self.ready = result
-            if result[0] is _END or result[1] is not None:
+                if not last:
+                    self.taken = self.loop.create_future()
+                    await self.taken
+            if last:
                 return
 
     async def next(self):
-        if self.ready is None:
-            if not self.fetching:
-                self.fetching = True
-                self.wanted.set_result(None)
+        if self.ready is not None:
+            (event, error), self.ready = self.ready, None
+            if self.taken is not None and not self.taken.done():
+                self.taken.set_result(None)
+        else:
             self.answer = self.loop.create_future()
             self.deadline = self.loop.time() + self.interval
             if self.timer is None:
                 self.timer = self.loop.call_at(self.deadline, self._tick)
             event, error = await self.answer
-        else:
-            (event, error), self.ready = self.ready, None
         if error is not None:
             raise error
         return event

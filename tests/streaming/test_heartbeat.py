@@ -76,3 +76,20 @@ async def test_an_event_that_arrives_while_a_heartbeat_is_sent_is_not_lost():
             released.set()
             await asyncio.sleep(0)  # the source answers while the reader is still away
     assert seen[-1] == "answer" and set(seen[:-1]) == {None}
+
+
+@pytest.mark.asyncio
+async def test_the_stream_fetches_at_most_one_event_ahead_of_its_reader():
+    pulled = []
+
+    async def tokens():
+        for number in range(10):
+            pulled.append(number)
+            yield number
+
+    stream = with_heartbeats(tokens(), interval=10)
+    assert await anext(stream) == 0
+    for _ in range(10):
+        await asyncio.sleep(0)  # every chance for the fetching task to run ahead
+    assert pulled == [0, 1]  # the next one is ready; nothing further is read while the reader is away
+    assert [item async for item in stream] == list(range(1, 10))
