@@ -34,7 +34,7 @@ def is_platform(user) -> bool:
 
 def administers_an_organization(user) -> bool:
     """An active organization admin with admin-site access (the role's is_staff)."""
-    if not (user.is_active and user.is_staff and user.organization_id) or user.is_superuser:
+    if not (user.is_active and user.is_staff and user.organization_id) or is_platform(user):
         return False
     cached = user.__dict__.get("_relay_org_admin")
     if cached is None:
@@ -120,13 +120,18 @@ def organization_filter(path: str):
 
 
 class OrganizationScoped:
-    """Mixed into every registered ModelAdmin by RelayAdminSite.register (see the module's doc)."""
+    """Mixed into every registered ModelAdmin by RelayAdminSite.register (see the module's doc).
 
-    org_admin_access: str | None = None
+    It goes first in the MRO, so it declares no `org_admin_access` of its own: the ModelAdmin's
+    (None when it names none) is read through `access`."""
+
+    @property
+    def access(self) -> str | None:
+        return getattr(self, "org_admin_access", None)
 
     # Permissions: superusers as Django decides; anyone else within the model's org_admin_access.
     def _within_access(self, request, action: str) -> bool:
-        return is_platform(request.user) or action in _GRANTS.get(self.org_admin_access, ())
+        return is_platform(request.user) or action in _GRANTS.get(self.access, ())
 
     def has_module_permission(self, request):
         return self._within_access(request, "view") and super().has_module_permission(request)

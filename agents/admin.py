@@ -100,6 +100,8 @@ class DocumentAdmin(ActionsAdmin):
         return False  # uploads go through /api/v1/documents/ (type and size checks, chunking)
 
     def get_form(self, request, obj=None, **kwargs):
+        if kwargs.get("fields"):  # the fieldsets name the share fields; the model has no such fields
+            kwargs["fields"] = [name for name in kwargs["fields"] if name not in ("shared_users", "shared_teams")]
         form = super().get_form(request, obj, **kwargs)
         if obj is None or obj.organization_id is None:
             return form

@@ -12,6 +12,7 @@ from django.db import transaction
 from accounts.actions.teams import resolve_team
 from accounts.models import Organization, Team, User
 from accounts.roles import ROLE_ADMIN, TEAM_GROUP_PREFIX, role_of
+from accounts.scoping import sees_every_organization
 from accounts.services import PrivilegeRefused, known_roles
 from audit import actions
 from audit.services import record
@@ -38,7 +39,7 @@ def _record_created(user: User, role: str | None, *, actor=None) -> None:
 def _sync_admin_access(user: User, role: str | None) -> bool:
     """The admin console follows the role: an organization's admins have it, its other members do
     not. Superusers and platform staff (no organization) keep what they have. True: it changed."""
-    if user.is_superuser or user.organization_id is None or user.is_staff == (role == ROLE_ADMIN):
+    if sees_every_organization(user) or user.organization_id is None or user.is_staff == (role == ROLE_ADMIN):
         return False
     user.is_staff = role == ROLE_ADMIN
     user.save(update_fields=["is_staff"])
