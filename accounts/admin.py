@@ -55,7 +55,7 @@ class MemberRoleForm(UserChangeForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        if self.instance.pk and "role" in self.fields:  # not on their own form: shown read-only
             self.fields["role"].initial = role_of(self.instance)
 
 

@@ -15,6 +15,8 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.filters import RelatedOnlyFieldListFilter
+from django.contrib.admin.options import TO_FIELD_VAR
+from django.contrib.admin.utils import unquote
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db.models import Model
@@ -161,14 +163,36 @@ class OrganizationScoped:
         queryset = super().get_queryset(request)
         if is_platform(request.user):
             return queryset
+        if not self._within_access(request, "view"):
+            return queryset.none()  # a platform table (perhaps without a scoping rule); its views answer 403
         return scoping.restrict(queryset, request.user, None, scoping.ADMINISTER)
 
     def get_object(self, request, object_id, from_field=None):
+        if not self._within_access(request, "view"):
+            raise PermissionDenied  # a platform table: 403 before any lookup (it may have no scoping rule)
         obj = super().get_object(request, object_id, from_field)
         if obj is None and not is_platform(request.user):
             self._refuse(request, object_id)
             raise Http404(f"No {self.opts.verbose_name} with that id.")
         return obj
+
+    # Django runs a POST to these views in a transaction, whose rollback would take the denied
+    # event with it: an object outside the caller's scope is refused before it starts.
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        self._refuse_hidden_before_writing(request, object_id)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        self._refuse_hidden_before_writing(request, object_id)
+        return super().delete_view(request, object_id, extra_context)
+
+    def _refuse_hidden_before_writing(self, request, object_id) -> None:
+        if object_id is None or request.method in ("GET", "HEAD", "OPTIONS", "TRACE") or is_platform(request.user):
+            return
+        to_field = request.POST.get(TO_FIELD_VAR, request.GET.get(TO_FIELD_VAR))
+        if to_field and not self.to_field_allowed(request, to_field):
+            return  # Django's view refuses it
+        self.get_object(request, unquote(object_id), to_field)
 
     def _refuse(self, request, object_id) -> None:
         scoping.refuse_hidden(self.model, object_id, resource=f"{self.opts.model_name}:{object_id}"[:255],

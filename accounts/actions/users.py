@@ -155,7 +155,7 @@ def save_user(user: User, *, actor=None, save_related: Callable[[], None] = lamb
     if previous != role:
         changes["role"] = [previous, role]
     record(actions.USER_UPDATED, actor=actor, resource=f"user:{user.pk}", organization=user.organization_id,
-           metadata={"username": user.username, "changes": changes})
+           metadata={"username": user.username, "changes": changes, "admin_site": user.is_staff})
     return user
 
 
