@@ -86,6 +86,7 @@ class UserAdmin(BaseUserAdmin):
     list_filter = ["organization", "groups", "is_active", "is_staff", "is_superuser"]
     list_select_related = ["organization", "team__organization"]  # a team's name shows its organization
     search_fields = ["username", "email", "first_name", "last_name"]
+    list_per_page = 50  # rendering rows, not SQL, is most of a page's time (bench/admin_lists.py)
     fieldsets = BaseUserAdmin.fieldsets + (("Relay", {"fields": ("organization", "team")}),)
     add_fieldsets = BaseUserAdmin.add_fieldsets + (("Relay", {"fields": ("email", "organization", "team", "groups")}),)
     change_password_form = PasswordForm
@@ -164,6 +165,7 @@ class APIKeyAdmin(ActionsAdmin):
     list_filter = ["revoked_at", "owner__organization"]
     list_select_related = ["owner", "owner__organization"]
     search_fields = ["name", "prefix", "owner__username"]
+    list_per_page = 50  # rendering rows, not SQL, is most of a page's time (bench/admin_lists.py)
     readonly_fields = ["prefix", "secret_hash", "hash_version", "parent", "last_used_at", "revoked_at", "created_at"]
     exclude = []
     actions = ["revoke_selected"]
