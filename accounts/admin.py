@@ -1,16 +1,18 @@
 """The admin console for accounts. Every save, delete and action goes through accounts.actions."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.contrib.auth.forms import AdminPasswordChangeForm
+from django.contrib.auth.forms import AdminPasswordChangeForm, AdminUserCreationForm, UserChangeForm
 from django.contrib.auth.models import Group
 from rest_framework_simplejwt.token_blacklist import admin as token_admin
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 
 from accounts.actions import keys, organizations, roles, teams, users
+from accounts.admin_site import MANAGE, READ, is_platform
 from accounts.models import APIKey, Organization, Team, User
-from accounts.roles import role_of
+from accounts.roles import ROLES, role_of
 from relay.admin_actions import ActionsAdmin
 
 
@@ -24,6 +26,7 @@ class OrganizationAdmin(ActionsAdmin):
 
 @admin.register(Team)
 class TeamAdmin(ActionsAdmin):
+    org_admin_access = MANAGE
     list_display = ["name", "organization", "created_at"]
     list_filter = ["organization"]
     list_select_related = ["organization"]
@@ -37,18 +40,79 @@ class PasswordForm(AdminPasswordChangeForm):
         return users.change_password(self.user, self.cleaned_data["password1"] if usable else None)
 
 
+ROLE_CHOICES = [(role, role.replace("_", " ")) for role in ROLES]
+
+
+class MemberRoleForm(UserChangeForm):
+    """An organization admin's form for a member: the four built-in roles instead of groups and
+    permissions; never superuser, staff (it follows the role) or another organization."""
+
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+    class Meta(UserChangeForm.Meta):
+        model = User
+        fields = ["username", "first_name", "last_name", "email", "is_active", "organization", "team"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and "role" in self.fields:  # not on their own form: shown read-only
+            self.fields["role"].initial = role_of(self.instance)
+
+
+class NewMemberForm(AdminUserCreationForm):
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial="user")
+
+    class Meta(AdminUserCreationForm.Meta):
+        model = User
+        fields = ["username", "email", "organization", "team"]
+
+
+MEMBER_FIELDSETS = (
+    (None, {"fields": ("username", "password")}),
+    ("Profile", {"fields": ("first_name", "last_name", "email")}),
+    ("Membership", {"fields": ("organization", "team", "role", "is_active")}),
+    ("Dates", {"fields": ("last_login", "date_joined")}),
+)
+NEW_MEMBER_FIELDSETS = (
+    (None, {"fields": ("username", "usable_password", "password1", "password2")}),
+    ("Membership", {"fields": ("email", "organization", "team", "role")}),
+)
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
+    org_admin_access = MANAGE
     list_display = ["username", "email", "organization", "team", "role", "is_active", "is_staff", "last_login"]
     list_filter = ["organization", "groups", "is_active", "is_staff", "is_superuser"]
     list_select_related = ["organization", "team__organization"]  # a team's name shows its organization
     search_fields = ["username", "email", "first_name", "last_name"]
+    list_per_page = 50  # rendering rows, not SQL, is most of a page's time (bench/admin_lists.py)
     fieldsets = BaseUserAdmin.fieldsets + (("Relay", {"fields": ("organization", "team")}),)
     add_fieldsets = BaseUserAdmin.add_fieldsets + (("Relay", {"fields": ("email", "organization", "team", "groups")}),)
     change_password_form = PasswordForm
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("groups")
+
+    # An organization's admins get the member forms: a role, not groups, permissions or flags.
+    def get_fieldsets(self, request, obj=None):
+        if is_platform(request.user):
+            return super().get_fieldsets(request, obj)
+        return NEW_MEMBER_FIELDSETS if obj is None else MEMBER_FIELDSETS
+
+    def get_form(self, request, obj=None, **kwargs):
+        if not is_platform(request.user):
+            form = NewMemberForm if obj is None else MemberRoleForm
+            if obj is not None and obj.pk == request.user.pk:
+                form = type(form.__name__, (form,), {"role": None})  # shown read-only instead
+            kwargs["form"] = form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        if is_platform(request.user) or obj is None:
+            return super().get_readonly_fields(request, obj)
+        own = ["team", "role", "is_active"] if obj.pk == request.user.pk else []  # nobody raises themselves
+        return ["last_login", "date_joined", *own]
 
     @admin.display(description="role")
     def role(self, obj):
@@ -59,7 +123,8 @@ class UserAdmin(BaseUserAdmin):
 
     def save_related(self, request, form, formsets, change):
         base = super().save_related
-        users.save_user(form.instance, actor=request.user, save_related=lambda: base(request, form, formsets, change))
+        users.save_user(form.instance, actor=request.user, role=form.cleaned_data.get("role"),
+                        save_related=lambda: base(request, form, formsets, change))
 
     def delete_model(self, request, obj):
         users.delete_user(obj, actor=request.user)
@@ -95,10 +160,12 @@ class RoleAdmin(BaseGroupAdmin):
 class APIKeyAdmin(ActionsAdmin):
     """Keys are listed and revoked here; their secrets exist nowhere to show."""
 
+    org_admin_access = READ  # and revoke: see has_revoke_permission
     list_display = ["name", "visible_prefix", "owner", "is_active", "expires_at", "revoked_at", "last_used_at", "created_at"]
     list_filter = ["revoked_at", "owner__organization"]
     list_select_related = ["owner", "owner__organization"]
     search_fields = ["name", "prefix", "owner__username"]
+    list_per_page = 50  # rendering rows, not SQL, is most of a page's time (bench/admin_lists.py)
     readonly_fields = ["prefix", "secret_hash", "hash_version", "parent", "last_used_at", "revoked_at", "created_at"]
     exclude = []
     actions = ["revoke_selected"]
@@ -111,7 +178,10 @@ class APIKeyAdmin(ActionsAdmin):
     def visible_prefix(self, obj):
         return f"rk_{obj.prefix}…"
 
-    @admin.action(description="Revoke selected API keys")
+    def has_revoke_permission(self, request):
+        return self.has_view_permission(request)  # of the keys the list shows: the gate's
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke_selected(self, request, queryset):
         for key in queryset:
             keys.revoke_api_key(key, actor=request.user)
@@ -138,7 +208,3 @@ class BlacklistedTokenAdmin(token_admin.BlacklistedTokenAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-
-admin.site.site_header = "Relay admin console"
-admin.site.site_title = "Relay admin"
-admin.site.index_title = "Administration"

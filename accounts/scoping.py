@@ -9,7 +9,10 @@ once for every scoped view.
 
 Superusers are the one kind of caller special-cased here: they see every organization's rows.
 Platform staff without superuser see no tenant's data; personal rows (conversations, keys)
-stay their owner's whoever asks.
+stay their owner's whoever asks, except for the `administer` action: the admin console
+(accounts/admin_site.py) shows an organization's admins its members' keys and conversations to
+list, revoke or delete, never to use. Rows a rule marks `guarded` (superusers) are out of every
+other caller's reach, whatever the action.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from accounts.roles import is_org_admin
 
 logger = logging.getLogger(__name__)
 
-VIEW, READ = "view", "read"
+VIEW, READ, ADMINISTER = "view", "read", "administer"
 _NOTHING = Q(pk__in=[])
 
 
@@ -42,6 +45,9 @@ class Rule:
     public: rows everyone sees (Relay's own documents).
     requires: action -> codename the caller (through their key) must hold to get more than `public`.
     within_key: narrows the rows further to what the acting API key may reach.
+    administered_by: lookup path to the organization whose admins administer the row in the admin
+        console (`administer`), for rows otherwise personal; default: `organization`.
+    guarded: rows no caller but a superuser reaches (a superuser who is also a member).
 
     An organization's rows are all visible to its members when the rule names neither owner nor
     share; otherwise members see their own and the shared ones, and its admins all of them.
@@ -53,6 +59,8 @@ class Rule:
     public: Q | None = None
     requires: dict[str, str] = field(default_factory=dict)
     within_key: Callable[[QuerySet, object, object], QuerySet] | None = None
+    administered_by: str | None = None
+    guarded: Q | None = None
 
 
 _rules: dict[type[Model], Rule] = {}
@@ -81,6 +89,10 @@ def restrict(queryset, user, key=None, action: str = VIEW) -> QuerySet:
     rule = rule_for(queryset.model)
     if user is None or not user.is_authenticated:
         return queryset.none()
+    if rule.guarded is not None and not sees_every_organization(user):
+        queryset = queryset.exclude(rule.guarded)
+    if action == ADMINISTER:
+        return queryset.filter(_administered(rule, user))
     needed = rule.requires.get(action)
     if needed is not None and not holds(user, key, needed):
         return queryset.filter(rule.public or _NOTHING)
@@ -110,6 +122,17 @@ def _visible(model, rule: Rule, user) -> Q | None:
         shared = get_objects_for_user(user, rule.shared, klass=model, accept_global_perms=False, with_superuser=False)
         mine = _or(mine, Q(pk__in=shared.values("pk")))
     return _or(rule.public, organization & mine)
+
+
+def _administered(rule: Rule, user) -> Q:
+    """The rows the admin console shows user: every row to superusers; an organization's rows,
+    personal ones included and Relay's public ones not, to its active admins; none to anyone else."""
+    if sees_every_organization(user):
+        return Q()
+    path = rule.administered_by or rule.organization
+    if path is None or user.organization_id is None or not (user.is_active and is_org_admin(user)):
+        return _NOTHING
+    return Q(**{path: user.organization_id})
 
 
 def _or(first: Q | None, second: Q) -> Q:
@@ -224,13 +247,16 @@ def on_api_error(request, status_code, code, message):
 def register_accounts_rules() -> None:
     """The rules of accounts' own models and of the audit trail (audit cannot import accounts)."""
     from accounts.key_tree import keys_within
-    from accounts.models import APIKey, Team, User
+    from accounts.models import APIKey, Organization, Team, User
     from audit.models import AuditEvent
 
-    register(User, Rule(organization="organization"))
+    register(Organization, Rule(organization="pk"))
+    # A superuser who is also a member is no organization admin's to edit, deactivate or sign in as.
+    register(User, Rule(organization="organization", guarded=Q(is_superuser=True)))
     register(Team, Rule(organization="organization"))
     # Through a key, only the keys within its powers: a narrow key neither finds nor takes over a wider one.
-    register(APIKey, Rule(owner="owner", within_key=lambda keys, user, key: keys & keys_within(user, key)))
+    register(APIKey, Rule(owner="owner", within_key=lambda keys, user, key: keys & keys_within(user, key),
+                          administered_by="owner__organization"))
     # By the hashed reference, not the pointer: the pointer is outside the hash, so repointing it
     # by SQL must not hand an event to another organization (verify_audit names such an event).
     register(AuditEvent, Rule(organization="organization_ref"))

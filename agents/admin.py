@@ -4,8 +4,13 @@ Every change goes through agents.actions, which records its event beside the adm
 admin.action; bulk deletes go one object at a time for the same reason.
 """
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import FilteredSelectMultiple
 
+from accounts import scoping
+from accounts.admin_site import MANAGE, READ
+from accounts.models import Team, User
 from agents.actions import conversations, endpoints
 from agents.actions import documents as document_actions
 from agents.models import Conversation, Document, Message, ModelEndpoint
@@ -26,7 +31,11 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(ActionsAdmin):
-    """History is evidence: it can be read and deleted (privacy requests), not rewritten."""
+    """History is evidence: it can be read and deleted (privacy requests), not rewritten.
+
+    An organization's admins read its conversations' metadata; the messages are their authors'."""
+
+    org_admin_access = READ
 
     list_display = ["__str__", "user", "organization", "agent", "updated_at"]
     list_filter = ["agent", "organization"]
@@ -69,20 +78,46 @@ class MessageAdmin(ActionsAdmin):
     delete_action = conversations.delete_message
 
 
+def _shares_field(queryset, name: str, initial) -> forms.ModelMultipleChoiceField:
+    return forms.ModelMultipleChoiceField(queryset=queryset, required=False, initial=initial,
+                                          widget=FilteredSelectMultiple(name, is_stacked=False))
+
+
 @admin.register(Document)
 class DocumentAdmin(ActionsAdmin):
+    """Title, owner and shares of an organization's documents; uploads go through the API."""
+
+    org_admin_access = MANAGE
     list_display = ["__str__", "kind", "size", "owner", "organization", "builtin", "created_at"]
     list_filter = ["kind", "builtin", "organization"]
     list_select_related = ["owner", "organization"]
     search_fields = ["name", "title", "=sha256"]
     readonly_fields = ["name", "kind", "size", "sha256", "builtin", "created_at"]
     raw_id_fields = ["owner"]
+    delete_action = document_actions.delete_document
 
     def has_add_permission(self, request):
         return False  # uploads go through /api/v1/documents/ (type and size checks, chunking)
 
-    save_action = document_actions.save_document_edit
-    delete_action = document_actions.delete_document
+    def get_form(self, request, obj=None, **kwargs):
+        if kwargs.get("fields"):  # the fieldsets name the share fields; the model has no such fields
+            kwargs["fields"] = [name for name in kwargs["fields"] if name not in ("shared_users", "shared_teams")]
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None or obj.organization_id is None:
+            return form
+        # Whom it is shared with: members and teams of its organization, through the gate. Fields
+        # made for this request (a form class's fields are shared by every request).
+        users, teams = document_actions.shares_of(obj)
+        members = scoping.restrict(User, request.user, None, scoping.ADMINISTER).filter(organization=obj.organization_id)
+        groups = scoping.restrict(Team, request.user, None, scoping.ADMINISTER).filter(organization=obj.organization_id)
+        return type(form.__name__, (form,), {"shared_users": _shares_field(members, "users", users),
+                                             "shared_teams": _shares_field(groups, "teams", teams)})
+
+    def save_model(self, request, obj, form, change):
+        shares = None
+        if "shared_users" in form.cleaned_data:
+            shares = form.cleaned_data["shared_users"], form.cleaned_data["shared_teams"]
+        document_actions.save_document_edit(obj, actor=request.user, shares=shares)
 
 
 UNPRICED_LIST = ("Enabled without a price in effect: {names}. Requests naming them fail with 400 and they are "

@@ -21,7 +21,8 @@ class AgentsConfig(AppConfig):
         from billing.models import OptimizerSettings
 
         scoping.register(Document, DOCUMENT_RULE)
-        scoping.register(Conversation, scoping.Rule(owner="user"))  # personal, even to superusers
+        # Personal, even to superusers; the admin console shows an organization's admins their metadata.
+        scoping.register(Conversation, scoping.Rule(owner="user", administered_by="organization"))
         scoping.register(Message, scoping.Rule(owner="conversation__user"))
 
         register_metric_labels()

@@ -45,6 +45,7 @@ class RecordedOrganizationFilter(admin.SimpleListFilter):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
+    org_admin_access = "read"  # accounts.admin_site.READ (audit imports no accounts module)
     list_display = ["sequence", "time", "actor_name", "api_key_prefix", "recorded_organization", "action", "status",
                     "resource", "ip", "request_id"]
     # Fixed choices and relative dates: no filter or date drill-down scans the table to draw itself.

@@ -57,12 +57,6 @@ def record_refusal(status_code: int, code: str, message: str, *, method: str, pa
                      "message": message[:500]})
 
 
-def on_admin_visit_refused(sender, request, user, **kwargs):
-    """relay.security: a signed-in user without admin-site access, redirected to the admin login."""
-    record(actions.PERMISSION_DENIED, status=actions.DENIED, request=request, actor=user, resource="admin",
-           metadata={"method": request.method, "path": request.path[:500], "status": 302})
-
-
 def _admin_resource(entry) -> str:
     model = entry.content_type.model if entry.content_type_id else "object"
     return f"{entry.content_type.app_label}.{model}:{entry.object_id}" if entry.content_type_id else model
@@ -100,13 +94,11 @@ def connect() -> None:
     import rest_framework.views  # noqa: F401  (first: relay.api.errors imported alone is a circular import)
 
     from relay.api.errors import add_error_listener
-    from relay.security import admin_visit_refused
 
     user_logged_in.connect(on_login, dispatch_uid="audit.login")
     user_logged_out.connect(on_logout, dispatch_uid="audit.logout")
     user_login_failed.connect(on_login_failed, dispatch_uid="audit.login_failed")
     post_save.connect(on_admin_log, sender=LogEntry, dispatch_uid="audit.admin_log")
-    admin_visit_refused.connect(on_admin_visit_refused, dispatch_uid="audit.admin_visit_refused")
     add_error_listener(on_api_error)
     from audit import refusals
 

@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.db import models
 
+from accounts.admin_site import MANAGE, READ
 from accounts.roles import AGENT_PERMISSIONS
 from billing.actions import budgets, optimizer_settings, prices
 from billing.forms import MONEY_FORM_FIELDS
@@ -50,6 +51,7 @@ def _model_names():
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
+    org_admin_access = READ
     list_display = ["created_at", "organization", "user", "agent", "model", "input_tokens", "output_tokens", "cost",
                     "status", "cached", "latency_ms"]
     # Fixed choices and relative dates: no filter scans the table to draw itself (relay/admin_lists.py).
@@ -83,6 +85,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(Budget)
 class BudgetAdmin(ActionsAdmin):
+    org_admin_access = MANAGE
     list_display = ["__str__", "organization", "scope", "team", "user", "api_key", "period", "limit_usd", "hard",
                     "updated_at"]
     list_filter = ["scope", "period", "hard", "organization"]
@@ -100,6 +103,7 @@ class BudgetAdmin(ActionsAdmin):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ActionsAdmin):
+    org_admin_access = MANAGE  # deleted to fire again; never added or edited
     list_display = ["budget", "period_key", "threshold", "spent_usd", "created_at"]
     list_filter = ["threshold", "created_at"]
     list_select_related = ["budget", "budget__organization"]
@@ -116,6 +120,8 @@ class BudgetAlertAdmin(ActionsAdmin):
 @admin.register(OptimizerSettings)
 class OptimizerSettingsAdmin(ActionsAdmin):
     """Turn each cost-optimizer strategy off (or tune it) for one organization."""
+
+    org_admin_access = MANAGE
 
     list_display = ["organization", "routing_enabled", "cache_enabled", "cache_ttl_seconds", "trimming_enabled",
                     "history_token_budget", "updated_at"]

@@ -1,6 +1,17 @@
 from django.apps import AppConfig
 
 
+def register_rules() -> None:
+    """Billing's rows belong to an organization: its members see them through the one gate."""
+    from accounts import scoping
+    from billing.models import Budget, BudgetAlert, OptimizerSettings, UsageRecord
+
+    for model, path in ((Budget, "organization"), (BudgetAlert, "budget__organization"),
+                        (OptimizerSettings, "organization")):
+        scoping.register(model, scoping.Rule(organization=path))
+    scoping.register(UsageRecord, scoping.Rule(organization="organization", owner="user"))
+
+
 class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "billing"
@@ -18,6 +29,7 @@ class BillingConfig(AppConfig):
         from billing.rule_cache import RULES
 
         register_metrics()
+        register_rules()
         post_migrate.connect(ensure_default_prices, sender=self)
         key_tree.register_binding(hard_key_budgets)  # a key minted under a budgeted key stays under it
         # Organization: its time zone sets the budgets' periods.

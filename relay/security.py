@@ -7,9 +7,7 @@ still cannot run. Inline *styles* stay allowed because the Django admin and Swag
 DENY for browsers that only read CSP. Override with RELAY_CSP (the whole header value).
 """
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.dispatch import Signal
 
 from relay.eventloop.middleware import DualModeMiddleware
 
@@ -43,42 +41,15 @@ def add_security_headers(response) -> None:
         response["Cache-Control"] = "no-store"
 
 
-ADMIN_PREFIX = "/admin/"
-# Sent (request=, user=) when a signed-in user without admin access is turned away from the admin;
-# the audit app records it as denied (relay/ imports no app).
-admin_visit_refused = Signal()
-
-
-def refused_admin_visit(request, response) -> bool:
-    """A signed-in user without admin-site access sent to the admin login (Django's refusal)."""
-    return (request.path.startswith(ADMIN_PREFIX) and response.status_code == 302
-            and response.get("Location", "").startswith(f"{ADMIN_PREFIX}login/"))
-
-
-def record_admin_refusal(request, user) -> None:
-    """Announce it for the audit trail: Django's admin redirects instead of answering 403, so nothing else would."""
-    if not (user.is_authenticated and user.is_active) or user.is_staff:
-        return
-    admin_visit_refused.send(sender=SecurityHeadersMiddleware, request=request, user=user)
-
-
 class SecurityHeadersMiddleware(DualModeMiddleware):
-    """Sync and async, so it never moves the async hot path onto the sync thread.
-
-    It sits outside the auth middleware: on the way out `request.user` is set (read only for the
-    rare admin refusal).
-    """
+    """Sync and async, so it never moves the async hot path onto the sync thread."""
 
     def handle(self, request):
         response = self.get_response(request)
         add_security_headers(response)
-        if refused_admin_visit(request, response) and hasattr(request, "user"):
-            record_admin_refusal(request, request.user)
         return response
 
     async def __acall__(self, request):
         response = await self.get_response(request)
         add_security_headers(response)
-        if refused_admin_visit(request, response) and hasattr(request, "auser"):
-            await sync_to_async(record_admin_refusal)(request, await request.auser())
         return response

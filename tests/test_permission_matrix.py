@@ -217,3 +217,202 @@ def test_a_key_acts_with_its_scopes_cut_to_its_owner(users, api_client):
     # The owner loses the role: the key loses it with them, at once.
     set_role(admin, "viewer")
     assert_envelope(api_client.get(reverse("user-list")), 403, "permission_denied")
+
+
+# --- The admin console (/admin/) ----------------------------------------------------------------
+# Written from issue 17, not read from the ModelAdmins: model label -> (what organization admins
+# may do: None, "read" or "manage"; which of add/delete the model offers anyone at all).
+ADMIN_MODELS = {
+    "accounts.organization": (None, {"add", "delete"}),
+    "accounts.team": ("manage", {"add", "delete"}),
+    "accounts.user": ("manage", {"add", "delete"}),
+    "accounts.apikey": ("read", {"delete"}),
+    "auth.group": (None, {"add", "delete"}),
+    "token_blacklist.outstandingtoken": (None, set()),
+    "token_blacklist.blacklistedtoken": (None, set()),
+    "audit.auditevent": ("read", set()),
+    "audit.auditcheckpoint": (None, set()),
+    "audit.auditheadcheckpoint": (None, set()),
+    "agents.conversation": ("read", {"delete"}),
+    "agents.message": (None, {"delete"}),
+    "agents.document": ("manage", {"delete"}),
+    "agents.modelendpoint": (None, {"add", "delete"}),
+    "billing.modelprice": (None, {"add", "delete"}),
+    "billing.usagerecord": ("read", set()),
+    "billing.budget": ("manage", {"add", "delete"}),
+    "billing.budgetalert": ("manage", {"delete"}),
+    "billing.optimizersettings": ("manage", {"add", "delete"}),
+}
+MODEL_VIEWS = ("changelist", "add", "change", "history", "delete")
+# The site's own pages: url name -> what an organization admin gets (superusers: 200 unless noted).
+ADMIN_SITE = {"index": 200, "app_list": "per app", "autocomplete": 200, "jsi18n": 200, "password_change": 200,
+              "password_change_done": 200, "login": 302, "logout": "post", "view_on_site": 404,
+              "auth_user_password_change": 200}
+ANONYMOUS_OPEN = {"login"}  # every other admin URL sends the anonymous to the admin's login form
+
+
+def admin_url_names() -> set[str]:
+    from django.contrib import admin
+
+    return {name for _, name, _ in walk(admin.site.get_urls()) if name}
+
+
+def test_every_admin_url_is_in_the_table():
+    from django.contrib import admin
+
+    registered = {f"{m._meta.app_label}.{m._meta.model_name}" for m in admin.site._registry}
+    assert registered == set(ADMIN_MODELS), (f"registered models not in ADMIN_MODELS: {sorted(registered - set(ADMIN_MODELS))}; "
+                                             f"stale rows: {sorted(set(ADMIN_MODELS) - registered)}")
+    for label, model_admin in ((f"{m._meta.app_label}.{m._meta.model_name}", a) for m, a in admin.site._registry.items()):
+        assert getattr(model_admin, "org_admin_access", None) == ADMIN_MODELS[label][0], label
+    covered = {f"{label.replace('.', '_')}_{view}" for label in ADMIN_MODELS for view in MODEL_VIEWS} | set(ADMIN_SITE)
+    missing = admin_url_names() - covered
+    assert not missing, f"admin URLs with no expected outcome: {sorted(missing)}"
+
+
+def _admin_objects(users):
+    """label -> the pk of one row an organization admin of users' organization administers (or any row)."""
+    from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    from accounts.actions.keys import create_api_key
+    from accounts.models import Organization
+    from agents.models import ModelEndpoint
+    from audit.maintenance import write_head_checkpoint
+    from billing.models import ModelPrice
+    from tests.accounts.test_admin_console import FACTORIES, build_organization
+
+    mine = build_organization(users["admin"].organization.name + " walk", "-walk")
+    # The walker's admin is the organization's: rows of the walk organization belong to another one.
+    mine["org"] = users["admin"].organization
+    objects = {label: None for label in ADMIN_MODELS}
+    for label, factory in FACTORIES.items():
+        objects[label] = factory(mine).pk
+    for label in ("accounts.team", "accounts.user", "accounts.apikey"):
+        objects[label] = {"accounts.team": users["admin"].team, "accounts.user": users["viewer"],
+                          "accounts.apikey": create_api_key(users["user"], "walked").key}[label].pk
+    objects["accounts.organization"] = Organization.objects.get(pk=users["admin"].organization_id).pk
+    objects["auth.group"] = users["viewer"].groups.first().pk
+    objects["agents.modelendpoint"] = ModelEndpoint.objects.create(name="walk-endpoint",
+                                                                   base_url="http://10.0.0.5:8000/v1").pk
+    objects["billing.modelprice"] = ModelPrice.objects.create(model="walk-priced", input_per_1k="0.001",
+                                                              output_per_1k="0.002").pk
+    RefreshToken.for_user(users["user"]).blacklist()
+    objects["token_blacklist.outstandingtoken"] = OutstandingToken.objects.first().pk
+    objects["token_blacklist.blacklistedtoken"] = BlacklistedToken.objects.first().pk
+    objects["audit.auditheadcheckpoint"] = write_head_checkpoint().pk
+    return objects, mine
+
+
+def _org_admin_rows_for(users, objects, mine):
+    """The organization admin's rows: those of their own organization (the walk organization's are another's)."""
+    from agents.models import Conversation, Document
+    from billing.models import Budget, BudgetAlert, OptimizerSettings, UsageRecord
+
+    org, member = users["admin"].organization, users["user"]
+    budget = Budget.objects.create(organization=org, scope="organization", period="monthly", limit_usd="5")
+    conversation = Conversation.objects.create(organization=org, user=member, agent="math", title="walked")
+    usage = UsageRecord.objects.filter(pk=objects["billing.usagerecord"]).get()
+    usage.pk, usage.organization, usage.user, usage.team, usage.api_key, usage.request_id = (
+        None, org, member, None, None, "req-walk-own")
+    usage.save()
+    from audit.models import AuditEvent
+
+    return {**objects,
+            "billing.budget": budget.pk,
+            "billing.budgetalert": BudgetAlert.objects.create(budget=budget, period_key="walk", threshold=80,
+                                                              spent_usd="4").pk,
+            "billing.optimizersettings": OptimizerSettings.objects.create(organization=org).pk,
+            "billing.usagerecord": usage.pk,
+            "agents.conversation": conversation.pk,
+            "agents.document": Document.objects.create(organization=org, owner=member, name="walk.txt", kind="text",
+                                                       size=1, sha256="0" * 64).pk,
+            "audit.auditevent": AuditEvent.objects.filter(organization_ref=org.pk).order_by("-sequence").first().pk}
+
+
+def _admin_cases(objects):
+    """(url name, path) for every named admin URL but logout."""
+    from django.contrib import admin
+
+    for label in ADMIN_MODELS:
+        base = f"admin:{label.replace('.', '_')}"
+        pk = objects[label] if objects[label] is not None else 999999
+        yield label, "changelist", reverse(f"{base}_changelist")
+        yield label, "add", reverse(f"{base}_add")
+        for view in ("change", "history", "delete"):
+            yield label, view, reverse(f"{base}_{view}", args=[pk])
+    for app_label in sorted({model._meta.app_label for model in admin.site._registry}):
+        yield app_label, "app_list", reverse("admin:app_list", args=[app_label])
+    yield None, "auth_user_password_change", reverse("admin:auth_user_password_change", args=[objects["accounts.user"]])
+    yield None, "autocomplete", (reverse("admin:autocomplete") + "?app_label=billing&model_name=budget&field_name=team")
+    for name in ("index", "jsi18n", "password_change", "password_change_done", "login"):
+        yield None, name, reverse(f"admin:{name}")
+    from django.contrib.contenttypes.models import ContentType
+
+    from accounts.models import Team
+
+    yield None, "view_on_site", reverse("admin:view_on_site", args=[ContentType.objects.get_for_model(Team).pk,
+                                                                     objects["accounts.team"]])
+
+
+def _expected(who: str, subject, view: str, objects) -> int:
+    """The status `who` (anonymous, a role, or superuser) gets, from the rules of issue 17."""
+    if who == "anonymous":
+        return 200 if view in ANONYMOUS_OPEN else 302
+    if who in ("user", "viewer", "api_user"):
+        return 403
+    if view in ADMIN_SITE and view != "app_list":
+        return 302 if view == "login" else ADMIN_SITE[view]
+    if view == "app_list":
+        open_app = any(label.startswith(f"{subject}.") and access for label, (access, _) in ADMIN_MODELS.items())
+        return 200 if who == "superuser" or open_app else 404
+    access, offered = ADMIN_MODELS[subject]
+    if who == "admin" and access is None:
+        return 403
+    if view in ("add", "delete"):
+        allowed_here = view in offered and (who == "superuser" or access == "manage")
+        if not allowed_here:
+            return 403
+    if view in ("change", "history", "delete") and objects[subject] is None:
+        return 302  # no such row: the admin says so on its index
+    return 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["anonymous", "admin", "user", "viewer", "api_user", "superuser"])
+def test_the_admin_urls_for_every_role(who, users):
+    from django.test import Client
+
+    from accounts.models import User
+
+    objects, mine = _admin_objects(users)
+    objects = _org_admin_rows_for(users, objects, mine)
+    client, actor = Client(), None
+    if who == "superuser":
+        actor = User.objects.create_superuser("operator", "op@example.com", "correct horse battery staple")
+    elif who != "anonymous":
+        actor = users[who]
+    if actor is not None:
+        client.force_login(actor)
+    failures, checked = [], set()
+    for subject, view, path in _admin_cases(objects):
+        expected = _expected(who, subject, view, objects)
+        since = audit_head()
+        response = client.get(path)
+        checked.add(view)
+        if response.status_code != expected:
+            failures.append(f"{who} GET {path}: {response.status_code}, expected {expected}")
+            continue
+        if expected == 302 and who == "anonymous" and not response["Location"].startswith("/admin/login/"):
+            failures.append(f"{who} GET {path}: redirected to {response['Location']}, not the admin login")
+        if expected == 403:
+            if who in ("user", "viewer", "api_user") and b"admin console" not in response.content:
+                failures.append(f"{who} GET {path}: not Relay's 403 page")
+            if problem := denial_problem(since, response, actor):
+                failures.append(f"{who} GET {path}: {problem}")
+    # Signing out works for everyone and is never a refusal.
+    response = client.post(reverse("admin:logout"))
+    if response.status_code not in (200, 302):
+        failures.append(f"{who} POST logout: {response.status_code}")
+    assert not failures, "\n".join(failures)
+    assert set(MODEL_VIEWS) <= checked

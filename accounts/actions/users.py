@@ -11,7 +11,8 @@ from django.db import transaction
 
 from accounts.actions.teams import resolve_team
 from accounts.models import Organization, Team, User
-from accounts.roles import TEAM_GROUP_PREFIX, role_of
+from accounts.roles import ROLE_ADMIN, TEAM_GROUP_PREFIX, role_of
+from accounts.scoping import sees_every_organization
 from accounts.services import PrivilegeRefused, known_roles
 from audit import actions
 from audit.services import record
@@ -32,7 +33,17 @@ def _changes(before: dict, user: User) -> dict:
 
 def _record_created(user: User, role: str | None, *, actor=None) -> None:
     record(actions.USER_CREATED, actor=actor, resource=f"user:{user.pk}", organization=user.organization_id,
-           metadata={"username": user.username, "role": role, "team_id": user.team_id})
+           metadata={"username": user.username, "role": role, "team_id": user.team_id, "admin_site": user.is_staff})
+
+
+def _sync_admin_access(user: User, role: str | None) -> bool:
+    """The admin console follows the role: an organization's admins have it, its other members do
+    not. Superusers and platform staff (no organization) keep what they have. True: it changed."""
+    if sees_every_organization(user) or user.organization_id is None or user.is_staff == (role == ROLE_ADMIN):
+        return False
+    user.is_staff = role == ROLE_ADMIN
+    user.save(update_fields=["is_staff"])
+    return True
 
 
 def _assign_role(user: User, role: str) -> str | None:
@@ -44,8 +55,9 @@ def _assign_role(user: User, role: str) -> str | None:
     team_groups = list(user.groups.filter(name__startswith=TEAM_GROUP_PREFIX))
     user.groups.set([group, *team_groups])
     # Django caches permissions on the instance; a role change must be seen at once.
-    for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+    for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache", "_relay_org_admin"):
         user.__dict__.pop(attr, None)
+    _sync_admin_access(user, role)
     return previous
 
 
@@ -54,7 +66,7 @@ def set_role(user: User, role: str, *, actor: User | None = None) -> None:
     previous = _assign_role(user, role)
     if previous != role:
         record(actions.ROLE_CHANGED, actor=actor, resource=f"user:{user.pk}", organization=user.organization_id,
-               metadata={"username": user.username, "from": previous, "to": role})
+               metadata={"username": user.username, "from": previous, "to": role, "admin_site": user.is_staff})
 
 
 @transaction.atomic
@@ -118,8 +130,10 @@ def change_password(user: User, password: str | None, *, actor=None) -> User:
 
 
 @transaction.atomic
-def save_user(user: User, *, actor=None, save_related: Callable[[], None] = lambda: None) -> User:
-    """A user as edited in the admin (its forms have validated it), with its groups (save_related).
+def save_user(user: User, *, actor=None, save_related: Callable[[], None] = lambda: None,
+              role: str | None = None) -> User:
+    """A user as edited in the admin (its forms have validated it), with its groups (save_related)
+    or, from an organization admin's form, its role.
 
     One event either way: a new user, or their changes with the role among them.
     """
@@ -128,9 +142,12 @@ def save_user(user: User, *, actor=None, save_related: Callable[[], None] = lamb
     previous = None if created else role_of(User.objects.get(pk=user.pk))
     user.save()
     save_related()
-    for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+    if role is not None:
+        _assign_role(user, role)
+    for attr in ("_perm_cache", "_user_perm_cache", "_group_perm_cache", "_relay_org_admin"):
         user.__dict__.pop(attr, None)
     role = role_of(User.objects.get(pk=user.pk))
+    _sync_admin_access(user, role)
     if created:
         _record_created(user, role, actor=actor)
         return user
@@ -138,7 +155,7 @@ def save_user(user: User, *, actor=None, save_related: Callable[[], None] = lamb
     if previous != role:
         changes["role"] = [previous, role]
     record(actions.USER_UPDATED, actor=actor, resource=f"user:{user.pk}", organization=user.organization_id,
-           metadata={"username": user.username, "changes": changes})
+           metadata={"username": user.username, "changes": changes, "admin_site": user.is_staff})
     return user
 
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
-from guardian.shortcuts import assign_perm
+from guardian.shortcuts import assign_perm, get_groups_with_perms, get_users_with_perms, remove_perm
 
 from accounts.models import Team, User
 from accounts.services import team_group
@@ -107,10 +107,48 @@ def delete_document(document: Document, *, actor: User | None = None) -> None:
     record(actions.DOCUMENT_DELETED, actor=actor, organization=organization, resource=resource, metadata=about)
 
 
+def shares_of(document: Document) -> tuple[list[int], list[int]]:
+    """(user ids, team ids) the document is shared with, its owner's own share among them."""
+    codename = SHARE_PERMISSION.split(".", 1)[1]
+    users = get_users_with_perms(document, only_with_perms_in=[codename], with_group_users=False,
+                                 with_superusers=False)
+    groups = [group for group, perms in get_groups_with_perms(document, attach_perms=True).items() if codename in perms]
+    return (sorted(users.values_list("pk", flat=True)),
+            sorted(Team.objects.filter(group__in=groups).values_list("pk", flat=True)))
+
+
+def _set_shares(document: Document, users: list[User], teams: list[Team]) -> dict:
+    """Share with exactly these users and teams (of the document's organization); what changed."""
+    if any(member.organization_id != document.organization_id for member in [*users, *teams]):
+        raise ValidationError({"shared_users": ["Share only with users and teams of the document's organization."]})
+    before_users, before_teams = shares_of(document)
+    for user in users:
+        if user.pk not in before_users:
+            assign_perm(SHARE_PERMISSION, user, document)
+    for user in User.objects.filter(pk__in=set(before_users) - {user.pk for user in users}):
+        remove_perm(SHARE_PERMISSION, user, document)
+    for team in teams:
+        if team.pk not in before_teams:
+            assign_perm(SHARE_PERMISSION, team_group(team), document)
+    for team in Team.objects.filter(pk__in=set(before_teams) - {team.pk for team in teams}):
+        remove_perm(SHARE_PERMISSION, team_group(team), document)
+    after_users, after_teams = shares_of(document)
+    found = {}
+    if after_users != before_users:
+        found["shared_users"] = [before_users, after_users]
+    if after_teams != before_teams:
+        found["shared_teams"] = [before_teams, after_teams]
+    return found
+
+
 @transaction.atomic
-def save_document_edit(document: Document, *, actor: User | None = None) -> None:
-    """Store the admin's edit of `document` (its EDITABLE fields) and record what changed."""
+def save_document_edit(document: Document, *, actor: User | None = None, shares=None) -> None:
+    """Store the admin's edit of `document` (its EDITABLE fields, and with `shares` = (users, teams)
+    exactly whom it is shared with) and record what changed, in one event."""
     before = snapshot(Document.objects.select_for_update().get(pk=document.pk), EDITABLE)
     document.save()
+    changed = changes(before, document)
+    if shares is not None:
+        changed.update(_set_shares(document, list(shares[0]), list(shares[1])))
     record(actions.DOCUMENT_UPDATED, actor=actor, organization=document.organization_id,
-           resource=_resource(document), metadata={**_about(document), "changes": changes(before, document)})
+           resource=_resource(document), metadata={**_about(document), "changes": changed})

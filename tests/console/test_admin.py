@@ -1,5 +1,7 @@
 """The Django admin as the console: every list page opens, fast and with bounded queries."""
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -102,3 +104,45 @@ def test_changelist_queries_do_not_grow_with_rows(client, superuser, users, othe
     with CaptureQueriesContext(connection) as after:
         assert client.get(url).status_code == 200
     assert len(after) == len(before), [q["sql"][:120] for q in after.captured_queries]
+
+
+ADMIN_PAGES = ["admin:index", "admin:accounts_user_changelist", "admin:accounts_user_add", "admin:billing_budget_add",
+               "admin:audit_auditevent_changelist"]
+
+
+def no_inline_script(html: str) -> None:
+    for tag in re.findall(r"<script[^>]*>", html):
+        assert "src=" in tag or 'type="application/json"' in tag, tag
+    assert not re.search(r"<[^>]+\son[a-z]+=", html), "inline event handlers"
+
+
+@pytest.mark.parametrize("name", ADMIN_PAGES)
+def test_an_organization_admins_pages_carry_relays_bar_and_theme(client, users, name):
+    # Control: templates/admin/base_site.html (the console's top bar, static/css/admin.css).
+    client.force_login(users["admin"])
+    response = client.get(reverse(name))
+    html = response.content.decode()
+    assert response.status_code == 200 and 'class="topbar"' in html
+    assert re.search(r'data-nav="admin"\s+aria-current="page"', html) and 'href="/chat/" data-nav="chat"' in html
+    assert "css/admin.css" in html and "theme-toggle" in html and '<span class="admin-scope">Acme</span>' in html
+    no_inline_script(html)
+
+
+def test_the_admin_login_page_carries_relays_bar(client):
+    html = client.get(reverse("admin:login")).content.decode()
+    assert 'class="topbar"' in html and "css/admin.css" in html and 'data-nav="chat"' not in html
+    no_inline_script(html)
+
+
+@pytest.mark.parametrize("role", ["user", "viewer", "api_user"])
+def test_members_get_relays_403_page_not_the_admin_login(client, users, role):
+    # Controls: RelayAdminSite.refuse_signed_in_outsider and templates/403.html (the console's page).
+    client.force_login(users[role])
+    for path in ("/admin/", "/admin/login/", "/admin/billing/budget/add/"):
+        response = client.get(path)
+        html = response.content.decode()
+        assert response.status_code == 403 and "text/html" in response["Content-Type"], path
+        assert "The admin console is not yours" in html and f'<strong>{role}</strong>' in html
+        assert 'href="/chat/" data-nav="chat"' in html and 'data-nav="admin"' not in html  # the console's bar
+        assert 'id="login-form"' not in html and "css/admin.css" not in html
+        no_inline_script(html)
