@@ -25,13 +25,14 @@ def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
 
 async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
                             temperature: float | None = None):
-    provider = choice.provider()
+    deployment = choice.deployments[0]  # one deployment until the router picks (agents/router/)
+    provider = deployment.provider()
     messages = list(build_messages(agent, ctx))
     tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
     usage = ctx.facts.setdefault("upstream_usage", {"input_tokens": 0, "output_tokens": 0, "reported": False})
     for _ in range(MAX_TOOL_ROUNDS + 1):
         offered = ctx.client_tools or [t.spec() for t in tools.values()] or None
-        request = ChatRequest(messages=messages, model=choice.upstream_model, max_tokens=max_tokens,
+        request = ChatRequest(messages=messages, model=deployment.upstream_model, max_tokens=max_tokens,
                               temperature=temperature, tools=offered)
         calls: list[ToolCallRequest] = []
         async with aclosing(provider.stream(request)) as stream:
