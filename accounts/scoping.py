@@ -26,7 +26,7 @@ from django.db.models import Model, Q, QuerySet
 from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
-from accounts.permissions import holds, request_key
+from accounts.permissions import PLATFORM_STAFF, holds, request_key
 from accounts.roles import is_org_admin
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class Rule:
     administered_by: lookup path to the organization whose admins administer the row in the admin
         console (`administer`), for rows otherwise personal; default: `organization`.
     guarded: rows no caller but a superuser reaches (a superuser who is also a member).
+    platform: the platform's own rows (the models Relay serves), no organization's: every row to
+        platform staff (accounts.permissions.PLATFORM_STAFF, through their key), none to anyone else.
 
     An organization's rows are all visible to its members when the rule names neither owner nor
     share; otherwise members see their own and the shared ones, and its admins all of them.
@@ -61,6 +63,7 @@ class Rule:
     within_key: Callable[[QuerySet, object, object], QuerySet] | None = None
     administered_by: str | None = None
     guarded: Q | None = None
+    platform: bool = False
 
 
 _rules: dict[type[Model], Rule] = {}
@@ -89,6 +92,8 @@ def restrict(queryset, user, key=None, action: str = VIEW) -> QuerySet:
     rule = rule_for(queryset.model)
     if user is None or not user.is_authenticated:
         return queryset.none()
+    if rule.platform:
+        return queryset if holds(user, key, PLATFORM_STAFF) else queryset.none()
     if rule.guarded is not None and not sees_every_organization(user):
         queryset = queryset.exclude(rule.guarded)
     if action == ADMINISTER:

@@ -15,7 +15,7 @@ class AgentsConfig(AppConfig):
         from agents.actions.documents import load_builtin_docs
         from agents.documents import DOCUMENT_RULE
         from agents.metrics import register as register_metric_labels
-        from agents.models import Conversation, Document, Message, ModelEndpoint
+        from agents.models import Conversation, Document, Message, ModelDeployment, ModelEndpoint
         from agents.optimizer import forget_settings
         from agents.providers.catalog import forget_catalog
         from billing.models import OptimizerSettings
@@ -27,8 +27,10 @@ class AgentsConfig(AppConfig):
 
         register_metric_labels()
         post_migrate.connect(load_builtin_docs, sender=self)
-        post_save.connect(forget_catalog, sender=ModelEndpoint)
-        post_delete.connect(forget_catalog, sender=ModelEndpoint)
+        for model in (ModelEndpoint, ModelDeployment):
+            post_save.connect(forget_catalog, sender=model)
+            post_delete.connect(forget_catalog, sender=model)
+            scoping.register(model, scoping.Rule(platform=True))  # the platform's, not any organization's
         # The optimizer's switches are billing's model (no data migration); the optimizer is here.
         post_save.connect(forget_settings, sender=OptimizerSettings)
         post_delete.connect(forget_settings, sender=OptimizerSettings)

@@ -37,8 +37,7 @@ def _unpriced() -> tuple[list[str], list[str], set[str]]:
     from agents.models import ModelEndpoint
     from agents.providers.catalog import unpriced_names
 
-    endpoints = list(ModelEndpoint.objects.filter(enabled=True).exclude(provider_kind=ModelEndpoint.Kind.LOCAL)
-                     .values_list("name", flat=True))
+    endpoints = list(ModelEndpoint.objects.served().values_list("name", flat=True))
     env_models = [n for n in (settings.RELAY_LLM_MODELS or ["default"]) if n not in endpoints] \
         if settings.RELAY_LLM_BASE_URL else []  # as agents.providers.catalog lists them
     return endpoints, env_models, set(unpriced_names([*endpoints, *env_models]))

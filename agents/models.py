@@ -1,8 +1,11 @@
-"""Conversations, messages, documents for RAG, and upstream model endpoints."""
+"""Conversations, messages, documents for RAG, and the models Relay serves with their deployments."""
 
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -106,8 +109,37 @@ class DocumentChunk(models.Model):
         return f"{self.document_id}#{self.index}"
 
 
+def validate_upstream_url(value: str) -> None:
+    """An http(s) URL with a host; unlike URLValidator, single-label hosts (`http://vllm:8000/v1`,
+    a container or service name) are fine: that is how upstreams are usually reached."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        raise ValidationError("The port is not a number.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL with a host, e.g. http://vllm:8000/v1.")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValidationError("No credentials, query or fragment: name the key's environment variable instead.")
+
+
+_ENV_NAME = RegexValidator(r"^[A-Za-z_][A-Za-z0-9_]*\Z", "A name of an environment variable: letters, digits, _.")
+MAX_FALLBACKS = 5
+
+
+class ModelEndpointQuerySet(models.QuerySet):
+    def served(self):
+        """The rows the catalog offers: enabled upstream models with at least one enabled deployment."""
+        live = ModelDeployment.objects.filter(endpoint=models.OuterRef("pk"), enabled=True)
+        return self.filter(models.Exists(live), enabled=True).exclude(provider_kind=ModelEndpoint.Kind.LOCAL)
+
+
 class ModelEndpoint(models.Model):
-    """An upstream language model Relay can route to (besides the embedded local engine)."""
+    """A model: the name clients ask for and are priced by, served by its deployments.
+
+    How requests are spread over the deployments and what happens when they fail is set here
+    (agents.providers.catalog.RoutingPolicy); the deployments are the upstreams themselves.
+    """
 
     class Kind(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
@@ -118,23 +150,100 @@ class ModelEndpoint(models.Model):
         STANDARD = "standard"
         LARGE = "large"
 
+    class Strategy(models.TextChoices):
+        LEAST_BUSY = "least_busy", "Least busy (fewest requests in flight)"
+        LOWEST_LATENCY = "lowest_latency", "Lowest latency (time to first token)"
+        WEIGHTED_RANDOM = "weighted_random", "Weighted random"
+        PRIORITY = "priority", "Priority order (lowest number first)"
+
     name = models.CharField(max_length=100, unique=True, help_text="The model name clients ask for.")
     provider_kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.OPENAI)
-    base_url = models.URLField(blank=True, help_text="e.g. http://vllm:8000/v1")
-    upstream_model = models.CharField(max_length=200, blank=True, help_text="The model id upstream; defaults to name.")
-    api_key_env = models.CharField(
-        max_length=100, blank=True,
-        help_text="Name of the environment variable holding the upstream API key (never stored here).",
-    )
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.STANDARD)
     supports_tools = models.BooleanField(default=True)
     enabled = models.BooleanField(default=True)
+    routing_strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.LEAST_BUSY)
+    allowed_fails = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Failures of a deployment within the window that put it in cooldown.")
+    failure_window_seconds = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1), MaxValueValidator(86400)])
+    cooldown_seconds = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(86400)],
+        help_text="How long a failing deployment rests (an upstream Retry-After overrides it).")
+    num_retries = models.PositiveSmallIntegerField(
+        default=2, validators=[MaxValueValidator(10)],
+        help_text="Further attempts on other deployments of this model before its fallbacks.")
+    first_token_timeout_seconds = models.FloatField(
+        default=60, validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+        help_text="An attempt with no first event by then fails as a timeout.")
+    fallbacks = models.JSONField(
+        default=list, blank=True,
+        help_text=f"Model names tried in order when every deployment failed (at most {MAX_FALLBACKS}).")
+    context_window_fallback = models.CharField(
+        max_length=100, blank=True, help_text="The model used when the upstream says the context is too long.")
+
+    objects = ModelEndpointQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        """Fallbacks name served models (rows, RELAY_LLM_MODELS, the engine's), never this one, once each."""
+        from agents.providers.catalog import known_model_names
+
+        errors, known = {}, None
+        names = self.fallbacks if self.fallbacks is not None else []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            errors["fallbacks"] = ["A list of model names."]
+        elif names:
+            known = known_model_names()
+            errors["fallbacks"] = [
+                *(["A model cannot fall back to itself."] if self.name in names else []),
+                *(["A model is named more than once."] if len(set(names)) != len(names) else []),
+                *([f"At most {MAX_FALLBACKS} fallbacks."] if len(names) > MAX_FALLBACKS else []),
+                *(f"{n[:100]!r} is not a served model." for n in dict.fromkeys(names) if n != self.name and n not in known),
+            ][:MAX_FALLBACKS + 3]
+        target = self.context_window_fallback
+        if target and target == self.name:
+            errors["context_window_fallback"] = ["A model cannot fall back to itself."]
+        elif target and target not in (known if known is not None else known_model_names()):
+            errors["context_window_fallback"] = [f"{target!r} is not a served model."]
+        errors = {field: messages for field, messages in errors.items() if messages}
+        if errors:
+            raise ValidationError(errors)
+
+
+class ModelDeployment(models.Model):
+    """One upstream serving a model: where to send its requests, how much of them, and its limits."""
+
+    endpoint = models.ForeignKey(ModelEndpoint, on_delete=models.CASCADE, related_name="deployments")
+    name = models.SlugField(max_length=64, help_text="A label within its model (metrics, audit trail).")
+    base_url = models.CharField(max_length=200, validators=[validate_upstream_url], help_text="e.g. http://vllm:8000/v1")
+    upstream_model = models.CharField(max_length=200, blank=True, help_text="The model id upstream; defaults to "
+                                                                            "the model's name.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, validators=[_ENV_NAME],
+        help_text="Name of the environment variable holding the upstream API key (never stored here).",
+    )
+    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(10000)],
+                                         help_text="Share of the requests under weighted random.")
+    priority = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(1000)],
+                                                help_text="Lower is tried first under priority order.")
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)],
+                                            help_text="Requests per minute, cluster-wide; empty: no limit.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)],
+                                            help_text="Tokens per minute, cluster-wide; empty: no limit.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["endpoint", "priority", "name"]
+        constraints = [models.UniqueConstraint(fields=["endpoint", "name"], name="deployment_unique_name")]
+
+    def __str__(self):
+        return f"{self.endpoint.name}/{self.name}" if self.endpoint_id else self.name
 
 
 class IdempotencyKey(models.Model):

@@ -66,7 +66,10 @@ FEEDBACK_RECORDED = "message.feedback_recorded"
 MESSAGE_DELETED = "message.deleted"  # one message, in the admin (a conversation's go with conversation.deleted)
 MODEL_ENDPOINT_CREATED = "model_endpoint.created"
 MODEL_ENDPOINT_UPDATED = "model_endpoint.updated"
-MODEL_ENDPOINT_DELETED = "model_endpoint.deleted"
+MODEL_ENDPOINT_DELETED = "model_endpoint.deleted"  # its deployments with it, listed in the event
+MODEL_DEPLOYMENT_CREATED = "model_deployment.created"
+MODEL_DEPLOYMENT_UPDATED = "model_deployment.updated"
+MODEL_DEPLOYMENT_DELETED = "model_deployment.deleted"
 
 # Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".

@@ -22,13 +22,13 @@ SETUP = """
 from accounts.actions.keys import create_api_key
 from accounts.actions.organizations import create_organization
 from accounts.actions.users import create_user
-from agents.models import ModelEndpoint
+from agents.actions.endpoints import create_endpoint
 from billing.models import ModelPrice
 from decimal import Decimal
 org = create_organization("Bench")
 user = create_user("bench", organization=org, role="user", email="bench@example.com")
 for name, url in {upstreams!r}.items():
-    ModelEndpoint.objects.create(name=name, base_url=url, upstream_model=name)
+    create_endpoint(name, deployments=[{{"name": "primary", "base_url": url, "upstream_model": name}}])
     ModelPrice.objects.create(model=name, input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
 print(create_api_key(user, "bench").secret)
 """

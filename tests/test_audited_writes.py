@@ -57,6 +57,12 @@ WRITES = {
     ("document-detail", "DELETE"): actions.DOCUMENT_DELETED,
     ("document-share", "POST"): actions.DOCUMENT_SHARED,
     ("costs-budget", "POST"): actions.BUDGET_CREATED,
+    ("platform-model-list", "POST"): actions.MODEL_ENDPOINT_CREATED,
+    ("platform-model-detail", "PATCH"): actions.MODEL_ENDPOINT_UPDATED,
+    ("platform-model-detail", "DELETE"): actions.MODEL_ENDPOINT_DELETED,
+    ("platform-deployment-list", "POST"): actions.MODEL_DEPLOYMENT_CREATED,
+    ("platform-deployment-detail", "PATCH"): actions.MODEL_DEPLOYMENT_UPDATED,
+    ("platform-deployment-detail", "DELETE"): actions.MODEL_DEPLOYMENT_DELETED,
 }
 # Console pages whose form POST changes something (page name -> action).
 PAGE_FORMS = {"password-change": actions.PASSWORD_CHANGED}
@@ -111,6 +117,11 @@ ADMIN_WRITES = {
     ("agents.modelendpoint", "list_edit"): "model_endpoint.updated",
     ("agents.modelendpoint", "delete"): "model_endpoint.deleted",
     ("agents.modelendpoint", "action:delete_selected"): "model_endpoint.deleted",
+    ("agents.modeldeployment", "add"): actions.MODEL_DEPLOYMENT_CREATED,
+    ("agents.modeldeployment", "change"): actions.MODEL_DEPLOYMENT_UPDATED,
+    ("agents.modeldeployment", "list_edit"): actions.MODEL_DEPLOYMENT_UPDATED,
+    ("agents.modeldeployment", "delete"): actions.MODEL_DEPLOYMENT_DELETED,
+    ("agents.modeldeployment", "action:delete_selected"): actions.MODEL_DEPLOYMENT_DELETED,
 }
 
 
@@ -164,6 +175,19 @@ class Scene:
 
         return Conversation.objects.create(user=self.admin, organization=self.admin.organization, agent="math")
 
+    def operator(self) -> APIClient:
+        """A platform operator's client: the platform routes are no organization role's."""
+        from accounts.models import User
+
+        client = APIClient()
+        client.force_login(User.objects.create_superuser("platform-op", "op@example.com", PASSWORD))
+        return client
+
+    def model(self, name: str = "walked-model"):
+        from agents.actions.endpoints import create_endpoint
+
+        return create_endpoint(name, deployments=[{"name": "primary", "base_url": "http://10.0.0.5:8000/v1"}])
+
 
 def _anonymous_json(path, body):
     return APIClient(), path, body, "json"
@@ -174,6 +198,8 @@ def _api_case(name: str, method: str, scene: Scene):
     users, path = scene.users, None
     if name == "login":
         return Client(), reverse("login"), {"username": "admin", "password": PASSWORD}, None
+    if name.startswith("platform-"):
+        return _platform_case(name, method, scene)
     if name == "token-obtain":
         return _anonymous_json(reverse(name), {"username": "admin", "password": PASSWORD})
     if name == "token-refresh":
@@ -211,6 +237,21 @@ def _api_case(name: str, method: str, scene: Scene):
         return scene.client, reverse(name), {"image": SimpleUploadedFile("pixel.png", png(), "image/png"),
                                              "question": "What is this?"}, "multipart"
     return scene.client, path or reverse(name), body, "json"
+
+
+def _platform_case(name: str, method: str, scene: Scene):
+    client = scene.operator()
+    if name == "platform-model-list":
+        return client, reverse(name), {"name": "posted-model", "deployments": [
+            {"name": "primary", "base_url": "http://10.0.0.6:8000/v1"}]}, "json"
+    if name == "platform-deployment-list":
+        return client, reverse(name), {"model": scene.model().pk, "name": "second",
+                                       "base_url": "http://10.0.0.7:8000/v1"}, "json"
+    model = scene.model()
+    if name == "platform-model-detail":
+        return client, reverse(name, args=[model.pk]), {"num_retries": 1} if method == "PATCH" else {}, "json"
+    deployment = model.deployments.get()
+    return client, reverse(name, args=[deployment.pk]), {"weight": 3} if method == "PATCH" else {}, "json"
 
 
 async def _drain(response) -> bytes:
@@ -335,7 +376,8 @@ def _label(model) -> str:
 
 def _make(label: str, users, other):
     """A fresh object of the model for the admin to change or delete."""
-    from agents.models import Conversation, Document, Message, ModelEndpoint
+    from agents.actions.endpoints import create_endpoint
+    from agents.models import Conversation, Document, Message
     from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings
 
     admin_user, org = users["admin"], users["admin"].organization
@@ -359,13 +401,18 @@ def _make(label: str, users, other):
         "agents.message": lambda: Message.objects.create(conversation=conversation(), role="user", content="hi"),
         "agents.document": lambda: Document.objects.create(organization=org, owner=admin_user, name="walked.txt",
                                                            kind="text", size=1, sha256="0" * 64),
-        "agents.modelendpoint": lambda: ModelEndpoint.objects.create(name="walked-endpoint",
-                                                                     base_url="http://10.0.0.5:8000/v1"),
+        "agents.modelendpoint": lambda: create_endpoint("walked-endpoint", deployments=[
+            {"name": "primary", "base_url": "http://10.0.0.5:8000/v1"}]),
+        "agents.modeldeployment": lambda: create_endpoint("walked-endpoint", deployments=[
+            {"name": "walked-deployment", "base_url": "http://10.0.0.5:8000/v1"}]).deployments.get(),
     }
     return makers[label]()
 
 
 def _add_data(label: str, users, other) -> dict:
+    if label == "agents.modeldeployment":
+        return {"endpoint": _make("agents.modelendpoint", users, other).pk, "name": "added",
+                "base_url": "http://10.0.0.5:8000/v1"}
     org = users["admin"].organization
     password = "another long passphrase 42"
     return {
@@ -379,8 +426,7 @@ def _add_data(label: str, users, other) -> dict:
         "billing.budget": {"organization": org.pk, "scope": "organization", "period": "weekly", "limit_usd": "5",
                            "alert_thresholds": "[80]"},
         "billing.optimizersettings": {"organization": other.pk},
-        "agents.modelendpoint": {"name": "added-endpoint", "provider_kind": "openai",
-                                 "base_url": "http://10.0.0.5:8000/v1", "tier": "standard"},
+        "agents.modelendpoint": {"name": "added-endpoint", "provider_kind": "openai", "tier": "standard"},
     }.get(label, {})
 
 

@@ -65,6 +65,11 @@ ROUTES = {
     "costs-export": {"GET": "export_data"},
     "audit-events": {"GET": ADMIN},
     "audit-export": {"GET": "export_data"},
+    # The models Relay serves and their deployments: the platform's, never an organization role's.
+    "platform-model-list": {"GET": PLATFORM, "POST": PLATFORM},
+    "platform-model-detail": {"GET": PLATFORM, "PATCH": PLATFORM, "DELETE": PLATFORM},
+    "platform-deployment-list": {"GET": PLATFORM, "POST": PLATFORM},
+    "platform-deployment-detail": {"GET": PLATFORM, "PATCH": PLATFORM, "DELETE": PLATFORM},
     "logout": {"POST": PUBLIC},  # last: it ends the walker's session
 }
 PAGES = {
@@ -237,6 +242,7 @@ ADMIN_MODELS = {
     "agents.message": (None, {"delete"}),
     "agents.document": ("manage", {"delete"}),
     "agents.modelendpoint": (None, {"add", "delete"}),
+    "agents.modeldeployment": (None, {"add", "delete"}),
     "billing.modelprice": (None, {"add", "delete"}),
     "billing.usagerecord": ("read", set()),
     "billing.budget": ("manage", {"add", "delete"}),
@@ -277,7 +283,7 @@ def _admin_objects(users):
 
     from accounts.actions.keys import create_api_key
     from accounts.models import Organization
-    from agents.models import ModelEndpoint
+    from agents.actions.endpoints import create_endpoint
     from audit.maintenance import write_head_checkpoint
     from billing.models import ModelPrice
     from tests.accounts.test_admin_console import FACTORIES, build_organization
@@ -293,8 +299,9 @@ def _admin_objects(users):
                           "accounts.apikey": create_api_key(users["user"], "walked").key}[label].pk
     objects["accounts.organization"] = Organization.objects.get(pk=users["admin"].organization_id).pk
     objects["auth.group"] = users["viewer"].groups.first().pk
-    objects["agents.modelendpoint"] = ModelEndpoint.objects.create(name="walk-endpoint",
-                                                                   base_url="http://10.0.0.5:8000/v1").pk
+    endpoint = create_endpoint("walk-endpoint", deployments=[{"name": "primary", "base_url": "http://10.0.0.5:8000/v1"}])
+    objects["agents.modelendpoint"] = endpoint.pk
+    objects["agents.modeldeployment"] = endpoint.deployments.get().pk
     objects["billing.modelprice"] = ModelPrice.objects.create(model="walk-priced", input_per_1k="0.001",
                                                               output_per_1k="0.002").pk
     RefreshToken.for_user(users["user"]).blacklist()

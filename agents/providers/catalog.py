@@ -1,11 +1,17 @@
-"""Which models exist and who serves them: the embedded engine, env-configured or admin-added upstreams."""
+"""Which models exist and who serves them: the embedded engine, env-configured or admin-added models.
+
+A model (the name clients ask for and are priced by) is served by its deployments, the upstreams
+the router (agents/router/) spreads its requests over by the model's RoutingPolicy.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import transaction
 
 from agents.providers.openai_compat import OpenAICompatibleProvider
 
@@ -14,49 +20,96 @@ _providers: dict[tuple, OpenAICompatibleProvider] = {}
 
 
 @dataclass(frozen=True)
-class ModelChoice:
-    name: str                      # what clients ask for and what is priced
-    kind: str                      # "local" or "openai"
-    upstream_model: str = ""
-    base_url: str = ""
+class RoutingPolicy:
+    strategy: str = "least_busy"
+    allowed_fails: int = 3
+    failure_window: float = 60.0      # seconds
+    cooldown: float = 30.0            # seconds
+    num_retries: int = 2
+    first_token_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class DeploymentChoice:
+    key: str            # unique across the cluster: str(ModelDeployment.pk), or "env:<model>"; router state is keyed by it
+    name: str           # label within its model (metrics label `deployment`, audit metadata)
+    base_url: str
+    upstream_model: str
     api_key: str = ""
+    weight: int = 1
+    priority: int = 0
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+    def provider(self) -> OpenAICompatibleProvider:
+        """One provider (connection pool) per upstream, shared by all requests. It makes one attempt:
+        retrying is the router's, which moves to another deployment instead of hammering this one."""
+        key = (self.base_url, self.api_key)
+        if key not in _providers:
+            _providers[key] = OpenAICompatibleProvider(self.name, self.base_url, self.api_key or None, max_retries=0)
+        return _providers[key]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str                                        # what clients ask for and what is priced
+    kind: str                                        # "local", "openai" or "stored" (replays)
     supports_tools: bool = True
+    deployments: tuple[DeploymentChoice, ...] = ()   # the enabled ones; () for local models
+    policy: RoutingPolicy = RoutingPolicy()
+    fallbacks: tuple[str, ...] = ()
+    context_window_fallback: str = ""
 
     @property
     def is_local(self) -> bool:
         return self.kind == "local"
 
-    def provider(self) -> OpenAICompatibleProvider:
-        """One provider (connection pool) per upstream, shared by all requests."""
-        key = (self.base_url, self.api_key)
-        if key not in _providers:
-            _providers[key] = OpenAICompatibleProvider(self.name, self.base_url, self.api_key or None)
-        return _providers[key]
+
+def _env_names() -> list[str]:
+    return (settings.RELAY_LLM_MODELS or ["default"]) if settings.RELAY_LLM_BASE_URL else []
 
 
 def _env_models() -> list[ModelChoice]:
-    if not settings.RELAY_LLM_BASE_URL:
-        return []
-    names = settings.RELAY_LLM_MODELS or ["default"]
-    return [ModelChoice(name=n, kind="openai", upstream_model=n, base_url=settings.RELAY_LLM_BASE_URL,
-                        api_key=settings.RELAY_LLM_API_KEY) for n in names]
+    return [ModelChoice(name=n, kind="openai", deployments=(DeploymentChoice(
+        key=f"env:{n}", name="env", base_url=settings.RELAY_LLM_BASE_URL, upstream_model=n,
+        api_key=settings.RELAY_LLM_API_KEY or ""),)) for n in _env_names()]
+
+
+def _deployment(row, model_name: str) -> DeploymentChoice:
+    return DeploymentChoice(
+        key=str(row.pk), name=row.name, base_url=row.base_url, upstream_model=row.upstream_model or model_name,
+        api_key=os.environ.get(row.api_key_env, "") if row.api_key_env else "", weight=row.weight,
+        priority=row.priority, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit)
 
 
 def _endpoint_models() -> list[ModelChoice]:
-    import os
+    """The enabled rows with at least one enabled deployment (a model nobody serves is not offered)."""
+    from django.db.models import Prefetch
 
-    from agents.models import ModelEndpoint
+    from agents.models import ModelDeployment, ModelEndpoint
 
+    enabled = Prefetch("deployments", queryset=ModelDeployment.objects.filter(enabled=True).order_by("priority", "name"))
     choices = []
-    for endpoint in ModelEndpoint.objects.filter(enabled=True):
-        if endpoint.provider_kind == ModelEndpoint.Kind.LOCAL:
+    for endpoint in ModelEndpoint.objects.filter(enabled=True).prefetch_related(enabled):
+        deployments = tuple(_deployment(row, endpoint.name) for row in endpoint.deployments.all())
+        if endpoint.provider_kind == ModelEndpoint.Kind.LOCAL or not deployments:
             continue
         choices.append(ModelChoice(
-            name=endpoint.name, kind="openai", upstream_model=endpoint.upstream_model or endpoint.name,
-            base_url=endpoint.base_url, api_key=os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else "",
-            supports_tools=endpoint.supports_tools,
+            name=endpoint.name, kind="openai", supports_tools=endpoint.supports_tools, deployments=deployments,
+            policy=RoutingPolicy(strategy=endpoint.routing_strategy, allowed_fails=endpoint.allowed_fails,
+                                 failure_window=float(endpoint.failure_window_seconds),
+                                 cooldown=float(endpoint.cooldown_seconds), num_retries=endpoint.num_retries,
+                                 first_token_timeout=float(endpoint.first_token_timeout_seconds)),
+            fallbacks=tuple(endpoint.fallbacks or ()), context_window_fallback=endpoint.context_window_fallback,
         ))
     return choices
+
+
+def known_model_names() -> set[str]:
+    """Every name a fallback may point to: model rows (served or not yet), env models, the engine's."""
+    from agents.models import ModelEndpoint
+
+    return {*ModelEndpoint.objects.values_list("name", flat=True), *_env_names(), *LOCAL_MODELS}
 
 
 _CATALOG_SECONDS = 5.0
@@ -64,9 +117,14 @@ _catalog: tuple[float, list[ModelChoice]] | None = None
 
 
 def forget_catalog(**kwargs) -> None:
-    """Drop this process's copy (a ModelEndpoint changed here; other processes wait out the TTL)."""
+    """Drop this process's copy (a model or deployment changed here; other processes wait out the TTL).
+
+    From a save or delete signal, again when the transaction commits: a request in between may
+    have read the rows as they were before and kept them."""
     global _catalog
     _catalog = None
+    if kwargs.get("sender") is not None:
+        transaction.on_commit(forget_catalog)
 
 
 def available_models() -> list[ModelChoice]:

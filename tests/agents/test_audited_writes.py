@@ -174,22 +174,64 @@ def test_an_admin_edit_of_a_document_is_recorded_with_its_changes(users, operato
     assert event.metadata["changes"]["owner_id"] == [users["user"].pk, users["admin"].pk]
 
 
-def test_admin_writes_of_model_endpoints_are_recorded_once_each(operator, client):
+def _inline(rows: list[dict], initial: int = 0) -> dict:
+    """The deployment inline's part of the model's admin form (prefix "deployments")."""
+    data = {"deployments-TOTAL_FORMS": str(len(rows)), "deployments-INITIAL_FORMS": str(initial),
+            "deployments-MIN_NUM_FORMS": "0", "deployments-MAX_NUM_FORMS": "1000"}
+    for index, row in enumerate(rows):
+        data.update({f"deployments-{index}-{field}": value for field, value in row.items()})
+    return data
+
+
+def _deployment_row(name: str, url: str, **extra) -> dict:
+    return {"name": name, "base_url": url, "upstream_model": "", "api_key_env": "TINY_KEY", "weight": "1",
+            "priority": "0", "rpm_limit": "", "tpm_limit": "", "enabled": "on", **extra}
+
+
+def test_admin_writes_of_models_and_deployments_are_recorded_once_each(operator, client):
     from agents.models import ModelEndpoint
 
-    form = {"name": "tiny", "provider_kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "upstream_model": "",
-            "api_key_env": "TINY_KEY", "tier": "mini", "supports_tools": "on", "enabled": "on"}
-    assert client.post("/admin/agents/modelendpoint/add/", form).status_code == 302
+    form = {"name": "tiny", "provider_kind": "openai", "tier": "mini", "supports_tools": "on", "enabled": "on",
+            "routing_strategy": "least_busy", "allowed_fails": "3", "failure_window_seconds": "60",
+            "cooldown_seconds": "30", "num_retries": "2", "first_token_timeout_seconds": "60", "fallbacks": "",
+            "context_window_fallback": ""}
+    rows = [_deployment_row("a", "http://vllm-a:8000/v1"), _deployment_row("b", "http://vllm-b:8000/v1")]
+    response = client.post("/admin/agents/modelendpoint/add/", {**form, **_inline(rows)})
+    assert response.status_code == 302, response.content.decode()[:3000]
     endpoint = ModelEndpoint.objects.get(name="tiny")
-    created = only(actions.MODEL_ENDPOINT_CREATED)
+    created = only(actions.MODEL_ENDPOINT_CREATED)  # the model and its inline's deployments: one event
     assert (created.actor_id, created.resource) == (operator.pk, f"model_endpoint:{endpoint.pk}")
-    assert created.metadata["api_key_env"] == "TINY_KEY"
+    assert [(d["name"], d["api_key_env"]) for d in created.metadata["deployments"]] == [("a", "TINY_KEY"),
+                                                                                          ("b", "TINY_KEY")]
+    assert events(actions.MODEL_DEPLOYMENT_CREATED) == []
+    a, b = endpoint.deployments.order_by("name")
+
+    # One edit: the model disabled, deployment a reweighted, b deleted, c added.
     form.pop("enabled")
-    assert client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/change/", form).status_code == 302
+    existing = [{**_deployment_row("a", a.base_url, weight="5"), "id": str(a.pk), "endpoint": str(endpoint.pk)},
+                {**_deployment_row("b", b.base_url), "id": str(b.pk), "endpoint": str(endpoint.pk), "DELETE": "on"},
+                _deployment_row("c", "http://vllm-c:8000/v1")]
+    response = client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/change/", {**form, **_inline(existing, 2)})
+    assert response.status_code == 302, response.content.decode()[:3000]
     assert only(actions.MODEL_ENDPOINT_UPDATED).metadata["changes"] == {"enabled": [True, False]}
+    assert only(actions.MODEL_DEPLOYMENT_UPDATED).metadata["changes"] == {"weight": [1, 5]}
+    assert only(actions.MODEL_DEPLOYMENT_DELETED).metadata["name"] == "b"
+    assert only(actions.MODEL_DEPLOYMENT_CREATED).metadata["name"] == "c"
+    assert sorted(endpoint.deployments.values_list("name", flat=True)) == ["a", "c"]
+
+    # Two rows with one name: the form says so and nothing is written.
+    since = AuditEvent.objects.count()
+    clash = [_deployment_row("d", "http://x:1/v1"), _deployment_row("d", "http://y:1/v1")]
+    response = client.post("/admin/agents/modelendpoint/add/", {**form, "name": "clash", **_inline(clash)})
+    assert response.status_code == 200 and not ModelEndpoint.objects.filter(name="clash").exists()
+    assert AuditEvent.objects.count() == since
+
     response = client.post(f"/admin/agents/modelendpoint/{endpoint.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302 and not ModelEndpoint.objects.filter(pk=endpoint.pk).exists()
-    assert only(actions.MODEL_ENDPOINT_DELETED).resource == f"model_endpoint:{endpoint.pk}"
+    deleted = only(actions.MODEL_ENDPOINT_DELETED)  # its deployments go with it, listed in the one event
+    assert deleted.resource == f"model_endpoint:{endpoint.pk}"
+    assert [d["name"] for d in deleted.metadata["deployments"]] == ["a", "c"]
+    assert len(events(actions.MODEL_DEPLOYMENT_DELETED)) == 1
 
 
 def test_an_admin_delete_of_one_message_is_recorded_once(users, operator, client):

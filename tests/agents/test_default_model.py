@@ -15,17 +15,22 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
-from agents.models import ModelEndpoint
+from agents.actions.endpoints import create_endpoint
 from billing.models import ModelPrice
 from tests.conftest import assert_envelope
 
 pytestmark = pytest.mark.django_db
 
 
+def served(name: str, upstream_model: str = "", **fields):
+    return create_endpoint(name, deployments=[{"name": "primary", "base_url": "http://127.0.0.1:9/v1",
+                                               "upstream_model": upstream_model}], **fields)
+
+
 @pytest.fixture
 def unpriced_first():
     """An enabled upstream endpoint nobody priced, listed before every other model (names sort first)."""
-    return ModelEndpoint.objects.create(name="aaa-unpriced", base_url="http://127.0.0.1:9/v1", upstream_model="x")
+    return served("aaa-unpriced", upstream_model="x")
 
 
 def png() -> bytes:
@@ -58,18 +63,18 @@ def test_image_analysis_without_a_model_runs_on_the_first_priced_model(users, cl
 def test_a_priced_endpoint_stays_the_default(users, client_for):
     from agents.providers.catalog import resolve
 
-    ModelEndpoint.objects.create(name="aaa-priced", base_url="http://127.0.0.1:9/v1")
+    served("aaa-priced")
     ModelPrice.objects.create(model="aaa-priced", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
     assert resolve(None).name == "aaa-priced"
     # A price that only takes effect tomorrow does not make a model billable today.
-    ModelEndpoint.objects.create(name="aa-tomorrow", base_url="http://127.0.0.1:9/v1")
+    served("aa-tomorrow")
     ModelPrice.objects.create(model="aa-tomorrow", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"),
                               effective_from=timezone.now() + timedelta(days=1))
     assert resolve(None).name == "aaa-priced"
 
 
 def test_manage_check_warns_about_an_enabled_endpoint_without_a_price(unpriced_first):
-    ModelEndpoint.objects.create(name="off-unpriced", base_url="http://127.0.0.1:9/v1", enabled=False)
+    served("off-unpriced", enabled=False)
     out, err = io.StringIO(), io.StringIO()
     call_command("check", stdout=out, stderr=err)
     warnings = out.getvalue() + err.getvalue()
@@ -93,7 +98,7 @@ def superuser(org):
 
 
 def test_admin_flags_an_enabled_endpoint_without_a_price(client, superuser, unpriced_first):
-    priced = ModelEndpoint.objects.create(name="bbb-priced", base_url="http://127.0.0.1:9/v1")
+    priced = served("bbb-priced")
     ModelPrice.objects.create(model="bbb-priced", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
     client.force_login(superuser)
 

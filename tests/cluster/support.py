@@ -35,11 +35,11 @@ from decimal import Decimal
 from accounts.actions.keys import create_api_key
 from accounts.actions.organizations import create_organization
 from accounts.actions.users import create_user
-from agents.models import ModelEndpoint
+from agents.actions.endpoints import create_endpoint
 from billing.models import Budget, ModelPrice
 org = create_organization("Cluster")
 user = create_user("cluster", organization=org, role="user", email="cluster@example.com")
-ModelEndpoint.objects.create(name={model!r}, base_url={upstream!r}, upstream_model={model!r})
+create_endpoint({model!r}, deployments=[{{"name": "primary", "base_url": {upstream!r}, "upstream_model": {model!r}}}])
 ModelPrice.objects.create(model={model!r}, input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
 issued = create_api_key(user, "cluster")
 Budget.objects.create(organization=org, scope="api_key", api_key=issued.key, period="monthly",

@@ -64,15 +64,48 @@ def test_revoke_action_revokes_keys(client, superuser, users):
     assert APIKey.objects.get(pk=key.pk).revoked_at is not None
 
 
-def test_model_endpoints_can_be_added(client, superuser):
+def test_models_can_be_added_with_their_deployments(client, superuser):
+    from agents.models import ModelEndpoint
+    from agents.providers.catalog import resolve
+
+    client.force_login(superuser)
+    assert b'name="deployments-TOTAL_FORMS"' in client.get(reverse("admin:agents_modelendpoint_add")).content
+    response = client.post(reverse("admin:agents_modelendpoint_add"), {
+        "name": "vllm-llama", "provider_kind": "openai", "tier": "standard", "supports_tools": "on", "enabled": "on",
+        "routing_strategy": "priority", "allowed_fails": "3", "failure_window_seconds": "60", "cooldown_seconds": "30",
+        "num_retries": "2", "first_token_timeout_seconds": "20", "fallbacks": "local-large, local-mini",
+        "context_window_fallback": "",
+        "deployments-TOTAL_FORMS": "1", "deployments-INITIAL_FORMS": "0", "deployments-MIN_NUM_FORMS": "0",
+        "deployments-MAX_NUM_FORMS": "1000", "deployments-0-name": "gpu-1", "deployments-0-base_url":
+        "http://vllm:8000/v1", "deployments-0-upstream_model": "meta-llama/Llama-3.1-8B-Instruct",
+        "deployments-0-api_key_env": "", "deployments-0-weight": "2", "deployments-0-priority": "1",
+        "deployments-0-rpm_limit": "600", "deployments-0-tpm_limit": "", "deployments-0-enabled": "on"})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    model = ModelEndpoint.objects.get(name="vllm-llama", enabled=True)
+    assert model.fallbacks == ["local-large", "local-mini"]
+    assert list(model.deployments.values_list("name", "base_url", "weight", "priority", "rpm_limit", "tpm_limit")) \
+        == [("gpu-1", "http://vllm:8000/v1", 2, 1, 600, None)]
+    served = resolve("vllm-llama")
+    assert served.policy.strategy == "priority" and served.policy.first_token_timeout == 20.0
+    assert served.deployments[0].upstream_model == "meta-llama/Llama-3.1-8B-Instruct"
+    listing = client.get(reverse("admin:agents_modelendpoint_changelist")).content.decode()
+    assert "1 of 1" in listing and "Priority order" in listing  # the deployments column and the strategy
+
+
+def test_a_model_form_refuses_unknown_fallbacks_and_itself(client, superuser):
     from agents.models import ModelEndpoint
 
     client.force_login(superuser)
     response = client.post(reverse("admin:agents_modelendpoint_add"), {
-        "name": "vllm-llama", "provider_kind": "openai", "base_url": "http://10.0.0.5:8000/v1", "upstream_model": "",
-        "api_key_env": "", "tier": "standard", "supports_tools": "on", "enabled": "on"})
-    assert response.status_code == 302, response.content[:2000]
-    assert ModelEndpoint.objects.filter(name="vllm-llama", enabled=True).exists()
+        "name": "loop", "provider_kind": "openai", "tier": "standard", "enabled": "on", "routing_strategy": "least_busy",
+        "allowed_fails": "3", "failure_window_seconds": "60", "cooldown_seconds": "30", "num_retries": "2",
+        "first_token_timeout_seconds": "60", "fallbacks": "loop, nowhere", "context_window_fallback": "nowhere",
+        "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0"})
+    assert response.status_code == 200 and not ModelEndpoint.objects.filter(name="loop").exists()
+    errors = response.context["adminform"].form.errors.as_data()
+    assert [e.message for e in errors["fallbacks"]] == ["A model cannot fall back to itself.",
+                                                        "'nowhere' is not a served model."]
+    assert [e.message for e in errors["context_window_fallback"]] == ["'nowhere' is not a served model."]
 
 
 @pytest.mark.parametrize("changelist", ["accounts_user", "accounts_apikey", "billing_budget", "agents_message",

@@ -264,11 +264,12 @@ class RawWebSocket:
 def test_a_websocket_client_that_stops_reading_does_not_grow_server_memory(relay_subprocess, users, fake_upstream):
     # Controls: uvicorn's websocket backpressure -> ChatConsumer.send awaits -> runner.stream pauses ->
     # the upstream read pauses (memory bounded); closing the socket cancels the upstream request.
-    from agents.models import ModelEndpoint
+    from agents.actions.endpoints import create_endpoint
     from billing.models import ModelPrice
 
     server, base = relay_subprocess
-    ModelEndpoint.objects.create(name="fake-large", base_url=fake_upstream.base_url, upstream_model="fake-large")
+    create_endpoint("fake-large", deployments=[{"name": "primary", "base_url": fake_upstream.base_url,
+                                             "upstream_model": "fake-large"}])
     ModelPrice.objects.create(model="fake-large", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
     tokens, word = 30_000, "w" * 1000  # ~30 MB of answer: far more than any socket buffer holds
     fake_upstream.configure(reply=" ".join([word] * tokens), tokens=tokens)

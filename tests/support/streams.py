@@ -52,10 +52,11 @@ def fresh_upstream(module_upstream):
 @pytest.fixture
 def upstream_model(fake_upstream, transactional_db):
     """A model endpoint named "fake-large" served by the fake upstream, with a price."""
-    from agents.models import ModelEndpoint
+    from agents.actions.endpoints import create_endpoint
     from billing.models import ModelPrice
 
-    ModelEndpoint.objects.create(name="fake-large", base_url=fake_upstream.base_url, upstream_model="fake-large")
+    create_endpoint("fake-large", deployments=[{"name": "primary", "base_url": fake_upstream.base_url,
+                                             "upstream_model": "fake-large"}])
     ModelPrice.objects.create(model="fake-large", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
     return "fake-large"
 
