@@ -9,8 +9,8 @@ Measured with one load tool (bench/_load.py), at one concurrency, streaming and 
   relay    one Relay instance (python -m relay.serve) with API-key auth, a hard budget on the key
            (ledger reserve + settle in Redis), usage records, the audit trail and metrics all on;
   cluster  N Relay instances behind nginx (platform/scripts/cluster.py, as `make cluster`);
-  litellm  LiteLLM Proxy (installed by this script into var/litellm/venv from the package index)
-           routing the same model to the same upstream.
+  litellm  LiteLLM Proxy (the version pinned in bench/_litellm.py, installed by this script into
+           var/litellm/venv from the package index) routing the same model to the same upstream.
 Overhead = a figure's latency minus the direct one. Rounds alternate the targets; each figure is
 the best round. Then 1,000 streams held open at once on one instance, with its memory growth.
 Last, `manage.py reconcile` checks that the usage records, the ledger and the audit trail agree
@@ -23,22 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _load import Connection, figures, run_load  # noqa: I001  (bench-local helpers)
+import _litellm  # noqa: I001  (bench-local helpers)
+from _litellm import wait_http
+from _load import Connection, figures, run_load
 from _relay import ROOT, RelayInstance, free_port, print_result
 
 from tests.support.ports import free_port_run
 
 MODEL = "fake-large"
-LITELLM_VENV = ROOT / "var" / "litellm" / "venv"
-# Without a database LiteLLM authenticates its master key only (no virtual keys, no budgets).
-LITELLM_KEY = "sk-bench-" + "0123456789abcdef" * 3
+LITELLM_KEY = _litellm.KEY
 BUDGET = """
 from decimal import Decimal
 from accounts.models import APIKey
@@ -57,27 +55,8 @@ def start_upstream(tokens: int) -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def start_litellm(upstream: str) -> tuple[subprocess.Popen, str]:
-    if not (LITELLM_VENV / "bin" / "litellm").exists():
-        print("installing LiteLLM Proxy into var/litellm/venv ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
-    config = Path(tempfile.mkdtemp(prefix="litellm-")) / "config.yaml"
-    config.write_text(f"""model_list:
+    process, url, _ = _litellm.start(f"""model_list:
   - model_name: {MODEL}
     litellm_params:
       model: openai/{MODEL}
@@ -88,15 +67,7 @@ litellm_settings:
 general_settings:
   master_key: {LITELLM_KEY}
 """)
-    port = free_port()
-    log = open(config.parent / "litellm.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
-                                "--port", str(port), "--num_workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                               # Not Relay's environment: LiteLLM would take DATABASE_URL for its own.
-                               env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(ROOT / "var")),
-                                    "LITELLM_LOG": "ERROR"})
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
-    return process, f"http://127.0.0.1:{port}"
+    return process, url
 
 
 def start_cluster(relay: RelayInstance, instances: int) -> tuple[list[str], str]:

@@ -8,7 +8,12 @@ timing and failures are scripted by :class:`FakeUpstreamConfig`:
   ``server.configure(ttft=0.2, tps=50)``; ``server.fail_next(2, status=429)``;
 * per request, by a magic in the last user message: ``[[fake: ttft=0.2 tps=50 drop_after=3]]``.
   Keys are config field names with scalar values, plus ``error=S`` (fail this request with S).
-  The magic is removed from the echoed prompt.
+  The magic is removed from the echoed prompt;
+* from another process (benchmarks run the fake as its own process): ``POST /_control`` with a JSON
+  object of config fields (``{"fail_all": true, "fail_status": 429, "retry_after": 2}``) changes
+  them and marks the moment; ``GET /_control?since=T`` counts the completions that arrived from
+  ``T`` on (``time.monotonic()``, one clock for every process on the machine) and tells when the
+  first successful one arrived after the last change (``first_ok_after_change``).
 
 Raw ASGI (no framework) so the fake adds no dependency beyond uvicorn and costs little per token
 in benchmarks.  ``python -m tests.support.fake_upstream --port 8901 --ttft 0.05 --tps 200``.
@@ -49,6 +54,7 @@ class FakeUpstreamConfig:
     fail_next: int = 0                     # fail this many requests with fail_status, then succeed
     fail_status: int = 500
     fail_message: str | None = None        # the error message of those failures (default "Fake failure S.")
+    fail_all: bool = False                 # fail every request with fail_status until turned off
     retry_after: float | None = None       # Retry-After header on failures
     garbage_after: int | None = None       # send a non-JSON data line after K tokens
     stall_after: int | None = None         # after K tokens stop sending for `stall` seconds
@@ -117,6 +123,7 @@ class FakeUpstreamApp:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self.changed_at = time.monotonic()  # the last /_control change (a bench's "healed at")
 
     # -- test-thread API --------------------------------------------------------------------
     def configure(self, **changes) -> None:
@@ -175,6 +182,8 @@ class FakeUpstreamApp:
             self._changed.notify_all()
 
         path = scope["path"].rstrip("/")
+        if path == "/_control":
+            return await self._control(send, rec, scope, body)
         cfg = self.config
         if cfg.api_key and headers.get("authorization") != f"Bearer {cfg.api_key}":
             return await self._error(send, rec, 401, "Incorrect API key provided.")
@@ -205,6 +214,8 @@ class FakeUpstreamApp:
         with self._lock:
             if forced is None and self.config.fail_next > 0:
                 self.config.fail_next -= 1
+                forced = self.config.fail_status
+            elif forced is None and self.config.fail_all:
                 forced = self.config.fail_status
         if cfg.ttft and forced:  # a slow failure is as real as a slow answer
             await asyncio.sleep(cfg.ttft)
@@ -344,6 +355,36 @@ class FakeUpstreamApp:
         finally:
             watcher.cancel()
 
+    async def _control(self, send, rec, scope, body):
+        """Change the config from outside the process, or report the completions served (see the top)."""
+        if scope["method"] == "POST":
+            unknown = sorted(set(body or {}) - set(FakeUpstreamConfig.__dataclass_fields__)) if isinstance(
+                body, dict) else ["<not a JSON object>"]
+            if unknown:
+                return await self._error(send, rec, 400, f"Unknown config fields: {', '.join(unknown)}.")
+            with self._lock:
+                for key, value in body.items():
+                    setattr(self.config, key, value)
+                self.changed_at = time.monotonic()
+        elif scope["method"] != "GET":
+            return await self._error(send, rec, 405, "Method not allowed.")
+        query = dict(pair.partition("=")[::2] for pair in scope.get("query_string", b"").decode().split("&") if pair)
+        try:
+            since = float(query.get("since", 0))
+        except ValueError:
+            return await self._error(send, rec, 400, "since must be a number.")
+        await self._json(send, rec, 200, self.stats(since))
+
+    def stats(self, since: float = 0.0) -> dict:
+        with self._lock:
+            done = [r for r in self.requests if r.path.rstrip("/") == "/v1/chat/completions" and r.time >= since]
+            ok = [r.time for r in done if r.status == 200 and r.completed]
+            after_change = [t for t in ok if t >= self.changed_at]
+            return {"now": time.monotonic(), "changed_at": self.changed_at, "requests": len(done), "ok": len(ok),
+                    "failed": sum(1 for r in done if r.status >= 400),
+                    "first_ok_after_change": min(after_change) if after_change else None,
+                    "config": dataclasses.asdict(self.config)}
+
     async def _json(self, send, rec, status, payload, extra_headers=()):
         data = json.dumps(payload).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
@@ -436,9 +477,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reply", default=None, help="fixed reply text (default: echo the prompt)")
     p.add_argument("--no-usage", action="store_true", help="never report usage")
     p.add_argument("--api-key", default=None, help="require this bearer key")
+    p.add_argument("--fail-all", action="store_true", help="fail every request (until POST /_control heals it)")
+    p.add_argument("--fail-status", type=int, default=500, help="the status of failures")
+    p.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds on failures")
     a = p.parse_args(argv)
-    cfg = FakeUpstreamConfig(ttft=a.ttft, tps=a.tps, tokens=a.tokens, reply=a.reply,
-                             usage=not a.no_usage, api_key=a.api_key)
+    cfg = FakeUpstreamConfig(ttft=a.ttft, tps=a.tps, tokens=a.tokens, reply=a.reply, usage=not a.no_usage,
+                             api_key=a.api_key, fail_all=a.fail_all, fail_status=a.fail_status,
+                             retry_after=a.retry_after)
     print(f"fake upstream on http://{a.host}:{a.port}/v1", flush=True)
     uvicorn.run(FakeUpstreamApp(cfg), host=a.host, port=a.port, lifespan="off", log_level="warning",
                 access_log=False, loop=_best_loop())
