@@ -1,5 +1,6 @@
 """Shared fixtures: organizations, one user per role, authenticated clients, service checks."""
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -63,6 +64,7 @@ def _clear_cache():
     from agents import heavy
     from agents.optimizer import forget_settings
     from agents.providers.catalog import forget_catalog
+    from agents.router import state as router_state
     from billing.rule_cache import RULES
 
     heavy.forget()  # no heavy-work lease outlives its test
@@ -73,7 +75,12 @@ def _clear_cache():
         cache.delete_pattern("*")  # this worker's keys only; clear() would flush every worker's
     else:
         cache.clear()
+    router_state.set_state(None)
     yield
+    # Deployment keys are row ids, reused after a flush: no breaker or lease may outlive its test.
+    used = router_state.set_state(None)
+    if hasattr(used, "clear"):
+        asyncio.run(used.clear())
 
 
 # The clock's awkward moments: "this month" has only just begun (most of the last days are in the
