@@ -66,10 +66,9 @@ MESSAGE_DELETED = "message.deleted"  # one message, in the admin (a conversation
 MODEL_ENDPOINT_CREATED = "model_endpoint.created"
 MODEL_ENDPOINT_UPDATED = "model_endpoint.updated"
 MODEL_ENDPOINT_DELETED = "model_endpoint.deleted"
-# The router (agents/router): a deployment's circuit breaker, and a request moved to a fallback model.
+# A deployment's circuit breaker (agents/router), recorded by agents/actions/deployments.py.
 DEPLOYMENT_COOLDOWN_ENTERED = "deployment.cooldown_entered"
 DEPLOYMENT_COOLDOWN_LEFT = "deployment.cooldown_left"
-MODEL_FALLBACK = "model.fallback"
 
 # Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
