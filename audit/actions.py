@@ -66,15 +66,17 @@ MESSAGE_DELETED = "message.deleted"  # one message, in the admin (a conversation
 MODEL_ENDPOINT_CREATED = "model_endpoint.created"
 MODEL_ENDPOINT_UPDATED = "model_endpoint.updated"
 MODEL_ENDPOINT_DELETED = "model_endpoint.deleted"
-# A deployment's circuit breaker (agents/router), recorded by agents/actions/deployments.py.
-DEPLOYMENT_COOLDOWN_ENTERED = "deployment.cooldown_entered"
-DEPLOYMENT_COOLDOWN_LEFT = "deployment.cooldown_left"
 
 # Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
 LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usage records
 RESERVATION_RELEASED = "ledger.reservation_released"  # a reservation past its deadline purged
 AGENT_RUN_UNAUDITED = "agent.run_unaudited"  # a usage record found without its agent.run event
+
+# A deployment's circuit breaker (agents/router), recorded by agents/actions/deployments.py; no
+# organization: deployments are the platform's.
+DEPLOYMENT_COOLDOWN_ENTERED = "deployment.cooldown_entered"
+DEPLOYMENT_COOLDOWN_LEFT = "deployment.cooldown_left"
 
 # The audit trail itself.
 AUDIT_PRUNED = "audit.pruned"
