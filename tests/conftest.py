@@ -1,6 +1,5 @@
 """Shared fixtures: organizations, one user per role, authenticated clients, service checks."""
 
-import asyncio
 import datetime as dt
 import logging
 import os
@@ -47,6 +46,21 @@ def _fast_password_hashing():
     settings.RELAY_DB_THREAD_SENSITIVE = True
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_routing_state_of_earlier_runs():
+    """Routing state a killed run left under this worker's prefix (deployment keys are row ids)."""
+    if settings.REDIS_URL:
+        from redis.exceptions import RedisError
+
+        from agents.router.state import key_prefix
+        from agents.router.state_redis import RedisState
+
+        try:
+            RedisState(settings.REDIS_URL, key_prefix()).clear()
+        except RedisError:
+            pass  # no Redis: the tests that need it skip (or fail with RELAY_REQUIRE_SERVICES=1)
+
+
 @pytest.fixture(autouse=True)
 def _close_db_threads():
     """The async DB pool's threads hold connections; close them so the test database can be dropped."""
@@ -77,10 +91,11 @@ def _clear_cache():
         cache.clear()
     router_state.set_state(None)
     yield
-    # Deployment keys are row ids, reused after a flush: no breaker or lease may outlive its test.
+    # Deployment keys are row ids, reused by the next session's database: no breaker or lease may
+    # outlive its test (processes a test starts clear their own).
     used = router_state.set_state(None)
     if hasattr(used, "clear"):
-        asyncio.run(used.clear())
+        used.clear()
 
 
 # The clock's awkward moments: "this month" has only just begun (most of the last days are in the

@@ -231,14 +231,18 @@ class _Clients:
         except (RedisError, OSError) as error:
             raise StateUnavailable(f"the routing state (Redis) is unreachable: {error}") from error
 
+    def sync_client(self) -> redis.Redis:
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5,
+                                              decode_responses=True)
+        return self._sync
+
     def run_sync(self, script: str, *args):
         try:
-            if self._sync is None:
-                self._sync = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5,
-                                                  decode_responses=True)
+            client = self.sync_client()
             registered = self._sync_scripts.get(script)
             if registered is None:
-                registered = self._sync_scripts[script] = self._sync.register_script(script)
+                registered = self._sync_scripts[script] = client.register_script(script)
             return registered(args=args)
         except (RedisError, OSError) as error:
             raise StateUnavailable(f"the routing state (Redis) is unreachable: {error}") from error
@@ -287,8 +291,10 @@ class RedisState(RouterState):
                          "cooldown_until": open_until or None, "ttft_avg": float(ttft) if ttft else None})
         return rows
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """Delete every key under this state's prefix (tests)."""
-        client = self.clients._client()
-        async for key in client.scan_iter(match=self.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
-            await client.delete(key)
+        client = self.clients.sync_client()
+        pattern = self.prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)

@@ -3,7 +3,6 @@ models built like the catalog's (agents.providers.catalog)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 
@@ -126,7 +125,7 @@ def states(request):
     yield first, second
     set_state(previous)
     if hasattr(first, "clear"):
-        asyncio.run(first.clear())
+        first.clear()
 
 
 @pytest.fixture
@@ -142,4 +141,4 @@ def redis_state():
     previous = set_state(installed)
     yield installed
     set_state(previous)
-    asyncio.run(installed.clear())
+    installed.clear()
