@@ -6,6 +6,7 @@ Relay knows is registered here rather than imported by relay/ (which imports no 
 
 from agents.providers.catalog import available_models
 from agents.registry import all_agents
+from agents.router import metrics as router_metrics
 from relay.observability import metrics
 
 
@@ -25,3 +26,4 @@ def register() -> None:
     metrics.register_label_values("agent_type", agent_names)
     metrics.register_label_values("tool_name", tool_names)
     metrics.register_label_values("model", served_models)
+    router_metrics.register()  # the per-deployment metrics and their scrape-time cooldown gauge

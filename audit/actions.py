@@ -77,6 +77,11 @@ LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usag
 RESERVATION_RELEASED = "ledger.reservation_released"  # a reservation past its deadline purged
 AGENT_RUN_UNAUDITED = "agent.run_unaudited"  # a usage record found without its agent.run event
 
+# A deployment's circuit breaker (agents/router), recorded by agents/actions/deployments.py; no
+# organization: deployments are the platform's.
+DEPLOYMENT_COOLDOWN_ENTERED = "deployment.cooldown_entered"
+DEPLOYMENT_COOLDOWN_LEFT = "deployment.cooldown_left"
+
 # The audit trail itself.
 AUDIT_PRUNED = "audit.pruned"
 

@@ -46,6 +46,21 @@ def _fast_password_hashing():
     settings.RELAY_DB_THREAD_SENSITIVE = True
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_routing_state_of_earlier_runs():
+    """Routing state a killed run left under this worker's prefix (deployment keys are row ids)."""
+    if settings.REDIS_URL:
+        from redis.exceptions import RedisError
+
+        from agents.router.state import key_prefix
+        from agents.router.state_redis import RedisState
+
+        try:
+            RedisState(settings.REDIS_URL, key_prefix()).clear()
+        except RedisError:
+            pass  # no Redis: the tests that need it skip (or fail with RELAY_REQUIRE_SERVICES=1)
+
+
 @pytest.fixture(autouse=True)
 def _close_db_threads():
     """The async DB pool's threads hold connections; close them so the test database can be dropped."""
@@ -63,6 +78,7 @@ def _clear_cache():
     from agents import heavy
     from agents.optimizer import forget_settings
     from agents.providers.catalog import forget_catalog
+    from agents.router import state as router_state
     from billing.rule_cache import RULES
 
     heavy.forget()  # no heavy-work lease outlives its test
@@ -73,7 +89,13 @@ def _clear_cache():
         cache.delete_pattern("*")  # this worker's keys only; clear() would flush every worker's
     else:
         cache.clear()
+    router_state.set_state(None)
     yield
+    # Deployment keys are row ids, reused by the next session's database: no breaker or lease may
+    # outlive its test (processes a test starts clear their own).
+    used = router_state.set_state(None)
+    if hasattr(used, "clear"):
+        used.clear()
 
 
 # The clock's awkward moments: "this month" has only just begun (most of the last days are in the

@@ -71,13 +71,20 @@ def drive_traffic(server, users, fake_upstream, upstream_model) -> None:
     with user.stream("POST", "/api/v1/stream", json={"query": "2+2", "agent_type": "math", "model": "local-mini"}) as response:
         assert response.status_code == 200 and '"type": "done"' in response.read().decode()
 
+    # Through the upstream model's deployment: an answer (the deployment panels' successes and time
+    # to first token), a cancelled stream, then failures. Failing last: enough failures put the
+    # deployment in cooldown, and nothing after this asks it again.
+    answered = user.post("/api/v1/query", json={"query": "good morning", "agent_type": "general",
+                                                "model": upstream_model, "cache": False})
+    assert answered.status_code == 200 and answered.json()["status"] == "complete", answered.text
+    fake_upstream.configure(tps=50, tokens=200)
+    _stream_until_tokens(user, {"query": "a long story", "agent_type": "general", "model": upstream_model}, 2)
+    assert fake_upstream.wait_for_disconnect(timeout=10) is not None
+    fake_upstream.reset()
     fake_upstream.fail_next(50, 500)  # the upstream model fails: the run ends with status error
     failed = user.post("/api/v1/query", json={"query": "hello", "agent_type": "general", "model": upstream_model})
     assert failed.status_code == 200 and failed.json()["status"] == "error", failed.text
     fake_upstream.reset()
-    fake_upstream.configure(tps=50, tokens=200)
-    _stream_until_tokens(user, {"query": "a long story", "agent_type": "general", "model": upstream_model}, 2)
-    assert fake_upstream.wait_for_disconnect(timeout=10) is not None
 
     budget = admin.post(reverse("costs-budget"), json={
         "scope": "user", "target": users["api_user"].pk, "period": "monthly", "limit_usd": "0.000001", "hard": True,
