@@ -2,7 +2,7 @@
 
 One live Relay (the asgi_server fixture) in front of fake upstreams; the cluster-wide health of
 deployments is tested in tests/agents/test_routing_live.py and the router's state on its own in
-tests/agents/test_router_state.py.
+tests/router/.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def test_a_fallback_the_budget_cannot_cover_ends_the_run_with_nothing_billed(
                     deployments=[deployment("only", fake_upstream)])
     price("fake-large", "fake-huge")
     # Enough for the asked model's worst case, far from enough for the fallback's.
-    secret = budgeted_key(users["user"], limit_usd="0.01")
+    secret = budgeted_key(users["user"], limit_usd="0.001")
 
     events = stream(asgi_server, secret, "fake-large", max_tokens=50)
 
