@@ -28,8 +28,10 @@ def tool_call(call_id: str, tool: str, status: str, *, input=None, output=None, 
     return event
 
 
-def usage(input_tokens: int, output_tokens: int, cost: Decimal) -> dict:
-    return {"type": "usage", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": str(cost)}
+def usage(input_tokens: int, output_tokens: int, cost: Decimal, model: str) -> dict:
+    """model: the one that answered and was priced (not the one asked for, when a fallback answered)."""
+    return {"type": "usage", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": str(cost),
+            "model": model}
 
 
 def error(code: str, message: str) -> dict:

@@ -20,14 +20,14 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 
-from agents import events, heavy, optimizer
+from agents import events, fallbacks, heavy, optimizer
 from agents.actions import runs
 from agents.core import RunContext
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
 from agents.tokenizer import count_message_tokens, split_tokens
-from agents.upstream import answer_with_model, build_messages
+from agents.upstream import build_messages
 from billing import ratelimit
 from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
@@ -91,10 +91,14 @@ class PreparedRun:
     plan: optimizer.Plan | None = None  # the cost optimizer's decisions (routing, trimming, cache)
     remaining_tokens: int | None = None  # the key's tokens/minute left, for X-RateLimit-Remaining-Tokens
     replay: tuple | None = None  # (Message, UsageRecord) of an earlier run answered again (agents.idempotency)
+    fallbacks: list[dict] = field(default_factory=list)  # {"from", "to", "reason"} for each model switch
+    unreserved: bool = False  # a fallback's reservation failed after the first was given back: bill nothing
 
 
 class _BudgetStop(Exception):
-    pass
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+        self.message = message
 
 
 def _check_request(req: RunRequest):
@@ -222,10 +226,11 @@ async def stream(run: PreparedRun):
         progress.status = "cancelled"
         await asyncio.shield(_finish(run, progress))
         raise
-    except _BudgetStop:
+    except (_BudgetStop, billing.BudgetExceeded) as stop:  # the latter: a fallback's reservation refused
         progress.status, progress.error_code = "budget_stop", "budget_exceeded"
         blocking = run.charge.blocking_budget()
-        yield events.error("budget_exceeded", blocking.message if blocking else "The budget is used up.")
+        yield events.error("budget_exceeded", stop.message or (blocking.message if blocking else
+                                                               "The budget is used up."))
     except ProviderError as failure:
         progress.status, progress.error_code = "error", failure.code
         yield events.error(failure.code, failure.message)
@@ -234,7 +239,7 @@ async def stream(run: PreparedRun):
         progress.status, progress.error_code = "error", "agent_error"
         yield events.error("agent_error", "The agent failed unexpectedly; the error has been logged.")
     usage = await asyncio.shield(_finish(run, progress))
-    yield events.usage(usage.input_tokens, usage.output_tokens, usage.cost)
+    yield events.usage(usage.input_tokens, usage.output_tokens, usage.cost, run.model.name)
     yield events.done(progress.status, usage.input_tokens + usage.output_tokens, usage.cost)
 
 
@@ -260,19 +265,15 @@ def _replayed_events(run: PreparedRun):
         yield events.error(message.error_code, f"The run ended with {message.error_code}.")
     counted = record or message
     cost = cost_usd(usd_to_nanos(counted.cost))  # as the run first said it (the column's scale differs)
-    yield events.usage(counted.input_tokens, counted.output_tokens, cost)
+    yield events.usage(counted.input_tokens, counted.output_tokens, cost, message.model)
     yield events.done(message.status, counted.input_tokens + counted.output_tokens, cost)
 
 
 async def _produce(run: PreparedRun, progress: _Progress):
-    if run.plan is not None and run.plan.hit:  # the response cache: replay, no model call
-        source, delay = optimizer.replay(run.plan.cached_answer), 0
-    elif run.model.is_local:
-        source = run.agent.answer_locally(run.ctx)
-        delay = settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
-    else:
-        source = answer_with_model(run.agent, run.ctx, run.model, run.max_tokens, run.request.temperature)
-        delay = 0
+    hit = run.plan is not None and run.plan.hit
+    # the response cache replays with no model call; a model answers through its fallbacks
+    source = optimizer.replay(run.plan.cached_answer) if hit else fallbacks.answer(run, progress)
+    local_delay = 0 if hit else settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
     async with aclosing(source):
         async for item in source:
             if isinstance(item, dict):
@@ -294,8 +295,8 @@ async def _produce(run: PreparedRun, progress: _Progress):
                 if progress.ttft_ms is None:
                     progress.ttft_ms = int((time.monotonic() - run.started) * 1000)
                 yield events.token(piece)
-                if delay:
-                    await asyncio.sleep(delay)
+                if local_delay and run.model.is_local:  # the embedded engine paces itself like a model
+                    await asyncio.sleep(local_delay)
 
 
 @dataclass
@@ -309,6 +310,8 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     """Close the run (agents.actions.runs.close_run), once per run, whatever happened."""
     await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
     input_tokens, output_tokens = run.input_tokens, progress.output_tokens
+    if run.unreserved:  # no model could be reserved: the request never ran anywhere it could be billed
+        input_tokens = output_tokens = 0
     reported = run.ctx.facts.get("upstream_usage")
     if reported and reported["reported"] and progress.status == "complete":
         input_tokens, output_tokens = reported["input_tokens"], reported["output_tokens"]
@@ -318,7 +321,8 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
         status=progress.status, answer=answer, input_tokens=input_tokens, output_tokens=output_tokens,
         latency_ms=int((time.monotonic() - run.started) * 1000), quality=quality, ttft_ms=progress.ttft_ms,
         error_code=progress.error_code))
-    await optimizer.remember(run.plan, progress.status, answer, run.ctx.facts)  # complete misses only
+    if not run.fallbacks:  # a fallback's answer is not the asked model's: never cached as its answer
+        await optimizer.remember(run.plan, progress.status, answer, run.ctx.facts)  # complete misses only
     await metrics.refresh_known_models_if_stale()
     metrics.record_run(agent=run.agent.name, model=run.model.name, status=progress.status,
                        input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,

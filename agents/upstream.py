@@ -13,6 +13,7 @@ from contextlib import aclosing
 from agents.core import Agent, RunContext
 from agents.providers.base import ChatRequest, Finish, TextDelta, ToolCallRequest, Usage
 from agents.providers.catalog import ModelChoice
+from agents.router import calls as router_calls
 
 MAX_TOOL_ROUNDS = 4
 
@@ -24,18 +25,21 @@ def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
 
 
 async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
-                            temperature: float | None = None):
-    deployment = choice.deployments[0]  # one deployment until the router picks (agents/router/)
-    provider = deployment.provider()
+                            temperature: float | None = None, *, input_tokens: int = 0):
+    """The model's answer through its deployments (agents.router.calls: one call per tool round).
+
+    Raises ModelUnavailable when a round cannot start on any deployment; input_tokens is the
+    prompt's size, counted against the deployments' tokens-per-minute limits.
+    """
     messages = list(build_messages(agent, ctx))
     tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
     usage = ctx.facts.setdefault("upstream_usage", {"input_tokens": 0, "output_tokens": 0, "reported": False})
     for _ in range(MAX_TOOL_ROUNDS + 1):
         offered = ctx.client_tools or [t.spec() for t in tools.values()] or None
-        request = ChatRequest(messages=messages, model=deployment.upstream_model, max_tokens=max_tokens,
+        request = ChatRequest(messages=messages, model=choice.name, max_tokens=max_tokens,
                               temperature=temperature, tools=offered)
         calls: list[ToolCallRequest] = []
-        async with aclosing(provider.stream(request)) as stream:
+        async with aclosing(router_calls.stream(choice, request, tokens=input_tokens)) as stream:
             async for event in stream:
                 if isinstance(event, TextDelta):
                     if event.text:

@@ -45,6 +45,7 @@ ADMIN_ACTION = "admin.action"  # a change made in the Django admin (from its Log
 # Data and work; recorded by the apps that own them.
 DATA_EXPORTED = "data.exported"
 AGENT_RUN = "agent.run"
+MODEL_FALLBACK = "model.fallback"  # a run moved to a fallback model before its first token (agents/fallbacks.py)
 BUDGET_CREATED = "budget.created"
 BUDGET_UPDATED = "budget.updated"
 BUDGET_EXCEEDED = "budget.exceeded"

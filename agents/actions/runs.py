@@ -180,7 +180,7 @@ def _store_answer(run, ending: Ending, record) -> None:
 
     # The conversation's updated_at moved when the turn was opened (_conversation): not again here.
     Message.objects.filter(pk=run.message_id).update(
-        content=ending.answer, input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
+        model=run.model.name, content=ending.answer, input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
         latency_ms=ending.latency_ms, ttft_ms=ending.ttft_ms, quality_score=ending.quality,
         quality_auto=ending.quality, tool_calls=run.ctx.tool_records, status=ending.status,
         error_code=ending.error_code,
@@ -197,5 +197,8 @@ def _audit_run(run, ending: Ending, record) -> None:
                 "client_request_id": run.request.client_request_id}
     if settings.RELAY_AUDIT_PROMPTS:
         metadata["prompt"] = run.request.query[:4000]
+    for switch in run.fallbacks:  # the models that could not answer, before the one that did
+        audit_record(actions.MODEL_FALLBACK, actor=run.request.user, resource=f"message:{run.message_id}",
+                     metadata={**switch, "run_id": run.request.run_id, "agent": run.agent.name})
     audit_record(actions.AGENT_RUN, status="success" if ending.status != "error" else "error",
                  actor=run.request.user, resource=f"message:{run.message_id}", metadata=metadata)

@@ -111,7 +111,8 @@ class _OpenAIFraming:
         self.opening = self.chunk({"role": "assistant", "content": ""})
 
     def chunk(self, delta: dict | None, finish_reason=None, **extra) -> bytes:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": _answered_by(self.run, self.model),
                 "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                 **extra}
         return sse.data(body)
@@ -135,6 +136,11 @@ class _OpenAIFraming:
             finish = self.chunk({}, _finish_reason(self.run, event["status"], self.tool_calls))
             return finish + self.chunk(None, usage=self.usage) if self.include_usage else finish
         return b""
+
+
+def _answered_by(run, asked: str) -> str:
+    """The model asked for (or the relay-<agent> alias), unless a fallback model answered instead."""
+    return run.model.name if run.fallbacks else asked
 
 
 def _finish_reason(run, status: str, tool_calls: int) -> str:
@@ -162,7 +168,7 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
     if calls:
         message["tool_calls"] = calls
     return {"id": f"chatcmpl-{run.request.run_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": message,
+            "model": _answered_by(run, model), "choices": [{"index": 0, "message": message,
                                          "finish_reason": _finish_reason(run, status, len(calls))}],
             "usage": usage}
 

@@ -61,6 +61,7 @@ class ProviderError(Exception):
         self.message = message
         self.status = status
         self.retryable = retryable
+        self.retry_after: float | None = None  # seconds the upstream asked us to wait (429/503 Retry-After)
 
 
 class Provider(Protocol):

@@ -226,26 +226,50 @@ def _upstream_message(resp: _Failed) -> str:
 
 
 def _status_error(resp: _Failed) -> ProviderError:
+    err = _status_error_of(resp)
+    retry_after = _retry_after(resp.headers) if resp.status in (429, 503) else None
+    if retry_after is not None:
+        # The router cools the deployment down for this long; a retry here waits it out only if short.
+        err.retry_after = retry_after
+        err.retryable = retry_after <= MAX_RETRY_AFTER
+    return err
+
+
+def _status_error_of(resp: _Failed) -> ProviderError:
     status = resp.status
     if status == 429:
-        err = ProviderError("rate_limited", "upstream rate limit reached", 429, retryable=True)
-        try:
-            retry_after = float({k.lower(): v for k, v in resp.headers.items()}.get("retry-after", ""))
-        except ValueError:
-            retry_after = None
-        if retry_after is not None:
-            err.retry_after = retry_after
-            err.retryable = retry_after <= MAX_RETRY_AFTER
-        return err
+        return ProviderError("rate_limited", "upstream rate limit reached", 429, retryable=True)
     if status in (401, 403):
         # The upstream's text may echo part of our key, so it is not passed on.
         return ProviderError("upstream_auth_failed", f"upstream rejected Relay's credentials ({status})", 502)
     if status in (400, 413, 422):
-        return ProviderError("bad_request", _upstream_message(resp), 400)
+        message = _upstream_message(resp)
+        if _is_context_window(resp.text, message):
+            return ProviderError("context_window_exceeded", message, 400)
+        return ProviderError("bad_request", message, 400)
     if status == 408:
         return ProviderError("upstream_timeout", "upstream timed out", 504, retryable=True)
     return ProviderError("upstream_error", f"upstream error {status}: {_upstream_message(resp)}", 502,
                          retryable=status >= 500)
+
+
+def _retry_after(headers: dict) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is rare from model servers and ignored)."""
+    try:
+        seconds = float({k.lower(): v for k, v in headers.items()}.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 86400 else None
+
+
+# OpenAI's code, and the wording of vLLM, llama.cpp, Ollama and others for a prompt over the window.
+_CONTEXT_WINDOW = ("context_length_exceeded", "maximum context length", "context window", "context length",
+                   "too many tokens", "prompt is too long")
+
+
+def _is_context_window(body: str, message: str) -> bool:
+    text = f"{body[:2000]} {message}".lower()
+    return any(marker in text for marker in _CONTEXT_WINDOW)
 
 
 def _transport_error(exc: BaseException, *, before_response: bool) -> ProviderError:

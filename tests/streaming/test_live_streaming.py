@@ -31,7 +31,7 @@ def assert_protocol(events):
     """start first, done last, usage just before it; fields exactly as docs/design.md section 6."""
     assert events[0]["type"] == "start" and set(events[0]) == {"type", "conversation_id", "message_id", "agent", "model"}
     assert events[-1]["type"] == "done" and set(events[-1]) == {"type", "status", "total_tokens", "cost"}
-    assert events[-2]["type"] == "usage" and set(events[-2]) == {"type", "input_tokens", "output_tokens", "cost"}
+    assert events[-2]["type"] == "usage" and set(events[-2]) == {"type", "input_tokens", "output_tokens", "cost", "model"}
     for event in events:
         if event["type"] == "token":
             assert set(event) == {"type", "content"}

@@ -127,6 +127,24 @@ async def test_client_errors_are_mapped_and_not_retried(provider, server, status
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("message", ["This model's maximum context length is 8192 tokens.",
+                                     "prompt is too long: 9000 tokens > 8192 maximum"])
+async def test_a_context_length_refusal_is_its_own_error(provider, server, message):
+    server.configure(fail_next=1, fail_status=400, fail_message=message)
+    with pytest.raises(ProviderError) as info:
+        await collect(provider, req("x"))
+    assert (info.value.code, info.value.status, info.value.message) == ("context_window_exceeded", 400, message)
+
+
+@pytest.mark.asyncio
+async def test_a_503_retry_after_is_kept_for_the_router(provider, server):
+    server.configure(retry_after=30, fail_next=1, fail_status=503)
+    with pytest.raises(ProviderError) as info:
+        await collect(provider, req("x"))
+    assert info.value.retry_after == 30 and len(server.requests) == 1
+
+
+@pytest.mark.asyncio
 async def test_no_retry_after_first_token(provider, server):
     server.configure(drop_after=2)
     got = []

@@ -53,6 +53,7 @@ class FakeUpstreamConfig:
     tool_arg_chunk: int = 7                # characters per streamed tool-argument piece
     fail_next: int = 0                     # fail this many requests with fail_status, then succeed
     fail_status: int = 500
+    fail_message: str | None = None        # the error message of those failures (default "Fake failure S.")
     fail_all: bool = False                 # fail every request with fail_status until turned off
     retry_after: float | None = None       # Retry-After header on failures
     garbage_after: int | None = None       # send a non-JSON data line after K tokens
@@ -219,7 +220,8 @@ class FakeUpstreamApp:
         if cfg.ttft and forced:  # a slow failure is as real as a slow answer
             await asyncio.sleep(cfg.ttft)
         if forced:
-            return await self._error(send, rec, int(forced), f"Fake failure {forced}.", retry_after=cfg.retry_after)
+            return await self._error(send, rec, int(forced), cfg.fail_message or f"Fake failure {forced}.",
+                                     retry_after=cfg.retry_after)
 
         plan = self._plan(body, messages, user_at, cfg)
         if body.get("stream"):
