@@ -17,8 +17,9 @@ class AgentsConfig(AppConfig):
         from agents.metrics import register as register_metric_labels
         from agents.models import Conversation, Document, Message, ModelDeployment, ModelEndpoint
         from agents.optimizer import forget_settings
-        from agents.providers.catalog import forget_catalog
+        from agents.providers.catalog import close_providers, forget_catalog
         from billing.models import OptimizerSettings
+        from relay.health import on_shutdown
 
         scoping.register(Document, DOCUMENT_RULE)
         # Personal, even to superusers; the admin console shows an organization's admins their metadata.
@@ -26,6 +27,7 @@ class AgentsConfig(AppConfig):
         scoping.register(Message, scoping.Rule(owner="conversation__user"))
 
         register_metric_labels()
+        on_shutdown(close_providers)
         post_migrate.connect(load_builtin_docs, sender=self)
         for model in (ModelEndpoint, ModelDeployment):
             post_save.connect(forget_catalog, sender=model)

@@ -1,6 +1,8 @@
 """Liveness and readiness for load balancers and orchestrators."""
 
+import logging
 import threading
+from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 from django.db import connection
@@ -12,6 +14,25 @@ _draining = threading.Event()
 def start_draining() -> None:
     """Called on SIGTERM: from now on /readyz answers 503 so the balancer stops sending work."""
     _draining.set()
+
+
+# Here, not in relay/serve.py: that module runs as __main__, so the apps would register with a copy.
+_closers: list[Callable[[], Awaitable[None]]] = []
+
+
+def on_shutdown(close: Callable[[], Awaitable[None]]) -> None:
+    """Have `close` run on the server's loop once the drain is over (apps register what they hold
+    open: pooled upstream connections, otherwise reported unclosed as the process exits)."""
+    if close not in _closers:
+        _closers.append(close)
+
+
+async def close_held_open() -> None:
+    for close in _closers:
+        try:
+            await close()
+        except Exception:  # one closer's trouble must not keep the others from running
+            logging.getLogger(__name__).exception("closing %r at shutdown failed", close)
 
 
 def is_draining() -> bool:

@@ -12,7 +12,8 @@ On SIGTERM (or Ctrl-C) the instance drains:
 3. idle keep-alive connections close; requests and SSE streams in flight run to their end,
    for at most RELAY_DRAIN_SECONDS; after that they are cancelled, and the runner stores what
    was generated as `cancelled` and bills it;
-4. the database connections of the ORM thread pool close, and the process exits.
+4. what the apps hold open closes (`relay.health.on_shutdown`: pooled upstream connections), then the
+   database connections of the ORM thread pool, and the process exits.
 WebSocket connections are closed with 1012 (service restart) when the drain begins; clients
 reconnect to another instance and continue the conversation by its id.
 
@@ -29,6 +30,12 @@ import uvicorn
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, turning /readyz to 503 the moment the stop signal arrives."""
+
+    async def shutdown(self, sockets=None) -> None:
+        from relay.health import close_held_open
+
+        await super().shutdown(sockets)
+        await close_held_open()
 
     def handle_exit(self, sig, frame) -> None:
         from relay.health import start_draining

@@ -19,6 +19,12 @@ LOCAL_MODELS = ("local-mini", "local-large")
 _providers: dict[tuple, OpenAICompatibleProvider] = {}
 
 
+async def close_providers() -> None:
+    """Close the pooled upstream connections opened on the running loop (relay.serve's shutdown)."""
+    for provider in list(_providers.values()):
+        await provider.aclose()
+
+
 @dataclass(frozen=True)
 class RoutingPolicy:
     strategy: str = "least_busy"
