@@ -4,53 +4,18 @@ models built like the catalog's (agents.providers.catalog)."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import pytest
 from django.conf import settings
 
 import agents.router as router
-from agents.providers import catalog
+from agents.providers.catalog import DeploymentChoice, ModelChoice, RoutingPolicy
 from agents.router.state import key_prefix, set_state
 from agents.router.state_base import InProcessState
 from tests.conftest import require_redis
 
 NOW = 1_800_000_000.0  # the start of a minute: rpm/tpm windows are whole minutes of the clock
 KINDS = ["inprocess", "redis"]
-
-if hasattr(catalog, "RoutingPolicy"):
-    from agents.providers.catalog import DeploymentChoice, ModelChoice, RoutingPolicy
-else:  # until the catalog's routing classes are merged: stand-ins of the same shape
-    @dataclass(frozen=True)
-    class RoutingPolicy:
-        strategy: str = "least_busy"
-        allowed_fails: int = 3
-        failure_window: float = 60.0
-        cooldown: float = 30.0
-        num_retries: int = 2
-        first_token_timeout: float = 60.0
-
-    @dataclass(frozen=True)
-    class DeploymentChoice:
-        key: str
-        name: str
-        base_url: str
-        upstream_model: str
-        api_key: str = ""
-        weight: int = 1
-        priority: int = 0
-        rpm_limit: int | None = None
-        tpm_limit: int | None = None
-
-    @dataclass(frozen=True)
-    class ModelChoice:
-        name: str
-        kind: str
-        supports_tools: bool = True
-        deployments: tuple = ()
-        policy: RoutingPolicy = RoutingPolicy()
-        fallbacks: tuple[str, ...] = ()
-        context_window_fallback: str = ""
 
 
 def deployment(key: str, *, name: str | None = None, **fields) -> DeploymentChoice:
