@@ -266,6 +266,8 @@ def check_configuration_sources(m: Manifests) -> list[str]:
     job = m.one("Job", "relay-migrate")["spec"]["template"]["spec"]["containers"][0]
     if "migrate --noinput" not in " ".join(job["command"]):
         problems.append("the relay-migrate Job does not run `manage.py migrate --noinput`")
+    problems += [f"{workload['metadata']['name']}: Service links put RELAY_API_* variables in its environment"
+                 for workload, spec in m.pod_specs() if spec.get("enableServiceLinks", True)]
     for deployment in m.of("Deployment"):
         waits = [c for c in deployment["spec"]["template"]["spec"].get("initContainers", [])
                  if "migrate --check" in " ".join(c.get("command", []))]

@@ -143,6 +143,8 @@ MUTATIONS = {
     "another image": (check_configuration_sources, lambda d: _api(d).update(image="relay:other")),
     "a real secret": (check_configuration_sources, lambda d: _find(d, "Secret", "relay-secrets")["stringData"].update(
         SECRET_KEY="s3cr3t-value")),
+    "service links": (check_configuration_sources, lambda d: _find(d, "Job", "relay-migrate")["spec"]["template"][
+        "spec"].pop("enableServiceLinks")),
     "no migration wait": (check_configuration_sources, lambda d: _drop(_pod(d, "relay-worker"), "initContainers")),
     "may run as root": (check_security, lambda d: _pod(d)["securityContext"].update(runAsNonRoot=False)),
     "writable root": (check_security, lambda d: _drop(_api(d)["securityContext"], "readOnlyRootFilesystem")),
