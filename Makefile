@@ -41,9 +41,14 @@ test: install
 	@mkdir -p var
 	$(PY) -m pytest -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# platform/k8s/ against the Kubernetes API schemas kubernetes-validate bundles (offline); strict:
+# an unknown field is an error. The oldest Kubernetes the manifests target, and the newest bundled.
+K8S_VERSIONS ?= 1.30.0 1.37.0
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/kubernetes-validate --strict --quiet $(foreach v,$(K8S_VERSIONS),-k $(v)) platform/k8s/*.yaml
 
 # bandit (no high-severity finding) and pip-audit (skipped with a warning when offline): .ci/audit
 audit: install
