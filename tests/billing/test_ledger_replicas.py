@@ -35,7 +35,7 @@ def ledger_on(pair, replicas: int):
     from billing.ledger_redis import RedisLedger
 
     return RedisLedger(f"redis://127.0.0.1:{pair.primary.port}/0", f"{{t{uuid.uuid4().hex[:6]}}}:ledger:",
-                       replicas=replicas, wait_ms=100)
+                       replicas=replicas, wait_ms=1000)  # generous: a busy CI machine acknowledges late
 
 
 async def reserve(ledger, request_id: str):
