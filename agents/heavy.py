@@ -150,10 +150,9 @@ def _unavailable(error: Exception):
 def _sync_scripts():
     global _sync_client
     if _sync_client is None:
-        import redis
+        from relay import redis_clients
 
-        client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=2,
-                                      socket_connect_timeout=1)
+        client = redis_clients.sync_client(decode_responses=True, socket_timeout=2, socket_connect_timeout=1)
         _sync_client = (client, client.register_script(_ACQUIRE), client.register_script(_RELEASE))
     return _sync_client
 
@@ -162,10 +161,9 @@ def _async_scripts():
     loop = asyncio.get_running_loop()
     entry = _async_clients.get(loop)
     if entry is None:  # redis.asyncio connections belong to the loop that made them
-        import redis.asyncio as aioredis
+        from relay import redis_clients
 
-        client = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=2,
-                                         socket_connect_timeout=1)
+        client = redis_clients.async_client(decode_responses=True, socket_timeout=2, socket_connect_timeout=1)
         entry = _async_clients[loop] = (client, client.register_script(_ACQUIRE), client.register_script(_RELEASE))
     return entry
 

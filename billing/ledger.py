@@ -39,8 +39,10 @@ def get_ledger() -> Ledger:
         if _ledger is None:
             if settings.REDIS_URL:
                 from billing.ledger_redis import RedisLedger
+                from relay import redis_clients
 
-                _ledger = RedisLedger(settings.REDIS_URL, key_prefix())
+                _ledger = RedisLedger(redis_clients.current(), key_prefix(), replicas=settings.RELAY_LEDGER_REPLICAS,
+                                      wait_ms=settings.RELAY_LEDGER_WAIT_MS)
             else:
                 _ledger = InProcessLedger()
         return _ledger

@@ -9,13 +9,21 @@ strings and limits are capped well below that (billing.money.MAX_LIMIT_USD).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import weakref
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from billing.ledger_base import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable, OpenReservation
+from relay import redis_clients
+
+logger = logging.getLogger(__name__)
+
+# How long a primary found without replicas is believed alone (its writes are not waited for).
+ALONE_SECONDS = 1.0
 
 # Purges the scope's expired reservations: returns their amount to every scope they hold.
 _PURGE = """
@@ -131,10 +139,11 @@ return out
 class RedisBackend:
     """One asyncio client per event loop: redis.asyncio connections belong to the loop that made them."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, target: redis_clients.Target | str):
+        self.target = redis_clients.Target(target) if isinstance(target, str) else target
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {script text: script}
+        self._alone_until = 0.0  # until then the primary is known to have no replica online (no WAIT)
 
     def client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
@@ -142,10 +151,8 @@ class RedisBackend:
         if client is None:
             # A bounded pool: a burst of requests queues for a connection (up to 5 s) instead of
             # opening hundreds of sockets at once and failing their connect timeouts.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=64, timeout=5, socket_connect_timeout=1, socket_timeout=2,
-                decode_responses=True)
-            client = aioredis.Redis(connection_pool=pool)
+            client = redis_clients.async_client(self.target, max_connections=64, pool_timeout=5,
+                                                socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
             self._clients[loop] = client
         return client
 
@@ -168,18 +175,76 @@ class RedisBackend:
         except RedisError as error:
             raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
 
+    async def run_replicated(self, script: str, replicas: int, wait_ms: int, *args) -> tuple[object, bool]:
+        """(the script's result, whether `replicas` replicas acknowledged it, or none is online to).
+
+        The script and WAIT go in one pipeline: WAIT counts the acknowledgements of its own
+        connection's writes, so it must follow the script on the same connection.
+        """
+        client = self.client()
+        scripts = self._scripts.setdefault(asyncio.get_running_loop(), {})
+        registered = scripts.get(script) or scripts.setdefault(script, client.register_script(script))
+        waiting = replicas > 0 and time.monotonic() >= self._alone_until
+        try:
+            for attempt in range(2):
+                try:
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.evalsha(registered.sha, 0, *args)
+                        if waiting:
+                            pipe.wait(replicas, wait_ms)
+                        replies = await pipe.execute()
+                    break
+                except NoScriptError:  # a promoted replica (or a restarted server) has no scripts yet
+                    if attempt:
+                        raise
+                    await client.script_load(script)
+            if not waiting or replies[1] >= replicas:
+                return replies[0], True
+            return replies[0], await self._alone(client)
+        except RedisError as error:
+            raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
+
+    async def _alone(self, client) -> bool:
+        """Has the primary no replica online? Then no promotion can lose a write (there is nothing to
+        promote), so writes go on unacknowledged; checked again after ALONE_SECONDS."""
+        info = await client.info("replication")
+        online = sum(1 for key, value in info.items()
+                     if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+        if online:
+            return False
+        self._alone_until = time.monotonic() + ALONE_SECONDS
+        return True
+
 
 class RedisLedger(Ledger):
-    def __init__(self, url: str, prefix: str):
-        self.backend = RedisBackend(url)
+    """`replicas` > 0 (Sentinel: docs/design.md section 7): a reservation or settlement counts only
+    once that many replicas hold it, so a failover cannot lose a reservation a run streams
+    against; a reservation no replica acknowledged in `wait_ms` is given back and refused."""
+
+    def __init__(self, target: redis_clients.Target | str, prefix: str, *, replicas: int = 0, wait_ms: int = 250):
+        self.backend = RedisBackend(target)
         self.prefix = prefix
+        self.replicas, self.wait_ms = replicas, wait_ms
+
+    async def _write(self, script: str, *args) -> tuple[object, bool]:
+        if not self.replicas:
+            return await self.backend.run(script, *args), True
+        return await self.backend.run_replicated(script, self.replicas, self.wait_ms, *args)
 
     async def reserve(self, request_id, scopes, *, min_nanos, max_nanos, ttl, now=None):
         now = time.time() if now is None else now
         pairs = [str(part) for scope, limit in scopes for part in (scope, int(limit))]
-        granted, amount, denied, spent, tightest, *missing = await self.backend.run(
+        reply, replicated = await self._write(
             RESERVE, self.prefix, request_id, repr(float(now)), repr(float(ttl)), int(min_nanos), int(max_nanos),
             RETENTION_SECONDS, *pairs)
+        granted, amount, denied, spent, tightest, *missing = reply
+        if int(granted) == 1 and not replicated:
+            # Held only by a primary whose replicas lag: if it failed now the reservation would
+            # vanish while the run streams against it. Give it back (a lost release only holds
+            # room until its deadline: refusals, never overspending) and refuse the run.
+            with contextlib.suppress(LedgerUnavailable):
+                await self.backend.run(SETTLE, self.prefix, request_id, 0, RETENTION_SECONDS)
+            raise LedgerUnavailable(f"No replica acknowledged the reservation within {self.wait_ms} ms.")
         if int(granted) == 2:
             return Grant(False, missing=missing)
         if not int(granted):
@@ -187,7 +252,11 @@ class RedisLedger(Ledger):
         return Grant(True, int(amount), tightest_scope=tightest or None)
 
     async def settle(self, request_id, actual_nanos):
-        out = await self.backend.run(SETTLE, self.prefix, request_id, max(0, int(actual_nanos)), RETENTION_SECONDS)
+        out, replicated = await self._write(SETTLE, self.prefix, request_id, max(0, int(actual_nanos)),
+                                            RETENTION_SECONDS)
+        if not replicated:
+            logger.warning("the settlement of %s is not on a replica yet: if the primary fails before it is, "
+                           "`manage.py reconcile` will report its budget's counter", request_id)
         return {out[i]: int(out[i + 1]) for i in range(0, len(out), 2)}
 
     async def spent(self, scope_key):

@@ -124,7 +124,9 @@ async def _buckets_redis(names: list[str], buckets: list[Bucket], now: float) ->
     from billing.ledger_redis import RedisBackend
 
     if _backend is None:
-        _backend = RedisBackend(settings.REDIS_URL)
+        from relay import redis_clients
+
+        _backend = RedisBackend(redis_clients.current())
     args = [repr(float(now)), len(buckets)]
     for name, bucket in zip(names, buckets, strict=True):
         args += [name, repr(bucket.capacity), repr(bucket.rate), bucket.want]

@@ -10,8 +10,10 @@ agent run closes this way in agents.actions.runs, `close_charge` does both for a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -252,12 +254,20 @@ async def release_charge(charge: Charge) -> None:
 async def _settle(charge: Charge, actual: int) -> dict[str, int]:
     if not charge.reserved:
         return {}
-    try:
-        return await get_ledger().settle(charge.request_id, actual)
-    except LedgerUnavailable:
-        logger.error("ledger unreachable settling %s; its reservation will expire; run "
-                     "`manage.py rebuild_ledger` once Redis is back", charge.request_id)
-        return {}
+    # Under Sentinel the primary comes back (promoted) within seconds: a settlement waits for it
+    # rather than leave its spend out of the counter when the reservation expires.
+    give_up, pause = time.monotonic() + settings.RELAY_LEDGER_RETRY_SECONDS, 0.1
+    while True:
+        try:
+            return await get_ledger().settle(charge.request_id, actual)
+        except LedgerUnavailable:
+            if time.monotonic() + pause > give_up:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    logger.error("ledger unreachable settling %s; its reservation will expire; run "
+                 "`manage.py rebuild_ledger` once Redis is back", charge.request_id)
+    return {}
 
 
 def load_rules(model: str, user, api_key, now: datetime):

@@ -53,13 +53,21 @@ def _check_database() -> str | None:
     return None
 
 
+_redis_client = None
+
+
 def _check_redis() -> str | None:
+    global _redis_client
     if not settings.REDIS_URL:
         return None
     import redis
 
+    from relay import redis_clients
+
     try:
-        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping()
+        if _redis_client is None:  # one pool per process (with Sentinel: asks it where the primary is)
+            _redis_client = redis_clients.sync_client(socket_connect_timeout=1, socket_timeout=1)
+        _redis_client.ping()
     except redis.RedisError as exc:
         return f"redis: {exc.__class__.__name__}"
     return None

@@ -12,6 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from relay import redis_clients
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,16 @@ def env_int(name: str, default: int) -> int:
 
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
-REDIS_URL = os.environ.get("REDIS_URL", "")
+# A Sentinel-managed primary instead of one server (relay/redis_clients.py): REDIS_URL then names
+# only its database and password. Every Redis client Relay makes follows a failover.
+try:
+    REDIS_TARGET = redis_clients.Target.from_environment(os.environ)
+except redis_clients.SentinelConfigError as _error:
+    raise ImproperlyConfigured(str(_error)) from None
+REDIS_URL = REDIS_TARGET.url
+REDIS_SENTINELS = list(REDIS_TARGET.sentinels)
+REDIS_SENTINEL_MASTER = REDIS_TARGET.master
+REDIS_SENTINEL_PASSWORD = REDIS_TARGET.sentinel_password
 EMBEDDED = not DATABASE_URL and not REDIS_URL
 
 # The development key is public; production refuses to start with it (see the check below).
@@ -167,18 +178,20 @@ AUTH_USER_MODEL = "accounts.User"
 
 # --- Cache, sessions, channel layer, Celery -------------------------------------------------
 if REDIS_URL:
+    _CACHE_LOCATION, _CACHE_SENTINEL = redis_clients.cache_location(REDIS_TARGET)
     CACHES = {
         "default": {
             # django-redis (with django-prometheus's counters), one client per process: relay/redis_cache.py.
             "BACKEND": ("relay.redis_cache.MeasuredCache" if env_bool("RELAY_METRICS_ENABLED", True)
                         else "relay.redis_cache.RedisCache"),
-            "LOCATION": REDIS_URL,
+            "LOCATION": _CACHE_LOCATION,
             # Parallel test workers share one Redis: each gets its own key space.
             "KEY_PREFIX": os.environ.get("RELAY_CACHE_PREFIX", "relay") + os.environ.get("PYTEST_XDIST_WORKER", ""),
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": 2,
                 "SOCKET_TIMEOUT": 2,
+                **_CACHE_SENTINEL,
             },
         }
     }
@@ -187,9 +200,13 @@ if REDIS_URL:
         # redis-py 8 times reads out after 5 s by default, exactly channels-redis's BZPOPMIN wait: the
         # read then failed and dropped every WebSocket idle for 5 s. The socket timeout must outlast it.
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                    "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 2}]}}
+                    "CONFIG": {"hosts": [redis_clients.channel_layer_host(REDIS_TARGET, socket_timeout=30,
+                                                                          socket_connect_timeout=2)]}}
     }
-    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+    _BROKER_URL, _BROKER_OPTIONS = redis_clients.celery_broker(REDIS_TARGET)
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", _BROKER_URL)
+    if _BROKER_OPTIONS and "CELERY_BROKER_URL" not in os.environ:
+        CELERY_BROKER_TRANSPORT_OPTIONS = _BROKER_OPTIONS
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "relay"}}
@@ -381,6 +398,12 @@ RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
 # keep it above the longest run. Threshold alerts are also POSTed to the webhook when set.
 RELAY_BUDGET_RESERVATION_TTL = env_int("RELAY_BUDGET_RESERVATION_TTL", 900)
 RELAY_BUDGET_WEBHOOK_URL = os.environ.get("RELAY_BUDGET_WEBHOOK_URL", "")
+# Under Sentinel a ledger write counts once this many replicas acknowledged it (WAIT, up to
+# RELAY_LEDGER_WAIT_MS; docs/design.md section 7), and a settlement that finds the primary gone
+# is retried for RELAY_LEDGER_RETRY_SECONDS, long enough for a promotion. 0: neither (one server).
+RELAY_LEDGER_REPLICAS = env_int("RELAY_LEDGER_REPLICAS", 1 if REDIS_SENTINELS else 0)
+RELAY_LEDGER_WAIT_MS = env_int("RELAY_LEDGER_WAIT_MS", 250)
+RELAY_LEDGER_RETRY_SECONDS = env_int("RELAY_LEDGER_RETRY_SECONDS", 15 if REDIS_SENTINELS else 0)
 # The embedded engine computes its answer at once; pacing its tokens shows them streaming.
 RELAY_LOCAL_TOKEN_DELAY_MS = env_int("RELAY_LOCAL_TOKEN_DELAY_MS", 8)
 

@@ -68,10 +68,10 @@ class LocalStore:
 
 
 class RedisStore:
-    def __init__(self, url: str):
+    def __init__(self, target):
         from billing.ledger_redis import RedisBackend
 
-        self.backend = RedisBackend(url)
+        self.backend = RedisBackend(target)
 
     async def get(self, key: str) -> str | None:
         return await self.backend.call("get", key)
@@ -119,7 +119,8 @@ def get_cache() -> ResponseCache:
     with _cache_lock:
         if _cache is None:
             from billing.ledger import key_prefix
+            from relay import redis_clients
 
-            store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else LocalStore()
+            store = RedisStore(redis_clients.current()) if settings.REDIS_URL else LocalStore()
             _cache = ResponseCache(store, key_prefix().replace(":ledger:", ":respcache:"))
         return _cache

@@ -31,8 +31,9 @@ def get_state() -> RouterState:
         if _state is None:
             if settings.REDIS_URL:
                 from agents.router.state_redis import RedisState
+                from relay import redis_clients
 
-                _state = RedisState(settings.REDIS_URL, key_prefix())
+                _state = RedisState(redis_clients.current(), key_prefix())
             else:
                 _state = InProcessState()
         return _state

@@ -27,6 +27,7 @@ from agents.router.state_base import (
     Transition,
     state_name,
 )
+from relay import redis_clients
 
 # ARGV: prefix, now, ttl, lease, tokens, rand, strategy, probe ttl, keep, then per deployment:
 # key, weight, priority, rpm limit, tpm limit ('' = none). Returns {key, probe 0|1, ''} or
@@ -203,8 +204,8 @@ class _Clients:
     them), one sync client for snapshots (metrics scrapes and the admin run in threads). Short
     timeouts: routing waits a moment for Redis, then goes on without it."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, target: redis_clients.Target | str):
+        self.target = redis_clients.Target(target) if isinstance(target, str) else target
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._sync: redis.Redis | None = None
@@ -214,10 +215,9 @@ class _Clients:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=64, timeout=2, socket_connect_timeout=0.5, socket_timeout=1,
+            client = self._async[loop] = redis_clients.async_client(
+                self.target, max_connections=64, pool_timeout=2, socket_connect_timeout=0.5, socket_timeout=1,
                 decode_responses=True)
-            client = self._async[loop] = aioredis.Redis(connection_pool=pool)
         return client
 
     async def run(self, script: str, *args):
@@ -233,8 +233,8 @@ class _Clients:
 
     def sync_client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5,
-                                              decode_responses=True)
+            self._sync = redis_clients.sync_client(self.target, socket_connect_timeout=0.5, socket_timeout=0.5,
+                                                   decode_responses=True)
         return self._sync
 
     def run_sync(self, script: str, *args):
@@ -249,8 +249,8 @@ class _Clients:
 
 
 class RedisState(RouterState):
-    def __init__(self, url: str, prefix: str):
-        self.clients = _Clients(url)
+    def __init__(self, target: redis_clients.Target | str, prefix: str):
+        self.clients = _Clients(target)
         self.prefix = prefix
 
     async def acquire(self, candidates, *, strategy, lease, now, ttl, tokens, rand, probe_ttl):
