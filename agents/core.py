@@ -30,6 +30,9 @@ class ToolOutcome:
 NOTHING_ELSE: frozenset[str] = frozenset()
 DOCUMENTS = "documents"    # the documents the caller may read (agents.documents.readable_documents)
 ATTACHMENT = "attachment"  # the request's attachment (no cache key holds one)
+# A run that sets ctx.facts[PER_CALLER] wrote an answer shaped by who asked (their permissions),
+# which no cache key holds: it is not stored (agents/optimizer).
+PER_CALLER = "per_caller"
 
 
 @dataclass
@@ -101,6 +104,10 @@ class Agent:
     tools: list[Tool] = []
     system_prompt: str = "You are a helpful assistant."
     needs_attachment: bool = False
+    # For a new chat's empty state (GET /api/v1/agents/): prompts the embedded engine answers,
+    # and in a sentence what the agent does with no language model configured.
+    examples: list[str] = []
+    without_model: str = ""
 
     @property
     def depends_on(self) -> frozenset[str] | None:

@@ -150,6 +150,8 @@ class AgentInfoSerializer(serializers.Serializer):
     tools = serializers.ListField(child=serializers.CharField())
     models = serializers.ListField(child=serializers.CharField())
     default_model = serializers.CharField()
+    examples = serializers.ListField(child=serializers.CharField(), help_text="Example prompts for a new chat.")
+    without_model = serializers.CharField(help_text="What the agent does with no language model configured.")
 
 
 def content_problem(content) -> str | None:

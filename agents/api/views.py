@@ -41,7 +41,8 @@ class AgentListView(APIView):
         key = request_key(request)
         agents = [
             {"name": a.name, "title": a.title, "description": a.description, "tools": [t.name for t in a.tools],
-             "models": models, "default_model": models[0]}
+             "models": models, "default_model": models[0], "examples": list(a.examples),
+             "without_model": a.without_model}
             for a in all_agents().values() if may_use(request.user, key, a.name)
         ]
         return Response(agents)

@@ -71,6 +71,9 @@ class CodeAgent(Agent):
     title = "Code"
     description = "Runs Python in a sandbox and shows its output."
     tools = [RUN_PYTHON]
+    examples = ["print(sum(range(1, 101)))", "import math\nprint(math.factorial(20))",
+                "for n in range(1, 6):\n    print(n, n ** 2)"]
+    without_model = "Runs the Python you give it in the sandbox; writing code from a description needs a model."
     system_prompt = ("You are Relay's code agent. Write Python and run it with the run_python tool; report the "
                      "output faithfully.")
 

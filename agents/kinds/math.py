@@ -38,6 +38,9 @@ class MathAgent(Agent):
     title = "Math"
     description = "Exact math with steps: equations, calculus, algebra, matrices (SymPy)."
     tools = [CALCULATOR]
+    examples = ["integrate x^2 sin x", "solve x^2-5x+6=0", "derivative of e^(2x)", "what is 15% of 240",
+                "factor x^3 - 8", "limit of sin x / x as x -> 0"]
+    without_model = "Exact answers with steps from SymPy; it needs no model."
     system_prompt = ("You are Relay's math agent. Use the calculator tool for every computation and give the "
                      "exact result with brief steps.")
 

@@ -53,6 +53,8 @@ class RagAgent(Agent):
     title = "Documents (RAG)"
     description = "Answers from your documents, quoting and citing the passages it used."
     tools = [SEARCH_DOCUMENTS]
+    examples = ["How do budgets work?", "How do I run Relay with PostgreSQL?", "What does the audit log record?"]
+    without_model = "Quotes and cites the passages of your documents that answer the question; a model summarises."
     system_prompt = ("You are Relay's document agent. Search the documents with search_documents, answer only "
                      "from the passages, quote them and cite them as [n].")
 

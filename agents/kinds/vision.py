@@ -41,6 +41,8 @@ class VisionAgent(Agent):
     description = "Analyses images: size, colours, brightness, EXIF, and text by OCR."
     tools = [ANALYZE_IMAGE]
     needs_attachment = True
+    examples = ["What text is in this image?", "What are the main colours?", "When was this photo taken?"]
+    without_model = "Measures an attached image: size, colours, EXIF and text by OCR; describing it needs a model."
 
     def runs_heavy_work(self, query, attachment):
         return bool(attachment)

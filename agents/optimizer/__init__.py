@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
+from agents.core import PER_CALLER
 from agents.optimizer.cache import cache_key, get_cache
 from agents.optimizer.classifier import classify
 from agents.optimizer.keys import AnswerKey, answer_key
@@ -117,11 +118,11 @@ async def replay(answer: str):
 
 
 async def remember(result: Plan | None, status: str, answer: str, facts: dict) -> None:
-    """Store a finished answer: complete, not itself a cache hit, not cut off at max_tokens, and
-    read from no document its key does not cover."""
+    """Store a finished answer: complete, not itself a cache hit, not cut off at max_tokens, not
+    shaped by the caller's permissions, and read from no document its key does not cover."""
     if result is None or not result.cache_key or result.hit or status != "complete":
         return
-    if facts.get("finish_reason") == "length" or not result.key.admits(facts):
+    if facts.get("finish_reason") == "length" or facts.get(PER_CALLER) or not result.key.admits(facts):
         return
     await get_cache().put(result.cache_key, answer, result.cache_ttl)
 

@@ -17,8 +17,10 @@ import re
 import unicodedata
 from fractions import Fraction
 
+# MathError lives with the lexer (which raises it first); callers import it from here.
+from agents.tools.math_lex import CONSTANTS, FUNCTIONS, GREEK, MathError, _clip, tokenize
+
 MAX_INPUT_CHARS = 2000
-MAX_INT_DIGITS = 1000
 # Long sums nest one level per term in the AST, so this is generous; recursion stays < 1000.
 MAX_DEPTH = 200
 # ~10^5 decimal digits: anything bigger is useless to a chat user and slow to build.
@@ -26,29 +28,6 @@ MAX_RESULT_BITS = 332_200
 MAX_FACTORIAL_ARG = 20_000
 MAX_MATRIX_DIM = 12
 
-
-class MathError(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-# name -> (min args, max args)
-FUNCTIONS = {
-    "sin": (1, 1), "cos": (1, 1), "tan": (1, 1), "asin": (1, 1), "acos": (1, 1),
-    "atan": (1, 1), "sinh": (1, 1), "cosh": (1, 1), "tanh": (1, 1), "exp": (1, 1),
-    "log": (1, 2), "ln": (1, 1), "sqrt": (1, 1), "abs": (1, 1), "factorial": (1, 1),
-    "binomial": (2, 2), "gamma": (1, 1), "floor": (1, 1), "ceiling": (1, 1),
-    "Min": (1, 8), "Max": (1, 8), "re": (1, 1), "im": (1, 1), "conjugate": (1, 1),
-}
-# Case-insensitive spellings users type; maps to the canonical key above.
-_FUNC_ALIASES = {k.lower(): k for k in FUNCTIONS}
-_FUNC_ALIASES.update({"ceil": "ceiling", "arcsin": "asin", "arccos": "acos", "arctan": "atan"})
-GREEK = {
-    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
-    "mu", "nu", "xi", "omicron", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
-}
-CONSTANTS = {"pi": "pi", "e": "E", "E": "E", "oo": "oo", "inf": "oo", "infinity": "oo", "I": "I"}
 
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u22c5": "*", "\u00b7": "*",
@@ -83,97 +62,6 @@ def normalise_text(query) -> str:
         if ord(ch) > 126:
             raise MathError(f"Unsupported character {ch!r} in the input.")
     return " ".join(text.split())
-
-
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
-                    r"|(?P<name>[A-Za-z]+)|(?P<op>\*\*|[-+*/^%()\[\],!]))")
-_OPERAND_END = ("num", "sym", ")", "]")
-
-
-def _classify(word: str) -> tuple[str, str]:
-    if word in CONSTANTS or word.lower() in ("pi", "oo", "inf", "infinity"):
-        return "sym", CONSTANTS.get(word) or CONSTANTS[word.lower()]
-    if word in FUNCTIONS or word.lower() in _FUNC_ALIASES:
-        return "func", word if word in FUNCTIONS else _FUNC_ALIASES[word.lower()]
-    if len(word) == 1 or word in GREEK:
-        return "sym", word
-    if word.lower() in GREEK:
-        return "sym", word.lower()
-    raise MathError(f"I don't know the name '{_clip(word)}'. Use single-letter variables, "
-                    "greek letter names and standard functions; write products with *, e.g. x*y.")
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def tokenize(expr: str) -> str:
-    """Return a Python-syntax string with explicit operators (2x -> 2*x, ^ -> **, 5! -> factorial(5))."""
-    toks: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(expr):
-        m = _TOKEN.match(expr, pos)
-        if not m:
-            ch = expr[pos:].lstrip()[:1]
-            if not ch:
-                break
-            if ch in "'\"`":
-                raise MathError("Strings aren't allowed in math input.")
-            if ch == "_":
-                raise MathError("Names with underscores aren't allowed.")
-            if ch == ".":
-                raise MathError("Attribute access ('.') isn't allowed.")
-            if ch in "<>=":
-                raise MathError("Inequalities and comparisons aren't supported; use a single '=' for equations.")
-            raise MathError(f"Unexpected character {ch!r} in the expression.")
-        pos = m.end()
-        if m.group("num"):
-            kind, val = "num", m.group("num")
-            if len(re.sub(r"\D", "", val.split("e")[0].split("E")[0])) > MAX_INT_DIGITS:
-                raise MathError(f"Numbers are limited to {MAX_INT_DIGITS} digits.")
-        elif m.group("name"):
-            kind, val = _classify(m.group("name"))
-        else:
-            kind = val = "**" if m.group("op") == "^" else m.group("op")
-        prev = _settle_func(toks, kind)
-        if prev == "sym" and kind == "num":
-            raise MathError(f"'{toks[-1][1]}{val}' is ambiguous: write {toks[-1][1]}*{val} or {toks[-1][1]}^{val}.")
-        if kind == "[" and prev in ("sym", ")"):
-            raise MathError("Indexing with [...] isn't allowed; write matrices as [[1,2],[3,4]].")
-        if prev in _OPERAND_END and (kind in ("sym", "func", "(", "[") or (kind == "num" and prev != "num")):
-            toks.append(("*", "*"))
-        if kind == "!":
-            _wrap_factorial(toks)
-            continue
-        toks.append((kind, val))
-    _settle_func(toks, None)
-    return " ".join(v for _, v in toks)
-
-
-def _settle_func(toks: list[tuple[str, str]], following: str | None) -> str | None:
-    """A function name must be followed by '('; bare 'gamma' is the greek letter."""
-    if not toks:
-        return None
-    if toks[-1][0] == "func" and following != "(":
-        if toks[-1][1] != "gamma":
-            raise MathError(f"{toks[-1][1]} needs parentheses, e.g. {toks[-1][1]}(x).")
-        toks[-1] = ("sym", "gamma")
-    return toks[-1][0]
-
-
-def _wrap_factorial(toks: list[tuple[str, str]]) -> None:
-    if not toks or toks[-1][0] not in _OPERAND_END:
-        raise MathError("'!' must follow a number, a variable or a bracket, e.g. 5!.")
-    start = len(toks) - 1
-    if toks[-1][0] in (")", "]"):
-        depth = 0
-        for start in range(len(toks) - 1, -1, -1):
-            depth += {")": 1, "]": 1, "(": -1, "[": -1}.get(toks[start][0], 0)
-            if depth == 0:
-                break
-        if start > 0 and toks[start - 1][0] == "func":
-            start -= 1
-    toks[start:] = [("func", "factorial"), ("(", "(")] + toks[start:] + [(")", ")")]
 
 
 def to_ir(expr: str):
@@ -389,3 +277,62 @@ def _fmt(ir) -> tuple[str, int]:
         left = left if lp >= prec else f"({left})"
         right = right if rp > prec or (rp == prec and op in "+*") else f"({right})"
     return left + (f" {op} " if prec == 1 else op) + right, prec
+
+
+_TEX_CONST = {"pi": r"\pi", "E": "e", "oo": r"\infty", "I": "i"}
+_TEX_NAMED = {"sin", "cos", "tan", "sinh", "cosh", "tanh", "ln", "log"}
+_TEX_ARC = {"asin": r"\arcsin", "acos": r"\arccos", "atan": r"\arctan"}
+
+
+def ir_latex(ir) -> str:
+    """LaTeX of the expression as typed (2^{10} + \\frac{3}{4}, not \\frac{4099}{4}); needs no SymPy."""
+    return _tex(ir)[0]
+
+
+def _tex(ir) -> tuple[str, int]:
+    kind = ir[0]
+    if kind == "int":
+        return str(ir[1]), 5
+    if kind == "rat":
+        return (rf"\frac{{{ir[1]}}}{{{ir[2]}}}", 5) if ir[2] != 1 else (str(ir[1]), 5)
+    if kind == "const":
+        return _TEX_CONST[ir[1]], 5
+    if kind == "sym":
+        return (f"\\{ir[1]}" if ir[1] in GREEK else ir[1]), 5
+    if kind == "neg":
+        inner, p = _tex(ir[1])
+        return "-" + (inner if p >= 3 else rf"\left({inner}\right)"), 3
+    if kind == "list":
+        if all(item[0] == "list" for item in ir[1]):
+            rows = [" & ".join(ir_latex(v) for v in row[1]) for row in ir[1]]
+            return r"\begin{bmatrix}" + r" \\ ".join(rows) + r"\end{bmatrix}", 5
+        return r"\left[" + ", ".join(ir_latex(v) for v in ir[1]) + r"\right]", 5
+    if kind == "call":
+        return _tex_call(ir[1], [ir_latex(a) for a in ir[2]]), 5
+    op, prec = ir[1], _PREC[ir[1]]
+    (left, lp), (right, rp) = _tex(ir[2]), _tex(ir[3])
+    if op == "/":
+        return rf"\frac{{{left}}}{{{right}}}", 5
+    if op == "**":
+        return (left if lp >= 5 else rf"\left({left}\right)") + f"^{{{right}}}", 4
+    left = left if lp >= prec else rf"\left({left}\right)"
+    right = right if rp > prec or (rp == prec and op in "+*") else rf"\left({right}\right)"
+    # 2x, x sin x: juxtaposed as written; a number or fraction on the right keeps the dot (2 · 3).
+    times = r" \cdot " if right[:1].isdigit() or right.startswith((r"\frac", "-")) else " "
+    return left + {"+": " + ", "-": " - ", "*": times, "%": r" \bmod "}[op] + right, prec
+
+
+def _tex_call(name: str, args: list[str]) -> str:
+    joined = ", ".join(args)
+    if name == "sqrt":
+        return rf"\sqrt{{{joined}}}"
+    if name == "abs":
+        return rf"\left|{joined}\right|"
+    if name == "exp":
+        return rf"e^{{{joined}}}"
+    if name == "factorial":
+        return f"{joined}!" if joined.isalnum() else rf"\left({joined}\right)!"
+    if name == "log" and len(args) == 2:
+        return rf"\log_{{{args[1]}}}\left({args[0]}\right)"
+    head = _TEX_ARC.get(name) or (f"\\{name}" if name in _TEX_NAMED else rf"\operatorname{{{name}}}")
+    return rf"{head}\left({joined}\right)"

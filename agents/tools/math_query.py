@@ -9,17 +9,20 @@ import re
 
 from agents.tools.math_parse import MathError, normalise_text, to_ir
 
-_FILLER = re.compile(r"^(?:please|can\s+you|could\s+you|what\s+is|what's|whats|compute|calculate|find|"
-                     r"work\s+out|tell\s+me|give\s+me|the)\b\s*", re.I)
+_FILLER = re.compile(r"^(?:please|pls|can\s+you|could\s+you|would\s+you|what\s+is|what's|whats|what\s+are|"
+                     r"how\s+much\s+is|compute|calculate|find|determine|work\s+out|tell\s+me|give\s+me|show\s+me|"
+                     r"i\s+need|help\s+me|the)\b\s*", re.I)
 _END = r"(?:\b|(?=[(\[])|(?<=:))\s*"
 _OPS = [(op, re.compile(rf"^(?:{pat}){_END}", re.I)) for op, pat in [
     ("series", r"(?:(?:taylor|maclaurin|power)\s+)?series\s+(?:of|for)|(?:taylor|maclaurin)\s+(?:expansion|series)"
                r"(?:\s+(?:of|for))?"),
-    ("integrate", r"(?:definite\s+)?(?:integrate|integral\s+of|integral|anti-?derivative\s+of)"),
+    ("integrate", r"(?:definite\s+|indefinite\s+)?(?:integrate|integral\s+of|integral|"
+                  r"anti-?derivatives?(?:\s+of)?|primitive\s+of)"),
     ("differentiate", r"(?:(?P<nth>second|third|2nd|3rd)\s+)?(?:differentiate|derivative\s+of|derivative|diff|"
-                      r"d/d(?P<dvar>[a-z]))"),
-    ("solve", r"solve(?:\s+for\s+(?P<svar>[a-z])\s*:?)?|(?:roots|zeros|zeroes|solutions?)\s+(?:of|to)"),
-    ("simplify", r"simplify|simplification\s+of"),
+                      r"d/d(?P<dvar>[a-z])(?:\s+of)?)"),
+    ("solve", r"solve(?:\s+for\s+(?P<svar>[a-z])\s*:?)?|(?:roots|zeros|zeroes|solutions?)\s+(?:of|to)|"
+              r"zero\s+of"),
+    ("simplify", r"simplify|simplification\s+of|reduce"),
     ("expand", r"expand|expansion\s+of"),
     ("factor", r"factor(?:ise|ize)?|(?:prime\s+)?factori[sz]ation\s+of"),
     ("limit", r"limit\s+of|limit|lim"),
@@ -35,6 +38,16 @@ _LIMIT_PREFIX = re.compile(r"^(?P<v>[A-Za-z])\s*->\s*(?P<p>\S+)\s+(?P<e>.+)$")
 _ORDER = re.compile(r"[\s,]+(?:(?:up\s+)?to\s+)?(?:order|degree)\s+(\d{1,2})$", re.I)
 _AROUND = re.compile(r"[\s,]+(?:around|about|at|near)\s+(?:([A-Za-z])\s*=\s*)?(.+)$", re.I)
 _MOP = {"det": "determinant", "inv": "inverse"}
+# Operators in words; applied before the bounds ("from 0 to 1") are read, so "to the power of" goes first.
+_SPOKEN = [(re.compile(rf"\s*\b(?:{words})\b\s*", re.I), symbol) for words, symbol in [
+    (r"to\s+the\s+power\s+of|to\s+the\s+power|raised\s+to(?:\s+the\s+power\s+of)?", "^"),
+    (r"plus", "+"), (r"minus", "-"), (r"times|multiplied\s+by", "*"), (r"divided\s+by|over", "/"),
+    (r"mod|modulo", " % "), (r"squared", "^2 "), (r"cubed", "^3 "), (r"square\s+root\s+of", " sqrt "),
+]]
+_PERCENT_OF = re.compile(r"^(?P<p>.+?)\s*(?:%|percent|per\s+cent)\s+of\s+(?P<of>.+)$", re.I)
+_WHAT_PERCENT = re.compile(r"^(?:(?P<a>.+?)\s+is\s+)?what\s+(?:percent|percentage|%)\s+(?:of\s+(?P<b>.+?)"
+                           r"(?:\s+is\s+(?P<a2>.+))?|is\s+(?P<a3>.+?)\s+of\s+(?P<b3>.+))$", re.I)
+_PERCENT_END = re.compile(r"^(?P<p>.+?)\s*(?:%|percent|per\s+cent)$", re.I)
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -60,6 +73,8 @@ def parse_query(query) -> dict:
     text = text.replace("==", "=")
     while (m := _FILLER.match(text)) and m.end():
         text = text[m.end():]
+    for rx, symbol in _SPOKEN:
+        text = rx.sub(symbol, text).strip()
     job: dict = {"op": "evaluate", "var": None}
     for op, rx in _OPS:
         if m := rx.match(text):
@@ -70,6 +85,9 @@ def parse_query(query) -> dict:
             job["mop"] = _MOP.get((groups.get("mop") or "").lower(), (groups.get("mop") or "").lower())
             break
     op = job["op"]
+    if op == "evaluate" and (percent := _percentage(text, job)):
+        job["expr"] = to_ir(percent)
+        return job
     # SymPy call style: integrate(x^2, x) / limit(sin(x)/x, x, 0)
     args = _split_top(text[1:-1], ",") if text.startswith("(") and text.endswith(")") else [text]
     if len(args) > 1 and _split_top(text, ",") == [text] and op != "solve":
@@ -131,3 +149,20 @@ def parse_query(query) -> dict:
             raise MathError(f"'=' only makes sense in equations to solve, not with {op}.")
         job["expr"] = to_ir(text)
     return job
+
+
+def _percentage(text: str, job: dict) -> str | None:
+    """'15% of 240', '36 is what percent of 240', '50%' -> an expression; job gets how to say it."""
+    if m := _WHAT_PERCENT.match(text):
+        part, whole = m.group("a") or m.group("a2") or m.group("a3"), m.group("b") or m.group("b3")
+        if not part:
+            raise MathError("Say which part, e.g. '36 is what percent of 240'.")
+        job["label"], job["unit"] = f"{part.strip()} as a percentage of {whole.strip()}", "%"
+        return f"({part})/({whole})*100"
+    if m := _PERCENT_OF.match(text):
+        job["label"] = f"{m.group('p').strip()}% of {m.group('of').strip()}"
+        return f"({m.group('p')})/100*({m.group('of')})"
+    if m := _PERCENT_END.match(text):
+        job["label"] = f"{m.group('p').strip()}%"
+        return f"({m.group('p')})/100"
+    return None

@@ -22,7 +22,7 @@ def ask(client, agent, query, **extra):
 def test_math_agent_integrates_and_solves(users, client_for):
     client = client_for(users["user"])
     integral = ask(client, "math", "integrate x^2")
-    assert "x**3/3" in integral["answer"] and integral["status"] == "complete"
+    assert r"\frac{x^{3}}{3} + C$$" in integral["answer"] and integral["status"] == "complete"
     assert integral["tool_calls"][0]["tool"] == "calculator" and integral["tool_calls"][0]["status"] == "done"
     roots = ask(client, "math", "solve x^2-5x+6=0")
     assert "2" in roots["answer"] and "3" in roots["answer"]

@@ -51,7 +51,7 @@ def test_sse_math_shows_the_tool_then_the_answer(asgi_server, user_key):
     assert events[running]["status"] == "running" and events[done]["status"] == "done"
     assert done < sequence.index("token"), "the tool finishes before the tokens that use its result"
     answer = "".join(e["content"] for e in events if e["type"] == "token")
-    assert "x**3/3" in answer and events[-1]["status"] == "complete"
+    assert r"\frac{x^{3}}{3} + C$$" in answer and events[-1]["status"] == "complete"
     assert events[-1]["total_tokens"] == events[-2]["input_tokens"] + events[-2]["output_tokens"]
     assert Message.objects.get(pk=events[0]["message_id"]).content == answer
 
@@ -233,7 +233,7 @@ def test_openai_sdk_streams_from_the_local_engine(asgi_server, user_key):
     client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
     models = {m.id for m in client.models.list()}
     assert {"local-mini", "local-large", "relay-math", "relay-code", "relay-rag"} <= models
-    assert "x**3/3" in _stream_text(client, "relay-math", "integrate x^2")
+    assert r"\frac{x^{3}}{3} + C$$" in _stream_text(client, "relay-math", "integrate x^2")
     assert "No language model" in _stream_text(client, "local-mini", "hello")
     whole = client.chat.completions.create(model="relay-math", messages=[{"role": "user", "content": "2^10"}])
     assert "1024" in whole.choices[0].message.content and whole.usage.total_tokens > 0
