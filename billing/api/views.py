@@ -2,6 +2,7 @@
 (writes) (docs/design.md section 5)."""
 
 import csv
+from decimal import Decimal
 
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -19,6 +20,7 @@ from billing.actions import budgets
 from billing.api.serializers import BudgetInputSerializer, ExportQuerySerializer, StatsQuerySerializer
 from billing.ledger import LedgerUnavailable
 from billing.models import UsageRecord
+from billing.money import decimal_text
 
 from .errors import LedgerUnavailableError
 
@@ -147,6 +149,8 @@ class ExportView(APIView):
 
 
 def _cell(value):
+    if isinstance(value, Decimal):
+        return decimal_text(value)  # "0.5", not the column's "0.5000000000"
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):

@@ -158,6 +158,7 @@ def test_export_streams_csv_of_the_organization_only(users, other_users, client_
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert rows[0][0] == "created_at" and len(rows) == 2 and rows[1][2] == "user"
+    assert rows[1][rows[0].index("cost")] == "0.5"  # plain decimal text, as in the JSON API
     assert_envelope(client_for(users["viewer"]).get(reverse("costs-export")), 403, "permission_denied")
 
 
