@@ -14,6 +14,7 @@ from accounts.models import Team, User
 from agents.actions import conversations, endpoints
 from agents.actions import documents as document_actions
 from agents.models import Conversation, Document, Message, ModelDeployment, ModelEndpoint
+from billing.forms import money_column
 from relay.admin_actions import ActionsAdmin
 
 
@@ -58,7 +59,7 @@ class ConversationAdmin(ActionsAdmin):
 @admin.register(Message)
 class MessageAdmin(ActionsAdmin):
     list_display = ["created_at", "conversation_title", "role", "agent", "model", "status", "input_tokens",
-                    "output_tokens", "cost", "feedback"]
+                    "output_tokens", money_column("cost"), "feedback"]
     list_filter = ["status", "role", "agent"]
     list_select_related = ["conversation"]
     search_fields = ["=request_id", "=conversation__id"]

@@ -23,7 +23,7 @@ from rest_framework import exceptions
 
 from accounts.admission import SessionCredential, TokenCredential, admit
 from accounts.permissions import AUTHENTICATED
-from agents import runner
+from agents import events, runner
 from agents.api.serializers import QuerySerializer
 from audit import context as audit_context
 from relay.api.parsers import parse_json
@@ -209,8 +209,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except asyncio.CancelledError:
             if run.outcome is not None:  # stored as cancelled: tell the client what it cost
                 status, total_tokens, cost = run.outcome
-                await self.send_event({"type": "done", "status": status, "total_tokens": total_tokens,
-                                       "cost": str(cost), "conversation_id": run.conversation_id})
+                await self.send_event({**events.done(status, total_tokens, cost), "conversation_id": run.conversation_id})
             raise
         except Exception:  # a closed socket mid-send: the run was already stored as it ended
             logger.info("websocket stream ended early", exc_info=True)

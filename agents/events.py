@@ -7,6 +7,8 @@ field names stay exactly those of the contract.
 
 from decimal import Decimal
 
+from billing.money import decimal_text
+
 
 def start(conversation_id, message_id, agent: str, model: str) -> dict:
     return {"type": "start", "conversation_id": conversation_id, "message_id": message_id,
@@ -30,7 +32,7 @@ def tool_call(call_id: str, tool: str, status: str, *, input=None, output=None, 
 
 def usage(input_tokens: int, output_tokens: int, cost: Decimal, model: str) -> dict:
     """model: the one that answered and was priced (not the one asked for, when a fallback answered)."""
-    return {"type": "usage", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": str(cost),
+    return {"type": "usage", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": decimal_text(cost),
             "model": model}
 
 
@@ -39,4 +41,4 @@ def error(code: str, message: str) -> dict:
 
 
 def done(status: str, total_tokens: int, cost: Decimal) -> dict:
-    return {"type": "done", "status": status, "total_tokens": total_tokens, "cost": str(cost)}
+    return {"type": "done", "status": status, "total_tokens": total_tokens, "cost": decimal_text(cost)}

@@ -34,6 +34,7 @@ from django.utils import timezone
 from billing import budgets as budget_rules
 from billing.ledger import get_ledger
 from billing.models import Budget, UsageRecord
+from billing.money import decimal_text
 
 KINDS = ("ledger_counter", "stuck_message", "unaudited_usage", "expired_reservation")
 LIMIT = 1000  # discrepancies listed (and fixed) per kind in one run; run again for the rest
@@ -186,8 +187,8 @@ def _unaudited_discrepancy(record: UsageRecord) -> Discrepancy:
         "unaudited_usage", {"usage_record": record.pk, "request": record.request_id,
                             "message": str(record.message_id) if record.message_id else None},
         f"usage without audit event: usage record {record.pk} (request {record.request_id}, message "
-        f"{record.message_id or '-'}, {record.status}, ${record.cost}) has no agent.run audit event",
-        {"cost": str(record.cost), "created_at": record.created_at.isoformat()})
+        f"{record.message_id or '-'}, {record.status}, ${decimal_text(record.cost)}) has no agent.run audit event",
+        {"cost": decimal_text(record.cost), "created_at": record.created_at.isoformat()})
 
 
 # -- d. reservations -----------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def _record_late(found: Discrepancy, now: datetime) -> Discrepancy | None:
                organization=usage.organization_id,
                resource=f"message:{usage.message_id}" if usage.message_id else f"usage:{usage.request_id}",
                metadata={"run_id": usage.request_id, "usage_record": usage.pk, "agent": usage.agent,
-                         "model": usage.model, "status": usage.status, "cost": str(usage.cost),
+                         "model": usage.model, "status": usage.status, "cost": decimal_text(usage.cost),
                          "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                          "created_at": usage.created_at, "found_by": "reconcile"})
     return Discrepancy(found.kind, found.ids, f"recorded the missing audit event of usage record {usage.pk} "

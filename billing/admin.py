@@ -4,7 +4,7 @@ from django.db import models
 from accounts.admin_site import MANAGE, READ
 from accounts.roles import AGENT_PERMISSIONS
 from billing.actions import budgets, optimizer_settings, prices
-from billing.forms import MONEY_FORM_FIELDS
+from billing.forms import MONEY_FORM_FIELDS, money_column
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, ToolUsage, UsageRecord
 from relay.admin_actions import ActionsAdmin
 from relay.admin_lists import CappedCountPaginator, choices_filter
@@ -14,7 +14,9 @@ from relay.admin_lists import CappedCountPaginator, choices_filter
 class ModelPriceAdmin(ActionsAdmin):
     """A price change is a new row with a later effective_from; past usage keeps its row."""
 
-    list_display = ["model", "input_per_1k", "output_per_1k", "effective_from", "created_at"]
+    list_display = ["model", money_column("input_per_1k", exact=True, description="input per 1k"),
+                    money_column("output_per_1k", exact=True, description="output per 1k"), "effective_from",
+                    "created_at"]
     formfield_overrides = {models.DecimalField: MONEY_FORM_FIELDS}
     list_filter = ["model"]
     search_fields = ["model"]
@@ -52,8 +54,8 @@ def _model_names():
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     org_admin_access = READ
-    list_display = ["created_at", "organization", "user", "agent", "model", "input_tokens", "output_tokens", "cost",
-                    "status", "cached", "latency_ms"]
+    list_display = ["created_at", "organization", "user", "agent", "model", "input_tokens", "output_tokens",
+                    money_column("cost"), "status", "cached", "latency_ms"]
     # Fixed choices and relative dates: no filter scans the table to draw itself (relay/admin_lists.py).
     list_filter = [choices_filter("status", "status", [s for s, _ in UsageRecord.STATUS_CHOICES]),
                    choices_filter("agent", "agent", _agent_names), choices_filter("model", "model", _model_names),
@@ -86,8 +88,8 @@ class UsageRecordAdmin(admin.ModelAdmin):
 @admin.register(Budget)
 class BudgetAdmin(ActionsAdmin):
     org_admin_access = MANAGE
-    list_display = ["__str__", "organization", "scope", "team", "user", "api_key", "period", "limit_usd", "hard",
-                    "updated_at"]
+    list_display = ["__str__", "organization", "scope", "team", "user", "api_key", "period",
+                    money_column("limit_usd", description="limit"), "hard", "updated_at"]
     list_filter = ["scope", "period", "hard", "organization"]
     list_select_related = ["organization", "team", "user", "api_key"]
     raw_id_fields = ["team", "user", "api_key", "created_by"]
@@ -104,7 +106,7 @@ class BudgetAdmin(ActionsAdmin):
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ActionsAdmin):
     org_admin_access = MANAGE  # deleted to fire again; never added or edited
-    list_display = ["budget", "period_key", "threshold", "spent_usd", "created_at"]
+    list_display = ["budget", "period_key", "threshold", money_column("spent_usd", description="spent"), "created_at"]
     list_filter = ["threshold", "created_at"]
     list_select_related = ["budget", "budget__organization"]
     readonly_fields = ["budget", "period_key", "threshold", "spent_usd", "created_at"]

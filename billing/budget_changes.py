@@ -12,7 +12,7 @@ from accounts.models import APIKey, Team, User
 from billing import budgets as rules
 from billing.ledger import get_ledger
 from billing.models import Budget
-from billing.money import cost_usd, usd_to_nanos
+from billing.money import cost_usd, decimal_text, usd_to_nanos
 
 TARGET_FIELD = {"team": "team", "user": "user", "api_key": "api_key"}
 
@@ -66,10 +66,10 @@ def budgets_with_spend(organization, now=None) -> list[dict]:
         limit = usd_to_nanos(budget.limit_usd)
         rows.append({
             "id": budget.pk, "scope": budget.scope, "target": target_id(budget), "target_name": rules.target_name(budget),
-            "period": budget.period, "period_key": item.period_key, "limit_usd": str(budget.limit_usd),
-            "hard": budget.hard, "alert_thresholds": budget.alert_thresholds, "spent_usd": str(cost_usd(spent)),
-            "reserved_usd": str(cost_usd(reserved.get(item.scope_key, 0))),
-            "remaining_usd": str(cost_usd(max(0, limit - spent))),
+            "period": budget.period, "period_key": item.period_key, "limit_usd": decimal_text(budget.limit_usd),
+            "hard": budget.hard, "alert_thresholds": budget.alert_thresholds, "spent_usd": decimal_text(cost_usd(spent)),
+            "reserved_usd": decimal_text(cost_usd(reserved.get(item.scope_key, 0))),
+            "remaining_usd": decimal_text(cost_usd(max(0, limit - spent))),
             "resets_at": rules.periods.resets_at(budget.period, now, item.time_zone),
             "created_at": budget.created_at, "updated_at": budget.updated_at,
         })

@@ -15,7 +15,7 @@ from audit import actions
 from audit.services import record
 from billing import periods
 from billing.models import Budget, BudgetAlert, UsageRecord
-from billing.money import cost_usd, usd_to_nanos
+from billing.money import cost_usd, decimal_text, format_usd, usd_to_nanos
 from billing.rule_cache import RULES
 from billing.tasks import notify_budget_alert
 
@@ -92,7 +92,7 @@ def exceeded_details(item: Covering, spent_nanos: int, now: datetime) -> dict:
     return {
         "scope": budget.scope, "budget_id": budget.pk, "limit_usd": budget.limit_usd,
         "spent_usd": cost_usd(spent_nanos), "resets_at": resets,
-        "message": f"The {period} budget of {target_name(budget)} (${budget.limit_usd:,.2f}) is used up{when}.",
+        "message": f"The {period} budget of {target_name(budget)} ({format_usd(budget.limit_usd)}) is used up{when}.",
     }
 
 
@@ -148,8 +148,8 @@ def raise_alert(item: Covering, threshold: int, spent_nanos: int) -> BudgetAlert
     except IntegrityError:
         return None  # already raised this period
     metadata = {"budget_id": budget.pk, "scope": budget.scope, "period": budget.period,
-                "period_key": item.period_key, "threshold": threshold, "spent_usd": str(alert.spent_usd),
-                "limit_usd": str(budget.limit_usd)}
+                "period_key": item.period_key, "threshold": threshold, "spent_usd": decimal_text(alert.spent_usd),
+                "limit_usd": decimal_text(budget.limit_usd)}
     # audit/actions.py has no alert name yet; this one follows its `<subject>.<verb>` scheme.
     record_budget_event(getattr(actions, "BUDGET_ALERT", "budget.alert"), organization_id=budget.organization_id,
                         metadata=metadata)

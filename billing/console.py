@@ -11,9 +11,12 @@ from decimal import Decimal
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from accounts import scoping
 from accounts.models import APIKey, Team, User
+from accounts.roles import is_org_admin
 from billing import budget_changes, stats
 from billing.models import Budget, ToolUsage, UsageRecord
+from billing.money import decimal_text
 
 DEFAULT_PERIOD = "30d"
 PERIOD_LABELS = {"today": "Today", "7d": "Last 7 days", "30d": "Last 30 days", "month": "This month"}
@@ -23,7 +26,7 @@ def _by_tool(records) -> list[dict]:
     rows = (ToolUsage.objects.filter(usage__in=records).values("tool")
             .annotate(calls=Count("id"), duration_ms=Sum("duration_ms"), cost=Sum("cost")).order_by("-calls", "tool"))
     return [{"tool": r["tool"], "calls": r["calls"], "duration_ms": r["duration_ms"] or 0,
-             "cost": str(r["cost"] or Decimal(0))} for r in rows]
+             "cost": decimal_text(r["cost"])} for r in rows]
 
 
 def _figures(summary: dict, records, period: str, time_zone: str) -> dict:
@@ -53,9 +56,21 @@ def usage_page(user, period: str, *, with_organization: bool) -> dict:
         ids = set(Budget.objects.filter(covering, organization=organization).values_list("id", flat=True))
         budgets = [row for row in forecast["budgets"] if row["id"] in ids]
         forecast = {k: v for k, v in forecast.items() if k in ("month", "time_zone")}
+    data["breakdown"] = breakdown(user, period)
     data["budgets"] = [_with_progress(row) for row in budgets]
     data["forecast"] = forecast
     return data
+
+
+def breakdown(user, period: str, key=None) -> dict:
+    """Spend per user and per key through the one gate: an organization's admins see every
+    member and key of it, anyone else only their own (view_metrics shows totals, not people)."""
+    organization = user.organization
+    start, end = stats.window(period, timezone.now(), organization.time_zone)
+    records = scoping.restrict(UsageRecord.objects.filter(organization=organization), user, key)
+    figures = stats.breakdown(records, start=start, end=end, time_zone=organization.time_zone)
+    figures["everyone"] = bool(scoping.sees_every_organization(user) or is_org_admin(user))
+    return figures
 
 
 def _with_progress(row: dict) -> dict:

@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from billing.money import MAX_LIMIT_USD, parse_amount
+from billing.money import MAX_LIMIT_USD, decimal_text, format_usd, parse_amount
 
 MONEY = {"max_digits": 18, "decimal_places": 10}
 
@@ -58,7 +58,7 @@ class ModelPrice(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.model} {self.input_per_1k}/{self.output_per_1k} from {self.effective_from:%Y-%m-%d %H:%M}"
+        return f"{self.model} {decimal_text(self.input_per_1k)}/{decimal_text(self.output_per_1k)} from {self.effective_from:%Y-%m-%d %H:%M}"
 
     def clean(self):
         if self.input_per_1k is not None and self.output_per_1k is not None \
@@ -105,7 +105,7 @@ class UsageRecord(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.request_id} {self.model} ${self.cost}"
+        return f"{self.request_id} {self.model} {format_usd(self.cost)}"
 
 
 class ToolUsage(models.Model):
@@ -158,7 +158,7 @@ class Budget(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.period} {self.scope} budget ${self.limit_usd}"
+        return f"{self.period} {self.scope} budget {format_usd(self.limit_usd)}"
 
     def clean(self):
         targets = {"team": self.team_id, "user": self.user_id, "api_key": self.api_key_id}

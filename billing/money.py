@@ -1,7 +1,12 @@
-"""Money arithmetic: Decimal USD in the database, integer nano-dollars in counters. Never float."""
+"""Money arithmetic: Decimal USD in the database, integer nano-dollars in counters. Never float.
+
+Money leaves Relay in two shapes only: `decimal_text` for machines (API payloads, events, audit
+metadata, form values) and `format_usd` for people (pages, messages). static/js/console.js has
+`Relay.usd`, the same display rule; tests/billing/test_money_display.py runs both on one table.
+"""
 
 import re
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 NANOS_PER_USD = 1_000_000_000
 # Lua numbers in the Redis ledger are doubles: integers are exact only below 2**53 nano-dollars
@@ -66,3 +71,38 @@ def _finer_than_nanos(amount: Decimal) -> bool:
     _, digits, exponent = amount.as_tuple()
     cut = -exponent - MAX_DECIMAL_PLACES  # trailing digits that must be zero
     return cut > 0 and any(digits[-cut:])
+
+
+def decimal_text(value) -> str:
+    """A money amount as plain decimal text: no exponent, no needless trailing zeros.
+
+    str(Decimal) gives "0E-9" for a quantized zero and "12.5000000000" for a column value;
+    clients get "0", "12.5" and "0.000123". None and "" are zero.
+    """
+    amount = Decimal(0) if value in (None, "") else Decimal(str(value))
+    if not amount.is_finite():
+        raise ValueError(f"Not an amount: {value!r}")
+    if amount == 0:
+        return "0"  # "-0" and "0E-9" alike
+    text = format(amount, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+# The display rule: two decimals from one cent up; below it, as many decimals as it takes to
+# show two significant digits, so an amount that is not zero never reads "$0.00".
+SIGNIFICANT_BELOW_A_CENT = 2
+_CENT = Decimal("0.01")
+
+
+def format_usd(value) -> str:
+    """A money amount for people: "$12.50", "$1,234.00", "$0.0004", "$0.000012", "$0.00" for zero."""
+    amount = Decimal(decimal_text(value))
+    sign, amount = ("-" if amount < 0 else ""), abs(amount)
+    if amount == 0 or amount >= _CENT:
+        return f"{sign}${amount.quantize(_CENT, rounding=ROUND_HALF_UP):,f}"
+    # adjusted(): the power of ten of the first significant digit (0.00042 -> -4).
+    places = -amount.adjusted() + SIGNIFICANT_BELOW_A_CENT - 1
+    shown = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    text = format(shown, "f").rstrip("0")
+    whole, _, fraction = text.partition(".")
+    return f"{sign}${whole}.{fraction.ljust(2, '0')}"

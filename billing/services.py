@@ -25,7 +25,7 @@ from django.utils import timezone
 from billing import budgets as budget_rules
 from billing.budgets import record_budget_event
 from billing.ledger import LedgerUnavailable, get_ledger
-from billing.money import cost_usd, nanos_per_token, usd_to_nanos
+from billing.money import cost_usd, decimal_text, nanos_per_token, usd_to_nanos
 from billing.pricing import UnknownModel, current_price
 from billing.rule_cache import RULES
 from relay.eventloop.db import run_db
@@ -296,4 +296,5 @@ def _exceeded_event(error: BudgetExceeded, organization_id: int | None, user, re
 
     record_budget_event(actions.BUDGET_EXCEEDED, organization_id=organization_id, actor=user, status=actions.DENIED,
                         metadata={"budget_id": error.budget_id, "scope": error.scope, "request_id": request_id,
-                                  "model": model, "limit_usd": str(error.limit_usd), "spent_usd": str(error.spent_usd)})
+                                  "model": model, "limit_usd": decimal_text(error.limit_usd),
+                                  "spent_usd": decimal_text(error.spent_usd)})

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from billing import budgets as rules
 from billing.models import Budget, UsageRecord
-from billing.money import cost_usd, usd_to_nanos
+from billing.money import cost_usd, decimal_text, usd_to_nanos
 
 PERIODS = ("today", "7d", "30d", "month")
 TOTALS = {"cost": Sum("cost"), "input_tokens": Sum("input_tokens"), "output_tokens": Sum("output_tokens"),
@@ -31,7 +31,8 @@ def window(period: str, now: datetime, time_zone: str) -> tuple[datetime, dateti
 
 
 def _money(value) -> str:
-    return str((value or Decimal(0)).quantize(Decimal("0.000000001")))
+    """Nano-dollar precision (the forecast divides), as plain decimal text."""
+    return decimal_text((value or Decimal(0)).quantize(Decimal("0.000000001")))
 
 
 def _row(values: dict) -> dict:
@@ -69,6 +70,35 @@ def user_usage(user, period: str, now: datetime | None = None) -> dict:
     records = UsageRecord.objects.filter(organization_id=user.organization_id, user=user)
     return {"period": period, "user": {"id": user.pk, "username": user.username},
             **summarize(records, start=start, end=end, time_zone=tz)}
+
+
+BREAKDOWN_ROWS = 100  # per table: the biggest spenders; `more` counts the rest
+
+
+def breakdown(records, *, start: datetime, end: datetime, time_zone: str, rows: int = BREAKDOWN_ROWS) -> dict:
+    """Spend per user and per API key over [start, end], biggest first.
+
+    `records` has passed the scoping gate already (an organization's admins: every member's;
+    anyone else: their own), so the tables show exactly who and which keys the caller may see.
+    Usage through no key (the console, a session or a JWT) is the row whose key is None.
+    """
+    records = records.filter(created_at__gte=start, created_at__lte=end)
+    users = records.values("user_id", "user__username").annotate(**TOTALS).order_by("-cost", "user__username")
+    keys = records.values("api_key_id", "api_key__name", "api_key__prefix", "api_key__owner__username").annotate(
+        **TOTALS).order_by("-cost", "api_key__name", "api_key_id")
+    by_user = [{"user": {"id": r["user_id"], "username": r["user__username"]}, **_row(r)} for r in users[:rows + 1]]
+    by_key = [{"key": _key(r), **_row(r)} for r in keys[:rows + 1]]
+    return {"from": start, "to": end, "time_zone": time_zone,
+            "by_user": by_user[:rows], "by_key": by_key[:rows],
+            "more_users": max(0, users.count() - rows) if len(by_user) > rows else 0,
+            "more_keys": max(0, keys.count() - rows) if len(by_key) > rows else 0}
+
+
+def _key(row: dict) -> dict | None:
+    if row["api_key_id"] is None:
+        return None
+    return {"id": row["api_key_id"], "name": row["api_key__name"], "prefix": f"rk_{row['api_key__prefix']}",
+            "owner": row["api_key__owner__username"]}
 
 
 def _daily_rate(records, now: datetime, tz: zoneinfo.ZoneInfo, days: int = 7) -> Decimal:
@@ -124,8 +154,8 @@ def _budget_forecast(budget: Budget, now: datetime, today: date, rate_days: int)
         if resets is None or day < resets.astimezone(tz).date():
             runs_out = day
     return {"id": budget.pk, "scope": budget.scope, "target_name": rules.target_name(budget),
-            "period": budget.period, "period_key": item.period_key, "limit_usd": str(budget.limit_usd),
-            "spent_usd": str(cost_usd(spent)), "daily_rate_usd": str(cost_usd(rate)),
+            "period": budget.period, "period_key": item.period_key, "limit_usd": decimal_text(budget.limit_usd),
+            "spent_usd": decimal_text(cost_usd(spent)), "daily_rate_usd": decimal_text(cost_usd(rate)),
             "runs_out_on": runs_out.isoformat() if runs_out else None,
             "resets_at": resets}
 

@@ -7,6 +7,8 @@ import urllib.request
 from celery import shared_task
 from django.conf import settings
 
+from billing.money import decimal_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,11 +25,11 @@ def notify_budget_alert(self, alert_id: int) -> None:
     payload = {
         "type": "budget.alert", "alert_id": alert.pk, "organization": budget.organization.name,
         "budget_id": budget.pk, "scope": budget.scope, "target": budget.target_name(), "period": budget.period,
-        "period_key": alert.period_key, "threshold": alert.threshold, "spent_usd": str(alert.spent_usd),
-        "limit_usd": str(budget.limit_usd), "hard": budget.hard,
+        "period_key": alert.period_key, "threshold": alert.threshold, "spent_usd": decimal_text(alert.spent_usd),
+        "limit_usd": decimal_text(budget.limit_usd), "hard": budget.hard,
     }
     logger.warning("budget alert: %s reached %s%% ($%s of $%s) in %s", payload["target"], alert.threshold,
-                   alert.spent_usd, budget.limit_usd, alert.period_key)
+                   payload["spent_usd"], payload["limit_usd"], alert.period_key)
     url = settings.RELAY_BUDGET_WEBHOOK_URL
     if not url:
         return

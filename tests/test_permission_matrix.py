@@ -60,6 +60,7 @@ ROUTES = {
     "document-share": {"POST": "upload_documents"},  # and only the owner or an admin
     "costs-stats": {"GET": "view_metrics"},
     "costs-usage": {"GET": SIGNED_IN},  # own usage; another user's needs view_metrics (tests/billing)
+    "costs-breakdown": {"GET": SIGNED_IN},  # rows through the scoping gate (tests/console/test_usage_breakdown.py)
     "costs-budget": {"GET": "view_metrics", "POST": ADMIN},
     "costs-forecast": {"GET": "view_metrics"},
     "costs-export": {"GET": "export_data"},

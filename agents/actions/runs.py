@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import services as billing
+from billing.money import decimal_text
 from relay.eventloop.group_commit import GroupCommit
 
 # --- opening ----------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def _audit_run(run, ending: Ending, record) -> None:
     from audit.services import record as audit_record
 
     metadata = {"agent": run.agent.name, "model": run.model.name, "status": ending.status,
-                "cost": str(record.cost), "input_tokens": record.input_tokens,
+                "cost": decimal_text(record.cost), "input_tokens": record.input_tokens,
                 "output_tokens": record.output_tokens, "run_id": run.request.run_id,
                 "client_request_id": run.request.client_request_id}
     if settings.RELAY_AUDIT_PROMPTS:

@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from agents.models import Conversation, Document, Message
 from agents.registry import all_agents
+from billing.api.serializers import MoneyText
 from relay.api.serializers import StrictCharField, StrictModelSerializer, StrictSerializer
 
 MAX_QUERY_CHARS = 32_000
@@ -88,6 +89,8 @@ class AnswerSerializer(serializers.Serializer):
 
 
 class MessageSerializer(serializers.ModelSerializer):
+    cost = MoneyText()
+
     class Meta:
         model = Message
         fields = ["id", "role", "content", "agent", "model", "input_tokens", "output_tokens", "cost", "latency_ms",

@@ -10,6 +10,7 @@ from audit import actions
 from billing.budget_changes import budget_changed, resolve_target, target_id
 from billing.ledger import LedgerUnavailable
 from billing.models import Budget, BudgetAlert
+from billing.money import decimal_text
 from billing.services import record_budget_event
 
 
@@ -35,14 +36,14 @@ def set_budget(*, actor, organization, scope: str, target, period: str, limit_us
         record_budget_event(actions.BUDGET_CREATED if created else actions.BUDGET_UPDATED, actor=actor,
                             organization_id=organization.pk,
                             metadata={"budget_id": budget.pk, "scope": scope, "target": target, "period": period,
-                                      "limit_usd": str(budget.limit_usd), "hard": hard,
+                                      "limit_usd": decimal_text(budget.limit_usd), "hard": hard,
                                       "alert_thresholds": alert_thresholds})
     return budget, created
 
 
 def _metadata(budget: Budget) -> dict:
     return {"budget_id": budget.pk, "scope": budget.scope, "target": target_id(budget), "period": budget.period,
-            "limit_usd": str(budget.limit_usd), "hard": budget.hard, "alert_thresholds": budget.alert_thresholds}
+            "limit_usd": decimal_text(budget.limit_usd), "hard": budget.hard, "alert_thresholds": budget.alert_thresholds}
 
 
 @transaction.atomic

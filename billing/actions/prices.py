@@ -7,10 +7,12 @@ from django.db import transaction
 from audit import actions
 from audit.services import record
 from billing.models import ModelPrice
+from billing.money import decimal_text
 
 
 def _metadata(price: ModelPrice) -> dict:
-    return {"model": price.model, "input_per_1k": str(price.input_per_1k), "output_per_1k": str(price.output_per_1k),
+    return {"model": price.model, "input_per_1k": decimal_text(price.input_per_1k),
+            "output_per_1k": decimal_text(price.output_per_1k),
             "effective_from": price.effective_from}
 
 

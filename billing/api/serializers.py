@@ -3,9 +3,20 @@ from decimal import Decimal
 from rest_framework import serializers
 
 from billing.models import Budget
-from billing.money import MAX_LIMIT_USD, parse_amount
+from billing.money import MAX_LIMIT_USD, decimal_text, parse_amount
 from billing.stats import PERIODS
 from relay.api.serializers import StrictSerializer
+
+
+class MoneyText(serializers.Field):
+    """A read-only money amount as plain decimal text ("0.000123", "12.5", "0"), never "0E-9" or
+    a column's ten decimal places (DRF's DecimalField keeps them)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, value) -> str:
+        return decimal_text(value)
 
 
 class BudgetInputSerializer(StrictSerializer):

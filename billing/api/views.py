@@ -2,8 +2,10 @@
 (writes) (docs/design.md section 5)."""
 
 import csv
+from decimal import Decimal
 
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -17,6 +19,8 @@ from billing import budget_changes, stats
 from billing.actions import budgets
 from billing.api.serializers import BudgetInputSerializer, ExportQuerySerializer, StatsQuerySerializer
 from billing.ledger import LedgerUnavailable
+from billing.models import UsageRecord
+from billing.money import decimal_text
 
 from .errors import LedgerUnavailableError
 
@@ -44,6 +48,23 @@ class CostStatsView(APIView):
     @extend_schema(parameters=[PERIOD_PARAM], responses=OpenApiTypes.OBJECT, summary="Organization cost statistics")
     def get(self, request):
         return Response(stats.organization_stats(caller_organization(request), period_of(request)))
+
+
+class BreakdownView(ScopedAPIView):
+    """Spend per user and per API key: an organization's admins see everyone's, others their own."""
+
+    required_permission = AUTHENTICATED
+    scoped_model = UsageRecord
+
+    @extend_schema(parameters=[PERIOD_PARAM], responses=OpenApiTypes.OBJECT, summary="Spend per user and per key")
+    def get(self, request):
+        organization = caller_organization(request)
+        period = period_of(request)
+        start, end = stats.window(period, timezone.now(), organization.time_zone)
+        # Costs belong to the caller's organization, so even a superuser asks about its users only.
+        records = self.scoped(UsageRecord.objects.filter(organization=organization))
+        return Response({"period": period, **stats.breakdown(records, start=start, end=end,
+                                                             time_zone=organization.time_zone)})
 
 
 class UserUsageView(ScopedAPIView):
@@ -128,6 +149,8 @@ class ExportView(APIView):
 
 
 def _cell(value):
+    if isinstance(value, Decimal):
+        return decimal_text(value)  # "0.5", not the column's "0.5000000000"
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):

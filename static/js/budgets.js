@@ -62,7 +62,7 @@
     if (scope.value !== "organization") payload.target = Number(target.value);
     try {
       const saved = await R.api("/api/v1/costs/budget", { method: "POST", json: payload });
-      document.getElementById("budget-form-ok").textContent = "Saved the " + saved.period + " budget of " + saved.target_name + ": $" + saved.limit_usd + ". Reloading…";
+      document.getElementById("budget-form-ok").textContent = "Saved the " + saved.period + " budget of " + saved.target_name + ": " + R.usd(saved.limit_usd) + ". Reloading…";
       setTimeout(function () { window.location.reload(); }, 600);
     } catch (e) {
       Object.entries(e.fields || {}).forEach(function ([field, messages]) { fieldError(field, [].concat(messages).join(" ")); });

@@ -147,7 +147,7 @@
     if (info.model) parts.push(info.model);
     if (info.input_tokens !== undefined) parts.push(info.input_tokens + " in / " + info.output_tokens + " out tokens");
     else if (info.total_tokens !== undefined) parts.push(info.total_tokens + " tokens");
-    if (info.cost !== undefined) parts.push(R.usd(info.cost, 6));
+    if (info.cost !== undefined) parts.push(R.usd(info.cost));
     if (info.latency_ms) parts.push((info.latency_ms / 1000).toFixed(1) + " s");
     bubble.meta.append(el("span", { class: "usage", text: parts.join(" · ") }));
     const note = STATUS_TEXT[info.status];

@@ -60,11 +60,8 @@
     return node ? JSON.parse(node.textContent) : null;
   }
 
-  function usd(value, digits) {
-    const number = Number(value || 0);
-    if (number !== 0 && Math.abs(number) < 0.01) return "$" + number.toFixed(digits || 6);
-    return "$" + number.toFixed(2);
-  }
+  /* The one display rule for money (static/js/money.js, loaded first by base.html). */
+  const usd = window.RelayMoney.usd;
 
   async function copyText(text, button) {
     try {

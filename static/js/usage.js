@@ -13,7 +13,7 @@
   Chart.defaults.color = "#475467";
   Chart.defaults.animation = false;
 
-  const money = function (v) { return "$" + Number(v).toFixed(Number(v) < 1 ? 4 : 2); };
+  const money = window.Relay.usd;  /* the one display rule (static/js/money.js) */
   const specs = {
     daily: function (f) {
       return { type: "bar", data: { labels: f.daily.map(function (d) { return d.date; }),

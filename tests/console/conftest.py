@@ -8,7 +8,7 @@ from django.utils import timezone
 
 
 def add_usage(user, count: int, *, agent="math", model="local-mini", tools=("calculator",), days=5,
-              span: timedelta | None = None):
+              span: timedelta | None = None, key=None, cost="0.0125"):
     """count usage records of user spread over the last `days` days (or `span`), each with its tool calls."""
     from billing.models import ModelPrice, ToolUsage, UsageRecord
 
@@ -16,8 +16,9 @@ def add_usage(user, count: int, *, agent="math", model="local-mini", tools=("cal
         model=model, input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
     now, span = timezone.now(), span or timedelta(days=days)
     records = UsageRecord.objects.bulk_create([
-        UsageRecord(organization_id=user.organization_id, team_id=user.team_id, user=user, agent=agent, model=model,
-                    price=price, input_tokens=100, output_tokens=50, cost=Decimal("0.0125"), status="complete",
+        UsageRecord(organization_id=user.organization_id, team_id=user.team_id, user=user, api_key=key, agent=agent,
+                    model=model,
+                    price=price, input_tokens=100, output_tokens=50, cost=Decimal(cost), status="complete",
                     complete=True, latency_ms=300, request_id=uuid.uuid4().hex,
                     created_at=now - span * i / max(count, 1))
         for i in range(count)
