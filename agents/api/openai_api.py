@@ -3,6 +3,11 @@
 The official `openai` SDK pointed at Relay works unchanged. `model` is either an upstream or
 local model (the client's messages go to it as they are, `tools` passed through), or
 `relay-<agent>` to run one of Relay's agents. Errors use OpenAI's error format.
+
+An agent runs its own tools, so client tools sent to `relay-<agent>` are refused (400
+`unsupported_parameter`) rather than ignored. Images come as `image_url` data URLs
+(agents.api.openai_images): the vision agent gets one as its attachment; such requests may be as
+large as an upload (RELAY_MAX_UPLOAD_BYTES), every other one keeps the JSON limit.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+from django.conf import settings
 from django.http import JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
@@ -17,17 +23,24 @@ from rest_framework import exceptions, serializers
 
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
-from agents.api import sse
+from agents.api import openai_images, sse
 from agents.api.serializers import MAX_QUERY_CHARS, clean_text, content_problem
 from agents.idempotency import prepare_once
 from agents.providers.catalog import available_models
 from agents.registry import all_agents
 from billing.ratelimit import quota_headers
 from relay.api.async_views import api_endpoint, read_json
+from relay.api.errors import PayloadTooLarge
 from relay.api.serializers import SharedFieldsMixin, StrictCharField
 from relay.eventloop.db import db
 
 AGENT_PREFIX = "relay-"
+# Fields that hand the model the client's own tools (`functions`/`function_call`: their older names).
+CLIENT_TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call")
+
+
+class UnsupportedParameter(exceptions.ValidationError):
+    default_code = "unsupported_parameter"
 
 
 class ChatCompletionSerializer(SharedFieldsMixin, serializers.Serializer):
@@ -51,7 +64,7 @@ class ChatCompletionSerializer(SharedFieldsMixin, serializers.Serializer):
                 raise serializers.ValidationError(f"The content of message {index} {problem}.")
         if not any(m["role"] == "user" for m in messages):
             raise serializers.ValidationError("At least one user message is needed.")
-        if sum(len(json.dumps(m)) for m in messages) > 4 * MAX_QUERY_CHARS:
+        if openai_images.text_size(messages) > 4 * MAX_QUERY_CHARS:
             raise serializers.ValidationError("The conversation is too long.")
         return messages
 
@@ -64,19 +77,53 @@ def text_of(content) -> str:
     return ""
 
 
-def _run_request(drf_request, data: dict) -> runner.RunRequest:
+def agent_of(model: str) -> str | None:
+    """The agent a `relay-<agent>` model name runs, or None for an upstream or local model."""
+    agent = model[len(AGENT_PREFIX):] if model.startswith(AGENT_PREFIX) else None
+    return agent if agent in all_agents() else None
+
+
+def _refuse_client_tools(model: str, body: dict) -> None:
+    sent = [name for name in CLIENT_TOOL_FIELDS if body.get(name) not in (None, [], {})]
+    if sent:
+        raise UnsupportedParameter({name: [f"{model} runs Relay's own tools and does not take client tools; "
+                                           f"use a model name (GET /v1/models) to pass tools to a model."]
+                                    for name in sent})
+
+
+def _bounded_body(request, messages: list[dict]) -> None:
+    """Only images get the upload limit (api_endpoint(upload_sized=True)): the rest of the body,
+    past the JSON limit, is 413 as on every other endpoint."""
+    limit = settings.RELAY_MAX_BODY_BYTES
+    rest = int(request.META.get("CONTENT_LENGTH") or 0) - openai_images.inline_bytes(messages)
+    if rest > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes; only images may make it larger.")
+
+
+def _attachment(agent: str, messages: list[dict]) -> bytes | None:
+    if not openai_images.image_parts(messages):
+        return None
+    if agent != "vision":
+        raise exceptions.ValidationError({"messages": [f"{AGENT_PREFIX}{agent} does not take images; "
+                                                       f"send them to {AGENT_PREFIX}vision."]})
+    return openai_images.attachment(messages)
+
+
+def _run_request(drf_request, data: dict, image: bytes | None = None) -> runner.RunRequest:
     name = data["model"]
-    if name.startswith(AGENT_PREFIX) and name[len(AGENT_PREFIX):] in all_agents():
-        agent, model, raw = name[len(AGENT_PREFIX):], None, None
+    if agent := agent_of(name):
+        model, raw = None, None
     else:  # an upstream or local model: runner.prepare answers 404 if none has this name
         agent, model, raw = "general", name, [{k: v for k, v in m.items()} for m in data["messages"]]
     query = clean_text(text_of(next(m for m in reversed(data["messages"]) if m["role"] == "user").get("content")))
+    if not query.strip() and image is not None:
+        query = "Describe this image."  # as /api/v1/vision/analyze without a question
     if not query.strip():
         raise exceptions.ValidationError({"messages": ["The last user message is empty."]})
     history = [{"role": m["role"], "content": text_of(m.get("content"))} for m in data["messages"][:-1]
                if m["role"] in ("user", "assistant")]
     body = {"agent_type": agent, "query": query[:MAX_QUERY_CHARS], "model": model, "temperature": data.get("temperature"),
-            "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens")}
+            "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"), "image": image}
     return runner.new_request(drf_request.user, request_key(drf_request), body,
                               client_request_id=getattr(drf_request._request, "request_id", ""),
                               messages=raw, client_tools=data.get("tools") or None, history=history)
@@ -173,18 +220,23 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
             "usage": usage}
 
 
-@api_endpoint(AUTHENTICATED, error_adapter=_openai_error, schema={
+@api_endpoint(AUTHENTICATED, error_adapter=_openai_error, upload_sized=True, schema={
     "request": ChatCompletionSerializer, "summary": "OpenAI-compatible chat completions (stream and not)",
     "responses": {200: OpenApiResponse(OpenApiTypes.OBJECT, description="chat.completion, or with stream=true "
                                        "server-sent chat.completion.chunk objects ending with [DONE]")},
 })
 async def chat_completions(request, drf_request):
     """POST /v1/chat/completions, stream and not."""
-    body = read_json(request)
+    body = read_json(drf_request)
     serializer = ChatCompletionSerializer(data=body)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
-    run = await prepare_once(request, "chat_completions", body, _run_request(drf_request, data))
+    _bounded_body(request, data["messages"])
+    image = None
+    if agent := agent_of(data["model"]):
+        _refuse_client_tools(data["model"], body)
+        image = await db(_attachment)(agent, data["messages"])
+    run = await prepare_once(request, "chat_completions", body, _run_request(drf_request, data, image))
     if not data["stream"]:
         return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

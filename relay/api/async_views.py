@@ -3,7 +3,13 @@
 The model-call endpoints stream and must stay async end to end (docs/design.md section 11); DRF's
 APIView is sync. `api_endpoint` gives a plain async Django view the DRF request handling:
 authenticators (API key, JWT, session with CSRF), the view's `required_permission`, the key's
-rate limit, and every failure as the error envelope (and through the audit listener).
+rate limit, the body parsed by the view's DRF parsers, and every failure as the error envelope
+(and through the audit listener).
+
+The body is parsed once, by the same parsers, whatever the credential: a session's CSRF check
+reads the form fields (and so parses the body) while authenticating, an API key or a JWT
+parses it right after admission, in the same trip to the DB threads. A DRF Request built
+without parsers answered every session POST with 415.
 """
 
 from __future__ import annotations
@@ -16,12 +22,18 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from relay.api.errors import PayloadTooLarge, exception_handler
-from relay.api.parsers import parse_json_body
+from relay.api.errors import exception_handler
+from relay.api.parsers import BoundedJSONParser
 from relay.eventloop.db import db
+from relay.eventloop.middleware import UPLOAD_SIZED
+
+JSON = (BoundedJSONParser,)
+MULTIPART = (MultiPartParser,)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 _admission = []  # [admit(drf_request, requirement, throttle)], set by AccountsConfig.ready
 
@@ -32,12 +44,17 @@ def register_admission(admit) -> None:
     _admission[:] = [admit]
 
 
-def _authenticate(django_request, requirement, throttle: bool):
-    """Admit an HTTP request through the registered admission step; the DRF request."""
+def _authenticate(django_request, requirement, throttle: bool, parsers, max_body_bytes: int):
+    """Admit an HTTP request through the registered admission step; the DRF request, its body parsed."""
     if not _admission:
         raise ImproperlyConfigured("no admission step registered (accounts must be installed)")
-    request = Request(django_request, authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES])
+    request = Request(django_request, parsers=[cls() for cls in parsers],
+                      authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES],
+                      negotiator=api_settings.DEFAULT_CONTENT_NEGOTIATION_CLASS(),
+                      parser_context={"max_body_bytes": max_body_bytes})
     _admission[0](request, requirement, throttle)
+    if django_request.method in _BODY_METHODS:
+        request.data  # noqa: B018 - parsed here, after admission, for callers whose CSRF check did not
     return request
 
 
@@ -54,14 +71,12 @@ def error_response(exc, drf_request) -> JsonResponse:
     return json_response
 
 
-def read_json(django_request) -> dict:
-    """The JSON object body, with the size limit and clear 400s."""
-    if django_request.content_type != "application/json":
-        raise exceptions.UnsupportedMediaType(django_request.content_type or "(none)")
-    body = django_request.body
-    if len(body) > settings.RELAY_MAX_BODY_BYTES:
-        raise PayloadTooLarge()
-    data = parse_json_body(body or b"null", django_request.encoding)
+def read_json(drf_request) -> dict:
+    """The JSON object body (parsed at admission by BoundedJSONParser: size limit, clear 400s)."""
+    content_type = drf_request._request.content_type
+    if content_type != "application/json":
+        raise exceptions.UnsupportedMediaType(content_type or "(none)")
+    data = drf_request.data
     if not isinstance(data, dict):
         raise exceptions.ValidationError({"non_field_errors": ["Expected a JSON object."]})
     return data
@@ -81,12 +96,20 @@ def _schema_class(view, required_permission, methods, schema: dict):
                                                                  **handlers})
 
 
-def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error_adapter=None, schema=None):
+def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error_adapter=None, schema=None,
+                 parsers=JSON, upload_sized=False):
     """Decorate `async def view(request, drf_request, ...)`; errors become envelopes.
 
     error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format);
-    schema holds drf-spectacular `extend_schema` arguments for the OpenAPI document.
+    schema holds drf-spectacular `extend_schema` arguments for the OpenAPI document. parsers are
+    the DRF parsers of the body (JSON unless said). upload_sized lets a JSON body be as large as
+    RELAY_MAX_UPLOAD_BYTES instead of RELAY_MAX_BODY_BYTES (requests that carry images inline):
+    the size limit middleware, the ASGI handler and the parser read it from the view, and the view
+    must bound what it does with such a body itself.
     """
+
+    def max_body_bytes() -> int:
+        return settings.RELAY_MAX_UPLOAD_BYTES if upload_sized else settings.RELAY_MAX_BODY_BYTES
 
     def decorate(view):
         @csrf_exempt  # SessionAuthentication enforces CSRF for session callers itself
@@ -97,7 +120,7 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
                 if django_request.method not in methods:
                     raise exceptions.MethodNotAllowed(django_request.method)
                 drf_request = await db(_authenticate)(
-                    django_request, required_permission, throttle)
+                    django_request, required_permission, throttle, parsers, max_body_bytes())
                 return await view(django_request, drf_request, *args, **kwargs)
             except (exceptions.APIException, DjangoValidationError, Http404) as exc:
                 response = await db(error_response)(exc, drf_request or Request(django_request))
@@ -105,6 +128,8 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
 
         wrapper.required_permission = required_permission
         wrapper.allowed_methods = methods
+        if upload_sized:
+            wrapper.body_limit_setting = UPLOAD_SIZED
         # drf-spectacular finds API views by their `cls`; the twin carries the documentation.
         wrapper.cls = _schema_class(view, required_permission, methods, schema or {})
         wrapper.initkwargs = {}

@@ -12,7 +12,8 @@ import re
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import JSONRenderer
 
 from relay.api.errors import PayloadTooLarge
 
@@ -109,14 +110,20 @@ def parse_json_body(body: bytes, encoding: str | None = None):
         raise ParseError(f"JSON parse error - {error}") from None
 
 
-class BoundedJSONParser(JSONParser):
-    """DRF's JSON parser with Relay's rules: RELAY_MAX_BODY_BYTES and parse_json.
+class BoundedJSONParser(BaseParser):
+    """DRF's JSON parser with Relay's rules: RELAY_MAX_BODY_BYTES (or the view's own limit, given
+    as parser_context["max_body_bytes"]) and parse_json.
 
-    DRF's own parser reads the stream without limit; Content-Length can be absent (chunked).
+    DRF's own parser reads the stream without limit; Content-Length can be absent (chunked). It is
+    not a JSONParser subclass, because DRF hands those `request.body`, which Django refuses past
+    DATA_UPLOAD_MAX_MEMORY_SIZE whatever the view allows: this one reads the stream itself.
     """
 
+    media_type = "application/json"
+    renderer_class = JSONRenderer
+
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.RELAY_MAX_BODY_BYTES
+        limit = (parser_context or {}).get("max_body_bytes") or settings.RELAY_MAX_BODY_BYTES
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
             raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")

@@ -80,7 +80,8 @@ def bounded_body(scope, receive):
             declared = value
         elif name == b"content-type":
             content_type = value
-    limit = body_limit(content_type.decode("latin1"))
+    path, root = scope["path"], scope.get("root_path") or ""
+    limit = body_limit(content_type.decode("latin1"), path.removeprefix(root) if path.startswith(root) else path)
     if declared is None:
         scope = {**scope, "headers": list(scope.get("headers") or ())}
         return scope, _BoundedBody(receive, limit, scope["headers"])

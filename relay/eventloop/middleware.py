@@ -1,7 +1,10 @@
 """The one base of Relay's middleware, and the request size limit that runs before anything reads the body."""
 
+import functools
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.urls import Resolver404, resolve
 
 from relay.api.envelope import error_response
 
@@ -36,9 +39,26 @@ class DualModeMiddleware:
         raise NotImplementedError
 
 
-def body_limit(content_type: str) -> int:
-    """Multipart uploads get RELAY_MAX_UPLOAD_BYTES; every other body RELAY_MAX_BODY_BYTES."""
-    return settings.RELAY_MAX_UPLOAD_BYTES if content_type.startswith("multipart/") else settings.RELAY_MAX_BODY_BYTES
+# A view that takes bodies of upload size whatever their type sets `body_limit_setting` to this
+# (relay.api.async_views.api_endpoint(upload_sized=True): JSON that carries images inline).
+UPLOAD_SIZED = "RELAY_MAX_UPLOAD_BYTES"
+
+
+@functools.lru_cache(maxsize=4096)
+def _view_limit_setting(path: str) -> str | None:
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    return getattr(match.func, "body_limit_setting", None)
+
+
+def body_limit(content_type: str, path: str = "") -> int:
+    """Multipart uploads, and any body of a view that declares it, get RELAY_MAX_UPLOAD_BYTES;
+    every other body RELAY_MAX_BODY_BYTES."""
+    if content_type.startswith("multipart/") or (path and _view_limit_setting(path) == UPLOAD_SIZED):
+        return settings.RELAY_MAX_UPLOAD_BYTES
+    return settings.RELAY_MAX_BODY_BYTES
 
 
 class RequestSizeLimitMiddleware(DualModeMiddleware):
@@ -53,7 +73,7 @@ class RequestSizeLimitMiddleware(DualModeMiddleware):
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return error_response(400, "bad_request", "Content-Length is not a number.")
-        limit = body_limit(request.META.get("CONTENT_TYPE", ""))
+        limit = body_limit(request.META.get("CONTENT_TYPE", ""), request.path_info)
         if length > limit:
             return error_response(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
         return None

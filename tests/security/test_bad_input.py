@@ -191,12 +191,16 @@ def test_content_parts_and_tool_turns_in_openais_format_still_work(caller):
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "4"},
-        {"role": "user", "content": [{"type": "text", "text": "1+1"},
-                                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
+        {"role": "user", "content": [{"type": "text", "text": "1+1"}]},
     ]
     response = post_raw(caller, "openai-chat-completions", json.dumps({"model": "relay-math", "messages": messages}))
     assert response.status_code == 200, response.content[:300]
     assert "2" in response.json()["choices"][0]["message"]["content"]
+    # An image for an agent that cannot see is a clear 400 (as OpenAI's text models answer), not ignored.
+    messages[-1]["content"].append({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}})
+    error = refused(post_raw(caller, "openai-chat-completions",
+                             json.dumps({"model": "relay-math", "messages": messages})), True, 400, "invalid")
+    assert error["param"] == "messages" and "relay-vision" in error["message"], error
 
 
 @pytest.mark.django_db(transaction=True)
@@ -253,7 +257,9 @@ def test_an_oversized_chunked_body_is_a_413_without_an_error_log(asgi_server, us
     key = create_api_key(users["admin"], "chunked").secret
     headers = {"Authorization": f"Bearer {key}"}
     if kind == "json":
-        body, headers["Content-Type"] = chunked(settings.RELAY_MAX_BODY_BYTES + 2**20), "application/json"
+        # Chat completions carry images inline: its JSON may be as large as an upload (design §5).
+        limit = settings.RELAY_MAX_UPLOAD_BYTES if path == "/v1/chat/completions" else settings.RELAY_MAX_BODY_BYTES
+        body, headers["Content-Type"] = chunked(limit + 2**20), "application/json"
     else:
         field = "file" if "documents" in path else "image"
         body = multipart(field, settings.RELAY_MAX_UPLOAD_BYTES + 2**20)

@@ -208,7 +208,9 @@ def send_raw_bodies(operation, base_url, headers, problems):
                         response.status_code < 400 and f"{label}: {response.status_code}, expected a 4xx"):
                     problems.append(f"{problem} (sent {name})")
         kind = "multipart/form-data; boundary=relay" if upload else "application/json"
-        limit = settings.RELAY_MAX_UPLOAD_BYTES if upload else settings.RELAY_MAX_BODY_BYTES
+        # Chat completions carry images inline: its JSON may be as large as an upload (design §5).
+        upload_sized = upload or operation.path == "/v1/chat/completions"
+        limit = settings.RELAY_MAX_UPLOAD_BYTES if upload_sized else settings.RELAY_MAX_BODY_BYTES
         response = client.request(operation.method, operation.path, content=chunked(limit + 2**20),
                                   headers={"Content-Type": kind})
         if response.status_code != 413 or (problem := refusal_problem(response, label)):

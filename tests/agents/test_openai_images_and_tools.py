@@ -1,0 +1,209 @@
+"""/v1/chat/completions: images as data URLs reach the vision agent; client tools on relay-<agent> are refused.
+
+Controls: agents.api.openai_images (data URLs, no remote fetch, the upload's image checks),
+agents.api.openai_api (_attachment, _bounded_body, _refuse_client_tools), the upload-sized body
+limit of api_endpoint(upload_sized=True) read by RequestSizeLimitMiddleware, the ASGI handler and
+BoundedJSONParser.
+"""
+
+import base64
+import io
+import os
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from PIL import Image
+
+from tests.agents.test_vision import png_claiming_size
+from tests.conftest import assert_envelope
+
+CHAT = "/v1/chat/completions"
+
+
+def png(colour="red", size=(64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def noise_png(side: int) -> bytes:
+    """A PNG that does not compress: about 3 × side² bytes."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(3 * side * side)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, media_type="image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def image_message(url: str, text: str | None = "What colour is it?") -> list[dict]:
+    parts = [{"type": "text", "text": text}] if text is not None else []
+    return [{"role": "user", "content": [*parts, {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def openai_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, (response.status_code, response.content[:400])
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# --- the openai SDK, over real sockets --------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_openai_sdk_sends_an_image_to_relay_vision(asgi_server, user_key):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    whole = client.chat.completions.create(model="relay-vision", messages=image_message(data_url(png("red"))))
+    answer = whole.choices[0].message.content
+    assert "64 × 48" in answer and "red" in answer and whole.usage.total_tokens > 0, answer
+    chunks = list(client.chat.completions.create(
+        model="relay-vision", messages=image_message(data_url(png("blue")), text=None), stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "blue" in streamed and "PNG" in streamed, streamed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_image_larger_than_the_json_limit_reaches_the_vision_agent(asgi_server, user_key, settings):
+    import openai
+
+    image = noise_png(1000)
+    body_size = len(data_url(image))
+    assert settings.RELAY_MAX_BODY_BYTES < body_size < settings.RELAY_MAX_UPLOAD_BYTES
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0, timeout=60)
+    whole = client.chat.completions.create(model="relay-vision", messages=image_message(data_url(image)))
+    assert "1000 × 1000" in whole.choices[0].message.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_openai_sdk_gets_a_400_for_client_tools_on_relay_agents(asgi_server, user_key):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="relay-math", messages=[{"role": "user", "content": "2+2"}],
+                                       tools=tools, tool_choice="auto")
+    error = refused.value.body
+    assert error["code"] == "unsupported_parameter" and error["param"] in ("tools", "tool_choice"), error
+    assert "tools" in error["message"] and "tool_choice" in error["message"], error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_plain_models_still_pass_client_tools_to_the_upstream(asgi_server, user_key, fake_upstream, upstream_model):
+    import openai
+
+    fake_upstream.configure(tool_calls=[{"name": "lookup", "arguments": {"city": "Oslo"}}])
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Weather in a city.",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    whole = client.chat.completions.create(model=upstream_model, tools=tools,
+                                           messages=[{"role": "user", "content": "Weather in Oslo?"}])
+    assert fake_upstream.requests[-1].body["tools"] == tools
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "lookup"
+
+
+# --- refusals, through the test client --------------------------------------------------------
+
+@pytest.fixture
+def caller(users, client_for):
+    return client_for(users["user"], via="api_key")
+
+
+def chat(client, messages, model="relay-vision", **extra):
+    return client.post(CHAT, {"model": model, "messages": messages, **extra}, format="json")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url, says", [
+    ("https://example.com/cat.png", "does not fetch"),
+    ("http://169.254.169.254/latest/meta-data", "does not fetch"),
+    ("HTTPS://EXAMPLE.COM/x.png", "does not fetch"),
+    ("file:///etc/passwd", "base64 data URL"),
+    ("data:image/png,not-base64-encoded", "base64 data URL"),
+    ("data:image/png;base64,@@@not base64@@@", "not valid base64"),
+    ("data:text/plain;base64,aGVsbG8=", "not an image"),
+])
+def test_remote_and_malformed_image_urls_are_400(caller, url, says):
+    error = openai_error(chat(caller, image_message(url)), 400, "invalid")
+    assert error["param"] == "messages" and says in error["message"], error
+
+
+@pytest.mark.django_db
+def test_an_image_url_part_without_a_url_is_400(caller):
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"detail": "auto"}}]}]
+    assert openai_error(chat(caller, messages), 400, "invalid")["param"] == "messages"
+
+
+@pytest.mark.django_db
+def test_non_images_get_the_same_400_as_an_upload(caller, client_for, users):
+    junk = b"not an image at all"
+    upload = assert_envelope(client_for(users["user"]).post(
+        reverse("vision-analyze"), {"image": SimpleUploadedFile("x.png", junk, "image/png")}, format="multipart"),
+        400, "invalid")
+    error = openai_error(chat(caller, image_message(data_url(junk))), 400, "invalid")
+    assert error["message"].removeprefix("Invalid input. messages: ") == upload["message"].removeprefix(
+        "Invalid input. image: "), (error, upload)
+
+
+@pytest.mark.django_db
+def test_images_over_the_pixel_ceiling_get_the_same_413_as_an_upload(caller):
+    error = openai_error(chat(caller, image_message(data_url(png_claiming_size(20_000, 20_000)))), 413,
+                         "payload_too_large")
+    assert "20000 × 20000" in error["message"], error
+
+
+@pytest.mark.django_db
+def test_agents_that_cannot_see_refuse_images(caller):
+    error = openai_error(chat(caller, image_message(data_url(png())), model="relay-math"), 400, "invalid")
+    assert "relay-vision" in error["message"], error
+
+
+@pytest.mark.django_db
+def test_only_requests_with_images_may_pass_the_json_limit(caller, settings):
+    settings.RELAY_MAX_BODY_BYTES = 20_000
+    settings.RELAY_MAX_UPLOAD_BYTES = 200_000
+    text = [{"role": "user", "content": "x" * 30_000}]
+    assert openai_error(chat(caller, text, model="relay-math"), 413, "payload_too_large")
+    image = noise_png(80)  # ~19 KB of PNG, ~26 KB as base64
+    response = chat(caller, image_message(data_url(image)))
+    assert response.status_code == 200, response.content[:300]
+    assert "80 × 80" in response.json()["choices"][0]["message"]["content"]
+    # An image does not carry other bulk past the JSON limit with it (unknown fields are ignored).
+    padded = chat(caller, image_message(data_url(png())), user="x" * 30_000)
+    assert openai_error(padded, 413, "payload_too_large")
+    too_big = image_message(data_url(noise_png(300)))  # ~270 KB: past the upload limit too
+    # Refused by RequestSizeLimitMiddleware before any view (and its OpenAI error shape) runs.
+    assert_envelope(chat(caller, too_big), 413, "payload_too_large")
+    # The other JSON endpoints keep the JSON limit.
+    assert_envelope(caller.post(reverse("query"), {"query": "1+1", "agent_type": "math", "pad": "x" * 30_000},
+                                format="json"), 413, "payload_too_large")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("extra, fields", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, ["tools"]),
+    ({"tool_choice": "auto"}, ["tool_choice"]),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+     ["tools", "tool_choice"]),
+    ({"functions": [{"name": "f"}]}, ["functions"]),
+])
+def test_client_tools_on_relay_agents_are_400_naming_the_field(caller, extra, fields):
+    response = chat(caller, [{"role": "user", "content": "integrate x^2"}], model="relay-math", **extra)
+    error = openai_error(response, 400, "unsupported_parameter")
+    assert error["param"] == fields[0] and error["type"] == "invalid_request_error", error
+    assert all(f"{field}:" in error["message"] for field in fields), error
+
+
+@pytest.mark.django_db
+def test_empty_tool_fields_are_not_client_tools(caller):
+    response = chat(caller, [{"role": "user", "content": "integrate x^2"}], model="relay-math", tools=[],
+                    tool_choice=None)
+    assert response.status_code == 200 and "x**3/3" in response.json()["choices"][0]["message"]["content"]
