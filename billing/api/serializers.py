@@ -1,5 +1,6 @@
 from decimal import Decimal
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.models import Budget
@@ -8,6 +9,7 @@ from billing.stats import PERIODS
 from relay.api.serializers import StrictSerializer
 
 
+@extend_schema_field({"type": "string", "format": "decimal", "example": "0.000123"})
 class MoneyText(serializers.Field):
     """A read-only money amount as plain decimal text ("0.000123", "12.5", "0"), never "0E-9" or
     a column's ten decimal places (DRF's DecimalField keeps them)."""

@@ -60,7 +60,7 @@ def test_the_same_json_query_is_answered_for_every_credential(users, client_for,
     response = client.post(reverse("query"), {"query": "integrate x^2", "agent_type": "math"}, format="json",
                            **headers)
     assert response.status_code == 200, response.content[:300]
-    assert "x**3/3" in response.json()["answer"]
+    assert r"\frac{x^{3}}{3}" in response.json()["answer"]
 
 
 def test_a_session_post_without_its_csrf_token_is_still_refused(users):
