@@ -90,6 +90,13 @@ def wait_complete(page):
     page.wait_for_selector('#messages .msg.assistant:last-child[data-state="complete"]', timeout=60_000)
 
 
+def stored_answer(page) -> str:
+    """The answer as the API returns it (the console renders; the server must not touch the text)."""
+    conversation = page.locator("#conversation-list .conversation").first.get_attribute("data-id")
+    detail = page.evaluate("id => fetch('/api/v1/conversations/' + id + '/').then(r => r.json())", conversation)
+    return detail["messages"][-1]["content"]
+
+
 def reload_conversation(page):
     page.reload()
     page.wait_for_selector('#connection[data-state="open"]')
@@ -109,6 +116,7 @@ def test_streamed_xss_payloads_render_as_inert_text(new_page, users, live, fake_
     assert "<script>window.__pwned = true; alert(3)</script>" in text
     assert "<svg onload=alert(4)>" in text
     assert content.locator("a").evaluate_all("els => els.map(a => a.getAttribute('href'))") == [None, None]
+    assert stored_answer(page) == "".join(PAYLOAD_CHUNKS)
     reload_conversation(page)
     assert last_answer(page).locator(".content").inner_text() == text
     state = page.evaluate("({pwned: window.__pwned, violations: window.__violations, unsafe: window.__unsafe})")
@@ -171,4 +179,5 @@ def test_matrix_latex_keeps_its_row_breaks(new_page, users, live, fake_upstream,
     assert content.locator(".katex-display math mtable mtr").count() == 2
     assert content.locator(".math-inline .katex annotation").text_content() == "a_1 + a_2 = 5"
     assert "$" not in content.inner_text()
+    assert stored_answer(page) == MATRIX
     assert dialogs == [] and errors == []
