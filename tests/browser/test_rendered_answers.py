@@ -71,6 +71,8 @@ def answer():
     return 42
 ```
 
+Prices: $5 and $6, or `echo $HOME $PATH`.
+
 Done."""
 MATRIX = "The matrix is\n\n$$\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}$$\n\nand its trace is $a_1 + a_2 = 5$."
 
@@ -140,6 +142,8 @@ def test_markdown_and_code_render_while_streaming_and_after_reload(new_page, use
     assert link.get_attribute("target") == "_blank"
     assert link.get_attribute("rel") == "noopener noreferrer nofollow"
     assert content.get_by_role("link", name="mail").get_attribute("href") == "mailto:team@example.org"
+    assert content.locator(".katex").count() == 0  # dollars in prose and in code are not math
+    assert "$5 and $6" in content.inner_text() and content.locator("p code").inner_text() == "echo $HOME $PATH"
     code = content.locator(".code-block pre code")
     assert code.locator(".hljs-keyword").first.inner_text() == "def"  # highlighted, not just monospaced
     html = content.inner_html()
