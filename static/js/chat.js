@@ -205,8 +205,9 @@
         }
         break;
       case "token":
-        if (!bubble.content.firstChild) bubble.meta.replaceChildren(el("span", { class: "typing", text: "Answering…" }));
-        bubble.content.append(document.createTextNode(event.content));
+        if (!bubble.text) bubble.meta.replaceChildren(el("span", { class: "typing", text: "Answering…" }));
+        bubble.text = (bubble.text || "") + event.content;
+        R.render.stream(bubble.content, bubble.text);  // static/js/render.js: Markdown, math, code
         scrollDown();
         break;
       case "tool_call":
@@ -227,6 +228,7 @@
   }
 
   function finish(current, status, done) {
+    R.render.flush(current.bubble.content);
     const usage = current.usage || {};
     showMeta(current.bubble, {
       status: status, model: current.model, message_id: current.messageId,
@@ -331,7 +333,7 @@
     bubble.node.dataset.messageId = message.id;
     bubble.head.textContent = agentTitle(message.agent) + (message.model ? " · " + message.model : "");
     (message.tool_calls || []).forEach(function (call) { showTool(bubble, call); });
-    bubble.content.textContent = message.content;
+    R.render.markdown(bubble.content, message.content);
     if (message.status === "budget_stop") showAlert(bubble, "A budget ran out while answering.");
     showMeta(bubble, Object.assign({ message_id: message.id }, message));
   }
@@ -380,7 +382,7 @@
       status.textContent = "";
       bubble.head.textContent = agentTitle(answer.agent) + " · " + answer.model;
       answer.tool_calls.forEach(function (call) { showTool(bubble, call); });
-      bubble.content.textContent = answer.answer;
+      R.render.markdown(bubble.content, answer.answer);
       answer.errors.forEach(function (e) { showAlert(bubble, e.message); });
       showMeta(bubble, Object.assign({ status: answer.status, model: answer.model, message_id: answer.message_id }, answer.usage));
       if (conversationId !== answer.conversation_id) {

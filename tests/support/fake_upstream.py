@@ -47,6 +47,7 @@ class FakeUpstreamConfig:
     tps: float = 0.0                       # tokens per second after the first; 0 = no delay
     reply: str | None = None               # fixed reply; None = "Echo: <last user message>"
     tokens: int | None = None              # pad/cut the reply to exactly this many word tokens
+    chunks: list[str] | None = None        # stream exactly these content pieces (a tag split mid-name)
     usage: bool = True                     # False: never report usage (some upstreams don't)
     prompt_tokens: int | None = None       # None = 3 + per message (4 + words)
     tool_calls: list[dict] | None = None   # [{"name", "arguments": dict|str, "id"?}] when tools sent
@@ -257,7 +258,7 @@ class FakeUpstreamApp:
         if cfg.tokens is not None:
             words = text.split() or ["token"]
             text = " ".join(words[i % len(words)] for i in range(cfg.tokens))
-        tokens = [] if calls else _tokens(text)
+        tokens = [] if calls else (list(cfg.chunks) if cfg.chunks is not None and not tool_outputs else _tokens(text))
         finish = "tool_calls" if calls else "stop"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if limit and len(tokens) > limit:
