@@ -167,30 +167,33 @@ def _load_history(req: RunRequest) -> list[dict]:
 def branch_history(req: RunRequest, conversation) -> list[dict]:
     from agents.models import Message
 
-    fields = ("id", "parent_id", "role", "content")
-    rows = {str(m["id"]): m for m in conversation.messages.order_by("-created_at").values(*fields)[:TREE_ROWS]}
+    # The tree's links only (no content) for the walk; then the contents of the turns it picked.
+    links = {str(m["id"]): m for m in conversation.messages.order_by("-created_at")
+             .values("id", "parent_id", "role")[:TREE_ROWS]}
     if req.regenerate or req.edit:
         role = Message.Role.ASSISTANT if req.regenerate else Message.Role.USER
-        target = conversation.messages.filter(pk=req.regenerate or req.edit, role=role).values(*fields).first()
+        target = conversation.messages.filter(pk=req.regenerate or req.edit, role=role).values("parent_id").first()
         if target is None:
             raise exceptions.NotFound(f"No such {'answer' if req.regenerate else 'question'} in this conversation.")
-        start = str(target["parent_id"]) if target["parent_id"] else None
+        start = _id(target["parent_id"])
         if req.regenerate:
-            question = rows.get(start) or conversation.messages.filter(pk=start).values(*fields).first()
-            if question is None or question["role"] != Message.Role.USER:
+            question = conversation.messages.filter(pk=start, role=Message.Role.USER).values(
+                "parent_id", "content").first() if start else None
+            if question is None:
                 raise exceptions.ValidationError({"regenerate": ["This answer has no question to ask again."]})
             req.answers, req.query = start, question["content"]
-            start = str(question["parent_id"]) if question["parent_id"] else None
+            start = _id(question["parent_id"])
         req.follows = start
     else:  # a new turn continues from the latest message
-        req.follows = next(iter(rows), None)
-    history, cursor = [], req.follows
-    while cursor in rows and len(history) < HISTORY_MESSAGES:
-        row = rows[cursor]
-        if row["content"]:
-            history.append({"role": row["role"], "content": row["content"]})
-        cursor = str(row["parent_id"]) if row["parent_id"] else None
-    return history[::-1]
+        req.follows = next(iter(links), None)
+    chain, cursor = [], req.follows
+    while cursor in links and len(chain) < HISTORY_MESSAGES + 10:  # a few spare for empty answers
+        chain.append(cursor)
+        cursor = _id(links[cursor]["parent_id"])
+    contents = dict(conversation.messages.filter(pk__in=chain).values_list("id", "content"))
+    turns = [{"role": links[pk]["role"], "content": contents[uuid.UUID(pk)]} for pk in chain
+             if contents.get(uuid.UUID(pk))]
+    return turns[:HISTORY_MESSAGES][::-1]
 
 
 async def prepare(req: RunRequest) -> PreparedRun:
