@@ -60,6 +60,7 @@ class RunRequest:
     client_request_id: str = ""              # the client's X-Request-ID: a correlation label, never an identity
     regenerate: str | None = None            # an answer of the conversation to answer again, as a sibling version
     edit: str | None = None                  # a question of the conversation that `query` replaces, as a sibling
+    parent: str | None = None                # the message a new question follows (default: the latest)
     # Where the new turn hangs in the conversation's tree, found with the history (_load_history):
     follows: str | None = field(default=None, init=False)  # the message the new question follows
     answers: str | None = field(default=None, init=False)  # regenerate: the stored question answered again
@@ -79,7 +80,8 @@ def new_request(user, api_key, data: dict, *, client_request_id: str = "", **ext
         model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
         # A regenerated answer is a new run of the model, billed as one: never the cached answer again.
         cache=data.get("cache", True) and not data.get("regenerate"), attachment=data.get("image"),
-        regenerate=_id(data.get("regenerate")), edit=_id(data.get("edit")), client_request_id=client_request_id,
+        regenerate=_id(data.get("regenerate")), edit=_id(data.get("edit")), parent=_id(data.get("parent")),
+        client_request_id=client_request_id,
         **extra,
     )
 
@@ -184,6 +186,10 @@ def branch_history(req: RunRequest, conversation) -> list[dict]:
             req.answers, req.query = start, question["content"]
             start = _id(question["parent_id"])
         req.follows = start
+    elif req.parent:  # the branch the client shows
+        if req.parent not in links and not conversation.messages.filter(pk=req.parent).exists():
+            raise exceptions.NotFound("No such message in this conversation.")
+        req.follows = req.parent
     else:  # a new turn continues from the latest message
         req.follows = next(iter(links), None)
     chain, cursor = [], req.follows

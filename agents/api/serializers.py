@@ -55,7 +55,13 @@ class QuerySerializer(StrictSerializer):
                                  help_text="A question of `conversation_id` that `query` replaces: the edited "
                                            "question and its answer are a new branch beside the old one.")
 
+    parent = serializers.UUIDField(required=False, allow_null=True,
+                                   help_text="The message of `conversation_id` the new question follows (the "
+                                             "version shown); by default the conversation's latest message.")
+
     def validate(self, attrs):
+        if attrs.get("parent") and (attrs.get("regenerate") or attrs.get("edit") or not attrs.get("conversation_id")):
+            raise serializers.ValidationError({"parent": ["Only for a new question in `conversation_id`."]})
         if attrs.get("regenerate") and attrs.get("edit"):
             raise serializers.ValidationError({"edit": ["Regenerate an answer or edit a question, not both."]})
         if (attrs.get("regenerate") or attrs.get("edit")) and not attrs.get("conversation_id"):

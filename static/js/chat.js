@@ -254,6 +254,8 @@
     run = { conversationId: conversationId, query: query, bubble: assistantBubble(agentName) };
     const message = { type: "query", query: query, agent_type: agentName };
     if (conversationId) message.conversation_id = conversationId;
+    const shown = tree ? branch() : [];
+    if (conversationId && shown.length) message.parent = shown[shown.length - 1].message.id;  // the branch on screen
     startRun(message);
   }
 

@@ -160,6 +160,22 @@ def test_edit_makes_a_new_branch_and_history_follows_the_branch(users, client_fo
     assert req.follows == edited["message_id"]
 
 
+def test_a_new_question_follows_the_version_shown(users, client_for):
+    client = client_for(users["user"])
+    first = ask(client, "integrate x^2", agent="general")
+    cid = first["conversation_id"]
+    again = ask(client, None, agent="general", conversation_id=cid, regenerate=first["message_id"])
+    follow = ask(client, "and x^3", agent="general", conversation_id=cid, parent=first["message_id"])
+    question = Message.objects.get(conversation_id=cid, content="and x^3")
+    assert str(question.parent_id) == first["message_id"] != again["message_id"]
+    assert Message.objects.get(pk=follow["message_id"]).parent_id == question.pk
+    other = ask(client, "solve x^2-5x+6=0")
+    assert_envelope(client.post(reverse("query"), {"agent_type": "general", "query": "q", "conversation_id": cid,
+                                                   "parent": other["message_id"]}, format="json"), 404)
+    assert_envelope(client.post(reverse("query"), {"agent_type": "general", "query": "q",
+                                                   "parent": first["message_id"]}, format="json"), 400)
+
+
 @pytest.mark.parametrize("case", ["answer_as_question", "question_as_answer", "unknown", "no_conversation", "both",
                                   "other_conversation", "not_uuid", "edit_without_query"])
 def test_bad_regenerate_and_edit_are_4xx(users, client_for, case):

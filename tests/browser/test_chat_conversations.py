@@ -120,6 +120,14 @@ def test_copy_regenerate_with_versions_and_edit_and_resend(new_page, users):
     edited = Message.objects.get(role="user", content="integrate x^3")
     assert edited.parent_id is None and Message.objects.filter(parent=edited, role="assistant").count() == 1
 
+    # A new question follows the version on screen, not the latest one.
+    answer.get_by_role("button", name="Previous version").click()
+    page.wait_for_selector(f'#messages .msg.assistant[data-message-id="{first.pk}"]')
+    ask(page, "math", "integrate x^4")
+    answered(page)
+    assert Message.objects.get(role="user", content="integrate x^4").parent_id == first.pk
+    assert page.locator("#messages .msg.assistant").first.get_attribute("data-message-id") == str(first.pk)
+
     # After a reload the page shows the latest branch again, with its versions.
     page.reload()
     page.wait_for_selector('#connection[data-state="open"]')
