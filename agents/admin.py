@@ -44,7 +44,7 @@ class ConversationAdmin(ActionsAdmin):
     search_fields = ["title", "=user__username"]
     date_hierarchy = "updated_at"
     show_full_result_count = False
-    readonly_fields = ["id", "organization", "user", "title", "agent", "created_at", "updated_at"]
+    readonly_fields = ["id", "organization", "user", "title", "agent", "pinned", "created_at", "updated_at"]
     inlines = [MessageInline]
 
     def has_add_permission(self, request):

@@ -16,6 +16,7 @@ class Conversation(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
     agent = models.CharField(max_length=32)
+    pinned = models.BooleanField(default=False, help_text="Listed first in its owner's sidebar.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
@@ -42,6 +43,10 @@ class Message(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # A conversation is a tree: each message follows its parent (an answer its question, a question
+    # the answer before it). Messages with the same parent and role are versions of one turn: a
+    # regenerated answer, an edited question. Sibling answers to one question are preference pairs.
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     agent = models.CharField(max_length=32, blank=True)

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 MAX_OUTPUT_TOKENS = 32768
 DEFAULT_MAX_TOKENS = 1024
 HISTORY_MESSAGES = 20
+TREE_ROWS = 1000  # the recent messages a branch's history is walked through
 
 
 @dataclass
@@ -57,6 +58,12 @@ class RunRequest:
     client_tools: list[dict] | None = None   # OpenAI-compatible API: tools passed through to the model
     cache: bool = True                       # False: neither read nor fill the response cache
     client_request_id: str = ""              # the client's X-Request-ID: a correlation label, never an identity
+    regenerate: str | None = None            # an answer of the conversation to answer again, as a sibling version
+    edit: str | None = None                  # a question of the conversation that `query` replaces, as a sibling
+    parent: str | None = None                # the message a new question follows (default: the latest)
+    # Where the new turn hangs in the conversation's tree, found with the history (_load_history):
+    follows: str | None = field(default=None, init=False)  # the message the new question follows
+    answers: str | None = field(default=None, init=False)  # regenerate: the stored question answered again
     # The server names its runs: the ledger reservation, the usage record and the audit event use this id.
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()), init=False)
 
@@ -71,8 +78,16 @@ def new_request(user, api_key, data: dict, *, client_request_id: str = "", **ext
         user=user, api_key=api_key, agent=data["agent_type"], query=data["query"],
         conversation_id=str(data["conversation_id"]) if data.get("conversation_id") else None,
         model=data.get("model") or None, max_tokens=data.get("max_tokens"), temperature=data.get("temperature"),
-        cache=data.get("cache", True), attachment=data.get("image"), client_request_id=client_request_id, **extra,
+        # A regenerated answer is a new run of the model, billed as one: never the cached answer again.
+        cache=data.get("cache", True) and not data.get("regenerate"), attachment=data.get("image"),
+        regenerate=_id(data.get("regenerate")), edit=_id(data.get("edit")), parent=_id(data.get("parent")),
+        client_request_id=client_request_id,
+        **extra,
     )
+
+
+def _id(value) -> str | None:
+    return str(value) if value else None
 
 
 @dataclass
@@ -137,16 +152,54 @@ def _prepare_reads(req: RunRequest, now):
 
 
 def _load_history(req: RunRequest) -> list[dict]:
+    """The earlier turns of the branch the new turn joins; sets where it hangs (req.follows, req.answers)."""
     from accounts.scoping import restrict
     from agents.models import Conversation
 
     if not req.conversation_id:
+        if req.regenerate or req.edit:
+            raise exceptions.ValidationError({"conversation_id": ["Name the conversation of the message."]})
         return list(req.history or [])
     conversation = restrict(Conversation, req.user).filter(pk=req.conversation_id).first()
     if conversation is None:
         raise exceptions.NotFound("No such conversation.")
-    recent = conversation.messages.exclude(content="").order_by("-created_at")[:HISTORY_MESSAGES]
-    return [{"role": m.role, "content": m.content} for m in reversed(list(recent))]
+    return branch_history(req, conversation)
+
+
+def branch_history(req: RunRequest, conversation) -> list[dict]:
+    from agents.models import Message
+
+    # The tree's links only (no content) for the walk; then the contents of the turns it picked.
+    links = {str(m["id"]): m for m in conversation.messages.order_by("-created_at")
+             .values("id", "parent_id", "role")[:TREE_ROWS]}
+    if req.regenerate or req.edit:
+        role = Message.Role.ASSISTANT if req.regenerate else Message.Role.USER
+        target = conversation.messages.filter(pk=req.regenerate or req.edit, role=role).values("parent_id").first()
+        if target is None:
+            raise exceptions.NotFound(f"No such {'answer' if req.regenerate else 'question'} in this conversation.")
+        start = _id(target["parent_id"])
+        if req.regenerate:
+            question = conversation.messages.filter(pk=start, role=Message.Role.USER).values(
+                "parent_id", "content").first() if start else None
+            if question is None:
+                raise exceptions.ValidationError({"regenerate": ["This answer has no question to ask again."]})
+            req.answers, req.query = start, question["content"]
+            start = _id(question["parent_id"])
+        req.follows = start
+    elif req.parent:  # the branch the client shows
+        if req.parent not in links and not conversation.messages.filter(pk=req.parent).exists():
+            raise exceptions.NotFound("No such message in this conversation.")
+        req.follows = req.parent
+    else:  # a new turn continues from the latest message
+        req.follows = next(iter(links), None)
+    chain, cursor = [], req.follows
+    while cursor in links and len(chain) < HISTORY_MESSAGES + 10:  # a few spare for empty answers
+        chain.append(cursor)
+        cursor = _id(links[cursor]["parent_id"])
+    contents = dict(conversation.messages.filter(pk__in=chain).values_list("id", "content"))
+    turns = [{"role": links[pk]["role"], "content": contents[uuid.UUID(pk)]} for pk in chain
+             if contents.get(uuid.UUID(pk))]
+    return turns[:HISTORY_MESSAGES][::-1]
 
 
 async def prepare(req: RunRequest) -> PreparedRun:

@@ -17,9 +17,9 @@ def chat(request):
               for a in all_agents().values() if may_use(user, None, a.name)]
     conversations = [
         {"id": str(c["id"]), "title": c["title"] or "Untitled conversation", "agent": c["agent"],
-         "updated_at": c["updated_at"].isoformat()}
-        for c in restrict(Conversation, user).order_by("-updated_at")
-        .values("id", "title", "agent", "updated_at")[:RECENT_CONVERSATIONS]
+         "pinned": c["pinned"], "updated_at": c["updated_at"].isoformat()}
+        for c in restrict(Conversation, user).order_by("-pinned", "-updated_at")
+        .values("id", "title", "agent", "pinned", "updated_at")[:RECENT_CONVERSATIONS]
     ]
     context = {
         "agents": agents,

@@ -62,6 +62,7 @@ DOCUMENT_SHARED = "document.shared"
 DOCUMENT_UPDATED = "document.updated"  # its title, owner or organization, edited in the admin
 CONVERSATION_CREATED = "conversation.created"  # an empty one, through the API (a run's own is in agent.run)
 CONVERSATION_DELETED = "conversation.deleted"
+CONVERSATION_UPDATED = "conversation.updated"  # renamed or (un)pinned by its owner; the title stays out of the trail
 FEEDBACK_RECORDED = "message.feedback_recorded"
 MESSAGE_DELETED = "message.deleted"  # one message, in the admin (a conversation's go with conversation.deleted)
 MODEL_ENDPOINT_CREATED = "model_endpoint.created"

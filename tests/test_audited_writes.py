@@ -52,6 +52,7 @@ WRITES = {
     ("vision-analyze", "POST"): actions.AGENT_RUN,
     ("message-feedback", "POST"): "message.feedback_recorded",
     ("conversation-list", "POST"): "conversation.created",
+    ("conversation-detail", "PATCH"): "conversation.updated",
     ("conversation-detail", "DELETE"): "conversation.deleted",
     ("document-list", "POST"): actions.DOCUMENT_UPLOADED,
     ("document-detail", "DELETE"): actions.DOCUMENT_DELETED,
@@ -228,6 +229,7 @@ def _api_case(name: str, method: str, scene: Scene):
         path = reverse(name, args=[scene.ask()["message_id"]])
     elif name == "conversation-detail":
         path = reverse(name, args=[scene.conversation().pk])
+        body = {"title": "walked", "pinned": True} if method == "PATCH" else {}
     elif name in ("document-detail", "document-share"):
         path = reverse(name, args=[scene.upload()["id"]])
     elif name == "document-list":

@@ -54,7 +54,7 @@ ROUTES = {
     "agent-list": {"GET": SIGNED_IN},
     "message-feedback": {"POST": SIGNED_IN},
     "conversation-list": {"GET": SIGNED_IN, "POST": SIGNED_IN},
-    "conversation-detail": {"GET": SIGNED_IN, "DELETE": SIGNED_IN},
+    "conversation-detail": {"GET": SIGNED_IN, "PATCH": SIGNED_IN, "DELETE": SIGNED_IN},
     "document-list": {"GET": SIGNED_IN, "POST": "upload_documents"},
     "document-detail": {"GET": SIGNED_IN, "DELETE": "delete_documents"},
     "document-share": {"POST": "upload_documents"},  # and only the owner or an admin

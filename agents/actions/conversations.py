@@ -1,4 +1,4 @@
-"""The writes of conversations outside a run: creating an empty one, deleting one with its messages.
+"""The writes of conversations outside a run: creating an empty one, renaming or pinning one, deleting one.
 
 A run creates its own conversation and messages (agents.runner); its agent.run event covers them.
 """
@@ -25,6 +25,23 @@ def create_conversation(user: User, *, agent: str, title: str = "") -> Conversat
     # The title is the user's own words: it stays out of the trail.
     record(actions.CONVERSATION_CREATED, actor=user, organization=conversation.organization_id,
            resource=_resource(conversation), metadata={"agent": agent})
+    return conversation
+
+
+@transaction.atomic
+def update_conversation(conversation: Conversation, *, actor: User, title: str | None = None,
+                        pinned: bool | None = None) -> Conversation:
+    """Rename and/or (un)pin; the caller has passed the scoping gate. Its place among recent ones stays."""
+    changes = {name: value for name, value in (("title", title), ("pinned", pinned)) if value is not None}
+    if not changes:
+        raise ValueError("Nothing to change.")
+    # update(), not save(): renaming is not activity, so updated_at (the sidebar's order) stays.
+    Conversation.objects.filter(pk=conversation.pk).update(**changes)
+    for name, value in changes.items():
+        setattr(conversation, name, value)
+    metadata = {"fields": sorted(changes), **({"pinned": pinned} if pinned is not None else {})}
+    record(actions.CONVERSATION_UPDATED, actor=actor, organization=conversation.organization_id,
+           resource=_resource(conversation), metadata=metadata)
     return conversation
 
 

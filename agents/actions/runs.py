@@ -9,6 +9,7 @@ ledger settles after the commit (docs/design.md section 7).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from agents.titles import summarise
 from billing import services as billing
 from billing.money import decimal_text
 from relay.eventloop.group_commit import GroupCommit
@@ -43,13 +45,14 @@ def _turns(opening: Opening, conversation) -> list:
     from agents.models import Message
 
     req, asked = opening.req, timezone.now()
-    return [  # the answer sorts after the question
-        Message(conversation=conversation, role=Message.Role.USER, content=req.query, agent=opening.agent,
-                request_id=req.run_id, client_request_id=req.client_request_id, created_at=asked),
-        Message(id=opening.message_id, conversation=conversation, role=Message.Role.ASSISTANT, agent=opening.agent,
-                model=opening.model, status=Message.Status.RUNNING, request_id=req.run_id,
-                client_request_id=req.client_request_id, created_at=asked + timedelta(microseconds=1)),
-    ]
+    question = None if req.answers else Message(
+        id=uuid.uuid4(), conversation=conversation, role=Message.Role.USER, content=req.query, agent=opening.agent,
+        parent_id=req.follows, request_id=req.run_id, client_request_id=req.client_request_id, created_at=asked)
+    answer = Message(id=opening.message_id, conversation=conversation, role=Message.Role.ASSISTANT,
+                     parent_id=req.answers or question.id, agent=opening.agent, model=opening.model,
+                     status=Message.Status.RUNNING, request_id=req.run_id, client_request_id=req.client_request_id,
+                     created_at=asked + timedelta(microseconds=1))  # the answer sorts after the question
+    return [answer] if question is None else [question, answer]
 
 
 def _conversation(opening: Opening, *, create: bool):
@@ -61,7 +64,7 @@ def _conversation(opening: Opening, *, create: bool):
         conversation.save(update_fields=["updated_at"])  # a new turn: the conversation moves up its list
         return conversation
     conversation = Conversation(id=opening.conversation_id, organization_id=req.user.organization_id, user=req.user,
-                                agent=opening.agent, title=" ".join(req.query.split())[:80] or "Image")
+                                agent=opening.agent, title=summarise(req.query))
     if create:
         conversation.save(force_insert=True)
     return conversation

@@ -36,7 +36,8 @@ class BoundedImageField(serializers.ImageField):
 
 
 class QuerySerializer(StrictSerializer):
-    query = StrictCharField(max_length=MAX_QUERY_CHARS, trim_whitespace=False, allow_blank=True)
+    query = StrictCharField(max_length=MAX_QUERY_CHARS, trim_whitespace=False, allow_blank=True, required=False,
+                            help_text="The question; with `regenerate` it is the stored question's and may be left out.")
     agent_type = StrictCharField(max_length=32)
     conversation_id = serializers.UUIDField(required=False, allow_null=True)
     model = StrictCharField(max_length=100, required=False, allow_null=True, allow_blank=True)
@@ -46,6 +47,30 @@ class QuerySerializer(StrictSerializer):
                                      help_text="false skips the response cache for this request.")
     image = StrictCharField(required=False, allow_blank=False, max_length=2 * 1024 * 1024, trim_whitespace=False,
                             help_text="For the vision agent over SSE and WebSocket: the image, base64-encoded.")
+
+    regenerate = serializers.UUIDField(required=False, allow_null=True,
+                                       help_text="An answer of `conversation_id` to answer again: a new run whose "
+                                                 "answer is a sibling version of that one.")
+    edit = serializers.UUIDField(required=False, allow_null=True,
+                                 help_text="A question of `conversation_id` that `query` replaces: the edited "
+                                           "question and its answer are a new branch beside the old one.")
+
+    parent = serializers.UUIDField(required=False, allow_null=True,
+                                   help_text="The message of `conversation_id` the new question follows (the "
+                                             "version shown); by default the conversation's latest message.")
+
+    def validate(self, attrs):
+        if attrs.get("parent") and (attrs.get("regenerate") or attrs.get("edit") or not attrs.get("conversation_id")):
+            raise serializers.ValidationError({"parent": ["Only for a new question in `conversation_id`."]})
+        if attrs.get("regenerate") and attrs.get("edit"):
+            raise serializers.ValidationError({"edit": ["Regenerate an answer or edit a question, not both."]})
+        if (attrs.get("regenerate") or attrs.get("edit")) and not attrs.get("conversation_id"):
+            raise serializers.ValidationError({"conversation_id": ["Name the conversation of the message."]})
+        if attrs.get("regenerate"):
+            attrs["query"] = ""  # the runner asks the stored question again
+        elif "query" not in attrs:
+            raise serializers.ValidationError({"query": ["This field is required."]})
+        return attrs
 
     def validate_image(self, value):
         import base64
@@ -93,7 +118,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Message
-        fields = ["id", "role", "content", "agent", "model", "input_tokens", "output_tokens", "cost", "latency_ms",
+        fields = ["id", "parent", "role", "content", "agent", "model", "input_tokens", "output_tokens", "cost", "latency_ms",
                   "ttft_ms", "quality_score", "feedback", "tool_calls", "status", "error_code", "created_at"]
         read_only_fields = fields
 
@@ -101,8 +126,8 @@ class MessageSerializer(serializers.ModelSerializer):
 class ConversationSerializer(StrictModelSerializer):
     class Meta:
         model = Conversation
-        fields = ["id", "title", "agent", "created_at", "updated_at"]
-        read_only_fields = ["id", "created_at", "updated_at"]
+        fields = ["id", "title", "agent", "pinned", "created_at", "updated_at"]
+        read_only_fields = ["id", "pinned", "created_at", "updated_at"]
 
     def validate_agent(self, value):
         if value not in all_agents():
@@ -111,6 +136,42 @@ class ConversationSerializer(StrictModelSerializer):
 
     def validate_title(self, value):
         return clean_text(value)[:200]
+
+
+MAX_TITLE_CHARS = 200
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false only: DRF's own also takes "yes", 1 and "on"."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class ConversationUpdateSerializer(StrictSerializer):
+    """Rename or pin one of your conversations (PATCH): at least one of the two."""
+
+    title = StrictCharField(required=False, max_length=MAX_TITLE_CHARS, allow_blank=False)
+    pinned = StrictBooleanField(required=False)
+
+    def validate_title(self, value):
+        value = " ".join(clean_text(value).split())
+        if not value:
+            raise serializers.ValidationError("The title is empty.")
+        return value
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError("Give a title or pinned.")
+        return attrs
+
+
+class ConversationSearchSerializer(StrictSerializer):
+    search = StrictCharField(required=False, max_length=200, allow_blank=True, trim_whitespace=True)
 
 
 class ConversationDetailSerializer(ConversationSerializer):

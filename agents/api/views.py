@@ -1,6 +1,6 @@
 """Conversations, documents, feedback and the agent list (DRF); model calls are in run_views.py."""
 
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef, Q
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -17,7 +17,9 @@ from agents.actions import documents as document_actions
 from agents.api.serializers import (
     AgentInfoSerializer,
     ConversationDetailSerializer,
+    ConversationSearchSerializer,
     ConversationSerializer,
+    ConversationUpdateSerializer,
     DocumentSerializer,
     DocumentUploadSerializer,
     FeedbackSerializer,
@@ -48,18 +50,44 @@ class AgentListView(APIView):
         return Response(agents)
 
 
+def search_conversations(conversations, text: str):
+    """Conversations whose title or any message contains `text` (case-insensitive)."""
+    if not text:
+        return conversations
+    in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=text)
+    return conversations.filter(Q(title__icontains=text) | Exists(in_messages))
+
+
 class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
                           mixins.DestroyModelMixin, ScopedViewSet):
-    """The caller's own conversations; the detail includes the messages."""
+    """The caller's own conversations, pinned first; the detail includes the messages (a tree: see `parent`).
+
+    `?search=` keeps those whose title or messages contain the text; PATCH renames or pins one.
+    """
 
     required_permission = AUTHENTICATED
     queryset = Conversation.objects.all()
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
         conversations = super().get_queryset()
         if self.action == "retrieve":
             conversations = conversations.prefetch_related("messages")
+        if self.action == "list":
+            query = ConversationSearchSerializer(data={"search": self.request.query_params.get("search", "")})
+            query.is_valid(raise_exception=True)
+            conversations = search_conversations(conversations, query.validated_data.get("search", ""))
+            conversations = conversations.order_by("-pinned", "-updated_at")
         return conversations
+
+    @extend_schema(request=ConversationUpdateSerializer, responses=ConversationSerializer,
+                   summary="Rename or pin one of your conversations")
+    def partial_update(self, request, pk=None):
+        conversation = self.get_object()
+        data = ConversationUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = conversations.update_conversation(conversation, actor=request.user, **data.validated_data)
+        return Response(ConversationSerializer(conversation).data)
 
     def get_serializer_class(self):
         return ConversationDetailSerializer if self.action == "retrieve" else ConversationSerializer

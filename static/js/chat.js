@@ -221,9 +221,12 @@
         showAlert(bubble, event.message);
         if (!run.messageId) finish(run, event.code === "budget_exceeded" ? "budget_stop" : "error");
         break;
-      case "done":
-        finish(run, event.status, event);
+      case "done": {
+        const current = run;
+        finish(current, event.status, event);
+        afterRun(current);
         break;
+      }
     }
   }
 
@@ -253,12 +256,9 @@
     run = { conversationId: conversationId, query: query, bubble: assistantBubble(agentName) };
     const message = { type: "query", query: query, agent_type: agentName };
     if (conversationId) message.conversation_id = conversationId;
-    if (!send(message)) {
-      showAlert(run.bubble, "Not connected to Relay; your message was not sent. Reconnecting…");
-      finish(run, "error");
-      return;
-    }
-    updateControls();
+    const shown = tree ? branch() : [];
+    if (conversationId && shown.length) message.parent = shown[shown.length - 1].message.id;  // the branch on screen
+    startRun(message);
   }
 
   ui.composer.addEventListener("submit", function (event) {
@@ -283,14 +283,44 @@
     setTimeout(function () { ui.stop.disabled = false; }, 500);
   });
 
-  /* --- conversations ----------------------------------------------------------------------- */
-  function rememberConversation(id, title, agentName) {
-    const none = document.getElementById("no-conversations");
-    if (none) none.remove();
-    const item = el("li", {}, [conversationButton({ id: id, title: title.slice(0, 80), agent: agentName })]);
-    ui.list.prepend(item);
+  /* --- conversations: the sidebar (search, rename, pin, delete) ----------------------------- */
+  const search = document.getElementById("conversation-search");
+  let conversations = R.jsonData("conversations-data") || [];
+
+  function renderList() {
+    ui.list.replaceChildren();
+    if (!conversations.length) {
+      const text = search && search.value.trim() ? "No conversations match." : "No conversations yet.";
+      ui.list.append(el("li", { class: "muted small", id: "no-conversations", text: text }));
+      return;
+    }
+    conversations.forEach(function (c) { ui.list.append(conversationItem(c)); });
     markCurrent();
-    ui.title.textContent = title.slice(0, 80);
+  }
+
+  async function reloadList() {
+    const query = search ? search.value.trim() : "";
+    try {
+      const page = await R.api("/api/v1/conversations/?search=" + encodeURIComponent(query));
+      conversations = page.results;
+      renderList();
+    } catch (e) { showError(e.message); }
+  }
+
+  function conversationItem(c) {
+    const title = c.title || "Untitled conversation";
+    const item = el("li", { class: "conversation-item", "data-id": c.id, "data-pinned": String(!!c.pinned) });
+    const actions = el("span", { class: "c-actions" }, [
+      el("button", { type: "button", class: "icon c-pin", "aria-pressed": String(!!c.pinned),
+        "aria-label": (c.pinned ? "Unpin: " : "Pin: ") + title, title: c.pinned ? "Unpin" : "Pin",
+        text: c.pinned ? "★" : "☆", onclick: function () { updateConversation(c.id, { pinned: !c.pinned }); } }),
+      el("button", { type: "button", class: "icon c-rename", "aria-label": "Rename: " + title, title: "Rename",
+        text: "✎", onclick: function () { startRename(item, c); } }),
+      el("button", { type: "button", class: "icon c-delete", "aria-label": "Delete: " + title, title: "Delete",
+        text: "×", onclick: function () { deleteConversation(c); } }),
+    ]);
+    item.append(conversationButton(c), actions);
+    return item;
   }
 
   function conversationButton(c) {
@@ -298,6 +328,54 @@
       el("span", { class: "c-title", text: c.title || "Untitled conversation" }),
       el("span", { class: "c-agent", text: c.agent }),
     ]);
+  }
+
+  async function updateConversation(id, changes) {
+    try {
+      const updated = await R.api("/api/v1/conversations/" + id + "/", { method: "PATCH", json: changes });
+      if (id === conversationId) ui.title.textContent = updated.title || "Untitled conversation";
+      await reloadList();
+      return true;
+    } catch (e) { showError(e.fields && e.fields.title ? e.fields.title.join(" ") : e.message); return false; }
+  }
+
+  function startRename(item, c) {
+    const input = el("input", { type: "text", class: "c-rename-input", maxlength: "200", "aria-label": "New title" });
+    input.value = c.title || "";
+    let done = false;
+    async function end(save) {
+      if (done) return;
+      done = true;
+      const title = input.value.trim();
+      if (save && title && title !== c.title) { if (await updateConversation(c.id, { title: title })) return; }
+      renderList();
+    }
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") { event.preventDefault(); end(true); }
+      if (event.key === "Escape") { event.preventDefault(); end(false); }
+    });
+    input.addEventListener("blur", function () { end(true); });
+    item.replaceChildren(input);
+    input.focus();
+    input.select();
+  }
+
+  async function deleteConversation(c) {
+    if (run || !window.confirm("Delete “" + (c.title || "Untitled conversation") + "” and all its messages?")) return;
+    try {
+      await R.api("/api/v1/conversations/" + c.id + "/", { method: "DELETE" });
+    } catch (e) { showError(e.message); return; }
+    if (c.id === conversationId) startNew();
+    await reloadList();
+  }
+
+  function rememberConversation(id, title, agentName) {
+    conversations = conversations.filter(function (c) { return c.id !== id; });
+    const firstUnpinned = conversations.findIndex(function (c) { return !c.pinned; });
+    const entry = { id: id, title: title.slice(0, 60), agent: agentName, pinned: false };
+    conversations.splice(firstUnpinned < 0 ? conversations.length : firstUnpinned, 0, entry);
+    renderList();
+    ui.title.textContent = title.slice(0, 60);
   }
 
   function markCurrent() {
@@ -316,9 +394,9 @@
     markCurrent();
     ui.title.textContent = detail.title || "Untitled conversation";
     if ([...ui.agent.options].some(function (o) { return o.value === detail.agent; })) ui.agent.value = detail.agent;
-    ui.messages.replaceChildren();
-    detail.messages.forEach(renderStored);
-    scrollDown();
+    tree = buildTree(detail.messages);
+    selected = {};
+    renderTree();
     const last = detail.messages[detail.messages.length - 1];
     const polls = (options && options.polls) || 0;
     // Right after a dropped socket the server may still be storing the answer: look again shortly.
@@ -328,7 +406,7 @@
   }
 
   function renderStored(message) {
-    if (message.role === "user") { userBubble(message.content); return; }
+    if (message.role === "user") return userBubble(message.content);
     const bubble = assistantBubble(message.agent);
     bubble.node.dataset.messageId = message.id;
     bubble.head.textContent = agentTitle(message.agent) + (message.model ? " · " + message.model : "");
@@ -336,6 +414,143 @@
     R.render.markdown(bubble.content, message.content);
     if (message.status === "budget_stop") showAlert(bubble, "A budget ran out while answering.");
     showMeta(bubble, Object.assign({ message_id: message.id }, message));
+    return bubble.node;
+  }
+
+  /* --- versions: a conversation is a tree; the page shows one branch ----------------------- */
+  // Messages with the same parent are versions of one turn (regenerated answers, edited questions);
+  // `selected` remembers which version is shown per parent, the latest by default.
+  let tree = null, selected = {};
+
+  function buildTree(messages) {
+    const children = {};
+    messages.forEach(function (m) { (children[m.parent || "root"] = children[m.parent || "root"] || []).push(m); });
+    return { children: children };
+  }
+
+  function branch() {
+    const steps = [];
+    let key = "root";
+    while (tree && tree.children[key]) {
+      const siblings = tree.children[key];
+      const shown = siblings.find(function (m) { return m.id === selected[key]; }) || siblings[siblings.length - 1];
+      steps.push({ key: key, message: shown, siblings: siblings });
+      key = shown.id;
+    }
+    return steps;
+  }
+
+  function renderTree() {
+    ui.messages.replaceChildren();
+    branch().forEach(function (step) { decorate(renderStored(step.message), step); });
+    scrollDown();
+  }
+
+  function decorate(node, step) {
+    const message = step.message, index = step.siblings.indexOf(message), count = step.siblings.length;
+    node.dataset.messageId = message.id;
+    const old = node.querySelector(":scope > .msg-actions");
+    if (old) old.remove();
+    const bar = el("div", { class: "msg-actions", role: "group", "aria-label": "Message actions" });
+    if (count > 1) {
+      const show = function (offset) {
+        return function () { if (run) return; selected[step.key] = step.siblings[index + offset].id; renderTree(); };
+      };
+      bar.append(el("span", { class: "versions" }, [
+        el("button", { type: "button", class: "icon", "aria-label": "Previous version", text: "‹", disabled: index === 0,
+          onclick: show(-1) }),
+        el("span", { class: "version", text: (index + 1) + "/" + count }),
+        el("button", { type: "button", class: "icon", "aria-label": "Next version", text: "›", disabled: index === count - 1,
+          onclick: show(1) }),
+      ]));
+    }
+    bar.append(el("button", { type: "button", class: "link-button", text: "Copy",
+      onclick: function (event) { R.copyText(message.content, event.currentTarget); } }));
+    if (message.role === "assistant" && message.status !== "running") {
+      bar.append(el("button", { type: "button", class: "link-button", text: "Regenerate",
+        onclick: function () { regenerate(step); } }));
+    }
+    if (message.role === "user") {
+      bar.append(el("button", { type: "button", class: "link-button", text: "Edit",
+        onclick: function () { startEdit(node, step); } }));
+    }
+    node.append(bar);
+  }
+
+  function cutBranchAt(step) {
+    const nodes = [...ui.messages.children];
+    const from = nodes.findIndex(function (n) { return n.dataset.messageId === step.message.id; });
+    if (from >= 0) nodes.slice(from).forEach(function (n) { n.remove(); });
+  }
+
+  function regenerate(step) {
+    if (run || !conversationId) return;
+    const answer = step.message;
+    cutBranchAt(step);
+    showError("");
+    run = { conversationId: conversationId, query: "", bubble: assistantBubble(answer.agent), versionOf: step.key };
+    startRun({ type: "query", agent_type: answer.agent || ui.agent.value, conversation_id: conversationId,
+      regenerate: answer.id });
+  }
+
+  function startEdit(node, step) {
+    if (run) return;
+    const area = el("textarea", { class: "edit-area", rows: "3", maxlength: "32000", "aria-label": "Edit message" });
+    area.value = step.message.content;
+    const form = el("form", { class: "edit-form" }, [area, el("div", { class: "edit-actions" }, [
+      el("button", { type: "submit", class: "primary", text: "Save and send" }),
+      el("button", { type: "button", text: "Cancel", onclick: function () { renderTree(); } }),
+    ])]);
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const text = area.value.trim();
+      if (!text || run) return;
+      cutBranchAt(step);
+      showError("");
+      userBubble(text);
+      delete selected[step.key];  // the edited question is the newest version: shown by default
+      run = { conversationId: conversationId, query: text, bubble: assistantBubble(step.message.agent || ui.agent.value),
+        versionOf: step.key };
+      startRun({ type: "query", query: text, agent_type: step.message.agent || ui.agent.value,
+        conversation_id: conversationId, edit: step.message.id });
+    });
+    node.replaceChildren(form);
+    area.focus();
+  }
+
+  function startRun(message) {
+    if (!send(message)) {
+      showAlert(run.bubble, "Not connected to Relay; your message was not sent. Reconnecting…");
+      finish(run, "error");
+      return;
+    }
+    updateControls();
+  }
+
+  /* After an answer is stored: the tree gains its rows, the shown bubbles their ids and actions. */
+  async function afterRun(current) {
+    if (!current.conversationId || current.conversationId !== conversationId) return;
+    let detail;
+    try {
+      detail = await R.api("/api/v1/conversations/" + current.conversationId + "/");
+    } catch (e) { return; }
+    if (run || current.conversationId !== conversationId) return;
+    tree = buildTree(detail.messages);
+    if (current.versionOf && current.messageId && !current.query) selected[current.versionOf] = current.messageId;
+    const nodes = [...ui.messages.querySelectorAll(":scope > .msg")], steps = branch();
+    if (current.versionOf || nodes.length !== steps.length) renderTree();
+    else steps.forEach(function (step, i) { decorate(nodes[i], step); });
+    ui.title.textContent = detail.title || "Untitled conversation";
+    reloadList();
+  }
+
+  function startNew() {
+    conversationId = null;
+    tree = null;
+    selected = {};
+    markCurrent();
+    ui.title.textContent = "New conversation";
+    ui.messages.replaceChildren(el("li", { class: "empty-state", id: "empty-state" }, [el("p", { text: "Ask anything." })]));
   }
 
   ui.list.addEventListener("click", function (event) {
@@ -344,12 +559,17 @@
   });
   document.getElementById("new-conversation").addEventListener("click", function () {
     if (run) return;
-    conversationId = null;
-    markCurrent();
-    ui.title.textContent = "New conversation";
-    ui.messages.replaceChildren(el("li", { class: "empty-state", id: "empty-state" }, [el("p", { text: "Ask anything." })]));
+    startNew();
     ui.prompt.focus();
   });
+  if (search) {
+    let pending = null;
+    search.addEventListener("input", function () {
+      clearTimeout(pending);
+      pending = setTimeout(reloadList, 250);
+    });
+  }
+  renderList();
 
   /* --- uploads ------------------------------------------------------------------------------ */
   const documentForm = document.getElementById("document-form");
