@@ -24,13 +24,17 @@ def migrate(targets):
     return MigrationExecutor(connection).loader.project_state(targets).apps
 
 
+def head():
+    return MigrationExecutor(connection).loader.graph.leaf_nodes()
+
+
 @pytest.fixture
 def at_0005(transactional_db):
     apps = migrate(BEFORE)
     try:
         yield apps
     finally:
-        migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())  # the other tests need the head
+        migrate(head())  # the other tests need the head
 
 
 def test_endpoints_become_one_deployment_models_and_clients_see_no_change(at_0005, asgi_server, fake_upstream,
@@ -47,7 +51,7 @@ def test_endpoints_become_one_deployment_models_and_clients_see_no_change(at_000
     old.objects.create(name="delta", provider_kind="local")  # no upstream: nothing to carry over
     price = ModelPrice.objects.create(model="alpha", input_per_1k=Decimal("0.003"), output_per_1k=Decimal("0.011"))
 
-    migrate(AFTER)
+    migrate(head())  # through 0006 and whatever came after it: the code below is today's
     forget_catalog()
     rows = {e.name: e for e in ModelEndpoint.objects.prefetch_related("deployments")}
     carried = {name: [(d.name, d.base_url, d.upstream_model, d.api_key_env, d.weight, d.enabled)
