@@ -6,7 +6,6 @@ billing.ledger_redis; callers import from here.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from django.conf import settings
@@ -19,13 +18,11 @@ from billing.ledger_base import (  # noqa: F401 (this module's API)
     LedgerUnavailable,
     OpenReservation,
 )
+from relay import redis_clients
 
 
 def key_prefix() -> str:
-    """Redis key prefix; the hash tag keeps every ledger key in one cluster slot, and the xdist
-    worker suffix keeps parallel test workers apart (as CACHES' KEY_PREFIX does)."""
-    base = os.environ.get("RELAY_CACHE_PREFIX", "relay") + os.environ.get("PYTEST_XDIST_WORKER", "")
-    return "{" + base + "}:ledger:"
+    return redis_clients.key_prefix("ledger")
 
 
 _ledger: Ledger | None = None
@@ -39,7 +36,6 @@ def get_ledger() -> Ledger:
         if _ledger is None:
             if settings.REDIS_URL:
                 from billing.ledger_redis import RedisLedger
-                from relay import redis_clients
 
                 _ledger = RedisLedger(redis_clients.current(), key_prefix(), replicas=settings.RELAY_LEDGER_REPLICAS,
                                       wait_ms=settings.RELAY_LEDGER_WAIT_MS)

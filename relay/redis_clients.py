@@ -14,6 +14,7 @@ below (`Target.from_environment`, `cache_location`, ...); code that talks to Red
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -78,6 +79,14 @@ class Target:
         if self.sentinel_password:
             kwargs["password"] = self.sentinel_password
         return kwargs
+
+
+def key_prefix(name: str) -> str:
+    """The Redis key prefix of one of Relay's own key spaces (`ledger`, `router`, `respcache`): the
+    hash tag keeps each space in one cluster slot, and the xdist worker suffix keeps parallel test
+    workers apart (as CACHES' KEY_PREFIX does)."""
+    base = os.environ.get("RELAY_CACHE_PREFIX", "relay") + os.environ.get("PYTEST_XDIST_WORKER", "")
+    return "{" + base + "}:" + name + ":"
 
 
 def current() -> Target:

@@ -118,9 +118,8 @@ def get_cache() -> ResponseCache:
     global _cache
     with _cache_lock:
         if _cache is None:
-            from billing.ledger import key_prefix
             from relay import redis_clients
 
             store = RedisStore(redis_clients.current()) if settings.REDIS_URL else LocalStore()
-            _cache = ResponseCache(store, key_prefix().replace(":ledger:", ":respcache:"))
+            _cache = ResponseCache(store, redis_clients.key_prefix("respcache"))
         return _cache

@@ -6,19 +6,16 @@ agents.router.state_redis (the layering of billing's ledger).
 
 from __future__ import annotations
 
-import os
 import threading
 
 from django.conf import settings
 
 from agents.router.state_base import InProcessState, RouterState
+from relay import redis_clients
 
 
 def key_prefix() -> str:
-    """Redis key prefix; the hash tag keeps every routing key in one cluster slot, and the xdist
-    worker suffix keeps parallel test workers apart (as CACHES' KEY_PREFIX does)."""
-    base = os.environ.get("RELAY_CACHE_PREFIX", "relay") + os.environ.get("PYTEST_XDIST_WORKER", "")
-    return "{" + base + "}:router:"
+    return redis_clients.key_prefix("router")
 
 
 _state: RouterState | None = None
@@ -31,7 +28,6 @@ def get_state() -> RouterState:
         if _state is None:
             if settings.REDIS_URL:
                 from agents.router.state_redis import RedisState
-                from relay import redis_clients
 
                 _state = RedisState(redis_clients.current(), key_prefix())
             else:
