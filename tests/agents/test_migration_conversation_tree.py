@@ -3,19 +3,12 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
+
+from tests.support.migrations import head, migrate
 
 BEFORE = [("agents", "0006_model_deployments")]
 AFTER = [("agents", "0007_conversation_tree")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return MigrationExecutor(connection).loader.project_state(targets).apps
 
 
 @pytest.fixture
@@ -24,7 +17,7 @@ def at_0006(transactional_db, users):
     try:
         yield apps
     finally:
-        migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+        migrate(head())
 
 
 def test_each_message_follows_the_one_before_it_in_its_conversation(at_0006, users):

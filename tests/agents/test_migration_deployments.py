@@ -9,23 +9,11 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
+
+from tests.support.migrations import head, migrate
 
 BEFORE = [("agents", "0005_idempotency_key")]
 AFTER = [("agents", "0006_model_deployments")]
-
-
-def migrate(targets):
-    """Apply or unapply to `targets`; the apps (historical models) of that state."""
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return MigrationExecutor(connection).loader.project_state(targets).apps
-
-
-def head():
-    return MigrationExecutor(connection).loader.graph.leaf_nodes()
 
 
 @pytest.fixture
