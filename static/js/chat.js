@@ -159,16 +159,16 @@
 
   function feedbackButtons(messageId, current) {
     const box = el("span", { class: "feedback", role: "group", "aria-label": "Rate this answer" });
-    [[1, "👍", "Good answer"], [-1, "👎", "Bad answer"]].forEach(function ([rating, icon, label]) {
+    [[1, "thumbs-up", "Good answer"], [-1, "thumbs-down", "Bad answer"]].forEach(function ([rating, icon, label]) {
       const button = el("button", {
-        type: "button", class: "icon", "aria-label": label, title: label, "aria-pressed": String(current === rating), text: icon,
+        type: "button", class: "icon", "aria-label": label, title: label, "aria-pressed": String(current === rating),
         onclick: async function () {
           try {
             await R.api("/api/v1/messages/" + messageId + "/feedback", { method: "POST", json: { rating: rating } });
             box.querySelectorAll("button").forEach(function (b) { b.setAttribute("aria-pressed", String(b === button)); });
           } catch (e) { showError(e.message); }
         },
-      });
+      }, [R.icon(icon)]);
       box.append(button);
     });
     return box;
@@ -313,11 +313,11 @@
     const actions = el("span", { class: "c-actions" }, [
       el("button", { type: "button", class: "icon c-pin", "aria-pressed": String(!!c.pinned),
         "aria-label": (c.pinned ? "Unpin: " : "Pin: ") + title, title: c.pinned ? "Unpin" : "Pin",
-        text: c.pinned ? "★" : "☆", onclick: function () { updateConversation(c.id, { pinned: !c.pinned }); } }),
+        onclick: function () { updateConversation(c.id, { pinned: !c.pinned }); } }, [R.icon(c.pinned ? "star-filled" : "star")]),
       el("button", { type: "button", class: "icon c-rename", "aria-label": "Rename: " + title, title: "Rename",
-        text: "✎", onclick: function () { startRename(item, c); } }),
+        onclick: function () { startRename(item, c); } }, [R.icon("pencil")]),
       el("button", { type: "button", class: "icon c-delete", "aria-label": "Delete: " + title, title: "Delete",
-        text: "×", onclick: function () { deleteConversation(c); } }),
+        onclick: function () { deleteConversation(c); } }, [R.icon("trash")]),
     ]);
     item.append(conversationButton(c), actions);
     return item;
@@ -457,11 +457,11 @@
         return function () { if (run) return; selected[step.key] = step.siblings[index + offset].id; renderTree(); };
       };
       bar.append(el("span", { class: "versions" }, [
-        el("button", { type: "button", class: "icon", "aria-label": "Previous version", text: "‹", disabled: index === 0,
-          onclick: show(-1) }),
+        el("button", { type: "button", class: "icon", "aria-label": "Previous version", disabled: index === 0,
+          onclick: show(-1) }, [R.icon("chevron-left")]),
         el("span", { class: "version", text: (index + 1) + "/" + count }),
-        el("button", { type: "button", class: "icon", "aria-label": "Next version", text: "›", disabled: index === count - 1,
-          onclick: show(1) }),
+        el("button", { type: "button", class: "icon", "aria-label": "Next version", disabled: index === count - 1,
+          onclick: show(1) }, [R.icon("chevron-right")]),
       ]));
     }
     bar.append(el("button", { type: "button", class: "link-button", text: "Copy",

@@ -40,6 +40,11 @@
     return body;
   }
 
+  // An SVG icon (static/icons/, drawn by static/css/icons.css); the button around it carries the name.
+  function icon(name) {
+    return el("span", { class: "i i-" + name, "aria-hidden": "true" });
+  }
+
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
     Object.entries(attrs || {}).forEach(function ([key, value]) {
@@ -75,9 +80,10 @@
       area.remove();
     }
     if (button) {
-      const label = button.textContent;
-      button.textContent = "Copied";
-      setTimeout(function () { button.textContent = label; }, 1500);
+      const target = button.querySelector(".label") || button;  // keep an icon beside the label
+      const label = target.textContent;
+      target.textContent = "Copied";
+      setTimeout(function () { target.textContent = label; }, 1500);
     }
   }
 
@@ -89,5 +95,5 @@
     if (target) copyText(target.value || target.textContent, button);
   });
 
-  window.Relay = { api: api, el: el, jsonData: jsonData, usd: usd, copyText: copyText, cookie: cookie };
+  window.Relay = { api: api, el: el, icon: icon, jsonData: jsonData, usd: usd, copyText: copyText, cookie: cookie };
 })();

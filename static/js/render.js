@@ -132,9 +132,9 @@
       const bar = R.el("div", { class: "code-bar" }, [
         R.el("span", { class: "code-lang", text: language || (match ? match[1] : "") }),
         R.el("button", {
-          type: "button", class: "code-copy", text: "Copy", "aria-label": "Copy code",
+          type: "button", class: "code-copy", "aria-label": "Copy code",
           onclick: function (event) { R.copyText(text, event.currentTarget); },
-        }),
+        }, [R.icon("copy"), R.el("span", { class: "label", text: "Copy" })]),
       ]);
       const box = R.el("div", { class: "code-block" });
       pre.replaceWith(box);
