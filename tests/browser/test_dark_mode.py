@@ -133,5 +133,6 @@ def test_markdown_code_and_charts_are_readable_in_dark(browser, live, users):
       return [c.options.scales.y.ticks.color, c.options.scales.y.grid.color]; }"""
     page.wait_for_function("() => Chart.getChart(document.querySelector('canvas[data-chart=\"daily\"]'))")
     assert page.evaluate(chart_colours) == ["#cfd5df", "rgba(228, 231, 236, .14)"]
+    screenshot(page, "usage-dark", full_page=True)
     toggle(page).click()  # system (dark) -> light
     assert page.evaluate(chart_colours) == ["#475467", "rgba(16, 24, 40, .1)"]
