@@ -142,11 +142,22 @@
     });
   }
 
+  // Wide tables scroll in their own box (static/css/layout-mobile.css), not the page; focusable so the
+  // keyboard can scroll them too.
+  function wrapTables(fragment) {
+    fragment.querySelectorAll("table").forEach(function (table) {
+      const box = R.el("div", { class: "table-scroll", tabindex: "0", role: "region", "aria-label": "Table" });
+      table.replaceWith(box);
+      box.append(table);
+    });
+  }
+
   function build(text) {
     const extracted = extractMath(text);
     const fragment = purify.sanitize(parser.parse(extracted.source), PURIFY);
     typeset(fragment, extracted.maths);
     decorateCode(fragment);
+    wrapTables(fragment);
     return fragment;
   }
 
