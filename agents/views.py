@@ -1,5 +1,6 @@
 """Console page of the agents app: the chat (the page is a shell; answers stream over /ws/chat/)."""
 
+from django.conf import settings
 from django.shortcuts import render
 
 from accounts.pages import may_open, page
@@ -26,5 +27,7 @@ def chat(request):
         "conversations": conversations,
         "can_upload": may_open(user, "upload_documents"),
         "can_vision": may_use(user, None, "vision"),
+        # The page refuses an oversized image before uploading it; the server checks again.
+        "max_upload_bytes": settings.RELAY_MAX_UPLOAD_BYTES,
     }
     return render(request, "console/chat.html", context)

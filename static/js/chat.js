@@ -263,10 +263,11 @@
 
   ui.composer.addEventListener("submit", function (event) {
     event.preventDefault();
-    const query = ui.prompt.value.trim();
-    if (!query || run) return;
+    const query = ui.prompt.value.trim(), image = R.attachment && R.attachment.current();
+    if ((!query && !image) || run) return;  // `run` is set at once: a second Enter sends nothing
     ui.prompt.value = "";
-    ask(query);
+    if (image) { R.attachment.clear(); askVision(query, image); } else ask(query);
+    ui.prompt.focus();
   });
   ui.prompt.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -276,6 +277,7 @@
   });
   ui.stop.addEventListener("click", function () {
     if (!run) return;
+    if (run.upload) { run.upload.abort(); return; }  // the upload answers in one piece: stop waiting for it
     ui.stop.disabled = true;
     const message = { type: "cancel" };
     if (run.conversationId) message.conversation_id = run.conversationId;
@@ -586,20 +588,31 @@
     } catch (e) { status.textContent = e.message; status.classList.add("error"); }
   });
 
-  const visionForm = document.getElementById("vision-form");
-  if (visionForm) visionForm.addEventListener("submit", async function (event) {
-    event.preventDefault();
-    if (run) return;
-    const status = document.getElementById("vision-status");
-    const form = new FormData(visionForm);
+  /* An image in the message box goes to the vision agent's upload (chat_attachments.js holds it). */
+  async function askVision(query, file) {
+    const chosen = ui.agent.value;
+    const current = { conversationId: conversationId, query: query || "Image", upload: new AbortController() };
+    showError("");
+    const asked = userBubble((file.name || "image") + (query ? ": " + query : ""));
+    asked.prepend(R.attachment.thumbnail(file));
+    // Only the vision agent reads images: say so rather than quietly answering with another agent.
+    if (chosen !== "vision") {
+      asked.append(el("p", { class: "msg-note", text: "Sent to " + agentTitle("vision") + " — " + agentTitle(chosen) + " can't read images" }));
+    }
+    current.bubble = assistantBubble("vision");
+    run = current;
+    updateControls();
+    const form = new FormData();
+    form.append("image", file, file.name || "image");
+    form.append("question", query);
     if (conversationId) form.append("conversation_id", conversationId);
-    const file = form.get("image");
-    userBubble("🖼 " + (file && file.name ? file.name : "image") + (form.get("question") ? ": " + form.get("question") : ""));
-    const bubble = assistantBubble("vision");
-    status.textContent = "Analyzing…";
     try {
-      const answer = await R.api("/api/v1/vision/analyze", { method: "POST", body: form });
-      status.textContent = "";
+      const answer = await R.api("/api/v1/vision/analyze",
+        { method: "POST", body: form, signal: current.upload.signal });
+      const bubble = current.bubble;
+      current.conversationId = answer.conversation_id;
+      current.messageId = answer.message_id;
+      bubble.node.dataset.messageId = answer.message_id;
       bubble.head.textContent = agentTitle(answer.agent) + " · " + answer.model;
       answer.tool_calls.forEach(function (call) { showTool(bubble, call); });
       R.render.markdown(bubble.content, answer.answer);
@@ -607,15 +620,19 @@
       showMeta(bubble, Object.assign({ status: answer.status, model: answer.model, message_id: answer.message_id }, answer.usage));
       if (conversationId !== answer.conversation_id) {
         conversationId = answer.conversation_id;
-        rememberConversation(conversationId, form.get("question") || "Image", "vision");
+        rememberConversation(conversationId, current.query, "vision");
       }
-      visionForm.reset();
+      if (run === current) run = null;
+      updateControls();
+      afterRun(current);
     } catch (e) {
-      status.textContent = "";
-      showAlert(bubble, e.message);
-      showMeta(bubble, { status: e.code === "budget_exceeded" ? "budget_stop" : "error" });
+      if (!current.upload.signal.aborted) showAlert(current.bubble, e.message);
+      const status = current.upload.signal.aborted ? "cancelled" : (e.code === "budget_exceeded" ? "budget_stop" : "error");
+      showMeta(current.bubble, { status: status });
+      if (run === current) run = null;
+      updateControls();
     }
-  });
+  }
 
   updateControls();
   connect();

@@ -58,14 +58,16 @@ def test_pages_carry_no_inline_script(client, users, name):
     assert not re.search(r"\son[a-z]+=", html), "inline event handlers"
 
 
-def test_chat_offers_only_the_agents_the_user_may_use(client, users):
+def test_chat_offers_only_the_agents_the_user_may_use(client, users, settings):
     viewer_agents = [a["name"] for a in json.loads(
         re.search(r'id="agents-data"[^>]*>(.*?)</script>', page(client, users["viewer"], "chat"), re.S).group(1))]
     assert sorted(viewer_agents) == ["general", "rag"]
     html = page(client, users["viewer"], "chat")
-    assert 'id="vision-form"' not in html and 'id="document-form"' not in html
+    assert 'id="attach"' not in html and 'id="document-form"' not in html
     html = page(client, users["user"], "chat")
-    assert 'id="vision-form"' in html and 'id="document-form"' in html
+    assert 'aria-label="Attach image"' in html and 'id="document-form"' in html
+    # The page refuses an oversized image before sending it: it knows the server's limit.
+    assert f'data-max-upload-bytes="{settings.RELAY_MAX_UPLOAD_BYTES}"' in html
 
 
 def _usage_data(html):
