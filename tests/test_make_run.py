@@ -82,8 +82,9 @@ def test_make_run_says_what_it_does_and_ends_with_where_who_and_what_to_try(clon
         assert "ask the Math agent: integrate x^2 sin x" in output
         assert f"Open {url}/admin/ as demo-admin" in output
 
-        deadline, status = time.monotonic() + 20, None
-        while time.monotonic() < deadline:  # the banner is printed just before runserver binds
+        _read_until(process, "Quit the server with", time.monotonic() + 20)
+        deadline, status = time.monotonic() + 10, None
+        while time.monotonic() < deadline:  # runserver says so an instant before it binds
             try:
                 status, _ = _get(f"{url}/healthz")
                 break
