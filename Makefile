@@ -21,21 +21,26 @@ cluster-stop:
 cluster-restart:
 	$(PY) platform/scripts/cluster.py restart
 
+# Each step says what it does; pip shows what it downloads (a first install takes minutes).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
+	@echo "Creating the virtual environment in $(VENV)…"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $@
+	@echo "Installing Python packages (about 2 minutes on the first run)…"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements-dev.txt
+	@touch $@
 
 venv install: $(VENV)/.installed
 
 migrate: install
-	$(PY) manage.py migrate --noinput
+	@echo "Migrating the $(if $(DATABASE_URL),PostgreSQL,SQLite) database…"
+	@$(PY) manage.py migrate --noinput
 
+# The demo's last lines are the URL, the demo users and what to try first.
 run: migrate
-	$(PY) manage.py seed_demo
-	@echo "Relay on http://$(HOST):$(PORT)/ (API docs at /api/docs/, admin at /admin/)"
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	@echo "Seeding the demo…"
+	@$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/
+	@$(PY) manage.py runserver $(HOST):$(PORT)
 
 test: install
 	@mkdir -p var

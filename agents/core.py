@@ -50,6 +50,9 @@ class Tool:
     parameters: dict
     call: Callable[[dict, RunContext], Awaitable[ToolOutcome]]
     depends_on: frozenset[str] | None = None
+    # Whether the outcome's `data` goes to the browser (the tool_call event and the stored
+    # tool_calls): search_documents' passages, which the chat shows as citation chips.
+    shows_data: bool = False
 
     def spec(self) -> dict:
         return {"type": "function",
@@ -90,9 +93,11 @@ class RunContext:
         duration_ms = int((time.monotonic() - started) * 1000)
         self.last_outcome = outcome
         self.tool_records.append({"call_id": call_id, "name": tool.name, "input": arguments,
-                                  "output": outcome.output[:2000], "ok": outcome.ok, "duration_ms": duration_ms})
+                                  "output": outcome.output[:2000], "ok": outcome.ok, "duration_ms": duration_ms,
+                                  **({"data": outcome.data} if tool.shows_data else {})})
         status = "done" if outcome.ok else "error"
-        yield events.tool_call(call_id, tool.name, status, output=outcome.output[:4000], duration_ms=duration_ms)
+        yield events.tool_call(call_id, tool.name, status, output=outcome.output[:4000], duration_ms=duration_ms,
+                               data=outcome.data if tool.shows_data else None)
 
 
 class Agent:

@@ -19,6 +19,7 @@ from accounts import scoping
 from accounts.models import APIKey, User
 from accounts.permissions import holds
 from agents.models import Document, DocumentChunk
+from agents.snippets import distinct
 
 SHARE_PERMISSION = "agents.view_document_shared"
 READ_PERMISSION = "use_rag_agent"
@@ -29,6 +30,9 @@ _STOP = frozenset(
     "a an and are as at be by can do does for from how i in is it me my of on or say says tell the this to "
     "was what when where which who why with you your about according document documents".split()
 )
+
+
+_CANDIDATES = 4  # candidates per passage returned, so that dropping repeats still fills the list
 
 
 @dataclass
@@ -68,7 +72,8 @@ def search_terms(query: str, limit: int = 12) -> list[str]:
 
 
 def search(user: User, query: str, *, api_key: APIKey | None, limit: int = 4) -> list[Passage]:
-    """The best chunks for query among the documents the caller may read (full-text search in the DB).
+    """The best chunks for query among the documents the caller may read (full-text search in the DB),
+    each passage once: overlapping chunks and copies of one document are not repeated.
 
     api_key: the key the caller acts through (None: directly); it bounds what may be read.
     """
@@ -77,10 +82,10 @@ def search(user: User, query: str, *, api_key: APIKey | None, limit: int = 4) ->
         return []
     visible = readable_documents(user, api_key).values("pk")
     if connection.vendor == "postgresql":
-        ranked = _search_postgres(terms, visible, limit)
+        ranked = _search_postgres(terms, visible, limit * _CANDIDATES)
     else:
-        ranked = _search_sqlite(terms, visible, limit)
-    return ranked
+        ranked = _search_sqlite(terms, visible, limit * _CANDIDATES)
+    return distinct(ranked)[:limit]
 
 
 def _search_postgres(terms, visible, limit) -> list[Passage]:

@@ -19,7 +19,8 @@ def token(content: str) -> dict:
     return {"type": "token", "content": content}
 
 
-def tool_call(call_id: str, tool: str, status: str, *, input=None, output=None, duration_ms=None) -> dict:
+def tool_call(call_id: str, tool: str, status: str, *, input=None, output=None, duration_ms=None, data=None) -> dict:
+    """data: what the browser shows beside the answer (search_documents: the cited passages)."""
     event = {"type": "tool_call", "call_id": call_id, "tool": tool, "status": status}
     if input is not None:
         event["input"] = input
@@ -27,6 +28,8 @@ def tool_call(call_id: str, tool: str, status: str, *, input=None, output=None, 
         event["output"] = output
     if duration_ms is not None:
         event["duration_ms"] = duration_ms
+    if data is not None:
+        event["data"] = data
     return event
 
 

@@ -1,11 +1,14 @@
-"""Console page of the agents app: the chat (the page is a shell; answers stream over /ws/chat/)."""
+"""Console pages of the agents app: the chat (a shell; answers stream over /ws/chat/), and a
+document with its parts, which a citation chip opens at the cited part (#chunk-N)."""
 
 from django.conf import settings
+from django.http import Http404
 from django.shortcuts import render
 
 from accounts.pages import may_open, page
-from accounts.scoping import restrict
-from agents.models import Conversation
+from accounts.scoping import refuse_hidden, restrict
+from agents.documents import readable_documents
+from agents.models import Conversation, Document
 from agents.registry import all_agents, may_use
 
 RECENT_CONVERSATIONS = 50
@@ -31,3 +34,18 @@ def chat(request):
         "max_upload_bytes": settings.RELAY_MAX_UPLOAD_BYTES,
     }
     return render(request, "console/chat.html", context)
+
+
+@page()
+def document(request, pk: int):
+    """The text of a document the user may read (the gate of the RAG agent: a document they may
+    not see, or may not read through `use_rag_agent`, is a 404, recorded as a hidden object)."""
+    found = readable_documents(request.user, None).filter(pk=pk).first()
+    if found is None:
+        refuse_hidden(Document, pk, resource=f"document:{pk}", request=request,
+                      metadata={"method": request.method, "path": request.path[:500], "status": 404})
+        raise Http404("No such document.")
+    chunks = found.chunks.order_by("index").values("index", "text")
+    parts = [{"number": chunk["index"] + 1, "anchor": f"chunk-{chunk['index']}", "text": chunk["text"]}
+             for chunk in chunks]
+    return render(request, "console/document.html", {"document": found, "parts": parts})

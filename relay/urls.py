@@ -22,6 +22,7 @@ urlpatterns = [
     path("password/", account_views.PasswordChangeView.as_view(), name="password-change"),
     path("password/done/", account_views.password_change_done, name="password-change-done"),
     path("chat/", agent_views.chat, name="chat"),
+    path("documents/<int:pk>/", agent_views.document, name="document"),
     path("usage/", billing_views.usage, name="usage"),
     path("keys/", account_views.keys, name="keys"),
     path("budgets/", billing_views.budgets, name="budgets"),

@@ -76,6 +76,7 @@ ROUTES = {
 PAGES = {
     "home": SIGNED_IN,
     "chat": SIGNED_IN,
+    "document": SIGNED_IN,  # a document the caller may not read is a 404 (tests/console/test_document_page.py)
     "usage": SIGNED_IN,  # the organization's figures only with view_metrics (tests/console)
     "keys": SIGNED_IN,
     "budgets": ADMIN,
@@ -196,8 +197,11 @@ def test_anonymous_gets_401_with_the_envelope_everywhere_but_public_routes(api_c
 
 @pytest.mark.django_db
 def test_pages_need_a_signed_in_user(client, users):
+    from agents.models import Document
+
+    builtin = Document.objects.create(name="guide.md", title="Guide", kind="markdown", sha256="0" * 64, builtin=True)
     for name, requirement in PAGES.items():
-        path = reverse(name)
+        path = reverse(name, kwargs={"pk": builtin.pk} if name == "document" else None)
         response = client.get(path)
         assert response.status_code == 302 and response["Location"].startswith("/login/"), (path, response.status_code)
         for role, user in users.items():

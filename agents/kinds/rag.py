@@ -7,7 +7,10 @@ relevant was found (the agent says so rather than guessing).
 from agents.core import DOCUMENTS, Agent, RunContext, Tool, ToolOutcome
 from agents.documents import search
 from agents.registry import register
+from agents.snippets import snippet
 from relay.eventloop.db import db
+
+SNIPPET_CHARS = 300  # the preview a citation chip shows in the browser
 
 
 def format_passages(passages) -> str:
@@ -25,8 +28,8 @@ async def _search(arguments: dict, ctx: RunContext) -> ToolOutcome:
         return ToolOutcome(output="No passage matched.", data={"passages": []})
     return ToolOutcome(
         output=format_passages(passages),
-        data={"passages": [{"document_id": p.document_id, "title": p.document_title, "chunk": p.chunk_index}
-                           for p in passages]},
+        data={"passages": [{"document_id": p.document_id, "title": p.document_title, "chunk": p.chunk_index,
+                            "snippet": snippet(p.text, SNIPPET_CHARS)} for p in passages]},
     )
 
 
@@ -37,14 +40,13 @@ SEARCH_DOCUMENTS = Tool(
     parameters={"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
     call=_search,
     depends_on=frozenset({DOCUMENTS}),
+    shows_data=True,
 )
 
 
 def _quote(text: str, limit: int = 600) -> str:
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0] + " …"
-    return "> " + text
+    """A passage as a Markdown quote: clean text (no table or heading syntax), cut at a word."""
+    return "> " + snippet(text, limit)
 
 
 @register

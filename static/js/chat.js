@@ -124,6 +124,7 @@
       bubble.toolNodes[id] = node;
       bubble.tools.append(node.box);
     }
+    bubble.passages = (bubble.passages || []).concat(R.citations.passagesOf([call]));  // static/js/citations.js
     const status = call.status || "done";
     node.box.dataset.status = status;
     node.status.textContent = status === "running" ? "running…" : status;
@@ -232,6 +233,7 @@
 
   function finish(current, status, done) {
     R.render.flush(current.bubble.content);
+    R.citations.decorate(current.bubble.content, current.bubble.passages);
     const usage = current.usage || {};
     showMeta(current.bubble, {
       status: status, model: current.model, message_id: current.messageId,
@@ -414,6 +416,7 @@
     bubble.head.textContent = agentTitle(message.agent) + (message.model ? " · " + message.model : "");
     (message.tool_calls || []).forEach(function (call) { showTool(bubble, call); });
     R.render.markdown(bubble.content, message.content);
+    R.citations.decorate(bubble.content, bubble.passages);
     if (message.status === "budget_stop") showAlert(bubble, "A budget ran out while answering.");
     showMeta(bubble, Object.assign({ message_id: message.id }, message));
     return bubble.node;

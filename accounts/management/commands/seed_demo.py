@@ -17,9 +17,11 @@ class Command(BaseCommand):
         parser.add_argument("--password", default="relay-demo-password",
                             help="Password of the demo users (default: relay-demo-password).")
         parser.add_argument("--new-keys", action="store_true", help="Issue fresh keys even if the users have some.")
+        parser.add_argument("--url", default="",
+                            help="Where the server will listen (make run): end with it, the users and what to try.")
 
     @transaction.atomic
-    def handle(self, password, new_keys, **options):
+    def handle(self, password, new_keys, url="", **options):
         org = Organization.objects.filter(name=DEMO_ORG).first() or create_organization(DEMO_ORG)
         self.stdout.write(f"Organization: {org.name}")
         for role in ROLES:
@@ -41,3 +43,23 @@ class Command(BaseCommand):
                 line += "  key: already issued (secrets are not stored; --new-keys issues fresh ones)"
             self.stdout.write(line)
         self.stdout.write(f"Sign in at /login/ as any of them with the password {password!r}.")
+        if url:
+            self.stdout.write(banner(url.rstrip("/"), password))
+
+
+def banner(url: str, password: str) -> str:
+    """What `make run` prints just before the server starts: where, who, and what to try first."""
+    users = "\n".join(f"  {'demo-' + role.replace('_', '-'):16} / {password}   role: {role}"
+                      + ("  (also runs the admin console)" if role == "admin" else "") for role in ROLES)
+    return f"""
+============================================================
+Relay is starting on {url}/
+Demo users (username / password, role):
+{users}
+What to try first:
+  1. Sign in at {url}/login/ as demo-user.
+  2. In the chat, ask the Math agent: integrate x^2 sin x
+  3. Ask the Documents (RAG) agent: How do budgets work?  (its citations open the document)
+  4. Open {url}/admin/ as demo-admin.
+  API docs: {url}/api/docs/   Stop the server with Ctrl+C.
+============================================================"""
