@@ -48,7 +48,7 @@
     preview = URL.createObjectURL(candidate);
     const remove = el("button", { type: "button", class: "icon attach-remove", "aria-label": "Remove image",
       title: "Remove image", onclick: function () { clear(); button.focus(); } },
-    [el("img", { src: box.dataset.removeIcon, alt: "", width: "16", height: "16" })]);
+    [el("span", { class: "i i-close-small", "aria-hidden": "true" })]);
     box.append(el("div", { class: "attach-chip", "data-name": candidate.name || "image" }, [
       el("img", { class: "attach-thumb", src: preview, alt: "" }),
       el("span", { class: "attach-name", text: candidate.name || "Pasted image" }),
