@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.browser.conftest import screenshot
 from tests.browser.test_console import ask, open_chat
 from tests.console.conftest import add_usage
 
@@ -246,3 +247,27 @@ def test_desktop_keeps_the_sidebar_beside_the_chat(new_page, users, hostile):
     page.locator("#conversation-list .conversation", has_text="A short one").click()
     page.wait_for_function("() => document.getElementById('conversation-title').textContent === 'A short one'")
     assert page.locator("#chat-side").is_visible()
+
+
+def test_the_phone_chat_in_light_and_dark(new_page, users):
+    """The README's phone screenshots: a typeset answer in light, the conversations open in dark."""
+    page = new_page(users["user"], *PHONE)
+    open_chat(page)
+    ask(page, "math", "integrate x^2 sin x")
+    answer = page.locator("#messages .msg.assistant").last
+    page.wait_for_selector('#messages .msg.assistant:last-child[data-state="complete"]', timeout=60_000)
+    assert answer.locator(".katex").count() > 0
+    assert page.evaluate(NO_PAGE_OVERFLOW), "the phone chat scrolls sideways"
+    icon = page.locator("#side-toggle .i").bounding_box()  # the menu icon is drawn, not only its button
+    assert icon and icon["width"] >= 16 and icon["height"] >= 16, icon
+    screenshot(page, "chat-mobile")
+
+    page.emulate_media(color_scheme="dark")  # the theme follows the system until one is picked
+    page.wait_for_function("() => document.documentElement.dataset.theme === 'dark' || "
+                           "getComputedStyle(document.body).backgroundColor !== 'rgb(255, 255, 255)'")
+    open_sidebar(page)
+    assert page.locator("#conversation-list .conversation").first.inner_text().startswith("Integrate x^2 sin x")
+    background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(part) for part in background[background.index("(") + 1:-1].split(",")[:3])
+    assert red + green + blue < 3 * 80, background  # dark, not the light page
+    screenshot(page, "chat-mobile-dark")
