@@ -76,7 +76,7 @@ def populate(interactions: int) -> tuple[int, float]:
             conv = Conversation(id=uuid.uuid4(), organization=org, user=rng.choice(users), agent="general")
             conversations.append(conv)
             parent, at = None, start + dt.timedelta(seconds=made)
-            for turn in range(2):
+            for _turn in range(2):
                 if made >= interactions:
                     break
                 question_text, answer_text = text(rng, rng.randint(8, 30)), text(rng, rng.randint(30, 90))
@@ -122,6 +122,8 @@ def main():
     connection, old_name = setup_database()
     try:
         dataset_id, insert_seconds = populate(args.interactions)
+        with connection.cursor() as cursor:  # the statistics autovacuum would have gathered by now
+            cursor.execute("ANALYZE")
         print(f"inserted {args.interactions} interactions in {insert_seconds:.1f} s", flush=True)
         with tempfile.TemporaryDirectory(prefix="relay-training-bench-") as directory:
             env = {**os.environ, "DATABASE_URL": database_url(connection), "RELAY_TRAINING_DIR": directory}
