@@ -72,6 +72,16 @@ MODEL_DEPLOYMENT_CREATED = "model_deployment.created"
 MODEL_DEPLOYMENT_UPDATED = "model_deployment.updated"
 MODEL_DEPLOYMENT_DELETED = "model_deployment.deleted"
 
+# Training data (training/actions/): consent, exclusions, datasets and their builds. Downloads of a
+# built version are DATA_EXPORTED, with resource "dataset_version:<id>".
+TRAINING_CONSENT_CHANGED = "training.consent_changed"  # an organization admin turned it on or off
+TRAINING_CONVERSATION_EXCLUDED = "training.conversation_excluded"  # by its owner (or an evaluation's run)
+TRAINING_CONVERSATION_INCLUDED = "training.conversation_included"  # its owner lifted the exclusion
+DATASET_CREATED = "dataset.created"
+DATASET_DELETED = "dataset.deleted"  # its versions and their files with it
+DATASET_BUILD_REQUESTED = "dataset.build_requested"
+DATASET_BUILT = "dataset.built"  # status error when the build failed
+
 # Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
 LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usage records

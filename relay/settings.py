@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "audit",
     "agents",
     "billing",
+    "training",
     "relay.observability",
 ]
 
@@ -347,6 +348,8 @@ STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 MEDIA_ROOT = Path(os.environ.get("RELAY_MEDIA_ROOT", BASE_DIR / "media"))
+# Built training datasets (training/storage.py): one JSONL file per version.
+RELAY_TRAINING_DIR = Path(os.environ.get("RELAY_TRAINING_DIR", MEDIA_ROOT / "training"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Not the manifest storage: it makes every page fail until collectstatic has run.

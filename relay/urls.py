@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("agents.api.urls")),
     path("costs/", include("billing.api.urls")),
+    path("training/", include("training.api.urls")),
 ]
 
 urlpatterns = [

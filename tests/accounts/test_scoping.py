@@ -72,7 +72,7 @@ def test_scoped_views_keep_the_gate_and_their_models_have_a_rule():
 
 
 def _sources():
-    for app in ("accounts", "agents", "audit", "billing", "relay"):
+    for app in ("accounts", "agents", "audit", "billing", "training", "relay"):
         for path in (Path(settings.BASE_DIR) / app).rglob("*.py"):
             if "migrations" not in path.parts:
                 yield path, path.read_text()

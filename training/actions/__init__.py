@@ -1,0 +1,1 @@
+"""Every state change of training data (docs/architecture.md, "Actions"): atomic, audited last."""
