@@ -73,7 +73,7 @@ def delete_set(evaluation_set: EvaluationSet, *, actor: User | None) -> None:
 @transaction.atomic
 def start_evaluation(evaluation_set: EvaluationSet, *, actor: User, targets: list[str], agent: str = "general",
                      max_tokens: int = 512, enqueue: bool = True) -> Evaluation:
-    """A queued evaluation with its own key of actor's; the Celery task runs it once this commits.
+    """A queued evaluation; the Celery task runs it (on a new key of actor's) once this commits.
 
     The caller has checked the targets (training.evaluations.target_problem) and that actor may
     use agent.
@@ -81,18 +81,23 @@ def start_evaluation(evaluation_set: EvaluationSet, *, actor: User, targets: lis
     evaluation = Evaluation.objects.create(
         organization_id=evaluation_set.organization_id, evaluation_set=evaluation_set, targets=list(targets),
         agent=agent, max_tokens=max_tokens, started_by=actor, total=evaluation_set.items_count * len(targets))
-    # The owner's permissions as they are today (create_api_key's default): never more than they hold.
-    evaluation.api_key = create_api_key(actor, f"Evaluation {evaluation.pk}").key
-    evaluation.save(update_fields=["api_key"])
     record(actions.EVALUATION_STARTED, actor=actor, organization=evaluation.organization_id,
            resource=f"evaluation:{evaluation.pk}",
            metadata={"evaluation_set": evaluation_set.pk, "targets": evaluation.targets, "agent": agent,
-                     "runs": evaluation.total, "api_key": evaluation.api_key.prefix})
+                     "runs": evaluation.total})
     if enqueue:
         from training.tasks import run_evaluation_task
 
         transaction.on_commit(lambda: run_evaluation_task.delay(evaluation.pk))
     return evaluation
+
+
+@transaction.atomic
+def _issue_key(evaluation: Evaluation) -> None:
+    """The evaluation's own key of its starter, made when it runs (api_key.created): with the owner's
+    permissions as they are then (create_api_key's default), never more than they hold."""
+    evaluation.api_key = create_api_key(evaluation.started_by, f"Evaluation {evaluation.pk}").key
+    evaluation.save(update_fields=["api_key"])
 
 
 @transaction.atomic
@@ -158,6 +163,7 @@ def run_evaluation(evaluation_id: int, *, on_progress=None) -> Evaluation:
     evaluation.state = Evaluation.State.RUNNING
     stopped = None
     try:
+        _issue_key(evaluation)
         for item in evaluation.evaluation_set.items.order_by("position").iterator(chunk_size=200):
             for target in evaluation.targets:
                 stopped = _one_run(evaluation, item, target)

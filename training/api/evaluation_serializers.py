@@ -53,9 +53,14 @@ class EvaluationStartSerializer(StrictSerializer):
                                     max_length=evaluations.MAX_TARGETS,
                                     help_text="Model names (GET /v1/models) or relay-<agent>; routing settings "
                                               "live on a model, so compare routing by comparing model names.")
-    agent = serializers.ChoiceField(choices=sorted(AGENT_PERMISSIONS), default="general",
-                                    help_text="The agent of items that name none (relay-<agent> targets pick theirs).")
+    agent = StrictCharField(max_length=32, default="general",
+                            help_text="The agent of items that name none (relay-<agent> targets pick theirs).")
     max_tokens = serializers.IntegerField(min_value=1, max_value=8192, default=512)
+
+    def validate_agent(self, agent):
+        if agent not in AGENT_PERMISSIONS:
+            raise serializers.ValidationError(f"Unknown agent {agent!r}.")
+        return agent
 
     def validate_targets(self, targets):
         if len(set(targets)) != len(targets):
