@@ -58,6 +58,12 @@ WRITES = {
     ("document-detail", "DELETE"): actions.DOCUMENT_DELETED,
     ("document-share", "POST"): actions.DOCUMENT_SHARED,
     ("costs-budget", "POST"): actions.BUDGET_CREATED,
+    ("training-consent", "PUT"): actions.TRAINING_CONSENT_CHANGED,
+    ("training-exclusion", "POST"): actions.TRAINING_CONVERSATION_EXCLUDED,
+    ("training-exclusion", "DELETE"): actions.TRAINING_CONVERSATION_INCLUDED,
+    ("training-dataset-list", "POST"): actions.DATASET_CREATED,
+    ("training-dataset-detail", "DELETE"): actions.DATASET_DELETED,
+    ("training-dataset-build", "POST"): actions.DATASET_BUILD_REQUESTED,  # the build itself runs after the commit
     ("platform-model-list", "POST"): actions.MODEL_ENDPOINT_CREATED,
     ("platform-model-detail", "PATCH"): actions.MODEL_ENDPOINT_UPDATED,
     ("platform-model-detail", "DELETE"): actions.MODEL_ENDPOINT_DELETED,
@@ -224,6 +230,8 @@ def _api_case(name: str, method: str, scene: Scene):
         "conversation-list": {"agent": "math", "title": "walked"},
         "document-share": {"users": [users["user"].pk]},
         "costs-budget": {"scope": "organization", "period": "monthly", "limit_usd": "10", "hard": True},
+        "training-consent": {"enabled": True},
+        "training-dataset-list": {"name": "walked"},
     }.get(name, {})
     if name == "user-detail":
         path = reverse(name, args=[users["viewer"].pk])
@@ -233,6 +241,14 @@ def _api_case(name: str, method: str, scene: Scene):
         body["conversation_id"] = str(scene.conversation().pk)
     elif name == "message-feedback":
         path = reverse(name, args=[scene.ask()["message_id"]])
+    elif name == "training-exclusion":
+        path = reverse(name, args=[scene.conversation().pk])
+    elif name in ("training-dataset-detail", "training-dataset-build"):
+        from training.actions.consent import set_consent
+        from training.models import Dataset
+
+        set_consent(scene.admin.organization, enabled=True, actor=scene.admin)
+        path = reverse(name, args=[Dataset.objects.create(organization=scene.admin.organization, name="walked").pk])
     elif name == "conversation-detail":
         path = reverse(name, args=[scene.conversation().pk])
         body = {"title": "walked", "pinned": True} if method == "PATCH" else {}

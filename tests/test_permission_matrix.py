@@ -71,6 +71,16 @@ ROUTES = {
     "platform-model-detail": {"GET": PLATFORM, "PATCH": PLATFORM, "DELETE": PLATFORM},
     "platform-deployment-list": {"GET": PLATFORM, "POST": PLATFORM},
     "platform-deployment-detail": {"GET": PLATFORM, "PATCH": PLATFORM, "DELETE": PLATFORM},
+    # Training data (training/api): manage_training; changing consent is an organization admin's; a
+    # conversation's exclusion is its owner's; a download needs export_data as well.
+    "training-consent": {"GET": "manage_training", "PUT": ADMIN},
+    "training-exclusion": {"GET": SIGNED_IN, "POST": SIGNED_IN, "DELETE": SIGNED_IN},  # own conversations
+    "training-dataset-list": {"GET": "manage_training", "POST": "manage_training"},
+    "training-dataset-detail": {"GET": "manage_training", "DELETE": "manage_training"},
+    "training-dataset-build": {"POST": "manage_training"},
+    "training-version-list": {"GET": "manage_training"},
+    "training-version-detail": {"GET": "manage_training"},
+    "training-version-download": {"GET": "manage_training+export_data"},
     # Evaluations (training/api/evaluation_views.py): manage_training, like the rest of /api/v1/training/.
     "training-evaluation-set-list": {"GET": "manage_training", "POST": "manage_training"},
     "training-evaluation-set-detail": {"GET": "manage_training", "DELETE": "manage_training"},
@@ -125,7 +135,7 @@ def allowed(role: str, requirement: str) -> bool:
         return role == "admin"
     if requirement == PLATFORM:
         return False
-    return requirement in MATRIX[role]
+    return all(codename in MATRIX[role] for codename in requirement.split("+"))  # "a+b": both
 
 
 def send(client, method: str, path: str):
@@ -257,6 +267,11 @@ ADMIN_MODELS = {
     "billing.budget": ("manage", {"add", "delete"}),
     "billing.budgetalert": ("manage", {"delete"}),
     "billing.optimizersettings": ("manage", {"add", "delete"}),
+    # Training (issue 21): read-only in the admin; changes go through the API's audited actions.
+    "training.trainingconsent": ("read", set()),
+    "training.conversationexclusion": ("read", set()),
+    "training.dataset": ("read", set()),
+    "training.datasetversion": ("read", set()),
     "training.evaluationset": ("read", set()),
     "training.evaluation": ("read", set()),
     "training.evaluationresult": ("read", set()),
@@ -352,8 +367,16 @@ def _org_admin_rows_for(users, objects, mine):
         None, org, member, None, None, "req-walk-own")
     usage.save()
     from audit.models import AuditEvent
+    from training.models import ConversationExclusion, Dataset, DatasetVersion, TrainingConsent
 
-    return {**objects,
+    dataset = Dataset.objects.create(organization=org, name="walked")
+    training = {
+        "training.trainingconsent": TrainingConsent.objects.create(organization=org, enabled=True).pk,
+        "training.conversationexclusion": ConversationExclusion.objects.create(conversation=conversation).pk,
+        "training.dataset": dataset.pk,
+        "training.datasetversion": DatasetVersion.objects.create(dataset=dataset, number=1).pk,
+    }
+    return {**objects, **training,
             "billing.budget": budget.pk,
             "billing.budgetalert": BudgetAlert.objects.create(budget=budget, period_key="walk", threshold=80,
                                                               spent_usd="4").pk,

@@ -89,7 +89,7 @@ def similarity(first: array, second: array) -> float:
 class Deduplicator:
     """Feed rows in a fixed order; `seen` says whether a row duplicates one kept before it.
 
-    Holds a digest per kept row, its signature (SLOTS*4 bytes) and BANDS integer band keys.
+    Holds a digest per row seen, and per kept row its signature (SLOTS*4 bytes) and BANDS integer band keys.
     """
 
     def __init__(self):
@@ -110,10 +110,10 @@ class Deduplicator:
             found = self._bands.get(band_key)
             if found is not None:
                 candidates.update(found if isinstance(found, list) else (found,))
+        self._digests.add(key)  # a copy of a removed row is an exact duplicate too, whatever came first
         if any(similarity(sig, self._signatures[index]) >= THRESHOLD for index in sorted(candidates)):
             return "near"
         index = len(self._signatures)
-        self._digests.add(key)
         self._signatures.append(sig)
         for band_key in band_keys:
             found = self._bands.get(band_key)

@@ -78,7 +78,7 @@ def preference(version: DatasetVersion, split: str = "all") -> Iterator[str]:
     rated: dict[bytes, dict[int, tuple[str, str]]] = {}  # question -> feedback -> (answer id, parent id)
     for _conversation, rows in groupby(_rows(version, split), key=lambda row: row["conversation"]):
         rows = list(rows)
-        for parent, siblings in groupby(sorted((r for r in rows if r["parent"]), key=lambda r: r["parent"]),
+        for _parent, siblings in groupby(sorted((r for r in rows if r["parent"]), key=lambda r: r["parent"]),
                                         key=lambda r: r["parent"]):
             ranked = sorted(siblings, key=lambda r: (_preference(r), r["id"]), reverse=True)
             best = ranked[0]

@@ -12,7 +12,7 @@ from django.utils import timezone
 class TrainingConsent(models.Model):
     """Whether an organization's interactions may be used for training; no row means no (off by default)."""
 
-    organization = models.OneToOneField("accounts.Organization", on_delete=models.CASCADE, primary_key=True,
+    organization = models.OneToOneField("accounts.Organization", on_delete=models.CASCADE,
                                         related_name="training_consent")
     enabled = models.BooleanField(default=False)
     changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
@@ -34,7 +34,7 @@ class ConversationExclusion(models.Model):
         USER = "user", "Excluded by its owner"
         EVALUATION = "evaluation", "An evaluation run"
 
-    conversation = models.OneToOneField("agents.Conversation", on_delete=models.CASCADE, primary_key=True,
+    conversation = models.OneToOneField("agents.Conversation", on_delete=models.CASCADE,
                                         related_name="training_exclusion")
     reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.USER)
     excluded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

@@ -35,6 +35,7 @@ from audit.models import AuditEvent
 from audit.services import record
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, UsageRecord
 from tests.test_audited_writes import form_data
+from training.models import ConversationExclusion, Dataset, DatasetVersion, TrainingConsent
 
 MARK = "zqxmark"
 PASSWORD = "correct horse battery staple"
@@ -60,12 +61,17 @@ def build_organization(name: str, tag: str) -> dict:
     document = Document.objects.create(organization=org, owner=members["user"], name=f"doc{tag}.txt",
                                        title=f"Doc{tag}", kind="text", size=1, sha256="0" * 64)
     optimizer = OptimizerSettings.objects.create(organization=org)
+    consent = TrainingConsent.objects.create(organization=org, enabled=True, changed_by=members["admin"])
+    exclusion = ConversationExclusion.objects.create(conversation=conversation, excluded_by=members["user"])
+    dataset = Dataset.objects.create(organization=org, name=f"Dataset{tag}", created_by=members["admin"])
+    version = DatasetVersion.objects.create(dataset=dataset, number=1, state="done")
     record(actions.USER_UPDATED, actor=members["admin"], organization=org.pk, resource=f"walk:{tag}",
            metadata={"username": f"admin{tag}"})
     event = AuditEvent.objects.filter(resource=f"walk:{tag}").get()
     return {"org": org, "users": members, "team": team, "key": key, "budget": budget, "alert": alert,
             "usage": usage, "conversation": conversation, "message": message, "document": document,
-            "optimizer": optimizer, "event": event}
+            "optimizer": optimizer, "event": event, "consent": consent, "exclusion": exclusion, "dataset": dataset,
+            "version": version}
 
 
 # model label -> B's row. A model opened to organization admins must have its row here.
@@ -82,6 +88,10 @@ FACTORIES = {
     "agents.document": lambda b: b["document"],
     "audit.auditevent": lambda b: b["event"],
     "accounts.organization": lambda b: b["org"],
+    "training.trainingconsent": lambda b: b["consent"],
+    "training.conversationexclusion": lambda b: b["exclusion"],
+    "training.dataset": lambda b: b["dataset"],
+    "training.datasetversion": lambda b: b["version"],
 }
 
 

@@ -22,6 +22,12 @@ def training_dir(settings, tmp_path):
     return settings.RELAY_TRAINING_DIR
 
 
+@pytest.fixture(autouse=True)
+def eager_tasks(settings):
+    """Builds run in the request that asks for them, once it commits (as in `make run`); Celery reads this."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+
 @pytest.fixture
 def consent(users):
     return set_consent(users["admin"].organization, enabled=True, actor=users["admin"])

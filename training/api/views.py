@@ -43,6 +43,14 @@ class Conflict(APIException):
     default_code = "conflict"
 
 
+class ConsentRequired(Conflict):
+    default_code = "training_consent_required"
+
+
+class NotBuilt(Conflict):
+    default_code = "not_built"
+
+
 def caller_organization(request):
     organization = request.user.organization
     if organization is None:
@@ -138,7 +146,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
         try:
             version = builds.request_build(dataset, actor=request.user)
         except services.ConsentRequired as error:
-            raise Conflict(str(error), code="training_consent_required") from None
+            raise ConsentRequired(str(error)) from None
         version.refresh_from_db()  # an eager build has already run
         return Response(VersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
@@ -187,7 +195,7 @@ class VersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
         except services.NotDownloadable as error:
             if error.withdrawn:
                 raise Gone(str(error)) from None
-            raise Conflict(str(error), code="not_built") from None
+            raise NotBuilt(str(error)) from None
         except ValueError as error:
             raise ValidationError({"format": [str(error)]}) from None
         response = StreamingHttpResponse((line.encode() for line in lines), content_type="application/jsonl")
