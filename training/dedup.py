@@ -94,7 +94,7 @@ class Deduplicator:
 
     def __init__(self):
         self._digests: set[bytes] = set()
-        self._signatures: list[array] = []
+        self._signatures = array("I")  # every kept row's SLOTS values, one flat array: no object per row
         self._bands: dict[int, int | list[int]] = {}
 
     def seen(self, text: str) -> str | None:
@@ -111,10 +111,11 @@ class Deduplicator:
             if found is not None:
                 candidates.update(found if isinstance(found, list) else (found,))
         self._digests.add(key)  # a copy of a removed row is an exact duplicate too, whatever came first
-        if any(similarity(sig, self._signatures[index]) >= THRESHOLD for index in sorted(candidates)):
+        if any(similarity(sig, self._signatures[index * SLOTS:(index + 1) * SLOTS]) >= THRESHOLD
+               for index in sorted(candidates)):
             return "near"
-        index = len(self._signatures)
-        self._signatures.append(sig)
+        index = len(self._signatures) // SLOTS
+        self._signatures.extend(sig)
         for band_key in band_keys:
             found = self._bands.get(band_key)
             if found is None:

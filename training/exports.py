@@ -29,7 +29,8 @@ def _line(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False) + "\n"
 
 
-def _rows(version: DatasetVersion, split: str) -> Iterator[dict]:
+def rows(version: DatasetVersion, split: str = "all") -> Iterator[dict]:
+    """The version's canonical rows (what evaluations read as their cases), in file order."""
     with open(storage.path(version.file_name), encoding="utf-8") as source:
         for line in source:
             row = json.loads(line)
@@ -52,7 +53,7 @@ def _openai_messages(turns: list[dict]) -> list[dict]:
 
 
 def chat(version: DatasetVersion, split: str = "all") -> Iterator[str]:
-    for row in _rows(version, split):
+    for row in rows(version, split):
         yield _line({"messages": _openai_messages(row["messages"])})
 
 
@@ -76,16 +77,16 @@ def _pair(chosen: dict, rejected: dict) -> str:
 
 def preference(version: DatasetVersion, split: str = "all") -> Iterator[str]:
     rated: dict[bytes, dict[int, tuple[str, str]]] = {}  # question -> feedback -> (answer id, parent id)
-    for _conversation, rows in groupby(_rows(version, split), key=lambda row: row["conversation"]):
-        rows = list(rows)
-        for _parent, siblings in groupby(sorted((r for r in rows if r["parent"]), key=lambda r: r["parent"]),
+    for _conversation, grouped in groupby(rows(version, split), key=lambda row: row["conversation"]):
+        group = list(grouped)
+        for _parent, siblings in groupby(sorted((r for r in group if r["parent"]), key=lambda r: r["parent"]),
                                         key=lambda r: r["parent"]):
             ranked = sorted(siblings, key=lambda r: (_preference(r), r["id"]), reverse=True)
             best = ranked[0]
             for other in ranked[1:]:
                 if _preference(best) > _preference(other):
                     yield _pair(best, other)
-        for row in rows:
+        for row in group:
             if row["feedback"] in (1, -1):
                 question = hashlib.blake2b(normalize(_prompt(row)).encode(), digest_size=16).digest()
                 rated.setdefault(question, {}).setdefault(row["feedback"], (row["id"], row["parent"]))
@@ -94,13 +95,13 @@ def preference(version: DatasetVersion, split: str = "all") -> Iterator[str]:
     if not pairs:
         return
     needed = {answer for pair in pairs for answer in pair}
-    found = {row["id"]: row for row in _rows(version, split) if row["id"] in needed}
+    found = {row["id"]: row for row in rows(version, split) if row["id"] in needed}
     for chosen, rejected in pairs:
         yield _pair(found[chosen], found[rejected])
 
 
 def reward(version: DatasetVersion, split: str = "all") -> Iterator[str]:
-    for row in _rows(version, split):
+    for row in rows(version, split):
         if row["quality_score"] is not None:
             yield _line({"prompt": _prompt(row), "response": _answer(row), "score": row["quality_score"]})
 

@@ -170,3 +170,13 @@ def test_a_failing_build_ends_failed_and_audited(users, consent, monkeypatch):
     assert version.state == DatasetVersion.State.FAILED and version.message
     event = AuditEvent.objects.get(action="dataset.built")
     assert event.status == "error" and event.metadata["error"] == "OSError"
+
+
+def test_a_version_is_built_once_however_often_the_task_runs(users, consent):
+    from audit.models import AuditEvent
+
+    turn(conversation(users["user"]), "Q", "A")
+    version = build(dataset(users["admin"].organization))
+    again = builds.run_build(version.pk)
+    assert (again.state, again.content_sha256) == ("done", version.content_sha256)
+    assert AuditEvent.objects.filter(action="dataset.built").count() == 1

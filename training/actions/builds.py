@@ -80,11 +80,15 @@ def _stream(definition: dict):
 def run_build(version_id: int, *, on_progress: Callable[[DatasetVersion], None] | None = None) -> DatasetVersion:
     """Build a queued version (the task's body and `manage.py build_dataset`'s). Failures end as `failed`."""
     version = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
-    if version.state != DatasetVersion.State.QUEUED:
+    # Only one worker starts it, however often the task is delivered.
+    started = DatasetVersion.objects.filter(pk=version.pk, state=DatasetVersion.State.QUEUED).update(
+        state=DatasetVersion.State.RUNNING, started_at=timezone.now())
+    if not started:
+        version.refresh_from_db()
         return version
+    version.state = DatasetVersion.State.RUNNING
     definition = version.definition
-    _progress(version, state=DatasetVersion.State.RUNNING, started_at=timezone.now(),
-              total=services.selected_answers(definition).count())
+    _progress(version, total=services.selected_answers(definition).count())
     temporary = storage.root() / f".building-{version.pk}-{os.getpid()}"
     try:
         if not services.consent_enabled(definition["organization"]):
