@@ -8,6 +8,7 @@ from django.shortcuts import render
 from accounts.pages import may_open, page
 from accounts.scoping import refuse_hidden, restrict
 from agents.documents import readable_documents
+from agents.listing import listed
 from agents.models import Conversation, Document
 from agents.registry import all_agents, may_use
 
@@ -22,7 +23,7 @@ def chat(request):
     conversations = [
         {"id": str(c["id"]), "title": c["title"] or "Untitled conversation", "agent": c["agent"],
          "pinned": c["pinned"], "updated_at": c["updated_at"].isoformat()}
-        for c in restrict(Conversation, user).order_by("-pinned", "-updated_at")
+        for c in listed(restrict(Conversation, user)).order_by("-pinned", "-updated_at")
         .values("id", "title", "agent", "pinned", "updated_at")[:RECENT_CONVERSATIONS]
     ]
     context = {

@@ -82,6 +82,13 @@ DATASET_DELETED = "dataset.deleted"  # its versions and their files with it
 DATASET_BUILD_REQUESTED = "dataset.build_requested"
 DATASET_BUILT = "dataset.built"  # status error when the build failed
 
+# Evaluations (training/actions/evaluations.py): sets made and deleted; each evaluation's start (its
+# evaluation key is an ordinary api_key.created) and its end, with what it finished.
+EVALUATION_SET_CREATED = "evaluation_set.created"
+EVALUATION_SET_DELETED = "evaluation_set.deleted"
+EVALUATION_STARTED = "evaluation.started"
+EVALUATION_FINISHED = "evaluation.finished"  # status error when it failed; stopped_by_budget in metadata
+
 # Repairs of `manage.py reconcile --fix` (agents/reconcile.py); an interrupted answer it finds
 # gets the usual AGENT_RUN event, with metadata interrupted_by "reconcile".
 LEDGER_RECONCILED = "ledger.reconciled"  # a spent counter rebuilt from the usage records

@@ -70,6 +70,10 @@ WRITES = {
     ("platform-deployment-list", "POST"): actions.MODEL_DEPLOYMENT_CREATED,
     ("platform-deployment-detail", "PATCH"): actions.MODEL_DEPLOYMENT_UPDATED,
     ("platform-deployment-detail", "DELETE"): actions.MODEL_DEPLOYMENT_DELETED,
+    ("training-evaluation-set-list", "POST"): actions.EVALUATION_SET_CREATED,
+    ("training-evaluation-set-upload", "POST"): actions.EVALUATION_SET_CREATED,
+    ("training-evaluation-set-detail", "DELETE"): actions.EVALUATION_SET_DELETED,
+    ("training-evaluation-list", "POST"): actions.EVALUATION_STARTED,  # its run (a task) records the rest
 }
 # Console pages whose form POST changes something (page name -> action).
 PAGE_FORMS = {"password-change": actions.PASSWORD_CHANGED}
@@ -207,6 +211,8 @@ def _api_case(name: str, method: str, scene: Scene):
         return Client(), reverse("login"), {"username": "admin", "password": PASSWORD}, None
     if name.startswith("platform-"):
         return _platform_case(name, method, scene)
+    if name.startswith("training-evaluation"):
+        return _evaluation_case(name, scene)
     if name == "token-obtain":
         return _anonymous_json(reverse(name), {"username": "admin", "password": PASSWORD})
     if name == "token-refresh":
@@ -270,6 +276,27 @@ def _platform_case(name: str, method: str, scene: Scene):
         return client, reverse(name, args=[model.pk]), {"num_retries": 1} if method == "PATCH" else {}, "json"
     deployment = model.deployments.get()
     return client, reverse(name, args=[deployment.pk]), {"weight": 3} if method == "PATCH" else {}, "json"
+
+
+def _evaluation_case(name: str, scene: Scene):
+    from training.actions.evaluations import create_set
+    from training.evaluations import parse_upload
+
+    if name == "training-evaluation-set-upload":
+        return scene.client, reverse(name), {"name": "walked", "file": SimpleUploadedFile(
+            "set.jsonl", b'{"prompt": "1+1", "reference": "2"}\n')}, "multipart"
+    if name == "training-evaluation-set-list":
+        from tests.training.conftest import build, dataset, turn
+        from training.actions.consent import set_consent
+
+        set_consent(scene.admin.organization, enabled=True, actor=scene.admin)
+        turn(scene.conversation(), "What is 1+1?", "2")
+        version = build(dataset(scene.admin.organization))
+        return scene.client, reverse(name), {"name": "from a version", "dataset_version": version.pk}, "json"
+    made = create_set(scene.admin.organization, actor=scene.admin, name="walked", items=parse_upload(b'{"prompt": "a"}'))
+    if name == "training-evaluation-set-detail":
+        return scene.client, reverse(name, args=[made.pk]), {}, "json"
+    return scene.client, reverse(name), {"evaluation_set": made.pk, "targets": ["relay-math"]}, "json"
 
 
 async def _drain(response) -> bytes:

@@ -81,6 +81,14 @@ ROUTES = {
     "training-version-list": {"GET": "manage_training"},
     "training-version-detail": {"GET": "manage_training"},
     "training-version-download": {"GET": "manage_training+export_data"},
+    # Evaluations (training/api/evaluation_views.py): manage_training, like the rest of /api/v1/training/.
+    "training-evaluation-set-list": {"GET": "manage_training", "POST": "manage_training"},
+    "training-evaluation-set-detail": {"GET": "manage_training", "DELETE": "manage_training"},
+    "training-evaluation-set-upload": {"POST": "manage_training"},
+    "training-evaluation-list": {"GET": "manage_training", "POST": "manage_training"},
+    "training-evaluation-detail": {"GET": "manage_training"},
+    "training-evaluation-comparison": {"GET": "manage_training"},
+    "training-evaluation-results": {"GET": "manage_training"},
     "logout": {"POST": PUBLIC},  # last: it ends the walker's session
 }
 PAGES = {
@@ -268,6 +276,9 @@ ADMIN_MODELS = {
     "training.conversationexclusion": ("read", set()),
     "training.dataset": ("read", set()),
     "training.datasetversion": ("read", set()),
+    "training.evaluationset": ("read", set()),
+    "training.evaluation": ("read", set()),
+    "training.evaluationresult": ("read", set()),
 }
 MODEL_VIEWS = ("changelist", "add", "change", "history", "delete")
 # The site's own pages: url name -> what an organization admin gets (superusers: 200 unless noted).
@@ -327,8 +338,24 @@ def _admin_objects(users):
     RefreshToken.for_user(users["user"]).blacklist()
     objects["token_blacklist.outstandingtoken"] = OutstandingToken.objects.first().pk
     objects["token_blacklist.blacklistedtoken"] = BlacklistedToken.objects.first().pk
+    objects.update(_evaluation_rows(users["admin"]))
     objects["audit.auditheadcheckpoint"] = write_head_checkpoint().pk
     return objects, mine
+
+
+def _evaluation_rows(admin) -> dict:
+    """One evaluation set, evaluation and result of admin's organization."""
+    from training.actions.evaluations import create_set
+    from training.evaluations import parse_upload
+    from training.models_evaluation import Evaluation, EvaluationResult
+
+    made = create_set(admin.organization, actor=admin, name="walked", items=parse_upload(b'{"prompt": "a"}'))
+    evaluation = Evaluation.objects.create(organization=admin.organization, evaluation_set=made, targets=["x"],
+                                           started_by=admin)
+    result = EvaluationResult.objects.create(evaluation=evaluation, item=made.items.get(), target="x",
+                                             status="complete")
+    return {"training.evaluationset": made.pk, "training.evaluation": evaluation.pk,
+            "training.evaluationresult": result.pk}
 
 
 def _org_admin_rows_for(users, objects, mine):

@@ -43,3 +43,5 @@ class DatasetVersionAdmin(ReadOnlyAdmin):
     list_display = ["dataset", "number", "state", "processed", "total", "rows", "content_sha256", "withdrawn_at",
                     "created_at"]
     list_filter = ["state"]
+
+from training import admin_evaluation  # noqa: E402,F401  (evaluations, registered read-only)

@@ -14,6 +14,22 @@ def register_rules() -> None:
                                                          administered_by="conversation__organization"))
 
 
+def register_evaluation_hooks() -> None:
+    """Evaluation runs' conversations are not listed to their owners (agents.listing); evaluations are scoped."""
+    from django.db.models import Exists, OuterRef
+
+    from accounts import scoping
+    from agents.listing import register_unlisted
+    from training.models import ConversationExclusion, Evaluation, EvaluationResult, EvaluationSet
+
+    evaluation_runs = ConversationExclusion.objects.filter(conversation=OuterRef("pk"),
+                                                           reason=ConversationExclusion.Reason.EVALUATION)
+    register_unlisted("training-evaluations", lambda conversations: conversations.exclude(Exists(evaluation_runs)))
+    scoping.register(EvaluationSet, scoping.Rule(organization="organization"))
+    scoping.register(Evaluation, scoping.Rule(organization="organization"))
+    scoping.register(EvaluationResult, scoping.Rule(organization="evaluation__organization"))
+
+
 class TrainingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "training"
@@ -25,6 +41,7 @@ class TrainingConfig(AppConfig):
         from training.actions.withdrawal import withdraw_deleted_conversation
 
         register_rules()
+        register_evaluation_hooks()
         # agents cannot import training: a conversation's deletion withdraws the versions holding it
         # through this signal, sent inside the deletion's transaction (every path: API, admin, cascade).
         pre_delete.connect(withdraw_deleted_conversation, sender=Conversation, dispatch_uid="training-withdraw")

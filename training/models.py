@@ -138,3 +138,5 @@ class VersionConversation(models.Model):
 
     def __str__(self):
         return f"{self.version_id}: {self.conversation_id}"
+
+from training.models_evaluation import Evaluation, EvaluationItem, EvaluationResult, EvaluationSet  # noqa: E402,F401

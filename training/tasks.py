@@ -8,3 +8,10 @@ def build_version(version_id: int) -> None:
     from training.actions.builds import run_build
 
     run_build(version_id)
+
+
+@shared_task(ignore_result=True)
+def run_evaluation_task(evaluation_id: int) -> None:
+    from training.actions.evaluations import run_evaluation
+
+    run_evaluation(evaluation_id)

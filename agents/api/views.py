@@ -27,6 +27,7 @@ from agents.api.serializers import (
     ShareSerializer,
 )
 from agents.ingest import DocumentError
+from agents.listing import listed
 from agents.models import Conversation, Document, Message
 from agents.providers.catalog import available_models
 from agents.registry import all_agents, may_use
@@ -76,7 +77,7 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins
         if self.action == "list":
             query = ConversationSearchSerializer(data={"search": self.request.query_params.get("search", "")})
             query.is_valid(raise_exception=True)
-            conversations = search_conversations(conversations, query.validated_data.get("search", ""))
+            conversations = search_conversations(listed(conversations), query.validated_data.get("search", ""))
             conversations = conversations.order_by("-pinned", "-updated_at")
         return conversations
 

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
 from training.api import views
@@ -11,4 +11,5 @@ urlpatterns = [
     path("consent", views.ConsentView.as_view(), name="training-consent"),
     path("conversations/<uuid:pk>/exclusion", views.ExclusionView.as_view(), name="training-exclusion"),
     *router.urls,
+    path("", include("training.api.evaluation_urls")),
 ]
