@@ -20,8 +20,31 @@ def canonical(row: dict) -> str:
     return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _arguments(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+def _redacted(value, counts: Counter):
+    """value with each string in it redacted before it is encoded: once encoded, an escape (`\\n`)
+    glues its letter to the secret after it, and a redaction could cut an escape in half."""
+    if isinstance(value, str):
+        return redact(value, counts)
+    if isinstance(value, list):
+        return [_redacted(item, counts) for item in value]
+    if isinstance(value, dict):
+        return {redact(str(key), counts): _redacted(item, counts) for key, item in value.items()}
+    return value
+
+
+def _encoded(value, counts: Counter) -> str:
+    """A tool call's arguments or output as redacted text; JSON given as text is redacted inside its strings."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return redact(value, counts)
+        if not isinstance(parsed, dict | list):
+            return redact(value, counts)
+        value = parsed
+    return json.dumps(_redacted(value, counts), sort_keys=True, separators=(",", ":"))
 
 
 def _tool_calls(message: dict, counts: Counter) -> list[dict]:
@@ -31,8 +54,8 @@ def _tool_calls(message: dict, counts: Counter) -> list[dict]:
             continue
         call_id = str(call.get("call_id") or f"call_{str(message['id'])[:8]}_{index}")
         calls.append({"id": call_id, "name": str(call.get("name") or call.get("tool") or "tool"),
-                      "arguments": redact(_arguments(call.get("input", {})), counts),
-                      "output": redact(str(call.get("output", "")), counts), "ok": bool(call.get("ok", True))})
+                      "arguments": _encoded(call.get("input", {}), counts),
+                      "output": _encoded(call.get("output", ""), counts), "ok": bool(call.get("ok", True))})
     return calls
 
 

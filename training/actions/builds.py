@@ -21,12 +21,12 @@ from django.db.models import BooleanField, ExpressionWrapper, Max, Q
 from django.utils import timezone
 
 from accounts.models import User
-from agents.models import Message
+from agents.models import Conversation, Message
 from audit import actions
 from audit.services import record
 from training import services, storage
 from training.dedup import Deduplicator
-from training.models import Dataset, DatasetVersion, VersionConversation
+from training.models import Dataset, DatasetVersion, TrainingConsent, VersionConversation
 from training.redaction import KINDS
 from training.rows import FIELDS, canonical, conversation_rows
 
@@ -101,7 +101,12 @@ def run_build(version_id: int, *, on_progress: Callable[[DatasetVersion], None] 
         return _finish_failed(version, error)
     name = f"dataset-{version.dataset_id}-v{version.number}-{result['content_sha256'][:12]}.jsonl"
     os.replace(temporary, storage.path(name))
-    return _finish_done(version, name, result)
+    try:
+        return _finish_done(version, name, result)
+    except Exception as error:  # consent turned off meanwhile, or a lock that could not be had
+        logger.exception("dataset version %s failed as it finished", version.pk)
+        storage.remove(name)
+        return _finish_failed(version, error)
 
 
 def _write(version, definition, temporary, on_progress) -> dict:
@@ -142,11 +147,30 @@ def _write(version, definition, temporary, on_progress) -> dict:
             "near_duplicates": tally["near"], "redactions": {kind: counts[kind] for kind in KINDS}}
 
 
+def _deleted_meanwhile(version: DatasetVersion):
+    """A conversation the version holds that was deleted while it was built (its withdrawal found
+    no row of this version then), or None. Locking the held conversations waits for a deletion
+    under way; one that starts later finds this version's rows, committed by then."""
+    held = VersionConversation.objects.filter(version=version).values("conversation_id")
+    locked = Conversation.objects.select_for_update().filter(pk__in=held).order_by("pk").values_list("pk", flat=True)
+    for _ in locked.iterator(chunk_size=CHUNK):
+        pass
+    return VersionConversation.objects.filter(version=version).exclude(
+        conversation_id__in=Conversation.objects.values("pk")).values_list("conversation_id", flat=True).first()
+
+
 @transaction.atomic
 def _finish_done(version: DatasetVersion, name: str, result: dict) -> DatasetVersion:
+    # Consent and deletions may have changed while it ran; each is settled here, under its lock.
+    if not TrainingConsent.objects.select_for_update().filter(organization_id=version.definition["organization"],
+                                                              enabled=True).exists():
+        raise services.ConsentRequired("Training was turned off for this organization while the build ran.")
     message = "" if result["rows"] else services.EMPTY_MESSAGE
     _progress(version, state=DatasetVersion.State.DONE, finished_at=timezone.now(), file_name=name,
               message=message, **result)
+    gone = _deleted_meanwhile(version)
+    if gone is not None:
+        _progress(version, withdrawn_at=timezone.now(), withdrawn_reason=f"Conversation {gone} was deleted.")
     dataset = version.dataset
     record(actions.DATASET_BUILT, actor=version.requested_by, organization=dataset.organization_id,
            resource=f"dataset_version:{version.pk}",

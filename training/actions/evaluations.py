@@ -19,7 +19,8 @@ from django.utils import timezone
 from rest_framework.exceptions import APIException
 
 from accounts.actions.keys import create_api_key, revoke_api_key
-from accounts.models import Organization, User
+from accounts.models import APIKey, Organization, User
+from accounts.services import key_permissions
 from agents import runner
 from agents.actions.conversations import create_conversation, delete_conversation
 from agents.models import Conversation, Message
@@ -72,15 +73,16 @@ def delete_set(evaluation_set: EvaluationSet, *, actor: User | None) -> None:
 
 @transaction.atomic
 def start_evaluation(evaluation_set: EvaluationSet, *, actor: User, targets: list[str], agent: str = "general",
-                     max_tokens: int = 512, enqueue: bool = True) -> Evaluation:
-    """A queued evaluation; the Celery task runs it (on a new key of actor's) once this commits.
+                     max_tokens: int = 512, enqueue: bool = True, via_key: APIKey | None = None) -> Evaluation:
+    """A queued evaluation on a new key of actor's; the Celery task runs it once this commits.
 
     The caller has checked the targets (training.evaluations.target_problem) and that actor may
-    use agent.
+    use agent. via_key: the API key the request came through, which the evaluation key stays within.
     """
     evaluation = Evaluation.objects.create(
         organization_id=evaluation_set.organization_id, evaluation_set=evaluation_set, targets=list(targets),
         agent=agent, max_tokens=max_tokens, started_by=actor, total=evaluation_set.items_count * len(targets))
+    _issue_key(evaluation, via_key)
     record(actions.EVALUATION_STARTED, actor=actor, organization=evaluation.organization_id,
            resource=f"evaluation:{evaluation.pk}",
            metadata={"evaluation_set": evaluation_set.pk, "targets": evaluation.targets, "agent": agent,
@@ -92,11 +94,13 @@ def start_evaluation(evaluation_set: EvaluationSet, *, actor: User, targets: lis
     return evaluation
 
 
-@transaction.atomic
-def _issue_key(evaluation: Evaluation) -> None:
-    """The evaluation's own key of its starter, made when it runs (api_key.created): with the owner's
-    permissions as they are then (create_api_key's default), never more than they hold."""
-    evaluation.api_key = create_api_key(evaluation.started_by, f"Evaluation {evaluation.pk}").key
+def _issue_key(evaluation: Evaluation, via_key: APIKey | None) -> None:
+    """The evaluation's own key of its starter (api_key.created), never more than they hold: their
+    permissions (create_api_key's default), and when they asked through a key, minted under it, so
+    that key's scopes, agents, models and key budgets bind every run (the runs happen later, in a worker)."""
+    grantable = key_permissions(via_key) if via_key is not None else None
+    evaluation.api_key = create_api_key(evaluation.started_by, f"Evaluation {evaluation.pk}", grantable=grantable,
+                                        parent=via_key).key
     evaluation.save(update_fields=["api_key"])
 
 
@@ -163,7 +167,6 @@ def run_evaluation(evaluation_id: int, *, on_progress=None) -> Evaluation:
     evaluation.state = Evaluation.State.RUNNING
     stopped = None
     try:
-        _issue_key(evaluation)
         for item in evaluation.evaluation_set.items.order_by("position").iterator(chunk_size=200):
             for target in evaluation.targets:
                 stopped = _one_run(evaluation, item, target)

@@ -106,7 +106,8 @@ class EvaluationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
         if not may_use(request.user, request_key(request), values["agent"]):
             raise PermissionDenied(f"You may not use the {values['agent']} agent.")
         evaluation = evaluation_actions.start_evaluation(evaluation_set, actor=request.user, targets=values["targets"],
-                                                         agent=values["agent"], max_tokens=values["max_tokens"])
+                                                         agent=values["agent"], max_tokens=values["max_tokens"],
+                                                         via_key=request_key(request))
         evaluation.refresh_from_db()  # an eager run has already finished
         return Response(EvaluationSerializer(evaluation).data, status=status.HTTP_202_ACCEPTED)
 

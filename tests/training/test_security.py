@@ -1,0 +1,120 @@
+"""An outsider's attacks on training: each test is a hole found and closed (issue 21's review)."""
+
+import json
+from collections import Counter
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from accounts.actions.keys import create_api_key
+from accounts.roles import effective_permissions
+from agents.actions.conversations import delete_conversation
+from agents.models import Conversation
+from tests.conftest import assert_envelope
+from tests.training.conftest import build, conversation, dataset, lines_of, turn
+from tests.training.test_evaluations import EVALUATIONS, SETS, jsonl, two_models  # noqa: F401  (a fixture)
+from training import storage
+from training.actions import builds
+from training.actions.consent import set_consent
+from training.models import VersionConversation
+from training.models_evaluation import Evaluation
+from training.rows import conversation_rows
+
+OPENAI = "sk-proj-abcdefghijklmnopqrstuv"
+CARD = "4111 1111 1111 1111"
+
+
+def test_an_evaluation_started_through_a_key_stays_within_that_key(two_models, users):  # noqa: F811
+    """The evaluation key is minted under the key that asked: its models, scopes and key budgets bind it."""
+    admin = users["admin"]
+    narrow = create_api_key(admin, "fake-a only", allowed_models=["fake-a"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow.secret}")
+    upload = client.post(SETS + "upload/", {"name": "s", "file": SimpleUploadedFile(
+        "s.jsonl", jsonl({"prompt": "What is 6 times 7?"}).encode())}, format="multipart")
+    assert upload.status_code == 201, upload.content
+    response = client.post(EVALUATIONS, {"evaluation_set": upload.json()["id"], "targets": ["fake-a", "fake-b"]},
+                           format="json")
+    assert response.status_code == 202, response.content
+
+    evaluation = Evaluation.objects.select_related("api_key").get(pk=response.json()["id"])
+    assert evaluation.api_key.parent_id == narrow.key.pk
+    assert evaluation.api_key.allowed_models == ["fake-a"]
+    assert set(evaluation.api_key.scopes) <= set(narrow.key.scopes) <= set(effective_permissions(admin))
+    statuses = dict(evaluation.results.values_list("target", "status"))
+    assert statuses["fake-a"] == "complete" and statuses["fake-b"] != "complete"
+    assert not two_models["fake-b"].requests  # the model the key may not use was never asked
+
+
+def _call_rows(tool_input, tool_output):
+    messages = [
+        {"id": "00000000-0000-0000-0000-000000000001", "parent_id": None, "role": "user", "content": "go",
+         "tool_calls": None, "agent": "", "model": "", "quality_score": None, "feedback": 0, "status": "complete",
+         "selected": False},
+        {"id": "00000000-0000-0000-0000-000000000002", "parent_id": "00000000-0000-0000-0000-000000000001",
+         "role": "assistant", "content": "done", "agent": "general", "model": "m", "quality_score": 0.5,
+         "feedback": 0, "status": "complete", "selected": True,
+         "tool_calls": [{"call_id": "c1", "name": "t", "input": tool_input, "output": tool_output}]},
+    ]
+    counts = Counter()
+    (row, _), = conversation_rows("conv", messages, "train", counts)
+    return row["messages"][-1]["tool_calls"][0], counts
+
+
+def test_secrets_after_an_escaped_character_in_tool_calls_are_redacted():
+    """JSON and repr escape a newline as `\\n`: the `n` must not shield the secret after it."""
+    text = f"line\n{OPENAI}\n{CARD}\tbob@example.com"
+    call, counts = _call_rows({"q": text}, {"text": text})
+    for field in ("arguments", "output"):
+        assert OPENAI not in call[field] and "4111" not in call[field] and "bob@" not in call[field], call[field]
+    arguments = json.loads(call["arguments"])  # still JSON, with the redactions inside its strings
+    assert arguments == {"q": "line\n[REDACTED_OPENAI_KEY]\n[REDACTED_CARD]\t[REDACTED_EMAIL]"}
+    assert counts == Counter(openai_key=2, card=2, email=2)
+
+
+def test_tool_call_arguments_given_as_json_text_are_redacted_inside_their_strings():
+    call, _ = _call_rows(json.dumps({"q": f"a\n{OPENAI}"}), "")
+    assert json.loads(call["arguments"]) == {"q": "a\n[REDACTED_OPENAI_KEY]"}
+
+
+def _during_the_build(monkeypatch, event):
+    """event(conversation id) runs once the build has read the first conversation, before it ends."""
+    streamed = builds._stream
+
+    def stream(definition):
+        for index, (conversation_id, messages) in enumerate(streamed(definition)):
+            yield conversation_id, messages
+            if index == 0:
+                event(conversation_id)
+
+    monkeypatch.setattr(builds, "_stream", stream)
+
+
+def test_a_conversation_deleted_while_its_version_builds_withdraws_it(users, consent, client_for, monkeypatch):
+    owner = users["user"]
+    for question in ("first question here", "second question here"):
+        turn(conversation(owner), question, f"the answer to the {question}")
+    deleted = []
+    _during_the_build(monkeypatch, lambda pk: deleted.append(pk) or delete_conversation(
+        Conversation.objects.get(pk=pk), actor=owner))
+    version = build(dataset(owner.organization), actor=users["admin"])
+
+    assert deleted and not Conversation.objects.filter(pk=deleted[0]).exists()
+    assert version.state == "done" and version.withdrawn and str(deleted[0]) in version.withdrawn_reason
+    assert VersionConversation.objects.filter(version=version, conversation_id=deleted[0]).exists()
+    assert str(deleted[0]) in {row["conversation"] for row in lines_of(version)}  # why it is withdrawn
+    assert_envelope(client_for(users["admin"]).get(reverse("training-version-download", args=[version.pk])),
+                    410, "withdrawn")
+
+
+def test_consent_turned_off_while_a_version_builds_fails_the_build(users, consent, monkeypatch):
+    admin = users["admin"]
+    for question in ("first question here", "second question here"):
+        turn(conversation(admin), question, f"the answer to the {question}")
+    _during_the_build(monkeypatch, lambda pk: set_consent(admin.organization, enabled=False, actor=admin))
+    version = build(dataset(admin.organization), actor=admin)
+
+    assert version.state == "failed" and "turned off" in version.message
+    assert not version.file_name and not list(storage.root().iterdir())
+    assert not VersionConversation.objects.filter(version=version).exists()
