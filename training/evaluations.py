@@ -48,6 +48,17 @@ def max_upload_bytes() -> int:
     return settings.RELAY_MAX_UPLOAD_BYTES
 
 
+def _unstorable(text: str) -> bool:
+    """JSON escapes decode to characters no database text holds: NUL, and surrogates without their pair."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _line_item(number: int, line: str) -> ItemData:
     def problem(text: str) -> SetError:
         return SetError(f"Line {number}: {text}")
@@ -56,11 +67,16 @@ def _line_item(number: int, line: str) -> ItemData:
         value = json.loads(line)
     except json.JSONDecodeError as error:
         raise problem(f"not valid JSON ({error.msg} at column {error.colno}).") from None
+    except RecursionError:
+        raise problem("not valid JSON (nested too deeply).") from None
     if not isinstance(value, dict):
         raise problem("each line must be a JSON object with a \"prompt\".")
     unknown = sorted(set(value) - ITEM_FIELDS)
     if unknown:
         raise problem(f"unknown field(s) {', '.join(unknown)}; allowed: agent, id, prompt, reference.")
+    for name, text in value.items():
+        if isinstance(text, str) and _unstorable(text):
+            raise problem(f"\"{name}\" holds a NUL character or a lone surrogate (\\u0000, \\ud800): not text.")
     prompt = value.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise problem("\"prompt\" must be a non-empty string.")

@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -18,7 +19,7 @@ from training import storage
 from training.actions import builds
 from training.actions.consent import set_consent
 from training.models import VersionConversation
-from training.models_evaluation import Evaluation
+from training.models_evaluation import Evaluation, EvaluationSet
 from training.rows import conversation_rows
 
 OPENAI = "sk-proj-abcdefghijklmnopqrstuv"
@@ -118,3 +119,31 @@ def test_consent_turned_off_while_a_version_builds_fails_the_build(users, consen
     assert version.state == "failed" and "turned off" in version.message
     assert not version.file_name and not list(storage.root().iterdir())
     assert not VersionConversation.objects.filter(version=version).exists()
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"prompt": "a\\u0000b"}', 'Line 1: "prompt" holds a NUL character'),
+    ('{"prompt": "a", "reference": "\\u0000"}', 'Line 1: "reference" holds a NUL character'),
+    ('{"prompt": "a", "id": "\\u0000"}', 'Line 1: "id" holds a NUL character'),
+    ('{"prompt": "\\ud800"}', 'Line 1: "prompt" holds a NUL character or a lone surrogate'),
+    ("[" * 100_000 + "]" * 100_000, "Line 1: not valid JSON (nested too deeply)."),
+])
+def test_uploaded_lines_no_database_can_store_are_a_400_naming_the_line(users, client_for, line, problem):
+    response = client_for(users["admin"]).post(SETS + "upload/", {"name": "s", "file": SimpleUploadedFile(
+        "s.jsonl", f"{line}\n".encode())}, format="multipart")
+    error = assert_envelope(response, 400, "invalid")
+    assert error["fields"]["file"][0].startswith(problem)
+    assert not EvaluationSet.objects.exists()
+
+
+def test_a_set_from_a_version_needs_export_data(users, consent):
+    """Its results show the version's questions and answers: without export_data, no copy of them."""
+    admin = users["admin"]
+    turn(conversation(admin), "what is the capital of France", "Paris")
+    version = build(dataset(admin.organization), actor=admin)
+    narrow = create_api_key(admin, "no export", scopes=sorted(effective_permissions(admin) - {"export_data"}))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow.secret}")
+    assert_envelope(client.post(SETS, {"name": "copy", "dataset_version": version.pk}, format="json"), 403)
+    assert_envelope(client.get(reverse("training-version-download", args=[version.pk])), 403)
+    assert not EvaluationSet.objects.exists()

@@ -1,9 +1,9 @@
 """Evaluation sets (made, deleted) and evaluations (started, run by a Celery task, finished), audited.
 
 An evaluation's runs go through Relay's own runner (agents.runner: new_request, prepare, collect)
-with an API key of the person who starts it, created for it through accounts' key action with
-that person's own permissions (never more), so the key's, the user's and the organization's
-budgets apply. Each run gets its own conversation, excluded from training (reason evaluation)
+with an API key of the person who starts it, created when it starts through accounts' key action
+with that person's own permissions, under the key they asked through if any (never more than
+either), so the key's, its ancestors', the user's and the organization's budgets apply. Each run gets its own conversation, excluded from training (reason evaluation)
 before its first message exists; that exclusion also hides it from its owner's conversation
 lists. A budget that refuses or stops a run ends the evaluation cleanly as stopped_by_budget:
 its results so far stay, nothing more is reserved.

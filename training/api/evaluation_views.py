@@ -10,7 +10,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
-from accounts.permissions import request_key
+from accounts.permissions import holds, request_key
 from accounts.scoping import ScopedViewSet, restrict
 from agents.registry import may_use
 from relay.api.errors import PayloadTooLarge
@@ -40,8 +40,15 @@ class EvaluationSetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mix
     serializer_class = EvaluationSetSerializer
     parser_classes = [BoundedJSONParser]
 
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        # A set made from a version copies its rows out (its results show them): a download by another name.
+        if self.action == "create" and not holds(request.user, request_key(request), "export_data"):
+            self.permission_denied(request, message="Making a set from a dataset version needs export_data.")
+
     @extend_schema(request=EvaluationSetFromVersionSerializer, responses={201: EvaluationSetSerializer},
-                   summary="Make an evaluation set from a built dataset version (questions, answers as references)")
+                   summary="Make an evaluation set from a built dataset version (questions, answers as "
+                           "references); needs export_data too")
     def create(self, request):
         data = EvaluationSetFromVersionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
