@@ -9,6 +9,9 @@ from training.redaction import KINDS, luhn_ok, redact
 
 FOUND = [
     ("email", "write to jane.doe+news@example.co.uk today"),
+    ("email", "write to jürgen.müller@beispiel.de today"),  # a local part beyond ASCII
+    ("email", "write to _ops@example.com today"),
+    ("email", "write to anna@bücher.example today"),
     ("phone", "call +44 20 7946 0958 tomorrow"),
     ("phone", "call +1 (555) 123-4567 tomorrow"),
     ("phone", "call +33612345678 tomorrow"),
@@ -16,6 +19,7 @@ FOUND = [
     ("phone", "call 555-123-4567 tomorrow"),
     ("phone", "call 020 7946 0958 tomorrow"),
     ("phone", "call 0612345678 tomorrow"),
+    ("phone", "call 07911 123456 tomorrow"),  # a UK mobile, national format
     ("card", "card 4111 1111 1111 1111 please"),
     ("card", "card 4242-4242-4242-4242 please"),
     ("card", "card 378282246310005 please"),  # 15 digits (Amex)
