@@ -147,3 +147,23 @@ def test_a_set_from_a_version_needs_export_data(users, consent):
     assert_envelope(client.post(SETS, {"name": "copy", "dataset_version": version.pk}, format="json"), 403)
     assert_envelope(client.get(reverse("training-version-download", args=[version.pk])), 403)
     assert not EvaluationSet.objects.exists()
+
+
+def test_a_deleted_conversation_leaves_no_copy_in_evaluation_sets_made_from_versions(users, consent, client_for):
+    admin, owner = users["admin"], users["user"]
+    kept, gone = conversation(owner), conversation(owner)
+    turn(kept, "what is the capital of France", "Paris")
+    turn(gone, "my private question about my health", "a private answer")
+    version = build(dataset(admin.organization), actor=admin)
+    client = client_for(admin)
+    made = client.post(SETS, {"name": "from v1", "dataset_version": version.pk}, format="json")
+    assert made.status_code == 201 and made.json()["items_count"] == 2
+    uploaded = client.post(SETS + "upload/", {"name": "mine", "file": SimpleUploadedFile(
+        "s.jsonl", jsonl({"prompt": "my private question about my health"}).encode())}, format="multipart")
+    assert uploaded.status_code == 201
+
+    client_for(owner).delete(reverse("conversation-detail", args=[gone.pk]))
+    evaluation_set = EvaluationSet.objects.get(pk=made.json()["id"])
+    assert [item.prompt for item in evaluation_set.items.all()] == ["what is the capital of France"]
+    assert (evaluation_set.items_count, evaluation_set.references_count) == (1, 1)
+    assert EvaluationSet.objects.get(pk=uploaded.json()["id"]).items.count() == 1  # an upload is its maker's
