@@ -161,7 +161,7 @@
       error.textContent = "";
       build.disabled = true;
       try {
-        await R.api(API + "datasets/" + build.dataset.build + "/build", { method: "POST" });
+        await R.api(API + "datasets/" + build.dataset.build + "/build/", { method: "POST" });
         await showVersions(build.dataset.build);
         loadDatasets();
       } catch (e) {
@@ -211,7 +211,7 @@
     })));
     if (canExport && v.download_formats.length && v.rows) {
       node.append(el("div", { class: "downloads" }, v.download_formats.map(function (fmt) {
-        return el("a", { href: API + "versions/" + v.id + "/download?format=" + fmt, download: "", text: "Download " + fmt + " JSONL" });
+        return el("a", { href: API + "versions/" + v.id + "/download/?format=" + fmt, download: "", text: "Download " + fmt + " JSONL" });
       })));
     } else if (!canExport && v.rows && !v.withdrawn) {
       node.append(el("p", { class: "small muted", text: "Downloads need the export_data permission." }));

@@ -158,7 +158,7 @@
         if (evaluation.state === "failed" && evaluation.message) box.append(el("p", { class: "error", text: evaluation.message }));
       }
       let report;
-      try { report = await R.api(API + "evaluations/" + id + "/comparison"); } catch (e) { return; }
+      try { report = await R.api(API + "evaluations/" + id + "/comparison/"); } catch (e) { return; }
       if (shown !== id) return;
       const budget = document.getElementById("evaluation-budget");
       budget.hidden = !report.stopped_by_budget;
