@@ -21,6 +21,24 @@ def training_dir(settings, tmp_path):
     settings.CELERY_TASK_ALWAYS_EAGER = True  # builds and evaluations run once the request commits, as in `make run`
 
 
+def in_thread(function, *args):
+    """function(*args) in a thread of its own, with its own database connection, closed after."""
+    from django.db import connection
+
+    result = {}
+
+    def work():
+        try:
+            result["value"] = function(*args)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(60)
+    return result["value"]
+
+
 def seed(user, count=3):
     """count conversations of user, each one question with an e-mail address in it and one answer."""
     chats = []
@@ -146,13 +164,15 @@ def two_models(transactional_db):
     from agents.actions.endpoints import create_endpoint
     from billing.models import ModelPrice
 
+    servers = {}
     with FakeUpstream(FakeUpstreamConfig(reply="42", tokens=1, prompt_tokens=10)) as a, \
             FakeUpstream(FakeUpstreamConfig(reply="Paris", tokens=1, prompt_tokens=10)) as b:
         for name, server, price in (("fake-a", a, "0.001"), ("fake-b", b, "0.01")):
             create_endpoint(name, deployments=[{"name": "primary", "base_url": server.base_url,
                                                 "upstream_model": name}])
             ModelPrice.objects.create(model=name, input_per_1k=Decimal(price), output_per_1k=2 * Decimal(price))
-        yield
+            servers[name] = server
+        yield servers
 
 
 def test_an_evaluation_of_two_models_shows_the_comparison_and_charts(new_page, users, two_models):
@@ -191,6 +211,35 @@ def test_an_evaluation_of_two_models_shows_the_comparison_and_charts(new_page, u
     chart = page.evaluate("Chart.getChart(document.querySelector('canvas[data-chart=quality]')).data.labels")
     assert chart == ["fake-a", "fake-b"]
     assert page.locator("#evaluation-budget").is_hidden()
+
+
+def test_an_evaluation_stopped_by_its_budget_says_what_it_finished(new_page, users, two_models):
+    from agents.registry import get_agent
+    from agents.tokenizer import count_message_tokens
+    from billing.models import Budget
+    from training import evaluations
+    from training.actions.evaluations import create_set, run_evaluation, start_evaluation
+
+    admin, query = users["admin"], "What is 6 times 7?"
+    system = get_agent("general").system_prompt
+    tokens_in = count_message_tokens([{"role": "system", "content": system}, {"role": "user", "content": query}])
+    two_models["fake-a"].configure(tokens=10, prompt_tokens=tokens_in)
+    one_run = Decimal(tokens_in * 1000 + 10 * 2000) / 10**9  # fake-a's price per token, in dollars
+    Budget.objects.create(organization=admin.organization, scope="user", user=admin, period="monthly",
+                          limit_usd=one_run * Decimal("2.5"), hard=True)
+    items = evaluations.parse_upload(b"".join(b'{"prompt": "What is 6 times 7?", "reference": "42"}\n' for _ in range(4)))
+    evaluation_set = create_set(admin.organization, actor=admin, name="sums", items=items)
+    started = start_evaluation(evaluation_set, actor=admin, targets=["fake-a"], max_tokens=10, enqueue=False)
+    evaluation = in_thread(run_evaluation, started.pk)  # its runner calls async code; Playwright's loop is here
+    assert evaluation.stopped_by_budget
+
+    page = new_page(admin)
+    page.goto("/training/")
+    page.get_by_role("button", name=f"Show evaluation {evaluation.pk}").click()
+    banner = page.locator("#evaluation-budget")
+    banner.wait_for()
+    assert banner.inner_text().startswith("Stopped by a budget after 2 of 4 runs")
+    assert page.locator("#comparison-body tr[data-target='fake-a'] td").first.inner_text() == "2 / 4"
 
 
 def test_without_manage_training_there_is_no_link_and_the_page_is_refused(new_page, users):
