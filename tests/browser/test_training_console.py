@@ -134,6 +134,23 @@ def test_build_progress_is_shown_until_the_version_is_done(new_page, users, monk
     assert "3 (" in item.locator("[data-fact='Rows']").inner_text()
 
 
+def test_an_empty_build_says_so_and_offers_no_download(new_page, users):
+    from tests.training.conftest import dataset
+    from training.actions.consent import set_consent
+    from training.services import EMPTY_MESSAGE
+
+    admin = users["admin"]
+    set_consent(admin.organization, enabled=True, actor=admin)
+    dataset(admin.organization, name="Nothing yet")
+    page = new_page(admin)
+    page.goto("/training/")
+    page.get_by_role("button", name="Build Nothing yet").click()
+    version = page.locator("#version-list .version[data-state='done']")
+    version.wait_for()
+    assert EMPTY_MESSAGE in version.inner_text()
+    assert version.get_by_role("link").count() == 0
+
+
 def test_an_excluded_conversation_stays_out_of_the_next_build(new_page, users):
     from tests.training.conftest import build, dataset
     from training.actions.consent import set_consent
