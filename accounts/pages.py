@@ -19,6 +19,7 @@ NAVIGATION = [
     ("usage", "Usage", AUTHENTICATED),
     ("keys", "API keys", AUTHENTICATED),
     ("budgets", "Budgets", ADMIN),
+    ("training", "Training", "manage_training"),
 ]
 
 

@@ -8,6 +8,7 @@ from billing import views as billing_views
 from relay import health, views
 from relay.api import errors
 from relay.observability import views as metrics_views
+from training import views as training_views
 
 api_v1 = [
     path("", include("accounts.api.urls")),
@@ -27,6 +28,7 @@ urlpatterns = [
     path("usage/", billing_views.usage, name="usage"),
     path("keys/", account_views.keys, name="keys"),
     path("budgets/", billing_views.budgets, name="budgets"),
+    path("training/", training_views.training, name="training"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("v1/", include("agents.api.openai_urls")),

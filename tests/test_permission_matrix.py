@@ -98,6 +98,7 @@ PAGES = {
     "usage": SIGNED_IN,  # the organization's figures only with view_metrics (tests/console)
     "keys": SIGNED_IN,
     "budgets": ADMIN,
+    "training": "manage_training",
     "password-change": SIGNED_IN,
     "password-change-done": SIGNED_IN,
 }

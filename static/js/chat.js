@@ -387,6 +387,7 @@
       if (b.dataset.id === conversationId) b.setAttribute("aria-current", "true");
       else b.removeAttribute("aria-current");
     });
+    document.dispatchEvent(new CustomEvent("relay:conversation", { detail: { id: conversationId } }));  // chat_training.js
   }
 
   async function loadConversation(id, options) {

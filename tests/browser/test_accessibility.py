@@ -36,9 +36,10 @@ PAGES = {  # path -> the roles that open it
     "/keys/": ["admin", "user", "viewer", "api_user"],
     "/password/": ["user"],
     "/budgets/": ["admin", "user"],  # the user's is the console's 403 page
+    "/training/": ["admin", "user"],  # the user's is the console's 403 page
     "/admin/": ["admin", "viewer"],  # the viewer's is the admin's 403 page
 }
-REFUSED = {("/budgets/", "user"), ("/admin/", "viewer")}
+REFUSED = {("/budgets/", "user"), ("/training/", "user"), ("/admin/", "viewer")}
 RUN_AXE = """async () => {
   const result = await axe.run(document, {resultTypes: ['violations']});
   return result.violations.filter(v => ['serious', 'critical'].includes(v.impact)).map(v => ({
@@ -78,6 +79,11 @@ def settle(page, path: str):
         page.locator("#conversation-list .conversation").first.click()
         page.wait_for_selector("#messages .msg.assistant .content .code-block .hljs")
         page.wait_for_selector("#messages .msg.assistant .katex")
+    elif path == "/training/" and page.locator("#training").count():
+        # a built version's details open, the lists loaded
+        page.get_by_role("button", name="Versions of Answers").click()
+        page.wait_for_selector("#version-list .version[data-state='done']")
+        page.wait_for_selector("#set-body tr:has-text('No evaluation sets yet.')")
     elif path == "/usage/":
         page.wait_for_function("() => [...document.querySelectorAll('canvas[data-chart]')].every(c => Chart.getChart(c))")
 
@@ -97,14 +103,22 @@ def report(found: dict) -> str:
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_console_and_admin_pages_have_no_serious_axe_violations(browser, live, users, org, scheme):
+def test_console_and_admin_pages_have_no_serious_axe_violations(browser, live, users, org, scheme, settings,
+                                                                tmp_path):
     from accounts.actions.keys import create_api_key
     from accounts.actions.users import create_user
+    from training.actions.builds import request_build, run_build
+    from training.actions.consent import set_consent
+    from training.models import Dataset
 
     for user in users.values():
         seed_answered_conversation(user)
         add_usage(user, 6)
         create_api_key(user, "laptop")
+    settings.RELAY_TRAINING_DIR = tmp_path / "training"
+    set_consent(org, enabled=True, actor=users["admin"])
+    answers = Dataset.objects.create(organization=org, name="Answers")
+    run_build(request_build(answers, actor=users["admin"], enqueue=False).pk)
     root = create_user("root", organization=org, role="admin", password="correct horse battery staple")
     root.is_staff = root.is_superuser = True
     root.save(update_fields=["is_staff", "is_superuser"])

@@ -9,7 +9,7 @@ from tests.console.conftest import add_usage
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 EXPECTED_NAV = {
-    "admin": ["chat", "usage", "keys", "budgets", "admin", "api-docs"],  # admin-site access follows the role
+    "admin": ["chat", "usage", "keys", "budgets", "training", "admin", "api-docs"],  # admin-site access follows the role
     "user": ["chat", "usage", "keys", "api-docs"],
     "viewer": ["chat", "usage", "keys", "api-docs"],
     "api_user": ["chat", "usage", "keys", "api-docs"],

@@ -74,7 +74,8 @@ def hostile(users, org):
 def settled(page, path: str):
     """Open path and wait for what its script builds (keys' table, usage charts, the chat's socket)."""
     page.goto(path)
-    waits = {"/keys/": "#keys-body tr", "/usage/": ".chart-box canvas", "/chat/": '#connection[data-state="open"]'}
+    waits = {"/keys/": "#keys-body tr", "/usage/": ".chart-box canvas", "/chat/": '#connection[data-state="open"]',
+             "/training/": "#dataset-body tr:not(:has-text(\"Loading\"))"}
     if path in waits:
         page.wait_for_selector(waits[path])
     page.wait_for_load_state("load")
@@ -152,7 +153,7 @@ def test_no_console_page_scrolls_sideways(new_page, users, hostile, fake_upstrea
         assert listed.evaluate(BOX)["right"] <= side["right"]
     assert_no_page_overflow(page, "the chat with its conversations open")
 
-    for path in ("/", "/usage/", "/keys/", "/budgets/"):
+    for path in ("/", "/usage/", "/keys/", "/budgets/", "/training/"):
         settled(page, path)
         assert_no_page_overflow(page, path)
     # The long names are there, inside the page (wrapped, or in a table that scrolls in its own box).

@@ -13,7 +13,7 @@ from tests.console.conftest import add_usage
 pytestmark = pytest.mark.django_db
 NAV = re.compile(r'data-nav="([\w-]+)"')
 EXPECTED_NAV = {
-    "admin": ["chat", "usage", "keys", "budgets", "admin", "api-docs"],  # admin-site access follows the role
+    "admin": ["chat", "usage", "keys", "budgets", "training", "admin", "api-docs"],  # admin-site access follows the role
     "user": ["chat", "usage", "keys", "api-docs"],
     "viewer": ["chat", "usage", "keys", "api-docs"],
     "api_user": ["chat", "usage", "keys", "api-docs"],
@@ -50,7 +50,7 @@ def test_budgets_page_refuses_non_admins_with_a_page(client, users):
     assert "text/html" in response["Content-Type"] and "can't open this page" in response.content.decode()
 
 
-@pytest.mark.parametrize("name", PAGES + ["budgets"])
+@pytest.mark.parametrize("name", PAGES + ["budgets", "training"])
 def test_pages_carry_no_inline_script(client, users, name):
     html = page(client, users["admin"], name)
     for tag in re.findall(r"<script[^>]*>", html):
@@ -109,7 +109,7 @@ def test_usage_ignores_an_unknown_period(client, users):
     assert 'value="30d" selected' in page(client, users["user"], "usage", period="nonsense")
 
 
-@pytest.mark.parametrize("name", PAGES + ["budgets"])
+@pytest.mark.parametrize("name", PAGES + ["budgets", "training"])
 def test_each_page_issues_a_bounded_number_of_queries(client, users, name, django_assert_max_num_queries):
     from billing.models import Budget
 
