@@ -25,7 +25,7 @@ from rest_framework.test import APIClient
 from accounts.actions.keys import create_api_key
 from accounts.actions.teams import create_team
 from audit import actions
-from tests.test_permission_matrix import PAGES, ROUTES, project_routes
+from tests.test_permission_matrix import PAGES, ROUTES, page_path, project_routes
 
 PASSWORD = "correct horse battery staple"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -348,7 +348,7 @@ def test_each_console_form_leaves_one_event_of_its_action(users, name):
     data = {"old_password": PASSWORD, "new_password1": "a different long passphrase 42",
             "new_password2": "a different long passphrase 42"} if name == "password-change" else {}
     head = audit_head()
-    response = client.post(reverse(name), data)
+    response = client.post(page_path(name), data)
     domain, _ = events_since(head)
     if name in PAGE_FORMS:
         assert response.status_code == 302, (name, response.status_code)

@@ -36,6 +36,7 @@ from audit.services import record
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, UsageRecord
 from tests.test_audited_writes import form_data
 from training.models import ConversationExclusion, Dataset, DatasetVersion, TrainingConsent
+from training.models_evaluation import Evaluation, EvaluationItem, EvaluationResult, EvaluationSet
 
 MARK = "zqxmark"
 PASSWORD = "correct horse battery staple"
@@ -65,13 +66,19 @@ def build_organization(name: str, tag: str) -> dict:
     exclusion = ConversationExclusion.objects.create(conversation=conversation, excluded_by=members["user"])
     dataset = Dataset.objects.create(organization=org, name=f"Dataset{tag}", created_by=members["admin"])
     version = DatasetVersion.objects.create(dataset=dataset, number=1, state="done")
+    evaluation_set = EvaluationSet.objects.create(organization=org, name=f"Set{tag}", source="upload", items_count=1,
+                                                  created_by=members["admin"])
+    item = EvaluationItem.objects.create(evaluation_set=evaluation_set, position=1, prompt=f"prompt{tag}")
+    evaluation = Evaluation.objects.create(organization=org, evaluation_set=evaluation_set, targets=["walk-model"],
+                                           started_by=members["admin"], total=1)
+    result = EvaluationResult.objects.create(evaluation=evaluation, item=item, target="walk-model", status="complete")
     record(actions.USER_UPDATED, actor=members["admin"], organization=org.pk, resource=f"walk:{tag}",
            metadata={"username": f"admin{tag}"})
     event = AuditEvent.objects.filter(resource=f"walk:{tag}").get()
     return {"org": org, "users": members, "team": team, "key": key, "budget": budget, "alert": alert,
             "usage": usage, "conversation": conversation, "message": message, "document": document,
             "optimizer": optimizer, "event": event, "consent": consent, "exclusion": exclusion, "dataset": dataset,
-            "version": version}
+            "version": version, "evaluation_set": evaluation_set, "evaluation": evaluation, "result": result}
 
 
 # model label -> B's row. A model opened to organization admins must have its row here.
@@ -92,6 +99,9 @@ FACTORIES = {
     "training.conversationexclusion": lambda b: b["exclusion"],
     "training.dataset": lambda b: b["dataset"],
     "training.datasetversion": lambda b: b["version"],
+    "training.evaluationset": lambda b: b["evaluation_set"],
+    "training.evaluation": lambda b: b["evaluation"],
+    "training.evaluationresult": lambda b: b["result"],
 }
 
 

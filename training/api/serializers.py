@@ -10,7 +10,7 @@ STATUSES = [*services.COMPLETE, *services.FAILED]
 
 
 class ConsentSerializer(StrictModelSerializer):
-    changed_by = serializers.CharField(source="changed_by.username", read_only=True, default=None)
+    changed_by = serializers.CharField(source="changed_by.username", read_only=True, default=None, allow_null=True)
 
     class Meta:
         model = TrainingConsent
