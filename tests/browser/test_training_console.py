@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.browser.conftest import screenshot
 from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from tests.training.conftest import conversation, turn
 
@@ -228,6 +229,8 @@ def test_an_evaluation_of_two_models_shows_the_comparison_and_charts(new_page, u
     chart = page.evaluate("Chart.getChart(document.querySelector('canvas[data-chart=quality]')).data.labels")
     assert chart == ["fake-a", "fake-b"]
     assert page.locator("#evaluation-budget").is_hidden()
+    page.locator("#comparison-card").scroll_into_view_if_needed()
+    screenshot(page, "training-evaluation")
 
 
 def test_an_evaluation_stopped_by_its_budget_says_what_it_finished(new_page, users, two_models):
