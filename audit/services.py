@@ -9,7 +9,8 @@ Concurrent writers do not queue behind that lock (PostgreSQL). A record() that f
 taken writes its event to the queue (`PendingAuditEvent`) in its own transaction instead, and
 when that transaction commits, `drain()` takes the lock and chains everything queued in one
 batch. Eight writers then share one chaining commit per batch instead of taking turns, each
-holding the lock through its own commit. The drain commits without waiting for the WAL flush:
+holding the lock through its own commit. One process drains at a time; the others' queued events go into its batch. The drain commits
+without waiting for the WAL flush:
 if the server crashes before the flush, the queued rows (committed durably by their writers)
 are still there and are chained again by the next drain, and anything that later commits
 durably flushes the drain before it.
@@ -34,7 +35,13 @@ from relay.eventloop.db import run_db
 APPEND_LOCK_KEY = 0x52454C4159415544
 # Events chained per drain transaction: bounds its lock hold and memory.
 DRAIN_BATCH = 1000
-_RECORDED = tuple(f.attname for f in PendingAuditEvent._meta.concrete_fields if f.attname != "id")
+_QUEUED_FIELDS = tuple(f for f in PendingAuditEvent._meta.concrete_fields if f.attname != "id")
+_RECORDED = tuple(f.attname for f in _QUEUED_FIELDS)
+_QUEUE_SQL = (f"INSERT INTO {PendingAuditEvent._meta.db_table} ({', '.join(f.column for f in _QUEUED_FIELDS)}) "  # noqa: S608
+              f"VALUES ({', '.join(['%s'] * len(_QUEUED_FIELDS))})")
+_ANY_QUEUED_SQL = f"SELECT 1 FROM {PendingAuditEvent._meta.db_table} LIMIT 1"  # noqa: S608 (no user input)
+# pg_advisory_lock key of the one drainer (session-level, beside APPEND_LOCK_KEY's transaction lock).
+DRAIN_LOCK_KEY = APPEND_LOCK_KEY + 1
 _HEAD_SQL = (f"SELECT sequence, hash FROM {AuditEvent._meta.db_table} "  # noqa: S608 (no user input)
              "ORDER BY sequence DESC LIMIT 1")
 
@@ -170,9 +177,9 @@ def _append(events: list[AuditEvent], using: str) -> None:
     connection = connections[using]
     with transaction.atomic(using=using, savepoint=False):
         if connection.vendor == "postgresql" and not _try_lock(connection):
-            _queue(events, using)
-            # robust: the caller's change has committed; a failed drain is retried by the next one.
-            transaction.on_commit(lambda: drain(using), using=using, robust=True)
+            _queue(events, connection)
+            # robust: the caller's change has committed; a failed drain is redone by the next one.
+            transaction.on_commit(lambda: drain(using, wait=False), using=using, robust=True)
             return
         _lock(connection)
         now = timezone.now()
@@ -201,40 +208,61 @@ def _chain(events: list[AuditEvent], using: str) -> None:
         models.QuerySet.bulk_create(AuditEvent.objects.using(using).all(), events)
 
 
-def _queue(events: list[AuditEvent], using: str) -> None:
+def _queue(events: list[AuditEvent], connection) -> None:
+    # Plain SQL: this is the hot path of a busy cluster, and the ORM's insert compiler cost more
+    # than the insert. The fields still prepare their own values (JSON, addresses, times).
     now = timezone.now()
-    queued = []
+    rows = []
     for event in events:
         event.time = now
-        queued.append(PendingAuditEvent(**{name: getattr(event, name) for name in _RECORDED}))
-    PendingAuditEvent.objects.using(using).bulk_create(queued)
+        rows.append([field.get_db_prep_save(getattr(event, field.attname), connection) for field in _QUEUED_FIELDS])
+    with connection.cursor() as cursor:
+        cursor.executemany(_QUEUE_SQL, rows)
 
 
-def drain(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Chain every queued event, in the order queued; returns how many. Waits for the append lock.
+def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True) -> int:
+    """Chain every queued event, in the order queued; returns how many.
 
-    Run after each queueing transaction commits, and by verify_audit and the checkpoint jobs,
-    which pick up what a process killed between its commit and its drain left queued. Inside a
-    transaction, it does nothing: the lock would be held until that transaction ends.
+    One drainer at a time in the cluster (a session advisory lock). After a queueing commit
+    (`wait=False`) it returns at once if another process is draining: that drainer looks at the
+    queue again after letting go, and the event was committed before it let go, so one of them
+    chains it. verify_audit and the checkpoint jobs wait their turn (`wait=True`) and so pick up
+    what a process killed between its commit and its drain left queued. Inside a transaction it
+    does nothing: the append lock would be held until that transaction ends.
     """
     connection = connections[using]
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return 0
     chained = 0
     while True:
-        with transaction.atomic(using=using):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {'pg_advisory_lock' if wait else 'pg_try_advisory_lock'}(%s)", [DRAIN_LOCK_KEY])
+            if not wait and not cursor.fetchone()[0]:
+                return chained
+        try:
+            while batch := _drain_batch(connection, using):
+                chained += batch
+        finally:
             with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                cursor.execute(f"SET LOCAL {DRAIN_SETTING} = 'on'")
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
-            batch = list(PendingAuditEvent.objects.using(using).order_by("id")[:DRAIN_BATCH])
-            if batch:
-                _chain([AuditEvent(**{name: getattr(p, name) for name in _RECORDED}) for p in batch], using)
-                # Exactly these: a row with a smaller id may have committed since the SELECT.
-                PendingAuditEvent.objects.using(using).filter(id__in=[p.id for p in batch]).delete()
-        chained += len(batch)
-        if len(batch) < DRAIN_BATCH:
-            return chained
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [DRAIN_LOCK_KEY])
+        with connection.cursor() as cursor:  # what was queued while we held the drain lock
+            cursor.execute(_ANY_QUEUED_SQL)
+            if cursor.fetchone() is None:
+                return chained
+
+
+def _drain_batch(connection, using: str) -> int:
+    with transaction.atomic(using=using):
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            cursor.execute(f"SET LOCAL {DRAIN_SETTING} = 'on'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+        batch = list(PendingAuditEvent.objects.using(using).order_by("id")[:DRAIN_BATCH])
+        if batch:
+            _chain([AuditEvent(**{name: getattr(p, name) for name in _RECORDED}) for p in batch], using)
+            # Exactly these: a row with a smaller id may have committed since the SELECT.
+            PendingAuditEvent.objects.using(using).filter(id__in=[p.id for p in batch])._raw_delete(using)
+    return len(batch)
 
 
 async def arecord(action: str, **kwargs) -> AuditEvent:

@@ -71,8 +71,8 @@ def test_a_writer_commits_without_waiting_for_the_lock_and_is_chained_after_the_
 
     with lock_held_by_a_slow_action():
         original = services._queue
-        services._queue = lambda events, using: (original(events, using),
-                                                 transaction.on_commit(spy_commit, using=using))
+        services._queue = lambda events, conn: (original(events, conn),
+                                                transaction.on_commit(spy_commit, using=conn.alias))
         try:
             in_thread(quick_action)
             assert committed.wait(WAIT), "the second writer waited for the lock before committing its change"
@@ -108,7 +108,7 @@ def queue_without_draining(*actions: str) -> None:
     """What a process killed between its commit and its drain leaves behind."""
     with transaction.atomic():
         events = [AuditEvent(action=a, status="success", metadata={}) for a in actions]
-        services._queue(events, "default")
+        services._queue(events, connection)
 
 
 def test_verify_audit_chains_what_a_killed_writer_left_queued(manage_py):
@@ -146,9 +146,54 @@ def test_a_user_deleted_while_their_event_is_queued_keeps_the_event():
     user_id = user.pk
     with transaction.atomic():
         services._queue([AuditEvent(action="test.by_user", status="success", metadata={}, actor_id=user.pk,
-                                    actor_ref=user.pk, actor_name="leaving")], "default")
+                                    actor_ref=user.pk, actor_name="leaving")], connection)
     user.delete()  # ON DELETE SET NULL reaches the queued row too: the drain's insert stays valid
     assert services.drain() == 1
     event = AuditEvent.objects.get()
     assert (event.actor_id, event.actor_ref, event.actor_name) == (None, user_id, "leaving")
     assert verify_chain().ok
+
+
+def test_an_event_queued_while_another_process_drains_is_chained_by_that_drainer():
+    """The writer does not wait for the drainer; the drainer looks again after letting go."""
+    queue_without_draining("test.first")
+    drainer_done_batches, writer_returned = threading.Event(), threading.Event()
+    original = services._drain_batch
+    drainer = {}
+
+    def drain_batch(connection, using):
+        chained = original(connection, using)
+        if chained == 0 and threading.get_ident() == drainer.get("ident"):
+            # The drainer found the queue empty and still holds the drain lock: a writer commits now.
+            drainer_done_batches.set()
+            assert writer_returned.wait(WAIT)
+        return chained
+
+    def drain_in_another_thread():
+        drainer["ident"] = threading.get_ident()
+        drainer["chained"] = services.drain()
+
+    def writer():
+        services.record("test.second")  # queued only if the lock is taken: force it below
+        writer_returned.set()
+
+    services._drain_batch = drain_batch
+    try:
+        thread = in_thread(drain_in_another_thread)
+        assert drainer_done_batches.wait(WAIT)
+        # The writer finds the drain lock taken: it queues (the append lock is free, so force the
+        # queue path as a busy cluster would) and returns without draining.
+        original_try = services._try_lock
+        services._try_lock = lambda connection: False
+        try:
+            in_thread(writer).join(WAIT)
+        finally:
+            services._try_lock = original_try
+        assert writer_returned.is_set()
+        thread.join(WAIT)
+    finally:
+        services._drain_batch = original
+    assert list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True)) == [
+        "test.first", "test.second"]
+    assert drainer["chained"] == 2
+    assert not PendingAuditEvent.objects.exists()
