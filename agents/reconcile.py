@@ -165,7 +165,9 @@ def unaudited_usage() -> tuple[int, list[Discrepancy]]:
     """(usage records the trail still covers, those without their run's audit event)."""
     from audit import actions
     from audit.models import AuditEvent
+    from audit.services import drain
 
+    drain()  # an event a killed process left queued is on the trail, just not chained yet
     records = UsageRecord.objects.all()
     since = _trail_start()
     if since is not None:  # older events were pruned behind a checkpoint: nothing to match there

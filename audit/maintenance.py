@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from audit import chain, triggers
 from audit.models import AuditCheckpoint, AuditEvent, AuditHeadCheckpoint
-from audit.services import _lock, head
+from audit.services import _lock, drain, head
 
 _CHUNK = 2000
 
@@ -29,6 +29,7 @@ def write_head_checkpoint(using: str = DEFAULT_DB_ALIAS, *, now: dt.datetime | N
     newest committed event stays on the chain whatever commits next, and the hot path never
     waits for a checkpoint. Not an event: writing one does not move the head.
     """
+    drain(using)
     sequence, hash_ = head(using)
     if sequence == 0:
         return None
@@ -49,6 +50,7 @@ def verify_chain(using: str = DEFAULT_DB_ALIAS, *, until_sequence: int | None = 
     checkpoint must also be that recent: deleting the newest checkpoints along with the newest
     events would otherwise go unnoticed.
     """
+    drain(using)  # what a killed process left queued
     start_sequence, start_hash = 1, chain.GENESIS
     cut, latest = _checkpoint(using), _latest_head(using)
     for checkpoint, name, sequence in ((cut, "prune checkpoint", cut and cut.last_sequence),
@@ -108,6 +110,7 @@ def prune(before: dt.datetime, using: str = DEFAULT_DB_ALIAS) -> AuditCheckpoint
     Returns None when nothing is old enough.
     """
     connection = connections[using]
+    drain(using)
     with transaction.atomic(using=using):
         _lock(connection)  # no append may interleave with the cut
         last = (AuditEvent.objects.using(using).filter(time__lt=before).order_by("-sequence")

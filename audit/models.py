@@ -49,17 +49,9 @@ class AppendOnlyModel(models.Model):
         raise AppendOnlyError(f"{type(self).__name__} rows cannot be deleted (use manage.py prune_audit).")
 
 
-class AuditEvent(AppendOnlyModel):
-    """One thing someone did (or was refused), linked to the event before it by `prev_hash`.
+class RecordedFields(models.Model):
+    """What an event says: who, what, when, from where. Chained events and queued ones share it."""
 
-    `actor` and `organization` are pointers that go NULL when the user or organization is
-    deleted; `actor_ref`, `organization_ref` and `actor_name` keep what was recorded, and they
-    (not the pointers) are what the hash covers, so deleting a user does not break the chain.
-    Who may read an event is decided by the hashed references, never by the pointers, and
-    verification fails for a pointer that is neither NULL nor its reference.
-    """
-
-    sequence = models.BigIntegerField(unique=True, editable=False)
     time = models.DateTimeField(editable=False)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="+", db_index=False)
@@ -76,6 +68,22 @@ class AuditEvent(AppendOnlyModel):
     user_agent = models.CharField(max_length=512, blank=True)
     request_id = models.CharField(max_length=36, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class AuditEvent(AppendOnlyModel, RecordedFields):
+    """One thing someone did (or was refused), linked to the event before it by `prev_hash`.
+
+    `actor` and `organization` are pointers that go NULL when the user or organization is
+    deleted; `actor_ref`, `organization_ref` and `actor_name` keep what was recorded, and they
+    (not the pointers) are what the hash covers, so deleting a user does not break the chain.
+    Who may read an event is decided by the hashed references, never by the pointers, and
+    verification fails for a pointer that is neither NULL nor its reference.
+    """
+
+    sequence = models.BigIntegerField(unique=True, editable=False)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
     # The hash format (audit.chain): new events get the current one; rows written before the
@@ -151,3 +159,19 @@ class AuditHeadCheckpoint(AppendOnlyModel):
 
     def signed_message(self) -> str:
         return chain.head_message(self.sequence, self.hash, self.created_at)
+
+
+class PendingAuditEvent(RecordedFields):
+    """An event recorded while another transaction held the append lock: queued, not yet chained.
+
+    Written in the recording transaction, so it exists if and only if the change it describes
+    committed; moved onto the chain in id order, in batches, by `audit.services.drain` (run when
+    that transaction commits, and by verify_audit and the checkpoint jobs after a crash). Database
+    triggers (migration 0005) refuse UPDATE and allow DELETE only to the drain.
+    """
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"pending {self.action} {self.status} by {self.actor_name or 'anonymous'}"

@@ -1,9 +1,19 @@
 """Appending to the audit trail: `record()` (and `arecord()` for async code). Nothing else writes it.
 
 record() runs inside the caller's transaction when there is one, so an event exists if and
-only if the action it describes committed. Appends are serialized across processes (on
+only if the action it describes committed. Chaining is serialized across processes (on
 PostgreSQL by a transaction-scoped advisory lock, on SQLite by its single writer), so the
-chain never forks. The lock is held until the caller's transaction ends: call record() last.
+chain never forks; the lock is held until the caller's transaction ends: call record() last.
+
+Concurrent writers do not queue behind that lock (PostgreSQL). A record() that finds the lock
+taken writes its event to the queue (`PendingAuditEvent`) in its own transaction instead, and
+when that transaction commits, `drain()` takes the lock and chains everything queued in one
+batch. Eight writers then share one chaining commit per batch instead of taking turns, each
+holding the lock through its own commit. One process drains at a time; the others' queued events go into its batch. The drain commits
+without waiting for the WAL flush:
+if the server crashes before the flush, the queued rows (committed durably by their writers)
+are still there and are chained again by the next drain, and anything that later commits
+durably flushes the drain before it.
 """
 
 from __future__ import annotations
@@ -17,11 +27,21 @@ from django.utils import timezone
 from audit import context
 from audit.actions import DENIED, STATUSES, SUCCESS
 from audit.chain import GENESIS, clean_text, compute_hash, normalise, normalise_ip
-from audit.models import AuditCheckpoint, AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent, PendingAuditEvent
+from audit.triggers import DRAIN_SETTING
 from relay.eventloop.db import run_db
 
 # pg_advisory_xact_lock key for appends ("RELAYAUD"); any constant unique to this purpose.
 APPEND_LOCK_KEY = 0x52454C4159415544
+# Events chained per drain transaction: bounds its lock hold and memory.
+DRAIN_BATCH = 1000
+_QUEUED_FIELDS = tuple(f for f in PendingAuditEvent._meta.concrete_fields if f.attname != "id")
+_RECORDED = tuple(f.attname for f in _QUEUED_FIELDS)
+_QUEUE_SQL = (f"INSERT INTO {PendingAuditEvent._meta.db_table} ({', '.join(f.column for f in _QUEUED_FIELDS)}) "  # noqa: S608
+              f"VALUES ({', '.join(['%s'] * len(_QUEUED_FIELDS))})")
+_ANY_QUEUED_SQL = f"SELECT 1 FROM {PendingAuditEvent._meta.db_table} LIMIT 1"  # noqa: S608 (no user input)
+# pg_advisory_lock key of the one drainer (session-level, beside APPEND_LOCK_KEY's transaction lock).
+DRAIN_LOCK_KEY = APPEND_LOCK_KEY + 1
 _HEAD_SQL = (f"SELECT sequence, hash FROM {AuditEvent._meta.db_table} "  # noqa: S608 (no user input)
              "ORDER BY sequence DESC LIMIT 1")
 
@@ -153,19 +173,96 @@ def appending_together():
 
 
 def _append(events: list[AuditEvent], using: str) -> None:
-    """Chain the events after the head and insert them, under the append lock."""
+    """Chain the events after the head under the append lock, or queue them if another writer holds it."""
+    connection = connections[using]
     with transaction.atomic(using=using, savepoint=False):
-        _lock(connections[using])
-        sequence, prev_hash = head(using)
+        if connection.vendor == "postgresql" and not _try_lock(connection):
+            _queue(events, connection)
+            # robust: the caller's change has committed; a failed drain is redone by the next one.
+            transaction.on_commit(lambda: drain(using, wait=False), using=using, robust=True)
+            return
+        _lock(connection)
+        now = timezone.now()
         for event in events:
-            sequence += 1
-            event.sequence, event.prev_hash, event.time = sequence, prev_hash, timezone.now()
-            event.hash = prev_hash = compute_hash(prev_hash, event)
-            event._append_allowed = True
-        if len(events) == 1:
-            events[0].save(using=using)
-        else:  # the queryset refuses bulk inserts from anyone but this module
-            models.QuerySet.bulk_create(AuditEvent.objects.using(using).all(), events)
+            event.time = now
+        _chain(events, using)
+
+
+def _try_lock(connection) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+        return cursor.fetchone()[0]
+
+
+def _chain(events: list[AuditEvent], using: str) -> None:
+    """Link the events (their times set) after the head and insert them; the caller holds the lock."""
+    sequence, prev_hash = head(using)
+    for event in events:
+        sequence += 1
+        event.sequence, event.prev_hash = sequence, prev_hash
+        event.hash = prev_hash = compute_hash(prev_hash, event)
+        event._append_allowed = True
+    if len(events) == 1:
+        events[0].save(using=using)
+    else:  # the queryset refuses bulk inserts from anyone but this module
+        models.QuerySet.bulk_create(AuditEvent.objects.using(using).all(), events)
+
+
+def _queue(events: list[AuditEvent], connection) -> None:
+    # Plain SQL: this is the hot path of a busy cluster, and the ORM's insert compiler cost more
+    # than the insert. The fields still prepare their own values (JSON, addresses, times).
+    now = timezone.now()
+    rows = []
+    for event in events:
+        event.time = now
+        rows.append([field.get_db_prep_save(getattr(event, field.attname), connection) for field in _QUEUED_FIELDS])
+    with connection.cursor() as cursor:
+        cursor.executemany(_QUEUE_SQL, rows)
+
+
+def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True) -> int:
+    """Chain every queued event, in the order queued; returns how many.
+
+    One drainer at a time in the cluster (a session advisory lock). After a queueing commit
+    (`wait=False`) it returns at once if another process is draining: that drainer looks at the
+    queue again after letting go, and the event was committed before it let go, so one of them
+    chains it. verify_audit and the checkpoint jobs wait their turn (`wait=True`) and so pick up
+    what a process killed between its commit and its drain left queued. Inside a transaction it
+    does nothing: the append lock would be held until that transaction ends.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return 0
+    chained = 0
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {'pg_advisory_lock' if wait else 'pg_try_advisory_lock'}(%s)", [DRAIN_LOCK_KEY])
+            if not wait and not cursor.fetchone()[0]:
+                return chained
+        try:
+            while batch := _drain_batch(connection, using):
+                chained += batch
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [DRAIN_LOCK_KEY])
+        with connection.cursor() as cursor:  # what was queued while we held the drain lock
+            cursor.execute(_ANY_QUEUED_SQL)
+            if cursor.fetchone() is None:
+                return chained
+
+
+def _drain_batch(connection, using: str) -> int:
+    with transaction.atomic(using=using):
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            cursor.execute(f"SET LOCAL {DRAIN_SETTING} = 'on'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+        batch = list(PendingAuditEvent.objects.using(using).order_by("id")[:DRAIN_BATCH])
+        if batch:
+            _chain([AuditEvent(**{name: getattr(p, name) for name in _RECORDED}) for p in batch], using)
+            # Exactly these: a row with a smaller id may have committed since the SELECT.
+            PendingAuditEvent.objects.using(using).filter(id__in=[p.id for p in batch])._raw_delete(using)
+    return len(batch)
 
 
 async def arecord(action: str, **kwargs) -> AuditEvent:

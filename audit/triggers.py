@@ -103,3 +103,45 @@ def install(apps, schema_editor) -> None:
 
 def uninstall(apps, schema_editor) -> None:
     _run(schema_editor, {"postgresql": POSTGRES_UNINSTALL, "sqlite": SQLITE_UNINSTALL})
+
+
+# The queue of events waiting for the append lock (audit.models.PendingAuditEvent, PostgreSQL
+# only: SQLite's single writer never queues). A queued event is not chained yet, so the
+# database guards it instead: no UPDATE but the pointers' ON DELETE SET NULL, and DELETE only by
+# the drain, which says so with `SET LOCAL relay.audit_drain = 'on'` in its own transaction.
+PENDING_TABLE = "audit_pendingauditevent"
+DRAIN_SETTING = "relay.audit_drain"
+PENDING_COLUMNS = tuple(c for c in COLUMNS_0002 if c not in ("sequence", "prev_hash", "hash"))
+
+POSTGRES_PENDING_INSTALL = [f"""
+    CREATE OR REPLACE FUNCTION audit_pending_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND {_only_pointers_cleared("IS NOT DISTINCT FROM", PENDING_COLUMNS)} THEN
+            RETURN NEW;
+        END IF;
+        IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{DRAIN_SETTING}', true) = 'on' THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'queued audit events are append-only: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END;
+    $$
+    """,
+    f"""CREATE TRIGGER audit_pending_guard BEFORE UPDATE OR DELETE ON {PENDING_TABLE}
+        FOR EACH ROW EXECUTE FUNCTION audit_pending_guard()""",
+    f"""CREATE TRIGGER audit_pending_no_truncate BEFORE TRUNCATE ON {PENDING_TABLE}
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_pending_guard()""",
+]
+POSTGRES_PENDING_UNINSTALL = [
+    f"DROP TRIGGER IF EXISTS audit_pending_guard ON {PENDING_TABLE}",
+    f"DROP TRIGGER IF EXISTS audit_pending_no_truncate ON {PENDING_TABLE}",
+    "DROP FUNCTION IF EXISTS audit_pending_guard()",
+]
+
+
+def install_pending(apps, schema_editor) -> None:
+    _run(schema_editor, {"postgresql": POSTGRES_PENDING_INSTALL})
+
+
+def uninstall_pending(apps, schema_editor) -> None:
+    _run(schema_editor, {"postgresql": POSTGRES_PENDING_UNINSTALL})

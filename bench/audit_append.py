@@ -32,8 +32,8 @@ def manage(env: dict, *args: str) -> str:
     return done.stdout
 
 
-def worker(start: float, deadline: float) -> None:
-    """One writer process: append as fast as possible between start and deadline."""
+def worker(seconds: float) -> None:
+    """One writer process: say it is up, wait for the common start, append as fast as possible."""
     import django
 
     sys.path.insert(0, str(ROOT))
@@ -41,20 +41,27 @@ def worker(start: float, deadline: float) -> None:
     django.setup()
     from audit.services import record
 
-    count = 0
-    while time.time() < start:
-        time.sleep(0.002)
-    while time.time() < deadline:
+    record("bench.warmup", resource=f"writer:{os.getpid()}")  # the connection is open before the clock
+    print("ready", flush=True)
+    sys.stdin.readline()
+    count, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
         record("bench.append", resource=f"writer:{os.getpid()}", metadata={"n": count, "note": "bench"})
         count += 1
-    print(json.dumps({"appended": count}))
+    print(json.dumps({"appended": count}), flush=True)
 
 
 def run_writers(env: dict, writers: int, seconds: float) -> float:
-    start = time.time() + 5  # every process has set Django up before the clock starts
-    command = [sys.executable, __file__, "--worker", str(start), str(start + seconds)]
-    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(writers)]
+    """Start `writers` processes, wait until every one has set Django up, then start them together."""
+    command = [sys.executable, __file__, "--worker", str(seconds)]
+    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(writers)]
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            sys.exit(f"writer failed:\n{proc.stderr.read()[-3000:]}")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     total = 0
     for proc in procs:
         out, err = proc.communicate(timeout=seconds + 120)
@@ -68,10 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--writers", type=int, default=8)
-    parser.add_argument("--worker", nargs=2, type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker)
+        worker(args.worker)
         return
     scratch = None
     database_url = os.environ.get("DATABASE_URL", "")

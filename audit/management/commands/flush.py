@@ -1,4 +1,4 @@
-"""`flush` empties every table, so it must get past the audit table's DELETE/TRUNCATE triggers.
+"""`flush` empties every table, so it must get past the audit tables' DELETE/TRUNCATE triggers.
 
 It is the one sanctioned way to empty the trail besides pruning (development databases and
 test teardown); the chain then starts again at #1.
@@ -16,6 +16,7 @@ class Command(flush.Command):
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute(f"SET {triggers.PRUNE_SETTING} = 'on'")
+                cursor.execute(f"SET {triggers.DRAIN_SETTING} = 'on'")
             elif connection.vendor == "sqlite":
                 cursor.execute(triggers.SQLITE_DROP_DELETE_TRIGGER)
         try:
@@ -24,6 +25,7 @@ class Command(flush.Command):
             with connection.cursor() as cursor:
                 if connection.vendor == "postgresql":
                     cursor.execute(f"RESET {triggers.PRUNE_SETTING}")
+                    cursor.execute(f"RESET {triggers.DRAIN_SETTING}")
                 elif connection.vendor == "sqlite" and _table_exists(connection):
                     cursor.execute(triggers.SQLITE_DELETE_TRIGGER)
 
