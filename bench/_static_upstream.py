@@ -94,7 +94,9 @@ http {{
         self.conf.write_text(conf)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         subprocess.run([nginx, "-t", "-q", "-p", str(self.prefix), "-c", str(self.conf)], check=True)
-        self.process = subprocess.Popen([nginx, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"])
+        # Its errors go to error.log; inheriting our stdout would keep a pipe reading us open.
+        self.process = subprocess.Popen([nginx, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def base(self, kind: str) -> str:
         return f"{self.url}/{kind}/v1"
