@@ -21,6 +21,7 @@ class LoadResult:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    snapshots: list = field(default_factory=list)
 
     def fail(self, why: str) -> None:
         self.errors += 1
@@ -88,8 +89,12 @@ def complete(status: int, payload: bytes, stream: bool) -> str | None:
 
 
 async def run_load(url: str, path: str, body: dict, *, headers: dict | None = None, concurrency: int = 32,
-                   seconds: float = 10.0, stream: bool = False, warmup: float = 1.0) -> LoadResult:
-    """`concurrency` virtual users, each sending requests back to back for `seconds`."""
+                   seconds: float = 10.0, stream: bool = False, warmup: float = 1.0, snapshot=None) -> LoadResult:
+    """`concurrency` virtual users, each sending requests back to back for `seconds`.
+
+    `snapshot()`, if given, is called when the measured window opens and when it closes (CPU
+    counters: bench/_cpu.py); its two results are `result.snapshots`.
+    """
     data = json.dumps(body).encode()
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     result = LoadResult()
@@ -115,7 +120,16 @@ async def run_load(url: str, path: str, body: dict, *, headers: dict | None = No
                 result.fail(why)
         conn.close()
 
+    async def open_window():
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        if snapshot is not None:
+            result.snapshots.append(snapshot())
+
+    window = asyncio.create_task(open_window())
     await asyncio.gather(*(user() for _ in range(concurrency)))
+    await window
+    if snapshot is not None:
+        result.snapshots.append(snapshot())
     result.seconds = time.perf_counter() - measure_from
     return result
 

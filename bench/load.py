@@ -1,21 +1,28 @@
-"""Load: Relay's throughput and latency overhead on /v1/chat/completions, against LiteLLM Proxy.
+"""Load: Relay's throughput, latency and CPU per request on /v1/chat/completions, against LiteLLM Proxy.
 
-Run: python bench/load.py [--seconds 10] [--concurrency 32] [--instances 2] [--streams 1000]
+Run: python bench/load.py [--seconds 10] [--concurrency 32 64] [--processes 1 2] [--instances 0]
+                          [--upstream static|fake] [--streams 1000] [--idle-requests 200]
      (DATABASE_URL and REDIS_URL point at PostgreSQL and Redis: the production configuration)
 
-One fake OpenAI-compatible upstream process (tests/support/fake_upstream.py) serves everyone.
-Measured with one load tool (bench/_load.py), at one concurrency, streaming and not:
-  direct   the upstream itself (the floor every proxy adds to);
-  relay    one Relay instance (python -m relay.serve) with API-key auth, a hard budget on the key
-           (ledger reserve + settle in Redis), usage records, the audit trail and metrics all on;
-  cluster  N Relay instances behind nginx (platform/scripts/cluster.py, as `make cluster`);
+The upstream is, by default, static: a private nginx answering fixed OpenAI bodies from memory
+(bench/_static_upstream.py: one completion, or a 50-chunk stream), so that the gateways and not
+the upstream are the bottleneck; `--upstream fake` uses the Python fake upstream instead.
+Targets, each measured with one load tool (bench/_load.py), plain and streaming:
+  direct   the upstream itself (the floor every gateway adds to);
+  relay    Relay with API-key auth, a hard budget on the key (ledger reserve + settle in Redis),
+           usage records, the audit trail and metrics all on: one process (python -m relay.serve),
+           or N processes (uvicorn --workers N on the same database and Redis);
   litellm  LiteLLM Proxy (the version pinned in bench/_litellm.py, installed by this script into
-           var/litellm/venv from the package index) routing the same model to the same upstream.
-Overhead = a figure's latency minus the direct one. Rounds alternate the targets; each figure is
-the best round. Then 1,000 streams held open at once on one instance, with its memory growth.
-Last, `manage.py reconcile` checks that the usage records, the ledger and the audit trail agree
-after all that load (printed, and in the JSON as `reconcile`). The last line is one JSON object
-with every figure.
+           var/litellm/venv from the package index) with the same process count, no database;
+  cluster  with --instances N: N Relay instances behind nginx (platform/scripts/cluster.py).
+For each process count and concurrency, rounds alternate the targets; each figure is the best
+round. Beside requests/s and latency, each figure has the CPU milliseconds per request of every
+component (Relay's processes, LiteLLM's, PostgreSQL, Redis, each nginx, the load generator),
+read from /proc while the load ran (bench/_cpu.py). Then the idle added latency: single requests
+one at a time, plain (whole answer) and streaming (time to the first token), minus the direct
+figure. Then 1,000 streams held open at once on one instance, with its memory growth. Last,
+`manage.py reconcile` checks that the usage records, the ledger and the audit trail agree after
+all that load. The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -23,19 +30,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import _litellm  # noqa: I001  (bench-local helpers)
+import httpx
+from _cpu import Components, per_request
 from _litellm import wait_http
 from _load import Connection, figures, run_load
 from _relay import ROOT, RelayInstance, free_port, print_result
+from _static_upstream import StaticUpstream
 
 from tests.support.ports import free_port_run
 
-MODEL = "fake-large"
+MODELS = {"plain": "bench-plain", "stream": "bench-stream"}
+MODEL = MODELS["stream"]  # the open-streams test
 LITELLM_KEY = _litellm.KEY
 BUDGET = """
 from decimal import Decimal
@@ -47,26 +59,33 @@ Budget.objects.create(organization=key.owner.organization, scope="api_key", api_
 """
 
 
-def start_upstream(tokens: int) -> tuple[subprocess.Popen, str]:
+def start_upstream(kind: str, tokens: int) -> tuple[object, dict[str, str], callable]:
+    """(the upstream, {plain|stream: its base URL}, how to stop it)."""
+    if kind == "static":
+        static = StaticUpstream(free_port(), MODELS["plain"], MODELS["stream"])
+        wait_http(f"{static.url}/plain/v1/models")
+        return static, {k: static.base(k) for k in MODELS}, static.stop
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port), "--tokens",
                                 str(tokens)], cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/v1/models")
-    return process, f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}/v1"
+    return process, dict.fromkeys(MODELS, base), process.terminate
 
 
-def start_litellm(upstream: str) -> tuple[subprocess.Popen, str]:
-    process, url, _ = _litellm.start(f"""model_list:
-  - model_name: {MODEL}
+def start_litellm(bases: dict[str, str], workers: int) -> tuple[subprocess.Popen, str]:
+    models = "".join(f"""  - model_name: {MODELS[kind]}
     litellm_params:
-      model: openai/{MODEL}
-      api_base: {upstream}/v1
+      model: openai/{MODELS[kind]}
+      api_base: {bases[kind]}
       api_key: unused
-litellm_settings:
+""" for kind in MODELS)
+    process, url, _ = _litellm.start(f"""model_list:
+{models}litellm_settings:
   drop_params: true
 general_settings:
   master_key: {LITELLM_KEY}
-""")
+""", workers=workers)
     return process, url
 
 
@@ -79,16 +98,45 @@ def start_cluster(relay: RelayInstance, instances: int) -> tuple[list[str], str]
     return script, f"http://127.0.0.1:{port}"
 
 
-async def measure_round(targets: dict, seconds: float, concurrency: int) -> dict:
+def body(kind: str) -> dict:
+    return {"model": MODELS[kind], "messages": [{"role": "user", "content": "benchmark"}], "temperature": 0.7,
+            "stream": kind == "stream"}
+
+
+async def measure_round(targets: dict, seconds: float, concurrency: int, components: Components) -> dict:
     out = {}
-    for name, (url, path, headers) in targets.items():
-        for stream in (False, True):
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "temperature": 0.7,
-                    "stream": stream}
-            result = await run_load(url, path, body, headers=headers, concurrency=concurrency, seconds=seconds,
-                                    stream=stream)
-            out[f"{name}_{'stream' if stream else 'plain'}"] = figures(result)
+    for name, target in targets.items():
+        for kind in MODELS:
+            result = await run_load(target["url"], target["path"][kind], body(kind), headers=target["headers"],
+                                    concurrency=concurrency, seconds=seconds, stream=kind == "stream",
+                                    snapshot=components.snapshot)
+            figure = figures(result)
+            before, after = result.snapshots
+            figure["cpu_ms_per_request"] = per_request(before, after, figure["requests"] + figure["errors"])
+            out[f"{name}_{kind}"] = figure
     return out
+
+
+async def idle_latency(target: dict, kind: str, requests: int) -> float:
+    """p50 ms of single requests one at a time: the whole answer (plain) or the first token (stream)."""
+    samples = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(requests + 10):  # the first ten warm the connection and the caches
+            started = time.perf_counter()
+            async with client.stream("POST", target["url"] + target["path"][kind], json=body(kind),
+                                     headers=target["headers"]) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
+                if kind == "stream":
+                    elapsed = None
+                    async for line in response.aiter_lines():  # to the end: the connection is reused
+                        if elapsed is None and '"content":"token' in line.replace(" ", ""):
+                            elapsed = time.perf_counter() - started
+                else:
+                    await response.aread()
+                    elapsed = time.perf_counter() - started
+            samples.append(elapsed)
+    return round(statistics.median(samples[10:]) * 1000, 2)
 
 
 def rss_kb(pid: int) -> int:
@@ -147,77 +195,164 @@ async def open_streams(url: str, key: str, count: int, pid: int) -> dict:
             "rss_peak_mb": round(peak["rss_kb"] / 1024, 1), "growth_mb": round((peak["rss_kb"] - before) / 1024, 1)}
 
 
-def ratios(best: dict) -> dict:
+def ratios(best: dict, gateways: list[str]) -> dict:
+    """Overheads over the direct figure; Relay over LiteLLM (throughput, p99 and p50 overhead)."""
     out = {}
-    for kind in ("plain", "stream"):
-        direct, relay, litellm = best[f"direct_{kind}"], best[f"relay_{kind}"], best.get(f"litellm_{kind}")
-        for name in ("relay", "cluster", "litellm"):
+    for kind in MODELS:
+        direct = best[f"direct_{kind}"]
+        for name in gateways:
             figure = best.get(f"{name}_{kind}")
             if figure and figure["p50_ms"] is not None:
                 figure["overhead_p50_ms"] = round(figure["p50_ms"] - direct["p50_ms"], 2)
                 figure["overhead_p99_ms"] = round(figure["p99_ms"] - direct["p99_ms"], 2)
-        if litellm and litellm["rps"]:
+        relay, litellm = best.get(f"relay_{kind}"), best.get(f"litellm_{kind}")
+        if relay and litellm and litellm["rps"]:
             out[f"{kind}_throughput_relay_over_litellm"] = round(relay["rps"] / litellm["rps"], 2)
-            out[f"{kind}_p99_overhead_relay_over_litellm"] = round(
-                relay["overhead_p99_ms"] / litellm["overhead_p99_ms"], 2) if litellm["overhead_p99_ms"] > 0 else None
-            out[f"{kind}_p50_overhead_relay_over_litellm"] = round(
-                relay["overhead_p50_ms"] / litellm["overhead_p50_ms"], 2) if litellm["overhead_p50_ms"] > 0 else None
+            out[f"{kind}_p99_relay_over_litellm"] = round(relay["p99_ms"] / litellm["p99_ms"], 2)
     return out
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.upstream, self.bases, self.stop_upstream = start_upstream(args.upstream, args.tokens)
+        self.relay = RelayInstance(self.bases and {MODELS[k]: self.bases[k] for k in MODELS}, server="relay.serve",
+                                   extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
+        self.relay.run_manage("shell", "-c", BUDGET)
+        direct_paths = {k: self.bases[k].split("127.0.0.1", 1)[1].split("/", 1)[1] for k in MODELS}
+        self.direct = {"url": self.bases["plain"].rsplit("/", 2)[0] if self.args.upstream == "static"
+                       else self.bases["plain"].rsplit("/", 1)[0],
+                       "path": {k: "/" + direct_paths[k] + "/chat/completions" for k in MODELS}, "headers": {}}
+        self.relay_paths = dict.fromkeys(MODELS, "/v1/chat/completions")
+        self.auth = {"Authorization": f"Bearer {self.relay.key}"}
+        self.upstream_pid = self.upstream.process.pid if args.upstream == "static" else self.upstream.pid
+
+    def components(self, relay_pids: list[int], litellm_pids: list[int], cluster_pids: list[int]) -> Components:
+        return Components({"relay": relay_pids, "litellm": litellm_pids, "upstream nginx": [self.upstream_pid],
+                           "cluster nginx": cluster_pids}, {"postgresql": "postgres", "redis": "redis-server"})
+
+    def phase(self, processes: int) -> dict:
+        """Every concurrency at one process count: Relay and LiteLLM each with `processes` processes."""
+        extra, relay_url, relay_pids = None, self.relay.url, [self.relay.process.pid]
+        litellm = cluster_script = None
+        try:
+            if processes > 1:
+                extra, relay_url = self.relay.spawn("uvicorn", workers=processes)
+                relay_pids = [extra.pid]
+            targets = {"direct": self.direct,
+                       "relay": {"url": relay_url, "path": self.relay_paths, "headers": self.auth}}
+            litellm_pids, cluster_pids = [], []
+            if self.args.litellm:
+                litellm, litellm_url = start_litellm(self.bases, processes)
+                litellm_pids = [litellm.pid]
+                targets["litellm"] = {"url": litellm_url, "path": self.relay_paths,
+                                      "headers": {"Authorization": f"Bearer {LITELLM_KEY}"}}
+            if self.args.instances and self.args.instances == processes:
+                cluster_script, cluster_url = start_cluster(self.relay, processes)
+                targets["cluster"] = {"url": cluster_url, "path": self.relay_paths, "headers": self.auth}
+                cluster_pids = cluster_roots(self.relay)
+            # The cluster's instances count as Relay, its nginx as the cluster's.
+            components = self.components(relay_pids + cluster_pids[:-1], litellm_pids, cluster_pids[-1:])
+            out = {}
+            for concurrency in self.args.concurrency:
+                rounds = [asyncio.run(measure_round(targets, self.args.seconds, concurrency, components))
+                          for _ in range(self.args.rounds)]
+                best = {name: max((r[name] for r in rounds), key=lambda f: f["rps"]) for name in rounds[0]}
+                out[f"c{concurrency}"] = {"figures": best, "relay_vs_litellm": ratios(best, list(targets)[1:])}
+            if processes == 1 and self.args.idle_requests:
+                out["idle"] = self.idle(targets)
+            return out
+        finally:
+            if cluster_script:
+                subprocess.run([*cluster_script, "stop"], env=self.relay.env, cwd=ROOT)
+            for process in (litellm, extra):
+                if process is not None:
+                    process.terminate()
+                    process.wait(30)
+
+    def idle(self, targets: dict) -> dict:
+        """Added latency of one request at a time on an otherwise idle machine, per gateway."""
+        direct = {kind: asyncio.run(idle_latency(self.direct, kind, self.args.idle_requests)) for kind in MODELS}
+        out = {"direct_p50_ms": direct}
+        for name in ("relay", "litellm"):
+            if name in targets:
+                out[name] = {kind: round(asyncio.run(idle_latency(targets[name], kind, self.args.idle_requests))
+                                         - direct[kind], 2) for kind in MODELS}
+        if "relay" in out and "litellm" in out:
+            out["relay_over_litellm"] = {kind: round(out["relay"][kind] / out["litellm"][kind], 2)
+                                         if out["litellm"][kind] > 0 else None for kind in MODELS}
+        return out
+
+    def stop(self) -> dict:
+        try:  # before stop() drops the database: the load left the books as they should be
+            return self.relay.reconcile()
+        finally:
+            try:
+                self.relay.stop()
+            finally:
+                self.stop_upstream()
+
+
+def cluster_roots(relay: RelayInstance) -> list[int]:
+    """The cluster's process roots (its instances and its nginx), from its state file."""
+    state = Path(relay.tmp) / "cluster" / "state.json"
+    try:
+        data = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return []
+    entries = [*data.get("instances", []), data.get("nginx") or {}]
+    return [int(entry["pid"]) for entry in entries if "pid" in entry]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--instances", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--instances", type=int, default=0, help="also a cluster of N instances behind nginx")
+    parser.add_argument("--upstream", choices=["static", "fake"], default="static")
+    parser.add_argument("--tokens", type=int, default=20, help="tokens per answer of the fake upstream")
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--idle-requests", type=int, default=200)
     parser.add_argument("--no-litellm", dest="litellm", action="store_false")
     args = parser.parse_args()
-    upstream_process, upstream = start_upstream(args.tokens)
-    relay = RelayInstance({MODEL: f"{upstream}/v1"}, server="relay.serve",
-                          extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
-    relay.run_manage("shell", "-c", BUDGET)
-    cluster_script, litellm, books = None, None, None
+    bench = Bench(args)
+    phases, streams, books = {}, {}, {}
     try:
-        cluster_script, cluster_url = start_cluster(relay, args.instances)
-        if args.litellm:
-            litellm, litellm_url = start_litellm(upstream)
-        auth = {"Authorization": f"Bearer {relay.key}"}
-        targets = {"direct": (upstream, "/v1/chat/completions", {}), "relay": (relay.url, "/v1/chat/completions", auth),
-                   "cluster": (cluster_url, "/v1/chat/completions", auth)}
-        if litellm:
-            targets["litellm"] = (litellm_url, "/v1/chat/completions", {"Authorization": f"Bearer {LITELLM_KEY}"})
-        rounds = [asyncio.run(measure_round(targets, args.seconds, args.concurrency)) for _ in range(args.rounds)]
-        best = {name: max((r[name] for r in rounds), key=lambda f: f["rps"]) for name in rounds[0]}
-        summary = ratios(best)
-        streams = asyncio.run(open_streams(relay.url, relay.key, args.streams, relay.process.pid)) if args.streams else {}
+        for processes in args.processes:
+            phases[f"p{processes}"] = bench.phase(processes)
+            print_phase(processes, phases[f"p{processes}"])
+        if args.streams:
+            streams = asyncio.run(open_streams(bench.relay.url, bench.relay.key, args.streams,
+                                               bench.relay.process.pid))
     finally:
-        if cluster_script:
-            subprocess.run([*cluster_script, "stop"], env=relay.env, cwd=ROOT)
-        if litellm:
-            litellm.terminate()
-            litellm.wait(30)
-        try:  # before stop() drops the database: the load left the books as they should be
-            books = relay.reconcile()
-        finally:
-            relay.stop()
-        upstream_process.terminate()
-    for name, figure in best.items():
-        extra = f"  overhead p50 {figure['overhead_p50_ms']:+7.2f} p99 {figure['overhead_p99_ms']:+7.2f} ms" \
-            if "overhead_p50_ms" in figure else ""
-        print(f"{name:16} {figure['rps']:8.1f} req/s  p50 {figure['p50_ms']:8.2f} ms  p99 {figure['p99_ms']:8.2f} ms  "
-              f"errors {figure['errors']}{extra}")
-    for name, value in summary.items():
-        print(f"{name:42} {value}")
+        books = bench.stop()
     if streams:
         print(f"open streams: {streams['open_at_peak']}/{streams['streams']} at once, RSS {streams['rss_before_mb']} -> "
               f"{streams['rss_peak_mb']} MB (+{streams['growth_mb']} MB)")
     print_reconcile(books)
-    print_result({"concurrency": args.concurrency, "seconds": args.seconds, "instances": args.instances,
-                  "upstream_tokens": args.tokens, "figures": best, "relay_vs_litellm": summary,
-                  "open_streams": streams, "reconcile": books})
+    print_result({"seconds": args.seconds, "upstream": args.upstream, "phases": phases, "open_streams": streams,
+                  "reconcile": books})
+
+
+def print_phase(processes: int, phase: dict) -> None:
+    for level, result in phase.items():
+        if level == "idle":
+            continue
+        print(f"--- {processes} process(es), {level[1:]} connections")
+        for name, figure in result["figures"].items():
+            extra = (f"  overhead p50 {figure['overhead_p50_ms']:+7.2f} p99 {figure['overhead_p99_ms']:+7.2f} ms"
+                     if "overhead_p50_ms" in figure else "")
+            print(f"{name:16} {figure['rps']:8.1f} req/s  p50 {figure['p50_ms']:8.2f} ms  p99 "
+                  f"{figure['p99_ms']:8.2f} ms  errors {figure['errors']}{extra}")
+            cpu = figure.get("cpu_ms_per_request", {})
+            print(" " * 17 + "CPU ms/request: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v))
+        for name, value in result["relay_vs_litellm"].items():
+            print(f"{name:42} {value}")
+    if "idle" in phase:
+        idle = phase["idle"]
+        print(f"idle added latency (ms, p50): {json.dumps({k: v for k, v in idle.items() if k != 'direct_p50_ms'})}")
 
 
 def print_reconcile(books: dict) -> None:
