@@ -188,25 +188,8 @@
       });
     }
 
-    /* ---- charts: theme colours from relay.css's variables, repainted on relay:theme ---- */
+    /* ---- charts (static/js/charts.js paints them in the theme's colours) ---- */
     const palette = ["#2563eb", "#16a34a", "#f59e0b", "#7c3aed"];
-    function themed() {
-      const css = getComputedStyle(document.documentElement);
-      return { text: css.getPropertyValue("--chart-text").trim(), grid: css.getPropertyValue("--chart-grid").trim() };
-    }
-    function paint(chart, colors) {
-      Object.values(chart.options.scales || {}).forEach(function (scale) {
-        scale.ticks.color = colors.text;
-        scale.grid.color = colors.grid;
-        if (scale.border) scale.border.color = colors.grid;
-      });
-      chart.options.plugins.legend.labels.color = colors.text;
-      chart.update("none");
-    }
-    document.addEventListener("relay:theme", function () {
-      const colors = themed();
-      charts.forEach(function (chart) { paint(chart, colors); });
-    });
     function specs(targets) {
       const labels = targets.map(function (t) { return t.target; });
       const value = function (v) { return v === null || v === undefined ? null : v; };
@@ -225,16 +208,13 @@
     function draw(targets) {
       if (!window.Chart) return;
       charts.splice(0).forEach(function (chart) { chart.destroy(); });
-      Chart.defaults.animation = false;
       const made = specs(targets);
       document.querySelectorAll("#comparison-charts canvas[data-chart]").forEach(function (canvas) {
         const spec = made[canvas.dataset.chart];
         spec.options = Object.assign({ responsive: true, maintainAspectRatio: false, plugins: { legend: {} } }, spec.options);
         spec.options.plugins = Object.assign({ legend: {} }, spec.options.plugins);
-        const chart = new Chart(canvas, spec);
+        charts.push(window.Relay.charts.draw(canvas, spec));
         canvas.dataset.drawn = "true";
-        charts.push(chart);
-        paint(chart, themed());
       });
     }
 

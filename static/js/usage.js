@@ -9,36 +9,6 @@
   });
   if (!data || !window.Chart) return;
   const palette = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
-  Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
-  Chart.defaults.animation = false;
-  const charts = [];
-  // Text and grid colours come from relay.css's variables, so the charts follow the colour theme.
-  function themed() {
-    const css = getComputedStyle(document.documentElement);
-    const read = function (name) { return css.getPropertyValue(name).trim(); };
-    return { text: read("--chart-text"), grid: read("--chart-grid"), card: read("--card") };
-  }
-  function paint(chart, colors) {
-    Object.values(chart.options.scales || {}).forEach(function (scale) {
-      scale.ticks.color = colors.text;
-      scale.grid.color = colors.grid;
-      if (scale.border) scale.border.color = colors.grid;
-    });
-    chart.options.plugins.legend.labels.color = colors.text;
-    chart.data.datasets.forEach(function (set) { if (chart.config.type === "doughnut") set.borderColor = colors.card; });
-    chart.update("none");
-  }
-  function setDefaults(colors) {
-    Chart.defaults.color = colors.text;
-    Chart.defaults.borderColor = colors.grid;
-  }
-  setDefaults(themed());
-  document.addEventListener("relay:theme", function () {
-    const colors = themed();
-    setDefaults(colors);
-    charts.forEach(function (chart) { paint(chart, colors); });
-  });
-
   const money = window.Relay.usd;  /* the one display rule (static/js/money.js) */
   const specs = {
     daily: function (f) {
@@ -71,9 +41,7 @@
     section.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
       const spec = specs[canvas.dataset.chart](figures);
       spec.options = Object.assign({ responsive: true, maintainAspectRatio: false }, spec.options);
-      const chart = new Chart(canvas, spec);
-      charts.push(chart);
-      paint(chart, themed());
+      window.Relay.charts.draw(canvas, spec);
     });
   });
 })();
