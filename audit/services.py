@@ -42,6 +42,12 @@ _QUEUE_SQL = (f"INSERT INTO {PendingAuditEvent._meta.db_table} ({', '.join(f.col
 _ANY_QUEUED_SQL = f"SELECT 1 FROM {PendingAuditEvent._meta.db_table} LIMIT 1"  # noqa: S608 (no user input)
 # pg_advisory_lock key of the one drainer (session-level, beside APPEND_LOCK_KEY's transaction lock).
 DRAIN_LOCK_KEY = APPEND_LOCK_KEY + 1
+# One round trip: the drain's commit need not wait for the flush (module docstring), its DELETE is
+# allowed by the queue's trigger, and it holds the append lock. Constants only: no parameters.
+_DRAIN_BEGIN_SQL = (f"SET LOCAL synchronous_commit TO OFF; SET LOCAL {DRAIN_SETTING} = 'on'; "
+                    f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+_TAKE_QUEUED_SQL = (f"DELETE FROM {PendingAuditEvent._meta.db_table} WHERE id IN "  # noqa: S608 (no user input)
+                    f"(SELECT id FROM {PendingAuditEvent._meta.db_table} ORDER BY id LIMIT %s) RETURNING *")
 _HEAD_SQL = (f"SELECT sequence, hash FROM {AuditEvent._meta.db_table} "  # noqa: S608 (no user input)
              "ORDER BY sequence DESC LIMIT 1")
 
@@ -240,8 +246,9 @@ def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True) -> int:
             if not wait and not cursor.fetchone()[0]:
                 return chained
         try:
-            while batch := _drain_batch(connection, using):
+            while (batch := _drain_batch(connection, using)) == DRAIN_BATCH:
                 chained += batch
+            chained += batch
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [DRAIN_LOCK_KEY])
@@ -252,16 +259,15 @@ def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True) -> int:
 
 
 def _drain_batch(connection, using: str) -> int:
+    """Move the oldest queued events (up to DRAIN_BATCH) onto the chain: five statements a batch."""
     with transaction.atomic(using=using):
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            cursor.execute(f"SET LOCAL {DRAIN_SETTING} = 'on'")
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
-        batch = list(PendingAuditEvent.objects.using(using).order_by("id")[:DRAIN_BATCH])
+            cursor.execute(_DRAIN_BEGIN_SQL)
+        # Taken and deleted in one statement: exactly the rows it returns leave the queue.
+        batch = sorted(PendingAuditEvent.objects.using(using).raw(_TAKE_QUEUED_SQL, [DRAIN_BATCH]),
+                       key=lambda p: p.id)
         if batch:
             _chain([AuditEvent(**{name: getattr(p, name) for name in _RECORDED}) for p in batch], using)
-            # Exactly these: a row with a smaller id may have committed since the SELECT.
-            PendingAuditEvent.objects.using(using).filter(id__in=[p.id for p in batch])._raw_delete(using)
     return len(batch)
 
 
