@@ -9,11 +9,11 @@ Concurrent writers do not queue behind that lock (PostgreSQL). A record() that f
 taken writes its event to the queue (`PendingAuditEvent`) in its own transaction instead, and
 when that transaction commits, `drain()` takes the lock and chains everything queued in one
 batch. Eight writers then share one chaining commit per batch instead of taking turns, each
-holding the lock through its own commit. One process drains at a time; the others' queued events go into its batch. The drain commits
-without waiting for the WAL flush:
-if the server crashes before the flush, the queued rows (committed durably by their writers)
-are still there and are chained again by the next drain, and anything that later commits
-durably flushes the drain before it.
+holding the lock through its own commit. One process drains at a time; the others' queued
+events go into its batch. The drain commits without waiting for the WAL flush: if the server
+crashes before the flush, the queued rows (committed durably by their writers) are still there
+and are chained again by the next drain, and anything that later commits durably flushes the
+drain before it. A queued event has no sequence until it is drained.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ _QUEUE_SQL = (f"INSERT INTO {PendingAuditEvent._meta.db_table} ({', '.join(f.col
               f"VALUES ({', '.join(['%s'] * len(_QUEUED_FIELDS))})")
 _ANY_QUEUED_SQL = f"SELECT 1 FROM {PendingAuditEvent._meta.db_table} LIMIT 1"  # noqa: S608 (no user input)
 # pg_advisory_lock key of the one drainer (session-level, beside APPEND_LOCK_KEY's transaction lock).
+# Session-level: a pooler in transaction mode (pgbouncer) between Relay and PostgreSQL would lose it.
 DRAIN_LOCK_KEY = APPEND_LOCK_KEY + 1
 # One round trip: the drain's commit need not wait for the flush (module docstring), its DELETE is
 # allowed by the queue's trigger, and it holds the append lock. Constants only: no parameters.
