@@ -34,7 +34,7 @@ from audit import actions
 from audit.models import AuditEvent
 from audit.services import record
 from billing.models import Budget, BudgetAlert, ModelPrice, OptimizerSettings, UsageRecord
-from tests.test_audited_writes import form_data
+from tests.test_audited_admin_writes import form_data
 from training.models import ConversationExclusion, Dataset, DatasetVersion, TrainingConsent
 from training.models_evaluation import Evaluation, EvaluationItem, EvaluationResult, EvaluationSet
 
