@@ -40,21 +40,26 @@ _POSTGRES_TRIGGERS = [
         FOR EACH STATEMENT EXECUTE FUNCTION audit_event_guard()""",
 ]
 
-def postgres_install(columns=IMMUTABLE_COLUMNS) -> list[str]:
-    return [f"""
-    CREATE OR REPLACE FUNCTION audit_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+def _guard_function(name: str, columns, setting: str, rows: str) -> str:
+    """A PL/pgSQL trigger function: UPDATE only clears pointers; DELETE/TRUNCATE only with `setting` on."""
+    return f"""
+    CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'UPDATE' AND {_only_pointers_cleared("IS NOT DISTINCT FROM", columns)} THEN
             RETURN NEW;
         END IF;
-        IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{PRUNE_SETTING}', true) = 'on' THEN
+        IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{setting}', true) = 'on' THEN
             RETURN OLD;
         END IF;
-        RAISE EXCEPTION 'audit events are append-only: % refused', TG_OP
+        RAISE EXCEPTION '{rows} are append-only: % refused', TG_OP
             USING ERRCODE = 'integrity_constraint_violation';
     END;
     $$
-    """, *_POSTGRES_TRIGGERS]
+    """
+
+
+def postgres_install(columns=IMMUTABLE_COLUMNS) -> list[str]:
+    return [_guard_function("audit_event_guard", columns, PRUNE_SETTING, "audit events"), *_POSTGRES_TRIGGERS]
 
 
 POSTGRES_UNINSTALL = [
@@ -113,20 +118,8 @@ PENDING_TABLE = "audit_pendingauditevent"
 DRAIN_SETTING = "relay.audit_drain"
 PENDING_COLUMNS = tuple(c for c in COLUMNS_0002 if c not in ("sequence", "prev_hash", "hash"))
 
-POSTGRES_PENDING_INSTALL = [f"""
-    CREATE OR REPLACE FUNCTION audit_pending_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF TG_OP = 'UPDATE' AND {_only_pointers_cleared("IS NOT DISTINCT FROM", PENDING_COLUMNS)} THEN
-            RETURN NEW;
-        END IF;
-        IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{DRAIN_SETTING}', true) = 'on' THEN
-            RETURN OLD;
-        END IF;
-        RAISE EXCEPTION 'queued audit events are append-only: % refused', TG_OP
-            USING ERRCODE = 'integrity_constraint_violation';
-    END;
-    $$
-    """,
+POSTGRES_PENDING_INSTALL = [
+    _guard_function("audit_pending_guard", PENDING_COLUMNS, DRAIN_SETTING, "queued audit events"),
     f"""CREATE TRIGGER audit_pending_guard BEFORE UPDATE OR DELETE ON {PENDING_TABLE}
         FOR EACH ROW EXECUTE FUNCTION audit_pending_guard()""",
     f"""CREATE TRIGGER audit_pending_no_truncate BEFORE TRUNCATE ON {PENDING_TABLE}
