@@ -249,6 +249,8 @@
     const open = socket && socket.readyState === WebSocket.OPEN;
     ui.send.disabled = !open || !!run;
     ui.stop.hidden = !run;
+    // A Stop pressed in the last run disables the button for a moment; the next run starts with it usable.
+    if (!run) ui.stop.disabled = false;
   }
 
   function ask(query) {

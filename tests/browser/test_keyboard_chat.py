@@ -85,6 +85,9 @@ def test_chat_with_the_keyboard_alone(new_page, users, settings):
     # Again, stopped by the Stop button this time: Tab passes Attach and the disabled Send.
     page.keyboard.type(LONG_QUESTION)
     press(page, "Enter")
+    last_answer_state(page, "streaming")
+    # The Stop pressed a moment ago (Escape) must not leave this run's Stop disabled, out of the Tab order.
+    assert page.locator("#stop").is_enabled()
     streaming_some_text(page)
     press(page, "Tab", "Tab")
     assert focused(page) == "Stop"
