@@ -82,9 +82,13 @@ def complete(status: int, payload: bytes, stream: bool) -> str | None:
         return None if b"[DONE]" in payload or b'"type": "done"' in payload or b'"type":"done"' in payload \
             else f"stream without its end: {payload[-200:]!r}"
     try:
-        json.loads(payload)
+        answer = json.loads(payload)
     except ValueError:
         return f"not JSON: {payload[:200]!r}"
+    # A 200 without an answer is a failure too (a gateway that lost the upstream's reply).
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if choices and not (choices[0].get("message") or {}).get("content"):
+        return f"empty answer: {payload[:200]!r}"
     return None
 
 

@@ -43,6 +43,17 @@ class UnsupportedParameter(exceptions.ValidationError):
     default_code = "unsupported_parameter"
 
 
+class RunFailed(exceptions.APIException):
+    """A whole (non-streamed) answer that failed: an HTTP error, as OpenAI's API gives, not a 200 with no content."""
+
+    STATUS = {"rate_limited": 429, "upstream_timeout": 504, "agent_error": 500}
+
+    def __init__(self, code: str, message: str):
+        self.status_code = self.STATUS.get(code, 502)  # the upstream's failures: a bad gateway
+        self.default_code = code  # what the error envelope names
+        super().__init__(detail=message, code=code)
+
+
 class ChatCompletionSerializer(SharedFieldsMixin, serializers.Serializer):
     """OpenAI's request body; fields Relay does not use (top_p, seed, ...) are accepted and ignored."""
 
@@ -199,7 +210,7 @@ def _finish_reason(run, status: str, tool_calls: int) -> str:
 
 
 async def _whole(run: runner.PreparedRun, model: str) -> dict:
-    answer, calls, status, usage = [], [], "complete", {}
+    answer, calls, status, usage, error = [], [], "complete", {}, None
     async for event in runner.stream(run):
         if event["type"] == "token":
             answer.append(event["content"])
@@ -209,8 +220,12 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
         elif event["type"] == "usage":
             usage = {"prompt_tokens": event["input_tokens"], "completion_tokens": event["output_tokens"],
                      "total_tokens": event["input_tokens"] + event["output_tokens"]}
+        elif event["type"] == "error":
+            error = error or event
         elif event["type"] == "done":
             status = event["status"]
+    if status == "error" and error is not None:  # the run is stored and billed as it went; the client is told
+        raise RunFailed(error["code"], error["message"])
     message = {"role": "assistant", "content": "".join(answer) or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls

@@ -25,8 +25,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from agents.tokenizer import split_tokens
+
 from .base import ChatRequest, Finish, ProviderError, ProviderEvent, TextDelta, ToolCallRequest, Usage
 
+MAX_WHOLE_BYTES = 8 * 1024 * 1024  # a whole completion's body; far above max_tokens' worth of text
 MAX_RETRY_AFTER = 2.0  # seconds; a longer Retry-After is not worth holding a user request for
 
 
@@ -124,8 +127,10 @@ class OpenAICompatibleProvider:
         # stopped early, and only the socket itself can then still be hung up.
         transport = resp.connection.transport if resp.connection is not None else None
         finished = False
+        # A server that ignores `stream: true` answers with one chat.completion: read it as such.
+        parse = _parse_whole if resp.content_type == "application/json" else _parse_stream
         try:
-            async for event in _parse_stream(resp):
+            async for event in parse(resp):
                 yield event
             finished = True
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -207,6 +212,49 @@ async def _parse_stream(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderE
     if usage:
         yield Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
     yield Finish(finish or "stop")
+
+
+async def _parse_whole(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderEvent]:
+    """One chat.completion body, as the events a stream of it would give: a TextDelta per token-like
+    piece (the runner counts each as one output token and enforces budgets and max_tokens per piece)."""
+    raw = await _read_bounded(resp)
+    try:
+        body = json.loads(raw)
+        if isinstance(body, dict) and body.get("error"):
+            err = body["error"]
+            raise ProviderError("upstream_error", "upstream error: {}".format(
+                err.get("message") if isinstance(err, dict) else str(err)), 502)
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        content = message.get("content") or ""
+        calls, usage = message.get("tool_calls") or [], body.get("usage") or {}
+        if not isinstance(content, str) or not isinstance(calls, list) or not isinstance(usage, dict):
+            raise TypeError("completion")
+        counted = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)) if usage else None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise ProviderError("upstream_error", "malformed completion from upstream", 502) from None
+    for piece in split_tokens(content):
+        yield TextDelta(piece)
+    for call in calls:
+        if not isinstance(call, dict):
+            raise ProviderError("upstream_error", "malformed completion from upstream", 502)
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        yield ToolCallRequest(call_id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                              name=str(function.get("name") or ""), arguments=str(function.get("arguments") or ""))
+    if counted:
+        yield Usage(*counted)
+    yield Finish(str(choice.get("finish_reason") or "stop"))
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, refused past MAX_WHOLE_BYTES: an upstream's answer is bounded like a client's request."""
+    parts, size = [], 0
+    while chunk := await resp.content.read(65536):
+        size += len(chunk)
+        if size > MAX_WHOLE_BYTES:
+            raise ProviderError("upstream_error", "completion from upstream too large", 502)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _drain(calls: dict[int, dict]) -> list[ToolCallRequest]:

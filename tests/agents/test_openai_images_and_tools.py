@@ -207,3 +207,30 @@ def test_empty_tool_fields_are_not_client_tools(caller):
     response = chat(caller, [{"role": "user", "content": "integrate x^2"}], model="relay-math", tools=[],
                     tool_choice=None)
     assert response.status_code == 200 and r"\frac{x^{3}}{3}" in response.json()["choices"][0]["message"]["content"]
+
+
+# --- an upstream's answer and its failure, whole ----------------------------------------------
+
+def test_an_upstream_failure_is_an_http_error_not_an_empty_answer(asgi_server, user_key, fake_upstream,
+                                                                   upstream_model):
+    import openai
+
+    fake_upstream.configure(fail_all=True, fail_status=500)
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model=upstream_model, messages=[{"role": "user", "content": "Hello?"}])
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "upstream_error" and info.value.body["type"] == "server_error"
+
+
+def test_an_upstream_that_ignores_stream_true_still_answers_in_full(asgi_server, user_key, fake_upstream,
+                                                                     upstream_model):
+    import openai
+
+    fake_upstream.configure(ignore_stream=True)
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    whole = client.chat.completions.create(model=upstream_model, messages=[{"role": "user", "content": "one two"}])
+    assert whole.choices[0].message.content == "Echo: one two" and whole.usage.completion_tokens > 0
+    streamed = client.chat.completions.create(model=upstream_model, stream=True,
+                                              messages=[{"role": "user", "content": "three four"}])
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Echo: three four"

@@ -264,3 +264,37 @@ async def test_magic_error_and_the_provider_survives_it(provider):
         await collect(provider, req("x [[fake: error=400]]"))
     assert info.value.code == "bad_request"
     assert (await collect(provider, req("y")))[-1] == Finish("stop")
+
+
+# --- a server that ignores `stream: true` and answers with one chat.completion -----------------
+
+@pytest.mark.asyncio
+async def test_a_whole_completion_reads_as_its_stream_would(provider, server):
+    server.configure(ignore_stream=True)
+    events = await collect(provider, req("the quick brown fox"))
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert "".join(d.text for d in deltas) == "Echo: the quick brown fox"
+    # one per token-like piece: the runner counts and limits them one by one
+    assert [d.text for d in deltas] == ["Echo", ":", " the", " quick", " brown", " fox"]
+    assert events[-2:] == [Usage(input_tokens=3 + 4 + 4, output_tokens=5), Finish("stop")]
+    assert server.requests[-1].body["stream"] is True and not server.requests[-1].stream
+
+
+@pytest.mark.asyncio
+async def test_a_whole_completion_with_tool_calls(provider, server):
+    server.configure(ignore_stream=True, tool_calls=[{"name": "calculator", "arguments": {"expression": "2+2"}}])
+    events = await collect(provider, req("add", tools=TOOLS))
+    calls = [e for e in events if isinstance(e, ToolCallRequest)]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("calculator", {"expression": "2+2"})]
+    assert events[-1] == Finish("tool_calls")
+
+
+@pytest.mark.asyncio
+async def test_a_whole_completion_past_the_size_bound_is_refused(provider, server, monkeypatch):
+    from agents.providers import openai_compat
+
+    server.configure(ignore_stream=True)
+    monkeypatch.setattr(openai_compat, "MAX_WHOLE_BYTES", 100)
+    with pytest.raises(ProviderError) as info:
+        await collect(provider, req("the quick brown fox jumps over the lazy dog"))
+    assert info.value.code == "upstream_error" and "too large" in info.value.message

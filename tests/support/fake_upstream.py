@@ -62,6 +62,7 @@ class FakeUpstreamConfig:
     stall: float = 0.0
     drop_after: int | None = None          # close the connection after K tokens, no [DONE]
     api_key: str | None = None             # require "Authorization: Bearer <api_key>"
+    ignore_stream: bool = False            # answer `stream: true` with one chat.completion, as some servers do
     models: list[str] = field(default_factory=lambda: ["fake-mini", "fake-large"])
 
 
@@ -225,7 +226,7 @@ class FakeUpstreamApp:
                                      retry_after=cfg.retry_after)
 
         plan = self._plan(body, messages, user_at, cfg)
-        if body.get("stream"):
+        if body.get("stream") and not cfg.ignore_stream:
             rec.stream = True
             return await self._stream(body, plan, cfg, send, receive, rec)
         await asyncio.sleep(cfg.ttft + (max(0, len(plan["tokens"]) - 1) / cfg.tps if cfg.tps else 0))
