@@ -336,7 +336,11 @@ async def _produce(run: PreparedRun, progress: _Progress):
                 yield {"type": "client_tool_call", "call_id": item.call_id, "name": item.name,
                        "arguments": item.arguments}
                 continue
-            pieces = [item.text] if isinstance(item, TextDelta) else split_tokens(item)
+            if isinstance(item, TextDelta) and item.tokens > 1 and _passes_whole(run, progress, item):
+                yield events.token(item.text)  # a whole answer's text passes on in one piece
+                continue
+            pieces = [item.text] if isinstance(item, TextDelta) and item.tokens == 1 else \
+                split_tokens(item.text if isinstance(item, TextDelta) else item)
             for piece in pieces:
                 if progress.output_tokens >= run.max_tokens:
                     run.ctx.facts["finish_reason"] = "length"
@@ -350,6 +354,19 @@ async def _produce(run: PreparedRun, progress: _Progress):
                 yield events.token(piece)
                 if local_delay and run.model.is_local:  # the embedded engine paces itself like a model
                     await asyncio.sleep(local_delay)
+
+
+def _passes_whole(run: PreparedRun, progress: _Progress, delta: TextDelta) -> bool:
+    """Count a many-token delta at once when max_tokens and the budget allow all of it (else the caller
+    splits it and stops inside it, token by token, exactly where it would have in a stream)."""
+    if progress.output_tokens + delta.tokens > run.max_tokens or \
+            not run.charge.allows(run.input_tokens, progress.output_tokens + delta.tokens):
+        return False
+    progress.output_tokens += delta.tokens
+    progress.answer.append(delta.text)
+    if progress.ttft_ms is None:
+        progress.ttft_ms = int((time.monotonic() - run.started) * 1000)
+    return True
 
 
 @dataclass

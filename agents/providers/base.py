@@ -23,7 +23,10 @@ class ChatRequest:
 
 @dataclass
 class TextDelta:
+    """Answer text; `tokens` is how many output tokens it counts for (a stream's chunk: one)."""
+
     text: str
+    tokens: int = 1
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from agents.tokenizer import split_tokens
+from agents.tokenizer import count_tokens
 
 from .base import ChatRequest, Finish, ProviderError, ProviderEvent, TextDelta, ToolCallRequest, Usage
 
@@ -215,8 +215,9 @@ async def _parse_stream(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderE
 
 
 async def _parse_whole(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderEvent]:
-    """One chat.completion body, as the events a stream of it would give: a TextDelta per token-like
-    piece (the runner counts each as one output token and enforces budgets and max_tokens per piece)."""
+    """One chat.completion body, as the events a stream of it would give: its text in one TextDelta that
+    counts as its tokens (the runner passes it on whole when the budget and max_tokens allow them all,
+    and splits it only to stop inside it)."""
     raw = await _read_bounded(resp)
     try:
         body = json.loads(raw)
@@ -233,8 +234,8 @@ async def _parse_whole(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderEv
         counted = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)) if usage else None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise ProviderError("upstream_error", "malformed completion from upstream", 502) from None
-    for piece in split_tokens(content):
-        yield TextDelta(piece)
+    if content:
+        yield TextDelta(content, tokens=count_tokens(content))
     for call in calls:
         if not isinstance(call, dict):
             raise ProviderError("upstream_error", "malformed completion from upstream", 502)

@@ -146,7 +146,7 @@ class _Attempt:
 
     def _count(self, event) -> None:
         if isinstance(event, TextDelta):
-            self.output_tokens += 1
+            self.output_tokens += event.tokens
         elif isinstance(event, Usage):
             self.reported_tokens = event.output_tokens
         elif isinstance(event, ToolCallRequest):

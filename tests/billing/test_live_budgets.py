@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.actions.keys import create_api_key
+from agents.tokenizer import split_tokens
 from billing.budgets import covering
 from billing.ledger import get_ledger
 from billing.models import Budget, UsageRecord
@@ -175,6 +176,31 @@ def test_cancelled_and_budget_stopped_streams_bill_exactly_the_tokens_produced(
     assert ledger_figures(budget, stopped.created_at) == (int(budget.limit_usd * 10**9), 0)
     again, refusal = asyncio.run(_stream_once(asgi_server.url, secret, body))
     assert again == 402 and refusal[0]["error"]["code"] == "budget_exceeded"
+    assert_reconciled()
+
+
+def test_a_whole_completion_stops_inside_at_the_budget_and_at_max_tokens(asgi_server, users, fake_upstream,
+                                                                          upstream_model):
+    """An upstream that ignores `stream: true` sends its answer in one piece: Relay still stops
+    exactly where the budget or max_tokens ends, as it would inside a stream."""
+    query = "Write a long story."
+    fake_upstream.configure(tokens=400, ignore_stream=True, prompt_tokens=prompt_tokens(query))
+    secret, budget = key_budget(users["user"], prompt_tokens(query) * IN_PRICE + 12 * OUT_PRICE)
+    status, events = asyncio.run(_stream_once(asgi_server.url, secret, {"query": query, "agent_type": "general",
+                                                                        "max_tokens": 400}))
+    tokens = [e["content"] for e in events if e["type"] == "token"]
+    assert status == 200 and events[-1]["status"] == "budget_stop" and len(tokens) == 12
+    stopped = UsageRecord.objects.get(api_key__budgets=budget)
+    assert stopped.output_tokens == 12 and stopped.cost == budget.limit_usd
+    assert _message_text(stopped) == "".join(tokens) == "".join(split_tokens(_full_reply(fake_upstream))[:12])
+
+    key = create_api_key(users["user"], "unbudgeted").secret
+    status, events = asyncio.run(_stream_once(asgi_server.url, key, {"query": query, "agent_type": "general",
+                                                                     "max_tokens": 30}))
+    assert status == 200 and events[-1]["status"] == "complete"
+    assert len([e for e in events if e["type"] == "token"]) == 30  # cut at max_tokens, as a stream is
+    whole, events = asyncio.run(_stream_once(asgi_server.url, key, {"query": "Hi.", "agent_type": "general"}))
+    assert [e["type"] for e in events].count("token") == 1  # within the limits: passed on in one piece
     assert_reconciled()
 
 
