@@ -61,7 +61,7 @@ def per_core(terms: dict[str, float]) -> dict:
 def cores_for_requests(terms: dict[str, float], rps: float) -> dict[str, float]:
     """Cores of Relay, PostgreSQL and Redis (and nginx) that serve `rps` plain requests/s."""
     out = {name: round(rps * terms.get(name, 0.0) / 1000, 2) for name in (*SERVING, "nginx")}
-    out["relay + postgresql + redis"] = round(sum(out[name] for name in SERVING), 2)
+    out["relay + postgresql + redis"] = round(sum(out.get(name, 0.0) for name in SERVING), 2)
     return out
 
 
@@ -87,7 +87,7 @@ def cores_for_streams(terms: dict, *, streams: int, tokens_per_s: float, seconds
     for name, t in terms.items():
         per_stream_second = t["held"] + max(0.0, tokens_per_s - held_tokens_per_s) * t["chunk"]
         out[name] = round((streams * per_stream_second + streams / seconds * t["start"]) / 1000, 2)
-    out["relay + postgresql + redis"] = round(sum(out[name] for name in SERVING), 2)
+    out["relay + postgresql + redis"] = round(sum(out.get(name, 0.0) for name in SERVING), 2)
     return out
 
 
