@@ -301,17 +301,6 @@ def predict(calibration: dict, saturated: dict, args) -> dict:
     return out
 
 
-def pooled(runs: list[dict]) -> dict:
-    """The saturated runs so far as one: CPU per request over all their requests (a 5-second run's
-    terms vary by a third on a shared machine), and other programs' CPU of the latest (it drifts)."""
-    served = sum(run["requests"] + run["errors"] for run in runs)
-    names = {name for run in runs for name in run["cpu_ms_per_request"]}
-    cpu = {name: round(sum(run["cpu_ms_per_request"].get(name, 0.0) * (run["requests"] + run["errors"])
-                           for run in runs) / served, 3) for name in names} if served else {}
-    return {"runs": len(runs), "requests": served, "cpu_ms_per_request": cpu,
-            "rps": runs[-1]["rps"], "background_ms_per_s": runs[-1]["background_ms_per_s"]}
-
-
 def record(prediction: dict, calibration: dict, saturated: dict, cycle: int) -> Path:
     """The prediction, timestamped, on disk before its measurement starts."""
     when = datetime.datetime.now(datetime.UTC)
@@ -362,17 +351,14 @@ def compare(prediction: dict, plain: dict) -> dict:
 
 
 def cycles(bench: Bench, one: Cluster, calibration: dict, out: dict) -> None:
-    """Each cycle: a saturated run on N=1 (pooled with the earlier ones), the prediction recorded,
-    then N instances measured.
+    """Each cycle: the saturated run on N=1, the prediction recorded, then N instances measured.
     Both clusters are up, so that a cycle takes seconds: on a shared machine, what other programs
     use drifts over minutes, and calibrating just before measuring keeps the two in one regime."""
     args = bench.args
     many = Cluster(bench.relay.env, args.instances, args.celery)
     try:
-        runs = []
         for cycle in range(1, args.cycles + 1):
-            runs.append(bench.saturated(one))
-            saturated = pooled(runs)
+            saturated = bench.saturated(one)
             prediction = predict(calibration, saturated, args)
             path = record(prediction, calibration, saturated, cycle)
             if cycle == 1:
