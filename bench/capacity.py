@@ -1,7 +1,7 @@
 """Capacity: calibrate a CPU model on one Relay instance, predict the 2-instance cluster, then measure it.
 
-Run: python bench/capacity.py [--seconds 8] [--rounds 2] [--concurrency 64] [--instances 2]
-                              [--streams 1000] [--hold-seconds 10] [--no-celery]
+Run: python bench/capacity.py [--seconds 8] [--rounds 2] [--cycles 6] [--cycle-seconds 5] [--concurrency 64]
+                              [--instances 2] [--streams 1000] [--hold-seconds 10] [--no-celery]
      (DATABASE_URL and REDIS_URL point at PostgreSQL and Redis, as for bench/load.py)
 
 Relay is configured as in bench/load.py (API-key auth, a hard budget on the key, usage records,
@@ -17,13 +17,18 @@ a private state directory and port, so a developer's own cluster is never touche
    component, read from /proc (bench/_cpu.py): Relay, PostgreSQL (this database's backends and
    the server's writers), Redis, nginx, Celery, the upstreams, the load generator itself; and
    what every other program on the (shared) machine used meanwhile.
-2. The model (bench/_capacity_model.py), from the calibration alone: per-core requests/s, cores
-   of Relay, PostgreSQL and Redis for 1,000 plain requests/s and for 1,000 open streams, and the
-   plain requests/s of --instances instances on this machine. The prediction is written to
-   var/capacity/prediction-<UTC time>.json and printed BEFORE the cluster is measured.
-3. The cluster of --instances instances is started, measured through its nginx with the same
-   load tool and connections, stopped; measured vs predicted, and the error. `reconcile` checks
-   the books after all the load. Last line: one JSON object.
+2. Cycles (--cycles), with the one-instance and the --instances cluster both up, so that a cycle
+   takes seconds (on a shared machine the other programs' CPU drifts within a minute): the one
+   instance again, beside --instances - 1 busy loops standing in for the other instances (a
+   request costs more CPU when every core is contended: the `saturated` terms); the model
+   (bench/_capacity_model.py) from the calibration alone: per-core requests/s, cores of Relay,
+   PostgreSQL and Redis for 1,000 plain requests/s and 1,000 open streams, and the plain
+   requests/s of the bigger cluster on this machine, written to
+   var/capacity/prediction-<UTC time>-cycle<k>.json and printed BEFORE the cluster is measured;
+   then that cluster measured through its nginx with the same load tool and connections;
+   measured vs predicted, the error, each term beside what the cluster spent.
+3. Both clusters stopped; the mean of the recorded predictions against the mean measured figure;
+   `reconcile` checks the books after all the load. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,6 +89,7 @@ class Cluster:
     def stop(self) -> None:
         subprocess.run([*CLUSTER, "--state-dir", str(self.dir), "stop"], env=self.env, cwd=ROOT,
                        stdout=subprocess.DEVNULL, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)  # its logs and nginx's access log of the load
 
 
 class Bench:
