@@ -2,15 +2,19 @@
 
 A component is a set of processes: a process tree (a Relay server and its workers, LiteLLM,
 an nginx master and its workers) or every process of a program (all PostgreSQL backends, every
-redis-server). `snapshot()` sums user + system time of each; the difference between two
-snapshots divided by the requests served between them is the CPU milliseconds per request.
-Processes that start or end between two snapshots are counted for what they used while seen.
+redis-server), optionally narrowed by its command line (on a machine shared with other
+benches: the PostgreSQL backends of one database, the Redis server on one port). `snapshot()`
+sums user + system time of each; the difference between two snapshots divided by the requests
+served between them is the CPU milliseconds per request. Processes that start or end between two
+snapshots are counted for what they used while seen. `machine_cpu_seconds()` is the CPU time
+every process on the machine used, to tell how much of it the measured components left to others.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -47,10 +51,37 @@ def _tree(root: int, table: dict) -> set[int]:
     return members & set(table)
 
 
-class Components:
-    """Named components: `trees` {name: [root pids]}, `programs` {name: command name prefix}."""
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
-    def __init__(self, trees: dict[str, list[int]], programs: dict[str, str]):
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds spent by everything on the machine, all cores; of which interrupts), from
+    /proc/stat: busy is all but idle and iowait. Interrupts (mostly the loopback network's
+    softirqs) are charged to no process, so they are a component of their own."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICK, (irq + softirq) / TICK
+
+
+def postgres_of(database: str) -> Callable[[str], bool]:
+    """The processes of one database's load: its backends and the server's shared writers (the
+    postmaster, WAL writer, checkpointer, background writer), not other databases' backends."""
+    shared = ("/bin/postgres", "checkpointer", "background writer", "walwriter")
+
+    def ours(command: str) -> bool:
+        return f" {database} " in command + " " or any(part in command for part in shared)
+    return ours
+
+
+class Components:
+    """Named components: `trees` {name: [root pids]}, `programs` {name: command name prefix, or
+    (prefix, a test of the full command line)}."""
+
+    def __init__(self, trees: dict[str, list[int]], programs: dict[str, str | tuple[str, Callable[[str], bool]]]):
         self.trees, self.programs = trees, programs
 
     def snapshot(self) -> dict[str, dict[int, float]]:
@@ -62,9 +93,10 @@ class Components:
             pids = set().union(*(_tree(root, table) for root in roots)) if roots else set()
             out[name] = {pid: table[pid][2] for pid in pids}
             claimed |= pids
-        for name, prefix in self.programs.items():
+        for name, program in self.programs.items():
+            prefix, test = program if isinstance(program, tuple) else (program, None)
             out[name] = {pid: cpu for pid, (command, _, cpu) in table.items()
-                         if command.startswith(prefix) and pid not in claimed}
+                         if command.startswith(prefix) and pid not in claimed and (test is None or test(cmdline(pid)))}
         usage = resource.getrusage(resource.RUSAGE_SELF)
         out["load generator"] = {os.getpid(): usage.ru_utime + usage.ru_stime}
         return out
