@@ -38,7 +38,7 @@ from pathlib import Path
 
 import _litellm  # noqa: I001  (bench-local helpers)
 import httpx
-from _cpu import Components, per_request
+from _cpu import Components, per_request, postgres_of
 from _litellm import wait_http
 from _load import Connection, figures, run_load
 from _relay import ROOT, RelayInstance, free_port, print_result
@@ -47,7 +47,9 @@ from _static_upstream import StaticUpstream
 from tests.support.ports import free_port_run
 
 MODELS = {"plain": "bench-plain", "stream": "bench-stream"}
-MODEL = MODELS["stream"]  # the open-streams test
+# The open-streams test: a model on the Python fake upstream, which paces its tokens (one a second
+# here) so that the streams stay open together; the static upstream answers every stream at once.
+HELD_MODEL = "bench-held"
 LITELLM_KEY = _litellm.KEY
 BUDGET = """
 from decimal import Decimal
@@ -152,7 +154,7 @@ async def open_streams(url: str, key: str, count: int, pid: int) -> dict:
     started = asyncio.Event()
     open_now = 0
     peak = {"rss_kb": before, "open": 0}
-    body = json.dumps({"model": MODEL, "stream": True, "temperature": 0.7, "max_tokens": 40,
+    body = json.dumps({"model": HELD_MODEL, "stream": True, "temperature": 0.7, "max_tokens": 40,
                        "messages": [{"role": "user", "content": "hold [[fake: tps=1 tokens=40]]"}]}).encode()
 
     async def one():
@@ -216,7 +218,12 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.upstream, self.bases, self.stop_upstream = start_upstream(args.upstream, args.tokens)
-        self.relay = RelayInstance(self.bases and {MODELS[k]: self.bases[k] for k in MODELS}, server="relay.serve",
+        port = free_port()
+        self.paced = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port)],
+                                      cwd=ROOT, stdout=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{port}/v1/models")
+        upstreams = {**{MODELS[k]: self.bases[k] for k in MODELS}, HELD_MODEL: f"http://127.0.0.1:{port}/v1"}
+        self.relay = RelayInstance(upstreams, server="relay.serve",
                                    extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
         self.relay.run_manage("shell", "-c", BUDGET)
         direct_paths = {k: self.bases[k].split("127.0.0.1", 1)[1].split("/", 1)[1] for k in MODELS}
@@ -229,7 +236,8 @@ class Bench:
 
     def components(self, relay_pids: list[int], litellm_pids: list[int], cluster_pids: list[int]) -> Components:
         return Components({"relay": relay_pids, "litellm": litellm_pids, "upstream nginx": [self.upstream_pid],
-                           "cluster nginx": cluster_pids}, {"postgresql": "postgres", "redis": "redis-server"})
+                           "cluster nginx": cluster_pids},
+                          {"postgresql": ("postgres", postgres_of(self.relay.dbname or "")), "redis": "redis-server"})
 
     def phase(self, processes: int) -> dict:
         """Every concurrency at one process count: Relay and LiteLLM each with `processes` processes."""
@@ -291,6 +299,7 @@ class Bench:
                 self.relay.stop()
             finally:
                 self.stop_upstream()
+                self.paced.terminate()
 
 
 def cluster_roots(relay: RelayInstance) -> list[int]:
