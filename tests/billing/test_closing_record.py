@@ -173,3 +173,44 @@ def test_without_a_held_closing_the_answer_is_interrupted_at_zero_cost(org, user
     assert Message.objects.get(pk=run.message_id).status == "interrupted"
     assert UsageRecord.objects.get().cost == 0
     assert services.recorded_usage(run.request.run_id).status == "interrupted"
+
+
+def test_on_the_servers_loop_the_answer_ends_before_its_closing_commits(org, users, ledger, monkeypatch):
+    from agents import runner
+    from relay.eventloop import later
+    from relay.eventloop.db import run_db
+
+    make_budget(org, limit_usd="10")
+    durable = hasattr(ledger, "backend")  # the in-process ledger's record dies with the process
+
+    async def scenario():
+        later.serve_here()  # as relay.serve does
+        released, commit = asyncio.Event(), runs.commit_run
+
+        async def held_back(closing):
+            await released.wait()
+            return await commit(closing)
+
+        if durable:
+            monkeypatch.setattr(runs, "commit_run", held_back)
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+
+        async def answer():
+            async for event in runner.stream(run):
+                if event["type"] == "done":
+                    return await run_db(UsageRecord.objects.count)
+
+        try:  # a runner that waited for the commit would never get to `done` here
+            at_done = await asyncio.wait_for(answer(), 30)
+        finally:
+            released.set()
+        assert await later.drain(10) == 0
+        return at_done
+
+    at_done = asyncio.run(scenario())
+    assert at_done == (0 if durable else 1)  # the client's last event did not wait for the commit
+    usage = UsageRecord.objects.get()
+    assert usage.cost > 0 and Message.objects.get(request_id=usage.request_id, role="assistant").status == "complete"
+    assert AuditEvent.objects.filter(action="agent.run", metadata__run_id=usage.request_id).count() == 1
+    assert _held(ledger) == {}
+    assert_reconciled()
