@@ -163,9 +163,18 @@ def closing_of(run, ending: Ending) -> Closing:
                   "status": "success" if ending.status != "error" else "error",
                   # the models that could not answer, before the one that did
                   "fallbacks": [{**switch, "run_id": req.run_id, "agent": run.agent.name} for switch in run.fallbacks],
-                  "context": audit_context.current().to_headers()},
+                  "context": _origin(req)},
     }
     return Closing(data, record, req.user, charge, charge.actual_nanos(ending.input_tokens, ending.output_tokens))
+
+
+def _origin(req) -> dict:
+    """The request's audit context as Celery carries it (audit.context), for an event recovered elsewhere."""
+    bound = audit_context.current()
+    return {"request_id": bound.request_id, "ip": bound.ip, "user_agent": bound.user_agent,
+            "actor_id": req.user.pk, "actor_name": req.user.get_username(),
+            "organization_id": req.user.organization_id,
+            "api_key_prefix": getattr(req.api_key, "prefix", "") or bound.api_key_prefix}
 
 
 async def settle_run(run, ending: Ending) -> Closing:
