@@ -8,7 +8,7 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from agents.actions.recovery import interrupt_message
+from agents.actions.recovery import held_closings, recover_message
 from agents.models import Message
 from relay.periodic import register_job
 
@@ -21,16 +21,21 @@ def mark_interrupted_messages(older_than_seconds: int | None = None) -> int:
 
     No live instance runs longer than the budget reservation TTL (settings say: keep the TTL
     above the longest run), so a message running for longer was orphaned by a crash (SIGKILL,
-    OOM, lost host). It becomes `interrupted`, gets its zero-cost usage record and its audit
-    event; its reservation needs nothing: the ledger frees it when its TTL passes.
-    Returns how many messages were marked.
+    OOM, lost host). If the ledger holds its closing record (it died after answering, before
+    its commit), that closing is written as it would have been; otherwise it becomes
+    `interrupted`, with its zero-cost usage record and its audit event, and its reservation
+    needs nothing: the ledger frees it when its TTL passes (agents.actions.recovery).
+    Returns how many messages were closed.
     """
     bound = settings.RELAY_INTERRUPTED_AFTER_SECONDS if older_than_seconds is None else older_than_seconds
     stale = list(stale_running_messages(bound)[:500])
-    marked = sum(1 for message in stale if interrupt_message(message))
-    if marked:
-        logger.warning("marked %d message(s) of dead instances interrupted", marked)
-    return marked
+    held = held_closings(stale)
+    outcomes = [recover_message(message, closing=held.get(message.request_id)) for message in stale]
+    recovered, interrupted = outcomes.count("recovered"), outcomes.count("interrupted")
+    if recovered or interrupted:
+        logger.warning("closed %d answer(s) of dead instances: %d from their closing records, %d interrupted",
+                       recovered + interrupted, recovered, interrupted)
+    return recovered + interrupted
 
 
 def stale_running_messages(older_than_seconds: float, now: dt.datetime | None = None):

@@ -3,16 +3,18 @@
 `check()` finds four kinds of discrepancy (`manage.py reconcile` prints them):
 
 - `ledger_counter`: a budget's spent counter for its current period differs from the sum of its
-  usage records (the arithmetic of `rebuild_ledger`: `budgets.spent_in_period`). A counter the
-  ledger does not hold is no discrepancy: the next reserve loads it from the records.
+  usage records (the arithmetic of `rebuild_ledger`: `budgets.spent_in_period`) plus what the
+  ledger charged for closings it still holds whose records are not written yet (a run settles,
+  answers, then commits). A counter the ledger does not hold is no discrepancy: the next reserve
+  loads it from the records.
 - `stuck_message`: an answer still `running` longer than the reservation TTL (no live run lasts
-  that long, so its instance died).
+  that long, so its instance died); `fix` writes its held closing, or interrupts it.
 - `unaudited_usage`: a usage record without its `agent.run` audit event (matched on the run's
   request id, which both carry) — or without the late `agent.run_unaudited` event `fix` writes.
 - `expired_reservation`: a reservation still open in the ledger past its deadline.
 
 `fix()` repairs each and audits the repair (audit/actions.py): expired reservations are purged
-by the ledger itself, stuck answers are interrupted by the periodic job's code, a record without
+by the ledger itself, stuck answers are closed by the periodic job's code, a record without
 its event gets a late `agent.run_unaudited` event, and counters are rebuilt from the records.
 The ledger checked is this process's (`billing.ledger.get_ledger`): Redis in production; in the
 embedded mode the in-process ledger, which only the process holding it can see.
@@ -38,8 +40,9 @@ from billing.money import decimal_text
 
 KINDS = ("ledger_counter", "stuck_message", "unaudited_usage", "expired_reservation")
 LIMIT = 1000  # discrepancies listed (and fixed) per kind in one run; run again for the rest
-# A run writes its usage record, then settles the ledger: a counter that disagrees is read again
-# after this long, so a run closing at the moment of the check is not reported.
+# A run settles the ledger (holding its closing record), then commits its usage record: a counter
+# that disagrees is read again after this long, so a run closing at the moment of the check is
+# not reported.
 GRACE_SECONDS = 0.5
 
 
@@ -114,16 +117,33 @@ def counter_mismatches(items: list, now: datetime, grace: float) -> tuple[int, l
 
 
 def _compare(items: list, now: datetime) -> tuple[int, list[tuple]]:
-    # The ledger first: a run settles after its record commits, so a run closing now shows up as
-    # records ahead of the ledger, which the second look no longer sees.
-    counters = async_to_sync(get_ledger().counters)([item.scope_key for item in items])
+    # The ledger first, then the records: a run closing between the reads is off in the first
+    # look only, not in the second.
+    counters, held = async_to_sync(_ledger_reads)([item.scope_key for item in items])
+    pending = _charged_unrecorded(held)
     suspects = []
     for item in items:
         if item.scope_key in counters:
-            in_records = budget_rules.spent_in_period(item.budget, now)
+            in_records = budget_rules.spent_in_period(item.budget, now) + pending.get(item.scope_key, 0)
             if in_records != counters[item.scope_key]:
                 suspects.append((item, counters[item.scope_key], in_records))
     return len(counters), suspects
+
+
+async def _ledger_reads(scope_keys: list[str]) -> tuple[dict, dict]:
+    ledger = get_ledger()
+    return await ledger.counters(scope_keys), await ledger.held_closings()
+
+
+def _charged_unrecorded(held: dict) -> dict[str, int]:
+    """Per scope: what the ledger charged for held closings not in the usage records yet."""
+    recorded = set(UsageRecord.objects.filter(request_id__in=list(held)).values_list("request_id", flat=True))
+    pending: dict[str, int] = {}
+    for request_id, closing in held.items():
+        if request_id not in recorded:
+            for scope in closing.scopes:
+                pending[scope] = pending.get(scope, 0) + closing.charged_nanos
+    return pending
 
 
 def _counter_discrepancy(item, in_ledger: int, in_records: int) -> Discrepancy:
@@ -140,22 +160,26 @@ def _counter_discrepancy(item, in_ledger: int, in_records: int) -> Discrepancy:
 
 def stuck_messages(now: datetime, ttl: float) -> tuple[int, list[Discrepancy]]:
     """(answers running now, those running for longer than the TTL)."""
+    from agents.actions.recovery import held_closings
     from agents.jobs import stale_running_messages
     from agents.models import Message
 
     running = Message.objects.filter(status=Message.Status.RUNNING).count()
-    stale = stale_running_messages(ttl, now)[:LIMIT + 1]
-    return running, [_stuck_discrepancy(message, now, ttl) for message in stale]
+    stale = list(stale_running_messages(ttl, now)[:LIMIT + 1])
+    held = held_closings(stale)
+    return running, [_stuck_discrepancy(message, now, ttl, message.request_id in held) for message in stale]
 
 
-def _stuck_discrepancy(message, now: datetime, ttl: float) -> Discrepancy:
+def _stuck_discrepancy(message, now: datetime, ttl: float, held: bool) -> Discrepancy:
     age = int((now - message.created_at).total_seconds())
+    ending = ("; the ledger holds its closing record: it answered, its commit was lost" if held
+              else "")
     return Discrepancy(
         "stuck_message", {"message": str(message.pk), "request": message.request_id,
                           "conversation": str(message.conversation_id)},
         f"stuck message: answer {message.pk} (request {message.request_id}, conversation "
-        f"{message.conversation_id}) still running after {age} s, past the reservation TTL of {int(ttl)} s",
-        {"age_seconds": age, "started": message.created_at.isoformat()})
+        f"{message.conversation_id}) still running after {age} s, past the reservation TTL of {int(ttl)} s{ending}",
+        {"age_seconds": age, "started": message.created_at.isoformat(), "closing_held": held})
 
 
 # -- c. usage records and their audit events ---------------------------------------------------
@@ -264,12 +288,18 @@ def _release(found: Discrepancy, now: datetime) -> Discrepancy:
 
 
 def _interrupt(found: Discrepancy, now: datetime) -> Discrepancy | None:
-    from agents.actions.recovery import interrupt_message
+    from agents.actions.recovery import held_closings, recover_message
     from agents.models import Message
 
     message = Message.objects.select_related("conversation").filter(pk=found.ids["message"]).first()
-    if message is None or not interrupt_message(message, by="reconcile"):
-        return None  # it finished (or went) meanwhile
+    if message is None:
+        return None  # it went meanwhile
+    outcome = recover_message(message, by="reconcile", closing=held_closings([message]).get(message.request_id))
+    if outcome is None:
+        return None  # it finished meanwhile
+    if outcome == "recovered":
+        return Discrepancy(found.kind, found.ids, f"wrote the held closing of answer {message.pk} "
+                                                  f"(request {message.request_id}): its usage record and audit event")
     return Discrepancy(found.kind, found.ids, f"marked answer {message.pk} interrupted "
                                               f"(request {message.request_id}), with its usage record")
 

@@ -3,7 +3,8 @@
 `prepare` does everything that can refuse a request (agent, permission, model, conversation,
 budget reservation) so that refusals are plain 4xx before any stream starts. `stream` then
 yields the protocol events of docs/design.md section 6 and, however it ends (complete, error,
-budget stop, or the client going away), stores the answer and its one usage record.
+budget stop, or the client going away), stores the answer and its one usage record: on the
+production server after the client has the answer's end (`_finish`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
 from relay.eventloop.db import db
+from relay.eventloop.later import later
 from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -377,7 +379,13 @@ class _Usage:
 
 
 async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
-    """Close the run (agents.actions.runs.close_run), once per run, whatever happened."""
+    """Close the run, once per run, whatever happened (agents.actions.runs).
+
+    The ledger settles and holds the closing record in one step; then, on a serving loop and with
+    the record durable, the closing transaction runs after the answer (relay.eventloop.later): the
+    client's last events do not wait for the commit, and a process killed before it leaves the
+    record for the periodic job and `reconcile` to write (agents.actions.recovery).
+    """
     await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
     input_tokens, output_tokens = run.input_tokens, progress.output_tokens
     if run.unreserved:  # no model could be reserved: the request never ran anywhere it could be billed
@@ -387,18 +395,28 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
         input_tokens, output_tokens = reported["input_tokens"], reported["output_tokens"]
     answer = "".join(progress.answer)
     quality = run.agent.quality(run.ctx, answer) if progress.status == "complete" else 0.0
-    record = await runs.close_run(run, runs.Ending(
+    closing = await runs.settle_run(run, runs.Ending(
         status=progress.status, answer=answer, input_tokens=input_tokens, output_tokens=output_tokens,
         latency_ms=int((time.monotonic() - run.started) * 1000), quality=quality, ttft_ms=progress.ttft_ms,
         error_code=progress.error_code))
-    if not run.fallbacks:  # a fallback's answer is not the asked model's: never cached as its answer
-        await optimizer.remember(run.plan, progress.status, answer, run.ctx.facts)  # complete misses only
+    commit = _commit(run, closing, progress.status, answer)
+    record = closing.record
+    if not (closing.held and later(commit, name=f"closing {run.request.run_id}")):
+        record = await commit
     await metrics.refresh_known_models_if_stale()
     metrics.record_run(agent=run.agent.name, model=run.model.name, status=progress.status,
                        input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
                        quality=quality if progress.status == "complete" else None, ttft_ms=progress.ttft_ms)
     run.outcome = (progress.status, record.input_tokens + record.output_tokens, record.cost)
     return _Usage(record.input_tokens, record.output_tokens, record.cost)
+
+
+async def _commit(run: PreparedRun, closing, status: str, answer: str):
+    """The closing transaction; then the response cache may keep the answer (only once it is on the books)."""
+    record = await runs.commit_run(closing)
+    if not run.fallbacks:  # a fallback's answer is not the asked model's: never cached as its answer
+        await optimizer.remember(run.plan, status, answer, run.ctx.facts)  # complete misses only
+    return record
 
 
 async def collect(run: PreparedRun) -> dict:

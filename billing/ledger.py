@@ -13,6 +13,7 @@ from django.conf import settings
 from billing.ledger_base import (  # noqa: F401 (this module's API)
     RETENTION_SECONDS,
     Grant,
+    HeldClosing,
     InProcessLedger,
     Ledger,
     LedgerUnavailable,

@@ -6,7 +6,9 @@ left across the scopes) if that is at least min_nanos, in one atomic step, else 
 scope that lacks room. Reservations carry a deadline: a crashed instance's reservations are
 purged (inside the next reserve touching the scope) so they cannot leak budget. `settle` moves a
 reservation to spent at the actual amount (capped at the grant); settling a reservation that
-already expired still records its spend, because the usage happened.
+already expired still records its spend, because the usage happened. `settle_closing` settles
+and, in the same atomic step, holds the run's closing record (what its closing transaction will
+write) until `forget_closings`, so a run answered before its commit can be recovered exactly.
 
 Two implementations with one interface and one test suite: `InProcessLedger` (embedded mode)
 and `RedisLedger` (billing.ledger_redis, Lua scripts; used when settings.REDIS_URL is set).
@@ -50,6 +52,16 @@ class OpenReservation:
     scopes: list[str]
 
 
+@dataclass
+class HeldClosing:
+    """A run's closing record the ledger holds until its transaction committed (agents.actions.runs)."""
+
+    request_id: str
+    closing: str  # the JSON the closing transaction writes
+    charged_nanos: int  # what its settle moved to spent, in each of its scopes
+    scopes: list[str]
+
+
 class Ledger:
     """The interface; every amount is an int of nano-dollars, every time a UNIX timestamp."""
 
@@ -59,6 +71,23 @@ class Ledger:
 
     async def settle(self, request_id: str, actual_nanos: int) -> dict[str, int]:
         """Spent per scope after settling; {} if the request holds no reservation (or was settled)."""
+        raise NotImplementedError
+
+    async def settle_closing(self, request_id: str, actual_nanos: int, closing: str,
+                             now: float | None = None) -> tuple[dict[str, int], bool]:
+        """settle() and hold `closing` for the request, in one atomic step (with or without a reservation).
+
+        (spent per scope, whether the record is durable: it outlives this process). A second call
+        charges nothing again and replaces the record. Held for RETENTION_SECONDS at most.
+        """
+        raise NotImplementedError
+
+    async def held_closings(self, request_ids: list[str] | None = None) -> dict[str, HeldClosing]:
+        """The closing records held, of these requests (None: all of them)."""
+        raise NotImplementedError
+
+    async def forget_closings(self, request_ids: list[str]) -> None:
+        """Drop the closing records of these requests (their transactions committed)."""
         raise NotImplementedError
 
     async def release(self, request_id: str) -> None:
@@ -110,6 +139,9 @@ class InProcessLedger(Ledger):
         self._reservations: dict[str, _Reservation] = {}
         # Ended reservations in the order they ended, so forgetting them is O(1) amortized.
         self._ended: OrderedDict[str, float] = OrderedDict()
+        # Closing records by request id, oldest first: (HeldClosing, forget-at). They live in this
+        # process only, so they are never durable: a run here commits before it answers.
+        self._closings: OrderedDict[str, tuple[HeldClosing, float]] = OrderedDict()
 
     def _end(self, request_id: str, res: _Reservation, state: str, now: float) -> None:
         res.state = state
@@ -157,19 +189,49 @@ class InProcessLedger(Ledger):
 
     async def settle(self, request_id, actual_nanos):
         with self._lock:
+            return self._settle(request_id, actual_nanos)[0]
+
+    def _settle(self, request_id, actual_nanos) -> tuple[dict[str, int], int]:
+        res = self._reservations.get(request_id)
+        if res is None or res.state == "settled":
+            return {}, 0
+        actual = max(0, min(int(actual_nanos), res.amount))
+        result = {}
+        for scope in res.scopes:
+            if res.state == "reserved":
+                self._reserved[scope] -= res.amount
+                self._deadlines[scope].pop(request_id, None)
+            self._spent[scope] = self._spent.get(scope, 0) + actual
+            result[scope] = self._spent[scope]
+        self._end(request_id, res, "settled", time.time())
+        return result, actual
+
+    async def settle_closing(self, request_id, actual_nanos, closing, now=None):
+        now = time.time() if now is None else now
+        with self._lock:
+            spent, charged = self._settle(request_id, actual_nanos)
+            earlier = self._closings.pop(request_id, None)
+            if earlier is not None and not spent:  # settled before: keep what that settle charged
+                charged = earlier[0].charged_nanos
             res = self._reservations.get(request_id)
-            if res is None or res.state == "settled":
-                return {}
-            actual = max(0, min(int(actual_nanos), res.amount))
-            result = {}
-            for scope in res.scopes:
-                if res.state == "reserved":
-                    self._reserved[scope] -= res.amount
-                    self._deadlines[scope].pop(request_id, None)
-                self._spent[scope] = self._spent.get(scope, 0) + actual
-                result[scope] = self._spent[scope]
-            self._end(request_id, res, "settled", time.time())
-            return result
+            held = HeldClosing(request_id, closing, charged, list(res.scopes) if res else [])
+            self._closings[request_id] = (held, now + RETENTION_SECONDS)
+            while self._closings:
+                oldest, (_, forget_at) = next(iter(self._closings.items()))
+                if forget_at > now:
+                    break
+                del self._closings[oldest]
+            return spent, False
+
+    async def held_closings(self, request_ids=None):
+        with self._lock:
+            wanted = self._closings if request_ids is None else request_ids
+            return {rid: self._closings[rid][0] for rid in wanted if rid in self._closings}
+
+    async def forget_closings(self, request_ids):
+        with self._lock:
+            for rid in request_ids:
+                self._closings.pop(rid, None)
 
     async def spent(self, scope_key):
         with self._lock:

@@ -1,7 +1,9 @@
 """The Redis ledger: each operation is one Lua script, so it is atomic across instances.
 
 Keys (P = billing.ledger.key_prefix()): P s:<scope> spent, P r:<scope> reserved, P d:<scope>
-sorted set of reservation deadlines, P q:<request id> the reservation (amt, st, sc). Lua numbers
+sorted set of reservation deadlines, P q:<request id> the reservation (amt, st, sc) and, once a run
+settled with its closing record, that record (cl) and what the settle charged (ch); P c the sorted
+set of the held closing records' request ids by the time they were stored. Lua numbers
 are doubles, exact for integers below 2**53 nano-dollars: amounts cross the script boundary as
 strings and limits are capped well below that (billing.money.MAX_LIMIT_USD).
 """
@@ -17,7 +19,7 @@ import weakref
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from billing.ledger_base import RETENTION_SECONDS, Grant, Ledger, LedgerUnavailable, OpenReservation
+from billing.ledger_base import RETENTION_SECONDS, Grant, HeldClosing, Ledger, LedgerUnavailable, OpenReservation
 from relay import redis_clients
 
 logger = logging.getLogger(__name__)
@@ -90,26 +92,86 @@ redis.call('EXPIRE', qkey, math.ceil(ttl) + tonumber(retention))
 return {1, amount, '', '0', tightest}
 """
 
-# ARGV: prefix, request id, actual, retention. Returns {scope, spent, scope, spent, ...}.
-SETTLE = """
-local P, rid, actual, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local qkey = P .. 'q:' .. rid
-local st = redis.call('HGET', qkey, 'st')
-if not st or st == 's' then return {} end
-local amt = redis.call('HGET', qkey, 'amt')
-if tonumber(actual) > tonumber(amt) then actual = amt end
-local out = {}
-for s in string.gmatch(redis.call('HGET', qkey, 'sc'), '[^\\n]+') do
-  if st == 'r' then
-    redis.call('DECRBY', P .. 'r:' .. s, amt)
-    redis.call('ZREM', P .. 'd:' .. s, rid)
+# Moves the reservation to spent at `actual` (capped at the grant); returns {scope, spent, ...} and
+# what it charged ({} and nil when there is nothing to settle).
+_SETTLE = """
+local function settle(P, rid, actual, retention)
+  local qkey = P .. 'q:' .. rid
+  local st = redis.call('HGET', qkey, 'st')
+  if not st or st == 's' then return {}, nil end
+  local amt = redis.call('HGET', qkey, 'amt')
+  if tonumber(actual) > tonumber(amt) then actual = amt end
+  local out = {}
+  for s in string.gmatch(redis.call('HGET', qkey, 'sc'), '[^\\n]+') do
+    if st == 'r' then
+      redis.call('DECRBY', P .. 'r:' .. s, amt)
+      redis.call('ZREM', P .. 'd:' .. s, rid)
+    end
+    table.insert(out, s)
+    table.insert(out, redis.call('INCRBY', P .. 's:' .. s, actual))
   end
-  table.insert(out, s)
-  table.insert(out, redis.call('INCRBY', P .. 's:' .. s, actual))
+  redis.call('HSET', qkey, 'st', 's')
+  redis.call('EXPIRE', qkey, retention)
+  return out, actual
 end
-redis.call('HSET', qkey, 'st', 's')
-redis.call('EXPIRE', qkey, retention)
+"""
+
+# ARGV: prefix, request id, actual, retention. Returns {scope, spent, scope, spent, ...}.
+SETTLE = _SETTLE + """
+local out = settle(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return out
+"""
+
+# The settle and the run's closing record in one step. ARGV: prefix, request id, actual, retention,
+# now, closing JSON. Returns {scope, spent, ...} like SETTLE. A record nobody forgot is dropped from
+# the index after `retention` (its hash expires by itself).
+SETTLE_CLOSING = _SETTLE + """
+local P, rid, retention, now = ARGV[1], ARGV[2], ARGV[4], tonumber(ARGV[5])
+local out, charged = settle(P, rid, ARGV[3], retention)
+local qkey = P .. 'q:' .. rid
+redis.call('HSET', qkey, 'cl', ARGV[6])
+if charged then
+  redis.call('HSET', qkey, 'ch', charged)
+else
+  redis.call('HSETNX', qkey, 'ch', '0')
+end
+redis.call('EXPIRE', qkey, retention)
+redis.call('ZADD', P .. 'c', now, rid)
+redis.call('ZREMRANGEBYSCORE', P .. 'c', '-inf', now - tonumber(retention))
+return out
+"""
+
+# ARGV: prefix, then request ids (none: every held record). Returns {request id, closing, charged,
+# scopes, ...} of the records still held.
+HELD_CLOSINGS = """
+local P = ARGV[1]
+local rids = {}
+if #ARGV > 1 then
+  for i = 2, #ARGV do table.insert(rids, ARGV[i]) end
+else
+  rids = redis.call('ZRANGE', P .. 'c', 0, -1)
+end
+local out = {}
+for _, rid in ipairs(rids) do
+  local held = redis.call('HMGET', P .. 'q:' .. rid, 'cl', 'ch', 'sc')
+  if held[1] then
+    table.insert(out, rid)
+    table.insert(out, held[1])
+    table.insert(out, held[2] or '0')
+    table.insert(out, held[3] or '')
+  end
+end
+return out
+"""
+
+# ARGV: prefix, then request ids.
+FORGET_CLOSINGS = """
+local P = ARGV[1]
+for i = 2, #ARGV do
+  redis.call('HDEL', P .. 'q:' .. ARGV[i], 'cl', 'ch')
+  redis.call('ZREM', P .. 'c', ARGV[i])
+end
+return #ARGV - 1
 """
 
 RESERVED = _PURGE + """
@@ -258,6 +320,23 @@ class RedisLedger(Ledger):
             logger.warning("the settlement of %s is not on a replica yet: if the primary fails before it is, "
                            "`manage.py reconcile` will report its budget's counter", request_id)
         return {out[i]: int(out[i + 1]) for i in range(0, len(out), 2)}
+
+    async def settle_closing(self, request_id, actual_nanos, closing, now=None):
+        now = time.time() if now is None else now
+        out, replicated = await self._write(SETTLE_CLOSING, self.prefix, request_id, max(0, int(actual_nanos)),
+                                            RETENTION_SECONDS, repr(float(now)), closing)
+        return {out[i]: int(out[i + 1]) for i in range(0, len(out), 2)}, replicated
+
+    async def held_closings(self, request_ids=None):
+        if request_ids is not None and not request_ids:
+            return {}
+        out = await self.backend.run(HELD_CLOSINGS, self.prefix, *(request_ids or ()))
+        return {out[i]: HeldClosing(out[i], out[i + 1], int(out[i + 2]), [s for s in out[i + 3].split("\n") if s])
+                for i in range(0, len(out), 4)}
+
+    async def forget_closings(self, request_ids):
+        if request_ids:
+            await self.backend.run(FORGET_CLOSINGS, self.prefix, *request_ids)
 
     async def spent(self, scope_key):
         return int(await self.backend.call("get", f"{self.prefix}s:{scope_key}") or 0)

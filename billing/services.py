@@ -4,8 +4,10 @@ The contract is docs/design.md section 7. `open_charge` reserves the worst case 
 against every budget covering the request in one ledger step and returns a `Charge`; the runner
 checks `charge.allows(...)` per token (pure arithmetic, no I/O). At the end the caller's
 transaction writes the request's one `UsageRecord` (`usage_record` + `record_usage`, or many at
-once with `record_usages`) and `settle_charge` then settles the ledger to the actual cost; an
-agent run closes this way in agents.actions.runs, `close_charge` does both for a charge alone.
+once with `record_usages`). An agent run (agents.actions.runs) settles first, with
+`settle_closing`: the ledger settles to the actual cost and holds what the run's closing
+transaction will write, in one step, so the answer need not wait for the commit;
+`close_charge` records then settles (`settle_charge`) a charge alone.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from relay.eventloop.db import run_db
 
 __all__ = [
     "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "release_charge",
-    "usage_record", "record_usage", "record_usages", "recorded_usage", "settle_charge",
+    "usage_record", "record_usage", "record_usages", "recorded_usage", "settle_charge", "settle_closing",
+    "Settled", "raise_alerts", "usage_data", "usage_from_data",
     "cost_usd", "record_budget_event", "load_rules",
 ]
 logger = logging.getLogger(__name__)
@@ -209,12 +212,62 @@ async def settle_charge(charge: Charge, actual_nanos: int, *, recorded: bool) ->
     """Settle the reservation to the actual cost, after its usage record committed (or failed to).
 
     A failed settle is logged: the reservation expires and `rebuild_ledger` repairs counters.
-    Soft thresholds are evaluated only for a usage `recorded` now, and the database is asked
-    only when one is crossed.
+    Soft thresholds are evaluated only for a usage `recorded` now.
     """
     spent = await _settle(charge, actual_nanos)
-    if recorded and spent and charge.crosses_threshold(spent, actual_nanos):
+    if recorded:
+        await raise_alerts(charge, spent, actual_nanos)
+
+
+async def raise_alerts(charge: Charge, spent: dict[str, int], actual_nanos: int) -> None:
+    """The soft thresholds this settle crossed (`spent`: its counters); the database is asked only then."""
+    if spent and charge.crosses_threshold(spent, actual_nanos):
         await run_db(budget_rules.evaluate_thresholds, charge.budget_ids, spent, actual_nanos, charge.opened_at)
+
+
+@dataclass
+class Settled:
+    spent: dict[str, int]  # the settled scopes' spent counters ({}: no reservation, or the ledger unreachable)
+    held: bool  # the ledger holds the closing record durably: the caller may answer before it commits
+
+
+async def settle_closing(charge: Charge, actual_nanos: int, closing: str) -> Settled:
+    """Settle the request's reservation and store its closing record (JSON) in one ledger step.
+
+    Runs with or without a reservation: the record is what lets a run killed between its answer
+    and its commit be recovered exactly (agents.actions.recovery). If the ledger stays
+    unreachable the failure is logged and nothing is held: the caller commits before answering.
+    """
+    settled = await _settling(charge, lambda ledger: ledger.settle_closing(charge.request_id, actual_nanos, closing))
+    return Settled(*settled) if settled is not None else Settled({}, False)
+
+
+_USAGE_FIELDS = ("organization_id", "team_id", "user_id", "api_key_id", "agent", "model", "price_id", "input_tokens",
+                 "output_tokens", "cost", "cached", "status", "complete", "latency_ms", "request_id",
+                 "client_request_id", "message_id", "created_at")
+
+
+def usage_data(record) -> dict:
+    """An unsaved usage record as JSON-able data (a run's closing record carries it)."""
+    return {name: _plain(getattr(record, name)) for name in _USAGE_FIELDS}
+
+
+def usage_from_data(data: dict):
+    """The unsaved usage record `usage_data` describes."""
+    from billing.models import UsageRecord
+
+    fields = {field.attname: field for field in UsageRecord._meta.concrete_fields}
+    return UsageRecord(**{name: fields[name].to_python(data[name]) for name in _USAGE_FIELDS})
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        return str(value)  # a UUID
+    return value
 
 
 async def close_charge(charge: Charge, *, tool_calls: list[dict] = (), **usage) -> UsageRecord:  # noqa: F821
@@ -254,12 +307,19 @@ async def release_charge(charge: Charge) -> None:
 async def _settle(charge: Charge, actual: int) -> dict[str, int]:
     if not charge.reserved:
         return {}
-    # Under Sentinel the primary comes back (promoted) within seconds: a settlement waits for it
-    # rather than leave its spend out of the counter when the reservation expires.
+    return await _settling(charge, lambda ledger: ledger.settle(charge.request_id, actual)) or {}
+
+
+async def _settling(charge: Charge, step):
+    """step(ledger)'s result, retried while the ledger is unreachable; None (logged) if it stays so.
+
+    Under Sentinel the primary comes back (promoted) within seconds: a settlement waits for it
+    rather than leave its spend out of the counter when the reservation expires.
+    """
     give_up, pause = time.monotonic() + settings.RELAY_LEDGER_RETRY_SECONDS, 0.1
     while True:
         try:
-            return await get_ledger().settle(charge.request_id, actual)
+            return await step(get_ledger())
         except LedgerUnavailable:
             if time.monotonic() + pause > give_up:
                 break
@@ -267,7 +327,7 @@ async def _settle(charge: Charge, actual: int) -> dict[str, int]:
             pause = min(pause * 2, 1.0)
     logger.error("ledger unreachable settling %s; its reservation will expire; run "
                  "`manage.py rebuild_ledger` once Redis is back", charge.request_id)
-    return {}
+    return None
 
 
 def load_rules(model: str, user, api_key, now: datetime):

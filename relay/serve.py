@@ -12,7 +12,10 @@ On SIGTERM (or Ctrl-C) the instance drains:
 3. idle keep-alive connections close; requests and SSE streams in flight run to their end,
    for at most RELAY_DRAIN_SECONDS; after that they are cancelled, and the runner stores what
    was generated as `cancelled` and bills it;
-4. what the apps hold open closes (`relay.health.on_shutdown`: pooled upstream connections), then the
+4. the work left after answers finishes (`relay.eventloop.later`: closing transactions of model
+   calls answered before their commit), for at most RELAY_DRAIN_SECONDS again; what is still
+   pending then is cancelled and recovered from the ledger by the periodic job;
+5. what the apps hold open closes (`relay.health.on_shutdown`: pooled upstream connections), then the
    database connections of the ORM thread pool, and the process exits.
 WebSocket connections are closed with 1012 (service restart) when the drain begins; clients
 reconnect to another instance and continue the conversation by its id.
@@ -31,10 +34,18 @@ import uvicorn
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, turning /readyz to 503 the moment the stop signal arrives."""
 
+    async def startup(self, sockets=None) -> None:
+        from relay.eventloop import later
+
+        later.serve_here()  # this loop outlives its requests: closings may commit after the answer
+        await super().startup(sockets)
+
     async def shutdown(self, sockets=None) -> None:
+        from relay.eventloop import later
         from relay.health import close_held_open
 
         await super().shutdown(sockets)
+        await later.drain(self.config.timeout_graceful_shutdown or 30)
         await close_held_open()
 
     def handle_exit(self, sig, frame) -> None:

@@ -3,21 +3,30 @@
 Both go through group commit (relay/eventloop/group_commit.py): concurrent runs reaching the same point
 share one transaction of bulk statements, and a batch that fails is written again write by
 write, so a bad write fails its own run only. Closing writes billing's usage record (through
-billing's plain functions), the stored answer, and the `agent.run` audit event last; the
-ledger settles after the commit (docs/design.md section 7).
+billing's plain functions), the stored answer, and the `agent.run` audit event last.
+
+A run closes in two steps (docs/design.md section 7). `settle_run`: one ledger step settles the
+reservation to the actual cost and holds the closing record, this module's `Closing.data`, the
+plain data the transaction will write. `commit_run`: the transaction, after which the ledger
+forgets the record (one trip per batch). The runner may answer between the two; a process killed
+there leaves the record, and `recover_closing` writes exactly it (agents.actions.recovery).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.titles import summarise
+from audit import context as audit_context
 from billing import services as billing
 from billing.money import decimal_text
 from relay.eventloop.group_commit import GroupCommit
@@ -94,6 +103,8 @@ _OPENINGS = GroupCommit(_open_many, _open_one)
 
 # --- closing ----------------------------------------------------------------------------------
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Ending:
@@ -110,32 +121,85 @@ class Ending:
 
 
 @dataclass
-class _Closing:
-    run: object  # agents.runner.PreparedRun
-    ending: Ending
-    record: object  # billing.models.UsageRecord, unsaved
-    tool_calls: list[dict]
+class Closing:
+    """What a run's closing transaction writes: `data` (plain JSON: the ledger holds it until the commit)."""
+
+    data: dict
+    record: object  # billing.models.UsageRecord, unsaved: built from data["usage"]
+    actor: object  # the User the run's events are recorded for
+    charge: object = None  # billing.Charge; None for a closing recovered from the ledger
+    actual_nanos: int = 0
+    spent: dict = None  # the settled scopes' counters (for budget alerts after the commit)
+    held: bool = False  # the ledger holds the record durably: the commit may come after the answer
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    def text(self) -> str:
+        return json.dumps(self.data, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
-async def close_run(run, ending: Ending):
-    """Record the run's usage, store its answer and write its `agent.run` event in one transaction.
-
-    Then settles the budget reservation to the actual cost. Idempotent per run: closing it again
-    returns the first usage record and writes nothing. Returns the UsageRecord.
-    """
+def closing_of(run, ending: Ending) -> Closing:
+    """The closing of a run as it ended (pure: no I/O)."""
     req, charge = run.request, run.charge
     record = billing.usage_record(
         charge, user=req.user, api_key=req.api_key, agent=run.agent.name, input_tokens=ending.input_tokens,
         output_tokens=ending.output_tokens, status=ending.status, latency_ms=ending.latency_ms,
         cached=bool(run.plan and run.plan.hit), message_id=run.message_id, client_request_id=req.client_request_id)
-    tool_calls = [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records]
-    created = False
-    try:
-        record, created = await _CLOSINGS.submit(_Closing(run, ending, record, tool_calls))
-    finally:
-        await billing.settle_charge(charge, charge.actual_nanos(ending.input_tokens, ending.output_tokens),
-                                    recorded=created)
+    run_event = {"agent": run.agent.name, "model": run.model.name, "status": ending.status,
+                 "cost": decimal_text(record.cost), "input_tokens": record.input_tokens,
+                 "output_tokens": record.output_tokens, "run_id": req.run_id,
+                 "client_request_id": req.client_request_id}
+    if settings.RELAY_AUDIT_PROMPTS:
+        run_event["prompt"] = req.query[:4000]
+    data = {
+        "usage": billing.usage_data(record),
+        "tools": [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records],
+        "answer": {"model": run.model.name, "content": ending.answer, "latency_ms": ending.latency_ms,
+                   "ttft_ms": ending.ttft_ms, "quality": ending.quality, "tool_calls": run.ctx.tool_records,
+                   "status": ending.status, "error_code": ending.error_code},
+        "audit": {"actor": req.user.pk, "resource": f"message:{run.message_id}", "run": run_event,
+                  "status": "success" if ending.status != "error" else "error",
+                  # the models that could not answer, before the one that did
+                  "fallbacks": [{**switch, "run_id": req.run_id, "agent": run.agent.name} for switch in run.fallbacks],
+                  "context": _origin(req)},
+    }
+    return Closing(data, record, req.user, charge, charge.actual_nanos(ending.input_tokens, ending.output_tokens))
+
+
+def _origin(req) -> dict:
+    """The request's audit context as Celery carries it (audit.context), for an event recovered elsewhere."""
+    bound = audit_context.current()
+    return {"request_id": bound.request_id, "ip": bound.ip, "user_agent": bound.user_agent,
+            "actor_id": req.user.pk, "actor_name": req.user.get_username(),
+            "organization_id": req.user.organization_id,
+            "api_key_prefix": getattr(req.api_key, "prefix", "") or bound.api_key_prefix}
+
+
+async def settle_run(run, ending: Ending) -> Closing:
+    """Settle the run's reservation and hold its closing record, in one ledger step (before any answer)."""
+    closing = closing_of(run, ending)
+    settled = await billing.settle_closing(closing.charge, closing.actual_nanos, closing.text())
+    closing.spent, closing.held = settled.spent, settled.held
+    return closing
+
+
+async def commit_run(closing: Closing):
+    """Write the closing transaction (group commit); the ledger then forgets the record. Returns the UsageRecord.
+
+    Idempotent per run: a run recorded already (closed twice, or recovered meanwhile) returns its
+    first usage record and writes nothing.
+    """
+    record, created = await _CLOSINGS.submit(closing)
+    if created and closing.charge is not None:
+        await billing.raise_alerts(closing.charge, closing.spent, closing.actual_nanos)
     return record
+
+
+async def close_run(run, ending: Ending):
+    """Both steps, for a caller that waits for the commit. Returns the UsageRecord."""
+    return await commit_run(await settle_run(run, ending))
 
 
 def _close_one(write) -> tuple[object, bool]:
@@ -143,7 +207,7 @@ def _close_one(write) -> tuple[object, bool]:
     closing = write.item
     try:
         with transaction.atomic():
-            billing.record_usage(closing.record, closing.tool_calls)
+            billing.record_usage(closing.record, closing.data["tools"])
             write.run(_answer_and_audit, closing)
     except IntegrityError:
         # A concurrent closing of the same run won the race: answer with its record.
@@ -161,7 +225,7 @@ def _close_many(writes) -> list[tuple[object, bool]]:
     closings = [write.item for write in writes]
     try:
         with transaction.atomic(), appending_together():
-            billing.record_usages([(closing.record, closing.tool_calls) for closing in closings])
+            billing.record_usages([(closing.record, closing.data["tools"]) for closing in closings])
             for write in writes:
                 write.run(_answer_and_audit, write.item)
     except Exception:
@@ -171,38 +235,73 @@ def _close_many(writes) -> list[tuple[object, bool]]:
     return [(closing.record, True) for closing in closings]
 
 
-_CLOSINGS = GroupCommit(_close_many, _close_one)
+async def _forget_closings(done: list) -> None:
+    """After a batch: the ledger forgets the records of the closings now in the database, in one trip."""
+    from billing.ledger import LedgerUnavailable, get_ledger
+
+    committed = [write.item.request_id for write, result in done if not isinstance(result, BaseException)]
+    try:
+        await get_ledger().forget_closings(committed)
+    except LedgerUnavailable:  # harmless: a record of a committed run is ignored, and expires
+        logger.warning("could not drop %d closing record(s) from the ledger", len(committed), exc_info=True)
 
 
-def _answer_and_audit(closing: _Closing) -> None:
-    _store_answer(closing.run, closing.ending, closing.record)
-    _audit_run(closing.run, closing.ending, closing.record)  # last
+_CLOSINGS = GroupCommit(_close_many, _close_one, after=_forget_closings)
 
 
-def _store_answer(run, ending: Ending, record) -> None:
+def _answer_and_audit(closing: Closing) -> None:
+    _store_answer(closing)
+    _audit_run(closing)  # last
+
+
+def _store_answer(closing: Closing) -> None:
     from agents.models import Message
 
+    answer, record = closing.data["answer"], closing.record
     # The conversation's updated_at moved when the turn was opened (_conversation): not again here.
-    Message.objects.filter(pk=run.message_id).update(
-        model=run.model.name, content=ending.answer, input_tokens=record.input_tokens, output_tokens=record.output_tokens, cost=record.cost,
-        latency_ms=ending.latency_ms, ttft_ms=ending.ttft_ms, quality_score=ending.quality,
-        quality_auto=ending.quality, tool_calls=run.ctx.tool_records, status=ending.status,
-        error_code=ending.error_code,
+    Message.objects.filter(pk=record.message_id).update(
+        model=answer["model"], content=answer["content"], input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens, cost=record.cost, latency_ms=answer["latency_ms"],
+        ttft_ms=answer["ttft_ms"], quality_score=answer["quality"], quality_auto=answer["quality"],
+        tool_calls=answer["tool_calls"], status=answer["status"], error_code=answer["error_code"],
     )
 
 
-def _audit_run(run, ending: Ending, record) -> None:
+def _audit_run(closing: Closing) -> None:
     from audit import actions
     from audit.services import record as audit_record
 
-    metadata = {"agent": run.agent.name, "model": run.model.name, "status": ending.status,
-                "cost": decimal_text(record.cost), "input_tokens": record.input_tokens,
-                "output_tokens": record.output_tokens, "run_id": run.request.run_id,
-                "client_request_id": run.request.client_request_id}
-    if settings.RELAY_AUDIT_PROMPTS:
-        metadata["prompt"] = run.request.query[:4000]
-    for switch in run.fallbacks:  # the models that could not answer, before the one that did
-        audit_record(actions.MODEL_FALLBACK, actor=run.request.user, resource=f"message:{run.message_id}",
-                     metadata={**switch, "run_id": run.request.run_id, "agent": run.agent.name})
-    audit_record(actions.AGENT_RUN, status="success" if ending.status != "error" else "error",
-                 actor=run.request.user, resource=f"message:{run.message_id}", metadata=metadata)
+    audit = closing.data["audit"]
+    for switch in audit["fallbacks"]:
+        audit_record(actions.MODEL_FALLBACK, actor=closing.actor, resource=audit["resource"], metadata=switch)
+    audit_record(actions.AGENT_RUN, status=audit["status"], actor=closing.actor, resource=audit["resource"],
+                 metadata=audit["run"])
+
+
+# --- recovery -----------------------------------------------------------------------------------
+
+
+def recover_closing(text: str, *, by: str) -> bool:
+    """Write a closing the ledger held for a run whose process died before committing it, exactly as
+    that process would have, marked `recovered_by`; the ledger, settled already, is not charged again.
+
+    Sync (the periodic job, `manage.py reconcile`). False if the run was recorded meanwhile (its
+    process came back, or another recoverer won): the usage record's unique run id decides.
+    """
+    from accounts.models import User
+    from audit.context import AuditContext, bind
+
+    data = json.loads(text)
+    data["audit"]["run"]["recovered_by"] = by
+    record = billing.usage_from_data(data["usage"])
+    closing = Closing(data, record, User.objects.filter(pk=data["audit"]["actor"]).first())
+    with bind(AuditContext.from_headers(data["audit"]["context"])):
+        try:
+            with transaction.atomic():
+                billing.record_usage(record, data["tools"])  # first, as the original: no lock-order deadlock
+                _answer_and_audit(closing)
+        except IntegrityError:
+            if billing.recorded_usage(record.request_id) is None:
+                raise
+            return False
+    return True

@@ -9,7 +9,9 @@ so nothing is acknowledged before it is durable. The busier the instance, the la
 batches; an idle instance writes each request alone, at once.
 
 If a batch fails (say one request's row breaks a constraint), each write of it is retried in
-its own transaction, so a bad write fails its own caller only.
+its own transaction, so a bad write fails its own caller only. An `after` step, if given, runs
+once per batch after the commit and before its callers are answered, so it is done when they
+resume (the model calls' closings: the ledger forgets their records in one trip).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from relay.eventloop.db import run_db
@@ -45,9 +47,13 @@ class _LoopState:
 
 class GroupCommit:
     def __init__(self, write_batch: Callable[[list[Write]], list], write_one: Callable[[Write], object], *,
-                 max_batch: int = 64):
-        """write_batch(writes) -> one result per write, in one transaction; write_one(write) -> its result alone."""
+                 max_batch: int = 64, after: Callable[[list[tuple[Write, object]]], Awaitable] | None = None):
+        """write_batch(writes) -> one result per write, in one transaction; write_one(write) -> its result alone.
+
+        after([(write, result or error), ...]): awaited once per batch, after its commit, before its callers resume.
+        """
         self.write_batch, self.write_one, self.max_batch = write_batch, write_one, max_batch
+        self.after = after
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
 
     async def submit(self, item):
@@ -76,6 +82,8 @@ class GroupCommit:
                     results = await run_db(self._write, [write for write, _ in batch])
                 except Exception as error:  # every caller must be answered
                     results = [error] * len(batch)
+                if self.after is not None:
+                    await self._after([write for write, _ in batch], results)
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
@@ -90,6 +98,12 @@ class GroupCommit:
             raise
         finally:
             state.writing = False
+
+    async def _after(self, writes: list[Write], results: list) -> None:
+        try:
+            await self.after(list(zip(writes, results, strict=True)))
+        except Exception:  # the batch is committed: a failure here is only logged
+            logger.exception("the step after a batch of %d writes failed", len(writes))
 
     def _write(self, writes: list[Write]) -> list:
         if len(writes) > 1:

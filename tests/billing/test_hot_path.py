@@ -52,9 +52,9 @@ def _run(user, charge, tool_records=()):
                        ctx=ctx, charge=charge, input_tokens=IN, max_tokens=OUT, message_id=str(uuid.uuid4()))
 
 
-async def _close_run(run):
-    return await runs.close_run(run, runs.Ending(status="complete", answer="2", input_tokens=IN, output_tokens=OUT,
-                                                 latency_ms=3))
+async def _close_run(run, answer="2"):
+    return await runs.close_run(run, runs.Ending(status="complete", answer=answer, input_tokens=IN,
+                                                 output_tokens=OUT, latency_ms=3))
 
 
 # Below the least a request may reserve (input + one output token): refused outright.
@@ -83,7 +83,10 @@ def test_closings_that_arrive_together_commit_together(users, ledger, monkeypatc
 
     async def scenario():
         prepared = [_run(user, await _open(user), [{"name": "sympy", "duration_ms": 2}]) for _ in range(20)]
-        return prepared, await asyncio.gather(*(_close_run(run) for run in prepared))
+        ending = runs.Ending(status="complete", answer="2", input_tokens=IN, output_tokens=OUT, latency_ms=3)
+        # Each settles in the ledger on its own; the twenty commits that follow reach the database together.
+        closings = [await runs.settle_run(run, ending) for run in prepared]
+        return prepared, await asyncio.gather(*(runs.commit_run(closing) for closing in closings))
 
     prepared, records = asyncio.run(scenario())
     assert sizes == [20]  # one transaction for all twenty
@@ -98,19 +101,18 @@ def test_closings_that_arrive_together_commit_together(users, ledger, monkeypatc
 def test_a_bad_write_fails_only_its_own_caller(users, ledger, monkeypatch):
     user, store = users["user"], runs._store_answer
 
-    def store_unless_broken(run, ending, record):
-        if run.request.query == "broken":
+    def store_unless_broken(closing):
+        if closing.data["answer"]["content"] == "broken":
             raise ValueError("this answer cannot be stored")
-        store(run, ending, record)
+        store(closing)
 
     monkeypatch.setattr(runs, "_store_answer", store_unless_broken)
 
     async def scenario():
         prepared = [_run(user, await _open(user)) for _ in range(4)]
-        prepared[1].request.query = "broken"
         twice = prepared[0]  # closed twice in the same batch: the second gets the first's record
-        return await asyncio.gather(_close_run(twice), _close_run(twice), *(_close_run(run) for run in prepared[1:]),
-                                    return_exceptions=True)
+        return await asyncio.gather(_close_run(twice), _close_run(twice), _close_run(prepared[1], "broken"),
+                                    *(_close_run(run) for run in prepared[2:]), return_exceptions=True)
 
     first, again, failed, third, fourth = asyncio.run(scenario())
     assert isinstance(failed, ValueError)

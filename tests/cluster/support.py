@@ -138,12 +138,12 @@ def _die_with_parent() -> None:
 class Instance:
     """One Relay instance (`python -m relay.serve`), as production runs it."""
 
-    def __init__(self, env: dict, log_dir: Path):
+    def __init__(self, env: dict, log_dir: Path, module: str = "relay.serve"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**env, "RELAY_PORT": str(self.port)}
         self.log = open(log_dir / f"relay-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "relay.serve"], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=self.env,
                                         stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         if not wait_for(lambda: is_ready(self.url) or self.process.poll() is not None, 60) or self.process.poll():
             self.stop()

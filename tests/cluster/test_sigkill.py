@@ -1,9 +1,12 @@
-"""An instance killed with SIGKILL mid-stream: its reservation expires, its answer becomes `interrupted`."""
+"""An instance killed with SIGKILL: mid-stream, its reservation expires and its answer becomes
+`interrupted`; between an answer and its commit, the closing the ledger holds is written exactly."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -14,7 +17,9 @@ import pytest
 
 from tests.cluster.support import (
     MODEL,
+    ROOT,
     Instance,
+    manage,
     prepare,
     python_in,
     relay_env,
@@ -94,3 +99,111 @@ def test_sigkill_mid_stream_leaks_no_reservation_and_marks_the_answer_interrupte
         assert after == {"marked": 1, "status": "interrupted", "reserved": 0, "usage_status": "interrupted",
                          "audited": 1}
         assert_reconciled_in(env)  # after the periodic jobs, the books agree
+
+
+# -- killed between the answer and the commit ----------------------------------------------------
+
+BOOKS = LEDGER + """
+from django.db.models import Sum
+from agents.models import Message
+from audit.models import AuditEvent
+from billing.models import UsageRecord
+from billing.money import usd_to_nanos
+RECOVER
+out = {"recovered": recovered, "runs": {}, "held": len(async_to_sync(get_ledger().held_closings)()),
+       "counter": async_to_sync(get_ledger().spent)(scope),
+       "records": usd_to_nanos(UsageRecord.objects.aggregate(total=Sum("cost"))["total"] or 0)}
+for run_id in RUN_IDS:
+    answer = Message.objects.get(role="assistant", request_id=run_id)
+    usage = list(UsageRecord.objects.filter(request_id=run_id).values("input_tokens", "output_tokens", "cost", "status"))
+    events = list(AuditEvent.objects.filter(action="agent.run", metadata__run_id=run_id).values_list("metadata", flat=True))
+    out["runs"][run_id] = {"status": answer.status, "content": answer.content, "usage": usage, "events": events}
+print(json.dumps(out, default=str))
+"""
+RECOVERED_BY = {
+    "periodic": "from agents.jobs import mark_interrupted_messages\nrecovered = mark_interrupted_messages(0)",
+    "reconcile": "recovered = None",  # `manage.py reconcile --fix` ran before
+}
+
+
+def _answers(url: str, key: str) -> dict:
+    """One plain and one streamed /v1 answer, each received whole: run id -> (text, usage)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "a short answer please"}]}
+    plain = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert plain.status_code == 200, plain.text
+    got = {plain.json()["id"].removeprefix("chatcmpl-"): (plain.json()["choices"][0]["message"]["content"],
+                                                          plain.json()["usage"])}
+    text, usage, run_id, done = [], None, None, False
+    with httpx.stream("POST", f"{url}/v1/chat/completions", headers=headers, timeout=30,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as streamed:
+        for line in streamed.iter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                run_id = chunk["id"].removeprefix("chatcmpl-")
+                text += [choice["delta"].get("content") or "" for choice in chunk["choices"]]
+                usage = chunk.get("usage") or usage
+    assert done and usage, "the stream did not end with its usage and [DONE]"
+    got[run_id] = ("".join(text), usage)
+    return got
+
+
+def _cost(usage: dict) -> Decimal:  # the SETUP prices: $0.001 / 1k input, $0.002 / 1k output tokens
+    return (Decimal(usage["prompt_tokens"]) * Decimal("0.001") + Decimal(usage["completion_tokens"])
+            * Decimal("0.002")) / 1000
+
+
+@pytest.mark.parametrize("recoverer", ["periodic", "reconcile"])
+def test_killed_between_the_answer_and_the_commit_is_recovered_exactly_once(tmp_path, settings, recoverer):
+    """The client has every answer whole; the process dies before their closings commit; the
+    periodic job (or `reconcile --fix`) writes each closing from the ledger: billed once, audited once."""
+    require_cluster_services()
+    with FakeUpstream(FakeUpstreamConfig(tokens=12)) as upstream, scratch_database() as database_url:
+        ttl = TTL if recoverer == "reconcile" else 900  # reconcile finds answers running past the TTL
+        env = relay_env(database_url, settings.REDIS_URL, RELAY_BUDGET_RESERVATION_TTL=ttl)
+        key = prepare(env, upstream.base_url)
+        instance = Instance(env, tmp_path, module="tests.cluster.hung_closing")
+        started = time.monotonic()
+        answers = _answers(instance.url, key)
+        books = BOOKS.replace("RECOVER", "recovered = None").replace("RUN_IDS", repr(list(answers)))
+        before = python_in(env, books)
+        # Answered, settled, not committed: the closing records are all the books have of them.
+        assert {run["status"] for run in before["runs"].values()} == {"running"}
+        assert before["held"] == 2 and before["counter"] > 0 == before["records"]
+        instance.stop(signal.SIGKILL)
+
+        if recoverer == "reconcile":
+            time.sleep(max(0.0, TTL + 1 - (time.monotonic() - started)))
+            found = _reconcile(env, "--json")
+            assert [d["kind"] for d in found["discrepancies"]] == ["stuck_message"] * 2  # counters agree
+            assert all(d["figures"]["closing_held"] for d in found["discrepancies"])
+            fixed = _reconcile(env, "--fix", "--json")
+            assert fixed["ok"] and len(fixed["fixed"]) == 2
+        after = python_in(env, BOOKS.replace("RECOVER", RECOVERED_BY[recoverer]).replace("RUN_IDS", repr(list(answers))))
+
+        if recoverer == "periodic":
+            assert after["recovered"] == 2
+        assert after["held"] == 0
+        assert after["counter"] == after["records"] == before["counter"]  # billed once: the settle of the answer
+        for run_id, (text, usage) in answers.items():
+            run = after["runs"][run_id]
+            assert run["status"] == "complete" and run["content"] == text
+            [record] = run["usage"]  # exactly one usage record, with the tokens and cost the client was told
+            assert (record["input_tokens"], record["output_tokens"], record["status"]) == (
+                usage["prompt_tokens"], usage["completion_tokens"], "complete")
+            assert Decimal(record["cost"]) == _cost(usage) > 0
+            [event] = run["events"]  # exactly one agent.run event, marked with who recovered it
+            assert event["recovered_by"] == recoverer and event["status"] == "complete"
+            assert event["input_tokens"] == usage["prompt_tokens"]
+        assert python_in(env, BOOKS.replace("RECOVER", RECOVERED_BY["periodic"])
+                         .replace("RUN_IDS", "[]"))["recovered"] == 0  # nothing left, nothing written twice
+        assert_reconciled_in(env)
+        manage(env, "verify_audit")
+
+
+def _reconcile(env: dict, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "manage.py", "reconcile", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    return json.loads(done.stdout.strip().splitlines()[-1])

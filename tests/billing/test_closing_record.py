@@ -1,0 +1,216 @@
+"""A run's closing record: held by the ledger in the settle's own step, dropped once the closing commits,
+and written exactly once by the recovery when the commit never comes."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from django.db import OperationalError
+
+from agents.actions import runs
+from agents.jobs import mark_interrupted_messages
+from agents.models import Message
+from audit.maintenance import verify_chain
+from audit.models import AuditEvent
+from billing import budgets, services
+from billing.models import UsageRecord
+from billing.money import usd_to_nanos
+from tests.billing.conftest import make_budget, seed_prices
+from tests.billing.test_charges import IN, OUT
+from tests.billing.test_hot_path import _open, _run
+from tests.reconciled import assert_reconciled
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ENDING = runs.Ending(status="complete", answer="The answer is 2.", input_tokens=IN, output_tokens=OUT, latency_ms=7,
+                     quality=0.9, ttft_ms=3)
+
+
+@pytest.fixture(autouse=True)
+def _prices(transactional_db):
+    seed_prices()
+
+
+@pytest.fixture
+def calls(ledger, monkeypatch):
+    """The ledger's operations in order, and for Redis its scripts (each one round trip)."""
+    seen = {"ops": [], "trips": 0}
+    for name in ("settle", "settle_closing", "held_closings", "forget_closings", "counters"):
+        original = getattr(ledger, name)
+
+        async def recording(*args, _original=original, _name=name, **kwargs):
+            seen["ops"].append(_name)
+            return await _original(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, name, recording)
+    if hasattr(ledger, "backend"):
+        run = ledger.backend.run
+
+        async def trip(*args):
+            seen["trips"] += 1
+            return await run(*args)
+
+        monkeypatch.setattr(ledger.backend, "run", trip)
+    return seen
+
+
+def _opened_run(user):
+    """A reserved run with its question and running answer stored, as the runner leaves it before closing."""
+    async def opened():
+        run = _run(user, await _open(user))
+        run.request.run_id = run.charge.request_id  # one id for the run, as the runner names them
+        run.conversation_id = str(uuid.uuid4())
+        await runs.open_run(runs.Opening(run.request, run.conversation_id, run.message_id, "math", "local-mini"))
+        return run
+
+    return asyncio.run(opened())
+
+
+def _spent(org):
+    from django.utils import timezone
+
+    from billing.ledger import get_ledger
+
+    covering = budgets.covering(org.budgets.get(), timezone.now())
+    return asyncio.run(get_ledger().spent(covering.scope_key)), budgets.spent_in_period(covering.budget,
+                                                                                         timezone.now())
+
+
+def _held(ledger, request_id=None):
+    return asyncio.run(ledger.held_closings([request_id] if request_id else None))
+
+
+def test_the_settle_holds_the_closing_in_the_same_trip_and_the_commit_drops_it(org, users, ledger, calls):
+    make_budget(org, limit_usd="10")
+    run = _opened_run(users["user"])
+    calls["ops"].clear()
+    calls["trips"] = 0
+
+    closing = asyncio.run(runs.settle_run(run, ENDING))
+    assert calls["ops"] == ["settle_closing"]  # one ledger operation: the settle and the record together
+    if hasattr(ledger, "backend"):
+        assert calls["trips"] == 1 and closing.held  # one script, on the shared Redis: durable
+    else:
+        assert not closing.held  # the in-process ledger dies with the process: the run commits before answering
+    cost = usd_to_nanos(closing.record.cost)
+    assert cost > 0 and _spent(org) == (cost, 0)  # settled to the actual cost before anything is written
+    held = _held(ledger, run.request.run_id)[run.request.run_id]
+    assert held.charged_nanos == cost and len(held.scopes) == 1
+    assert json.loads(held.closing)["answer"]["content"] == "The answer is 2."
+    assert not UsageRecord.objects.exists()
+
+    record = asyncio.run(runs.commit_run(closing))
+    assert UsageRecord.objects.get().pk == record.pk
+    assert _held(ledger) == {}  # committed: the ledger forgot it
+    assert _spent(org) == (cost, cost)
+    assert calls["ops"].count("forget_closings") == 1
+    assert_reconciled()
+
+
+def test_a_batch_of_commits_drops_its_records_in_one_trip(org, users, ledger, calls):
+    make_budget(org, limit_usd="10")
+    prepared = [_opened_run(users["user"]) for _ in range(5)]
+
+    async def scenario():
+        closings = [await runs.settle_run(run, ENDING) for run in prepared]
+        calls["ops"].clear()
+        await asyncio.gather(*(runs.commit_run(closing) for closing in closings))
+
+    asyncio.run(scenario())
+    assert UsageRecord.objects.count() == 5
+    assert calls["ops"] == ["forget_closings"]
+    assert _held(ledger) == {}
+
+
+def test_reconcile_counts_a_held_closing_until_its_record_is_written(org, users, ledger):
+    make_budget(org, limit_usd="10")
+    run = _opened_run(users["user"])
+    asyncio.run(runs.settle_run(run, ENDING))  # answered; the commit has not happened yet
+    spent, in_records = _spent(org)
+    assert spent > in_records == 0
+    assert_reconciled(grace=0)  # the counter is ahead of the records by exactly the held closing
+
+
+def test_a_closing_whose_commit_failed_is_recovered_exactly_once(org, users, ledger, monkeypatch):
+    make_budget(org, limit_usd="10")
+    run = _opened_run(users["user"])
+    closing = asyncio.run(runs.settle_run(run, ENDING))
+
+    def database_down(*args):
+        raise OperationalError("the database went away")
+
+    write_batch, write_one = runs._CLOSINGS.write_batch, runs._CLOSINGS.write_one
+    monkeypatch.setattr(runs._CLOSINGS, "write_batch", database_down)
+    monkeypatch.setattr(runs._CLOSINGS, "write_one", database_down)
+    with pytest.raises(OperationalError):
+        asyncio.run(runs.commit_run(closing))
+    assert run.request.run_id in _held(ledger)  # nothing lost: the record stays
+    monkeypatch.setattr(runs._CLOSINGS, "write_batch", write_batch)
+    monkeypatch.setattr(runs._CLOSINGS, "write_one", write_one)
+
+    assert mark_interrupted_messages(older_than_seconds=0) == 1
+    assert mark_interrupted_messages(older_than_seconds=0) == 0  # idempotent
+    again = asyncio.run(runs.commit_run(closing))  # the original process comes back: it writes nothing
+    usage = UsageRecord.objects.get()
+    assert again.pk == usage.pk
+    assert (usage.input_tokens, usage.output_tokens, usage.status) == (IN, OUT, "complete")
+    assert usage.cost == closing.record.cost > 0
+    answer = Message.objects.get(pk=run.message_id)
+    assert (answer.status, answer.content, answer.cost) == ("complete", "The answer is 2.", usage.cost)
+    event = AuditEvent.objects.get(action="agent.run")
+    assert event.metadata["run_id"] == run.request.run_id and event.metadata["recovered_by"] == "periodic"
+    assert event.metadata["cost"] == json.loads(closing.text())["audit"]["run"]["cost"]
+    assert event.actor_id == users["user"].pk
+    assert _spent(org) == (usd_to_nanos(usage.cost),) * 2  # billed once: the recovery charged nothing again
+    assert _held(ledger) == {}
+    assert verify_chain().ok
+    assert_reconciled()
+
+
+def test_without_a_held_closing_the_answer_is_interrupted_at_zero_cost(org, users, ledger):
+    run = _opened_run(users["user"])
+    assert mark_interrupted_messages(older_than_seconds=0) == 1
+    assert Message.objects.get(pk=run.message_id).status == "interrupted"
+    assert UsageRecord.objects.get().cost == 0
+    assert services.recorded_usage(run.request.run_id).status == "interrupted"
+
+
+def test_on_the_servers_loop_the_answer_ends_before_its_closing_commits(org, users, ledger, monkeypatch):
+    from agents import runner
+    from relay.eventloop import later
+    from relay.eventloop.db import run_db
+
+    make_budget(org, limit_usd="10")
+    durable = hasattr(ledger, "backend")  # the in-process ledger's record dies with the process
+
+    async def scenario():
+        later.serve_here()  # as relay.serve does
+        released, commit = asyncio.Event(), runs.commit_run
+
+        async def held_back(closing):
+            await released.wait()
+            return await commit(closing)
+
+        if durable:
+            monkeypatch.setattr(runs, "commit_run", held_back)
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+
+        async def answer():
+            async for event in runner.stream(run):
+                if event["type"] == "done":
+                    return await run_db(UsageRecord.objects.count)
+
+        try:  # a runner that waited for the commit would never get to `done` here
+            at_done = await asyncio.wait_for(answer(), 30)
+        finally:
+            released.set()
+        assert await later.drain(10) == 0
+        return at_done
+
+    at_done = asyncio.run(scenario())
+    assert at_done == (0 if durable else 1)  # the client's last event did not wait for the commit
+    usage = UsageRecord.objects.get()
+    assert usage.cost > 0 and Message.objects.get(request_id=usage.request_id, role="assistant").status == "complete"
+    assert AuditEvent.objects.filter(action="agent.run", metadata__run_id=usage.request_id).count() == 1
+    assert _held(ledger) == {}
+    assert_reconciled()
