@@ -274,8 +274,8 @@ async def test_a_whole_completion_reads_as_its_stream_would(provider, server):
     events = await collect(provider, req("the quick brown fox"))
     deltas = [e for e in events if isinstance(e, TextDelta)]
     assert "".join(d.text for d in deltas) == "Echo: the quick brown fox"
-    # one per token-like piece: the runner counts and limits them one by one
-    assert [d.text for d in deltas] == ["Echo", ":", " the", " quick", " brown", " fox"]
+    # in one piece that counts as its tokens (the runner splits it only to stop inside it)
+    assert [(d.text, d.tokens) for d in deltas] == [("Echo: the quick brown fox", 6)]
     assert events[-2:] == [Usage(input_tokens=3 + 4 + 4, output_tokens=5), Finish("stop")]
     assert server.requests[-1].body["stream"] is True and not server.requests[-1].stream
 
