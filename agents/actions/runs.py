@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.titles import summarise
@@ -79,10 +79,21 @@ def _conversation(opening: Opening, *, create: bool):
     return conversation
 
 
+def _without_flush_wait() -> None:
+    """The opening's commit does not wait for its WAL flush (PostgreSQL): it stands before every
+    first token, and the rows become durable at the run's own closing commit at the latest (WAL is
+    flushed in order). A database that refuses them still refuses the run (503); only a database
+    crash in that moment loses them, with the run itself, and the closing then records its usage."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+
+
 def _open_one(write) -> None:
     from agents.models import Message
 
     with transaction.atomic():
+        _without_flush_wait()
         Message.objects.bulk_create(_turns(write.item, _conversation(write.item, create=True)))
 
 
@@ -91,6 +102,7 @@ def _open_many(writes) -> list:
     from agents.models import Conversation, Message
 
     with transaction.atomic():
+        _without_flush_wait()
         conversations = [_conversation(write.item, create=False) for write in writes]
         Conversation.objects.bulk_create([c for c, w in zip(conversations, writes, strict=True)
                                           if not w.item.req.conversation_id])

@@ -180,3 +180,23 @@ def test_thresholds_are_looked_up_only_when_one_is_crossed(org, users, ledger, s
     assert alert_queries() != []  # 50%: crossed, the alert is raised
     assert BudgetAlert.objects.get().threshold == 50
     assert alert_queries() == []
+
+
+def test_the_opening_commit_does_not_wait_for_its_flush_and_the_closing_does(users, ledger, sql):
+    """The opening stands before every first token; the closing (money and audit) stays durable
+    at its commit, and its flush makes the opening's rows durable with it (WAL is flushed in order)."""
+    require_postgres()
+    import uuid
+
+    from agents.models import Message
+
+    user = users["user"]
+    run = _run(user, None)
+    opening = runs.Opening(run.request, str(uuid.uuid4()), run.message_id, "math", "local-mini")
+    asyncio.run(runs.open_run(opening))
+    assert Message.objects.get(pk=run.message_id).status == Message.Status.RUNNING
+    opened = [q for q in sql if "synchronous_commit" in q or "INSERT" in q]
+    assert opened[0] == "SET LOCAL synchronous_commit = off" and len(opened) == 3  # then the two INSERTs
+    sql.clear()
+    asyncio.run(_close_run(_run(user, asyncio.run(_open(user)))))
+    assert not [q for q in sql if "synchronous_commit" in q]
