@@ -43,7 +43,9 @@ _COLUMNS = ", ".join(f.column for f in _FIELDS)
 _CHAINED_COLUMNS = f"{_COLUMNS}, sequence, prev_hash, hash, version"
 _METADATA = RECORDED.index("metadata")
 HEAD_SQL = f"SELECT sequence, hash FROM {_CHAIN} ORDER BY sequence DESC LIMIT 1"  # noqa: S608 (no user input)
+# Built SQL by (kind, number of events, own transaction): groups (appending_together) vary in size.
 _sql_cache: dict[tuple[str, int, bool], str] = {}
+_SQL_CACHE_SIZE = 256
 
 
 def _casts(connection) -> list[str]:
@@ -52,10 +54,16 @@ def _casts(connection) -> list[str]:
     return [re.sub(r"\(\d+\)$", "", f.db_type(connection)) for f in _FIELDS]
 
 
+def _bound_cache() -> None:
+    if len(_sql_cache) >= _SQL_CACHE_SIZE:
+        _sql_cache.clear()
+
+
 def lock_or_queue_sql(connection, count: int, begin: bool) -> str:
     """Try the append lock; if it is taken, queue `count` rows in the same statement. Then the head."""
     key = ("queue", count, begin)
     if key not in _sql_cache:
+        _bound_cache()
         row = "(" + ", ".join(f"%s::{cast}" for cast in _casts(connection)) + ")"
         _sql_cache[key] = (
             f"{'BEGIN; ' if begin else ''}"  # noqa: S608 (no user input)
@@ -69,6 +77,7 @@ def lock_or_queue_sql(connection, count: int, begin: bool) -> str:
 def chain_insert_sql(count: int, commit: bool) -> str:
     key = ("chain", count, commit)
     if key not in _sql_cache:
+        _bound_cache()
         row = "(" + ", ".join(["%s"] * (len(_FIELDS) + 4)) + ")"
         _sql_cache[key] = (f"INSERT INTO {_CHAIN} ({_CHAINED_COLUMNS}) VALUES "  # noqa: S608 (no user input)
                            f"{', '.join([row] * count)} RETURNING id{'; COMMIT' if commit else ''}")

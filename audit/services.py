@@ -232,7 +232,7 @@ def _append_alone(events: list[AuditEvent], connection) -> None:
         raise
     if drainer:
         try:
-            drain(connection.alias, locked=True)
+            drain(connection.alias, wait=False, locked=True)
         except Exception:  # like a robust on_commit hook: the event is queued; the next drain chains it
             _log.exception("audit drain failed; the queued events wait for the next drain")
 
