@@ -14,6 +14,10 @@ events go into its batch. The drain commits without waiting for the WAL flush: i
 crashes before the flush, the queued rows (committed durably by their writers) are still there
 and are chained again by the next drain, and anything that later commits durably flushes the
 drain before it. A queued event has no sequence until it is drained.
+
+On PostgreSQL an append is two round trips, a drain batch three (`audit.pg_append`): trying the
+lock and queueing are one statement, and outside a transaction record() runs its own, its BEGIN
+and COMMIT sent with its statements.
 """
 
 from __future__ import annotations
