@@ -14,43 +14,30 @@ events go into its batch. The drain commits without waiting for the WAL flush: i
 crashes before the flush, the queued rows (committed durably by their writers) are still there
 and are chained again by the next drain, and anything that later commits durably flushes the
 drain before it. A queued event has no sequence until it is drained.
+
+On PostgreSQL an append is two round trips, a drain batch three (`audit.pg_append`): trying the
+lock and queueing are one statement, and outside a transaction record() runs its own, its BEGIN
+and COMMIT sent with its statements.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db.models.base import ModelState
 from django.utils import timezone
 
-from audit import context
+from audit import context, pg_append
 from audit.actions import DENIED, STATUSES, SUCCESS
 from audit.chain import GENESIS, clean_text, compute_hash, normalise, normalise_ip
-from audit.models import AuditCheckpoint, AuditEvent, PendingAuditEvent
-from audit.triggers import DRAIN_SETTING
+from audit.models import AuditCheckpoint, AuditEvent
+from audit.pg_append import APPEND_LOCK_KEY, DRAIN_BATCH, HEAD_SQL
 from relay.eventloop.db import run_db
 
-# pg_advisory_xact_lock key for appends ("RELAYAUD"); any constant unique to this purpose.
-APPEND_LOCK_KEY = 0x52454C4159415544
-# Events chained per drain transaction: bounds its lock hold and memory.
-DRAIN_BATCH = 1000
-_QUEUED_FIELDS = tuple(f for f in PendingAuditEvent._meta.concrete_fields if f.attname != "id")
-_RECORDED = tuple(f.attname for f in _QUEUED_FIELDS)
-_QUEUE_SQL = (f"INSERT INTO {PendingAuditEvent._meta.db_table} ({', '.join(f.column for f in _QUEUED_FIELDS)}) "  # noqa: S608
-              f"VALUES ({', '.join(['%s'] * len(_QUEUED_FIELDS))})")
-_ANY_QUEUED_SQL = f"SELECT 1 FROM {PendingAuditEvent._meta.db_table} LIMIT 1"  # noqa: S608 (no user input)
-# pg_advisory_lock key of the one drainer (session-level, beside APPEND_LOCK_KEY's transaction lock).
-# Session-level: a pooler in transaction mode (pgbouncer) between Relay and PostgreSQL would lose it.
-DRAIN_LOCK_KEY = APPEND_LOCK_KEY + 1
-# One round trip: the drain's commit need not wait for the flush (module docstring), its DELETE is
-# allowed by the queue's trigger, and it holds the append lock. Constants only: no parameters.
-_DRAIN_BEGIN_SQL = (f"SET LOCAL synchronous_commit TO OFF; SET LOCAL {DRAIN_SETTING} = 'on'; "
-                    f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
-_TAKE_QUEUED_SQL = (f"DELETE FROM {PendingAuditEvent._meta.db_table} WHERE id IN "  # noqa: S608 (no user input)
-                    f"(SELECT id FROM {PendingAuditEvent._meta.db_table} ORDER BY id LIMIT %s) RETURNING *")
-_HEAD_SQL = (f"SELECT sequence, hash FROM {AuditEvent._meta.db_table} "  # noqa: S608 (no user input)
-             "ORDER BY sequence DESC LIMIT 1")
+_log = logging.getLogger(__name__)
 
 
 def _authenticated(user):
@@ -124,13 +111,27 @@ def head(using: str = DEFAULT_DB_ALIAS) -> tuple[int, str]:
     # Plain SQL: every audited action reads the head, and the ORM's query building cost more
     # than the indexed lookup itself.
     with connections[using].cursor() as cursor:
-        cursor.execute(_HEAD_SQL)
+        cursor.execute(HEAD_SQL)
         last = cursor.fetchone()
     if last:
         return tuple(last)
     checkpoint = (AuditCheckpoint.objects.using(using).order_by("-last_sequence")
                   .values_list("last_sequence", "last_hash").first())
     return checkpoint or (0, GENESIS)
+
+
+_blank: dict = {}
+
+
+def _new_event(**fields) -> AuditEvent:
+    """An unsaved AuditEvent without Model.__init__ (its per-field walk and init signals cost a
+    tenth of an append); every concrete field starts at its default, as __init__ would set it."""
+    if not _blank:
+        _blank.update({f.attname: f.get_default() for f in AuditEvent._meta.concrete_fields})
+    event = AuditEvent.__new__(AuditEvent)
+    event._state = ModelState()
+    event.__dict__.update(_blank, **fields)
+    return event
 
 
 def record(action: str, *, status: str = SUCCESS, resource: str = "", metadata: dict | None = None,
@@ -143,7 +144,7 @@ def record(action: str, *, status: str = SUCCESS, resource: str = "", metadata: 
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
     bound = context.current()
-    event = AuditEvent(
+    event = _new_event(
         action=clean_text(action, 64), status=status, resource=clean_text(resource, 255),
         metadata=normalise(metadata or {}),
         **_actor_fields(actor, organization, request, api_key, bound), **_origin_fields(request, bound),
@@ -182,32 +183,77 @@ def appending_together():
 def _append(events: list[AuditEvent], using: str) -> None:
     """Chain the events after the head under the append lock, or queue them if another writer holds it."""
     connection = connections[using]
-    with transaction.atomic(using=using, savepoint=False):
-        if connection.vendor == "postgresql" and not _try_lock(connection):
-            _queue(events, connection)
-            # robust: the caller's change has committed; a failed drain is redone by the next one.
-            transaction.on_commit(lambda: drain(using, wait=False), using=using, robust=True)
-            return
-        _lock(connection)
-        now = timezone.now()
-        for event in events:
-            event.time = now
-        _chain(events, using)
+    if connection.vendor != "postgresql":
+        with transaction.atomic(using=using, savepoint=False):
+            _lock(connection)
+            _set_time(events)
+            _chain(events, using)
+    elif not connection.in_atomic_block and connection.get_autocommit():
+        _append_alone(events, connection)
+    else:
+        with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
+            if not _lock_or_queue(events, cursor, begin=False):
+                # robust: the caller's change has committed; a failed drain is redone by the next one.
+                transaction.on_commit(lambda: drain(using, wait=False), using=using, robust=True)
 
 
-def _try_lock(connection) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
-        return cursor.fetchone()[0]
+def _set_time(events) -> None:
+    now = timezone.now()
+    for event in events:
+        event.time = now
 
 
-def _chain(events: list[AuditEvent], using: str) -> None:
-    """Link the events (their times set) after the head and insert them; the caller holds the lock."""
-    sequence, prev_hash = head(using)
+def _lock_or_queue(events: list[AuditEvent], cursor, *, begin: bool) -> bool:
+    """One round trip: take the append lock and chain the events (True), or queue them (False).
+
+    Chained, the events are inserted in a second round trip (which commits too with `begin`).
+    """
+    connection = cursor.db
+    _set_time(events)  # a queued event's time; a chained one's is set again below, under the lock
+    cursor.execute(pg_append.lock_or_queue_sql(connection, len(events), begin), pg_append.queue_params(events))
+    *_, (got,), head_row = pg_append.result_sets(cursor)
+    if not got[0]:
+        return False
+    _set_time(events)
+    _link(events, head_row[0] if head_row else head(connection.alias))
+    cursor.execute(pg_append.chain_insert_sql(len(events), commit=begin), pg_append.chain_params(events))
+    for event, (pk,) in zip(events, cursor.fetchall(), strict=True):
+        event.pk, event._state.adding, event._state.db = pk, False, connection.alias
+    return True
+
+
+def _append_alone(events: list[AuditEvent], connection) -> None:
+    """record() outside a transaction: its own, whose BEGIN and COMMIT travel with its statements."""
+    try:
+        with connection.cursor() as cursor:
+            if _lock_or_queue(events, cursor, begin=True):
+                return  # chained and committed
+            # Committed; and this process drains unless another one already does.
+            cursor.execute(f"COMMIT; SELECT pg_try_advisory_lock({pg_append.DRAIN_LOCK_KEY})")
+            drainer = pg_append.result_sets(cursor)[-1][0][0]
+    except BaseException:
+        pg_append.roll_back(connection)
+        raise
+    if drainer:
+        try:
+            drain(connection.alias, wait=False, locked=True)
+        except Exception:  # like a robust on_commit hook: the event is queued; the next drain chains it
+            _log.exception("audit drain failed; the queued events wait for the next drain")
+
+
+def _link(events: list[AuditEvent], last: tuple[int, str]) -> None:
+    """Give the events (their times set) their sequence and hashes after `last`; the caller holds the lock."""
+    sequence, prev_hash = last
     for event in events:
         sequence += 1
         event.sequence, event.prev_hash = sequence, prev_hash
         event.hash = prev_hash = compute_hash(prev_hash, event)
+
+
+def _chain(events: list[AuditEvent], using: str) -> None:
+    """Link the events after the head and insert them with the ORM (SQLite); the caller holds the lock."""
+    _link(events, head(using))
+    for event in events:
         event._append_allowed = True
     if len(events) == 1:
         events[0].save(using=using)
@@ -215,61 +261,39 @@ def _chain(events: list[AuditEvent], using: str) -> None:
         models.QuerySet.bulk_create(AuditEvent.objects.using(using).all(), events)
 
 
-def _queue(events: list[AuditEvent], connection) -> None:
-    # Plain SQL: this is the hot path of a busy cluster, and the ORM's insert compiler cost more
-    # than the insert. The fields still prepare their own values (JSON, addresses, times).
-    now = timezone.now()
-    rows = []
-    for event in events:
-        event.time = now
-        rows.append([field.get_db_prep_save(getattr(event, field.attname), connection) for field in _QUEUED_FIELDS])
-    with connection.cursor() as cursor:
-        cursor.executemany(_QUEUE_SQL, rows)
-
-
-def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True) -> int:
+def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True, locked: bool = False) -> int:
     """Chain every queued event, in the order queued; returns how many.
 
     One drainer at a time in the cluster (a session advisory lock). After a queueing commit
     (`wait=False`) it returns at once if another process is draining: that drainer looks at the
     queue again after letting go, and the event was committed before it let go, so one of them
     chains it. verify_audit and the checkpoint jobs wait their turn (`wait=True`) and so pick up
-    what a process killed between its commit and its drain left queued. Inside a transaction it
-    does nothing: the append lock would be held until that transaction ends.
+    what a process killed between its commit and its drain left queued. `locked`: the caller
+    already holds the drain lock. Inside a transaction it does nothing: the append lock would be
+    held until that transaction ends.
     """
     connection = connections[using]
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return 0
     chained = 0
     while True:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {'pg_advisory_lock' if wait else 'pg_try_advisory_lock'}(%s)", [DRAIN_LOCK_KEY])
-            if not wait and not cursor.fetchone()[0]:
-                return chained
+        if not locked and not pg_append.take_drain_lock(connection, wait):
+            return chained
         try:
             while (batch := _drain_batch(connection, using)) == DRAIN_BATCH:
                 chained += batch
             chained += batch
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [DRAIN_LOCK_KEY])
-        with connection.cursor() as cursor:  # what was queued while we held the drain lock
-            cursor.execute(_ANY_QUEUED_SQL)
-            if cursor.fetchone() is None:
-                return chained
+        except BaseException:
+            pg_append.release_drain_lock(connection, look=False)
+            raise
+        locked = False
+        if not pg_append.release_drain_lock(connection, look=True):  # what was queued while we held it
+            return chained
 
 
 def _drain_batch(connection, using: str) -> int:
-    """Move the oldest queued events (up to DRAIN_BATCH) onto the chain: five statements a batch."""
-    with transaction.atomic(using=using):
-        with connection.cursor() as cursor:
-            cursor.execute(_DRAIN_BEGIN_SQL)
-        # Taken and deleted in one statement: exactly the rows it returns leave the queue.
-        batch = sorted(PendingAuditEvent.objects.using(using).raw(_TAKE_QUEUED_SQL, [DRAIN_BATCH]),
-                       key=lambda p: p.id)
-        if batch:
-            _chain([AuditEvent(**{name: getattr(p, name) for name in _RECORDED}) for p in batch], using)
-    return len(batch)
+    """Move the oldest queued events (up to DRAIN_BATCH) onto the chain: three round trips a batch."""
+    return pg_append.drain_batch(connection, lambda: head(using))
 
 
 async def arecord(action: str, **kwargs) -> AuditEvent:

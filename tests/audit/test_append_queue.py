@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 from django.db import IntegrityError, connection, connections, transaction
+from django.utils import timezone
 
 from accounts.models import User
 from audit import services
@@ -66,18 +67,19 @@ def test_a_writer_commits_without_waiting_for_the_lock_and_is_chained_after_the_
             services.record("test.quick_action")
         done.set()  # after its drain: that waits for the lock
 
-    def spy_commit(**_):
+    original = services.drain
+
+    def drain_after_commit(*args, **kwargs):  # what the writer runs once its transaction committed
         committed.set()
+        return original(*args, **kwargs)
 
     with lock_held_by_a_slow_action():
-        original = services._queue
-        services._queue = lambda events, conn: (original(events, conn),
-                                                transaction.on_commit(spy_commit, using=conn.alias))
+        services.drain = drain_after_commit
         try:
             in_thread(quick_action)
             assert committed.wait(WAIT), "the second writer waited for the lock before committing its change"
         finally:
-            services._queue = original
+            services.drain = original
         # Its event is durable in the queue while the slow action still holds the lock.
         assert list(PendingAuditEvent.objects.values_list("action", flat=True)) == ["test.quick_action"]
         assert not done.is_set()
@@ -106,9 +108,8 @@ def test_a_queued_event_of_a_rolled_back_change_never_exists():
 
 def queue_without_draining(*actions: str) -> None:
     """What a process killed between its commit and its drain leaves behind."""
-    with transaction.atomic():
-        events = [AuditEvent(action=a, status="success", metadata={}) for a in actions]
-        services._queue(events, connection)
+    PendingAuditEvent.objects.bulk_create(
+        [PendingAuditEvent(time=timezone.now(), action=a, status="success", metadata={}) for a in actions])
 
 
 def test_verify_audit_chains_what_a_killed_writer_left_queued(manage_py):
@@ -144,9 +145,8 @@ def test_a_queued_event_cannot_be_changed_or_removed_outside_the_drain():
 def test_a_user_deleted_while_their_event_is_queued_keeps_the_event():
     user = User.objects.create_user("leaving", password="x")
     user_id = user.pk
-    with transaction.atomic():
-        services._queue([AuditEvent(action="test.by_user", status="success", metadata={}, actor_id=user.pk,
-                                    actor_ref=user.pk, actor_name="leaving")], connection)
+    PendingAuditEvent.objects.create(time=timezone.now(), action="test.by_user", status="success", metadata={},
+                                     actor_id=user.pk, actor_ref=user.pk, actor_name="leaving")
     user.delete()  # ON DELETE SET NULL reaches the queued row too: the drain's insert stays valid
     assert services.drain() == 1
     event = AuditEvent.objects.get()
@@ -174,26 +174,23 @@ def test_an_event_queued_while_another_process_drains_is_chained_by_that_drainer
         drainer["chained"] = services.drain()
 
     def writer():
-        services.record("test.second")  # queued only if the lock is taken: force it below
+        services.record("test.second")  # outside a transaction: its own
         writer_returned.set()
 
     services._drain_batch = drain_batch
     try:
         thread = in_thread(drain_in_another_thread)
         assert drainer_done_batches.wait(WAIT)
-        # The writer finds the drain lock taken: it queues (the append lock is free, so force the
-        # queue path as a busy cluster would) and returns without draining.
-        original_try = services._try_lock
-        services._try_lock = lambda connection: False
-        try:
+        # The writer finds the append lock taken (by a slow action, chained after test.first): it
+        # queues, commits, finds the drain lock taken too, and returns without draining.
+        with lock_held_by_a_slow_action():
             in_thread(writer).join(WAIT)
-        finally:
-            services._try_lock = original_try
-        assert writer_returned.is_set()
+            assert writer_returned.is_set()
         thread.join(WAIT)
     finally:
         services._drain_batch = original
     assert list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True)) == [
-        "test.first", "test.second"]
+        "test.first", "test.slow_action", "test.second"]
     assert drainer["chained"] == 2
     assert not PendingAuditEvent.objects.exists()
+    assert verify_chain().ok

@@ -26,12 +26,13 @@ WORKER = """
 import json, os, sys, time
 from audit import services
 from audit.services import record
-queued, queue = 0, services._queue
-def counting_queue(events, using):
+queued, lock_or_queue = 0, services._lock_or_queue
+def counting(events, cursor, **kwargs):
     global queued
-    queued += len(events)
-    queue(events, using)
-services._queue = counting_queue
+    chained = lock_or_queue(events, cursor, **kwargs)
+    queued += 0 if chained else len(events)
+    return chained
+services._lock_or_queue = counting
 print("ready", flush=True)
 sys.stdin.readline()
 deadline, count = time.monotonic() + float(os.environ["AUDIT_SECONDS"]), 0
