@@ -116,6 +116,24 @@ def result_sets(cursor) -> list[list | None]:
             return sets
 
 
+def client_cursor(connection):
+    """A cursor that binds parameters client-side: the append's round trips carry several statements
+    with parameters, which server-side binding (relay/settings.py: DB_SERVER_SIDE_BINDING) refuses."""
+    if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        return connection.cursor()
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, Cursor  # Cursor: psycopg's ClientCursor
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = Cursor(connection.connection)
+        # as Django's create_cursor(): timestamps read in the connection's time zone
+        if connection.timezone != connection.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
+            register_tzloader(connection.timezone, raw)
+        return connection._prepare_cursor(raw)
+
+
 def in_transaction(connection) -> bool:
     return connection.connection.info.transaction_status != TransactionStatus.IDLE
 
@@ -123,7 +141,7 @@ def in_transaction(connection) -> bool:
 def roll_back(connection) -> None:
     """After a failure in a transaction record() or the drain began itself: leave the connection idle."""
     if connection.connection is not None and not connection.connection.closed and in_transaction(connection):
-        with connection.cursor() as cursor:
+        with client_cursor(connection) as cursor:
             cursor.execute("ROLLBACK")
 
 
@@ -156,7 +174,7 @@ def _array(values) -> str:
 def drain_batch(connection, head_fallback) -> int:
     """Move the oldest queued events (up to DRAIN_BATCH) onto the chain; in a transaction of its own."""
     try:
-        with connection.cursor() as cursor:
+        with client_cursor(connection) as cursor:
             cursor.execute(_DRAIN_BEGIN_SQL)
             *_, head, queued = result_sets(cursor)
             if not queued:
@@ -191,6 +209,6 @@ def take_drain_lock(connection, wait: bool) -> bool:
 
 def release_drain_lock(connection, *, look: bool) -> bool:
     """Let go of the drain lock; with `look`, also say whether anything is queued (read after letting go)."""
-    with connection.cursor() as cursor:
+    with client_cursor(connection) as cursor:
         cursor.execute(f"SELECT pg_advisory_unlock({DRAIN_LOCK_KEY})" + (_ANY_QUEUED_SQL if look else ""))
         return bool(look and result_sets(cursor)[-1][0][0])

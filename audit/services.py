@@ -191,7 +191,7 @@ def _append(events: list[AuditEvent], using: str) -> None:
     elif not connection.in_atomic_block and connection.get_autocommit():
         _append_alone(events, connection)
     else:
-        with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
+        with transaction.atomic(using=using, savepoint=False), pg_append.client_cursor(connection) as cursor:
             if not _lock_or_queue(events, cursor, begin=False):
                 # robust: the caller's change has committed; a failed drain is redone by the next one.
                 transaction.on_commit(lambda: drain(using, wait=False), using=using, robust=True)
@@ -225,7 +225,7 @@ def _lock_or_queue(events: list[AuditEvent], cursor, *, begin: bool) -> bool:
 def _append_alone(events: list[AuditEvent], connection) -> None:
     """record() outside a transaction: its own, whose BEGIN and COMMIT travel with its statements."""
     try:
-        with connection.cursor() as cursor:
+        with pg_append.client_cursor(connection) as cursor:
             if _lock_or_queue(events, cursor, begin=True):
                 return  # chained and committed
             # Committed; and this process drains unless another one already does.
