@@ -92,9 +92,10 @@ def complete(status: int, payload: bytes, stream: bool) -> str | None:
     return None
 
 
-async def run_load(url: str, path: str, body: dict, *, headers: dict | None = None, concurrency: int = 32,
+async def run_load(url: str | list[str], path: str, body: dict, *, headers: dict | None = None, concurrency: int = 32,
                    seconds: float = 10.0, stream: bool = False, warmup: float = 1.0, snapshot=None) -> LoadResult:
-    """`concurrency` virtual users, each sending requests back to back for `seconds`.
+    """`concurrency` virtual users, each sending requests back to back for `seconds` (to `url`, or
+    spread evenly over a list of servers' URLs).
 
     `snapshot()`, if given, is called when the measured window opens and when it closes (CPU
     counters: bench/_cpu.py); its two results are `result.snapshots`.
@@ -106,8 +107,10 @@ async def run_load(url: str, path: str, body: dict, *, headers: dict | None = No
     measure_from = started + warmup
     stop_at = measure_from + seconds
 
-    async def user():
-        conn = Connection(url)
+    urls = [url] if isinstance(url, str) else url
+
+    async def user(n: int):
+        conn = Connection(urls[n % len(urls)])  # several servers: the users spread evenly over them
         while time.perf_counter() < stop_at:
             begin = time.perf_counter()
             try:
@@ -130,7 +133,7 @@ async def run_load(url: str, path: str, body: dict, *, headers: dict | None = No
             result.snapshots.append(snapshot())
 
     window = asyncio.create_task(open_window())
-    await asyncio.gather(*(user() for _ in range(concurrency)))
+    await asyncio.gather(*(user(n) for n in range(concurrency)))
     await window
     if snapshot is not None:
         result.snapshots.append(snapshot())

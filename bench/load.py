@@ -11,7 +11,7 @@ Targets, each measured with one load tool (bench/_load.py), plain and streaming:
   direct   the upstream itself (the floor every gateway adds to);
   relay    Relay with API-key auth, a hard budget on the key (ledger reserve + settle in Redis),
            usage records, the audit trail and metrics all on: one process (python -m relay.serve),
-           or N processes (uvicorn --workers N on the same database and Redis);
+           or N such processes on the same database and Redis, the connections spread over them;
   litellm  LiteLLM Proxy (the version pinned in bench/_litellm.py, installed by this script into
            var/litellm/venv from the package index) with the same process count, no database;
   cluster  with --instances N: N Relay instances behind nginx (platform/scripts/cluster.py).
@@ -241,12 +241,16 @@ class Bench:
 
     def phase(self, processes: int) -> dict:
         """Every concurrency at one process count: Relay and LiteLLM each with `processes` processes."""
-        extra, relay_url, relay_pids = None, self.relay.url, [self.relay.process.pid]
+        extras, relay_url, relay_pids = [], self.relay.url, [self.relay.process.pid]
         litellm = cluster_script = None
         try:
             if processes > 1:
-                extra, relay_url = self.relay.spawn("uvicorn", workers=processes)
-                relay_pids = [extra.pid]
+                # As production runs Relay: one `relay.serve` process per instance (its loop outlives
+                # requests, so closings commit after the answer); the load spreads over them evenly,
+                # as SO_REUSEPORT or a service's endpoints would, without a proxy's hop.
+                extras = [self.relay.spawn("relay.serve") for _ in range(processes - 1)]
+                relay_url = [self.relay.url, *(url for _, url in extras)]
+                relay_pids += [process.pid for process, _ in extras]
             targets = {"direct": self.direct,
                        "relay": {"url": relay_url, "path": self.relay_paths, "headers": self.auth}}
             litellm_pids, cluster_pids = [], []
@@ -273,7 +277,7 @@ class Bench:
         finally:
             if cluster_script:
                 subprocess.run([*cluster_script, "stop"], env=self.relay.env, cwd=ROOT)
-            for process in (litellm, extra):
+            for process in (litellm, *(process for process, _ in extras)):
                 if process is not None:
                     process.terminate()
                     process.wait(30)
