@@ -34,7 +34,7 @@ from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
 from relay.eventloop.db import db
-from relay.eventloop.later import later
+from relay.eventloop.later import later, settled
 from relay.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,8 @@ async def prepare(req: RunRequest) -> PreparedRun:
 
 
 async def _prepare(req: RunRequest) -> PreparedRun:
+    if req.conversation_id:  # a turn answered on this instance a moment ago may still be committing
+        await settled(req.conversation_id)
     now = timezone.now()
     agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
     # Cost optimizer (agents/optimizer): may route an unnamed model by complexity, trims long
@@ -401,7 +403,7 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
         error_code=progress.error_code))
     commit = _commit(run, closing, progress.status, answer)
     record = closing.record
-    if not (closing.held and later(commit, name=f"closing {run.request.run_id}")):
+    if not (closing.held and later(commit, name=f"closing {run.request.run_id}", key=run.conversation_id)):
         record = await commit
     await metrics.refresh_known_models_if_stale()
     metrics.record_run(agent=run.agent.name, model=run.model.name, status=progress.status,

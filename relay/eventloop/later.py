@@ -24,8 +24,11 @@ def serve_here() -> None:
     _tasks.setdefault(asyncio.get_running_loop(), set())
 
 
-def later(work, name: str = "") -> bool:
-    """Run the coroutine `work` after the answer if this loop drains; False: the caller must await it."""
+def later(work, name: str = "", *, key: str | None = None) -> bool:
+    """Run the coroutine `work` after the answer if this loop drains; False: the caller must await it.
+
+    `key` names what the work completes (a conversation): `settled(key)` waits for it.
+    """
     try:
         pending = _tasks.get(asyncio.get_running_loop())
     except RuntimeError:
@@ -33,9 +36,18 @@ def later(work, name: str = "") -> bool:
     if pending is None:
         return False
     task = asyncio.get_running_loop().create_task(work, name=name or None)
+    task.relay_key = key
     pending.add(task)
     task.add_done_callback(_finished(pending))
     return True
+
+
+async def settled(key: str) -> None:
+    """Wait for this loop's pending work on `key` (a conversation's last closing: the next turn reads
+    its answer as history). Its failure is not the caller's: the work logs it and recovery covers it."""
+    waiting = [task for task in _tasks.get(asyncio.get_running_loop(), ()) if task.relay_key == key]
+    if waiting:
+        await asyncio.wait(waiting)
 
 
 def _finished(pending: set):

@@ -214,3 +214,36 @@ def test_on_the_servers_loop_the_answer_ends_before_its_closing_commits(org, use
     assert AuditEvent.objects.filter(action="agent.run", metadata__run_id=usage.request_id).count() == 1
     assert _held(ledger) == {}
     assert_reconciled()
+
+
+def test_the_next_turn_waits_for_the_last_closing_on_this_instance(org, users, ledger, monkeypatch):
+    """A follow-up sent the moment an answer ends reads that answer as history, not the empty row."""
+    from agents import runner
+    from relay.eventloop import later
+
+    durable = hasattr(ledger, "backend")
+
+    async def scenario():
+        later.serve_here()
+        released, commit = asyncio.Event(), runs.commit_run
+
+        async def held_back(closing):
+            await released.wait()
+            return await commit(closing)
+
+        monkeypatch.setattr(runs, "commit_run", held_back if durable else commit)
+        first = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+        answer = "".join([e["content"] async for e in runner.stream(first) if e["type"] == "token"])
+        follow_up = asyncio.ensure_future(runner.prepare(runner.new_request(
+            users["user"], None, {"agent_type": "math", "query": "and 2+2?", "conversation_id": first.conversation_id})))
+        if durable:  # its history is read only after the first closing commits
+            assert not (await asyncio.wait([follow_up], timeout=0.3))[0]
+        released.set()
+        second = await follow_up
+        async for _ in runner.stream(second):
+            pass
+        assert await later.drain(10) == 0
+        return answer, second.ctx.history
+
+    answer, history = asyncio.run(scenario())
+    assert answer and {"role": "assistant", "content": answer} in history
