@@ -84,21 +84,23 @@ def chain_insert_sql(count: int, commit: bool) -> str:
     return _sql_cache[key]
 
 
+def _recorded(event) -> list:
+    values = [getattr(event, name) for name in RECORDED]
+    values[_METADATA] = json.dumps(values[_METADATA], ensure_ascii=False)
+    return values
+
+
 def queue_params(events) -> list:
     params = []
     for event in events:
-        values = [getattr(event, name) for name in RECORDED]
-        values[_METADATA] = json.dumps(values[_METADATA], ensure_ascii=False)
-        params += values
+        params += _recorded(event)
     return params
 
 
 def chain_params(events) -> list:
     params = []
     for event in events:
-        values = [getattr(event, name) for name in RECORDED]
-        values[_METADATA] = json.dumps(values[_METADATA], ensure_ascii=False)
-        params += values
+        params += _recorded(event)
         params += (event.sequence, event.prev_hash, event.hash, event.version)
     return params
 

@@ -74,6 +74,18 @@ class Connection:
             parts.append((await self.reader.readexactly(size + 2))[:-2])
 
 
+async def open_stream(conn: Connection, path: str, key: str, payload: bytes) -> bool:
+    """Start a streamed completion on `conn` and wait for its first token: True once it is live."""
+    await conn._open()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+    conn.writer.write(head + payload)
+    if b" 200 " not in (await conn.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0]:
+        return False
+    await conn.reader.readuntil(b'"content"')  # the first token arrived: the stream is live
+    return True
+
+
 def complete(status: int, payload: bytes, stream: bool) -> str | None:
     """None when the response is a whole answer; else why not."""
     if status != 200:

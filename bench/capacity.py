@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 import _capacity_model as model  # noqa: I001  (bench-local helpers)
 from _cpu import Components, machine_cpu_seconds, per_request, postgres_of
 from _litellm import wait_http
-from _load import Connection, figures, run_load
+from _load import Connection, figures, open_stream, run_load
 from _relay import ROOT, RelayInstance, free_port, print_result
 from _static_upstream import CHUNKS, StaticUpstream
 from load import BUDGET, print_reconcile
@@ -217,13 +217,8 @@ async def hold_streams(url: str, key: str, count: int, window: float, components
         nonlocal opened
         conn = Connection(url)
         try:
-            await conn._open()
-            head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
-            conn.writer.write((head + payload).encode())
-            if b" 200 " not in (await conn.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0]:
+            if not await open_stream(conn, PATH, key, payload.encode()):
                 return
-            await conn.reader.readuntil(b'"content"')  # the first token arrived: the stream is live
             opened += 1
             if opened == count:
                 all_open.set()

@@ -40,7 +40,7 @@ import _litellm  # noqa: I001  (bench-local helpers)
 import httpx
 from _cpu import Components, per_request, postgres_of
 from _litellm import wait_http
-from _load import Connection, figures, run_load
+from _load import Connection, figures, open_stream, run_load
 from _relay import ROOT, RelayInstance, free_port, print_result
 from _static_upstream import StaticUpstream
 
@@ -161,14 +161,8 @@ async def open_streams(url: str, key: str, count: int, pid: int) -> dict:
         nonlocal open_now
         conn = Connection(url)
         try:
-            await conn._open()
-            head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-            conn.writer.write(head + body)
-            first = await conn.reader.readuntil(b"\r\n\r\n")
-            if b" 200 " not in first.split(b"\r\n")[0]:
+            if not await open_stream(conn, "/v1/chat/completions", key, body):
                 return False
-            await conn.reader.readuntil(b'"content"')  # the first token arrived: the stream is live
             open_now += 1
             if open_now == count:
                 started.set()
