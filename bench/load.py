@@ -14,7 +14,11 @@ Targets, each measured with one load tool (bench/_load.py), plain and streaming:
            or N such processes on the same database and Redis, the connections spread over them;
   litellm  LiteLLM Proxy (the version pinned in bench/_litellm.py, installed by this script into
            var/litellm/venv from the package index) with the same process count, no database;
-  cluster  with --instances N: N Relay instances behind nginx (platform/scripts/cluster.py).
+  cluster  with --instances N: N Relay instances behind nginx (platform/scripts/cluster.py);
+  floor_asgi, floor_django  the floors under any gateway's cost, N processes each (bench/_floor_app.py):
+           the same proxying as a bare ASGI app, and as a Django view behind Relay's own middleware
+           with no auth, ledger, database, Redis or audit; Relay minus floor_django is the price
+           of its guarantees (--no-floors leaves them out).
 For each process count and concurrency, rounds alternate the targets; each figure is the best
 round. Beside requests/s and latency, each figure has the CPU milliseconds per request of every
 component (Relay's processes, LiteLLM's, PostgreSQL, Redis, each nginx, the load generator),
@@ -91,6 +95,25 @@ general_settings:
     return process, url
 
 
+def start_floor(kind: str, bases: dict[str, str], env: dict) -> tuple[subprocess.Popen, str]:
+    """One floor process (bench/_floor_app.py), once it answers."""
+    port = free_port()
+    routes = [f"{MODELS[k]}={bases[k]}" for k in MODELS]
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_floor_app.py"), kind, str(port), *routes],
+                               cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.post(url + "/v1/chat/completions", json=body("plain"), timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError(f"the {kind} floor did not start") from None
+        time.sleep(0.1)
+
+
 def start_cluster(relay: RelayInstance, instances: int) -> tuple[list[str], str]:
     port = free_port()
     script = [sys.executable, str(ROOT / "platform" / "scripts" / "cluster.py"), "--state-dir",
@@ -122,10 +145,11 @@ async def measure_round(targets: dict, seconds: float, concurrency: int, compone
 async def idle_latency(target: dict, kind: str, requests: int) -> float:
     """p50 ms of single requests one at a time: the whole answer (plain) or the first token (stream)."""
     samples = []
+    url = target["url"] if isinstance(target["url"], str) else target["url"][0]  # one process suffices
     async with httpx.AsyncClient(timeout=30) as client:
         for _ in range(requests + 10):  # the first ten warm the connection and the caches
             started = time.perf_counter()
-            async with client.stream("POST", target["url"] + target["path"][kind], json=body(kind),
+            async with client.stream("POST", url + target["path"][kind], json=body(kind),
                                      headers=target["headers"]) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
@@ -228,9 +252,10 @@ class Bench:
         self.auth = {"Authorization": f"Bearer {self.relay.key}"}
         self.upstream_pid = self.upstream.process.pid if args.upstream == "static" else self.upstream.pid
 
-    def components(self, relay_pids: list[int], litellm_pids: list[int], cluster_pids: list[int]) -> Components:
+    def components(self, relay_pids: list[int], litellm_pids: list[int], cluster_pids: list[int],
+                   floor_pids: dict[str, list[int]]) -> Components:
         return Components({"relay": relay_pids, "litellm": litellm_pids, "upstream nginx": [self.upstream_pid],
-                           "cluster nginx": cluster_pids},
+                           "cluster nginx": cluster_pids, **floor_pids},
                           {"postgresql": ("postgres", postgres_of(self.relay.dbname or "")), "redis": "redis-server"})
 
     def phase(self, processes: int) -> dict:
@@ -247,7 +272,14 @@ class Bench:
                 relay_pids += [process.pid for process, _ in extras]
             targets = {"direct": self.direct,
                        "relay": {"url": relay_url, "path": self.relay_paths, "headers": self.auth}}
-            litellm_pids, cluster_pids = [], []
+            litellm_pids, cluster_pids, floor_pids = [], [], {}
+            if self.args.floors:
+                for kind in ("asgi", "django"):
+                    started = [start_floor(kind, self.bases, self.relay.env) for _ in range(processes)]
+                    extras += [(process, url) for process, url in started]
+                    floor_pids[f"floor_{kind}"] = [process.pid for process, _ in started]
+                    targets[f"floor_{kind}"] = {"url": [url for _, url in started], "path": self.relay_paths,
+                                                "headers": {}}
             if self.args.litellm:
                 litellm, litellm_url = start_litellm(self.bases, processes)
                 litellm_pids = [litellm.pid]
@@ -258,7 +290,7 @@ class Bench:
                 targets["cluster"] = {"url": cluster_url, "path": self.relay_paths, "headers": self.auth}
                 cluster_pids = cluster_roots(self.relay)
             # The cluster's instances count as Relay, its nginx as the cluster's.
-            components = self.components(relay_pids + cluster_pids[:-1], litellm_pids, cluster_pids[-1:])
+            components = self.components(relay_pids + cluster_pids[:-1], litellm_pids, cluster_pids[-1:], floor_pids)
             out = {}
             for concurrency in self.args.concurrency:
                 rounds = [asyncio.run(measure_round(targets, self.args.seconds, concurrency, components))
@@ -271,7 +303,7 @@ class Bench:
         finally:
             if cluster_script:
                 subprocess.run([*cluster_script, "stop"], env=self.relay.env, cwd=ROOT)
-            for process in (litellm, *(process for process, _ in extras)):
+            for process in (litellm, *(process for process, _ in extras)):  # Relay's and the floors'
                 if process is not None:
                     process.terminate()
                     process.wait(30)
@@ -280,7 +312,7 @@ class Bench:
         """Added latency of one request at a time on an otherwise idle machine, per gateway."""
         direct = {kind: asyncio.run(idle_latency(self.direct, kind, self.args.idle_requests)) for kind in MODELS}
         out = {"direct_p50_ms": direct}
-        for name in ("relay", "litellm"):
+        for name in ("relay", "litellm", "floor_django"):
             if name in targets:
                 out[name] = {kind: round(asyncio.run(idle_latency(targets[name], kind, self.args.idle_requests))
                                          - direct[kind], 2) for kind in MODELS}
@@ -323,6 +355,7 @@ def main():
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--idle-requests", type=int, default=200)
     parser.add_argument("--no-litellm", dest="litellm", action="store_false")
+    parser.add_argument("--no-floors", dest="floors", action="store_false")
     args = parser.parse_args()
     bench = Bench(args)
     phases, streams, books = {}, {}, {}

@@ -215,6 +215,7 @@ def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users
 
     import httpx
     from asgiref.sync import SyncToAsync
+    from django.core import signals
 
     from accounts.actions.keys import create_api_key
 
@@ -232,13 +233,31 @@ def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users
             hops.append(getattr(self.func, "__name__", repr(self.func)))
         return await hop(self, *args, **kwargs)
 
+    def on_request_signal(sender, signal, **kwargs):
+        if fired or signal is signals.request_started:  # not the close of the request before these
+            fired.append((signal, threading.current_thread().name))
+        if [s for s, _ in fired].count(signals.request_finished) == 3:
+            finished.set()  # a response's close (and its signal) may come after the client has the answer
+
+    fired, finished = [], threading.Event()
     monkeypatch.setattr(threading.Thread, "start", counting_start)
     monkeypatch.setattr(SyncToAsync, "__call__", counting_hop)
-    for _ in range(3):
-        assert httpx.get(f"{asgi_server.url}/v1/models", headers=headers).status_code == 200
+    signals.request_started.connect(on_request_signal, weak=False)
+    signals.request_finished.connect(on_request_signal, weak=False)
+    try:
+        for _ in range(3):
+            assert httpx.get(f"{asgi_server.url}/v1/models", headers=headers).status_code == 200
+        assert finished.wait(30), fired
+    finally:
+        signals.request_started.disconnect(on_request_signal)
+        signals.request_finished.disconnect(on_request_signal)
     # The DB pool (relay/eventloop/db.py) is bounded; on a loaded machine it may grow by a thread
     # when a call arrives before the last one's thread marked itself idle. Nothing else may start.
     assert [name for name in started if not name.startswith("relay-db")] == []
-    assert not {"process_request", "process_response", "process_view"} & set(hops), hops
+    # Not even the request signals or the response's close go to the shared thread: they run on the
+    # server's loop, and still run, once each per request.
+    assert hops == [], hops
+    assert [signal for signal, _ in fired] == [signals.request_started, signals.request_finished] * 3
+    assert {thread for _, thread in fired} == {asgi_server.thread.name}, fired
     assert httpx.get(f"{asgi_server.url}/api/v1/me", headers=headers).status_code == 200  # a DRF (sync) view
     assert started
