@@ -2,93 +2,106 @@
 
 Each ORM bulk_create or update costs its compiler, Django's cursor wrapper and a round trip; a
 model call's opening and closing rows are few and always of the same shape, so their SQL is
-built once per shape (the number of rows) and cached, and their values are the fields' own
-`get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM. `Columns` is that for
-any model (agents.actions.run_rows uses it too); `insert_usages` is the usage records' insert.
+built once per shape and cached, a batch's rows travel as one array per column, and their values
+are the fields' own `get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM.
+`Columns` is that for any model (agents.actions.run_rows uses it too); `insert_usages` is the
+usage records' insert.
 """
 
 from __future__ import annotations
 
 import re
 
-# Built SQL by (statement, shape): batches (relay.eventloop.group_commit) vary in size.
+# Built SQL by (statement, shape): the parts a batch (relay.eventloop.group_commit) needs; a few.
 _sql_cache: dict[tuple, str] = {}
-_SQL_CACHE_SIZE = 256
 
 
 def cached_sql(key: tuple, build) -> str:
     """The SQL `build()` makes for `key`, built once."""
     sql = _sql_cache.get(key)
     if sql is None:
-        if len(_sql_cache) >= _SQL_CACHE_SIZE:
-            _sql_cache.clear()
         sql = _sql_cache[key] = build()
     return sql
 
 
 def cast(field, connection) -> str:
-    """The column's type for a cast: untyped VALUES would be text. No varchar length, so an
+    """The column's type for a cast: an untyped value would be text. No varchar length, so an
     over-long value is refused as through the ORM, not truncated."""
     return re.sub(r"\(\d+\)$", "", field.db_type(connection))
 
 
 class Columns:
-    """Some concrete fields of a model, as plain SQL wants them: names, typed placeholders, prepared values."""
+    """Some concrete fields of a model, as plain SQL wants them: names, and rows as a FROM item.
 
-    def __init__(self, model, attnames: tuple[str, ...]):
-        fields = {field.attname: field for field in model._meta.concrete_fields}
+    One row travels as VALUES of typed scalars (an idle instance's case: psycopg caches the
+    conversion of a short statement with few parameters); more as one typed array per column,
+    so the statement's text and its number of parameters do not grow with the batch: psycopg
+    converts it once, and PostgreSQL parses a short query, where a VALUES list of a batch cost
+    both a new conversion of every parameter's placeholder on every execute."""
+
+    def __init__(self, model, attnames: tuple[str, ...], *, fields: tuple = ()):
+        """`model`'s fields named `attnames`, or the `fields` given (of any model), into `model`'s table."""
+        by_name = {field.attname: field for field in model._meta.concrete_fields}
         self.table = model._meta.db_table
-        self.fields = tuple(fields[name] for name in attnames)
+        self.fields = fields or tuple(by_name[name] for name in attnames)
         self.names = ", ".join(field.column for field in self.fields)
-        self._row = ""
+        self._sources = {}
         self._defaults = None
 
-    def row(self, connection) -> str:
-        """One row's placeholders, each cast to its column's type."""
-        if not self._row:
-            self._row = "(" + ", ".join(f"%s::{cast(field, connection)}" for field in self.fields) + ")"
-        return self._row
+    def source(self, connection, count: int) -> str:
+        """`count` rows as a FROM item (to be aliased): `(VALUES (%s::uuid, ...))` or `unnest(%s::uuid[], ...)`."""
+        key = count == 1
+        if key not in self._sources:
+            casts = [cast(field, connection) for field in self.fields]
+            self._sources[key] = ("(VALUES (" + ", ".join(f"%s::{c}" for c in casts) + "))" if key
+                                  else "unnest(" + ", ".join(f"%s::{c}[]" for c in casts) + ")")
+        return self._sources[key]
 
-    def rows(self, connection, count: int) -> str:
-        return ", ".join([self.row(connection)] * count)
-
-    def values(self, connection, row: dict) -> list:
-        """A row's values in column order, prepared as the ORM would save them; a field missing from
-        `row` takes its default (callable defaults, such as a primary key's, must be given)."""
+    def params(self, connection, rows: list[dict]) -> list:
+        """The parameters of `source(connection, len(rows))`: the rows' values, prepared as the ORM
+        would save them; a field missing from a row takes its default (callable defaults, such as
+        a primary key's, must be given)."""
         if self._defaults is None:
             self._defaults = {field.attname: field.get_db_prep_save(field.get_default(), connection)
                               for field in self.fields}
-        return [field.get_db_prep_save(row[field.attname], connection) if field.attname in row
-                else self._defaults[field.attname] for field in self.fields]
+        defaults = self._defaults
+        if len(rows) == 1:
+            row = rows[0]
+            return [field.get_db_prep_save(row[field.attname], connection) if field.attname in row
+                    else defaults[field.attname] for field in self.fields]
+        arrays = []
+        for field in self.fields:
+            name, prepare, default = field.attname, field.get_db_prep_save, defaults[field.attname]
+            arrays.append([prepare(row[name], connection) if name in row else default for row in rows])
+        return arrays
 
 
-_USAGE = None
-_TOOL = None
+_COLUMNS = None
+TOOL_FIELDS = ("tool", "duration_ms", "tokens", "cost")
 
 
 def _columns():
-    global _USAGE, _TOOL
-    if _USAGE is None:
+    """(usage record, tool usage), built once (one assignment: the writers' threads may ask at once)."""
+    global _COLUMNS
+    if _COLUMNS is None:
         from billing.models import ToolUsage, UsageRecord
 
-        _USAGE = Columns(UsageRecord, tuple(f.attname for f in UsageRecord._meta.concrete_fields
-                                            if not f.primary_key))
-        # the tool calls are joined to their records by the run's id (unique), not a returned one
-        _TOOL = Columns(ToolUsage, ("tool", "duration_ms", "tokens", "cost"))
-    return _USAGE, _TOOL
+        usage = Columns(UsageRecord, tuple(f.attname for f in UsageRecord._meta.concrete_fields if not f.primary_key))
+        # The tool usages are joined to their records by the run's id (unique), not a returned one.
+        tool = Columns(ToolUsage, (), fields=(UsageRecord._meta.get_field("request_id"),
+                                              *(ToolUsage._meta.get_field(name) for name in TOOL_FIELDS)))
+        _COLUMNS = (usage, tool)
+    return _COLUMNS
 
 
 def _usage_sql(connection, records: int, tools: int) -> str:
     usage, tool = _columns()
-    sql = f"WITH u AS (INSERT INTO {usage.table} ({usage.names}) VALUES {usage.rows(connection, records)} "  # noqa: S608
-    sql += "RETURNING id, request_id)"
+    sql = (f"WITH u AS (INSERT INTO {usage.table} ({usage.names}) "  # noqa: S608 (no user input)
+           f"SELECT * FROM {usage.source(connection, records)} AS r ({usage.names}) RETURNING id, request_id)")
     if tools:
-        request_id = cast(usage.fields[0].model._meta.get_field("request_id"), connection)
-        row = f"(%s::{request_id}, " + tool.row(connection)[1:]
-        sql += (f", t AS (INSERT INTO {tool.table} (usage_id, {tool.names}) "  # noqa: S608 (no user input)
-                f"SELECT u.id, {', '.join(f'v.{f.column}' for f in tool.fields)} "
-                f"FROM (VALUES {', '.join([row] * tools)}) AS v (request_id, {tool.names}) "
-                f"JOIN u ON u.request_id = v.request_id)")
+        sql += (f", t AS (INSERT INTO {tool.table} (usage_id, {', '.join(TOOL_FIELDS)}) "  # noqa: S608
+                f"SELECT u.id, {', '.join(f'v.{f.column}' for f in tool.fields[1:])} "
+                f"FROM {tool.source(connection, tools)} AS v ({tool.names}) JOIN u ON u.request_id = v.request_id)")
     return sql + " SELECT request_id, id FROM u"  # noqa: S608 (no user input)
 
 
@@ -96,16 +109,14 @@ def insert_usages(connection, usages: list[tuple[object, list]]) -> None:
     """Insert the usage records and their tool usages (unsaved ToolUsage instances) in one statement;
     each record gets its primary key. IntegrityError (a run recorded already) as through the ORM."""
     usage, tool = _columns()
-    params, tool_params, tools = [], [], 0
-    for record, calls in usages:
-        params += usage.values(connection, record.__dict__)
-        for call in calls:
-            tool_params.append(record.request_id)
-            tool_params += tool.values(connection, call.__dict__)
-            tools += 1
-    sql = cached_sql(("usage", len(usages), tools), lambda: _usage_sql(connection, len(usages), tools))
+    params = usage.params(connection, [record.__dict__ for record, _ in usages])
+    calls = [{**call.__dict__, "request_id": record.request_id} for record, calls in usages for call in calls]
+    if calls:
+        params += tool.params(connection, calls)
+    records, tools = min(len(usages), 2), min(len(calls), 2)  # the shapes: none, one, many
+    sql = cached_sql(("usage", records, tools), lambda: _usage_sql(connection, records, tools))
     with connection.cursor() as cursor:
-        cursor.execute(sql, params + tool_params)
+        cursor.execute(sql, params)
         ids = dict(cursor.fetchall())
     for record, _ in usages:
         record.pk = ids[record.request_id]

@@ -100,8 +100,8 @@ def _open_many(writes) -> list:
         turns += messages
     connection = connections[Conversation.objects.db]
     if connection.vendor == "postgresql":
-        found = {str(pk) for pk in run_rows.open_rows(connection, new, continued, turns, now)}
-        return [None if not write.item.req.conversation_id or str(write.item.req.conversation_id) in found
+        found = run_rows.open_rows(connection, new, continued, turns, now)  # UUIDs
+        return [None if not write.item.req.conversation_id or uuid.UUID(str(write.item.req.conversation_id)) in found
                 else _not_theirs() for write in writes]
     _open_orm(new, continued, turns, now)
     return [None] * len(writes)

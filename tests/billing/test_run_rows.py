@@ -76,14 +76,16 @@ def _idle() -> bool:
 
 def test_runs_opened_together_are_one_round_trip_each_with_its_own_rows(users, batches, sql):
     user = users["user"]
-    first = _opening(user)
+    first, second = _opening(user), _opening(user, query="differentiate x^2")
     asyncio.run(runs.open_run(first))
+    asyncio.run(runs.open_run(second))
     moved_before = Conversation.objects.get(pk=first.conversation_id).updated_at
-    continued, *new = [_opening(user, first.conversation_id, "and x^3?"), _opening(user, query="solve x+1=2"),
-                       _opening(user, query="what is 15% of 240")]
+    continued, again, *new = [_opening(user, first.conversation_id, "and x^3?"),
+                              _opening(user, second.conversation_id, "and x^3?"),
+                              _opening(user, query="solve x+1=2"), _opening(user, query="what is 15% of 240")]
     sql.clear()
-    assert _open_together(continued, *new) == [None, None, None]
-    assert batches == [3]
+    assert _open_together(continued, again, *new) == [None] * 4
+    assert batches == [4]
     sent = [q for q in sql if "agents_" in q]
     assert len(sent) == 1, sent  # BEGIN, the setting, the conversations, the lock, the messages, COMMIT
     assert sent[0].startswith("BEGIN; ") and sent[0].endswith("; COMMIT")
@@ -100,6 +102,7 @@ def test_runs_opened_together_are_one_round_trip_each_with_its_own_rows(users, b
     question = turn.messages.get(content="and x^3?")
     assert str(question.parent_id) == continued.req.follows
     assert turn.messages.get(parent=question).status == "running"
+    assert Message.objects.filter(conversation_id=second.conversation_id).count() == 4
 
 
 @pytest.mark.parametrize("other", ["same_org", "other_org"])
