@@ -21,10 +21,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from billing import budgets as budget_rules
+from billing import pg_rows
 from billing.budgets import record_budget_event
 from billing.ledger import LedgerUnavailable, get_ledger
 from billing.money import cost_usd, decimal_text, nanos_per_token, usd_to_nanos
@@ -187,16 +188,22 @@ def record_usage(record, tool_calls: list[dict] = ()) -> None:
     Sync, in the caller's transaction (the caller owns the unit: the agents' closing action).
     IntegrityError when the request was recorded already (`recorded_usage` then finds it).
     """
-    from billing.models import ToolUsage
-
-    record.save(force_insert=True)
-    ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for call in tool_calls])
+    record_usages([(record, tool_calls)])
 
 
 def record_usages(usages: list[tuple[object, list[dict]]]) -> None:
-    """Many requests' (record, tool calls) in two bulk inserts, in the caller's transaction."""
+    """Many requests' (record, tool calls), in the caller's transaction; each record gets its primary key.
+
+    On PostgreSQL one plain statement (billing.pg_rows: the hot path of every model call), else
+    the ORM's two bulk inserts. IntegrityError when one of them was recorded already.
+    """
     from billing.models import ToolUsage, UsageRecord
 
+    connection = connections[UsageRecord.objects.db]
+    if connection.vendor == "postgresql":
+        pg_rows.insert_usages(connection, [(record, [ToolUsage.from_call(record, call) for call in calls])
+                                           for record, calls in usages])
+        return
     UsageRecord.objects.bulk_create([record for record, _ in usages])
     ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for record, calls in usages for call in calls])
 

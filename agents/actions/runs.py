@@ -3,7 +3,9 @@
 Both go through group commit (relay/eventloop/group_commit.py): concurrent runs reaching the same point
 share one transaction of bulk statements, and a batch that fails is written again write by
 write, so a bad write fails its own run only. Closing writes billing's usage record (through
-billing's plain functions), the stored answer, and the `agent.run` audit event last.
+billing's plain functions), the stored answers, and the `agent.run` audit event last. On
+PostgreSQL the rows travel as plain SQL (agents.actions.run_rows, billing.pg_rows): a batch's
+opening is one round trip, its answers one statement; other databases keep the ORM.
 
 A run closes in two steps (docs/design.md section 7). `settle_run`: one ledger step settles the
 reservation to the actual cost and holds the closing record, this module's `Closing.data`, the
@@ -22,9 +24,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
+from agents.actions import run_rows
 from agents.titles import summarise
 from audit import context as audit_context
 from billing import services as billing
@@ -50,65 +53,76 @@ async def open_run(opening: Opening) -> None:
     await _OPENINGS.submit(opening)
 
 
-def _turns(opening: Opening, conversation) -> list:
-    from agents.models import Message
+def _rows(opening: Opening, now) -> tuple[dict | None, list[dict]]:
+    """The opening's rows as field values: its new conversation (None when it continues the
+    caller's own), then the question (unless an answer is regenerated) and the running answer."""
+    req = opening.req
+    conversation_id = req.conversation_id or opening.conversation_id
+    conversation = None if req.conversation_id else {
+        "id": conversation_id, "organization_id": req.user.organization_id, "user_id": req.user.pk,
+        "agent": opening.agent, "title": summarise(req.query), "created_at": now, "updated_at": now}
+    common = {"conversation_id": conversation_id, "agent": opening.agent, "request_id": req.run_id,
+              "client_request_id": req.client_request_id}
+    question = None if req.answers else {
+        **common, "id": uuid.uuid4(), "role": "user", "content": req.query, "parent_id": req.follows,
+        "created_at": now}
+    answer = {**common, "id": opening.message_id, "role": "assistant", "parent_id": req.answers or question["id"],
+              "model": opening.model, "status": "running",
+              "created_at": now + timedelta(microseconds=1)}  # the answer sorts after the question
+    return conversation, [answer] if question is None else [question, answer]
 
-    req, asked = opening.req, timezone.now()
-    question = None if req.answers else Message(
-        id=uuid.uuid4(), conversation=conversation, role=Message.Role.USER, content=req.query, agent=opening.agent,
-        parent_id=req.follows, request_id=req.run_id, client_request_id=req.client_request_id, created_at=asked)
-    answer = Message(id=opening.message_id, conversation=conversation, role=Message.Role.ASSISTANT,
-                     parent_id=req.answers or question.id, agent=opening.agent, model=opening.model,
-                     status=Message.Status.RUNNING, request_id=req.run_id, client_request_id=req.client_request_id,
-                     created_at=asked + timedelta(microseconds=1))  # the answer sorts after the question
-    return [answer] if question is None else [question, answer]
 
-
-def _conversation(opening: Opening, *, create: bool):
+def _not_theirs():
     from agents.models import Conversation
 
-    req = opening.req
-    if req.conversation_id:  # the caller's own, locked so turns of one conversation do not interleave
-        conversation = Conversation.objects.select_for_update().get(pk=req.conversation_id, user=req.user)
-        conversation.save(update_fields=["updated_at"])  # a new turn: the conversation moves up its list
-        return conversation
-    conversation = Conversation(id=opening.conversation_id, organization_id=req.user.organization_id, user=req.user,
-                                agent=opening.agent, title=summarise(req.query))
-    if create:
-        conversation.save(force_insert=True)
-    return conversation
-
-
-def _without_flush_wait() -> None:
-    """The opening's commit does not wait for its WAL flush (PostgreSQL): it stands before every
-    first token, and the rows become durable at the run's own closing commit at the latest (WAL is
-    flushed in order). A database that refuses them still refuses the run (503); only a database
-    crash in that moment loses them, with the run itself, and the closing then records its usage."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit = off")
-
-
-def _open_one(write) -> None:
-    from agents.models import Message
-
-    with transaction.atomic():
-        _without_flush_wait()
-        Message.objects.bulk_create(_turns(write.item, _conversation(write.item, create=True)))
+    return Conversation.DoesNotExist(f"{Conversation._meta.object_name} matching query does not exist.")
 
 
 def _open_many(writes) -> list:
-    """Many runs' opening rows in one transaction: two bulk inserts."""
+    """Many runs' opening rows in one transaction; a run continuing a conversation that is not its
+    caller's (or no longer exists) gets Conversation.DoesNotExist and writes nothing.
+
+    On PostgreSQL one round trip (agents.actions.run_rows) whose commit does not wait for its WAL
+    flush: the opening stands before every first token, and its rows become durable at the run's
+    own closing commit at the latest (WAL is flushed in order). A database that refuses them still
+    refuses the run (503); only a database crash in that moment loses them, with the run itself,
+    and the closing then records its usage.
+    """
+    from agents.models import Conversation
+
+    now, new, continued, turns = timezone.now(), [], [], []
+    for write in writes:
+        conversation, messages = _rows(write.item, now)
+        if conversation is None:
+            continued.append((write.item.req.conversation_id, write.item.req.user.pk))
+        else:
+            new.append(conversation)
+        turns += messages
+    connection = connections[Conversation.objects.db]
+    if connection.vendor == "postgresql":
+        found = run_rows.open_rows(connection, new, continued, turns, now)  # UUIDs
+        return [None if not write.item.req.conversation_id or uuid.UUID(str(write.item.req.conversation_id)) in found
+                else _not_theirs() for write in writes]
+    _open_orm(new, continued, turns, now)
+    return [None] * len(writes)
+
+
+def _open_orm(new: list[dict], continued: list[tuple], turns: list[dict], now) -> None:
+    """The opening through the ORM (SQLite): all or nothing, Conversation.DoesNotExist for one not the caller's."""
     from agents.models import Conversation, Message
 
     with transaction.atomic():
-        _without_flush_wait()
-        conversations = [_conversation(write.item, create=False) for write in writes]
-        Conversation.objects.bulk_create([c for c, w in zip(conversations, writes, strict=True)
-                                          if not w.item.req.conversation_id])
-        Message.objects.bulk_create([message for conversation, write in zip(conversations, writes, strict=True)
-                                     for message in _turns(write.item, conversation)])
-    return [None] * len(writes)
+        for conversation_id, user_id in continued:  # locked: turns of one conversation do not interleave
+            if not Conversation.objects.filter(pk=conversation_id, user_id=user_id).update(updated_at=now):
+                raise _not_theirs()
+        Conversation.objects.bulk_create([Conversation(**row) for row in new])
+        Message.objects.bulk_create([Message(**row) for row in turns])
+
+
+def _open_one(write) -> None:
+    error = _open_many([write])[0]
+    if error is not None:
+        raise error
 
 
 _OPENINGS = GroupCommit(_open_many, _open_one)
@@ -220,7 +234,8 @@ def _close_one(write) -> tuple[object, bool]:
     try:
         with transaction.atomic():
             billing.record_usage(closing.record, closing.data["tools"])
-            write.run(_answer_and_audit, closing)
+            _store_answers([closing])
+            write.run(_audit_run, closing)  # last
     except IntegrityError:
         # A concurrent closing of the same run won the race: answer with its record.
         existing = billing.recorded_usage(closing.record.request_id)
@@ -238,8 +253,9 @@ def _close_many(writes) -> list[tuple[object, bool]]:
     try:
         with transaction.atomic(), appending_together():
             billing.record_usages([(closing.record, closing.data["tools"]) for closing in closings])
+            _store_answers(closings)
             for write in writes:
-                write.run(_answer_and_audit, write.item)
+                write.run(_audit_run, write.item)  # last
     except Exception:
         for closing in closings:  # rolled back: each is written again alone, as new
             closing.record.pk, closing.record._state.adding = None, True
@@ -262,21 +278,31 @@ _CLOSINGS = GroupCommit(_close_many, _close_one, after=_forget_closings)
 
 
 def _answer_and_audit(closing: Closing) -> None:
-    _store_answer(closing)
+    _store_answers([closing])
     _audit_run(closing)  # last
 
 
-def _store_answer(closing: Closing) -> None:
+def _store_answers(closings: list[Closing]) -> None:
+    """The answers of the closings: on PostgreSQL one statement for them all (agents.actions.run_rows)."""
     from agents.models import Message
 
+    # The conversation's updated_at moved when the turn was opened (_open_many): not again here.
+    answers = [_answer_row(closing) for closing in closings]
+    connection = connections[Message.objects.db]
+    if connection.vendor == "postgresql":
+        run_rows.store_answers(connection, answers)
+        return
+    for answer in answers:
+        Message.objects.filter(pk=answer.pop("id")).update(**answer)
+
+
+def _answer_row(closing: Closing) -> dict:
     answer, record = closing.data["answer"], closing.record
-    # The conversation's updated_at moved when the turn was opened (_conversation): not again here.
-    Message.objects.filter(pk=record.message_id).update(
-        model=answer["model"], content=answer["content"], input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens, cost=record.cost, latency_ms=answer["latency_ms"],
-        ttft_ms=answer["ttft_ms"], quality_score=answer["quality"], quality_auto=answer["quality"],
-        tool_calls=answer["tool_calls"], status=answer["status"], error_code=answer["error_code"],
-    )
+    return {"id": record.message_id, "model": answer["model"], "content": answer["content"],
+            "input_tokens": record.input_tokens, "output_tokens": record.output_tokens, "cost": record.cost,
+            "latency_ms": answer["latency_ms"], "ttft_ms": answer["ttft_ms"], "quality_score": answer["quality"],
+            "quality_auto": answer["quality"], "tool_calls": answer["tool_calls"], "status": answer["status"],
+            "error_code": answer["error_code"]}
 
 
 def _audit_run(closing: Closing) -> None:

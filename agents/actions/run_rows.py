@@ -1,0 +1,103 @@
+"""A run's rows in plain SQL on PostgreSQL: its opening in one round trip, a batch's answers in one statement.
+
+The opening stands before every first token. Through the ORM it was five round trips (BEGIN, SET
+LOCAL, the conversation, the messages, COMMIT), each with Django's cursor wrapper and compiler;
+here it is one multi-statement execute on a client-binding cursor (server-side binding refuses
+several statements with parameters), its SQL built once per shape, a batch's rows as one array
+per column (billing.pg_rows.Columns). A turn continuing a
+conversation locks it, if it is the caller's, in the same statement that inserts the turn's
+messages: they are inserted only for the conversations so found, and `open_rows` names the
+openings that found none (the caller refuses them; nothing of theirs was written).
+
+The closing's answers, one per run of a batch, are one `UPDATE ... FROM unnest(...)` (VALUES for one).
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from audit.pg_append import client_cursor, result_sets, roll_back
+from billing.pg_rows import Columns, cached_sql, cast
+
+_COLUMNS = None
+ANSWERED = ("model", "content", "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "quality_score",
+            "quality_auto", "tool_calls", "status", "error_code")
+
+
+def _columns():
+    """(new conversation, continued conversation, message, answer, updated_at), built once (one
+    assignment: the writers' threads may ask at once)."""
+    global _COLUMNS
+    if _COLUMNS is None:
+        from agents.models import Conversation, Message
+
+        _COLUMNS = (Columns(Conversation, tuple(f.attname for f in Conversation._meta.concrete_fields)),
+                    Columns(Conversation, ("id", "user_id")),
+                    Columns(Message, tuple(f.attname for f in Message._meta.concrete_fields)),
+                    Columns(Message, ("id", *ANSWERED)), Conversation._meta.get_field("updated_at"))
+    return _COLUMNS
+
+
+def _opening_sql(connection, new: int, continued: int, turns: int, own: bool) -> str:
+    conversation, mine, turn, _, moved = _columns()
+    table = conversation.table
+    ctes, found = [], []
+    if new:
+        ctes.append(f"new AS (INSERT INTO {table} ({conversation.names}) "  # noqa: S608 (no user input)
+                    f"SELECT * FROM {conversation.source(connection, new)} AS n ({conversation.names}) RETURNING id)")
+        found.append("SELECT id FROM new")
+    if continued:
+        # Locked in one order (no deadlock between two batches), then moved up its owner's list.
+        ctes.append(f"mine AS (SELECT id FROM {table} WHERE (id, user_id) IN "  # noqa: S608 (no user input)
+                    f"(SELECT * FROM {mine.source(connection, continued)} AS k (id, user_id)) ORDER BY id FOR UPDATE), "
+                    f"moved AS (UPDATE {table} c SET updated_at = %s::{cast(moved, connection)} "
+                    f"FROM mine WHERE c.id = mine.id RETURNING c.id)")
+        found.append("SELECT id FROM moved")
+    sql = (f"WITH {', '.join(ctes)} INSERT INTO {turn.table} ({turn.names}) "  # noqa: S608 (no user input)
+           f"SELECT * FROM {turn.source(connection, turns)} AS m ({turn.names}) "
+           f"WHERE m.conversation_id IN ({' UNION ALL '.join(found)}) RETURNING conversation_id")
+    if own:
+        # The commit need not wait for its WAL flush: see agents.actions.runs._open_many.
+        sql = f"BEGIN; SET LOCAL synchronous_commit TO OFF; {sql}; COMMIT"
+    return sql
+
+
+def open_rows(connection, new: list[dict], continued: list[tuple], turns: list[dict], now) -> set:
+    """Insert the new conversations and the turns, lock and move up the continued ones (id, user id);
+    in a transaction of its own unless the caller's is open. Returns the conversation ids that got
+    their turns: a continued one missing from it is not the user's (or no longer exists)."""
+    conversation, mine, turn, _, moved = _columns()
+    own = not connection.in_atomic_block and connection.get_autocommit()
+    params = conversation.params(connection, new) if new else []
+    if continued:
+        params += mine.params(connection, [{"id": pair[0], "user_id": pair[1]} for pair in continued])
+        params.append(moved.get_db_prep_save(now, connection))
+    params += turn.params(connection, turns)
+    shape = (min(len(new), 2), min(len(continued), 2), min(len(turns), 2))  # none, one, many of each
+    sql = cached_sql(("open", *shape, own), lambda: _opening_sql(connection, *shape, own))
+    if not own:
+        with transaction.atomic(using=connection.alias), client_cursor(connection) as cursor:
+            cursor.execute(sql, params)
+            return {row[0] for row in cursor.fetchall()}
+    try:
+        with client_cursor(connection) as cursor:
+            cursor.execute(sql, params)
+            return {row[0] for row in result_sets(cursor)[-2]}
+    except BaseException:
+        roll_back(connection)  # leave the connection idle, as Django expects it outside a transaction
+        raise
+
+
+def _answers_sql(connection, count: int) -> str:
+    answer = _columns()[3]
+    sets = ", ".join(f"{f.column} = v.{f.column}" for f in answer.fields[1:])
+    return (f"UPDATE {answer.table} m SET {sets} FROM {answer.source(connection, count)} "  # noqa: S608
+            f"AS v ({answer.names}) WHERE m.id = v.id")
+
+
+def store_answers(connection, answers: list[dict]) -> None:
+    """Each answer message's closing fields (ANSWERED, and its id), in one statement."""
+    count = min(len(answers), 2)  # one, or many
+    sql = cached_sql(("answers", count), lambda: _answers_sql(connection, count))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _columns()[3].params(connection, answers))

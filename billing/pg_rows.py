@@ -1,0 +1,123 @@
+"""Rows written with plain SQL on PostgreSQL, on the hot path of every model call.
+
+Each ORM bulk_create or update costs its compiler, Django's cursor wrapper and a round trip; a
+model call's opening and closing rows are few and always of the same shape, so their SQL is
+built once per shape and cached, a batch's rows travel as one array per column, and their values
+are the fields' own `get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM.
+`Columns` is that for any model (agents.actions.run_rows uses it too); `insert_usages` is the
+usage records' insert.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Built SQL by (statement, shape): the parts a batch (relay.eventloop.group_commit) needs; a few.
+_sql_cache: dict[tuple, str] = {}
+
+
+def cached_sql(key: tuple, build) -> str:
+    """The SQL `build()` makes for `key`, built once."""
+    sql = _sql_cache.get(key)
+    if sql is None:
+        sql = _sql_cache[key] = build()
+    return sql
+
+
+def cast(field, connection) -> str:
+    """The column's type for a cast: an untyped value would be text. No varchar length, so an
+    over-long value is refused as through the ORM, not truncated."""
+    return re.sub(r"\(\d+\)$", "", field.db_type(connection))
+
+
+class Columns:
+    """Some concrete fields of a model, as plain SQL wants them: names, and rows as a FROM item.
+
+    One row travels as VALUES of typed scalars (an idle instance's case: psycopg caches the
+    conversion of a short statement with few parameters); more as one typed array per column,
+    so the statement's text and its number of parameters do not grow with the batch: psycopg
+    converts it once, and PostgreSQL parses a short query, where a VALUES list of a batch cost
+    both a new conversion of every parameter's placeholder on every execute."""
+
+    def __init__(self, model, attnames: tuple[str, ...], *, fields: tuple = ()):
+        """`model`'s fields named `attnames`, or the `fields` given (of any model), into `model`'s table."""
+        by_name = {field.attname: field for field in model._meta.concrete_fields}
+        self.table = model._meta.db_table
+        self.fields = fields or tuple(by_name[name] for name in attnames)
+        self.names = ", ".join(field.column for field in self.fields)
+        self._sources = {}
+        self._defaults = None
+
+    def source(self, connection, count: int) -> str:
+        """`count` rows as a FROM item (to be aliased): `(VALUES (%s::uuid, ...))` or `unnest(%s::uuid[], ...)`."""
+        key = count == 1
+        if key not in self._sources:
+            casts = [cast(field, connection) for field in self.fields]
+            self._sources[key] = ("(VALUES (" + ", ".join(f"%s::{c}" for c in casts) + "))" if key
+                                  else "unnest(" + ", ".join(f"%s::{c}[]" for c in casts) + ")")
+        return self._sources[key]
+
+    def params(self, connection, rows: list[dict]) -> list:
+        """The parameters of `source(connection, len(rows))`: the rows' values, prepared as the ORM
+        would save them; a field missing from a row takes its default (callable defaults, such as
+        a primary key's, must be given)."""
+        if self._defaults is None:
+            self._defaults = {field.attname: field.get_db_prep_save(field.get_default(), connection)
+                              for field in self.fields}
+        defaults = self._defaults
+        if len(rows) == 1:
+            row = rows[0]
+            return [field.get_db_prep_save(row[field.attname], connection) if field.attname in row
+                    else defaults[field.attname] for field in self.fields]
+        arrays = []
+        for field in self.fields:
+            name, prepare, default = field.attname, field.get_db_prep_save, defaults[field.attname]
+            arrays.append([prepare(row[name], connection) if name in row else default for row in rows])
+        return arrays
+
+
+_COLUMNS = None
+TOOL_FIELDS = ("tool", "duration_ms", "tokens", "cost")
+
+
+def _columns():
+    """(usage record, tool usage), built once (one assignment: the writers' threads may ask at once)."""
+    global _COLUMNS
+    if _COLUMNS is None:
+        from billing.models import ToolUsage, UsageRecord
+
+        usage = Columns(UsageRecord, tuple(f.attname for f in UsageRecord._meta.concrete_fields if not f.primary_key))
+        # The tool usages are joined to their records by the run's id (unique), not a returned one.
+        tool = Columns(ToolUsage, (), fields=(UsageRecord._meta.get_field("request_id"),
+                                              *(ToolUsage._meta.get_field(name) for name in TOOL_FIELDS)))
+        _COLUMNS = (usage, tool)
+    return _COLUMNS
+
+
+def _usage_sql(connection, records: int, tools: int) -> str:
+    usage, tool = _columns()
+    sql = (f"WITH u AS (INSERT INTO {usage.table} ({usage.names}) "  # noqa: S608 (no user input)
+           f"SELECT * FROM {usage.source(connection, records)} AS r ({usage.names}) RETURNING id, request_id)")
+    if tools:
+        sql += (f", t AS (INSERT INTO {tool.table} (usage_id, {', '.join(TOOL_FIELDS)}) "  # noqa: S608
+                f"SELECT u.id, {', '.join(f'v.{f.column}' for f in tool.fields[1:])} "
+                f"FROM {tool.source(connection, tools)} AS v ({tool.names}) JOIN u ON u.request_id = v.request_id)")
+    return sql + " SELECT request_id, id FROM u"  # noqa: S608 (no user input)
+
+
+def insert_usages(connection, usages: list[tuple[object, list]]) -> None:
+    """Insert the usage records and their tool usages (unsaved ToolUsage instances) in one statement;
+    each record gets its primary key. IntegrityError (a run recorded already) as through the ORM."""
+    usage, tool = _columns()
+    params = usage.params(connection, [record.__dict__ for record, _ in usages])
+    calls = [{**call.__dict__, "request_id": record.request_id} for record, calls in usages for call in calls]
+    if calls:
+        params += tool.params(connection, calls)
+    records, tools = min(len(usages), 2), min(len(calls), 2)  # the shapes: none, one, many
+    sql = cached_sql(("usage", records, tools), lambda: _usage_sql(connection, records, tools))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = dict(cursor.fetchall())
+    for record, _ in usages:
+        record.pk = ids[record.request_id]
+        record._state.adding, record._state.db = False, connection.alias
