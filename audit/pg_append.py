@@ -132,7 +132,15 @@ def roll_back(connection) -> None:
 
 # audit_lock_or_queue and audit_chain (migration 0006) take the events as one JSON array of
 # objects named by column: one literal, however many events.
-_COMMIT_AND_TRY_SQL = f"COMMIT; SELECT pg_try_advisory_lock({DRAIN_LOCK_KEY})".encode()
+_QUEUE_IN_TRANSACTION = b"SELECT * FROM audit_lock_or_queue(%s, false)"
+# Outside a transaction: one round trip whether the events are queued or the lock is taken. The
+# lock is then a session lock (the transaction ends here); queued, the events are committed and
+# this process tries to become the drainer (after the commit: see audit.services.drain).
+_QUEUE_ALONE = (b"BEGIN; SELECT * FROM audit_lock_or_queue(%s, true); COMMIT; SELECT CASE WHEN "
+                b"current_setting('relay.audit_queued') = 'on' THEN pg_try_advisory_lock(" + b"%d) ELSE false END"
+                % DRAIN_LOCK_KEY)
+_CHAIN_IN_TRANSACTION = b"SELECT * FROM audit_chain(%s)"
+_CHAIN_ALONE = b"BEGIN; SELECT * FROM audit_chain(%s); COMMIT; SELECT pg_advisory_unlock(" + b"%d)" % APPEND_LOCK_KEY
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -142,33 +150,46 @@ def _recorded(event) -> dict:
     return values
 
 
-def lock_or_queue(connection, events, begin: bool) -> tuple[bool, tuple | None]:
+def lock_or_queue(connection, events, alone: bool) -> tuple[bool, tuple | None, bool]:
     """Try the append lock; if another transaction holds it, queue the events. (Whether the lock was
-    taken, the head if it was and the chain has one.) With `begin`, BEGIN travels with it."""
+    taken, the head if it was and the chain has one, whether this process is now the drainer.)
+
+    `alone`: record() outside a transaction; the lock is a session lock, let go of by chain_insert
+    (or give_up_session_lock), and queued events are committed.
+    """
     events_json = _literal(connection, _encode([_recorded(event) for event in events]))
-    result = exchange(connection, b"%sSELECT * FROM audit_lock_or_queue(%s)"
-                      % (b"BEGIN; " if begin else b"", events_json))[-1]
+    if alone:
+        _, result, _, drainer = exchange(connection, _QUEUE_ALONE % events_json)
+        drainer = drainer.get_value(0, 0) == b"t"
+    else:
+        result, drainer = exchange(connection, _QUEUE_IN_TRANSACTION % events_json)[0], False
     got, sequence = result.get_value(0, 0) == b"t", result.get_value(0, 1)
-    return got, (int(sequence), result.get_value(0, 2).decode()) if sequence is not None else None
+    return got, (int(sequence), result.get_value(0, 2).decode()) if sequence is not None else None, drainer
 
 
-def chain_insert(connection, events, commit: bool) -> None:
-    """Insert the linked events (and commit with `commit`); each gets its id."""
+def chain_insert(connection, events, alone: bool) -> None:
+    """Insert the linked events; each gets its id. `alone`: in a transaction of their own, after
+    whose commit the session lock is let go of."""
     rows = []
     for event in events:
         row = _recorded(event)
         row.update(sequence=event.sequence, prev_hash=event.prev_hash, hash=event.hash, version=event.version)
         rows.append(row)
-    result = exchange(connection, b"SELECT * FROM audit_chain(%s)%s"
-                      % (_literal(connection, _encode(rows)), b"; COMMIT" if commit else b""))[0]
+    rows_json = _literal(connection, _encode(rows))
+    result = exchange(connection, (_CHAIN_ALONE if alone else _CHAIN_IN_TRANSACTION) % rows_json)[1 if alone else 0]
     ids = {int(result.get_value(n, 0)): int(result.get_value(n, 1)) for n in range(result.ntuples)}
     for event in events:
         event.pk, event._state.adding, event._state.db = ids[event.sequence], False, connection.alias
 
 
-def commit_and_try_drain_lock(connection) -> bool:
-    """Commit, then try to become the drainer (after the commit: see audit.services.drain)."""
-    return exchange(connection, _COMMIT_AND_TRY_SQL)[-1].get_value(0, 0) == b"t"
+def give_up_session_lock(connection) -> None:
+    """After a failure outside a transaction: roll back and let go of the append lock in case it was
+    taken (a session lock outlives a rollback: kept, it would stop every append but the queue's).
+    A lost connection took its locks with it."""
+    if connection.connection is None or connection.connection.closed:
+        return
+    roll_back(connection)
+    exchange(connection, b"SELECT pg_advisory_unlock(%d)" % APPEND_LOCK_KEY)
 
 
 # --- The drain ------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ crashes before the flush, the queued rows (committed durably by their writers) a
 and are chained again by the next drain, and anything that later commits durably flushes the
 drain before it. A queued event has no sequence until it is drained.
 
-On PostgreSQL an append is two round trips, a drain batch two (`audit.pg_append`): trying the
-lock and queueing are one function call, and outside a transaction record() runs its own, its
-BEGIN and COMMIT sent with its statements.
+On PostgreSQL an append is two round trips, or one when its events are queued, and a drain batch
+two (`audit.pg_append`): trying the lock and queueing are one function call, and outside a
+transaction record() runs its own, its BEGIN and COMMIT sent with its statements (there the append
+lock is a session lock, taken in the first round trip and let go of after the second's COMMIT).
 """
 
 from __future__ import annotations
@@ -206,33 +207,37 @@ def _set_time(events) -> None:
 def _lock_or_queue(events: list[AuditEvent], connection, *, begin: bool) -> bool:
     """One round trip: take the append lock and chain the events (True), or queue them (False).
 
-    Chained, the events are inserted in a second round trip (which commits too with `begin`).
+    Chained, the events are inserted in a second round trip. `begin` (outside a transaction):
+    each round trip is a transaction of its own; queued events are committed in the first, and
+    this process then drains unless another one already does.
     """
     _set_time(events)  # a queued event's time; a chained one's is set again below, under the lock
-    got, head_row = pg_append.lock_or_queue(connection, events, begin)
+    got, head_row, drainer = pg_append.lock_or_queue(connection, events, alone=begin)
     if not got:
+        if drainer:
+            _drain_after_queueing(connection)
         return False
     _set_time(events)
     _link(events, head_row or head(connection.alias))
-    pg_append.chain_insert(connection, events, commit=begin)
+    pg_append.chain_insert(connection, events, alone=begin)  # a failure: the caller gives the lock up
     return True
 
 
 def _append_alone(events: list[AuditEvent], connection) -> None:
     """record() outside a transaction: its own, whose BEGIN and COMMIT travel with its statements."""
     try:
-        if _lock_or_queue(events, connection, begin=True):
-            return  # chained and committed
-        # Committed; and this process drains unless another one already does.
-        drainer = pg_append.commit_and_try_drain_lock(connection)
+        _lock_or_queue(events, connection, begin=True)
     except BaseException:
-        pg_append.roll_back(connection)
+        # In case the lock was taken before the failure: a session lock outlives the rollback.
+        pg_append.give_up_session_lock(connection)
         raise
-    if drainer:
-        try:
-            drain(connection.alias, wait=False, locked=True)
-        except Exception:  # like a robust on_commit hook: the event is queued; the next drain chains it
-            _log.exception("audit drain failed; the queued events wait for the next drain")
+
+
+def _drain_after_queueing(connection) -> None:
+    try:
+        drain(connection.alias, wait=False, locked=True)
+    except Exception:  # like a robust on_commit hook: the event is queued; the next drain chains it
+        _log.exception("audit drain failed; the queued events wait for the next drain")
 
 
 def _link(events: list[AuditEvent], last: tuple[int, str]) -> None:

@@ -15,12 +15,20 @@ _CHAINED = f"{_RECORDED}, sequence, prev_hash, hash, version"
 # The events travel as one JSON array of objects named by column (one parameter, not a dozen
 # per event); jsonb_populate_recordset gives each value its column's type, refusing an over-long
 # string as a cast to the column would.
+# p_session (record() outside a transaction): the lock is taken at session level, so it outlives
+# the transaction that queued nothing and is let go of after the chained event's commit; and the
+# session remembers whether it queued, for the drain-lock attempt sent after COMMIT in the same round trip.
 LOCK_OR_QUEUE = f"""
-CREATE OR REPLACE FUNCTION audit_lock_or_queue(p_events jsonb, OUT got boolean, OUT head_sequence bigint,
-                                               OUT head_hash text)
+CREATE OR REPLACE FUNCTION audit_lock_or_queue(p_events jsonb, p_session boolean, OUT got boolean,
+                                               OUT head_sequence bigint, OUT head_hash text)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    got := pg_try_advisory_xact_lock({APPEND_LOCK_KEY});
+    IF p_session THEN
+        got := pg_try_advisory_lock({APPEND_LOCK_KEY});
+        PERFORM set_config('relay.audit_queued', CASE WHEN got THEN 'off' ELSE 'on' END, false);
+    ELSE
+        got := pg_try_advisory_xact_lock({APPEND_LOCK_KEY});
+    END IF;
     IF got THEN
         -- A statement of its own in a VOLATILE function: its snapshot is taken now, after the
         -- lock was granted, so it sees what the previous holder committed.
@@ -75,7 +83,7 @@ END
 $$
 """
 
-UNINSTALL = ["DROP FUNCTION IF EXISTS audit_lock_or_queue(jsonb)", "DROP FUNCTION IF EXISTS audit_chain(jsonb)",
+UNINSTALL = ["DROP FUNCTION IF EXISTS audit_lock_or_queue(jsonb, boolean)", "DROP FUNCTION IF EXISTS audit_chain(jsonb)",
              "DROP FUNCTION IF EXISTS audit_drain_move(bigint[], text[], text[], bigint, smallint)"]
 
 
