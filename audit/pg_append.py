@@ -1,22 +1,25 @@
-"""The PostgreSQL side of appending, in as few statements (and as little CPU) as it takes.
+"""The PostgreSQL side of appending, in as few round trips (and as little CPU) as it takes.
 
 An append is the hot path of every audited action, and on a busy machine its cost is CPU: the
-writer's Python and the server's parse and plan. So record() sends one round trip before its
-transaction commits: a call of `audit_lock_or_queue` (migration 0006), a PL/pgSQL function that
-tries the append lock and, if another transaction holds it, queues the event; if it got the lock
-it returns the head, read in a statement of its own (so it sees what the previous holder
-committed). Its plans are cached in the connection, where the same SQL sent as text was parsed
-and planned on every call. Outside a transaction record() runs its own: BEGIN travels with that
-round trip, COMMIT with the next (the chained INSERT, or the attempt to become the drainer), so
-an append is two round trips. Rows go to psycopg as plain values, the metadata serialised once;
-no model save, no signals; and the statements go to psycopg's own cursor (`run`), not through
-Django's cursor wrappers (Django's, the metrics', the debug one: each a Python call or more per
-attribute), keeping what they do that matters: errors become Django's, a broken transaction is
-refused, and the queries are logged when Django logs queries (tests count them).
+writer's Python, each round trip's system calls, the server's parse and plan. So the statements
+are PL/pgSQL functions (migration 0006), whose plans each connection caches:
+`audit_lock_or_queue` tries the append lock and, if another transaction holds it, queues the
+events; if it got the lock it returns the head, read in a statement of its own (so it sees what
+the previous holder committed). `audit_chain` inserts the linked events. The events travel as
+one JSON literal (one value for libpq to quote, however many events and fields), and the
+statements go to libpq through psycopg's wait loop only (`exchange`), not through Django's and
+psycopg's cursors, which cost several times the exchange itself.
+
+In a transaction, the append lock is a transaction lock and record() sends one round trip
+before its caller's commit (two when chained). Outside one, record() runs its own transactions:
+its first round trip is BEGIN, the function, COMMIT and, when the events were queued, the
+attempt to become the drainer (after the commit, audit.services.drain); there the lock is a
+session lock, so that it outlives that COMMIT, and the chained path's second round trip inserts,
+commits and lets go of it. Queued, an append is one round trip; chained, two.
 
 A drain batch is two round trips whatever its size: the lock, the head and the oldest queued
-rows; then `audit_drain_move` (migration 0006), which deletes them from the queue and inserts them
-on the chain with the hashes computed here (only ids and hashes travel), and the commit.
+rows; then `audit_drain_move`, which deletes them from the queue and inserts them on the chain
+with the hashes computed here (only ids and hashes travel), and the commit.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from audit.chain import FORMAT_VERSION, compute_hash
 from audit.models import AuditEvent, PendingAuditEvent
 from audit.triggers import DRAIN_SETTING
 
-# pg_advisory_xact_lock key for appends ("RELAYAUD"); any constant unique to this purpose.
-# (Migration 0006's audit_lock_or_queue has it written in.)
+# Advisory lock key for appends ("RELAYAUD"); any constant unique to this purpose. Migration 0006's
+# audit_lock_or_queue has it written in.
 APPEND_LOCK_KEY = 0x52454C4159415544
-# pg_advisory_lock key of the one drainer (session-level, beside APPEND_LOCK_KEY's transaction lock).
-# Session-level: a pooler in transaction mode (pgbouncer) between Relay and PostgreSQL would lose it.
+# pg_advisory_lock key of the one drainer. Session-level locks (this one, and the append lock outside
+# a transaction): a pooler in transaction mode (pgbouncer) between Relay and PostgreSQL would lose them.
 DRAIN_LOCK_KEY = APPEND_LOCK_KEY + 1
 # Events chained per drain transaction: bounds its lock hold and memory.
 DRAIN_BATCH = 1000
@@ -53,6 +56,7 @@ HEAD_SQL = f"SELECT sequence, hash FROM {_CHAIN} ORDER BY sequence DESC LIMIT 1"
 def _raw(connection):
     if connection.connection is None:
         connection.ensure_connection()
+    connection.validate_thread_sharing()
     return connection.connection
 
 

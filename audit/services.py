@@ -2,8 +2,8 @@
 
 record() runs inside the caller's transaction when there is one, so an event exists if and
 only if the action it describes committed. Chaining is serialized across processes (on
-PostgreSQL by a transaction-scoped advisory lock, on SQLite by its single writer), so the
-chain never forks; the lock is held until the caller's transaction ends: call record() last.
+PostgreSQL by an advisory lock, on SQLite by its single writer), so the chain never forks; in a
+transaction the lock is held until the caller's transaction ends: call record() last.
 
 Concurrent writers do not queue behind that lock (PostgreSQL). A record() that finds the lock
 taken writes its event to the queue (`PendingAuditEvent`) in its own transaction instead, and
