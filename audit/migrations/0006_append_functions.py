@@ -15,9 +15,10 @@ _CHAINED = f"{_RECORDED}, sequence, prev_hash, hash, version"
 # The events travel as one JSON array of objects named by column (one parameter, not a dozen
 # per event); jsonb_populate_recordset gives each value its column's type, refusing an over-long
 # string as a cast to the column would.
-# p_session (record() outside a transaction): the lock is taken at session level, so it outlives
-# the transaction that queued nothing and is let go of after the chained event's commit; and the
-# session remembers whether it queued, for the drain-lock attempt sent after COMMIT in the same round trip.
+# p_session (record() outside a transaction): the lock is taken at session level, so that it outlives
+# the transaction it was taken in (the head read) and is let go of after the chained events' commit;
+# and the session remembers whether it queued, for the drain-lock attempt sent after that first
+# transaction's COMMIT in the same round trip.
 LOCK_OR_QUEUE = f"""
 CREATE OR REPLACE FUNCTION audit_lock_or_queue(p_events jsonb, p_session boolean, OUT got boolean,
                                                OUT head_sequence bigint, OUT head_hash text)

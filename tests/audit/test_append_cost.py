@@ -5,8 +5,10 @@ writer's CPU (Django's cursor, psycopg) and the server's, so the number of state
 figure to hold. PostgreSQL only (SQLite has one writer and no queue).
 """
 
+import contextlib
+
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from psycopg.pq import TransactionStatus
 
@@ -111,6 +113,23 @@ def test_a_drain_batch_is_the_same_few_statements_however_many_are_queued():
     assert list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))[:3] == [
         "test.before", "test.queued_0", "test.queued_1"]
     assert verify_chain().ok
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_an_over_long_value_is_refused_not_truncated(queued):
+    """The events travel as JSON; each value still gets its column's type, length included."""
+    original = services.drain
+    services.drain = lambda *args, **kwargs: 0
+    try:
+        with contextlib.ExitStack() as stack:
+            if queued:
+                stack.enter_context(lock_held_by_a_slow_action())
+            with pytest.raises(DataError, match="too long"), transaction.atomic():
+                services.record("test.long_prefix", api_key="k" * 17)  # api_key_prefix is 16 characters
+    finally:
+        services.drain = original
+    assert not AuditEvent.objects.filter(action="test.long_prefix").exists()
+    assert not PendingAuditEvent.objects.exists()
 
 
 @pytest.fixture
