@@ -79,6 +79,11 @@ def normalise(value):
     return clean_text(value, 10_000)
 
 
+# json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False), without building
+# an encoder per call (every append and every verified event hashes).
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 class UnknownFormat(ValueError):
     pass
 
@@ -105,7 +110,7 @@ def canonical(event) -> bytes:
     }
     if version >= 2:
         data["version"] = version
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _canonical_json(data).encode()
 
 
 def compute_hash(prev_hash: str, event) -> str:

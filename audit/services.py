@@ -2,8 +2,8 @@
 
 record() runs inside the caller's transaction when there is one, so an event exists if and
 only if the action it describes committed. Chaining is serialized across processes (on
-PostgreSQL by a transaction-scoped advisory lock, on SQLite by its single writer), so the
-chain never forks; the lock is held until the caller's transaction ends: call record() last.
+PostgreSQL by an advisory lock, on SQLite by its single writer), so the chain never forks; in a
+transaction the lock is held until the caller's transaction ends: call record() last.
 
 Concurrent writers do not queue behind that lock (PostgreSQL). A record() that finds the lock
 taken writes its event to the queue (`PendingAuditEvent`) in its own transaction instead, and
@@ -15,9 +15,10 @@ crashes before the flush, the queued rows (committed durably by their writers) a
 and are chained again by the next drain, and anything that later commits durably flushes the
 drain before it. A queued event has no sequence until it is drained.
 
-On PostgreSQL an append is two round trips, a drain batch three (`audit.pg_append`): trying the
-lock and queueing are one statement, and outside a transaction record() runs its own, its BEGIN
-and COMMIT sent with its statements.
+On PostgreSQL an append is two round trips, or one when its events are queued, and a drain batch
+two (`audit.pg_append`): trying the lock and queueing are one function call, and outside a
+transaction record() runs its own, its BEGIN and COMMIT sent with its statements (there the append
+lock is a session lock, taken in the first round trip and let go of after the second's COMMIT).
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ def _append(events: list[AuditEvent], using: str) -> None:
     elif not connection.in_atomic_block and connection.get_autocommit():
         _append_alone(events, connection)
     else:
-        with transaction.atomic(using=using, savepoint=False), pg_append.client_cursor(connection) as cursor:
-            if not _lock_or_queue(events, cursor, begin=False):
+        with transaction.atomic(using=using, savepoint=False):
+            if not _lock_or_queue(events, connection, begin=False):
                 # robust: the caller's change has committed; a failed drain is redone by the next one.
                 transaction.on_commit(lambda: drain(using, wait=False), using=using, robust=True)
 
@@ -203,42 +204,40 @@ def _set_time(events) -> None:
         event.time = now
 
 
-def _lock_or_queue(events: list[AuditEvent], cursor, *, begin: bool) -> bool:
+def _lock_or_queue(events: list[AuditEvent], connection, *, begin: bool) -> bool:
     """One round trip: take the append lock and chain the events (True), or queue them (False).
 
-    Chained, the events are inserted in a second round trip (which commits too with `begin`).
+    Chained, the events are inserted in a second round trip. `begin` (outside a transaction):
+    each round trip is a transaction of its own; queued events are committed in the first, and
+    this process then drains unless another one already does.
     """
-    connection = cursor.db
     _set_time(events)  # a queued event's time; a chained one's is set again below, under the lock
-    cursor.execute(pg_append.lock_or_queue_sql(connection, len(events), begin), pg_append.queue_params(events))
-    *_, (got,), head_row = pg_append.result_sets(cursor)
-    if not got[0]:
+    got, head_row, drainer = pg_append.lock_or_queue(connection, events, alone=begin)
+    if not got:
+        if drainer:
+            _drain_after_queueing(connection)
         return False
     _set_time(events)
-    _link(events, head_row[0] if head_row else head(connection.alias))
-    cursor.execute(pg_append.chain_insert_sql(len(events), commit=begin), pg_append.chain_params(events))
-    for event, (pk,) in zip(events, cursor.fetchall(), strict=True):
-        event.pk, event._state.adding, event._state.db = pk, False, connection.alias
+    _link(events, head_row or head(connection.alias))
+    pg_append.chain_insert(connection, events, alone=begin)  # a failure: the caller gives the lock up
     return True
 
 
 def _append_alone(events: list[AuditEvent], connection) -> None:
     """record() outside a transaction: its own, whose BEGIN and COMMIT travel with its statements."""
     try:
-        with pg_append.client_cursor(connection) as cursor:
-            if _lock_or_queue(events, cursor, begin=True):
-                return  # chained and committed
-            # Committed; and this process drains unless another one already does.
-            cursor.execute(f"COMMIT; SELECT pg_try_advisory_lock({pg_append.DRAIN_LOCK_KEY})")
-            drainer = pg_append.result_sets(cursor)[-1][0][0]
+        _lock_or_queue(events, connection, begin=True)
     except BaseException:
-        pg_append.roll_back(connection)
+        # In case the lock was taken before the failure: a session lock outlives the rollback.
+        pg_append.give_up_session_lock(connection)
         raise
-    if drainer:
-        try:
-            drain(connection.alias, wait=False, locked=True)
-        except Exception:  # like a robust on_commit hook: the event is queued; the next drain chains it
-            _log.exception("audit drain failed; the queued events wait for the next drain")
+
+
+def _drain_after_queueing(connection) -> None:
+    try:
+        drain(connection.alias, wait=False, locked=True)
+    except Exception:  # like a robust on_commit hook: the event is queued; the next drain chains it
+        _log.exception("audit drain failed; the queued events wait for the next drain")
 
 
 def _link(events: list[AuditEvent], last: tuple[int, str]) -> None:
@@ -292,7 +291,7 @@ def drain(using: str = DEFAULT_DB_ALIAS, *, wait: bool = True, locked: bool = Fa
 
 
 def _drain_batch(connection, using: str) -> int:
-    """Move the oldest queued events (up to DRAIN_BATCH) onto the chain: three round trips a batch."""
+    """Move the oldest queued events (up to DRAIN_BATCH) onto the chain: two round trips a batch."""
     return pg_append.drain_batch(connection, lambda: head(using))
 
 
