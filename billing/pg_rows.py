@@ -5,12 +5,14 @@ model call's opening and closing rows are few and always of the same shape, so t
 built once per shape and cached, a batch's rows travel as one array per column, and their values
 are the fields' own `get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM.
 `Columns` is that for any model (agents.actions.run_rows uses it too); `insert_usages` is the
-usage records' insert.
+usage records' insert; `client_cursor` and `result_sets` serve a round trip of several statements.
 """
 
 from __future__ import annotations
 
 import re
+
+from psycopg.pq import ExecStatus
 
 # Built SQL by (statement, shape): the parts a batch (relay.eventloop.group_commit) needs; a few.
 _sql_cache: dict[tuple, str] = {}
@@ -28,6 +30,34 @@ def cast(field, connection) -> str:
     """The column's type for a cast: an untyped value would be text. No varchar length, so an
     over-long value is refused as through the ORM, not truncated."""
     return re.sub(r"\(\d+\)$", "", field.db_type(connection))
+
+
+def client_cursor(connection):
+    """A Django cursor that binds parameters client-side: a round trip that carries several statements
+    with parameters, which server-side binding (relay/settings.py: DB_SERVER_SIDE_BINDING) refuses."""
+    if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        return connection.cursor()
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, Cursor  # Cursor: psycopg's ClientCursor
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = Cursor(connection.connection)
+        # as Django's create_cursor(): timestamps read in the connection's time zone
+        if connection.timezone != connection.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
+            register_tzloader(connection.timezone, raw)
+        return connection._prepare_cursor(raw)
+
+
+def result_sets(cursor) -> list[list | None]:
+    """The rows of each statement of a multi-statement execute on a Django cursor (None for a command),
+    read from psycopg's cursor under Django's and the metrics' wrappers."""
+    raw, sets = cursor.cursor, []
+    while True:
+        sets.append(raw.fetchall() if raw.pgresult.status == ExecStatus.TUPLES_OK else None)
+        if not raw.nextset():
+            return sets
 
 
 class Columns:

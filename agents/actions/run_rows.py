@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from audit.pg_append import client_cursor, result_sets, roll_back
-from billing.pg_rows import Columns, cached_sql, cast
+from audit.pg_append import roll_back
+from billing.pg_rows import Columns, cached_sql, cast, client_cursor, result_sets
 
 _COLUMNS = None
 ANSWERED = ("model", "content", "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "quality_score",
