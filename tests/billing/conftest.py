@@ -65,3 +65,18 @@ def seed_prices():
 @pytest.fixture
 def prices(db):
     seed_prices()
+
+
+@pytest.fixture
+def sql(monkeypatch):
+    """The statements sent on any thread (the hot path's writes run on the DB pool), one per round trip."""
+    from django.db.backends import utils
+
+    seen, execute = [], utils.CursorWrapper._execute
+
+    def recording(self, query, *args):
+        seen.append(query)
+        return execute(self, query, *args)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute", recording)
+    return seen

@@ -61,21 +61,6 @@ async def _close_run(run, answer="2"):
 TOO_SMALL = usd(IN * 100)
 
 
-@pytest.fixture
-def sql(monkeypatch):
-    """The SQL run on any thread: the hot path's ORM work runs on the DB pool, not this thread."""
-    from django.db.backends import utils
-
-    seen, execute = [], utils.CursorWrapper._execute
-
-    def recording(self, query, *args):
-        seen.append(query)
-        return execute(self, query, *args)
-
-    monkeypatch.setattr(utils.CursorWrapper, "_execute", recording)
-    return seen
-
-
 def test_closings_that_arrive_together_commit_together(users, ledger, monkeypatch):
     user, sizes = users["user"], []
     batch = runs._CLOSINGS.write_batch

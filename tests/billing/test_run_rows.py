@@ -32,21 +32,6 @@ def _postgres(transactional_db):
 
 
 @pytest.fixture
-def sql(monkeypatch):
-    """The statements sent on any thread (the writes run on the DB pool), one per round trip."""
-    from django.db.backends import utils
-
-    seen, execute = [], utils.CursorWrapper._execute
-
-    def recording(self, query, *args):
-        seen.append(query)
-        return execute(self, query, *args)
-
-    monkeypatch.setattr(utils.CursorWrapper, "_execute", recording)
-    return seen
-
-
-@pytest.fixture
 def batches(monkeypatch):
     sizes, batch = [], runs._OPENINGS.write_batch
     monkeypatch.setattr(runs._OPENINGS, "write_batch", lambda writes: sizes.append(len(writes)) or batch(writes))
