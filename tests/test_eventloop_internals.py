@@ -190,6 +190,24 @@ def test_asgi_handler_handle_serves_a_request_outside_the_context():
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
 
 
+def test_signal_live_receivers_are_split_into_sync_and_async():
+    """RelayASGIHandler sends the request signals on the loop only while they have no async receiver."""
+    from django.dispatch import Signal
+
+    signal = Signal()
+
+    def sync_receiver(**kwargs):
+        return None
+
+    async def async_receiver(**kwargs):
+        return None
+
+    signal.connect(sync_receiver)
+    assert signal._live_receivers(None) == ([sync_receiver], [])
+    signal.connect(async_receiver)
+    assert signal._live_receivers(None) == ([sync_receiver], [async_receiver])
+
+
 def test_asgi_request_takes_content_length_from_the_scope_headers():
     """bounded_body appends the length it read to the scope's headers before Django builds the request."""
     import io
