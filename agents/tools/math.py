@@ -119,6 +119,8 @@ class _Worker:
         self.proc.start()
         child.close()
         self.jobs = 0
+        self._killing = threading.Lock()
+        self._killed = False
 
     def wait_ready(self, timeout: float) -> bool:
         try:
@@ -127,6 +129,12 @@ class _Worker:
             return False
 
     def kill(self) -> None:
+        # Once: a worker that failed to start is discarded by its spawning thread while a shutdown
+        # may discard it too, and two threads closing one pipe close a file descriptor twice.
+        with self._killing:
+            if self._killed:
+                return
+            self._killed = True
         try:
             self.proc.kill()
             self.proc.join(2)

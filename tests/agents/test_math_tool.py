@@ -286,3 +286,35 @@ async def test_concurrent_solves_keep_event_loop_responsive():
     assert (a.result, b.result) == ("x**3/3", "x**3 + 3*x**2 + 3*x + 1")
     with pytest.raises(MathError):
         await slow
+
+
+def test_a_worker_is_killed_once_when_two_threads_discard_it():
+    """A worker that failed to start is discarded by its spawning thread while a shutdown may discard
+    it too: its pipe is closed once (closed twice at once, a descriptor was closed twice: EBADF)."""
+    import threading
+
+    from agents.tools import math as math_tool
+
+    class Pipe:
+        closed = 0
+
+        def close(self):
+            Pipe.closed += 1
+
+    class Process:
+        def kill(self):
+            pass
+
+        def join(self, timeout):
+            pass
+
+    worker = math_tool._Worker.__new__(math_tool._Worker)
+    worker.conn, worker.proc = Pipe(), Process()
+    worker._killing, worker._killed = threading.Lock(), False
+    threads = [threading.Thread(target=worker.kill) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    worker.kill()
+    assert Pipe.closed == 1
