@@ -15,6 +15,7 @@ import re
 from agents.core import PER_CALLER, Agent
 from agents.kinds.rag import SEARCH_DOCUMENTS, _quote
 from agents.registry import all_agents, may_use, register
+from relay.eventloop.db import db
 
 _REFUSAL = re.compile(r"\b(I can(?:no|')t|I am unable|I'm unable|I won't|as an AI)\b", re.IGNORECASE)
 NO_MODEL = ("No language model is configured for Relay (set RELAY_LLM_BASE_URL or add a model endpoint in the "
@@ -75,10 +76,10 @@ class GeneralAgent(Agent):
     async def answer_locally(self, ctx):
         if kind := greeting(ctx.query):
             ctx.facts["greeting"], ctx.facts[PER_CALLER] = kind, True
-            yield f"{_OPENERS[kind]} {_offer(ctx)}"
+            yield f"{_OPENERS[kind]} {await db(_offer)(ctx)}"  # permissions may need the database
             return
         yield NO_MODEL
-        if _looks_like_math(ctx.query) and may_use(ctx.user, ctx.api_key, "math"):
+        if _looks_like_math(ctx.query) and await db(may_use)(ctx.user, ctx.api_key, "math"):
             ctx.facts[PER_CALLER] = True
             yield "\n\nThat looks like math: the **Math** agent answers it exactly, with steps, without a model."
             return

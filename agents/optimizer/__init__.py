@@ -10,7 +10,8 @@ reserved and decides, per organization's `OptimizerSettings` (no row: everything
   opted out with `cache: false` and not sampled (temperature > 0), is looked up by exact match
   under `keys.answer_key` — the one function that decides what a key holds (agent, model,
   question, the documents the caller may read when the agent's tools read documents, ...); an
-  answer it cannot key is not cached. A hit is replayed by the runner at zero cost
+  answer it cannot key is not cached. The documents are read only when a stored answer to the
+  question may exist (`keys.PendingKey`'s probe), or when an answer is stored. A hit is replayed by the runner at zero cost
   (`free_charge`) and recorded as `cached`. `remember` stores complete, untruncated answers of
   cache misses.
 
@@ -27,7 +28,7 @@ from django.utils import timezone
 from agents.core import PER_CALLER
 from agents.optimizer.cache import cache_key, get_cache
 from agents.optimizer.classifier import classify
-from agents.optimizer.keys import AnswerKey, answer_key
+from agents.optimizer.keys import AnswerKey, PendingKey, answer_key
 from agents.optimizer.routing import load_candidates, pick_model
 from agents.optimizer.trimming import trim_history, trim_messages
 from relay.eventloop.db import run_db
@@ -41,7 +42,8 @@ class Plan:
     history: list[dict] = field(default_factory=list)
     raw_messages: list[dict] | None = None
     label: str | None = None               # the classifier's label when routing ran
-    key: AnswerKey | None = None           # set when the request may use the cache
+    key: AnswerKey | PendingKey | None = None  # set when the request may use the cache
+    probe: str | None = None               # a PendingKey's probe, marked when its answer is stored
     cache_ttl: int = 0
     cached_answer: str | None = None       # a cache hit: the runner replays it
 
@@ -51,7 +53,13 @@ class Plan:
 
     @property
     def cache_key(self) -> str | None:
-        return self.key.value if self.key else None
+        """The whole key (None while it waits for the caller's documents, or when not cached)."""
+        return self.key.value if isinstance(self.key, AnswerKey) else None
+
+    def complete_key(self) -> None:
+        """Read the caller's documents into a pending key (sync ORM code, for a DB thread)."""
+        if isinstance(self.key, PendingKey):
+            self.key = self.key.complete()
 
 
 _SETTINGS_SECONDS = 10.0
@@ -97,16 +105,23 @@ def decide(req, agent, model, history) -> Plan:
     if switches.cache_enabled and organization is not None:
         tenant = f"{organization.pk}.{int(organization.created_at.timestamp() * 1_000_000)}"
         result.key = answer_key(req, agent, result.model.name, history, tenant)
+        result.probe = result.key.probe if isinstance(result.key, PendingKey) else None
         result.cache_ttl = switches.cache_ttl_seconds
     return result
 
 
 async def plan(req, agent, model, history: list[dict], decided: Plan | None = None) -> Plan:
-    """Route, trim and look up the cache for one request (one DB round trip + one cache read).
+    """Route, trim and look up the cache for one request (one DB round trip + one cache read;
+    when an answer to the question is stored, another DB trip for the caller's documents and
+    another cache read).
 
     decided: `decide(...)` already made by the caller on a DB thread (saving the round trip).
     """
     result = decided or await run_db(decide, req, agent, model, history)
+    if result.probe is not None:
+        if not await get_cache().has(result.probe):
+            return result  # no answer to this question is stored in the tenant: a miss, no documents read
+        await run_db(result.complete_key)
     if result.cache_key:
         result.cached_answer = await get_cache().get(result.cache_key)
     return result
@@ -120,11 +135,18 @@ async def replay(answer: str):
 async def remember(result: Plan | None, status: str, answer: str, facts: dict) -> None:
     """Store a finished answer: complete, not itself a cache hit, not cut off at max_tokens, not
     shaped by the caller's permissions, and read from no document its key does not cover."""
-    if result is None or not result.cache_key or result.hit or status != "complete":
+    if result is None or result.key is None or result.hit or status != "complete":
         return
-    if facts.get("finish_reason") == "length" or facts.get(PER_CALLER) or not result.key.admits(facts):
+    if facts.get("finish_reason") == "length" or facts.get(PER_CALLER):
         return
-    await get_cache().put(result.cache_key, answer, result.cache_ttl)
+    # A key completed only now holds the documents the caller may read now: an answer that read one
+    # unshared meanwhile is not stored (admits), one shared meanwhile is stored for those who see it.
+    if isinstance(result.key, PendingKey):
+        await run_db(result.complete_key)
+    if not result.key.admits(facts):
+        return
+    if await get_cache().put(result.cache_key, answer, result.cache_ttl) and result.probe is not None:
+        await get_cache().mark(result.probe, result.cache_ttl)
 
 
 async def free_charge(*, request_id: str, user, model: str):

@@ -98,6 +98,21 @@ class ResponseCache:
         except (ValueError, KeyError, TypeError):
             return None
 
+    async def has(self, key: str) -> bool:
+        """Whether anything is stored under key (a probe's mark); False when the store cannot be reached."""
+        try:
+            return await self.store.get(self.prefix + key) is not None
+        except Exception:  # noqa: BLE001 - a cache failure must never fail the request
+            logger.warning("response cache unreachable; treating as a miss", exc_info=True)
+            return False
+
+    async def mark(self, key: str, ttl: int) -> None:
+        """Store a mark under key for ttl seconds (a probe: some answer under it exists)."""
+        try:
+            await self.store.set(self.prefix + key, "1", ttl)
+        except Exception:  # noqa: BLE001
+            logger.warning("response cache unreachable; probe not marked", exc_info=True)
+
     async def put(self, key: str, answer: str, ttl: int) -> bool:
         if not answer or len(answer) > MAX_ANSWER_CHARS or ttl <= 0:
             return False

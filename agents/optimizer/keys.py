@@ -4,7 +4,8 @@
 system prompt and tools), the model, the normalized question, a digest of the conversation so
 far, and whatever the agent's tools declare they read (`agents.core.Tool.depends_on`): for
 DOCUMENTS, whether the caller may read documents at all (`use_rag_agent`) and a digest of
-exactly the ones they may read — computed only for such agents, in one query. An answer that
+exactly the ones they may read — computed only for such agents, in one query, and only when it
+can matter (`PendingKey`: when some answer to the question is stored, or one is stored). An answer that
 depends on anything a key cannot hold is not cached: a tool that declares nothing (a new tool
 is uncached until it says what it reads), an attachment, client-side tools, sampling
 (temperature > 0), earlier turns, or the caller's `cache: false`.
@@ -37,18 +38,46 @@ class AnswerKey:
         return {passage.document_id for passage in facts.get("passages", ())} <= self.documents
 
 
-def answer_key(req, agent, model: str, history: list[dict], tenant: str) -> AnswerKey | None:
-    """The key of this request's answer, or None when the answer must not be cached.
+ANY_READER = "any"  # a probe's documents: never the value of a real key ("-", "read:…", "builtin:…")
+
+
+@dataclass(frozen=True, eq=False)
+class PendingKey:
+    """The key of an agent that reads documents, before the caller's documents are read.
+
+    Reading them is the dearest part of a key (a scoped query, several milliseconds before the
+    first token), and most questions have no stored answer to find. `probe` is the key with the
+    documents left out; whoever stores an answer under a complete key also marks its probe, so a
+    probe that is not marked is a miss without the query. A marked probe only says that someone
+    in the tenant stored an answer to this question: the answer is served only under the
+    `complete()` key, which holds exactly the documents this caller may read.
+    """
+
+    probe: str
+    material: dict  # cache_key's arguments but `documents`
+    user: object
+    api_key: object
+
+    def complete(self) -> AnswerKey:
+        """The whole key (sync ORM code, for a DB thread): with the documents the caller may read now."""
+        documents, readable = _documents(self.user, self.api_key)
+        return AnswerKey(cache_key(**self.material, documents=documents), readable)
+
+
+def answer_key(req, agent, model: str, history: list[dict], tenant: str) -> AnswerKey | PendingKey | None:
+    """The key of this request's answer (pending when it needs the caller's documents), or None
+    when the answer must not be cached.
 
     tenant: the organization for good (id + creation time: ids can be reused).
     """
     inputs = agent.depends_on
     if inputs is None or not inputs <= KEYABLE or not _cacheable(req, history):
         return None
-    documents, readable = _documents(req.user, req.api_key) if DOCUMENTS in inputs else ("-", None)
-    value = cache_key(req.query, agent=_identity(agent), model=model, organization=tenant,
-                      history=_digest([history, req.messages]), documents=documents)
-    return AnswerKey(value, readable)
+    material = {"query": req.query, "agent": _identity(agent), "model": model, "organization": tenant,
+                "history": _digest([history, req.messages])}
+    if DOCUMENTS in inputs:
+        return PendingKey(cache_key(**material, documents=ANY_READER), material, req.user, req.api_key)
+    return AnswerKey(cache_key(**material, documents="-"))
 
 
 def _cacheable(req, history) -> bool:

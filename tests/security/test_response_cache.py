@@ -125,6 +125,35 @@ def test_an_answer_that_read_a_document_shared_during_its_run_is_not_cached_for_
     assert SECRET not in answer and not cached, answer
 
 
+def test_a_question_with_no_stored_answer_reads_no_documents_before_the_model(users, monkeypatch):
+    # Control: optimizer.plan reads the caller's documents only when the question's probe is marked,
+    # and serves an answer only under the key completed with them.
+    from asgiref.sync import async_to_sync
+
+    from agents import optimizer
+    from agents.providers.catalog import resolve
+    from agents.registry import get_agent
+    from agents.runner import RunRequest
+
+    owner, colleague = users["user"], users["api_user"]
+    upload_document(owner, name="plan.txt", data=PASSAGE, content_type="text/plain")
+
+    def planned(user):
+        request = RunRequest(user=user, api_key=None, agent="general", query="A question nobody asked yet")
+        return async_to_sync(optimizer.plan)(request, get_agent("general"), resolve(None), [])
+
+    tables = _tables_read(monkeypatch)
+    first = planned(owner)
+    assert first.probe and not first.hit and not _reads_documents(tables)
+    async_to_sync(optimizer.remember)(first, "complete", "The stored answer.", {})  # keyed by the owner's documents
+
+    tables.clear()
+    again = planned(owner)
+    assert again.cached_answer == "The stored answer." and _reads_documents(tables)
+    other = planned(colleague)  # the probe is marked, but the colleague sees other documents
+    assert other.cache_key and other.cache_key != again.cache_key and not other.hit
+
+
 # -- every agent, including one registered later ----------------------------------------------------
 
 
@@ -209,7 +238,9 @@ def test_every_agent_whose_tools_read_documents_keys_its_answers_by_them(users, 
 
     def key(agent, user, api_key=None):
         request = RunRequest(user=user, api_key=api_key, agent=agent.name, query=QUESTION)
-        return optimizer.decide(request, agent, resolve(None), []).cache_key
+        plan = optimizer.decide(request, agent, resolve(None), [])
+        plan.complete_key()  # as a lookup or a store does
+        return plan.cache_key
 
     tables = _tables_read(monkeypatch)
     readers = set()
