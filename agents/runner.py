@@ -34,7 +34,6 @@ from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
 from relay.eventloop.db import db
-from relay.eventloop.head_start import HeadStart
 from relay.eventloop.later import later, settled
 from relay.observability import metrics
 
@@ -111,9 +110,6 @@ class PreparedRun:
     replay: tuple | None = None  # (Message, UsageRecord) of an earlier run answered again (agents.idempotency)
     fallbacks: list[dict] = field(default_factory=list)  # {"from", "to", "reason"} for each model switch
     unreserved: bool = False  # a fallback's reservation failed after the first was given back: bill nothing
-    progress: _Progress = field(default_factory=lambda: _Progress())
-    source: HeadStart | None = None  # the model's answer, asked for while the opening was written
-    asked_model: str = ""  # the model the run opened with (its start event's, whatever a fallback did since)
 
 
 class _BudgetStop(Exception):
@@ -251,27 +247,16 @@ async def _prepare(req: RunRequest) -> PreparedRun:
         raise LedgerUnavailableError() from None
     run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
                       max_tokens=max_tokens, plan=plan, remaining_tokens=remaining_tokens,
-                      conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()),
-                      asked_model=model.name)
-    # The question and the running answer are stored before anything reaches the caller: if the
-    # database cannot take them, the request fails here (503) instead of streaming an answer nobody
-    # can bill, and an instance killed mid-stream leaves a row for the periodic job to mark. The
-    # model (reserved for above) is asked meanwhile, so its first token does not wait for the commit.
-    if not (plan.hit or model.is_local):
-        run.source = HeadStart(fallbacks.answer(run, run.progress))
+                      conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()))
+    # The question and the running answer are stored before the model is asked: if the database
+    # cannot take them, the request fails here (503) instead of streaming an answer nobody can
+    # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
     try:
         await runs.open_run(runs.Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
     except BaseException:
-        await asyncio.shield(_abandon(run))
+        await asyncio.shield(billing.release_charge(charge))
         raise
     return run
-
-
-async def _abandon(run: PreparedRun) -> None:
-    """A run whose opening failed: its model call stopped (the deployment released), its reservation given back."""
-    if run.source is not None:
-        await run.source.aclose()
-    await billing.release_charge(run.charge)
 
 
 @dataclass
@@ -289,8 +274,8 @@ async def stream(run: PreparedRun):
         for event in _replayed_events(run):
             yield event
         return
-    progress = run.progress
-    yield events.start(run.conversation_id, run.message_id, run.agent.name, run.asked_model or run.model.name)
+    progress = _Progress()
+    yield events.start(run.conversation_id, run.message_id, run.agent.name, run.model.name)
     try:
         async for event in _produce(run, progress):
             yield event
@@ -344,7 +329,7 @@ def _replayed_events(run: PreparedRun):
 async def _produce(run: PreparedRun, progress: _Progress):
     hit = run.plan is not None and run.plan.hit
     # the response cache replays with no model call; a model answers through its fallbacks
-    source = optimizer.replay(run.plan.cached_answer) if hit else run.source or fallbacks.answer(run, progress)
+    source = optimizer.replay(run.plan.cached_answer) if hit else fallbacks.answer(run, progress)
     local_delay = 0 if hit else settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
     async with aclosing(source):
         async for item in source:
