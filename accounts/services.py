@@ -32,6 +32,7 @@ from accounts.roles import (
 )
 from audit import actions
 from audit.services import record
+from relay import versioned_cache
 
 KEY_PREFIX = "rk_"
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
@@ -214,7 +215,7 @@ def parse_key(presented: str) -> str:
 
 def _lookup(prefix: str) -> APIKey | None:
     """The key row for a prefix, through the cache (invalidated on revoke and rotate)."""
-    cached = cache.get(_cache_key(prefix))
+    cached = versioned_cache.get_along(_cache_key(prefix))  # the price copies' token in the same trip
     if cached == "missing":
         return None
     if cached is not None:

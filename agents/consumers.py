@@ -26,6 +26,7 @@ from accounts.permissions import AUTHENTICATED
 from agents import events, runner
 from agents.api.serializers import QuerySerializer
 from audit import context as audit_context
+from relay import versioned_cache
 from relay.api.parsers import parse_json
 from relay.eventloop.db import db
 from relay.observability import metrics
@@ -43,6 +44,20 @@ def _validate_query(message: dict) -> dict:
     serializer = QuerySerializer(data={k: v for k, v in message.items() if k != "type"})
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
+
+
+def _admitted_query(credential, message: dict, request_id: str):
+    """One trip to the DB threads per query: admission, the query's checks and its run's reads, the
+    price token read along with the API key (relay.versioned_cache.one_read). Returns (admitted,
+    the run's request or the refusal of the query)."""
+    with versioned_cache.one_read():
+        admitted = admit(credential)
+        try:
+            data = _validate_query(message)
+            request = runner.new_request(admitted.user, admitted.api_key, data, client_request_id=request_id)
+            return admitted, runner.read_ahead(request)
+        except exceptions.APIException as refused:
+            return admitted, refused
 
 
 def refusal(exc: exceptions.APIException) -> tuple[int, dict]:
@@ -192,11 +207,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _prepare(self, message) -> runner.PreparedRun | None:
         """The same door as HTTP: admission against the credential's current state, then the run's checks."""
         try:
-            admitted = await db(admit)(self.credential)
+            admitted, request = await db(_admitted_query)(self.credential, message,
+                                                          audit_context.current().request_id)
             self.user, self.api_key = admitted.user, admitted.api_key
-            data = await db(_validate_query)(message)
-            request = runner.new_request(admitted.user, admitted.api_key, data,
-                                         client_request_id=audit_context.current().request_id)
+            if isinstance(request, exceptions.APIException):
+                raise request
             return await runner.prepare(request)
         except exceptions.APIException as refused:
             await self._refused(refused)

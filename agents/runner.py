@@ -68,6 +68,8 @@ class RunRequest:
     answers: str | None = field(default=None, init=False)  # regenerate: the stored question answered again
     # The server names its runs: the ledger reservation, the usage record and the audit event use this id.
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()), init=False)
+    # (when, what _prepare_reads found), read ahead on the thread that admitted the request (read_ahead).
+    reads: tuple | None = field(default=None, init=False, repr=False)
 
 
 def new_request(user, api_key, data: dict, *, client_request_id: str = "", **extra) -> RunRequest:
@@ -153,6 +155,17 @@ def _prepare_reads(req: RunRequest, now):
     return agent, model, history, decided, rules
 
 
+def read_ahead(req: RunRequest) -> RunRequest:
+    """prepare's reads done now, by a caller already on a DB thread (the trip that admitted the
+    request, relay.api.async_views' prelude): prepare then makes no trip of its own before the
+    reservation. Not for a turn of a stored conversation, whose history may still be committing
+    (prepare waits for it first). Sync."""
+    if not req.conversation_id:
+        now = timezone.now()
+        req.reads = (now, _prepare_reads(req, now))
+    return req
+
+
 def _load_history(req: RunRequest) -> list[dict]:
     """The earlier turns of the branch the new turn joins; sets where it hangs (req.follows, req.answers)."""
     from accounts.scoping import restrict
@@ -217,10 +230,13 @@ async def prepare(req: RunRequest) -> PreparedRun:
 
 
 async def _prepare(req: RunRequest) -> PreparedRun:
-    if req.conversation_id:  # a turn answered on this instance a moment ago may still be committing
-        await settled(req.conversation_id)
-    now = timezone.now()
-    agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
+    if req.reads is not None:
+        now, (agent, model, history, decided, rules) = req.reads
+    else:
+        if req.conversation_id:  # a turn answered on this instance a moment ago may still be committing
+            await settled(req.conversation_id)
+        now = timezone.now()
+        agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
     # Cost optimizer (agents/optimizer): may route an unnamed model by complexity, trims long
     # histories and looks the question up in the response cache — all before anything is reserved.
     plan = await optimizer.plan(req, agent, model, history, decided)

@@ -9,10 +9,17 @@ between instances, which a plain time-to-live would leave (a new hard budget mus
 `bump` runs twice: at once (readers in this process, and tests inside one transaction) and
 again after the change commits, so that a reader who loaded the old rows between the two
 cannot keep them under the new token.
+
+Inside `one_read()` (one trip to the DB threads that authenticates a request and then reads
+its rows), the first `get_along(key)` brings every copy's token in the same cache round trip
+as its own key, and the copies' next `view()` in that block uses them: a request's token is
+then read with its API key, at the start of the request, instead of one trip later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
 import uuid
@@ -20,20 +27,51 @@ import uuid
 from django.core.cache import cache
 from django.db import transaction
 
+_registered: list[VersionedCache] = []
+# {cache name: token} read along inside one_read(); None outside it.
+_read_along: contextvars.ContextVar[dict | None] = contextvars.ContextVar("versioned_read_along", default=None)
+
+
+@contextlib.contextmanager
+def one_read():
+    """A block whose first get_along() also reads every copy's version token (see the module docstring)."""
+    reset = _read_along.set({})
+    try:
+        yield
+    finally:
+        _read_along.reset(reset)
+
+
+def get_along(key: str):
+    """cache.get(key); the first call inside one_read() reads the version tokens in the same round trip."""
+    tokens = _read_along.get()
+    if tokens is None or tokens or not _registered:
+        return cache.get(key)
+    names = {c._version_key: c.name for c in _registered}
+    found = cache.get_many([key, *names])
+    for version_key, name in names.items():
+        tokens[name] = found.get(version_key)  # None (no token yet): view() reads and creates it
+    return found.get(key)
+
 
 class VersionedCache:
     def __init__(self, name: str, *, max_entries: int = 10_000, max_age: float = 300.0):
         self.name, self.max_entries, self.max_age = name, max_entries, max_age
         self._entries: dict = {}
         self._lock = threading.Lock()
+        _registered.append(self)
 
     @property
     def _version_key(self) -> str:
         return f"versioned:{self.name}"
 
     def view(self) -> _View:
-        """The copies under the current version: one cache read, however many lookups follow."""
-        version = cache.get(self._version_key)
+        """The copies under the current version: one cache read, however many lookups follow (none when
+        the token was read along with the request's key, inside one_read())."""
+        tokens = _read_along.get()
+        version = tokens.pop(self.name, None) if tokens else None
+        if version is None:
+            version = cache.get(self._version_key)
         if version is None:  # never tag copies with "no token": an evicted token would revive them
             cache.add(self._version_key, uuid.uuid4().hex, None)
             version = cache.get(self._version_key)
@@ -45,6 +83,9 @@ class VersionedCache:
         transaction.on_commit(self._replace_token)
 
     def _replace_token(self) -> None:
+        tokens = _read_along.get()
+        if tokens:
+            tokens.pop(self.name, None)  # a token read before this change is not this block's to use
         cache.set(self._version_key, uuid.uuid4().hex, None)
         self.clear()
 

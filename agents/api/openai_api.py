@@ -25,7 +25,7 @@ from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
 from agents.api import openai_images, sse
 from agents.api.serializers import MAX_QUERY_CHARS, clean_text, content_problem
-from agents.idempotency import prepare_once
+from agents.idempotency import prepare_once, presented
 from agents.providers.catalog import available_models
 from agents.registry import all_agents
 from billing.ratelimit import quota_headers
@@ -235,13 +235,9 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
             "usage": usage}
 
 
-@api_endpoint(AUTHENTICATED, error_adapter=_openai_error, upload_sized=True, schema={
-    "request": ChatCompletionSerializer, "summary": "OpenAI-compatible chat completions (stream and not)",
-    "responses": {200: OpenApiResponse(OpenApiTypes.OBJECT, description="chat.completion, or with stream=true "
-                                       "server-sent chat.completion.chunk objects ending with [DONE]")},
-})
-async def chat_completions(request, drf_request):
-    """POST /v1/chat/completions, stream and not."""
+def _admitted_body(request, drf_request) -> tuple[dict, dict, runner.RunRequest]:
+    """The body checked and the run's reads done, on the DB thread that admitted the request (the
+    api_endpoint prelude): sync."""
     body = read_json(drf_request)
     serializer = ChatCompletionSerializer(data=body)
     serializer.is_valid(raise_exception=True)
@@ -250,8 +246,22 @@ async def chat_completions(request, drf_request):
     image = None
     if agent := agent_of(data["model"]):
         _refuse_client_tools(data["model"], body)
-        image = await db(_attachment)(agent, data["messages"])
-    run = await prepare_once(request, "chat_completions", body, _run_request(drf_request, data, image))
+        image = _attachment(agent, data["messages"])
+    run_request = _run_request(drf_request, data, image)
+    if presented(request) is None:  # a replayed Idempotency-Key reads nothing of its run again
+        runner.read_ahead(run_request)
+    return body, data, run_request
+
+
+@api_endpoint(AUTHENTICATED, error_adapter=_openai_error, upload_sized=True, prelude=_admitted_body, schema={
+    "request": ChatCompletionSerializer, "summary": "OpenAI-compatible chat completions (stream and not)",
+    "responses": {200: OpenApiResponse(OpenApiTypes.OBJECT, description="chat.completion, or with stream=true "
+                                       "server-sent chat.completion.chunk objects ending with [DONE]")},
+})
+async def chat_completions(request, drf_request, ready):
+    """POST /v1/chat/completions, stream and not."""
+    body, data, run_request = ready
+    run = await prepare_once(request, "chat_completions", body, run_request)
     if not data["stream"]:
         return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

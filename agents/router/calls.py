@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from agents import router
 from agents.providers.base import ChatRequest, ProviderError, TextDelta, ToolCallRequest, Usage
+from relay.eventloop.later import later
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,15 @@ class _Attempt:
     async def _close(self, outcome, retry_after: float | None = None) -> None:
         await self.source.aclose()
         tokens = self.reported_tokens if self.reported_tokens is not None else self.output_tokens
+        release = self._release(outcome, tokens, retry_after)
+        # A success moves nothing the caller's next step depends on: its release runs beside the
+        # run's settle instead of before it, one Redis round trip off the answer's path. A failure
+        # is released before the next attempt picks, so that pick sees the deployment's new health.
+        if outcome is router.Outcome.SUCCESS and later(release, "router release"):
+            return
+        await release
+
+    async def _release(self, outcome, tokens: int, retry_after: float | None) -> None:
         try:
             await router.release(self.pick, outcome=outcome, ttft=self.ttft, tokens=tokens,
                                  retry_after=retry_after)

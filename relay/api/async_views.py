@@ -26,6 +26,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
+from relay import versioned_cache
 from relay.api.errors import exception_handler
 from relay.api.parsers import BoundedJSONParser
 from relay.eventloop.db import db
@@ -34,6 +35,7 @@ from relay.eventloop.middleware import UPLOAD_SIZED
 JSON = (BoundedJSONParser,)
 MULTIPART = (MultiPartParser,)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_REFUSALS = (exceptions.APIException, DjangoValidationError, Http404)
 
 _admission = []  # [admit(drf_request, requirement, throttle)], set by AccountsConfig.ready
 
@@ -56,6 +58,20 @@ def _authenticate(django_request, requirement, throttle: bool, parsers, max_body
     if django_request.method in _BODY_METHODS:
         request.data  # noqa: B018 - parsed here, after admission, for callers whose CSRF check did not
     return request
+
+
+def _admit(django_request, requirement, throttle: bool, parsers, max_body_bytes: int, prelude):
+    """One trip to the DB threads: admission, then the view's prelude (its sync reads) on the same
+    thread, the version tokens of the per-process copies read along with the API key
+    (relay.versioned_cache.one_read). Returns (DRF request, what the prelude gave, its refusal)."""
+    with versioned_cache.one_read():
+        request = _authenticate(django_request, requirement, throttle, parsers, max_body_bytes)
+        if prelude is None:
+            return request, None, None
+        try:
+            return request, prelude(django_request, request), None
+        except _REFUSALS as refusal:  # answered with the admitted request: its caller is known
+            return request, None, refusal
 
 
 def error_response(exc, drf_request) -> JsonResponse:
@@ -97,8 +113,12 @@ def _schema_class(view, required_permission, methods, schema: dict):
 
 
 def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error_adapter=None, schema=None,
-                 parsers=JSON, upload_sized=False):
+                 parsers=JSON, upload_sized=False, prelude=None):
     """Decorate `async def view(request, drf_request, ...)`; errors become envelopes.
+
+    prelude(request, drf_request), sync, runs on the DB thread that admitted the request, right
+    after admission; the view gets what it returns as its third argument (`view(request,
+    drf_request, ready, ...)`): a view whose first step reads the database saves a trip.
 
     error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format);
     schema holds drf-spectacular `extend_schema` arguments for the OpenAPI document. parsers are
@@ -119,10 +139,14 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
             try:
                 if django_request.method not in methods:
                     raise exceptions.MethodNotAllowed(django_request.method)
-                drf_request = await db(_authenticate)(
-                    django_request, required_permission, throttle, parsers, max_body_bytes())
+                drf_request, ready, refusal = await db(_admit)(
+                    django_request, required_permission, throttle, parsers, max_body_bytes(), prelude)
+                if refusal is not None:
+                    raise refusal
+                if prelude is not None:
+                    return await view(django_request, drf_request, ready, *args, **kwargs)
                 return await view(django_request, drf_request, *args, **kwargs)
-            except (exceptions.APIException, DjangoValidationError, Http404) as exc:
+            except _REFUSALS as exc:
                 response = await db(error_response)(exc, drf_request or Request(django_request))
                 return error_adapter(response) if error_adapter else response
 
