@@ -24,7 +24,8 @@ round. Beside requests/s and latency, each figure has the CPU milliseconds per r
 component (Relay's processes, LiteLLM's, PostgreSQL, Redis, each nginx, the load generator),
 read from /proc while the load ran (bench/_cpu.py). Then the idle added latency: single requests
 one at a time, plain (whole answer) and streaming (time to the first token), minus the direct
-figure. Then 1,000 streams held open at once on one instance, with its memory growth. Last,
+figure, with the CPU each such request costs every component (the work after the answer
+included). Then 1,000 streams held open at once on one instance, with its memory growth. Last,
 `manage.py reconcile` checks that the usage records, the ledger and the audit trail agree after
 all that load. The last line is one JSON object with every figure.
 """
@@ -142,12 +143,16 @@ async def measure_round(targets: dict, seconds: float, concurrency: int, compone
     return out
 
 
-async def idle_latency(target: dict, kind: str, requests: int) -> float:
-    """p50 ms of single requests one at a time: the whole answer (plain) or the first token (stream)."""
-    samples = []
+async def idle_latency(target: dict, kind: str, requests: int, components: Components | None = None) -> dict:
+    """Single requests one at a time: `p50_ms`, of the whole answer (plain) or of the first token
+    (stream), and, with `components`, `cpu_ms_per_request` of each over the measured requests:
+    on an idle machine, what one request costs every process it passes through, serially."""
+    samples, before = [], None
     url = target["url"] if isinstance(target["url"], str) else target["url"][0]  # one process suffices
     async with httpx.AsyncClient(timeout=30) as client:
-        for _ in range(requests + 10):  # the first ten warm the connection and the caches
+        for index in range(requests + 10):  # the first ten warm the connection and the caches
+            if index == 10 and components is not None:
+                before = components.snapshot()
             started = time.perf_counter()
             async with client.stream("POST", url + target["path"][kind], json=body(kind),
                                      headers=target["headers"]) as response:
@@ -162,7 +167,11 @@ async def idle_latency(target: dict, kind: str, requests: int) -> float:
                     await response.aread()
                     elapsed = time.perf_counter() - started
             samples.append(elapsed)
-    return round(statistics.median(samples[10:]) * 1000, 2)
+    out = {"p50_ms": round(statistics.median(samples[10:]) * 1000, 2)}
+    if before is not None:
+        out["cpu_ms_per_request"] = {name: ms for name, ms in per_request(before, components.snapshot(), requests).items()
+                                     if ms >= 0.005}
+    return out
 
 
 def rss_kb(pid: int) -> int:
@@ -298,7 +307,7 @@ class Bench:
                 best = {name: max((r[name] for r in rounds), key=lambda f: f["rps"]) for name in rounds[0]}
                 out[f"c{concurrency}"] = {"figures": best, "relay_vs_litellm": ratios(best, list(targets)[1:])}
             if processes == 1 and self.args.idle_requests:
-                out["idle"] = self.idle(targets)
+                out["idle"] = self.idle(targets, components)
             return out
         finally:
             if cluster_script:
@@ -308,14 +317,20 @@ class Bench:
                     process.terminate()
                     process.wait(30)
 
-    def idle(self, targets: dict) -> dict:
-        """Added latency of one request at a time on an otherwise idle machine, per gateway."""
-        direct = {kind: asyncio.run(idle_latency(self.direct, kind, self.args.idle_requests)) for kind in MODELS}
-        out = {"direct_p50_ms": direct}
+    def idle(self, targets: dict, components: Components) -> dict:
+        """Added latency of one request at a time on an otherwise idle machine, per gateway, and
+        the CPU each such request costs every component (`cpu_ms_per_request`): the part of it
+        spent before the answer, in sequence, is a floor under that latency."""
+        requests = self.args.idle_requests
+        direct = {kind: asyncio.run(idle_latency(self.direct, kind, requests))["p50_ms"] for kind in MODELS}
+        out = {"direct_p50_ms": direct, "cpu_ms_per_request": {}}
         for name in ("relay", "litellm", "floor_django"):
             if name in targets:
-                out[name] = {kind: round(asyncio.run(idle_latency(targets[name], kind, self.args.idle_requests))
-                                         - direct[kind], 2) for kind in MODELS}
+                out[name] = {}
+                for kind in MODELS:
+                    measured = asyncio.run(idle_latency(targets[name], kind, requests, components))
+                    out[name][kind] = round(measured["p50_ms"] - direct[kind], 2)
+                    out["cpu_ms_per_request"][f"{name}_{kind}"] = measured["cpu_ms_per_request"]
         if "relay" in out and "litellm" in out:
             out["relay_over_litellm"] = {kind: round(out["relay"][kind] / out["litellm"][kind], 2)
                                          if out["litellm"][kind] > 0 else None for kind in MODELS}
@@ -392,7 +407,10 @@ def print_phase(processes: int, phase: dict) -> None:
             print(f"{name:42} {value}")
     if "idle" in phase:
         idle = phase["idle"]
-        print(f"idle added latency (ms, p50): {json.dumps({k: v for k, v in idle.items() if k != 'direct_p50_ms'})}")
+        shown = {k: v for k, v in idle.items() if k not in ("direct_p50_ms", "cpu_ms_per_request")}
+        print(f"idle added latency (ms, p50): {json.dumps(shown)}")
+        for name, cpu in idle.get("cpu_ms_per_request", {}).items():
+            print(f"idle {name:20} CPU ms/request: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
 
 
 def print_reconcile(books: dict) -> None:
