@@ -4,7 +4,8 @@ Django keeps a cache backend per async context (asgiref's Local), so under ASGI 
 builds its own django-redis client (a redis.Redis with its callbacks, a connection-pool
 lookup) on the event loop the first time it touches the cache: about a tenth of a plain
 /v1 request's CPU here. The client is thread-safe and depends only on the backend's settings,
-so every backend built from the same settings shares the first one's client.
+so every backend built from the same settings shares the first one's client. (Under Relay's
+ASGI handler the loop's requests now share one backend as well: relay/eventloop/caches.py.)
 """
 
 from __future__ import annotations

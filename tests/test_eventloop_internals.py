@@ -374,19 +374,45 @@ def test_model_admin_logs_through_the_logentry_manager_log_actions(users, monkey
     assert [flag for flag, _, _ in calls] == [CHANGE, DELETION]
 
 
-def test_every_async_context_builds_its_own_cache_backend():
-    """Why relay/redis_cache.py shares the client: Django's caches are per context, so per request."""
-    from django.core.cache import caches
+def _two_requests_backends(handler):
+    """The default cache backend as two concurrent requests on one event loop see it."""
 
     async def backend():
-        return caches["default"]
+        return handler["default"]
 
     async def two_requests():
         return await asyncio.gather(backend(), backend())
 
     # A server's requests start from a context where nothing touched the cache (relay.asgi does not).
-    first, second = contextvars.Context().run(asyncio.run, two_requests())
+    return contextvars.Context().run(asyncio.run, two_requests())
+
+
+def test_every_async_context_builds_its_own_cache_backend():
+    """Why relay/eventloop/caches.py shares them per thread: Django's caches are per context, so per request."""
+    from django.core.cache import CacheHandler
+
+    first, second = _two_requests_backends(CacheHandler())
     assert first is not second
+
+
+def test_a_cache_handler_keeps_its_backends_as_attributes_of_its_connections_store():
+    """relay/eventloop/caches.py puts a threading.local there: one backend per thread, shared by the
+    thread's async contexts, listed and closed by the handler as before."""
+    from django.core.cache import CacheHandler
+
+    from relay.eventloop.caches import share_per_thread
+
+    handler = CacheHandler()
+    share_per_thread(handler)
+    first, second = _two_requests_backends(handler)
+    assert first is second
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(handler["default"]))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not first
+    assert handler.all(initialized_only=True) == [first]
+    handler.close_all()
 
 
 def test_cache_backends_built_from_the_same_settings_share_one_redis_client():

@@ -207,6 +207,66 @@ def test_sessions_csrf_and_messages_send_no_middleware_hook_to_the_shared_thread
     assert set(hook_hops(thread_hops)) == {"MessageMiddleware.process_response"}, thread_hops
 
 
+def test_the_asgi_handler_gives_a_thread_s_requests_one_cache_backend(monkeypatch):
+    """relay/eventloop/caches.py: not one backend built per request (Django's per-context default)."""
+    import asyncio
+    import contextvars
+
+    from asgiref.local import Local
+    from django.core.cache import caches
+
+    from relay.eventloop.handler import RelayASGIHandler
+
+    monkeypatch.setattr(caches, "_connections", Local())  # Django's own; the test's change is undone after
+    RelayASGIHandler()
+
+    async def backend():
+        return caches["default"]
+
+    async def two_requests():
+        return await asyncio.gather(backend(), backend())
+
+    first, second = contextvars.Context().run(asyncio.run, two_requests())
+    assert first is second
+
+
+def test_relay_message_middleware_builds_the_storage_only_for_a_view_that_uses_it(monkeypatch):
+    """relay/eventloop/inline.py: an API request builds no message storage; a page that adds a
+    message still has it stored (in the cookie)."""
+    from django.contrib.messages import add_message, constants, get_messages
+    from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessions
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from relay.eventloop import inline
+
+    built, build = [], inline.default_storage
+    monkeypatch.setattr(inline, "default_storage", lambda request: built.append(1) or build(request))
+
+    def serve(view, cookies=None):
+        request = RequestFactory().get("/")
+        request.COOKIES.update(cookies or {})
+        DjangoSessions(view).process_request(request)
+        middleware = inline.MessageMiddleware(view)
+        middleware.process_request(request)
+        return middleware.process_response(request, view(request))
+
+    quiet = serve(lambda request: HttpResponse("ok"))
+    assert built == [] and "messages" not in quiet.cookies
+
+    def adds(request):
+        add_message(request, constants.INFO, "saved")
+        return HttpResponse("ok")
+
+    def shows(request):
+        return HttpResponse(" ".join(str(message) for message in get_messages(request)))
+
+    added = serve(adds)
+    assert built == [1]
+    shown = serve(shows, {"messages": added.cookies["messages"].value})
+    assert shown.content == b"saved" and shown.cookies["messages"].value == ""  # shown once, then cleared
+
+
 def test_model_calls_skip_the_sync_thread_and_start_no_thread(asgi_server, users, monkeypatch):
     """Async views: no middleware hook goes through Django's sync thread, and no thread is started
     per request (relay/eventloop/inline.py, relay/eventloop/handler.py). Sync views keep Django's

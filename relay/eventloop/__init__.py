@@ -7,6 +7,7 @@ process; under load every request would queue there. This package holds Relay's 
   async under ASGI, never a hop), and the request size limit;
 - `inline`: Django's own middleware with their hooks run on the loop;
 - `handler`: the ASGI handler that starts no thread per request for async views and bounds bodies;
+- `caches`: one cache backend per thread, not one built per request;
 - `static`: WhiteNoise with only static requests leaving the loop;
 - `db`: `run_db`, ORM work on a bounded pool of threads;
 - `group_commit`: concurrent requests' writes committed in one transaction.

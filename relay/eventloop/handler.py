@@ -12,8 +12,10 @@ sends request_started through sync_to_async and closes the response through it (
 request_finished): two hand-offs to that one shared thread per model call, every request queued
 behind the others, ~1 ms each on an idle 2-core machine. Their receivers reset what the calling
 thread holds (its database connections, caches, query log, urlconf); the loop's thread holds no
-database connection (the ORM runs on relay.eventloop.db's pool, which ages its own) and its
-caches and urlconf are the request's own context, so they run there directly. An async receiver
+database connection (the ORM runs on relay.eventloop.db's pool, which ages its own), its urlconf
+is the request's own context, and closing its cache backends (shared by the loop's requests:
+relay/eventloop/caches.py, which this handler installs) lets go of nothing (django-redis closes
+its pool only when told to), so they run there directly. An async receiver
 connected to either signal sends Django's way again.
 
 It also bounds the body it reads (`bounded_body`): Django spools a whole body to a temporary
@@ -31,6 +33,7 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import Resolver404, resolve, set_script_prefix
 
+from relay.eventloop.caches import share_per_thread
 from relay.eventloop.middleware import body_limit
 
 _END_OF_BODY = {"type": "http.request", "body": b"", "more_body": False}
@@ -107,6 +110,10 @@ def _sync_receivers_only(signal, sender) -> bool:
 
 
 class RelayASGIHandler(ASGIHandler):
+    def __init__(self):
+        super().__init__()
+        share_per_thread()
+
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             scope, receive = bounded_body(scope, receive)
