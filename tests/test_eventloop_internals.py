@@ -7,7 +7,6 @@ missing deploy warning somewhere else.
 """
 
 import asyncio
-import contextvars
 import threading
 
 import pytest
@@ -15,6 +14,8 @@ from asgiref.sync import SyncToAsync, ThreadSensitiveContext, markcoroutinefunct
 from django.conf import settings
 from django.http import HttpResponse
 from django.test import RequestFactory
+
+from tests.support.caches import backends_of_two_requests
 
 STATIC_PATH = "/static/css/relay.css"
 
@@ -374,24 +375,11 @@ def test_model_admin_logs_through_the_logentry_manager_log_actions(users, monkey
     assert [flag for flag, _, _ in calls] == [CHANGE, DELETION]
 
 
-def _two_requests_backends(handler):
-    """The default cache backend as two concurrent requests on one event loop see it."""
-
-    async def backend():
-        return handler["default"]
-
-    async def two_requests():
-        return await asyncio.gather(backend(), backend())
-
-    # A server's requests start from a context where nothing touched the cache (relay.asgi does not).
-    return contextvars.Context().run(asyncio.run, two_requests())
-
-
 def test_every_async_context_builds_its_own_cache_backend():
     """Why relay/eventloop/caches.py shares them per thread: Django's caches are per context, so per request."""
     from django.core.cache import CacheHandler
 
-    first, second = _two_requests_backends(CacheHandler())
+    first, second = backends_of_two_requests(CacheHandler())
     assert first is not second
 
 
@@ -404,7 +392,7 @@ def test_a_cache_handler_keeps_its_backends_as_attributes_of_its_connections_sto
 
     handler = CacheHandler()
     share_per_thread(handler)
-    first, second = _two_requests_backends(handler)
+    first, second = backends_of_two_requests(handler)
     assert first is second
     elsewhere = []
     thread = threading.Thread(target=lambda: elsewhere.append(handler["default"]))

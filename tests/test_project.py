@@ -209,24 +209,15 @@ def test_sessions_csrf_and_messages_send_no_middleware_hook_to_the_shared_thread
 
 def test_the_asgi_handler_gives_a_thread_s_requests_one_cache_backend(monkeypatch):
     """relay/eventloop/caches.py: not one backend built per request (Django's per-context default)."""
-    import asyncio
-    import contextvars
-
     from asgiref.local import Local
     from django.core.cache import caches
 
     from relay.eventloop.handler import RelayASGIHandler
+    from tests.support.caches import backends_of_two_requests
 
     monkeypatch.setattr(caches, "_connections", Local())  # Django's own; the test's change is undone after
     RelayASGIHandler()
-
-    async def backend():
-        return caches["default"]
-
-    async def two_requests():
-        return await asyncio.gather(backend(), backend())
-
-    first, second = contextvars.Context().run(asyncio.run, two_requests())
+    first, second = backends_of_two_requests(caches)
     assert first is second
 
 
