@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from billing.ledger_base import RETENTION_SECONDS, Grant, HeldClosing, Ledger, LedgerUnavailable, OpenReservation
-from relay import redis_clients
+from relay import redis_clients, redis_scripts
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ class RedisBackend:
     def __init__(self, target: redis_clients.Target | str):
         self.target = redis_clients.Target(target) if isinstance(target, str) else target
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> ScriptRunner
         self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {script text: script}
         self._alone_until = 0.0  # until then the primary is known to have no replica online (no WAIT)
 
@@ -219,15 +220,13 @@ class RedisBackend:
         return client
 
     async def run(self, script: str, *args):
-        client = self.client()
-        scripts = self._scripts.setdefault(asyncio.get_running_loop(), {})
-        registered = scripts.get(script)
-        if registered is None:
-            # EVALSHA: the script's hash instead of its text on every call (loaded again by
-            # redis-py if Redis restarted and forgot it).
-            registered = scripts[script] = client.register_script(script)
+        # EVALSHA, with the calls of one turn of the loop in one trip (relay.redis_scripts).
+        loop = asyncio.get_running_loop()
+        runner = self._runners.get(loop)
+        if runner is None:
+            runner = self._runners[loop] = redis_scripts.ScriptRunner(self.client())
         try:
-            return await registered(args=args)
+            return await runner.run(script, args)
         except RedisError as error:
             raise LedgerUnavailable(f"The budget ledger (Redis) is unreachable: {error}") from error
 

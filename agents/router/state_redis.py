@@ -1,4 +1,5 @@
-"""The router's state in Redis: each call is one Lua script (one round trip), atomic across instances.
+"""The router's state in Redis: each call is one Lua script, atomic across instances, in one round
+trip that the other script calls of the same turn of the loop share (relay.redis_scripts).
 
 Keys (P = agents.router.state.key_prefix(), k = a deployment's key): P h:k hash (open: cooldown
 until, since: opened at, probe: probe claim until, pl: the probe's lease, ttft: moving average),
@@ -27,7 +28,7 @@ from agents.router.state_base import (
     Transition,
     state_name,
 )
-from relay import redis_clients
+from relay import redis_clients, redis_scripts
 
 # ARGV: prefix, now, ttl, lease, tokens, rand, strategy, probe ttl, keep, then per deployment:
 # key, weight, priority, rpm limit, tpm limit ('' = none). Returns {key, probe 0|1, ''} or
@@ -207,7 +208,7 @@ class _Clients:
     def __init__(self, target: redis_clients.Target | str):
         self.target = redis_clients.Target(target) if isinstance(target, str) else target
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> ScriptRunner
         self._sync: redis.Redis | None = None
         self._sync_scripts: dict = {}
 
@@ -222,12 +223,12 @@ class _Clients:
 
     async def run(self, script: str, *args):
         try:
-            client = self._client()
-            scripts = self._scripts.setdefault(asyncio.get_running_loop(), {})
-            registered = scripts.get(script)
-            if registered is None:
-                registered = scripts[script] = client.register_script(script)
-            return await registered(args=args)
+            # EVALSHA, with the calls of one turn of the loop in one trip (relay.redis_scripts).
+            loop = asyncio.get_running_loop()
+            runner = self._runners.get(loop)
+            if runner is None:
+                runner = self._runners[loop] = redis_scripts.ScriptRunner(self._client())
+            return await runner.run(script, args)
         except (RedisError, OSError) as error:
             raise StateUnavailable(f"the routing state (Redis) is unreachable: {error}") from error
 
