@@ -15,6 +15,7 @@ refusal is recorded in the audit trail as the HTTP API records it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -219,8 +220,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _stream(self, run: runner.PreparedRun):
         try:
-            async for event in runner.stream(run):
-                await self.send_event({**event, "conversation_id": run.conversation_id})
+            # Closed here, not by the garbage collector, when a cancel lands in a send: the run is
+            # stored before the `done` below is told.
+            async with contextlib.aclosing(runner.stream(run)) as run_events:
+                async for event in run_events:
+                    await self.send_event({**event, "conversation_id": run.conversation_id})
         except asyncio.CancelledError:
             if run.outcome is not None:  # stored as cancelled: tell the client what it cost
                 status, total_tokens, cost = run.outcome

@@ -141,5 +141,12 @@ async def prepare_once(django_request, endpoint: str, body: dict, request):
     except BaseException:
         await asyncio.shield(db(release)(claimed))
         raise
-    await db(bind)(claimed, run.message_id)
+    try:
+        await db(bind)(claimed, run.message_id)
+    except BaseException:  # unbound, the run would stay reserved and its key "in use" until they expire
+        try:
+            await asyncio.shield(runner.abandon(run, "error", "service_unavailable"))
+        finally:
+            await asyncio.shield(db(release)(claimed))
+        raise
     return run

@@ -111,7 +111,8 @@ class PreparedRun:
     remaining_tokens: int | None = None  # the key's tokens/minute left, for X-RateLimit-Remaining-Tokens
     replay: tuple | None = None  # (Message, UsageRecord) of an earlier run answered again (agents.idempotency)
     fallbacks: list[dict] = field(default_factory=list)  # {"from", "to", "reason"} for each model switch
-    unreserved: bool = False  # a fallback's reservation failed after the first was given back: bill nothing
+    # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
+    unreserved: bool = False
 
 
 class _BudgetStop(Exception):
@@ -290,8 +291,12 @@ async def stream(run: PreparedRun):
         for event in _replayed_events(run):
             yield event
         return
+    try:
+        yield events.start(run.conversation_id, run.message_id, run.agent.name, run.model.name)
+    except BaseException:  # the client left at the first event (GeneratorExit, cancel): no run is left open
+        await asyncio.shield(abandon(run))
+        raise
     progress = _Progress()
-    yield events.start(run.conversation_id, run.message_id, run.agent.name, run.model.name)
     try:
         async for event in _produce(run, progress):
             yield event
@@ -314,6 +319,14 @@ async def stream(run: PreparedRun):
     usage = await asyncio.shield(_finish(run, progress))
     yield events.usage(usage.input_tokens, usage.output_tokens, usage.cost, run.model.name)
     yield events.done(progress.status, usage.input_tokens + usage.output_tokens, usage.cost)
+
+
+async def abandon(run: PreparedRun, status: str = "cancelled", error_code: str = "") -> None:
+    """Close a prepared run that no model was asked for (its client left, or binding it failed):
+    stored with `status`, billed nothing, its reservation and admission given back now rather than
+    at their TTL."""
+    run.unreserved = True
+    await _finish(run, _Progress(status=status, error_code=error_code))
 
 
 def replayed(request: RunRequest, message) -> PreparedRun:

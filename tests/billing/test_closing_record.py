@@ -247,3 +247,67 @@ def test_the_next_turn_waits_for_the_last_closing_on_this_instance(org, users, l
 
     answer, history = asyncio.run(scenario())
     assert answer and {"role": "assistant", "content": answer} in history
+
+
+
+def test_a_stream_closed_at_its_start_event_closes_its_run_unbilled(org, users, ledger):
+    """A client gone after the first event (an SSE disconnect, a WebSocket cancel) leaves no run open:
+    the reservation is given back at once and the answer is stored as cancelled at zero cost, since
+    no model was asked, instead of waiting for the reservation's TTL and the periodic job."""
+    from django.utils import timezone
+
+    from agents import runner
+
+    scope = budgets.covering(make_budget(org, limit_usd="10"), timezone.now()).scope_key
+
+    async def scenario():
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+        held = await ledger.reserved(scope)
+        events = runner.stream(run)
+        first = await anext(events)
+        await events.aclose()
+        return run, first, held, await ledger.reserved(scope)
+
+    run, first, held, left = asyncio.run(scenario())
+    assert first["type"] == "start" and held > 0 and left == 0
+    assert Message.objects.get(pk=run.message_id).status == Message.Status.CANCELLED
+    usage = UsageRecord.objects.get(request_id=run.request.run_id)
+    assert (usage.input_tokens, usage.output_tokens, usage.cost) == (0, 0, 0)
+    assert AuditEvent.objects.filter(action="agent.run", metadata__run_id=run.request.run_id).count() == 1
+    assert _spent(org) == (0, 0)
+    assert_reconciled()
+
+
+def test_a_websocket_cancel_during_the_start_event_stores_the_run_before_its_done(org, users, ledger):
+    """The cancel lands while the socket sends the first event: the run is closed in the consumer's
+    own task (not later by the garbage collector), so the client's `done` tells what it cost."""
+    from agents import runner
+    from agents.consumers import ChatConsumer
+
+    make_budget(org, limit_usd="10")
+
+    class Socket:
+        def __init__(self):
+            self.sent, self.sending = [], asyncio.Event()
+
+        async def send_event(self, event):
+            self.sent.append(event)
+            if event["type"] == "start":
+                self.sending.set()
+                await asyncio.Event().wait()  # a slow client: the send never ends by itself
+
+    async def scenario():
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+        socket = Socket()
+        task = asyncio.ensure_future(ChatConsumer._stream(socket, run))
+        await socket.sending.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return run, socket.sent
+
+    run, sent = asyncio.run(scenario())
+    assert [event["type"] for event in sent] == ["start", "done"]
+    assert sent[-1]["status"] == "cancelled" and sent[-1]["total_tokens"] == 0 and float(sent[-1]["cost"]) == 0
+    assert Message.objects.get(pk=run.message_id).status == Message.Status.CANCELLED
+    assert _spent(org) == (0, 0)
+    assert_reconciled()

@@ -126,3 +126,28 @@ def test_a_malformed_idempotency_key_is_400(asgi_server, users, upstream, key):
     assert response.status_code == 400, response.content
     assert json.loads(response.content)["error"]["code"] == "invalid_idempotency_key"
     assert not UsageRecord.objects.exists()
+
+
+def test_a_run_whose_key_cannot_be_bound_is_closed_and_its_key_freed(asgi_server, users, upstream, monkeypatch):
+    """The database fails between the run's reservation and binding it to its key: the request fails,
+    and neither the run (its reservation, a running answer) nor the key is left held until they expire."""
+    from django.db import OperationalError
+
+    from agents import idempotency
+
+    secret, budget = key_budget(users["user"], 1000 * (prompt_tokens(QUERY) * IN_PRICE + 8 * OUT_PRICE))
+    bind = idempotency.bind
+
+    def failing_once(claimed, message_id):
+        monkeypatch.setattr(idempotency, "bind", bind)
+        raise OperationalError("the connection dropped")
+
+    monkeypatch.setattr(idempotency, "bind", failing_once)
+    failed = post(asgi_server, "/api/v1/query", secret, BODY, key="bind-1")
+    assert failed.status_code >= 500 and "error" in failed.json()
+    assert list(Message.objects.filter(role="assistant").values_list("status", flat=True)) == ["error"]
+    assert ledger_figures(budget) == (0, 0), "nothing spent, nothing still reserved"
+    assert not upstream.requests, "no model was asked for the failed request"
+    again = post(asgi_server, "/api/v1/query", secret, BODY, key="bind-1")
+    assert again.status_code == 200, again.content
+    assert ledger_figures(budget)[0] == prompt_tokens(QUERY) * IN_PRICE + 8 * OUT_PRICE
