@@ -10,9 +10,11 @@ production server after the client has the answer's end (`_finish`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -33,6 +35,7 @@ from billing import ratelimit
 from billing import services as billing
 from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
+from relay.eventloop import unfinished
 from relay.eventloop.db import db
 from relay.eventloop.later import later, settled
 from relay.observability import metrics
@@ -113,6 +116,7 @@ class PreparedRun:
     fallbacks: list[dict] = field(default_factory=list)  # {"from", "to", "reason"} for each model switch
     # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
     unreserved: bool = False
+    take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
 
 
 class _BudgetStop(Exception):
@@ -227,6 +231,9 @@ async def prepare(req: RunRequest) -> PreparedRun:
         await asyncio.shield(heavy.release(lease))
         raise
     run.ctx.heavy_lease = lease
+    # Closed by its stream; if the request ends before that starts (the client gone while the
+    # response is built or its headers sent), by the handler (relay.eventloop.unfinished).
+    run.take_over = unfinished.register(functools.partial(abandon, run))
     return run
 
 
@@ -291,6 +298,7 @@ async def stream(run: PreparedRun):
         for event in _replayed_events(run):
             yield event
         return
+    run.take_over()
     try:
         yield events.start(run.conversation_id, run.message_id, run.agent.name, run.model.name)
     except BaseException:  # the client left at the first event (GeneratorExit, cancel): no run is left open
@@ -325,6 +333,7 @@ async def abandon(run: PreparedRun, status: str = "cancelled", error_code: str =
     """Close a prepared run that no model was asked for (its client left, or binding it failed):
     stored with `status`, billed nothing, its reservation and admission given back now rather than
     at their TTL."""
+    run.take_over()
     run.unreserved = True
     await _finish(run, _Progress(status=status, error_code=error_code))
 

@@ -33,6 +33,7 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import Resolver404, resolve, set_script_prefix
 
+from relay.eventloop import unfinished
 from relay.eventloop.caches import share_per_thread
 from relay.eventloop.middleware import body_limit
 
@@ -115,13 +116,16 @@ class RelayASGIHandler(ASGIHandler):
         share_per_thread()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            scope, receive = bounded_body(scope, receive)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope, receive = bounded_body(scope, receive)
+        async with unfinished.request_scope():  # what the request left open is closed when it ends
             # Under a script prefix the path would need stripping before resolving: Django's way then.
             if not scope.get("root_path") and serves_async_view(scope["path"]):
                 await self._handle_on_loop(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
 
     async def _handle_on_loop(self, scope, receive, send):
         """Django's handle() (5.2) for an async view, its request signals sent on the loop (module docstring)."""

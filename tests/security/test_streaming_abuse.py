@@ -1,6 +1,7 @@
 """WebSocket and SSE abuse: no credentials, bad frames, floods, slow and silent readers."""
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -306,3 +307,32 @@ def test_a_websocket_client_that_stops_reading_does_not_grow_server_memory(relay
     assert grown_mb < 24, f"server memory grew by {grown_mb:.1f} MB for a client that reads nothing"
     seen = fake_upstream.wait_for_disconnect(timeout=10)
     assert seen is not None and seen.client_disconnected, "closing the socket did not cancel the upstream call"
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/v1/stream", {"query": "Tell me a story.", "agent_type": "general", "max_tokens": 50}),
+    ("/v1/chat/completions", {"model": "fake-large", "stream": True, "max_tokens": 50,
+                              "messages": [{"role": "user", "content": "Tell me a story."}]}),
+])
+def test_a_client_gone_before_the_first_event_holds_no_budget(asgi_server, users, fake_upstream, upstream_model,
+                                                              monkeypatch, path, body):
+    """The client hangs up after the run is reserved and before its stream starts (here: the body is
+    cancelled at its first step, as a disconnect cancels it). Repeated, that would hold the shared
+    budget until each reservation's TTL; the request's end closes the run instead: cancelled, unbilled."""
+    from agents.api import sse
+    from billing.models import UsageRecord
+    from tests.billing.test_live_budgets import key_budget, ledger_figures
+
+    async def gone(run, framing):
+        raise asyncio.CancelledError  # the client went away before the first event was sent
+        yield  # noqa: RET503 (an async generator, as the real body is)
+
+    monkeypatch.setattr(sse, "sse_events", gone)
+    secret, budget = key_budget(users["user"], 10**9)
+    with contextlib.suppress(httpx.HTTPError):  # the body never ends: the server gave up on it
+        httpx.post(f"{asgi_server.url}{path}", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    answer = Message.objects.get(role="assistant")
+    assert answer.status == Message.Status.CANCELLED
+    assert UsageRecord.objects.get(request_id=answer.request_id).cost == 0
+    assert ledger_figures(budget) == (0, 0), "nothing spent, nothing still reserved"
+    assert not fake_upstream.requests, "no model was asked"
