@@ -143,9 +143,13 @@ async def prepare_once(django_request, endpoint: str, body: dict, request):
         raise
     try:
         await db(bind)(claimed, run.message_id)
-    except BaseException:  # unbound, the run would stay reserved and its key "in use" until they expire
+    except BaseException as failure:  # unbound, the run would stay reserved and its key "in use" until they expire
+        if isinstance(failure, asyncio.CancelledError):  # the client left
+            closing = runner.abandon(run)
+        else:  # the database failed
+            closing = runner.abandon(run, "error", "service_unavailable")
         try:
-            await asyncio.shield(runner.abandon(run, "error", "service_unavailable"))
+            await asyncio.shield(closing)
         finally:
             await asyncio.shield(db(release)(claimed))
         raise

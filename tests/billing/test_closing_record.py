@@ -249,7 +249,6 @@ def test_the_next_turn_waits_for_the_last_closing_on_this_instance(org, users, l
     assert answer and {"role": "assistant", "content": answer} in history
 
 
-
 def test_a_stream_closed_at_its_start_event_closes_its_run_unbilled(org, users, ledger):
     """A client gone after the first event (an SSE disconnect, a WebSocket cancel) leaves no run open:
     the reservation is given back at once and the answer is stored as cancelled at zero cost, since

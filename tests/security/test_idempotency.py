@@ -144,7 +144,7 @@ def test_a_run_whose_key_cannot_be_bound_is_closed_and_its_key_freed(asgi_server
 
     monkeypatch.setattr(idempotency, "bind", failing_once)
     failed = post(asgi_server, "/api/v1/query", secret, BODY, key="bind-1")
-    assert failed.status_code >= 500 and "error" in failed.json()
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "service_unavailable"
     assert list(Message.objects.filter(role="assistant").values_list("status", flat=True)) == ["error"]
     assert ledger_figures(budget) == (0, 0), "nothing spent, nothing still reserved"
     assert not upstream.requests, "no model was asked for the failed request"
