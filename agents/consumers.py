@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions
@@ -188,10 +190,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_event({"type": "error", "code": "too_many_requests",
                                    "message": f"At most {MAX_RUNNING} answers at a time on one connection."})
             return
-        conversation = str(message.get("conversation_id") or "")
+        conversation = _conversation_key(message.get("conversation_id"))
         if conversation and conversation in self.runs:
-            await self.send_event({"type": "error", "code": "conversation_busy", "conversation_id": conversation,
-                                   "message": "This conversation is still answering; cancel it or wait."})
+            await self._busy(conversation)
             return
         # Each query is audited as its own request: its own id, its own refusal record.
         with audit_context.bind(request_id=audit_context.new_request_id(), denial_recorded=False):
@@ -200,10 +201,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 run = await self._prepare(message)
             finally:
                 self.pending -= 1
-            if run is not None:
+            if run is not None and run.conversation_id in self.runs:  # one answer at a time per conversation
+                await runner.abandon(run)
+                await self._busy(run.conversation_id)
+            elif run is not None:
                 task = asyncio.ensure_future(self._stream(run))
                 self.runs[run.conversation_id] = task
-                task.add_done_callback(lambda _t, cid=run.conversation_id: self.runs.pop(cid, None))
+                task.add_done_callback(functools.partial(self._ended, run.conversation_id))
+
+    def _ended(self, conversation: str, task: asyncio.Task) -> None:
+        if self.runs.get(conversation) is task:
+            del self.runs[conversation]
+
+    async def _busy(self, conversation: str) -> None:
+        await self.send_event({"type": "error", "code": "conversation_busy", "conversation_id": conversation,
+                               "message": "This conversation is still answering; cancel it or wait."})
 
     async def _prepare(self, message) -> runner.PreparedRun | None:
         """The same door as HTTP: admission against the credential's current state, then the run's checks."""
@@ -222,9 +234,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             # Closed here, not by the garbage collector, when a cancel lands in a send: the run is
             # stored before the `done` below is told.
+            stall = runner.run_limits()[1]
             async with contextlib.aclosing(runner.stream(run)) as run_events:
                 async for event in run_events:
-                    await self.send_event({**event, "conversation_id": run.conversation_id})
+                    # A client that stopped reading holds the send: its run is closed after `stall`.
+                    async with asyncio.timeout(stall):
+                        await self.send_event({**event, "conversation_id": run.conversation_id})
         except asyncio.CancelledError:
             if run.outcome is not None:  # stored as cancelled: tell the client what it cost
                 status, total_tokens, cost = run.outcome
@@ -234,7 +249,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.info("websocket stream ended early", exc_info=True)
 
     async def _on_cancel(self, message):
-        conversation = str(message.get("conversation_id") or "")
+        conversation = _conversation_key(message.get("conversation_id"))
         targets = [self.runs[conversation]] if conversation in self.runs else (
             [] if conversation else list(self.runs.values()))
         if not targets:
@@ -243,3 +258,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for task in targets:
             task.cancel()
         await asyncio.gather(*targets, return_exceptions=True)
+
+
+def _conversation_key(value) -> str:
+    """A conversation id as runs are stored under it: any spelling the API accepts for one UUID
+    (upper case, bare hex, braces, urn:uuid:) is one conversation; anything else stays as sent
+    (the query's own validation refuses it)."""
+    text = str(value or "")
+    try:
+        return str(uuid.UUID(hex=text))
+    except ValueError:
+        return text

@@ -43,6 +43,7 @@ from relay.observability import metrics
 logger = logging.getLogger(__name__)
 MAX_OUTPUT_TOKENS = 32768
 DEFAULT_MAX_TOKENS = 1024
+STALLED_CLIENT_SECONDS = 60  # a client that takes no event for this long is gone: its stream closes
 HISTORY_MESSAGES = 20
 TREE_ROWS = 1000  # the recent messages a branch's history is walked through
 
@@ -117,6 +118,29 @@ class PreparedRun:
     # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
     unreserved: bool = False
     take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
+
+
+def run_limits() -> tuple[float, float]:
+    """(how long a run may last, how long its client may take no event), in seconds.
+
+    A run must close, and settle, before its reservation expires and before the periodic job
+    takes an answer still `running` for a dead instance's (interrupted at zero cost, its late
+    closing then dropped): so a run stops at the first bound, and a client that stops reading
+    loses its stream at the second. Together with the upstream's longest silence between two
+    chunks, they keep the longest run inside the reservation's TTL.
+    """
+    bound = min(settings.RELAY_BUDGET_RESERVATION_TTL, settings.RELAY_INTERRUPTED_AFTER_SECONDS)
+    stall = min(STALLED_CLIENT_SECONDS, bound / 6)
+    return bound - 3 * stall, stall
+
+
+def _now() -> float:
+    """The runner's clock for run deadlines (time.monotonic; tests move it)."""
+    return time.monotonic()
+
+
+class _RunTimeout(Exception):
+    pass
 
 
 class _BudgetStop(Exception):
@@ -305,6 +329,7 @@ async def stream(run: PreparedRun):
         await asyncio.shield(abandon(run))
         raise
     progress = _Progress()
+    failure = None
     try:
         async for event in _produce(run, progress):
             yield event
@@ -312,21 +337,36 @@ async def stream(run: PreparedRun):
         progress.status = "cancelled"
         await asyncio.shield(_finish(run, progress))
         raise
-    except (_BudgetStop, billing.BudgetExceeded) as stop:  # the latter: a fallback's reservation refused
-        progress.status, progress.error_code = "budget_stop", "budget_exceeded"
-        blocking = run.charge.blocking_budget()
-        yield events.error("budget_exceeded", stop.message or (blocking.message if blocking else
-                                                               "The budget is used up."))
-    except ProviderError as failure:
-        progress.status, progress.error_code = "error", failure.code
-        yield events.error(failure.code, failure.message)
-    except Exception:
-        logger.exception("agent %s failed (run %s)", run.agent.name, run.request.run_id)
-        progress.status, progress.error_code = "error", "agent_error"
-        yield events.error("agent_error", "The agent failed unexpectedly; the error has been logged.")
+    except Exception as error:  # noqa: BLE001  (told to the client below, then closed as it ended)
+        failure = _failure_event(run, progress, error)
+    if failure is not None:
+        try:
+            yield failure
+        except BaseException:  # the client left while told: the run still closes as it ended, its tokens billed
+            await asyncio.shield(_finish(run, progress))
+            raise
     usage = await asyncio.shield(_finish(run, progress))
     yield events.usage(usage.input_tokens, usage.output_tokens, usage.cost, run.model.name)
     yield events.done(progress.status, usage.input_tokens + usage.output_tokens, usage.cost)
+
+
+def _failure_event(run: PreparedRun, progress: _Progress, error: Exception) -> dict:
+    """The error event of a run that failed; sets the status it is stored with."""
+    if isinstance(error, (_BudgetStop, billing.BudgetExceeded)):  # the latter: a fallback's reservation refused
+        progress.status, progress.error_code = "budget_stop", "budget_exceeded"
+        blocking = run.charge.blocking_budget()
+        return events.error("budget_exceeded", error.message or (blocking.message if blocking else
+                                                                 "The budget is used up."))
+    if isinstance(error, ProviderError):
+        progress.status, progress.error_code = "error", error.code
+        return events.error(error.code, error.message)
+    if isinstance(error, _RunTimeout):
+        progress.status, progress.error_code = "error", "run_timeout"
+        return events.error("run_timeout", f"The answer was stopped after {run_limits()[0]:g} s, the longest a "
+                                           "run may last here; what it said so far is billed.")
+    logger.error("agent %s failed (run %s)", run.agent.name, run.request.run_id, exc_info=error)
+    progress.status, progress.error_code = "error", "agent_error"
+    return events.error("agent_error", "The agent failed unexpectedly; the error has been logged.")
 
 
 async def abandon(run: PreparedRun, status: str = "cancelled", error_code: str = "") -> None:
@@ -369,8 +409,11 @@ async def _produce(run: PreparedRun, progress: _Progress):
     # the response cache replays with no model call; a model answers through its fallbacks
     source = optimizer.replay(run.plan.cached_answer) if hit else fallbacks.answer(run, progress)
     local_delay = 0 if hit else settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
+    deadline = run.started + run_limits()[0]
     async with aclosing(source):
         async for item in source:
+            if _now() > deadline:
+                raise _RunTimeout()
             if isinstance(item, dict):
                 yield item
                 continue

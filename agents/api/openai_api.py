@@ -46,7 +46,7 @@ class UnsupportedParameter(exceptions.ValidationError):
 class RunFailed(exceptions.APIException):
     """A whole (non-streamed) answer that failed: an HTTP error, as OpenAI's API gives, not a 200 with no content."""
 
-    STATUS = {"rate_limited": 429, "upstream_timeout": 504, "agent_error": 500}
+    STATUS = {"rate_limited": 429, "upstream_timeout": 504, "run_timeout": 504, "agent_error": 500}
 
     def __init__(self, code: str, message: str):
         self.status_code = self.STATUS.get(code, 502)  # the upstream's failures: a bad gateway

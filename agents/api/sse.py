@@ -41,14 +41,16 @@ class RelayFraming:
         return data(event)
 
 
-async def with_heartbeats(source, interval: float):
+async def with_heartbeats(source, interval: float, stall: float | None = None):
     """Pass events through, yielding None whenever `interval` seconds pass without one.
 
     The pending step keeps running across heartbeats (it is never cancelled by the timer), so a
     slow tool or model is not interrupted by the keep-alive. Closing this generator cancels the
-    pending step and closes the source.
+    pending step and closes the source. If the consumer takes no event for `stall` seconds (its
+    client stopped reading, so the server's send waits), the source is closed then: a run ends
+    while its reservation holds, not whenever the client wakes.
     """
-    pump = _Pump(source, interval)
+    pump = _Pump(source, interval, stall)
     try:
         while (item := await pump.next()) is not _END:
             yield item
@@ -69,9 +71,9 @@ class _Pump:
     since it started waiting.
     """
 
-    def __init__(self, source, interval: float):
+    def __init__(self, source, interval: float, stall: float | None = None):
         self.loop = asyncio.get_running_loop()
-        self.iterator, self.interval = aiter(source), interval
+        self.iterator, self.interval, self.stall = aiter(source), interval, stall
         self.ready = None  # (event, error) fetched while the consumer was away (sending, or a heartbeat)
         self.taken = None  # the task's wait until the consumer took `ready`
         self.answer = None  # what the consumer waits on: (event, error), or (None, None) for a heartbeat
@@ -93,7 +95,12 @@ class _Pump:
                 self.ready = result
                 if not last:
                     self.taken = self.loop.create_future()
-                    await self.taken
+                    try:
+                        async with asyncio.timeout(self.stall):
+                            await self.taken
+                    except TimeoutError:  # the consumer is stuck in a send: its client is gone
+                        await self.iterator.aclose()
+                        return
             if last:
                 return
 
@@ -102,6 +109,8 @@ class _Pump:
             (event, error), self.ready = self.ready, None
             if self.taken is not None and not self.taken.done():
                 self.taken.set_result(None)
+        elif self.task.done():  # the source was closed for a stalled client
+            return _END
         else:
             self.answer = self.loop.create_future()
             self.deadline = self.loop.time() + self.interval
@@ -136,7 +145,7 @@ async def sse_events(run: runner.PreparedRun, framing):
     with metrics.session_open():
         if framing.opening:
             yield framing.opening
-        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS):
+        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS, stall=runner.run_limits()[1]):
             if event is None:
                 yield HEARTBEAT
             elif frame := framing.frame(event):

@@ -11,6 +11,7 @@ from django.db import OperationalError
 from agents.actions import runs
 from agents.jobs import mark_interrupted_messages
 from agents.models import Message
+from agents.providers.base import ProviderError
 from audit.maintenance import verify_chain
 from audit.models import AuditEvent
 from billing import budgets, services
@@ -309,4 +310,87 @@ def test_a_websocket_cancel_during_the_start_event_stores_the_run_before_its_don
     assert sent[-1]["status"] == "cancelled" and sent[-1]["total_tokens"] == 0 and float(sent[-1]["cost"]) == 0
     assert Message.objects.get(pk=run.message_id).status == Message.Status.CANCELLED
     assert _spent(org) == (0, 0)
+    assert_reconciled()
+
+
+def _answers_then_fails(failure):
+    """A model that streams two tokens, then fails with `failure` (in place of agents.fallbacks.answer)."""
+    from agents.providers.base import TextDelta
+
+    async def answer(run, progress):
+        yield TextDelta("Two")
+        yield TextDelta(" is")
+        raise failure
+
+    return answer
+
+
+FAILURES = [pytest.param(lambda: ProviderError("upstream_error", "The upstream failed."), id="upstream"),
+            pytest.param(lambda: RuntimeError("the agent broke"), id="agent")]
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_a_stream_closed_at_its_error_event_bills_the_tokens_it_streamed(org, users, ledger, monkeypatch, failure):
+    """The client leaves while the error event is sent (an SSE disconnect; a budget stop it provoked on
+    purpose): the run is still closed as it ended, with the tokens it streamed billed, one usage record
+    and one event, instead of left running for the periodic job to close at zero cost."""
+    from django.utils import timezone
+
+    from agents import fallbacks, runner
+
+    monkeypatch.setattr(fallbacks, "answer", _answers_then_fails(failure()))
+    scope = budgets.covering(make_budget(org, limit_usd="10"), timezone.now()).scope_key
+
+    async def scenario():
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+        events, seen = runner.stream(run), []
+        while not seen or seen[-1]["type"] != "error":
+            seen.append(await anext(events))
+        await events.aclose()
+        return run, seen, await ledger.reserved(scope)
+
+    run, seen, left = asyncio.run(scenario())
+    assert [event["type"] for event in seen] == ["start", "token", "token", "error"] and left == 0
+    assert Message.objects.get(pk=run.message_id).status == Message.Status.ERROR
+    usage = UsageRecord.objects.get(request_id=run.request.run_id)
+    assert usage.output_tokens == 2 and usage.cost > 0
+    assert AuditEvent.objects.filter(action="agent.run", metadata__run_id=run.request.run_id).count() == 1
+    assert _spent(org) == (usd_to_nanos(usage.cost),) * 2
+    assert_reconciled()
+
+
+def test_a_websocket_cancel_during_the_error_event_stores_the_run_before_its_done(org, users, ledger, monkeypatch):
+    """A client that stops reading when the error comes, then cancels: the run is closed as it ended
+    and billed for its tokens, and the client's `done` says so."""
+    from agents import fallbacks, runner
+    from agents.consumers import ChatConsumer
+
+    monkeypatch.setattr(fallbacks, "answer", _answers_then_fails(ProviderError("upstream_error", "The upstream failed.")))
+    make_budget(org, limit_usd="10")
+
+    class Socket:
+        def __init__(self):
+            self.sent, self.sending = [], asyncio.Event()
+
+        async def send_event(self, event):
+            self.sent.append(event)
+            if event["type"] == "error":
+                self.sending.set()
+                await asyncio.Event().wait()  # a client that stopped reading: the send never ends by itself
+
+    async def scenario():
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+        socket = Socket()
+        task = asyncio.ensure_future(ChatConsumer._stream(socket, run))
+        await socket.sending.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return run, socket.sent
+
+    run, sent = asyncio.run(scenario())
+    assert [event["type"] for event in sent] == ["start", "token", "token", "error", "done"]
+    assert sent[-1]["status"] == "error" and sent[-1]["total_tokens"] > 2 and float(sent[-1]["cost"]) > 0
+    usage = UsageRecord.objects.get(request_id=run.request.run_id)
+    assert usage.output_tokens == 2 and _spent(org) == (usd_to_nanos(usage.cost),) * 2
+    assert Message.objects.get(pk=run.message_id).status == Message.Status.ERROR
     assert_reconciled()

@@ -136,6 +136,41 @@ def test_a_flood_of_concurrent_queries_gets_too_many_requests(asgi_server, key, 
     asyncio.run(scenario())
 
 
+def test_one_answer_at_a_time_per_conversation_whatever_the_spelling_of_its_id(asgi_server, key, fake_upstream,
+                                                                              upstream_model):
+    # Control: agents.consumers._conversation_key (runs are keyed by the UUID, not the string sent).
+    # Without it, each spelling started another answer on the same conversation, the first one was
+    # no longer tracked (nor cancelled with the connection), and MAX_RUNNING counted none of them.
+    fake_upstream.configure(ttft=0, tokens=3)
+
+    async def scenario():
+        async with websockets.connect(ws_url(asgi_server.url)) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": key}))
+            await recv_json(ws)
+            query = {"type": "query", "agent_type": "general", "model": upstream_model, "cache": False}
+            await ws.send(json.dumps({**query, "query": "first turn"}))
+            conversation = (await until_done(ws))[-1]["conversation_id"]
+            fake_upstream.configure(ttft=3.0, tokens=3)
+            await ws.send(json.dumps({**query, "query": "second turn", "conversation_id": conversation}))
+            assert (await recv_json(ws))["type"] == "start"
+            spellings = [conversation.upper(), conversation.replace("-", ""), "{" + conversation + "}",
+                         "urn:uuid:" + conversation]
+            replies = []
+            for spelling in spellings:
+                await ws.send(json.dumps({**query, "query": "again", "conversation_id": spelling}))
+                replies.append(await recv_json(ws))
+            await ws.send(json.dumps({"type": "cancel", "conversation_id": conversation.upper()}))
+            ended = await until_done(ws)
+            return conversation, replies, ended
+
+    conversation, replies, ended = asyncio.run(scenario())
+    assert [(reply["type"], reply.get("code")) for reply in replies] == [("error", "conversation_busy")] * 4
+    assert {reply["conversation_id"] for reply in replies} == {conversation}
+    assert ended[-1]["status"] == "cancelled"  # a cancel naming it in another spelling reaches it
+    answers = Message.objects.filter(conversation_id=conversation, role="assistant")
+    assert sorted(answers.values_list("status", flat=True)) == ["cancelled", "complete"]
+
+
 def test_sse_refuses_anonymous_malformed_and_oversized_requests(asgi_server, key):
     # Controls: api_endpoint authentication, read_json, RequestSizeLimitMiddleware.
     with httpx.Client(base_url=asgi_server.url, timeout=20) as client:
