@@ -29,7 +29,7 @@ from agents.core import RunContext
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
-from agents.tokenizer import count_message_tokens, split_tokens
+from agents.tokenizer import count_message_tokens, count_tool_tokens, split_tokens
 from agents.upstream import build_messages
 from billing import ratelimit
 from billing import services as billing
@@ -276,7 +276,8 @@ async def _prepare(req: RunRequest) -> PreparedRun:
     ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=plan.history,
                      attachment=req.attachment, raw_messages=plan.raw_messages, client_tools=req.client_tools)
     max_tokens = min(max(int(req.max_tokens or DEFAULT_MAX_TOKENS), 1), MAX_OUTPUT_TOKENS)
-    input_tokens = count_message_tokens(build_messages(agent, ctx))
+    # The client's tools go to the model with the messages: they are input, reserved and rate-limited as such.
+    input_tokens = count_message_tokens(build_messages(agent, ctx)) + count_tool_tokens(ctx.client_tools)
     remaining_tokens = await ratelimit.admit(req.api_key, input_tokens, max_tokens)  # 429 rate_limited
     try:
         if plan.hit:  # a cached answer costs nothing: no reservation, a zero-priced charge

@@ -9,6 +9,7 @@ Every character of the input belongs to exactly one piece, so ``"".join(split_to
 for any string, including emoji, control characters and lone surrogates.
 """
 
+import json
 import re
 
 # Scripts written without spaces between words: a GPT tokenizer spends roughly one token per
@@ -98,6 +99,14 @@ def _tool_calls_tokens(tool_calls) -> int:
             total += count_tokens(str(function.get("name") or ""))
             total += count_tokens(str(function.get("arguments") or ""))
     return total
+
+
+def count_tool_tokens(tools: list[dict] | None) -> int:
+    """Prompt tokens of the tool definitions sent beside the messages (the client's own, on /v1):
+    the model reads them as part of the prompt, so they count like any other input."""
+    if not tools:
+        return 0
+    return count_tokens(json.dumps(tools, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 def count_message_tokens(messages: list[dict]) -> int:

@@ -79,6 +79,12 @@ class ChatCompletionSerializer(SharedFieldsMixin, serializers.Serializer):
             raise serializers.ValidationError("The conversation is too long.")
         return messages
 
+    def validate_tools(self, tools):
+        # Sent to the model with every tool round: bounded like the conversation, not only by the body limit.
+        if tools and len(json.dumps(tools, separators=(",", ":"), ensure_ascii=False, default=str)) > 4 * MAX_QUERY_CHARS:
+            raise serializers.ValidationError("The tool definitions are too long.")
+        return tools
+
 
 def text_of(content) -> str:
     if isinstance(content, str):

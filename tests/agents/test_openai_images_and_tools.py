@@ -209,6 +209,40 @@ def test_empty_tool_fields_are_not_client_tools(caller):
     assert response.status_code == 200 and r"\frac{x^{3}}{3}" in response.json()["choices"][0]["message"]["content"]
 
 
+def _tool(description: str) -> dict:
+    return {"type": "function", "function": {"name": "lookup", "description": description,
+                                             "parameters": {"type": "object"}}}
+
+
+@pytest.mark.django_db
+def test_client_tools_are_input_for_the_token_rate_limit(users):
+    # Control: agents.tokenizer.count_tool_tokens in runner._prepare. Without it the definitions,
+    # which the model reads with every round, rode along uncounted: not reserved, not rate-limited.
+    from rest_framework.test import APIClient
+
+    from accounts.actions.keys import create_api_key
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_api_key(users['user'], 'tools', tokens_per_minute=3000).secret}")
+    messages = [{"role": "user", "content": "hi"}]
+    small = client.post(CHAT, {"model": "local-mini", "max_tokens": 10, "messages": messages,
+                               "tools": [_tool("Weather in a city.")]}, format="json")
+    assert small.status_code == 200, small.content[:300]
+    spent_small = 3000 - int(small["X-RateLimit-Remaining-Tokens"])
+    refused = client.post(CHAT, {"model": "local-mini", "max_tokens": 10, "messages": messages,
+                                 "tools": [_tool("word " * 4000)]}, format="json")
+    openai_error(refused, 429, "rate_limited")
+    assert spent_small < 100  # the small request fitted; the large one's 4,000 words of tools did not
+
+
+@pytest.mark.django_db
+def test_tool_definitions_are_bounded_like_the_conversation(caller):
+    response = chat(caller, [{"role": "user", "content": "hi"}], model="local-mini",
+                    tools=[_tool("word " * 30_000)])
+    error = openai_error(response, 400)
+    assert error["param"] == "tools" and "too long" in error["message"], error
+
+
 # --- an upstream's answer and its failure, whole ----------------------------------------------
 
 def test_an_upstream_failure_is_an_http_error_not_an_empty_answer(asgi_server, user_key, fake_upstream,
