@@ -179,14 +179,23 @@ def rebuild_budget(budget: Budget, now: datetime | None = None) -> tuple[str, in
     """Reset the ledger's spent counter of the budget's current period from UsageRecord.
 
     Sync (admin, API, management command): the sum is read on the caller's connection, so it
-    sees the caller's own transaction, then one ledger call sets the counter.
+    sees the caller's own transaction. The counter also holds what the records do not yet: runs
+    settled whose closing has not committed (the ledger's held closing records, answered a
+    moment ago) and settles made while this reads. Read in this order, a run that commits
+    meanwhile may be counted twice until the next rebuild (more spent, never less: a hard limit
+    still holds); it is never left out.
     """
     from asgiref.sync import async_to_sync
 
     from billing.ledger import get_ledger
 
+    ledger = get_ledger()
     now = now or timezone.now()
     item = covering(budget, now)
-    spent = spent_in_period(budget, now)
-    async_to_sync(get_ledger().rebuild)(item.scope_key, spent)
+    since = async_to_sync(ledger.spent)(item.scope_key)
+    held = [found for found in async_to_sync(ledger.held_closings)().values() if item.scope_key in found.scopes]
+    written = set(UsageRecord.objects.filter(request_id__in=[found.request_id for found in held])
+                  .values_list("request_id", flat=True)) if held else set()
+    spent = spent_in_period(budget, now) + sum(found.charged_nanos for found in held if found.request_id not in written)
+    async_to_sync(ledger.rebuild)(item.scope_key, spent, since=since)
     return item.scope_key, spent

@@ -101,8 +101,12 @@ class Ledger:
         """Currently reserved in the scope, after purging expired reservations."""
         raise NotImplementedError
 
-    async def rebuild(self, scope_key: str, spent_nanos: int) -> None:
-        """Overwrite the spent counter (from UsageRecord); live reservations are kept."""
+    async def rebuild(self, scope_key: str, spent_nanos: int, since: int | None = None) -> None:
+        """Overwrite the spent counter (from UsageRecord); live reservations are kept.
+
+        since: the counter as read before the records were summed; what settles added to it
+        meanwhile is kept on top (a settle between the two would otherwise be erased).
+        """
         raise NotImplementedError
 
     async def initialize(self, counters: dict[str, int]) -> None:
@@ -242,9 +246,10 @@ class InProcessLedger(Ledger):
             self._purge(scope_key, time.time() if now is None else now)
             return self._reserved.get(scope_key, 0)
 
-    async def rebuild(self, scope_key, spent_nanos):
+    async def rebuild(self, scope_key, spent_nanos, since=None):
         with self._lock:
-            self._spent[scope_key] = int(spent_nanos)
+            added = 0 if since is None else max(0, self._spent.get(scope_key, 0) - since)
+            self._spent[scope_key] = int(spent_nanos) + added
 
     async def initialize(self, counters):
         with self._lock:

@@ -174,6 +174,17 @@ end
 return #ARGV - 1
 """
 
+REBUILD = """
+local key = ARGV[1] .. 's:' .. ARGV[2]
+local current = redis.call('GET', key)
+redis.call('SET', key, ARGV[3])
+if ARGV[4] ~= '' and current then
+  local added = tonumber(current) - tonumber(ARGV[4])
+  if added > 0 then redis.call('INCRBY', key, string.format('%d', added)) end
+end
+return redis.call('GET', key)
+"""
+
 RESERVED = _PURGE + """
 purge(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return redis.call('GET', ARGV[1] .. 'r:' .. ARGV[2]) or '0'
@@ -344,8 +355,8 @@ class RedisLedger(Ledger):
         now = time.time() if now is None else now
         return int(await self.backend.run(RESERVED, self.prefix, scope_key, repr(float(now)), RETENTION_SECONDS))
 
-    async def rebuild(self, scope_key, spent_nanos):
-        await self.backend.call("set", f"{self.prefix}s:{scope_key}", int(spent_nanos))
+    async def rebuild(self, scope_key, spent_nanos, since=None):
+        await self.backend.run(REBUILD, self.prefix, scope_key, int(spent_nanos), "" if since is None else int(since))
 
     async def initialize(self, counters):
         if not counters:

@@ -394,3 +394,40 @@ def test_a_websocket_cancel_during_the_error_event_stores_the_run_before_its_don
     assert usage.output_tokens == 2 and _spent(org) == (usd_to_nanos(usage.cost),) * 2
     assert Message.objects.get(pk=run.message_id).status == Message.Status.ERROR
     assert_reconciled()
+
+
+def test_a_budget_rebuilt_between_a_settle_and_its_commit_keeps_that_run(org, users, ledger):
+    """Saving a budget rebuilds its counter from the records (billing.budget_changes). A run answered
+    a moment ago is settled in the ledger but not yet in the records: the rebuilt counter holds it,
+    or that much of a hard limit could be spent again."""
+    budget = make_budget(org, limit_usd="10")
+    run = _opened_run(users["user"])
+    closing = asyncio.run(runs.settle_run(run, ENDING))
+    cost = usd_to_nanos(closing.record.cost)
+    budgets.rebuild_budget(budget)  # an admin saves the budget now
+    assert _spent(org) == (cost, 0)
+    asyncio.run(runs.commit_run(closing))
+    assert _spent(org) == (cost, cost)
+    budgets.rebuild_budget(budget)  # and again once it is written: counted once
+    assert _spent(org) == (cost, cost)
+    assert_reconciled()
+
+
+def test_a_settle_made_while_the_records_are_summed_survives_the_rebuild(org, users, ledger, monkeypatch):
+    budget = make_budget(org, limit_usd="10")
+    run = _opened_run(users["user"])
+    summed, sum_records = {}, budgets.spent_in_period
+
+    def sum_while_a_run_settles(budget, now):
+        total = sum_records(budget, now)
+        summed["closing"] = asyncio.run(runs.settle_run(run, ENDING))  # lands between the sum and the set
+        return total
+
+    monkeypatch.setattr(budgets, "spent_in_period", sum_while_a_run_settles)
+    budgets.rebuild_budget(budget)
+    monkeypatch.setattr(budgets, "spent_in_period", sum_records)
+    cost = usd_to_nanos(summed["closing"].record.cost)
+    assert _spent(org) == (cost, 0)
+    asyncio.run(runs.commit_run(summed["closing"]))
+    assert _spent(org) == (cost, cost)
+    assert_reconciled()
