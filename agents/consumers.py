@@ -26,7 +26,7 @@ from rest_framework import exceptions
 
 from accounts.admission import SessionCredential, TokenCredential, admit
 from accounts.permissions import AUTHENTICATED
-from agents import events, runner
+from agents import deadlines, events, runner
 from agents.api.serializers import QuerySerializer
 from audit import context as audit_context
 from relay import versioned_cache
@@ -234,7 +234,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             # Closed here, not by the garbage collector, when a cancel lands in a send: the run is
             # stored before the `done` below is told.
-            stall = runner.run_limits()[1]
+            stall = deadlines.limits()[1]
             async with contextlib.aclosing(runner.stream(run)) as run_events:
                 async for event in run_events:
                     # A client that stopped reading holds the send: its run is closed after `stall`.

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 
-from agents import events, fallbacks, heavy, optimizer
+from agents import deadlines, events, fallbacks, heavy, optimizer
 from agents.actions import runs
 from agents.core import RunContext
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
@@ -43,7 +43,6 @@ from relay.observability import metrics
 logger = logging.getLogger(__name__)
 MAX_OUTPUT_TOKENS = 32768
 DEFAULT_MAX_TOKENS = 1024
-STALLED_CLIENT_SECONDS = 60  # a client that takes no event for this long is gone: its stream closes
 HISTORY_MESSAGES = 20
 TREE_ROWS = 1000  # the recent messages a branch's history is walked through
 
@@ -118,29 +117,6 @@ class PreparedRun:
     # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
     unreserved: bool = False
     take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
-
-
-def run_limits() -> tuple[float, float]:
-    """(how long a run may last, how long its client may take no event), in seconds.
-
-    A run must close, and settle, before its reservation expires and before the periodic job
-    takes an answer still `running` for a dead instance's (interrupted at zero cost, its late
-    closing then dropped): so a run stops at the first bound, and a client that stops reading
-    loses its stream at the second. Together with the upstream's longest silence between two
-    chunks, they keep the longest run inside the reservation's TTL.
-    """
-    bound = min(settings.RELAY_BUDGET_RESERVATION_TTL, settings.RELAY_INTERRUPTED_AFTER_SECONDS)
-    stall = min(STALLED_CLIENT_SECONDS, bound / 6)
-    return bound - 3 * stall, stall
-
-
-def _now() -> float:
-    """The runner's clock for run deadlines (time.monotonic; tests move it)."""
-    return time.monotonic()
-
-
-class _RunTimeout(Exception):
-    pass
 
 
 class _BudgetStop(Exception):
@@ -361,10 +337,10 @@ def _failure_event(run: PreparedRun, progress: _Progress, error: Exception) -> d
     if isinstance(error, ProviderError):
         progress.status, progress.error_code = "error", error.code
         return events.error(error.code, error.message)
-    if isinstance(error, _RunTimeout):
+    if isinstance(error, deadlines.RunTimeout):
         progress.status, progress.error_code = "error", "run_timeout"
-        return events.error("run_timeout", f"The answer was stopped after {run_limits()[0]:g} s, the longest a "
-                                           "run may last here; what it said so far is billed.")
+        return events.error("run_timeout", f"The answer was stopped after {deadlines.limits()[0]:g} s, the longest "
+                                           "a run may last here; what it said so far is billed.")
     logger.error("agent %s failed (run %s)", run.agent.name, run.request.run_id, exc_info=error)
     progress.status, progress.error_code = "error", "agent_error"
     return events.error("agent_error", "The agent failed unexpectedly; the error has been logged.")
@@ -410,11 +386,11 @@ async def _produce(run: PreparedRun, progress: _Progress):
     # the response cache replays with no model call; a model answers through its fallbacks
     source = optimizer.replay(run.plan.cached_answer) if hit else fallbacks.answer(run, progress)
     local_delay = 0 if hit else settings.RELAY_LOCAL_TOKEN_DELAY_MS / 1000
-    deadline = run.started + run_limits()[0]
+    deadline = run.started + deadlines.limits()[0]
     async with aclosing(source):
         async for item in source:
-            if _now() > deadline:
-                raise _RunTimeout()
+            if deadlines.now() > deadline:
+                raise deadlines.RunTimeout()
             if isinstance(item, dict):
                 yield item
                 continue

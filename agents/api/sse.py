@@ -15,7 +15,7 @@ import json
 
 from django.http import StreamingHttpResponse
 
-from agents import runner
+from agents import deadlines, runner
 from relay.observability import metrics
 
 HEARTBEAT_SECONDS = 15  # read at each stream's start, so tests can shorten it
@@ -145,7 +145,7 @@ async def sse_events(run: runner.PreparedRun, framing):
     with metrics.session_open():
         if framing.opening:
             yield framing.opening
-        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS, stall=runner.run_limits()[1]):
+        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS, stall=deadlines.limits()[1]):
             if event is None:
                 yield HEARTBEAT
             elif frame := framing.frame(event):

@@ -21,6 +21,7 @@ from tests.billing.conftest import make_budget, seed_prices
 from tests.billing.test_charges import IN, OUT
 from tests.billing.test_hot_path import _open, _run
 from tests.reconciled import assert_reconciled
+from tests.support.sockets import StuckSocket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ENDING = runs.Ending(status="complete", answer="The answer is 2.", input_tokens=IN, output_tokens=OUT, latency_ms=7,
@@ -278,34 +279,29 @@ def test_a_stream_closed_at_its_start_event_closes_its_run_unbilled(org, users, 
     assert_reconciled()
 
 
-def test_a_websocket_cancel_during_the_start_event_stores_the_run_before_its_done(org, users, ledger):
-    """The cancel lands while the socket sends the first event: the run is closed in the consumer's
-    own task (not later by the garbage collector), so the client's `done` tells what it cost."""
+def _cancelled_while_sending(users, stuck_on: str):
+    """A WebSocket stream of a new run whose client cancels while `stuck_on` is being sent: (run, events sent)."""
     from agents import runner
     from agents.consumers import ChatConsumer
 
-    make_budget(org, limit_usd="10")
-
-    class Socket:
-        def __init__(self):
-            self.sent, self.sending = [], asyncio.Event()
-
-        async def send_event(self, event):
-            self.sent.append(event)
-            if event["type"] == "start":
-                self.sending.set()
-                await asyncio.Event().wait()  # a slow client: the send never ends by itself
-
     async def scenario():
         run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
-        socket = Socket()
+        socket = StuckSocket(stuck_on)
         task = asyncio.ensure_future(ChatConsumer._stream(socket, run))
-        await socket.sending.wait()
+        await socket.stuck.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         return run, socket.sent
 
-    run, sent = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_websocket_cancel_during_the_start_event_stores_the_run_before_its_done(org, users, ledger):
+    """The cancel lands while the socket sends the first event: the run is closed in the consumer's
+    own task (not later by the garbage collector), so the client's `done` tells what it cost."""
+    make_budget(org, limit_usd="10")
+
+    run, sent = _cancelled_while_sending(users, "start")
     assert [event["type"] for event in sent] == ["start", "done"]
     assert sent[-1]["status"] == "cancelled" and sent[-1]["total_tokens"] == 0 and float(sent[-1]["cost"]) == 0
     assert Message.objects.get(pk=run.message_id).status == Message.Status.CANCELLED
@@ -362,32 +358,12 @@ def test_a_stream_closed_at_its_error_event_bills_the_tokens_it_streamed(org, us
 def test_a_websocket_cancel_during_the_error_event_stores_the_run_before_its_done(org, users, ledger, monkeypatch):
     """A client that stops reading when the error comes, then cancels: the run is closed as it ended
     and billed for its tokens, and the client's `done` says so."""
-    from agents import fallbacks, runner
-    from agents.consumers import ChatConsumer
+    from agents import fallbacks
 
     monkeypatch.setattr(fallbacks, "answer", _answers_then_fails(ProviderError("upstream_error", "The upstream failed.")))
     make_budget(org, limit_usd="10")
 
-    class Socket:
-        def __init__(self):
-            self.sent, self.sending = [], asyncio.Event()
-
-        async def send_event(self, event):
-            self.sent.append(event)
-            if event["type"] == "error":
-                self.sending.set()
-                await asyncio.Event().wait()  # a client that stopped reading: the send never ends by itself
-
-    async def scenario():
-        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
-        socket = Socket()
-        task = asyncio.ensure_future(ChatConsumer._stream(socket, run))
-        await socket.sending.wait()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return run, socket.sent
-
-    run, sent = asyncio.run(scenario())
+    run, sent = _cancelled_while_sending(users, "error")
     assert [event["type"] for event in sent] == ["start", "token", "token", "error", "done"]
     assert sent[-1]["status"] == "error" and sent[-1]["total_tokens"] > 2 and float(sent[-1]["cost"]) > 0
     usage = UsageRecord.objects.get(request_id=run.request.run_id)

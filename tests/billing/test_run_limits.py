@@ -3,7 +3,7 @@
 Otherwise the periodic job takes the answer still `running` for a dead instance's: it is closed as
 `interrupted` at zero cost, and the run's own closing, when it comes, finds that record and is
 dropped while the ledger charged it (free tokens for a client that keeps a stream open long
-enough). Controls: agents.runner.run_limits, the deadline in runner._produce, the stalled-client
+enough). Controls: agents.deadlines, the deadline in runner._produce, the stalled-client
 timeouts of the SSE pump (agents.api.sse) and of the WebSocket consumer (agents.consumers).
 """
 
@@ -13,7 +13,7 @@ import time
 import pytest
 from django.utils import timezone
 
-from agents import fallbacks, runner
+from agents import deadlines, fallbacks, runner
 from agents.api import sse
 from agents.consumers import ChatConsumer
 from agents.jobs import mark_interrupted_messages
@@ -23,6 +23,7 @@ from billing import budgets
 from billing.models import UsageRecord
 from tests.billing.conftest import make_budget, seed_prices
 from tests.reconciled import assert_reconciled
+from tests.support.sockets import StuckSocket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,9 +73,9 @@ def _closed_and_billed(run, status: str, error_code: str = "") -> UsageRecord:
 
 def test_the_limits_fit_inside_the_reservation_ttl_and_the_interrupted_age(settings):
     settings.RELAY_BUDGET_RESERVATION_TTL, settings.RELAY_INTERRUPTED_AFTER_SECONDS = 900, 900
-    assert runner.run_limits() == (720, 60)
+    assert deadlines.limits() == (720, 60)
     settings.RELAY_INTERRUPTED_AFTER_SECONDS = 300  # the smaller bound rules
-    longest, stall = runner.run_limits()
+    longest, stall = deadlines.limits()
     # the run, then the upstream's longest silence (its read timeout, below the stall) and a stalled send
     assert longest + 2 * stall <= 300 and longest > 0
 
@@ -82,7 +83,7 @@ def test_the_limits_fit_inside_the_reservation_ttl_and_the_interrupted_age(setti
 def test_a_run_that_reaches_its_deadline_stops_billed_for_what_it_said(org, users, ledger, monkeypatch, endless_model):
     scope = budgets.covering(make_budget(org, limit_usd="10"), timezone.now()).scope_key
     clock = {"ahead": 0.0}
-    monkeypatch.setattr(runner, "_now", lambda: time.monotonic() + clock["ahead"])
+    monkeypatch.setattr(deadlines, "now", lambda: time.monotonic() + clock["ahead"])
 
     async def scenario():
         run = await _prepared(users)
@@ -90,7 +91,7 @@ def test_a_run_that_reaches_its_deadline_stops_billed_for_what_it_said(org, user
         async for event in runner.stream(run):
             seen.append(event)
             if len(seen) == 3:  # start and two tokens, then the run's time is up
-                clock["ahead"] = runner.run_limits()[0] + 1
+                clock["ahead"] = deadlines.limits()[0] + 1
         return run, seen, await ledger.reserved(scope)
 
     run, seen, left = asyncio.run(scenario())
@@ -105,7 +106,7 @@ def test_a_run_that_reaches_its_deadline_stops_billed_for_what_it_said(org, user
 def test_an_sse_client_that_stops_reading_loses_its_stream_and_its_run_closes(org, users, ledger, monkeypatch,
                                                                            endless_model, finished):
     scope = budgets.covering(make_budget(org, limit_usd="10"), timezone.now()).scope_key
-    monkeypatch.setattr(runner, "run_limits", lambda: (10_000.0, 0.05))
+    monkeypatch.setattr(deadlines, "limits", lambda: (10_000.0, 0.05))
 
     async def scenario():
         run = await _prepared(users)
@@ -123,20 +124,11 @@ def test_an_sse_client_that_stops_reading_loses_its_stream_and_its_run_closes(or
 
 def test_a_websocket_client_that_stops_reading_has_its_run_closed(org, users, ledger, monkeypatch, endless_model):
     scope = budgets.covering(make_budget(org, limit_usd="10"), timezone.now()).scope_key
-    monkeypatch.setattr(runner, "run_limits", lambda: (10_000.0, 0.05))
-
-    class Socket:
-        def __init__(self):
-            self.sent = []
-
-        async def send_event(self, event):
-            self.sent.append(event)
-            if event["type"] == "token":
-                await asyncio.Event().wait()  # the client stopped reading: the send never ends by itself
+    monkeypatch.setattr(deadlines, "limits", lambda: (10_000.0, 0.05))
 
     async def scenario():
         run = await _prepared(users)
-        socket = Socket()
+        socket = StuckSocket("token")  # the client stopped reading at the first token
         await asyncio.wait_for(ChatConsumer._stream(socket, run), 30)
         return run, socket.sent, await ledger.reserved(scope)
 
