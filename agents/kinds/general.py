@@ -79,10 +79,13 @@ class GeneralAgent(Agent):
             yield f"{_OPENERS[kind]} {await db(_offer)(ctx)}"  # permissions may need the database
             return
         yield NO_MODEL
-        if _looks_like_math(ctx.query) and await db(may_use)(ctx.user, ctx.api_key, "math"):
+        if _looks_like_math(ctx.query):
+            # Pointed at the math agent or not by the caller's permission: either answer is theirs alone,
+            # or a caller without it would fill the cache for one with it (and the reverse).
             ctx.facts[PER_CALLER] = True
-            yield "\n\nThat looks like math: the **Math** agent answers it exactly, with steps, without a model."
-            return
+            if await db(may_use)(ctx.user, ctx.api_key, "math"):
+                yield "\n\nThat looks like math: the **Math** agent answers it exactly, with steps, without a model."
+                return
         async for event in ctx.use(SEARCH_DOCUMENTS, {"query": ctx.query}):
             yield event
         passages = [p for p in ctx.facts.get("passages", [])]

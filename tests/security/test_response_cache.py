@@ -293,3 +293,16 @@ def test_across_two_instances_a_cached_private_answer_reaches_only_its_owner(use
         assert SECRET not in answer and not cached, answer
         answer, cached = ask_at(first, theirs)
         assert SECRET not in answer, answer
+
+
+def test_an_answer_shaped_by_the_math_permission_is_cached_for_nobody(users, keyed):
+    # Control: the general agent marks its math-looking answers PER_CALLER whether or not it points
+    # at the math agent (agents/kinds/general.py); the key does not hold the caller's agent permissions.
+    owner = users["user"]
+    without_math, with_math = keyed(owner, allowed_agents=["general"]), keyed(owner)
+    answer, cached, _ = ask(without_math, query="2 + 2")
+    assert "**Math**" not in answer and not cached, answer
+    answer, cached, _ = ask(with_math, query="2 + 2")
+    assert "**Math**" in answer and not cached, answer  # told what it may use, not the other key's answer
+    answer, cached, _ = ask(without_math, query="2 + 2")
+    assert "**Math**" not in answer and not cached, answer
