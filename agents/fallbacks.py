@@ -14,6 +14,7 @@ some models never falls back to one it may not use.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import aclosing
 
@@ -21,6 +22,7 @@ from django.utils import timezone
 
 from agents.providers.base import ProviderError
 from agents.providers.catalog import resolve
+from agents.rounds import reserve_round
 from agents.router import metrics as router_metrics
 from agents.router.calls import ModelUnavailable
 from agents.upstream import answer_with_model
@@ -34,7 +36,7 @@ async def answer(run, progress):
     """The run's answer from its model, or from the first fallback that can give it."""
     asked = run.model
     while True:
-        source = _answer_of(run)
+        source = _answer_of(run, progress)
         try:
             async with aclosing(source):
                 async for item in source:
@@ -52,11 +54,11 @@ async def answer(run, progress):
         await _switch(run, [name for name in candidates if name not in taken], reason, error)
 
 
-def _answer_of(run):
+def _answer_of(run, progress):
     if run.model.is_local:
         return run.agent.answer_locally(run.ctx)
     return answer_with_model(run.agent, run.ctx, run.model, run.max_tokens, run.request.temperature,
-                             input_tokens=run.input_tokens)
+                             input_tokens=run.input_tokens, before_round=functools.partial(reserve_round, run, progress))
 
 
 async def _switch(run, candidates: list[str], reason: str, error: ProviderError) -> None:

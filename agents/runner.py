@@ -104,7 +104,7 @@ class PreparedRun:
     model: ModelChoice
     ctx: RunContext
     charge: billing.Charge
-    input_tokens: int
+    input_tokens: int  # of every model call sent so far (agents.rounds counts a tool round's)
     max_tokens: int
     conversation_id: str = ""
     message_id: str = ""
@@ -116,6 +116,7 @@ class PreparedRun:
     fallbacks: list[dict] = field(default_factory=list)  # {"from", "to", "reason"} for each model switch
     # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
     unreserved: bool = False
+    call_tokens: int = 0  # output the model wrote in tool calls (not streamed, still billed)
     take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
 
 
@@ -407,7 +408,7 @@ async def _produce(run: PreparedRun, progress: _Progress):
                 if progress.output_tokens >= run.max_tokens:
                     run.ctx.facts["finish_reason"] = "length"
                     return  # the local engine honours max_tokens like a model does
-                if not run.charge.allows(run.input_tokens, progress.output_tokens + 1):
+                if not run.charge.allows(run.input_tokens, run.call_tokens + progress.output_tokens + 1):
                     raise _BudgetStop()
                 progress.output_tokens += 1
                 progress.answer.append(piece)
@@ -422,7 +423,7 @@ def _passes_whole(run: PreparedRun, progress: _Progress, delta: TextDelta) -> bo
     """Count a many-token delta at once when max_tokens and the budget allow all of it (else the caller
     splits it and stops inside it, token by token, exactly where it would have in a stream)."""
     if progress.output_tokens + delta.tokens > run.max_tokens or \
-            not run.charge.allows(run.input_tokens, progress.output_tokens + delta.tokens):
+            not run.charge.allows(run.input_tokens, run.call_tokens + progress.output_tokens + delta.tokens):
         return False
     progress.output_tokens += delta.tokens
     progress.answer.append(delta.text)
@@ -447,7 +448,7 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     record for the periodic job and `reconcile` to write (agents.actions.recovery).
     """
     await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
-    input_tokens, output_tokens = run.input_tokens, progress.output_tokens
+    input_tokens, output_tokens = run.input_tokens, run.call_tokens + progress.output_tokens
     if run.unreserved:  # no model could be reserved: the request never ran anywhere it could be billed
         input_tokens = output_tokens = 0
     reported = run.ctx.facts.get("upstream_usage")

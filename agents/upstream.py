@@ -2,7 +2,8 @@
 
 Yields what the runner consumes: tool_call event dicts (while tools run) and provider
 TextDelta objects (one per upstream chunk, each counted as one output token). Upstream usage
-is summed over the rounds into ctx.facts["upstream_usage"].
+is summed over the rounds into ctx.facts["upstream_usage"]. Each round after the first sends the
+whole conversation again: it is counted and reserved before it is sent (`before_round`, agents.rounds).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from agents.core import Agent, RunContext
 from agents.providers.base import ChatRequest, Finish, TextDelta, ToolCallRequest, Usage
 from agents.providers.catalog import ModelChoice
 from agents.router import calls as router_calls
+from agents.tokenizer import count_message_tokens, count_tokens, count_tool_tokens
 
 MAX_TOOL_ROUNDS = 4
 
@@ -25,20 +27,28 @@ def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
 
 
 async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
-                            temperature: float | None = None, *, input_tokens: int = 0):
+                            temperature: float | None = None, *, input_tokens: int = 0, before_round=None):
     """The model's answer through its deployments (agents.router.calls: one call per tool round).
 
-    Raises ModelUnavailable when a round cannot start on any deployment; input_tokens is the
-    prompt's size, counted against the deployments' tokens-per-minute limits.
+    Raises ModelUnavailable when a round cannot start on any deployment; input_tokens is the first
+    prompt's size, counted against the deployments' tokens-per-minute limits (a later round's is
+    counted here). `await before_round(input_tokens, call_tokens)` runs before each later round is
+    sent: its prompt's size and what the model wrote in tool calls in the round before; an
+    exception from it ends the answer there.
     """
     messages = list(build_messages(agent, ctx))
     tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
     usage = ctx.facts.setdefault("upstream_usage", {"input_tokens": 0, "output_tokens": 0, "reported": False})
-    for _ in range(MAX_TOOL_ROUNDS + 1):
+    calls: list[ToolCallRequest] = []  # the round before's
+    for round_number in range(MAX_TOOL_ROUNDS + 1):
         offered = ctx.client_tools or [t.spec() for t in tools.values()] or None
+        if round_number:
+            input_tokens = count_message_tokens(messages) + count_tool_tokens(offered)
+            if before_round is not None:
+                await before_round(input_tokens, sum(count_tokens(c.name) + count_tokens(c.arguments) for c in calls))
         request = ChatRequest(messages=messages, model=choice.name, max_tokens=max_tokens,
                               temperature=temperature, tools=offered)
-        calls: list[ToolCallRequest] = []
+        calls = []
         async with aclosing(router_calls.stream(choice, request, tokens=input_tokens)) as stream:
             async for event in stream:
                 if isinstance(event, TextDelta):

@@ -4,7 +4,8 @@ A scope key names one budget in one period (`b<id>.<created>:<period key>`); its
 each call, so a changed limit applies at once. `reserve` grants min(max_nanos, the smallest room
 left across the scopes) if that is at least min_nanos, in one atomic step, else denies naming the
 scope that lacks room. Reservations carry a deadline: a crashed instance's reservations are
-purged (inside the next reserve touching the scope) so they cannot leak budget. `settle` moves a
+purged (inside the next reserve touching the scope) so they cannot leak budget. `extend` grows a
+live reservation the same way, for a further model call of its request (a tool round). `settle` moves a
 reservation to spent at the actual amount (capped at the grant); settling a reservation that
 already expired still records its spend, because the usage happened. `settle_closing` settles
 and, in the same atomic step, holds the run's closing record (what its closing transaction will
@@ -67,6 +68,15 @@ class Ledger:
 
     async def reserve(self, request_id: str, scopes: list[tuple[str, int]], *, min_nanos: int, max_nanos: int,
                       ttl: float, now: float | None = None) -> Grant:
+        raise NotImplementedError
+
+    async def extend(self, request_id: str, scopes: list[tuple[str, int]], *, min_nanos: int, max_nanos: int,
+                     now: float | None = None) -> Grant:
+        """Grow a live reservation (a further model call of the same request) like `reserve` grants:
+        by min(max_nanos, the smallest room left), at least min_nanos, in one atomic step; its
+        deadline stays. `scopes` are the reservation's own, with their limits now. Denied naming the
+        scope without room; denied with no scope when the reservation is no longer live (settled,
+        or expired and purged), or a counter is missing."""
         raise NotImplementedError
 
     async def settle(self, request_id: str, actual_nanos: int) -> dict[str, int]:
@@ -189,6 +199,27 @@ class InProcessLedger(Ledger):
                 self._reserved[scope] = self._reserved.get(scope, 0) + amount
                 self._deadlines.setdefault(scope, {})[request_id] = now + ttl
             self._reservations[request_id] = _Reservation([s for s, _ in scopes], amount, now + ttl)
+            return Grant(True, amount, tightest_scope=tightest)
+
+    async def extend(self, request_id, scopes, *, min_nanos, max_nanos, now=None):
+        now = time.time() if now is None else now
+        with self._lock:
+            for scope, _ in scopes:
+                self._purge(scope, now)
+            res = self._reservations.get(request_id)
+            if res is None or res.state != "reserved" or any(scope not in self._spent for scope, _ in scopes):
+                return Grant(False)
+            tightest, room = None, None
+            for scope, limit in scopes:
+                left = limit - self._spent[scope] - self._reserved.get(scope, 0)
+                if left < min_nanos:
+                    return Grant(False, denied_scope=scope, spent_nanos=self._spent[scope])
+                if room is None or left < room:
+                    tightest, room = scope, left
+            amount = max(0, max_nanos if room is None else min(max_nanos, room))
+            for scope, _ in scopes:
+                self._reserved[scope] = self._reserved.get(scope, 0) + amount
+            res.amount += amount
             return Grant(True, amount, tightest_scope=tightest)
 
     async def settle(self, request_id, actual_nanos):

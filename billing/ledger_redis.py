@@ -92,6 +92,33 @@ redis.call('EXPIRE', qkey, math.ceil(ttl) + tonumber(retention))
 return {1, amount, '', '0', tightest}
 """
 
+# Grows a live reservation. ARGV: prefix, request id, now, min, max, retention, then scope/limit
+# pairs (the reservation's). Returns like RESERVE: {granted 0|1|2 (2: the reservation is not live,
+# or a counter is missing), amount added, denied scope, its spent, tightest scope}.
+EXTEND = _PURGE + """
+local P, rid, now = ARGV[1], ARGV[2], ARGV[3]
+local minn, maxn, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local qkey = P .. 'q:' .. rid
+for i = 7, #ARGV, 2 do purge(P, ARGV[i], now, retention) end
+if redis.call('HGET', qkey, 'st') ~= 'r' then return {2, '0', '', '0', ''} end
+local room, tightest = nil, ''
+for i = 7, #ARGV, 2 do
+  local scope, limit = ARGV[i], tonumber(ARGV[i + 1])
+  local spent = redis.call('GET', P .. 's:' .. scope)
+  if not spent then return {2, '0', '', '0', ''} end
+  local left = limit - tonumber(spent) - tonumber(redis.call('GET', P .. 'r:' .. scope) or '0')
+  if left < minn then return {0, '0', scope, spent, ''} end
+  if room == nil or left < room then room, tightest = left, scope end
+end
+local amount = maxn
+if room ~= nil and room < amount then amount = room end
+if amount < 0 then amount = 0 end
+amount = string.format('%.0f', amount)
+for i = 7, #ARGV, 2 do redis.call('INCRBY', P .. 'r:' .. ARGV[i], amount) end
+redis.call('HINCRBY', qkey, 'amt', amount)
+return {1, amount, '', '0', tightest}
+"""
+
 # Moves the reservation to spent at `actual` (capped at the grant); returns {scope, spent, ...} and
 # what it charged ({} and nil when there is nothing to settle).
 _SETTLE = """
@@ -321,6 +348,20 @@ class RedisLedger(Ledger):
             return Grant(False, missing=missing)
         if not int(granted):
             return Grant(False, denied_scope=denied, spent_nanos=int(spent))
+        return Grant(True, int(amount), tightest_scope=tightest or None)
+
+    async def extend(self, request_id, scopes, *, min_nanos, max_nanos, now=None):
+        now = time.time() if now is None else now
+        pairs = [str(part) for scope, limit in scopes for part in (scope, int(limit))]
+        reply, replicated = await self._write(EXTEND, self.prefix, request_id, repr(float(now)), int(min_nanos),
+                                              int(max_nanos), RETENTION_SECONDS, *pairs)
+        granted, amount, denied, spent, tightest = reply
+        if int(granted) == 1 and not replicated:
+            # As for reserve: a promotion could lose it while the run streams against it. What it added
+            # stays held until the run settles (refusals meanwhile, never overspending).
+            raise LedgerUnavailable(f"No replica acknowledged the reservation within {self.wait_ms} ms.")
+        if int(granted) != 1:
+            return Grant(False, denied_scope=denied or None, spent_nanos=int(spent))
         return Grant(True, int(amount), tightest_scope=tightest or None)
 
     async def settle(self, request_id, actual_nanos):

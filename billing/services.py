@@ -2,7 +2,8 @@
 
 The contract is docs/design.md section 7. `open_charge` reserves the worst case (input + max output)
 against every budget covering the request in one ledger step and returns a `Charge`; the runner
-checks `charge.allows(...)` per token (pure arithmetic, no I/O). At the end the caller's
+checks `charge.allows(...)` per token (pure arithmetic, no I/O), and `extend_charge` grows the
+reservation before each further model call of the request (a tool round). At the end the caller's
 transaction writes the request's one `UsageRecord` (`usage_record` + `record_usage`, or many at
 once with `record_usages`). An agent run (agents.actions.runs) settles first, with
 `settle_closing`: the ledger settles to the actual cost and holds what the run's closing
@@ -34,7 +35,8 @@ from billing.rule_cache import RULES
 from relay.eventloop.db import run_db
 
 __all__ = [
-    "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "close_charge", "release_charge",
+    "BudgetExceeded", "UnknownModel", "LedgerUnavailable", "Charge", "open_charge", "extend_charge", "close_charge",
+    "release_charge",
     "usage_record", "record_usage", "record_usages", "recorded_usage", "settle_charge", "settle_closing",
     "Settled", "raise_alerts", "usage_data", "usage_from_data",
     "cost_usd", "record_budget_event", "load_rules",
@@ -74,6 +76,9 @@ class Charge:
     opened_at: datetime | None = None  # the request belongs to the budget period it was reserved in
     blocking: dict | None = None  # the hard budget with the least room (for mid-stream budget_stop)
     reserved: bool = False  # whether the ledger holds a reservation to settle
+    reserved_nanos: int = 0  # what it holds (the ledger settles at most that)
+    # the covering budgets, to grow the reservation (extend_charge): their ledger scopes and limits
+    covering: list = field(default_factory=list, repr=False)
     # scope key -> (limit in nanos, alert thresholds) of the covering budgets that alert
     alerting: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
@@ -139,11 +144,57 @@ async def open_charge(*, request_id: str, user, api_key, model: str, input_token
         raise error
     hard = [b for b in covering if b.budget.hard]
     charge.granted_nanos = grant.amount if hard else UNLIMITED
-    charge.reserved = True
+    charge.reserved, charge.reserved_nanos, charge.covering = True, grant.amount, covering
     if hard:
         tightest = by_key.get(grant.tightest_scope) or hard[0]
         charge.blocking = budget_rules.exceeded_details(tightest, tightest.limit_nanos, now)
     return charge
+
+
+async def extend_charge(charge: Charge, *, input_tokens: int, output_tokens: int, max_output_tokens: int) -> None:
+    """Grow the reservation before another model call of the same request (a tool round sends the
+    whole conversation again): to the cost so far (`input_tokens` of every call, `output_tokens`
+    produced) plus `max_output_tokens` more, and at least one more output token.
+
+    A hard budget's grant grows by what was added. Raises BudgetExceeded when a hard budget lacks
+    even the minimum, LedgerUnavailable when the ledger cannot be reached or no longer holds the
+    reservation (it outlived its TTL). Nothing to do for a request no budget covers.
+    """
+    if not charge.reserved:
+        return
+    worst = charge.cost_nanos(input_tokens, output_tokens + max_output_tokens)
+    if worst <= charge.reserved_nanos:
+        return
+    minimum = max(0, charge.cost_nanos(input_tokens, output_tokens + 1) - charge.reserved_nanos)
+    await _grow(charge, minimum, worst - charge.reserved_nanos)
+
+
+async def _grow(charge: Charge, minimum: int, wanted: int) -> None:
+    now = timezone.now()
+    grant = await get_ledger().extend(charge.request_id, [(b.scope_key, b.limit_nanos) for b in charge.covering],
+                                      min_nanos=minimum, max_nanos=wanted, now=now.timestamp())
+    if grant.denied_scope:
+        blocked = next(b for b in charge.covering if b.scope_key == grant.denied_scope)
+        raise BudgetExceeded(**budget_rules.exceeded_details(blocked, grant.spent_nanos, now))
+    if not grant.granted:
+        raise LedgerUnavailable(f"The ledger no longer holds the reservation of {charge.request_id}.")
+    charge.reserved_nanos += grant.amount
+    if charge.granted_nanos != UNLIMITED:
+        charge.granted_nanos += grant.amount
+
+
+async def _cover(charge: Charge, actual: int) -> None:
+    """Reserve on top what a cost passes its reservation by before it settles (the ledger settles
+    at most what it holds, and the record would say more). Only where no hard budget caps the
+    cost: an upstream that counted more input than the estimate. A failure is logged: `reconcile`
+    then reports the counter, and `rebuild_ledger` repairs it."""
+    if not charge.reserved or actual <= charge.reserved_nanos:
+        return
+    try:
+        await _grow(charge, 0, actual - charge.reserved_nanos)
+    except (LedgerUnavailable, BudgetExceeded) as error:
+        logger.warning("could not reserve the %d nanos %s cost over its reservation: %s",
+                       actual - charge.reserved_nanos, charge.request_id, error)
 
 
 async def _reserve(request_id: str, covering: list, minimum: int, worst: int, ttl: float | None, now: datetime):
@@ -221,6 +272,7 @@ async def settle_charge(charge: Charge, actual_nanos: int, *, recorded: bool) ->
     A failed settle is logged: the reservation expires and `rebuild_ledger` repairs counters.
     Soft thresholds are evaluated only for a usage `recorded` now.
     """
+    await _cover(charge, actual_nanos)
     spent = await _settle(charge, actual_nanos)
     if recorded:
         await raise_alerts(charge, spent, actual_nanos)
@@ -245,6 +297,7 @@ async def settle_closing(charge: Charge, actual_nanos: int, closing: str) -> Set
     and its commit be recovered exactly (agents.actions.recovery). If the ledger stays
     unreachable the failure is logged and nothing is held: the caller commits before answering.
     """
+    await _cover(charge, actual_nanos)
     settled = await _settling(charge, lambda ledger: ledger.settle_closing(charge.request_id, actual_nanos, closing))
     return Settled(*settled) if settled is not None else Settled({}, False)
 

@@ -136,6 +136,68 @@ def test_concurrent_reservations_never_overspend(ledger):
     run(scenario())
 
 
+def test_extend_grows_a_live_reservation_within_the_room_left(ledger):
+    async def scenario():
+        await ready(ledger, "org", "team")
+        scopes = [("org", 1000), ("team", 500)]
+        assert (await ledger.reserve("r", scopes, min_nanos=10, max_nanos=200, ttl=60, now=NOW)).amount == 200
+        assert await ledger.reserve("other", [("team", 500)], min_nanos=1, max_nanos=100, ttl=60, now=NOW)
+        grown = await ledger.extend("r", scopes, min_nanos=50, max_nanos=400, now=NOW)
+        assert (grown.granted, grown.amount, grown.tightest_scope) == (True, 200, "team")  # 500 - 200 - 100 left
+        assert (await ledger.reserved("org", now=NOW), await ledger.reserved("team", now=NOW)) == (400, 500)
+        # The whole reservation (200 + 200) settles; more is capped at it.
+        assert await ledger.settle("r", 450) == {"org": 400, "team": 400}
+
+    run(scenario())
+
+
+def test_extend_denied_names_the_scope_and_adds_nothing(ledger):
+    async def scenario():
+        await ready(ledger, "org", "team", spent=0)
+        scopes = [("org", 1000), ("team", 300)]
+        await ledger.reserve("r", scopes, min_nanos=10, max_nanos=250, ttl=60, now=NOW)
+        denied = await ledger.extend("r", scopes, min_nanos=51, max_nanos=100, now=NOW)
+        assert (denied.granted, denied.denied_scope) == (False, "team")
+        assert await ledger.reserved("org", now=NOW) == 250
+        assert await ledger.settle("r", 999) == {"org": 250, "team": 250}
+        # A reservation no longer live (settled, or expired) is not grown: denied without a scope.
+        gone = await ledger.extend("r", scopes, min_nanos=0, max_nanos=10, now=NOW)
+        assert (gone.granted, gone.denied_scope) == (False, None)
+        await ledger.reserve("late", scopes, min_nanos=1, max_nanos=10, ttl=5, now=NOW)
+        expired = await ledger.extend("late", scopes, min_nanos=0, max_nanos=10, now=NOW + 6)
+        assert (expired.granted, expired.denied_scope) == (False, None)
+        assert await ledger.reserved("team", now=NOW + 6) == 0
+
+    run(scenario())
+
+
+def test_concurrent_extensions_and_reservations_never_overspend(ledger):
+    limit = 10_000
+
+    async def cycle(i):
+        scopes = [("org", 10**12), ("tight", limit)]
+        grant = await ledger.reserve(f"x{i}", scopes, min_nanos=100, max_nanos=300, ttl=60)
+        if not grant.granted:
+            return 0
+        held = grant.amount
+        for _round in range(3):  # tool rounds, each wanting more
+            await asyncio.sleep(0)
+            grown = await ledger.extend(f"x{i}", scopes, min_nanos=50, max_nanos=300)
+            if not grown.granted:
+                break
+            held += grown.amount
+        await ledger.settle(f"x{i}", held)
+        return held
+
+    async def scenario():
+        await ready(ledger, "org", "tight")
+        used = await asyncio.gather(*(cycle(i) for i in range(40)))
+        assert sum(used) == await ledger.spent("tight") <= limit
+        assert sum(used) > limit - 300 and await ledger.reserved("tight") == 0
+
+    run(scenario())
+
+
 def test_counter_values_beyond_float_precision_stay_exact(ledger):
     big = 2**53 - 10  # the largest limits the ledger accepts sit just below this
 
