@@ -75,7 +75,9 @@ class UsageRecord(models.Model):
     organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="usage")
     team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="usage")
-    api_key = models.ForeignKey("accounts.APIKey", on_delete=models.SET_NULL, null=True, blank=True,
+    # PROTECT like user: a key's budget, and the budgets of the keys above it, count its usage through
+    # this column, so a key that was used is revoked, never deleted (its spend would leave them).
+    api_key = models.ForeignKey("accounts.APIKey", on_delete=models.PROTECT, null=True, blank=True,
                                 related_name="usage")
     agent = models.CharField(max_length=50)
     model = models.CharField(max_length=100)

@@ -134,7 +134,11 @@ def save_api_key(key: APIKey, *, actor=None) -> APIKey:
 
 @transaction.atomic
 def delete_api_key(key: APIKey, *, actor=None) -> None:
-    """Gone with every key minted below it (APIKey.parent cascades); an event for the key asked for."""
+    """Gone with every key minted below it (APIKey.parent cascades); an event for the key asked for.
+
+    ProtectedError when one of them was used: its usage records keep it (its spend counts against the
+    budgets above it), so it is revoked instead.
+    """
     key = APIKey.objects.select_related("owner").get(pk=key.pk)
     pk, prefixes = key.pk, [key.prefix, *(child.prefix for child in key_tree.descendants(key))]
     key.delete()

@@ -223,3 +223,42 @@ def test_a_refusal_is_audited(org, users, ledger):
         asyncio.run(one_run(users["user"]))
     event = AuditEvent.objects.get(action="budget.exceeded")
     assert event.status == "denied" and event.metadata["scope"] == "user"
+
+
+def test_a_used_key_cannot_be_deleted_so_the_budgets_above_it_keep_its_spend(org, users, ledger, client):
+    # Control: UsageRecord.api_key is PROTECT. With SET_NULL, deleting a child key dropped its usage
+    # from its parent's budget at the next rebuild (a budget save, rebuild_ledger, reconcile --fix),
+    # giving the parent's hard limit back that much room.
+    from django.db.models import ProtectedError
+    from django.urls import reverse
+
+    from accounts.actions.keys import delete_api_key
+    from accounts.actions.users import create_user
+    from accounts.models import APIKey
+    from billing.budgets import rebuild_budget
+
+    user = users["user"]
+    parent = create_api_key(user, "parent").key
+    child = create_api_key(user, "minted", parent=parent).key
+    budget = make_budget(org, scope="api_key", target=parent, limit_usd=usd(10 * WORST))
+    asyncio.run(one_run(user, child))
+    scope = covering(budget, budget.created_at).scope_key
+    with pytest.raises(ProtectedError):
+        delete_api_key(child)
+    with pytest.raises(ProtectedError):
+        delete_api_key(parent)  # it would take the minted key with it
+    assert APIKey.objects.filter(pk__in=[parent.pk, child.pk]).count() == 2
+
+    root = create_user("root", organization=org, role="admin", password="correct horse battery staple")
+    root.is_staff = root.is_superuser = True
+    root.save(update_fields=["is_staff", "is_superuser"])
+    client.force_login(root)
+    page = client.post(reverse("admin:accounts_apikey_delete", args=[child.pk]), {"post": "yes"})
+    assert page.status_code == 200 and b"<title>Cannot delete API key" in page.content
+    assert APIKey.objects.filter(pk=child.pk).exists()
+
+    rebuild_budget(budget)
+    assert asyncio.run(get_ledger().spent(scope)) == WORST  # the child's run still counts against its parent
+    unused = create_api_key(user, "unused", parent=parent).key
+    delete_api_key(unused)  # a key never used is deleted as before
+    assert not APIKey.objects.filter(pk=unused.pk).exists()
