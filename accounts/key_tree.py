@@ -54,6 +54,35 @@ def chain(key: APIKey) -> list[APIKey]:
     return [key, *ancestors(key)]
 
 
+def listed(key: APIKey, field: str) -> set[str] | None:
+    """The names a request made with key may use in `field` ("allowed_agents", "allowed_models"):
+    those every key of its chain lists (an empty list limits nothing); None when none limits it.
+
+    Limits are narrowed along the chain when used, not only copied when a key is minted: narrowing
+    a key narrows every key below it at once.
+    """
+    allowed = None
+    for link in chain(key):
+        names = getattr(link, field)
+        if names:
+            allowed = set(names) if allowed is None else allowed & set(names)
+    return allowed
+
+
+def permits(key: APIKey | None, field: str, name: str) -> bool:
+    """May a request made with key (None: no key) use `name` under `field`? (see `listed`)"""
+    allowed = listed(key, field) if key is not None else None
+    return allowed is None or name in allowed
+
+
+def scopes(key: APIKey) -> set[str]:
+    """The scopes every key of the chain holds: a key acts with no more than the keys above it do now."""
+    held = set(key.scopes)
+    for ancestor in ancestors(key):
+        held &= set(ancestor.scopes)
+    return held
+
+
 async def achain(key: APIKey) -> list[APIKey]:
     if chain_loaded(key):
         return chain(key)

@@ -256,7 +256,7 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
             raise KeyRejected("This API key has been revoked with the key it was made from.")
         if ancestor.expires_at is not None and ancestor.expires_at <= timezone.now():
             raise KeyRejected("The key this API key was made from has expired.")
-    if key.allowed_ips and not ip_allowed(client_ip, key.allowed_ips):
+    if any(link.allowed_ips and not ip_allowed(client_ip, link.allowed_ips) for link in key_tree.chain(key)):
         raise KeyRejected("This API key may not be used from this address.")
     touch_last_used(key)
     return key
@@ -286,8 +286,9 @@ def touch_last_used(key: APIKey) -> None:
 
 
 def key_permissions(key: APIKey) -> set[str]:
-    """What a key may do now: its scopes, cut down to what its owner still holds."""
-    return set(key.scopes) & effective_permissions(key.owner)
+    """What a key may do now: its scopes, cut down to those of the keys above it and to what its owner
+    still holds."""
+    return key_tree.scopes(key) & effective_permissions(key.owner)
 
 
 

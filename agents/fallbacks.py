@@ -20,6 +20,7 @@ from contextlib import aclosing
 
 from django.utils import timezone
 
+from accounts import key_tree
 from agents.providers.base import ProviderError
 from agents.providers.catalog import resolve
 from agents.rounds import reserve_round
@@ -94,8 +95,7 @@ def _usable(run, name: str, now):
     model = resolve(name)
     if model is None:
         return None
-    allowed = getattr(run.request.api_key, "allowed_models", None)
-    if allowed and model.name not in allowed:
+    if not key_tree.permits(run.request.api_key, "allowed_models", model.name):
         return None
     try:
         return model, billing.load_rules(model.name, run.request.user, run.request.api_key, now)

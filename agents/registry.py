@@ -1,5 +1,6 @@
 """The agent registry: `register` an Agent subclass (one module in agents/kinds/) and it exists."""
 
+from accounts import key_tree
 from accounts.permissions import AUTHENTICATED, holds
 from accounts.roles import AGENT_PERMISSIONS
 
@@ -27,7 +28,7 @@ def may_use(user, api_key, agent_name: str) -> bool:
     """Permission for the agent, and for a key also its allow-list."""
     if agent_name not in all_agents():
         return False
-    if api_key is not None and api_key.allowed_agents and agent_name not in api_key.allowed_agents:
+    if not key_tree.permits(api_key, "allowed_agents", agent_name):
         return False
     permission = AGENT_PERMISSIONS[agent_name]
     return holds(user, api_key, permission or AUTHENTICATED)

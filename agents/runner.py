@@ -23,6 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 
+from accounts import key_tree
 from agents import deadlines, events, fallbacks, heavy, optimizer
 from agents.actions import runs
 from agents.core import RunContext
@@ -137,8 +138,7 @@ def _check_request(req: RunRequest):
         if req.messages is not None:  # the OpenAI-compatible API answers an unknown model as OpenAI does
             raise exceptions.NotFound(f"The model {req.model!r} does not exist.")
         raise exceptions.ValidationError({"model": [f"Unknown model {req.model!r}."]})
-    allowed = getattr(req.api_key, "allowed_models", None)
-    if allowed and model.name not in allowed:
+    if not key_tree.permits(req.api_key, "allowed_models", model.name):
         raise exceptions.PermissionDenied(f"This API key may not use the model {model.name}.")
     if agent.needs_attachment and not req.attachment:
         raise exceptions.ValidationError({"image": ["The vision agent needs an image."]})

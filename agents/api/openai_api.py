@@ -21,6 +21,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 
+from accounts import key_tree
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
 from agents.api import openai_images, sse
@@ -289,7 +290,5 @@ async def models(request, drf_request):
 def _model_names(user, key) -> list[str]:
     from agents.registry import may_use
 
-    names = [m.name for m in available_models()]
-    if key is not None and key.allowed_models:
-        names = [n for n in names if n in key.allowed_models]
+    names = [m.name for m in available_models() if key_tree.permits(key, "allowed_models", m.name)]
     return names + [f"{AGENT_PREFIX}{a}" for a in all_agents() if may_use(user, key, a)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from accounts import key_tree
 from agents.optimizer.classifier import SIMPLE
 
 TIER_RANK = {"mini": 0, "standard": 1, "large": 2}
@@ -53,9 +54,8 @@ def load_candidates(default_choice, api_key, now) -> list[Candidate]:
     from agents.providers.catalog import available_models
     from billing.models import ModelPrice
 
-    allowed = set(getattr(api_key, "allowed_models", None) or [])
     names = [m.name for m in available_models()
-             if m.kind == default_choice.kind and (not allowed or m.name in allowed)]
+             if m.kind == default_choice.kind and key_tree.permits(api_key, "allowed_models", m.name)]
     if len(names) < 2:
         return []
     tiers = dict(ModelEndpoint.objects.filter(name__in=names).values_list("name", "tier"))

@@ -275,3 +275,33 @@ def test_a_grandchilds_requests_cost_no_more_queries_than_its_roots(users, here)
             counts[name, path] = len(queries)
     assert counts["grandchild", reverse("me")] == counts["root", reverse("me")]
     assert counts["grandchild", reverse("query")] == counts["root", reverse("query")]
+
+
+def test_narrowing_a_key_narrows_every_key_minted_below_it_at_once(users, here):
+    # Control: a key's agents, models, scopes and address ranges are cut to its ancestors' where they
+    # are used (accounts.key_tree.listed/permits/scopes, authenticate_key), not only when it is minted.
+    from accounts.actions.keys import save_api_key
+    from accounts.models import APIKey
+
+    parent = create_api_key(users["user"], "parent")
+    grandchild = mint(here, mint(here, parent.secret)["key"])["key"]
+    math_on = {**QUERY, "model": "local-mini"}
+    assert here.call("POST", reverse("query"), grandchild, math_on).status_code == 200
+
+    def narrow(**limits):
+        key = APIKey.objects.get(pk=parent.key.pk)
+        for name, value in {"allowed_agents": [], "allowed_models": [], "allowed_ips": [],
+                            "scopes": list(parent.key.scopes), **limits}.items():
+            setattr(key, name, value)
+        save_api_key(key)
+
+    narrow(allowed_agents=["rag"])
+    assert_envelope(here.call("POST", reverse("query"), grandchild, math_on), 403, "permission_denied")
+    narrow(allowed_models=["local-large"])
+    assert_envelope(here.call("POST", reverse("query"), grandchild, math_on), 403, "permission_denied")
+    narrow(scopes=[s for s in parent.key.scopes if s != "use_math_agent"])
+    assert_envelope(here.call("POST", reverse("query"), grandchild, math_on), 403, "permission_denied")
+    narrow(allowed_ips=["10.0.0.0/8"])
+    assert_envelope(here.call("GET", reverse("me"), grandchild), 401, "authentication_failed")
+    narrow()  # and widened again, the keys below follow
+    assert here.call("POST", reverse("query"), grandchild, math_on).status_code == 200
