@@ -181,3 +181,49 @@ def test_revocation_is_seen_by_another_process_at_once(users, api_client, transa
     subprocess.run([sys.executable, "manage.py", "shell", "-c", script], check=True, env=env,
                    cwd=settings.BASE_DIR, capture_output=True, timeout=60)
     assert_envelope(api_client.get(reverse("me")), 401, "authentication_failed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_read_while_its_owner_or_limits_change_is_not_cached_as_it_was(users):
+    # Control: accounts/signals.py drops the cached key again once the change commits. A request
+    # between the signal and the commit reads the committed (old) row; without the second drop it
+    # stayed cached, still active and still wide, for the key cache's whole lifetime.
+    import threading
+
+    from django.db import connections, transaction
+
+    from accounts import key_tree
+    from accounts.actions.keys import save_api_key
+    from accounts.actions.users import update_user
+    from accounts.services import KeyRejected, authenticate_key
+    from tests.conftest import require_postgres
+
+    require_postgres()  # two connections that do not see each other's open transaction
+
+    def read_meanwhile(secret):
+        def read():
+            try:
+                authenticate_key(secret, client_ip="127.0.0.1")
+            finally:
+                connections.close_all()
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "the reader waited for the open transaction"
+
+    narrowed, owned = create_api_key(users["user"], "narrowed"), create_api_key(users["user"], "owned")
+    for issued in (narrowed, owned):  # used a moment ago: the reader below does not wait to write last_used_at
+        authenticate_key(issued.secret, client_ip="127.0.0.1")
+    with transaction.atomic():
+        key = APIKey.objects.get(pk=narrowed.key.pk)
+        key.allowed_models = ["local-large"]
+        save_api_key(key)
+        read_meanwhile(narrowed.secret)
+    assert not key_tree.permits(authenticate_key(narrowed.secret, client_ip="127.0.0.1"), "allowed_models",
+                                "local-mini")
+
+    with transaction.atomic():
+        update_user(users["admin"], users["user"], is_active=False)
+        read_meanwhile(owned.secret)
+    with pytest.raises(KeyRejected):
+        authenticate_key(owned.secret, client_ip="127.0.0.1")
