@@ -19,7 +19,6 @@ import contextlib
 import functools
 import json
 import logging
-import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions
@@ -260,12 +259,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await asyncio.gather(*targets, return_exceptions=True)
 
 
+# The query's own field reads the id here too, so every spelling it accepts for one UUID (upper
+# case, bare hex, braces, urn:uuid:, a JSON integer) is the one conversation the run is keyed by.
+_CONVERSATION_ID = QuerySerializer().fields["conversation_id"]
+
+
 def _conversation_key(value) -> str:
-    """A conversation id as runs are stored under it: any spelling the API accepts for one UUID
-    (upper case, bare hex, braces, urn:uuid:) is one conversation; anything else stays as sent
-    (the query's own validation refuses it)."""
-    text = str(value or "")
+    """A conversation id as runs are stored under it; anything the query refuses stays as sent."""
     try:
-        return str(uuid.UUID(hex=text))
-    except ValueError:
-        return text
+        return str(_CONVERSATION_ID.to_internal_value(value))
+    except exceptions.ValidationError:
+        return str(value or "")

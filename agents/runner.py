@@ -174,7 +174,7 @@ def read_ahead(req: RunRequest) -> RunRequest:
 
 def _load_history(req: RunRequest) -> list[dict]:
     """The earlier turns of the branch the new turn joins; sets where it hangs (req.follows, req.answers)."""
-    from accounts.scoping import restrict
+    from accounts.scoping import refuse_hidden, restrict
     from agents.models import Conversation
 
     if not req.conversation_id:
@@ -183,6 +183,10 @@ def _load_history(req: RunRequest) -> list[dict]:
         return list(req.history or [])
     conversation = restrict(Conversation, req.user).filter(pk=req.conversation_id).first()
     if conversation is None:
+        # No Scoped view answers this 404 (every transport reaches it through the runner), so the
+        # gate's record of a probe for someone else's conversation is made here; none if it does not exist.
+        refuse_hidden(Conversation, req.conversation_id, resource=f"conversation:{req.conversation_id}",
+                      metadata={"field": "conversation_id", "status": 404, "code": "not_found"})
         raise exceptions.NotFound("No such conversation.")
     return branch_history(req, conversation)
 

@@ -30,6 +30,15 @@ import os
 
 import uvicorn
 
+# The largest WebSocket message uvicorn accepts, counted after decompression. agents.consumers
+# refuses frames over MAX_FRAME_BYTES (64 KiB) itself and keeps the socket open; this bound, twice
+# that (relay may not import agents: tests/security/test_ws_transport.py keeps the two in step),
+# stops anything far larger before it is buffered (close 1009) instead of uvicorn's 16 MiB.
+WS_MAX_MESSAGE_BYTES = 128 * 1024
+# Messages uvicorn buffers for one socket before it stops reading it (default 32): the consumer
+# handles them one at a time, so a few are enough and 32 × WS_MAX_MESSAGE_BYTES is not.
+WS_MAX_QUEUE = 4
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, turning /readyz to 503 the moment the stop signal arrives."""
@@ -78,6 +87,10 @@ def build_config() -> uvicorn.Config:
         # first and never sends a request on a connection Relay is closing.
         timeout_keep_alive=int(os.environ.get("RELAY_KEEPALIVE_SECONDS", "65")),
         backlog=int(os.environ.get("RELAY_BACKLOG", "2048")),
+        ws_max_size=WS_MAX_MESSAGE_BYTES, ws_max_queue=WS_MAX_QUEUE,
+        # Off: with it, a few compressed bytes from a client not yet authenticated make the server
+        # inflate up to ws_max_size, and every socket holds zlib state; Relay's frames are small JSON.
+        ws_per_message_deflate=False,
     )
 
 

@@ -203,6 +203,25 @@ def test_no_role_reads_or_deletes_another_users_conversations(role, via, users, 
         assert Conversation.objects.filter(pk=theirs.pk).exists()
 
 
+@pytest.mark.parametrize("via", VIA)
+@pytest.mark.parametrize("endpoint", ["query", "stream"])
+def test_a_run_in_another_users_conversation_is_refused_as_a_hidden_object(endpoint, via, users, other_users,
+                                                                          client_for, denials):
+    # Control: agents.runner._load_history's refuse_hidden (the run endpoints are no Scoped view).
+    me = users["user"]
+    client = client_for(me, via)
+    for owner in (users["admin"], other_users["admin"]):
+        theirs = conversation_of(owner)
+        denials.seen = Denials._last()
+        body = {"query": "1+1", "agent_type": "math", "conversation_id": str(theirs.pk)}
+        event = refused(client.post(reverse(endpoint), body, format="json"), 404, "not_found", denials=denials,
+                        actor=me)
+        assert (event.action, event.resource) == ("permission.hidden_object", f"conversation:{theirs.pk}")
+    body = {"query": "1+1", "agent_type": "math", "conversation_id": "5f0c2a4e-8d1b-4c3e-9a7f-2b6d1e0c9a84"}
+    assert_envelope(client.post(reverse(endpoint), body, format="json"), 404, "not_found")
+    assert denials.new() == []  # no such conversation at all: nothing was hidden
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_no_role_reads_or_deletes_another_users_private_documents(role, users, other_users, client_for, denials):
     # Control: documents.visible_documents (guardian object permissions) + hidden-object audit.

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from decimal import Decimal
 
 import httpx
@@ -153,22 +154,53 @@ def test_one_answer_at_a_time_per_conversation_whatever_the_spelling_of_its_id(a
             fake_upstream.configure(ttft=3.0, tokens=3)
             await ws.send(json.dumps({**query, "query": "second turn", "conversation_id": conversation}))
             assert (await recv_json(ws))["type"] == "start"
+            # The query's UUIDField also takes a JSON integer (uuid.UUID(int=...)).
             spellings = [conversation.upper(), conversation.replace("-", ""), "{" + conversation + "}",
-                         "urn:uuid:" + conversation]
+                         "urn:uuid:" + conversation, uuid.UUID(conversation).int]
             replies = []
             for spelling in spellings:
                 await ws.send(json.dumps({**query, "query": "again", "conversation_id": spelling}))
                 replies.append(await recv_json(ws))
-            await ws.send(json.dumps({"type": "cancel", "conversation_id": conversation.upper()}))
+            await ws.send(json.dumps({"type": "cancel", "conversation_id": uuid.UUID(conversation).int}))
             ended = await until_done(ws)
             return conversation, replies, ended
 
     conversation, replies, ended = asyncio.run(scenario())
-    assert [(reply["type"], reply.get("code")) for reply in replies] == [("error", "conversation_busy")] * 4
+    assert [(reply["type"], reply.get("code")) for reply in replies] == [("error", "conversation_busy")] * 5
     assert {reply["conversation_id"] for reply in replies} == {conversation}
     assert ended[-1]["status"] == "cancelled"  # a cancel naming it in another spelling reaches it
     answers = Message.objects.filter(conversation_id=conversation, role="assistant")
     assert sorted(answers.values_list("status", flat=True)) == ["cancelled", "complete"]
+
+
+def test_a_query_in_another_users_conversation_is_recorded_once_as_a_hidden_object(asgi_server, users,
+                                                                                  other_users):
+    # Control: agents.runner._load_history's refuse_hidden (the consumer answers the 404 as an error event).
+    from agents.models import Conversation
+    from audit.models import AuditEvent
+
+    me, owner = users["user"], other_users["admin"]
+    theirs = Conversation.objects.create(organization_id=owner.organization_id, user=owner, agent="math",
+                                         title="secret")
+    nowhere = "5f0c2a4e-8d1b-4c3e-9a7f-2b6d1e0c9a84"
+    secret = create_api_key(me, "prober").secret
+
+    async def scenario():
+        async with websockets.connect(ws_url(asgi_server.url)) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": secret}))
+            assert (await recv_json(ws))["type"] == "authenticated"
+            codes = []
+            for conversation in (str(theirs.pk), nowhere):
+                await ws.send(json.dumps({"type": "query", "query": "1+1", "agent_type": "math",
+                                          "conversation_id": conversation}))
+                codes.append((await recv_json(ws))["code"])
+            await ws.send(json.dumps({"type": "ping"}))
+            assert (await recv_json(ws))["type"] == "pong"  # a 404 leaves the socket open
+            return codes
+
+    assert asyncio.run(scenario()) == ["not_found", "not_found"]
+    hidden = AuditEvent.objects.filter(action="permission.hidden_object", actor_ref=me.pk)
+    assert list(hidden.values_list("resource", flat=True)) == [f"conversation:{theirs.pk}"]
 
 
 def test_sse_refuses_anonymous_malformed_and_oversized_requests(asgi_server, key):
