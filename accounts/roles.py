@@ -67,6 +67,16 @@ def effective_permissions(user) -> set[str]:
         return set(PERMISSION_CODENAMES)
     return {name.split(".", 1)[1] for name in user.get_all_permissions() if name.startswith(APP_LABEL + ".")}
 
+def role_permissions(role: str) -> set[str] | None:
+    """Relay codenames the role (a role group) grants; None for a name that is no role."""
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.filter(name=role).exclude(name__startswith=TEAM_GROUP_PREFIX).first()
+    if group is None:
+        return None
+    return set(group.permissions.filter(content_type__app_label=APP_LABEL).values_list("codename", flat=True))
+
+
 # The permission each agent needs. `general` answers from the docs (or the configured language
 # model) and is open to every role, so it needs none.
 AGENT_PERMISSIONS = {

@@ -24,7 +24,7 @@ from accounts.api.serializers import (
     me_payload,
 )
 from accounts.models import APIKey, Team, User
-from accounts.permissions import AUTHENTICATED, request_key
+from accounts.permissions import AUTHENTICATED, check_member_change, request_key
 from accounts.roles import effective_permissions
 from accounts.scoping import ScopedViewSet
 from accounts.services import key_permissions
@@ -69,6 +69,8 @@ class UserViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.Upd
         organization = request.user.organization
         if organization is None:
             raise PermissionDenied("Only members of an organization can create users in it.")
+        check_member_change(request.user, request_key(request), role=data.validated_data["role"],
+                            password=bool(data.validated_data.get("password")))
         user = users.create_user(actor=request.user, organization=organization, **data.validated_data)
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
@@ -77,6 +79,7 @@ class UserViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.Upd
         user = self.get_object()
         data = UserUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        check_member_change(request.user, request_key(request), role=data.validated_data.get("role"), member=user)
         user = users.update_user(request.user, user, **data.validated_data)
         return Response(UserSerializer(user).data)
 
@@ -86,7 +89,9 @@ class UserViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.Upd
 
     @extend_schema(responses={204: None}, summary="Deactivate a user")
     def destroy(self, request, pk=None):
-        users.update_user(request.user, self.get_object(), is_active=False)
+        member = self.get_object()
+        check_member_change(request.user, request_key(request), member=member)
+        users.update_user(request.user, member, is_active=False)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -393,3 +393,30 @@ def test_an_admin_key_without_export_data_cannot_export(users, api_client, denia
     denials.seen = Denials._last()
     refused(api_client.get(reverse("audit-export")), 403, denials=denials)
     refused(api_client.get(reverse("audit-events")), 403, denials=denials)
+
+
+def test_a_manage_users_key_cannot_make_or_raise_anyone_beyond_itself(users, api_client, denials):
+    # Control: accounts.permissions.check_member_change in UserViewSet (create, update, deactivate).
+    # Without it, an admin's key scoped to manage_users (an HR sync key) made a full admin with a
+    # password, whose JWT then escaped every limit of the key.
+    admin, member = users["admin"], users["user"]
+    narrow = create_api_key(admin, "hr sync", scopes=["manage_users"]).secret
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow}")
+    denials.seen = Denials._last()
+    users_url = reverse("user-list")
+    for body in ({"username": "shadow", "role": "admin"}, {"username": "shadow", "role": "user"},
+                 {"username": "shadow", "role": "api_user", "password": "Str0ng-Pass-991!"}):
+        refused(api_client.post(users_url, body, format="json"), 403, "permission_denied", denials=denials)
+    assert not User.objects.filter(username="shadow").exists()
+    member_url = reverse("user-detail", args=[member.pk])
+    refused(api_client.patch(member_url, {"role": "admin"}, format="json"), 403, "permission_denied", denials=denials)
+    refused(api_client.delete(member_url), 403, "permission_denied", denials=denials)  # holds more than the key
+    member.refresh_from_db()
+    assert member.groups.filter(name="user").exists() and member.is_active
+
+    # Within its powers it still works: a viewer, by a key holding the viewer's permissions.
+    hr = create_api_key(admin, "hr", scopes=["manage_users", "use_rag_agent", "view_metrics"]).secret
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {hr}")
+    made = api_client.post(users_url, {"username": "reader", "role": "viewer"}, format="json")
+    assert made.status_code == 201, made.content
+    assert api_client.delete(reverse("user-detail", args=[made.json()["id"]])).status_code == 204
