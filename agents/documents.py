@@ -58,9 +58,10 @@ def readable_documents(user: User, api_key: APIKey | None) -> QuerySet[Document]
     return scoping.restrict(Document.objects.all(), user, api_key, scoping.READ)
 
 
-def may_manage(user: User, document: Document) -> bool:
-    """Owners and organization admins share and delete; others only read what was shared."""
-    return not document.builtin and scoping.manages(user, document)
+def may_manage(user: User, document: Document, api_key: APIKey | None = None) -> bool:
+    """Owners and organization admins (through a key with every permission) share and delete; others
+    only read what was shared."""
+    return not document.builtin and scoping.manages(user, document, api_key)
 
 
 def search_terms(query: str, limit: int = 12) -> list[str]:

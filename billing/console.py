@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from accounts import scoping
 from accounts.models import APIKey, Team, User
-from accounts.roles import is_org_admin
 from billing import budget_changes, stats
 from billing.models import Budget, ToolUsage, UsageRecord
 from billing.money import decimal_text
@@ -69,7 +68,7 @@ def breakdown(user, period: str, key=None) -> dict:
     start, end = stats.window(period, timezone.now(), organization.time_zone)
     records = scoping.restrict(UsageRecord.objects.filter(organization=organization), user, key)
     figures = stats.breakdown(records, start=start, end=end, time_zone=organization.time_zone)
-    figures["everyone"] = bool(scoping.sees_every_organization(user) or is_org_admin(user))
+    figures["everyone"] = scoping.acts_as_admin(user, key)
     return figures
 
 

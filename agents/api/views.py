@@ -155,7 +155,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         return Response(DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, document):
-        if not documents.may_manage(self.request.user, document):
+        if not documents.may_manage(self.request.user, document, request_key(self.request)):
             raise PermissionDenied("Only the owner or an admin may delete this document.")
         document_actions.delete_document(document, actor=self.request.user)
 
@@ -164,7 +164,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     @action(detail=True, methods=["post"], parser_classes=[BoundedJSONParser])
     def share(self, request, pk=None):
         document = self.get_object()
-        if not documents.may_manage(request.user, document):
+        if not documents.may_manage(request.user, document, request_key(request)):
             raise PermissionDenied("Only the owner or an admin may share this document.")
         data = ShareSerializer(data=request.data)
         data.is_valid(raise_exception=True)

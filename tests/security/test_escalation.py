@@ -420,3 +420,32 @@ def test_a_manage_users_key_cannot_make_or_raise_anyone_beyond_itself(users, api
     made = api_client.post(users_url, {"username": "reader", "role": "viewer"}, format="json")
     assert made.status_code == 201, made.content
     assert api_client.delete(reverse("user-detail", args=[made.json()["id"]])).status_code == 204
+
+
+def test_an_admins_narrow_key_sees_and_manages_only_what_a_member_would(users, api_client, denials):
+    # Control: accounts.scoping acts_as_admin (the gate's admin reach needs ADMIN through the key, as
+    # admin endpoints do) in _visible and manages. Without it, an admin's math-only key listed every
+    # member's spend and private documents, and a delete_documents key deleted them.
+    from billing.models import ModelPrice, UsageRecord
+
+    admin, member = users["admin"], users["user"]
+    private = document_of(member)
+    price = ModelPrice.objects.filter(model="local-mini").first()
+    UsageRecord.objects.create(organization_id=member.organization_id, user=member, agent="math", model="local-mini",
+                               price=price, status="complete", request_id="member-run")
+    for scopes in (["use_math_agent"], ["delete_documents", "upload_documents", "view_metrics"]):
+        api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_api_key(admin, 'narrow', scopes=scopes).secret}")
+        listed = api_client.get(reverse("document-list")).json()
+        assert private.pk not in [d["id"] for d in listed.get("results", listed)], listed
+        spend = api_client.get(reverse("costs-breakdown")).json()
+        assert member.pk not in [row["user"]["id"] for row in spend["by_user"]], spend
+    denials.seen = Denials._last()
+    refused(api_client.delete(reverse("document-detail", args=[private.pk])), 404, "not_found", denials=denials)
+    refused(api_client.post(reverse("document-share", args=[private.pk]), {"users": [admin.pk]}, format="json"),
+            404, "not_found", denials=denials)
+    assert Document.objects.filter(pk=private.pk).exists()
+
+    everything = create_api_key(admin, "full").secret  # every permission: the admin's reach
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {everything}")
+    assert member.pk in [row["user"]["id"] for row in api_client.get(reverse("costs-breakdown")).json()["by_user"]]
+    assert api_client.delete(reverse("document-detail", args=[private.pk])).status_code == 204
