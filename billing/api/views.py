@@ -12,9 +12,11 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import key_tree
 from accounts.models import User
 from accounts.permissions import ADMIN, AUTHENTICATED, holds, request_key
 from accounts.scoping import ScopedAPIView
+from accounts.services import PrivilegeRefused
 from billing import budget_changes, stats
 from billing.actions import budgets
 from billing.api.serializers import BudgetInputSerializer, ExportQuerySerializer, StatsQuerySerializer
@@ -107,6 +109,11 @@ class BudgetView(APIView):
         organization = caller_organization(request)
         body = BudgetInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        key = request_key(request)
+        if key is not None and body.validated_data["scope"] == "api_key" and \
+                body.validated_data["target"] in {link.pk for link in key_tree.chain(key)}:
+            # A key under a hard budget (set by its admin) would otherwise lift its own cap.
+            raise PrivilegeRefused("A key cannot set the budget of itself or of a key above it.")
         try:
             budget, created = budgets.set_budget(actor=request.user, organization=organization, **body.validated_data)
         except LedgerUnavailable:

@@ -300,6 +300,30 @@ def test_an_admin_cannot_set_budgets_on_another_organizations_targets(users, oth
     assert not Budget.objects.exists()
 
 
+def test_a_budgeted_key_cannot_lift_its_own_budget_or_its_parents(users, api_client, denials):
+    # Control: BudgetView.post refuses, through a key, a budget on that key or a key above it.
+    # Without it an admin's all-scope key, capped by a hard budget its admin set, lifted the cap.
+    from accounts.actions.keys import create_api_key as issue
+
+    parent = issue(users["admin"], "automation")
+    Budget.objects.create(organization=users["admin"].organization, scope="api_key", api_key=parent.key,
+                          period="monthly", limit_usd="1", hard=True)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {parent.secret}")
+    child = api_client.post(reverse("apikey-list"), {"name": "child"}, format="json").json()
+    denials.seen = Denials._last()
+    lift = {"period": "monthly", "limit_usd": "1000000", "hard": False, "scope": "api_key"}
+    refused(api_client.post(reverse("costs-budget"), {**lift, "target": parent.key.pk}, format="json"), 403,
+            "permission_denied", denials=denials)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {child['key']}")
+    for target in (parent.key.pk, child["id"]):
+        refused(api_client.post(reverse("costs-budget"), {**lift, "target": target}, format="json"), 403,
+                "permission_denied", denials=denials)
+    assert list(Budget.objects.values_list("limit_usd", "hard")) == [(1, True)]
+    other = issue(users["admin"], "another").key  # a key outside its chain: its admin powers still hold
+    made = api_client.post(reverse("costs-budget"), {**lift, "target": other.pk}, format="json")
+    assert made.status_code == 201, made.content
+
+
 # --- credentials that must no longer work ----------------------------------------------------
 
 @pytest.mark.parametrize("role", ROLES)
