@@ -167,3 +167,25 @@ def test_a_deleted_conversation_leaves_no_copy_in_evaluation_sets_made_from_vers
     assert [item.prompt for item in evaluation_set.items.all()] == ["what is the capital of France"]
     assert (evaluation_set.items_count, evaluation_set.references_count) == (1, 1)
     assert EvaluationSet.objects.get(pk=uploaded.json()["id"]).items.count() == 1  # an upload is its maker's
+
+
+def test_the_results_of_an_evaluation_of_a_version_need_export_data(users, consent, client_for,
+                                                                    django_capture_on_commit_callbacks):
+    # Control: EvaluationViewSet.results asks export_data for a set made from a dataset version: its
+    # items are the version's questions and answers, a download by another name.
+    admin = users["admin"]
+    turn(conversation(admin), "what is the capital of France", "Paris")
+    version = build(dataset(admin.organization), actor=admin)
+    client = client_for(admin)
+    made = client.post(SETS, {"name": "from v1", "dataset_version": version.pk}, format="json").json()
+    with django_capture_on_commit_callbacks(execute=True):  # the run is queued on commit
+        started = client.post(EVALUATIONS, {"evaluation_set": made["id"], "targets": ["relay-general"]},
+                              format="json")
+    assert started.status_code == 202, started.content
+    evaluation = f"{EVALUATIONS}{started.json()['id']}/"
+    assert "France" in json.dumps(client.get(evaluation + "results/").json())
+    narrow = create_api_key(admin, "no export", scopes=sorted(effective_permissions(admin) - {"export_data"}))
+    keyed = APIClient()
+    keyed.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow.secret}")
+    assert "France" not in json.dumps(assert_envelope(keyed.get(evaluation + "results/"), 403))
+    assert keyed.get(evaluation + "comparison/").status_code == 200  # aggregates only

@@ -127,7 +127,14 @@ class EvaluationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
     @extend_schema(responses=EvaluationResultSerializer(many=True), summary="Each item's answer per target")
     @action(detail=True, methods=["get"])
     def results(self, request, pk=None):
-        found = evaluations.results_of(self.get_object())
+        evaluation = self.get_object()
+        # An item's prompt and reference are a version's questions and answers: the same copy out as a
+        # download, so the same permission (the comparison's aggregates need none).
+        if evaluation.evaluation_set.source == EvaluationSet.Source.DATASET and \
+                not holds(request.user, request_key(request), "export_data"):
+            self.permission_denied(request, message="The results of a set made from a dataset version need "
+                                                    "export_data.")
+        found = evaluations.results_of(evaluation)
         page = self.paginate_queryset(found)
         if page is not None:
             return self.get_paginated_response(EvaluationResultSerializer(page, many=True).data)
