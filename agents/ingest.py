@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
@@ -281,6 +282,9 @@ class _TextExtractor(HTMLParser):
             self.parts.append("\n\n")
 
     def handle_data(self, data):
+        # Here too, not only between feeds: html.parser's own loops call this for each piece, and
+        # some of them are quadratic (CVE-2025-6069 in close() on Python before 3.13.4).
+        self.budget.check_time()
         if self.title_parts is not None:
             self.title_parts.append(data)
             return
@@ -303,7 +307,7 @@ def _extract_html(html: str, budget: Budget) -> tuple[str, str]:
         for start in range(0, len(html), _HTML_PIECE):
             parser.feed(html[start:start + _HTML_PIECE])
             budget.check_time()
-        parser.close()
+        _close(parser)
     except DocumentError:
         raise
     except Exception:  # html.parser is lenient, but a malformed page must not become a 500: keep what was read
@@ -313,6 +317,20 @@ def _extract_html(html: str, budget: Budget) -> tuple[str, str]:
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     title = parser.title or " ".join(parser.h1.split())
     return text, title[:200]
+
+
+def _close(parser: _TextExtractor) -> None:
+    """parser.close(), in one pass over an unfinished tag that runs to the end of the document.
+
+    With no '>' left, nothing in the tail can end a tag, so close() hands it over as text, one
+    '<' at a time, re-scanning to the end for each: quadratic (CVE-2025-6069), minutes for a few
+    MB of "<a<a<a". The same text, given at once.
+    """
+    tail = parser.rawdata  # what feed() left unparsed, waiting for more input
+    if tail.startswith("<") and ">" not in tail and not parser.cdata_elem:
+        parser.rawdata = ""
+        parser.handle_data(html_unescape(tail))
+    parser.close()
 
 
 def _reason(exc: Exception) -> str:

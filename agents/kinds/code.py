@@ -21,9 +21,11 @@ def extract_code(query: str) -> str | None:
     if fenced:
         return fenced.group(1)
     text = query.strip()
+    # RecursionError and MemoryError too: "1+1+...+1" or "---...1" is too deep for CPython to build
+    # (so to run), and this runs in heavy.admit_run, before the runner turns errors into answers.
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     # A bare name or constant ("hello") parses too, but is not a program anyone asked to run.
     if all(isinstance(node, ast.Expr) and isinstance(node.value, (ast.Name, ast.Constant)) for node in tree.body):

@@ -27,6 +27,17 @@ _TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels is not accepted."
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE = "JSON strings must not contain lone UTF-16 surrogates (\\ud800-\\udfff without a partner)."
+# Each decoded object or array costs ~60 bytes per 2-3 bytes of body (a list of 7M `{}` is ~1 GB), so
+# they are counted before json.loads. The largest real requests (long conversations, tool schemas)
+# hold a few thousand.
+MAX_JSON_CONTAINERS = 100_000
+_TOO_MANY = f"JSON with more than {MAX_JSON_CONTAINERS:,} objects and arrays is not accepted."
+# A string, or an unterminated one to the end: a pattern that cannot fail scans the body once
+# (one that can would re-scan from every quote, as in '"\\"\\"\\"...').
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+# The base64 of a data URL (`data:image/png;base64,...`), the one bulk an upload-sized body may carry
+# past the JSON limit: it decodes to a single string. `\/` is how some encoders write "/".
+_BASE64_PAYLOAD = re.compile(rb";base64,([A-Za-z0-9+/=\\]+)")
 
 
 class JSONRejected(ValueError):
@@ -53,6 +64,8 @@ def parse_json(raw: bytes | str, *, encoding: str = "utf-8"):
     write emoji, is one character).
     """
     raw = _utf8(raw, encoding)
+    if _containers(raw) > MAX_JSON_CONTAINERS:
+        raise JSONRejected(_TOO_MANY)
     # Only an escape can make a surrogate: most bodies have none, and then only depth is walked.
     escaped = b"\\" in raw and _SURROGATE_ESCAPE.search(raw) is not None
     try:
@@ -74,12 +87,30 @@ def _utf8(raw: bytes | str, encoding: str) -> bytes:
         except UnicodeEncodeError:
             raise JSONRejected(_SURROGATE) from None
     try:
-        name = codecs.lookup(encoding).name
+        info = codecs.lookup(encoding)
     except LookupError:
         raise JSONRejected(f"Unknown charset {encoding[:40]!r}.") from None
-    if name != "utf-8":  # strict: a body that is not in its charset is a UnicodeDecodeError
+    # hex, base64, zlib, rot13 are codecs too, but bytes.decode refuses them with a LookupError.
+    if not getattr(info, "_is_text_encoding", True):
+        raise JSONRejected(f"The charset {encoding[:40]!r} is not a text encoding.")
+    if info.name != "utf-8":  # strict: a body that is not in its charset is a UnicodeDecodeError
         return raw.decode(encoding).encode("utf-8")
     return raw[3:] if raw.startswith(codecs.BOM_UTF8) else bytes(raw)
+
+
+def _containers(raw: bytes) -> int:
+    """How many objects and arrays the body holds: brackets in its strings do not count, but they
+    are only told apart when the quick count says it matters."""
+    quick = raw.count(b"{") + raw.count(b"[")
+    if quick <= MAX_JSON_CONTAINERS:
+        return quick
+    structure = _JSON_STRING.sub(b'""', raw)
+    return structure.count(b"{") + structure.count(b"[")
+
+
+def _bulk_outside_images(body: bytes) -> int:
+    """The body's bytes that are not the base64 of a data URL."""
+    return len(body) - sum(len(match.group(1)) for match in _BASE64_PAYLOAD.finditer(body))
 
 
 def _refusal(value: dict | list, *, surrogates: bool) -> str | None:
@@ -127,4 +158,9 @@ class BoundedJSONParser(BaseParser):
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
             raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        # An upload-sized body (api_endpoint(upload_sized=True)) may exceed the JSON limit only by
+        # its images; refused before decoding, since 20 MB of structure decodes to gigabytes.
+        json_limit = settings.RELAY_MAX_BODY_BYTES
+        if len(body) > json_limit and _bulk_outside_images(body) > json_limit:
+            raise PayloadTooLarge(f"The request body is larger than {json_limit} bytes; only images may make it larger.")
         return parse_json_body(body, (parser_context or {}).get("encoding"))

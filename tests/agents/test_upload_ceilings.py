@@ -176,6 +176,32 @@ def test_time_ceiling_answers_422_through_the_api(users, client_for, monkeypatch
     assert not Document.objects.filter(name="slow.pdf").exists()
 
 
+# html.parser's close() on Python 3.11 scans to the end of the document once per "<" of an
+# unfinished tag at its end (CVE-2025-6069): 200,000 of them took 140 s.
+UNFINISHED_TAGS = b"<a" * 300_000
+
+
+@pytest.mark.timeout(60)
+def test_an_unfinished_tag_at_the_end_of_html_is_read_in_one_pass():
+    # Control: agents.ingest._close hands a tail with no ">" over as text at once.
+    started = time.monotonic()
+    extracted = extract_text(b"<html><body><p>Hello</p>" + UNFINISHED_TAGS, "x.html",
+                             ceilings=ingest.Ceilings(seconds=1))
+    assert time.monotonic() - started < 5
+    assert extracted.kind == "html" and extracted.text.startswith("Hello\n\n<a<a"), extracted.text[:40]
+
+
+@pytest.mark.timeout(60)
+def test_the_time_ceiling_holds_inside_html_parsers_own_loops():
+    # Control: _TextExtractor.handle_data checks the clock. The ">" of the unclosed comment keeps
+    # the tail off the one-pass path, so close() goes quadratic and only the ceiling stops it.
+    started = time.monotonic()
+    with pytest.raises(DocumentError, match="too long") as refused:
+        extract_text(b"<html><body><!-- >" + UNFINISHED_TAGS, "x.html", ceilings=ingest.Ceilings(seconds=1))
+    assert refused.value.status == 422
+    assert time.monotonic() - started < 5
+
+
 @pytest.mark.django_db
 def test_an_image_is_not_a_document(users, client_for):
     # Images are not ingested (no OCR on upload): even a bomb header is refused before decoding.

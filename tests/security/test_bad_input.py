@@ -373,3 +373,74 @@ def test_money_in_the_budget_admin(superuser_client, org, value, ok):
     else:
         assert response.status_code == 200 and "limit_usd" in response.context["adminform"].form.errors
         assert not Budget.objects.exists()
+
+
+# --- (e) charsets that are not text, bulk JSON structure, code too deep to read -----------------
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("charset", ["hex", "base64", "zlib", "rot13"])
+@pytest.mark.parametrize("name", ["query", "apikey-list"])  # an async view and a DRF one
+def test_a_charset_that_is_not_a_text_encoding_is_a_400(caller, name, charset):
+    # Control: relay.api.parsers._utf8 refuses codecs that are not text encodings (they decode
+    # bytes to bytes, and bytes.decode raises LookupError for them: a 500).
+    response = caller.generic("POST", reverse(name), json.dumps(VALID[name]),
+                              content_type=f"application/json; charset={charset}")
+    assert_envelope(response, 400, "malformed_request")
+
+
+def empty_objects_body(size: int) -> bytes:
+    """A valid chat completion whose `stop` holds `size` bytes of empty objects: little on the
+    wire, about 25 bytes of memory per byte once decoded."""
+    head = json.dumps({"model": "relay-math", "messages": [{"role": "user", "content": "1+1"}]})[:-1].encode()
+    count = size // 3
+    return head + b', "stop": [' + b"{}," * (count - 1) + b"{}]}"
+
+
+@pytest.mark.django_db
+def test_bulk_structure_in_an_upload_sized_body_is_refused_before_it_is_decoded(caller):
+    # Control: relay.api.parsers.BoundedJSONParser holds what is not a data URL's base64 to the
+    # JSON limit before json.loads (9 MB of "{}," decoded is about 250 MB).
+    import time
+    import tracemalloc
+
+    body = empty_objects_body(9 * 1024 * 1024)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        response = post_raw(caller, "openai-chat-completions", body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    refused(response, True, 413, "payload_too_large")
+    assert peak < 80 * 1024 * 1024, f"{peak / 2**20:.0f} MB traced while refusing a 9 MB body"
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name, openai", JSON_ENDPOINTS)
+def test_json_with_more_containers_than_the_ceiling_is_a_400(caller, name, openai):
+    # Control: relay.api.parsers.MAX_JSON_CONTAINERS, checked before json.loads on every transport.
+    from relay.api.parsers import MAX_JSON_CONTAINERS
+
+    extra = EXTRA_FIELD.get(name, "extra")
+    body = json.dumps(VALID[name])[:-1] + f', "{extra}": [' + "[]," * MAX_JSON_CONTAINERS + "[]]}"
+    error = refused(post_raw(caller, name, body), openai, 400, "malformed_request")
+    assert f"{MAX_JSON_CONTAINERS:,}" in error["message"], error
+
+
+def test_brackets_inside_strings_are_not_containers():
+    from relay.api.parsers import MAX_JSON_CONTAINERS, parse_json
+
+    text = '{[\\"' * MAX_JSON_CONTAINERS
+    assert parse_json(json.dumps({"code": text, "list": [[]] * 10})) == {"code": text, "list": [[]] * 10}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", ["1+" * 15_999 + "1", "-" * 20_000 + "1", "(" * 5_000 + "1" + ")" * 5_000])
+def test_code_too_deep_for_pythons_parser_is_not_a_500(caller, query):
+    # Control: agents.kinds.code.extract_code treats RecursionError/MemoryError from ast.parse as
+    # "not a program" (it runs in heavy.admit_run, before the runner's own error handling).
+    response = caller.post(reverse("query"), {"query": query, "agent_type": "code"}, format="json")
+    assert response.status_code < 500, (response.status_code, response.content[:300])
+    if response.status_code != 200:
+        assert_envelope(response, response.status_code)
