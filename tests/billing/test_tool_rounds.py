@@ -97,3 +97,18 @@ def test_a_soft_budget_counts_what_the_upstream_reported_beyond_the_estimate(asg
     assert record.input_tokens == 5000 and record.cost == exact_cost(record)
     assert ledger_figures(budget, record.created_at) == (usd_to_nanos(record.cost), 0)
     assert_reconciled()
+
+
+def test_a_tool_round_draws_on_the_keys_tokens_per_minute(asgi_server, users, tool_calling, upstream_model):
+    # Control: agents.rounds admits each further round against the key's tokens/minute. Room for the
+    # first round's input and max_tokens, not for the conversation sent again.
+    from accounts.actions.keys import create_api_key
+
+    key = create_api_key(users["user"], "per minute", tokens_per_minute=first_round_tokens() + 500)
+    status, events = ask(asgi_server, key.secret)
+    assert status == 200 and events[-1]["status"] == "error", events[-3:]
+    assert [e["code"] for e in events if e["type"] == "error"] == ["rate_limited"]
+    assert len(tool_calling.requests) == 1  # the second round never reached the upstream
+    record = UsageRecord.objects.get(api_key=key.key)
+    assert record.input_tokens == first_round_tokens() and record.cost == exact_cost(record)
+    assert_reconciled()
