@@ -112,7 +112,7 @@ def restrict(queryset, user, key=None, action: str = VIEW) -> QuerySet:
 def acts_as_admin(user, key=None) -> bool:
     """Does the caller act with its admin's (or superuser's) reach? Through a key only when the key
     carries every permission, as for ADMIN endpoints: a narrow key of an admin sees what a member does."""
-    return holds(user, key, ADMIN)
+    return is_org_admin(user) and (key is None or holds(user, key, ADMIN))
 
 
 def _visible(model, rule: Rule, user, key=None) -> Q | None:
