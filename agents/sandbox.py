@@ -1,9 +1,10 @@
 """Run untrusted Python in a bubblewrap sandbox (docs/design.md section 10).
 
 No network, read-only system/interpreter mounts, a private size-capped /tmp, CPU / memory /
-process / wall-time / output limits. The memory limit binds the whole run: RLIMIT_AS caps each
-process, and a watchdog sums the resident memory of every process in the sandbox's pid
-namespace (through its own /proc) and stops the run when the sum passes the limit. Refuses to run when no sandbox is usable unless the
+process / wall-time / output limits. The memory and CPU limits bind the whole run: RLIMIT_AS and
+RLIMIT_CPU cap each process, and a watchdog sums the resident memory and the CPU time of every
+process in the sandbox's pid namespace (through its own /proc) and stops the run when a sum passes
+its limit. Refuses to run when no sandbox is usable unless the
 operator sets RELAY_ALLOW_UNSANDBOXED_CODE=1 (then: rlimits + temp dir + clean env only).
 """
 from __future__ import annotations
@@ -35,18 +36,19 @@ _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/ld.s
 # Random high uid per run (root mode): never a real account, and RLIMIT_NPROC is counted per uid,
 # so concurrent runs do not share (or exhaust) one process budget.
 _UID_BASE = 1_500_000_000
-_MEMORY_POLL_SECONDS = 0.05
+_POLL_SECONDS = 0.05
 # Resident memory double-counts pages a forked child still shares with its parent; proportional
 # set sizes (smaps_rollup) do not, but cost a page-table walk, so they only confirm an excess,
 # at most this often.
 _PSS_EVERY_SECONDS = 0.5
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     wall_seconds: float = 10.0
-    cpu_seconds: int = 5
+    cpu_seconds: int = 5  # the run's: its processes together
     memory_bytes: int = 512 * 1024 * 1024
     max_output_bytes: int = 64 * 1024
     max_processes: int = 32
@@ -271,25 +273,29 @@ async def _child_pid(pipe) -> int | None:
         return None
 
 
+def _sandbox_pids(procfs: str) -> list[str]:
+    """The pids of the sandbox's own procfs (its pid namespace only)."""
+    try:
+        # Until bwrap has mounted the sandbox's /proc, the path is the host's (it shows this process
+        # as "self"): counting it would add up every process of the host.
+        if os.readlink(f"{procfs}/self") == str(os.getpid()):
+            return []
+    except OSError:
+        pass  # the sandbox's own procfs: this process is not in its pid namespace
+    try:
+        return [entry for entry in os.listdir(procfs) if entry.isdigit()]
+    except OSError:  # the sandbox is gone
+        return []
+
+
 def _sandbox_memory(procfs: str, field: str) -> int:
-    """Bytes held by every process of the sandbox, read from its own procfs (its pid namespace only).
+    """Bytes held by every process of the sandbox, read from its own procfs.
 
     field "rss": resident anonymous pages (statm resident - shared), cheap; "pss": proportional
     set size, which counts a page shared by several processes once.
     """
     total = 0
-    try:
-        # Until bwrap has mounted the sandbox's /proc, the path is the host's (it shows this process
-        # as "self"): counting it would add up every process of the host.
-        if os.readlink(f"{procfs}/self") == str(os.getpid()):
-            return 0
-    except OSError:
-        pass  # the sandbox's own procfs: this process is not in its pid namespace
-    try:
-        pids = [entry for entry in os.listdir(procfs) if entry.isdigit()]
-    except OSError:  # the sandbox is gone
-        return 0
-    for pid in pids:
+    for pid in _sandbox_pids(procfs):
         try:
             if field == "rss":
                 with open(f"{procfs}/{pid}/statm", "rb") as f:
@@ -303,22 +309,58 @@ def _sandbox_memory(procfs: str, field: str) -> int:
     return total
 
 
-async def _watch_memory(pipe, limit: int, kill) -> None:
+def _cpu_times(procfs: str) -> dict[tuple[str, str], float]:
+    """CPU seconds (user + system, all threads) of each process of the sandbox, by (pid, start time):
+    a pid used again is another process."""
+    times = {}
+    for pid in _sandbox_pids(procfs):
+        try:
+            with open(f"{procfs}/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # the name before ")" may hold spaces
+        except OSError:  # exited meanwhile
+            continue
+        times[(pid, fields[19].decode())] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return times
+
+
+class _RunCpu:
+    """The CPU time of a whole run: RLIMIT_CPU binds each process, so without a sum 31 forked busy
+    loops would take 31 cores for the wall limit while holding one heavy slot.
+
+    Each process counts with its own time, as last seen once it has gone: not its parent's
+    cutime, which repeats the time of children already counted.
+    """
+
+    def __init__(self, procfs: str):
+        self.procfs, self.gone, self.live = procfs, 0.0, {}
+
+    def seconds(self) -> float:
+        now = _cpu_times(self.procfs)
+        self.gone += sum(used for key, used in self.live.items() if key not in now)
+        self.live = now
+        return self.gone + sum(now.values())
+
+
+async def _watch(pipe, limits: SandboxLimits, kill) -> None:
     try:
         child = await _child_pid(pipe)
     except OSError:
-        log.warning("sandbox memory watchdog could not start", exc_info=True)
+        log.warning("sandbox watchdog could not start", exc_info=True)
         return
     if child is None:
         return
     procfs, confirmed = f"/proc/{child}/root/proc", 0.0
+    cpu = _RunCpu(procfs)
     while True:
-        if _sandbox_memory(procfs, "rss") > limit and time.monotonic() - confirmed > _PSS_EVERY_SECONDS:
-            if await asyncio.to_thread(_sandbox_memory, procfs, "pss") > limit:
+        if cpu.seconds() > limits.cpu_seconds:
+            kill("cpu")
+            return
+        if _sandbox_memory(procfs, "rss") > limits.memory_bytes and time.monotonic() - confirmed > _PSS_EVERY_SECONDS:
+            if await asyncio.to_thread(_sandbox_memory, procfs, "pss") > limits.memory_bytes:
                 kill("memory")
                 return
             confirmed = time.monotonic()
-        await asyncio.sleep(_MEMORY_POLL_SECONDS)
+        await asyncio.sleep(_POLL_SECONDS)
 
 
 async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sandboxed: bool,
@@ -365,7 +407,7 @@ async def _execute(argv, *, env, cwd, fds, limits: SandboxLimits, stdin: str, sa
             pass
 
     work = asyncio.gather(pump(proc.stdout, out), pump(proc.stderr, err), feed(), proc.wait())
-    watchdog = asyncio.ensure_future(_watch_memory(info, limits.memory_bytes, kill)) if info is not None else None
+    watchdog = asyncio.ensure_future(_watch(info, limits, kill)) if info is not None else None
     try:
         done, _ = await asyncio.wait({work}, timeout=limits.wall_seconds)
         if done:

@@ -6,8 +6,9 @@ local model (the client's messages go to it as they are, `tools` passed through)
 
 An agent runs its own tools, so client tools sent to `relay-<agent>` are refused (400
 `unsupported_parameter`) rather than ignored. Images come as `image_url` data URLs
-(agents.api.openai_images): the vision agent gets one as its attachment; such requests may be as
-large as an upload (RELAY_MAX_UPLOAD_BYTES), every other one keeps the JSON limit.
+(agents.api.openai_images): the vision agent gets one as its attachment, a model gets them all once
+each is checked as the agent's is; such requests may be as large as an upload
+(RELAY_MAX_UPLOAD_BYTES), every other one keeps the JSON limit.
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ def _admitted_body(request, drf_request) -> tuple[dict, dict, runner.RunRequest]
     if agent := agent_of(data["model"]):
         _refuse_client_tools(data["model"], body)
         image = _attachment(agent, data["messages"])
+    else:  # the parts go to the model as they came: refused here, not by whatever the upstream does with them
+        openai_images.check_all(data["messages"])
     run_request = _run_request(drf_request, data, image)
     if presented(request) is None:  # a replayed Idempotency-Key reads nothing of its run again
         runner.read_ahead(run_request)

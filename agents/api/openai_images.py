@@ -7,7 +7,10 @@ callers name can be made to reach hosts only it can reach), so http(s) URLs are 
 /api/v1/vision/analyze is (agents.api.serializers.BoundedImageField: the pixel ceiling is 413
 before any pixel is decoded, what is not an image 400), in a DB thread, not on the event loop.
 
-Upstream models get their image parts as they came (agents.api.openai_api), as before.
+Upstream and local models get the image parts as they came, but only once each has passed the
+same checks (`check_all`): the upstream would otherwise fetch a URL on Relay's behalf from where it
+sits, and the body limit (which lets image URLs past the JSON limit) and the tokenizer (a flat count
+per image) would let anything posing as an image through.
 """
 
 from __future__ import annotations
@@ -109,6 +112,11 @@ def _checked(data: bytes) -> bytes:
     return data
 
 
+def _payloads(messages: list[dict]) -> list[str]:
+    # Every URL is looked at before any is decoded: a remote or malformed one costs no decoding.
+    return [_payload(_url_of(part)) for part in image_parts(messages)]
+
+
 def attachment(messages: list[dict]) -> bytes | None:
     """The image an agent gets: the latest image of the messages, checked as an upload.
 
@@ -116,7 +124,17 @@ def attachment(messages: list[dict]) -> bytes | None:
     only the one used is decoded, so a conversation that sends its earlier images again costs one
     decode. None when the messages carry no image.
     """
-    payloads = [_payload(_url_of(part)) for part in image_parts(messages)]
+    payloads = _payloads(messages)
     if not payloads:
         return None
     return _checked(_decoded(payloads[-1]))
+
+
+def check_all(messages: list[dict]) -> None:
+    """Every image of the messages checked as an upload, for a model that is handed all of them.
+
+    All are decoded, unlike `attachment`'s one: each reaches the model. Their total stays within
+    the upload limit, which bounds the whole body.
+    """
+    for payload in _payloads(messages):
+        _checked(_decoded(payload))

@@ -110,6 +110,44 @@ def test_plain_models_still_pass_client_tools_to_the_upstream(asgi_server, user_
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "lookup"
 
 
+# An upstream is handed every image part as it came: each is checked as the agent's image is.
+UPSTREAM_REFUSALS = [
+    ("http://10.0.0.5/internal.png", 400, "does not fetch"),  # the upstream would fetch it from where it sits
+    ("data:image/png,not-base64-encoded", 400, "base64 data URL"),
+    ("data:image/png;base64,@@@not base64@@@", 400, "not valid base64"),
+    (data_url(b"x" * 3000), 400, "image"),  # text posing as an image: past the JSON limit, 85 tokens
+    (data_url(png_claiming_size(20_000, 20_000)), 413, "20000 × 20000"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upstream_models_get_only_checked_images(asgi_server, user_key, fake_upstream, upstream_model):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    for url, status, says in UPSTREAM_REFUSALS:
+        # An earlier image is checked too: each one reaches the upstream, not only the latest.
+        messages = [*image_message(url), {"role": "assistant", "content": "ok"}, *image_message(data_url(png()))]
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model=upstream_model, messages=messages)
+        error = refused.value.body
+        assert refused.value.status_code == status and says in error["message"], (url[:40], error)
+        assert error["param"] == ("messages" if status == 400 else None), (url[:40], error)  # as the agent's 413
+    assert not fake_upstream.requests
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upstream_models_still_get_data_url_images(asgi_server, user_key, fake_upstream, upstream_model):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    url = data_url(png("green"))
+    whole = client.chat.completions.create(model=upstream_model, messages=image_message(url, text="colour"))
+    assert whole.choices[0].message.content == "Echo: colour"
+    sent = fake_upstream.requests[-1].body["messages"][-1]["content"]
+    assert {"type": "image_url", "image_url": {"url": url}} in sent, sent
+
+
 # --- refusals, through the test client --------------------------------------------------------
 
 @pytest.fixture

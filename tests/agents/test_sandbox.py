@@ -229,7 +229,8 @@ async def test_fork_bomb_contained(sandboxed):
     t0 = time.monotonic()
     r = await run_python(code, limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=5))
     assert time.monotonic() - t0 < WAIT  # the wall limit stopped it: a fork bomb never ends by itself
-    assert r.exit_code is None and r.killed_reason == "timeout"
+    # With enough cores its processes together pass the run's CPU budget before the wall limit.
+    assert r.exit_code is None and r.killed_reason in ("timeout", "cpu")
     assert await _wait_until(lambda: not [p for p in _pids_named(mark) if _alive(p)], WAIT)
     assert subprocess.run(["true"], timeout=5).returncode == 0  # the host can still spawn
 
@@ -299,6 +300,51 @@ async def test_cpu_limit(sandboxed):
     r = await run_python("while True: pass", limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=1))
     assert time.monotonic() - t0 < WAIT
     assert r.exit_code is None and r.killed_reason in ("cpu", "timeout")
+
+
+# Children that each report the CPU they have used (one write a line: the lines of several stay whole);
+# the parent only waits for them.
+_BUSY_CHILDREN = """
+import os, time
+for _ in range({n}):
+    if os.fork() == 0:
+        reported = 0.0
+        while {forever} or time.process_time() < {each}:
+            if time.process_time() - reported > 0.05:
+                reported = time.process_time()
+                os.write(1, f"cpu {{os.getpid()}} {{reported}}\\n".encode())
+        os._exit(0)
+for _ in range({n}):
+    os.wait()
+print('ALL DONE')
+"""
+
+
+def _reported_cpu(stdout: str) -> float:
+    """The CPU seconds the children said they used: the last report of each (a little under it)."""
+    last = {}
+    for line in stdout.splitlines():
+        if line.startswith("cpu "):
+            _, pid, used = line.split()
+            last[pid] = float(used)
+    return sum(last.values())
+
+
+@pytest.mark.asyncio
+async def test_the_cpu_limit_binds_the_whole_run_not_each_process(sandboxed):
+    # RLIMIT_CPU alone let each of 4 children burn its own second, 4 s in all, and the run ended
+    # normally. The run's processes share the budget.
+    code = _BUSY_CHILDREN.format(n=4, forever=True, each=0)
+    r = await run_python(code, limits=SandboxLimits(wall_seconds=WAIT, cpu_seconds=1))
+    assert r.killed_reason == "cpu" and r.exit_code is None and "ALL DONE" not in r.stdout, r
+    assert 0 < _reported_cpu(r.stdout) < 3, r.stdout  # about the budget, not 4 × it
+
+
+@pytest.mark.asyncio
+async def test_a_run_within_its_cpu_budget_is_not_stopped(sandboxed):
+    code = _BUSY_CHILDREN.format(n=3, forever=False, each=0.1)
+    r = await run_python(code, limits=SandboxLimits(wall_seconds=WAIT, cpu_seconds=2))
+    assert r.stdout.endswith("ALL DONE\n") and r.exit_code == 0 and r.killed_reason is None, r
 
 
 @pytest.mark.asyncio
@@ -413,3 +459,4 @@ def test_the_memory_watchdog_never_counts_processes_outside_the_sandbox():
     summing it killed a program that only slept ("stopped by the sandbox's memory limit")."""
     assert sandbox._sandbox_memory("/proc", "rss") == 0
     assert sandbox._sandbox_memory("/proc", "pss") == 0
+    assert sandbox._cpu_times("/proc") == {}  # nor the CPU time of the host's processes
