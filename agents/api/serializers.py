@@ -222,8 +222,10 @@ def content_problem(content) -> str | None:
     """What is wrong with a message's content in OpenAI's format, or None.
 
     A string, null (an assistant turn that only calls tools), or a list of parts, each an object
-    with a string "type"; text parts carry a string "text". Other part types (image_url, ...)
-    pass through to the model as they are.
+    with a string "type"; text (and an assistant's refusal) parts carry a string. Images pass to the
+    model once checked (agents.api.openai_images). No other part type passes: a file part names a
+    file in the upstream account Relay calls with (every tenant's), audio and others are not
+    counted or checked here.
     """
     if content is None or isinstance(content, str):
         return None
@@ -232,6 +234,12 @@ def content_problem(content) -> str | None:
     for part in content:
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             return 'has a part that is not an object with a string "type"'
-        if part["type"] == "text" and not isinstance(part.get("text"), str):
-            return 'has a text part whose "text" is not a string'
+        kind = part["type"]
+        if kind in _STRING_PARTS and not isinstance(part.get(kind), str):
+            return f'has a {kind} part whose "{kind}" is not a string'
+        if kind not in _STRING_PARTS and kind != "image_url":
+            return f"has a part of type {kind[:40]!r}: Relay passes on text and image_url parts only"
     return None
+
+
+_STRING_PARTS = ("text", "refusal")

@@ -306,3 +306,17 @@ def test_an_upstream_that_ignores_stream_true_still_answers_in_full(asgi_server,
     streamed = client.chat.completions.create(model=upstream_model, stream=True,
                                               messages=[{"role": "user", "content": "three four"}])
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Echo: three four"
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "file", "file": {"file_id": "file-of-another-tenant"}},
+    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    {"type": "video_url", "video_url": {"url": "http://10.0.0.5/internal.mp4"}},
+    {"type": "text", "text": ["not", "a", "string"]},
+])
+def test_only_text_and_image_parts_pass_to_a_model(caller, part):
+    # Control: agents.api.serializers.content_problem allows text, refusal and image_url parts only.
+    # A file part would name a file in the upstream account Relay calls with, every tenant's.
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is in it?"}, part]}]
+    error = assert_envelope(chat(caller, messages, model="local-mini"), 400)
+    assert error["param"] == "messages" and "content of message 0" in error["message"], error
