@@ -83,8 +83,8 @@ def _content_tokens(content) -> int:
             elif isinstance(part, dict):
                 if part.get("type") in ("image_url", "input_image", "image"):
                     total += TOKENS_PER_IMAGE
-                else:
-                    total += count_tokens(str(part.get("text") or ""))
+                else:  # text, or an assistant's refusal
+                    total += count_tokens(str(part.get("text") or part.get("refusal") or ""))
         return total
     return count_tokens(str(content))
 

@@ -98,3 +98,11 @@ def test_message_tokens_handle_names_parts_tools_and_none():
                             "function": {"name": "math", "arguments": '{"expr": "2+2"}'}}]}
     assert count_message_tokens([call]) > count_message_tokens([{"role": "assistant", "content": None}])
     assert count_message_tokens([{"role": "tool", "tool_call_id": "c1", "content": "4"}]) > 3
+
+
+def test_a_refusal_part_counts_as_its_text():
+    from agents.tokenizer import count_message_tokens
+
+    said = "I will not write that, but here is what I can do instead."
+    as_part = count_message_tokens([{"role": "assistant", "content": [{"type": "refusal", "refusal": said}]}])
+    assert as_part == count_message_tokens([{"role": "assistant", "content": said}])
