@@ -16,12 +16,16 @@ Where admission happens: ``admit_run`` at the start of ``agents.runner.prepare``
 for a run whose agent will certainly do heavy work (the code agent given a program, the vision
 agent given an image), so the client gets a plain 429 before any stream starts; the run's first
 heavy tool call uses that lease. Heavy work that only a model decides on mid-stream is admitted
-by the tool itself (``heavy_slot``).
+by the tool itself (``heavy_slot``). Work done in a worker thread holds its slot through
+``in_thread``, which the thread itself gives back: a cancelled caller cannot stop a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -88,6 +92,11 @@ class Lease:
             return False
         self.claimed = True
         return True
+
+    def hand_over(self) -> Lease:
+        """The same lease as a new holder that alone may release it; releasing this one becomes a no-op."""
+        self.released = True
+        return dataclasses.replace(self, released=False)
 
 
 def _ttl() -> int:
@@ -256,6 +265,32 @@ async def heavy_slot(user, *, admitted: Lease | None = None):
         yield lease
     finally:
         await asyncio.shield(release(lease))
+
+
+async def in_thread(user, fn, /, *args, admitted: Lease | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` in a worker thread that holds a heavy slot until ``fn`` ends.
+
+    Cancelling the awaiting coroutine (a client that hung up) cannot stop the thread, so the slot
+    is the thread's to give back, not the caller's (nor the run's, for an ``admitted`` lease):
+    otherwise a client hanging up again and again would run work past every cap. A thread that
+    never ends holds it only until the lease expires (RELAY_HEAVY_LEASE_SECONDS).
+    """
+    lease = (admitted if admitted is not None and admitted.claim() else await acquire(user)).hand_over()
+    abandoned = threading.Event()
+
+    def work():
+        try:
+            return None if abandoned.is_set() else fn(*args, **kwargs)  # skipped if cancelled while queued
+        finally:
+            release_sync(lease)
+
+    job = asyncio.get_running_loop().run_in_executor(None, functools.partial(contextvars.copy_context().run, work))
+    try:
+        # Shielded: cancelling a job still queued in the executor would drop it unrun, and its lease unreleased.
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
 
 
 @contextmanager

@@ -15,8 +15,8 @@ async def _analyze(arguments: dict, ctx: RunContext) -> ToolOutcome:
     if not ctx.attachment:
         raise ToolFailed("Attach an image to ask the vision agent about it.")
     try:
-        async with heavy.heavy_slot(ctx.user, admitted=ctx.heavy_lease):
-            analysis = await analyze_image_async(ctx.attachment, question=arguments.get("question") or None)
+        analysis = await analyze_image_async(ctx.attachment, user=ctx.user, admitted=ctx.heavy_lease,
+                                             question=arguments.get("question") or None)
     except InvalidImage as error:
         raise ToolFailed(str(error)) from None
     except heavy.Busy as busy:

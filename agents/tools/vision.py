@@ -6,7 +6,6 @@ without allocating it; OCR runs the tesseract binary in a subprocess with a time
 pathological image cannot hang or crash the server process.
 """
 
-import asyncio
 import contextlib
 import io
 import os
@@ -16,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 
 from PIL import ExifTags, Image, ImageStat, UnidentifiedImageError
+
+from agents import heavy
 
 NOT_AN_IMAGE = "This file is not an image Relay can read (PNG, JPEG, GIF, WebP, BMP, TIFF)."
 OCR_TIMEOUT_SECONDS = 15
@@ -195,18 +196,25 @@ def analyze_image(data: bytes, *, question: str | None = None, max_pixels: int |
     return result
 
 
-async def analyze_image_async(data: bytes, **kwargs) -> ImageAnalysis:
-    """``analyze_image`` in a worker thread: decoding and OCR must not block the event loop."""
-    return await asyncio.to_thread(analyze_image, data, **kwargs)
+async def analyze_image_async(data: bytes, *, user, admitted: heavy.Lease | None = None, **kwargs) -> ImageAnalysis:
+    """``analyze_image`` in a worker thread holding ``user``'s heavy slot (``admitted``, the run's, if unused).
+
+    In a thread because decoding and OCR must not block the event loop; the slot is held until
+    the thread ends, even when the caller is cancelled (agents.heavy.in_thread). Busy if none is free.
+    """
+    return await heavy.in_thread(user, analyze_image, data, admitted=admitted, **kwargs)
 
 
 def _scaled(image: Image.Image, max_pixels: int, upscale: float = 1.0) -> Image.Image:
-    """``image`` resized to at most ``max_pixels`` (and at most ``upscale`` times larger)."""
+    """``image`` resized to at most ``max_pixels`` (and at most ``upscale`` times larger), in its own mode."""
     scale = min(upscale, (max_pixels / (image.width * image.height)) ** 0.5)
     if abs(scale - 1.0) < 0.01:
         return image
-    if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-        image = _to_rgb(image)  # rare modes (16-bit, CMYK) are not all resizable
+    # Resized in its own mode, before _to_rgb: converting a 16-bit or float upload at full size
+    # would take several times the 4 bytes per pixel its decoding may. Pillow resizes every mode;
+    # only averaged palette indices and hue angles would be meaningless.
+    if image.mode in ("PA", "HSV"):
+        image = _to_rgb(image)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS if scale > 1 else Image.Resampling.BOX)
 

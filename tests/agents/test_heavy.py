@@ -12,8 +12,10 @@ import base64
 import json
 import os
 import signal
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -243,3 +245,104 @@ def test_a_run_refused_after_admission_gives_its_slot_back(users, client_for, se
                                              "conversation_id": str(uuid.uuid4())}, format="json")
     assert_envelope(missing, 404)
     heavy.release_sync(heavy.acquire_sync(users["user"]))  # nothing left held by the refused run
+
+
+def _free(user) -> bool:
+    from agents import heavy
+
+    try:
+        heavy.release_sync(heavy.acquire_sync(user))
+    except heavy.Busy:
+        return False
+    return True
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    from tests.agents.test_vision import encode
+
+    return encode(Image.new("RGB", (8, 8), "red"))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("admitted", [True, False], ids=["slot-admitted-with-the-run", "slot-taken-by-the-tool"])
+def test_a_cancelled_image_analysis_holds_its_slot_until_its_thread_ends(users, settings, monkeypatch, admitted):
+    # A client that hangs up cancels its run, but nothing can stop the analysis thread: were its
+    # slot given back then, hanging up again and again would decode and OCR past every cap.
+    from agents import heavy
+    from agents.core import RunContext
+    from agents.kinds.vision import ANALYZE_IMAGE
+    from agents.tools import vision
+
+    settings.RELAY_HEAVY_PER_USER = 1
+    user, started, finish = users["user"], threading.Event(), threading.Event()
+
+    def analysing(data, **kwargs):
+        started.set()
+        finish.wait(60)
+        return vision.ImageAnalysis(format="PNG", width=8, height=8, mode="RGB")
+    monkeypatch.setattr(vision, "analyze_image", analysing)
+
+    async def scenario():
+        ctx = RunContext(query="", user=user, attachment=_png(),
+                         heavy_lease=await heavy.acquire(user) if admitted else None)
+        tool = asyncio.ensure_future(ANALYZE_IMAGE.call({}, ctx))
+        try:
+            assert await asyncio.to_thread(started.wait, 30)
+            tool.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await tool
+            await heavy.release(ctx.heavy_lease)  # what the runner does as the cancelled run ends
+            with pytest.raises(heavy.Busy):
+                await heavy.acquire(user)
+        finally:
+            finish.set()
+        assert await _until(lambda: _free(user))  # given back by the thread as it ends
+
+    asyncio.run(scenario())
+
+
+class _WatchedExecutor(ThreadPoolExecutor):
+    """One worker thread, and the jobs handed to it, so a test knows when one is queued."""
+
+    def __init__(self):
+        super().__init__(max_workers=1)
+        self.jobs = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        job = super().submit(fn, *args, **kwargs)
+        self.jobs.append(job)
+        return job
+
+
+@pytest.mark.django_db
+def test_an_analysis_cancelled_while_queued_for_a_thread_never_runs_and_gives_its_slot_back(users, settings,
+                                                                                           monkeypatch):
+    # Cancelling a job still queued in the executor would drop it unrun: its slot must still come back.
+    from agents import heavy
+    from agents.tools import vision
+
+    settings.RELAY_HEAVY_PER_USER = 1
+    user, ran, worker_free = users["user"], threading.Event(), threading.Event()
+    monkeypatch.setattr(vision, "analyze_image", lambda data, **kwargs: ran.set())
+
+    async def scenario():
+        executor = _WatchedExecutor()
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(executor)
+        loop.run_in_executor(None, worker_free.wait, 60)  # the only worker thread is busy
+        try:
+            analysis = asyncio.ensure_future(vision.analyze_image_async(_png(), user=user))
+            assert await _until(lambda: len(executor.jobs) == 2)
+            analysis.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await analysis
+            with pytest.raises(heavy.Busy):
+                await heavy.acquire(user)  # the queued job holds the slot until a thread takes it
+        finally:
+            worker_free.set()
+        assert await _until(lambda: _free(user))
+        assert not ran.is_set()
+
+    asyncio.run(scenario())

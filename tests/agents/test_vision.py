@@ -5,7 +5,9 @@ import resource
 import shutil
 import threading
 import time
+import uuid
 import zlib
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageFont
@@ -166,6 +168,35 @@ def test_large_photo_is_analysed_quickly():
     assert 0.3 < result.brightness < 0.7
 
 
+@pytest.mark.parametrize("ocr", [False, True], ids=["colours", "colours-and-ocr"])
+def test_a_16_bit_image_is_reduced_before_its_pixels_are_converted(monkeypatch, ocr):
+    # Stretching 16-bit pixels to 8 goes through floats and RGB, 4 bytes a pixel each: done at full
+    # size, a small compressed 40 MP upload peaked near 400 MB, not the 4 decoded bytes a pixel
+    # the pixel ceiling promises. (tracemalloc cannot tell: Pillow allocates outside Python.)
+    limits = [256 * 256]
+    if ocr:
+        require_tesseract()
+        monkeypatch.setattr(vision, "OCR_MAX_PIXELS", 2_000_000)  # below the upload, so the page is reduced too
+        limits.append(2_000_000)
+    converted = []
+    real = vision._to_rgb
+
+    def spy(image):
+        converted.append(image.size)
+        return real(image)
+    monkeypatch.setattr(vision, "_to_rgb", spy)
+    image = Image.new("I;16", (4000, 3000), 60000)
+    image.paste(1000, (0, 0, 1000, 3000))  # a dark quarter
+    result = analyze_image(encode(image), ocr=ocr)
+    assert (result.width, result.height, result.mode) == (4000, 3000, "I;16")
+    colours = {c["hex"]: c["share"] for c in result.dominant_colours}
+    assert colours["#ffffff"] == pytest.approx(0.75, abs=0.01) and colours["#000000"] == pytest.approx(0.25, abs=0.01)
+    assert result.brightness == pytest.approx(0.75, abs=0.01)
+    assert len(converted) == len(limits)
+    for (width, height), limit in zip(converted, limits, strict=True):
+        assert width * height <= limit * 1.01, (width, height)  # rounding a side may add a little
+
+
 def test_truncated_image_is_refused():
     image = Image.effect_noise((200, 200), 60).convert("RGB")  # noise: compresses poorly
     data = encode(image)
@@ -249,11 +280,13 @@ async def test_async_analysis_runs_off_the_event_loop(monkeypatch):
         seen["thread"] = threading.get_ident()
         return real(data, **kwargs)
     monkeypatch.setattr(vision, "analyze_image", spy)
+    # Two users: each analysis holds its user's heavy slot (RELAY_HEAVY_PER_USER is 1).
+    first, second = (SimpleNamespace(pk=f"vision-{uuid.uuid4().hex}") for _ in range(2))
     results = await asyncio.gather(
-        analyze_image_async(encode(Image.new("RGB", (10, 10), "blue")), ocr=False),
-        analyze_image_async(encode(Image.new("RGB", (10, 10), "white")), ocr=False),
+        analyze_image_async(encode(Image.new("RGB", (10, 10), "blue")), user=first, ocr=False),
+        analyze_image_async(encode(Image.new("RGB", (10, 10), "white")), user=second, ocr=False),
     )
     assert seen["thread"] != loop_thread
     assert [r.dominant_colours[0]["hex"] for r in results] == ["#0000ff", "#ffffff"]
     with pytest.raises(InvalidImage):
-        await analyze_image_async(b"not an image")
+        await analyze_image_async(b"not an image", user=first)
