@@ -127,9 +127,11 @@ def checkpoint_message(last_sequence: int, last_hash: str, count: int, before: d
     return f"{last_sequence}:{last_hash}:{count}:{iso(before)}:{iso(created)}"
 
 
-def head_message(sequence: int, hash_: str, created: dt.datetime) -> str:
-    """What a checkpoint of the chain head signs."""
-    return f"head:{sequence}:{hash_}:{iso(created)}"
+def head_message(sequence: int, hash_: str, created: dt.datetime, previous_signature: str = "") -> str:
+    """What a checkpoint of the chain head signs: with the signature of the one before it, if any
+    (audit.head_checkpoints; checkpoints from before the link sign the first form)."""
+    message = f"head:{sequence}:{hash_}:{iso(created)}"
+    return f"{message}:after:{previous_signature}" if previous_signature else message
 
 
 def sign(message: str, secret: str | None = None) -> str:
@@ -155,17 +157,21 @@ class Verdict:
     head_hash: str = GENESIS
 
 
-def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS,
-           checkpoint: tuple[int, str] | None = None) -> Verdict:
+def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS, checkpoints=()) -> Verdict:
     """Walk `events` (ascending sequence, streamed) from a known start; stop at the first break.
 
     A changed event no longer matches its own hash (altered); a row whose hash is right but
     whose prev_hash does not link to its predecessor was put there (inserted); a sequence that
     skips numbers lost events (missing); a repeated sequence was inserted; a pointer that is
-    neither NULL nor its hashed reference was moved; an event at the sequence of `checkpoint`
-    (a signed head) with another hash was rewritten, with everything after it, or replaced.
+    neither NULL nor its hashed reference was moved; an event at the sequence of one of
+    `checkpoints` (signed heads, (sequence, hash) in ascending sequence, streamed) with another
+    hash was rewritten, with everything after it, or replaced.
     """
     expected, prev_hash, count = start_sequence, start_hash, 0
+    marks = _Marks(checkpoints)
+    if (problem := marks.passing(start_sequence - 1, start_hash)) is not None:
+        return Verdict(False, 0, f"The start of the chain (#{start_sequence - 1}, where pruning cut it) {problem}",
+                       start_sequence - 1)
     for event in events:
         if event.sequence < expected:
             return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) is inserted: sequence "
@@ -175,7 +181,7 @@ def verify(events, *, start_sequence: int = 1, start_hash: str = GENESIS,
             return Verdict(False, count, f"Event {gap} is missing: the chain jumps from #{expected - 1} to "
                            f"#{event.sequence} (deleted?).", expected, expected - 1, prev_hash)
         problem = (_content_problem(event) or _link_problem(event, prev_hash) or _moved_pointer(event)
-                   or _checkpoint_problem(event, checkpoint))
+                   or marks.passing(event.sequence, event.hash))
         if problem is not None:
             return Verdict(False, count, f"Event #{event.sequence} (id {event.pk}) {problem}", event.sequence,
                            expected - 1, prev_hash)
@@ -199,11 +205,21 @@ def _link_problem(event, prev_hash: str) -> str | None:
     return f"is inserted or its predecessor #{before} was rewritten: its prev_hash does not link to #{before}."
 
 
-def _checkpoint_problem(event, checkpoint: tuple[int, str] | None) -> str | None:
-    if checkpoint is None or event.sequence != checkpoint[0] or event.hash == checkpoint[1]:
+class _Marks:
+    """The signed heads along the walk: each must have the hash of the event at its sequence."""
+
+    def __init__(self, checkpoints):
+        self._marks = iter(checkpoints)
+        self._next = next(self._marks, None)
+
+    def passing(self, sequence: int, hash_: str) -> str | None:
+        while self._next is not None and self._next[0] <= sequence:
+            mark, self._next = self._next, next(self._marks, None)
+            if mark[0] == sequence and mark[1] != hash_:
+                return (f"does not match the signed checkpoint of the head at #{mark[0]} (hash {mark[1]}): the "
+                        "chain was rewritten up to here, or events were deleted and new ones appended in their "
+                        "place.")
         return None
-    return (f"does not match the signed checkpoint of the head at #{checkpoint[0]} (hash {checkpoint[1]}): the "
-            "chain was rewritten up to here, or events were deleted and new ones appended in their place.")
 
 
 def _moved_pointer(event) -> str | None:

@@ -8,6 +8,7 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
+from audit.head_checkpoints import CheckpointRefused
 from audit.maintenance import prune, verify_chain, write_head_checkpoint
 from relay.periodic import register_job
 
@@ -31,5 +32,8 @@ def audit_checkpoint() -> dict:
 def audit_head_checkpoint() -> dict:
     """Sign the audit chain head (every RELAY_AUDIT_CHECKPOINT_SECONDS): from then on, verify_audit
     fails if any event up to it is deleted; only the events since the latest one are unprotected."""
-    checkpoint = write_head_checkpoint()
-    return {"sequence": checkpoint.sequence if checkpoint else 0}
+    try:
+        checkpoint = write_head_checkpoint()
+    except CheckpointRefused as refused:  # logged as an error where it was refused
+        return {"ok": False, "message": str(refused)}
+    return {"ok": True, "sequence": checkpoint.sequence if checkpoint else 0}

@@ -7,72 +7,48 @@ import datetime as dt
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from audit import chain, triggers
+from audit import chain, head_checkpoints, triggers
 from audit.models import AuditCheckpoint, AuditEvent, AuditHeadCheckpoint
-from audit.services import _lock, drain, head
+from audit.services import _lock, drain
 
 _CHUNK = 2000
 
 
-def _checkpoint(using: str):
-    return AuditCheckpoint.objects.using(using).order_by("-last_sequence").first()
-
-
-def _latest_head(using: str):
-    return AuditHeadCheckpoint.objects.using(using).order_by("-sequence", "-created_at").first()
-
-
-def write_head_checkpoint(using: str = DEFAULT_DB_ALIAS, *, now: dt.datetime | None = None):
-    """Sign the chain head as it is now (None while the trail is empty).
-
-    Without the append lock: appends commit one at a time in sequence order under it, so the
-    newest committed event stays on the chain whatever commits next, and the hot path never
-    waits for a checkpoint. Not an event: writing one does not move the head.
-    """
-    drain(using)
-    sequence, hash_ = head(using)
-    if sequence == 0:
-        return None
-    created = now or timezone.now()
-    checkpoint = AuditHeadCheckpoint(sequence=sequence, hash=hash_, created_at=created,
-                                     signature=chain.sign(chain.head_message(sequence, hash_, created)))
-    checkpoint._append_allowed = True
-    checkpoint.save(using=using)
-    return checkpoint
+def write_head_checkpoint(using: str = DEFAULT_DB_ALIAS, *, now: dt.datetime | None = None,
+                          after_restore: bool = False):
+    """Sign the chain head now (None while the trail is empty); see audit.head_checkpoints.write."""
+    return head_checkpoints.write(using, now=now, after_restore=after_restore)
 
 
 def verify_chain(using: str = DEFAULT_DB_ALIAS, *, until_sequence: int | None = None,
                  max_checkpoint_age: dt.timedelta | None = None, now: dt.datetime | None = None) -> chain.Verdict:
     """Walk the whole chain, from the last prune checkpoint through the latest checkpoint of the head.
 
-    Both checkpoints' signatures must hold; the chain must reach the head checkpoint with its
-    hash (unless `until_sequence` asks for a prefix). With `max_checkpoint_age`, the latest head
-    checkpoint must also be that recent: deleting the newest checkpoints along with the newest
-    events would otherwise go unnoticed.
+    Every checkpoint's signature must hold, the head checkpoints must form an unbroken series that
+    still holds the newest one this cluster signed, each must match the event at its sequence, and
+    the chain must reach the latest (unless `until_sequence` asks for a prefix). With
+    `max_checkpoint_age`, the latest must also be that recent.
     """
     drain(using)  # what a killed process left queued
     start_sequence, start_hash = 1, chain.GENESIS
-    cut, latest = _checkpoint(using), _latest_head(using)
-    for checkpoint, name, sequence in ((cut, "prune checkpoint", cut and cut.last_sequence),
-                                       (latest, "checkpoint of the head", latest and latest.sequence)):
-        if checkpoint is not None and not chain.signature_valid(checkpoint):
-            return chain.Verdict(False, 0, f"The {name} at #{sequence} (id {checkpoint.pk}) has an invalid signature: "
-                                 "it was altered, forged or signed with another SECRET_KEY.", sequence)
+    cut = head_checkpoints.prune_cut(using)
+    if cut is not None and not chain.signature_valid(cut):
+        return chain.Verdict(False, 0, f"The prune checkpoint at #{cut.last_sequence} (id {cut.pk}) has an invalid "
+                             "signature: it was altered, forged or signed with another SECRET_KEY.", cut.last_sequence)
+    problem, latest = head_checkpoints.series_problem(using)
+    if problem is not None:
+        return chain.Verdict(False, 0, problem)
     if cut is not None:
         start_sequence, start_hash = cut.last_sequence + 1, cut.last_hash
     if max_checkpoint_age is not None and (stale := _stale(latest, max_checkpoint_age, now)):
         return stale
-    anchor = (latest.sequence, latest.hash) if latest is not None else None
-    if anchor is not None and anchor[0] == start_sequence - 1 and anchor[1] != start_hash:
-        return chain.Verdict(False, 0, f"The checkpoint of the head at #{anchor[0]} does not match the prune "
-                             "checkpoint there: one of them was replaced.", anchor[0])
     events = AuditEvent.objects.using(using).filter(sequence__gte=start_sequence).order_by("sequence")
     if until_sequence is not None:
         events = events.filter(sequence__lte=until_sequence)
     verdict = chain.verify(events.iterator(chunk_size=_CHUNK), start_sequence=start_sequence, start_hash=start_hash,
-                           checkpoint=anchor)
+                           checkpoints=head_checkpoints.marks(using, start_sequence - 1))
     if verdict.ok and latest is not None and until_sequence is None:
-        return _reached(verdict, latest)
+        return _reached(verdict, latest)  # the newest vouches for the furthest head: the series is monotone
     return verdict
 
 
@@ -121,7 +97,6 @@ def prune(before: dt.datetime, using: str = DEFAULT_DB_ALIAS) -> AuditCheckpoint
         if not verdict.ok:
             raise PruneRefused(f"The chain is broken, nothing was pruned: {verdict.message}")
         count = _delete_with_trigger_lifted(connection, using, last[0])
-        _drop_heads_of_pruned_events(using, last[0])
         created = timezone.now()
         checkpoint = AuditCheckpoint(
             last_sequence=last[0], last_hash=last[1], pruned_count=count, pruned_before=before, created_at=created,
@@ -134,8 +109,9 @@ def prune(before: dt.datetime, using: str = DEFAULT_DB_ALIAS) -> AuditCheckpoint
 
 def _drop_heads_of_pruned_events(using: str, last_sequence: int) -> None:
     # They vouch for events that are gone; the latest stays, whatever it vouches for, so that
-    # verify_audit --max-checkpoint-age does not fail until beat writes the next one.
-    latest = _latest_head(using)
+    # verify_audit --max-checkpoint-age does not fail until beat writes the next one (and the
+    # series keeps its newest member). The first one left links to a dropped one: verify allows that.
+    latest = head_checkpoints.latest(using)
     heads = AuditHeadCheckpoint._base_manager.using(using).filter(sequence__lte=last_sequence)
     if latest is not None:
         heads = heads.exclude(pk=latest.pk)
@@ -151,6 +127,7 @@ def _delete_with_trigger_lifted(connection, using: str, last_sequence: int) -> i
         elif connection.vendor == "sqlite":
             cursor.execute(triggers.SQLITE_DROP_DELETE_TRIGGER)
     count = AuditEvent._base_manager.using(using).filter(sequence__lte=last_sequence)._raw_delete(using)
+    _drop_heads_of_pruned_events(using, last_sequence)  # the checkpoint tables' trigger is lifted the same way
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute(triggers.SQLITE_DELETE_TRIGGER)

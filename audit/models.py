@@ -138,7 +138,8 @@ class AuditHeadCheckpoint(AppendOnlyModel):
     """The chain head (sequence and hash of the newest event) at a moment, signed with SECRET_KEY.
 
     verify_audit fails when the chain no longer reaches the latest one, so deleting the newest
-    events is detected up to it. Written every RELAY_AUDIT_CHECKPOINT_SECONDS by Celery beat
+    events is detected up to it; the series is linked and its newest member remembered outside
+    the database (audit.head_checkpoints). Written every RELAY_AUDIT_CHECKPOINT_SECONDS by Celery beat
     (audit.jobs.audit_head_checkpoint) or by `manage.py checkpoint_audit`; not an event, so
     writing one never moves the chain.
     """
@@ -146,7 +147,10 @@ class AuditHeadCheckpoint(AppendOnlyModel):
     sequence = models.BigIntegerField()
     hash = models.CharField(max_length=64)
     created_at = models.DateTimeField()
-    signature = models.CharField(max_length=64)
+    signature = models.CharField(max_length=64, db_index=True)
+    # The signature of the checkpoint before it (signed too): a checkpoint removed from the middle
+    # of the series breaks the next one's link. Empty for the first, and for those from before links.
+    previous_signature = models.CharField(max_length=64, blank=True, default="")
 
     objects = AppendOnlyQuerySet.as_manager()
 
@@ -158,7 +162,7 @@ class AuditHeadCheckpoint(AppendOnlyModel):
         return f"head #{self.sequence} at {chain.iso(self.created_at)}"
 
     def signed_message(self) -> str:
-        return chain.head_message(self.sequence, self.hash, self.created_at)
+        return chain.head_message(self.sequence, self.hash, self.created_at, self.previous_signature)
 
 
 class PendingAuditEvent(RecordedFields):

@@ -138,3 +138,43 @@ def install_pending(apps, schema_editor) -> None:
 
 def uninstall_pending(apps, schema_editor) -> None:
     _run(schema_editor, {"postgresql": POSTGRES_PENDING_UNINSTALL})
+
+
+# The checkpoints (audit.models.AuditCheckpoint, AuditHeadCheckpoint, PostgreSQL): never updated;
+# deleted only by pruning (old checkpoints of the head) and `flush`, under the same setting as events.
+CHECKPOINT_TABLES = ("audit_auditcheckpoint", "audit_auditheadcheckpoint")
+
+POSTGRES_CHECKPOINT_INSTALL = [
+    f"""
+    CREATE OR REPLACE FUNCTION audit_checkpoint_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('DELETE', 'TRUNCATE') AND current_setting('{PRUNE_SETTING}', true) = 'on' THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'audit checkpoints are append-only: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END;
+    $$
+    """,
+    *(statement for table in CHECKPOINT_TABLES for statement in (
+        f"""CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION audit_checkpoint_guard()""",
+        f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_checkpoint_guard()""",
+    )),
+]
+POSTGRES_CHECKPOINT_UNINSTALL = [
+    *(statement for table in CHECKPOINT_TABLES for statement in (
+        f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
+        f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
+    )),
+    "DROP FUNCTION IF EXISTS audit_checkpoint_guard()",
+]
+
+
+def install_checkpoints(apps, schema_editor) -> None:
+    _run(schema_editor, {"postgresql": POSTGRES_CHECKPOINT_INSTALL})
+
+
+def uninstall_checkpoints(apps, schema_editor) -> None:
+    _run(schema_editor, {"postgresql": POSTGRES_CHECKPOINT_UNINSTALL})

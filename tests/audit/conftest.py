@@ -21,7 +21,8 @@ def triggers_lifted():
         if connection.vendor == "postgresql":
             # ALTER TABLE is refused while deferred FK checks of this transaction are pending.
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            cursor.execute(f"ALTER TABLE {triggers.TABLE} DISABLE TRIGGER ALL")
+            for table in (triggers.TABLE, *triggers.CHECKPOINT_TABLES):
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER ALL")
         else:
             for statement in triggers.SQLITE_UNINSTALL:
                 cursor.execute(statement)
@@ -30,7 +31,8 @@ def triggers_lifted():
     finally:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                cursor.execute(f"ALTER TABLE {triggers.TABLE} ENABLE TRIGGER ALL")
+                for table in (triggers.TABLE, *triggers.CHECKPOINT_TABLES):
+                    cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER ALL")
                 cursor.execute("SET CONSTRAINTS ALL DEFERRED")
             else:
                 for statement in triggers.SQLITE_INSTALL:
