@@ -15,14 +15,16 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.filters import RelatedOnlyFieldListFilter
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.options import TO_FIELD_VAR
 from django.contrib.admin.utils import unquote
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db.models import Model
 from django.http import Http404
+from django.template.response import TemplateResponse
 
-from accounts import scoping
+from accounts import login_guard, scoping
 from accounts.roles import is_org_admin
 
 # What an organization's admins may do with a model's rows (of their organization) in /admin/.
@@ -303,7 +305,21 @@ class RelayAdminSite(admin.AdminSite):
 
     def login(self, request, extra_context=None):
         self.refuse_signed_in_outsider(request)
-        return super().login(request, extra_context)
+        if request.method != "POST":
+            return super().login(request, extra_context)
+        # The same limit as the console's sign-in: the admin's form is another door to the same passwords.
+        username = request.POST.get("username", "")
+        if not login_guard.admit(request, username):
+            context = {**self.each_context(request), "title": "Log in", "app_path": request.get_full_path(),
+                       "form": (self.login_form or AdminAuthenticationForm)(request), "throttled": True,
+                       **(extra_context or {})}
+            response = TemplateResponse(request, self.login_template or "admin/login.html", context, status=429)
+            response["Retry-After"] = str(login_guard.WINDOW_SECONDS)
+            return response
+        response = super().login(request, extra_context)
+        if request.user.is_authenticated and self.has_permission(request):
+            login_guard.succeeded(request, username)
+        return response
 
     def refuse_signed_in_outsider(self, request) -> None:
         """A signed-in user without admin access gets Relay's 403 page (audited), not the admin login."""

@@ -2,50 +2,37 @@
 
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth import views as auth_views
-from django.core.cache import cache
 from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse_lazy
 from django.utils.decorators import method_decorator
 
+from accounts import login_guard
 from accounts.actions.users import change_password
 from accounts.api.serializers import APIKeySerializer
 from accounts.models import APIKey
 from accounts.pages import page
 from accounts.permissions import AUTHENTICATED, holds
 from accounts.roles import AGENT_PERMISSIONS, ALL_PERMISSIONS, effective_permissions
-from relay.http import client_ip
-
-_LOGIN_FAILURES_ALLOWED = 10
-_LOGIN_WINDOW_SECONDS = 300
-
-
-def _failure_key(request) -> str:
-    return f"login-failures:{client_ip(request.META) or 'unknown'}"
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login, refusing an address after repeated failures (a 5-minute window)."""
+    """Django's login, refusing an address or a username after repeated attempts (accounts.login_guard)."""
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
     def post(self, request, *args, **kwargs):
-        if (cache.get(_failure_key(request)) or 0) >= _LOGIN_FAILURES_ALLOWED:
+        username = request.POST.get("username", "")
+        if not login_guard.admit(request, username):
             response = render(request, "registration/login.html", {"form": self.get_form(), "throttled": True},
                               status=429)
-            response["Retry-After"] = str(_LOGIN_WINDOW_SECONDS)
+            response["Retry-After"] = str(login_guard.WINDOW_SECONDS)
             return response
-        return super().post(request, *args, **kwargs)
-
-    def form_invalid(self, form):
-        key = _failure_key(self.request)
-        cache.add(key, 0, _LOGIN_WINDOW_SECONDS)
-        try:
-            cache.incr(key)
-        except ValueError:
-            cache.set(key, 1, _LOGIN_WINDOW_SECONDS)
-        return super().form_invalid(form)
+        response = super().post(request, *args, **kwargs)
+        if request.user.is_authenticated:
+            login_guard.succeeded(request, username)
+        return response
 
 
 class LogoutView(auth_views.LogoutView):
