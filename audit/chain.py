@@ -50,20 +50,23 @@ def normalise_ip(value: str | None) -> str | None:
     return str(address)
 
 
-def clean_text(value, limit: int) -> str:
+def clean_text(value, limit: int | None) -> str:
     # PostgreSQL text and jsonb refuse NUL; replacing it keeps a hostile string recordable.
     return str(value or "").replace("\x00", "\ufffd")[:limit]
 
 
-def normalise(value):
+TEXT_LIMIT, KEY_LIMIT = 10_000, 200  # what one metadata string and one key keep when recorded
+
+
+def normalise(value, text_limit: int | None = TEXT_LIMIT, key_limit: int | None = KEY_LIMIT):
     """JSON-safe metadata that survives a database round trip unchanged (jsonb reorders keys,
-    reformats numbers and drops nothing else)."""
+    reformats numbers and drops nothing else). Limits None: cut nothing (hashing what is stored)."""
     if isinstance(value, dict):
-        return {clean_text(k, 200): normalise(v) for k, v in value.items()}
+        return {clean_text(k, key_limit): normalise(v, text_limit, key_limit) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [normalise(v) for v in value]
+        return [normalise(v, text_limit, key_limit) for v in value]
     if isinstance(value, set | frozenset):
-        return sorted((normalise(v) for v in value), key=repr)
+        return sorted((normalise(v, text_limit, key_limit) for v in value), key=repr)
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -76,7 +79,7 @@ def normalise(value):
         return iso(value) if value.tzinfo else value.isoformat()
     if isinstance(value, dt.date | dt.time | uuid.UUID):
         return value.isoformat() if hasattr(value, "isoformat") else str(value)
-    return clean_text(value, 10_000)
+    return clean_text(value, text_limit)
 
 
 # json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False), without building
@@ -105,8 +108,9 @@ def canonical(event) -> bytes:
         "ip": normalise_ip(event.ip),
         "user_agent": event.user_agent,
         "request_id": event.request_id,
-        # Normalised again: the database may give back 1.0 as 1, which must hash the same.
-        "metadata": normalise(event.metadata),
+        # Normalised again: the database may give back 1.0 as 1, which must hash the same. Nothing
+        # is cut: a string lengthened in the database past the limits must change the hash.
+        "metadata": normalise(event.metadata, None, None),
     }
     if version >= 2:
         data["version"] = version

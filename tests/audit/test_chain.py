@@ -1,6 +1,7 @@
 """The trail is append-only, hash-chained, and verify_audit names the first broken event."""
 
 import datetime as dt
+import json
 from decimal import Decimal
 
 import pytest
@@ -112,6 +113,23 @@ def test_an_altered_event_is_named():
         raw("UPDATE audit_auditevent SET resource = %s WHERE sequence = 3", ["conversation:999"])
     message = verify_fails()
     assert "#3" in message and "altered" in message and f"id {events[2].pk}" in message
+
+
+def test_metadata_lengthened_past_the_recorded_limits_is_named_altered():
+    # Recording cuts a string to 10,000 characters and a key to 200; the hash covers what is
+    # stored, so text added beyond the cut cannot hide behind it.
+    record(actions.AGENT_RUN, metadata={"prompt": "p" * 12_000, "k" * 300: 1})
+    event = AuditEvent.objects.get()
+    assert len(event.metadata["prompt"]) == 10_000 and "k" * 200 in event.metadata
+    assert verify().startswith("1 events verified")
+    for changed in ({**event.metadata, "prompt": event.metadata["prompt"] + " and one more instruction"},
+                    {"prompt": event.metadata["prompt"], "k" * 200 + "-and-more": 1}):
+        update = ("UPDATE audit_auditevent SET metadata = %s::jsonb WHERE id = %s" if connection.vendor == "postgresql"
+                  else "UPDATE audit_auditevent SET metadata = %s WHERE id = %s")
+        with triggers_lifted():
+            raw(update, [json.dumps(changed), event.pk])
+        message = verify_fails()
+        assert "#1" in message and "altered" in message
 
 
 def test_an_event_altered_with_its_hash_recomputed_breaks_the_link():
