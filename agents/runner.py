@@ -27,6 +27,7 @@ from accounts import key_tree
 from agents import deadlines, events, fallbacks, heavy, optimizer
 from agents.actions import runs
 from agents.core import RunContext
+from agents.history import _id, load_history
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
@@ -44,8 +45,6 @@ from relay.observability import metrics
 logger = logging.getLogger(__name__)
 MAX_OUTPUT_TOKENS = 32768
 DEFAULT_MAX_TOKENS = 1024
-HISTORY_MESSAGES = 20
-TREE_ROWS = 1000  # the recent messages a branch's history is walked through
 
 
 @dataclass
@@ -67,7 +66,7 @@ class RunRequest:
     regenerate: str | None = None            # an answer of the conversation to answer again, as a sibling version
     edit: str | None = None                  # a question of the conversation that `query` replaces, as a sibling
     parent: str | None = None                # the message a new question follows (default: the latest)
-    # Where the new turn hangs in the conversation's tree, found with the history (_load_history):
+    # Where the new turn hangs in the conversation's tree, found with the history (agents.history):
     follows: str | None = field(default=None, init=False)  # the message the new question follows
     answers: str | None = field(default=None, init=False)  # regenerate: the stored question answered again
     # The server names its runs: the ledger reservation, the usage record and the audit event use this id.
@@ -92,10 +91,6 @@ def new_request(user, api_key, data: dict, *, client_request_id: str = "", **ext
         client_request_id=client_request_id,
         **extra,
     )
-
-
-def _id(value) -> str | None:
-    return str(value) if value else None
 
 
 @dataclass
@@ -152,7 +147,7 @@ def _prepare_reads(req: RunRequest, now):
     (None when the model has no price: open_charge then raises UnknownModel itself).
     """
     agent, model = _check_request(req)
-    history = _load_history(req)
+    history = load_history(req)
     decided = optimizer.decide(req, agent, model, history)
     try:
         rules = billing.load_rules(decided.model.name, req.user, req.api_key, now)
@@ -170,61 +165,6 @@ def read_ahead(req: RunRequest) -> RunRequest:
         now = timezone.now()
         req.reads = (now, _prepare_reads(req, now))
     return req
-
-
-def _load_history(req: RunRequest) -> list[dict]:
-    """The earlier turns of the branch the new turn joins; sets where it hangs (req.follows, req.answers)."""
-    from accounts.scoping import refuse_hidden, restrict
-    from agents.models import Conversation
-
-    if not req.conversation_id:
-        if req.regenerate or req.edit:
-            raise exceptions.ValidationError({"conversation_id": ["Name the conversation of the message."]})
-        return list(req.history or [])
-    conversation = restrict(Conversation, req.user).filter(pk=req.conversation_id).first()
-    if conversation is None:
-        # No Scoped view answers this 404 (every transport reaches it through the runner), so the
-        # gate's record of a probe for someone else's conversation is made here; none if it does not exist.
-        refuse_hidden(Conversation, req.conversation_id, resource=f"conversation:{req.conversation_id}",
-                      metadata={"field": "conversation_id", "status": 404, "code": "not_found"})
-        raise exceptions.NotFound("No such conversation.")
-    return branch_history(req, conversation)
-
-
-def branch_history(req: RunRequest, conversation) -> list[dict]:
-    from agents.models import Message
-
-    # The tree's links only (no content) for the walk; then the contents of the turns it picked.
-    links = {str(m["id"]): m for m in conversation.messages.order_by("-created_at")
-             .values("id", "parent_id", "role")[:TREE_ROWS]}
-    if req.regenerate or req.edit:
-        role = Message.Role.ASSISTANT if req.regenerate else Message.Role.USER
-        target = conversation.messages.filter(pk=req.regenerate or req.edit, role=role).values("parent_id").first()
-        if target is None:
-            raise exceptions.NotFound(f"No such {'answer' if req.regenerate else 'question'} in this conversation.")
-        start = _id(target["parent_id"])
-        if req.regenerate:
-            question = conversation.messages.filter(pk=start, role=Message.Role.USER).values(
-                "parent_id", "content").first() if start else None
-            if question is None:
-                raise exceptions.ValidationError({"regenerate": ["This answer has no question to ask again."]})
-            req.answers, req.query = start, question["content"]
-            start = _id(question["parent_id"])
-        req.follows = start
-    elif req.parent:  # the branch the client shows
-        if req.parent not in links and not conversation.messages.filter(pk=req.parent).exists():
-            raise exceptions.NotFound("No such message in this conversation.")
-        req.follows = req.parent
-    else:  # a new turn continues from the latest message
-        req.follows = next(iter(links), None)
-    chain, cursor = [], req.follows
-    while cursor in links and len(chain) < HISTORY_MESSAGES + 10:  # a few spare for empty answers
-        chain.append(cursor)
-        cursor = _id(links[cursor]["parent_id"])
-    contents = dict(conversation.messages.filter(pk__in=chain).values_list("id", "content"))
-    turns = [{"role": links[pk]["role"], "content": contents[uuid.UUID(pk)]} for pk in chain
-             if contents.get(uuid.UUID(pk))]
-    return turns[:HISTORY_MESSAGES][::-1]
 
 
 async def prepare(req: RunRequest) -> PreparedRun:

@@ -151,11 +151,12 @@ def test_edit_makes_a_new_branch_and_history_follows_the_branch(users, client_fo
     assert str(follow_question.parent_id) == first["message_id"]
     assert Message.objects.get(pk=follow["message_id"]).parent_id == follow_question.pk
     # A new turn continues the latest branch: its history holds the edited question, not the old one.
+    from agents import history as branches
     from agents import runner
 
     req = runner.RunRequest(user=users["user"], api_key=None, agent="general", query="next",
                             conversation_id=conversation_id)
-    history = runner.branch_history(req, Conversation.objects.get(pk=conversation_id))
+    history = branches.branch_history(req, Conversation.objects.get(pk=conversation_id))
     assert [h["content"] for h in history][0] == "integrate x^4" and len(history) == 2
     assert req.follows == edited["message_id"]
 

@@ -207,7 +207,7 @@ def test_no_role_reads_or_deletes_another_users_conversations(role, via, users, 
 @pytest.mark.parametrize("endpoint", ["query", "stream"])
 def test_a_run_in_another_users_conversation_is_refused_as_a_hidden_object(endpoint, via, users, other_users,
                                                                           client_for, denials):
-    # Control: agents.runner._load_history's refuse_hidden (the run endpoints are no Scoped view).
+    # Control: agents.history.load_history's refuse_hidden (the run endpoints are no Scoped view).
     me = users["user"]
     client = client_for(me, via)
     for owner in (users["admin"], other_users["admin"]):

@@ -175,7 +175,7 @@ def test_one_answer_at_a_time_per_conversation_whatever_the_spelling_of_its_id(a
 
 def test_a_query_in_another_users_conversation_is_recorded_once_as_a_hidden_object(asgi_server, users,
                                                                                   other_users):
-    # Control: agents.runner._load_history's refuse_hidden (the consumer answers the 404 as an error event).
+    # Control: agents.history.load_history's refuse_hidden (the consumer answers the 404 as an error event).
     from agents.models import Conversation
     from audit.models import AuditEvent
 
