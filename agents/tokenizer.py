@@ -12,6 +12,8 @@ for any string, including emoji, control characters and lone surrogates.
 import json
 import re
 
+from agents import image_tokens
+
 # Scripts written without spaces between words: a GPT tokenizer spends roughly one token per
 # character on them, so they must not be swallowed into 6-letter "words".
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
@@ -48,8 +50,6 @@ _PIECE = re.compile(
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_NAME = 1
 TOKENS_REPLY_PRIMING = 3
-# An image part is priced like OpenAI's low-detail image; the engine cannot see the pixels here.
-TOKENS_PER_IMAGE = 85
 
 
 def split_tokens(text: str) -> list[str]:
@@ -82,7 +82,7 @@ def _content_tokens(content) -> int:
                 total += count_tokens(part)
             elif isinstance(part, dict):
                 if part.get("type") in ("image_url", "input_image", "image"):
-                    total += TOKENS_PER_IMAGE
+                    total += image_tokens.count(part)  # from the image's size, as OpenAI counts it
                 else:  # text, or an assistant's refusal
                     total += count_tokens(str(part.get("text") or part.get("refusal") or ""))
         return total

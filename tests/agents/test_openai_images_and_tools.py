@@ -320,3 +320,41 @@ def test_only_text_and_image_parts_pass_to_a_model(caller, part):
     messages = [{"role": "user", "content": [{"type": "text", "text": "What is in it?"}, part]}]
     error = assert_envelope(chat(caller, messages, model="local-mini"), 400)
     assert error["param"] == "messages" and "content of message 0" in error["message"], error
+
+
+# --- what an image costs ----------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_large_images_are_reserved_as_the_upstream_bills_them(asgi_server, users, fake_upstream, upstream_model):
+    # Control: agents.image_tokens, counted by the tokenizer into the reservation. With a flat 85
+    # tokens an image the upstream bills at 765 passed a hard budget sized for 85 a picture, and
+    # the run's record stopped at the reservation: the rest of the upstream's bill went unbilled.
+    import openai
+
+    from billing.models import UsageRecord
+    from tests.billing.test_live_budgets import IN_PRICE, OUT_PRICE, key_budget, ledger_figures
+
+    pictures = [data_url(png(colour, size=(2048, 2048))) for colour in ("red", "green", "blue", "white")]
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Compare them."},
+                                             *({"type": "image_url", "image_url": {"url": u}} for u in pictures)]}]
+    billed = 4 * 765 + 20  # what the upstream reports: 85 + 170 × 4 tiles an image, and the text
+    fake_upstream.configure(prompt_tokens=billed)
+
+    def ask(limit_nanos: int):
+        secret, budget = key_budget(users["user"], limit_nanos)
+        client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=secret, max_retries=0, timeout=60)
+        return client, budget
+
+    sized_for_flat_images = (4 * 85 + 200) * IN_PRICE + 10 * OUT_PRICE
+    client, _ = ask(sized_for_flat_images)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model=upstream_model, messages=messages, max_tokens=10)
+    assert refused.value.status_code == 402, refused.value.body
+    assert not fake_upstream.requests  # refused before the upstream was asked
+
+    client, budget = ask(10**9)
+    answer = client.chat.completions.create(model=upstream_model, messages=messages, max_tokens=10)
+    assert answer.usage.prompt_tokens == billed
+    record = UsageRecord.objects.get(api_key__budgets=budget)
+    assert record.input_tokens == billed
+    assert ledger_figures(budget, record.created_at)[0] == billed * IN_PRICE + record.output_tokens * OUT_PRICE

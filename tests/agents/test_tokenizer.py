@@ -106,3 +106,31 @@ def test_a_refusal_part_counts_as_its_text():
     said = "I will not write that, but here is what I can do instead."
     as_part = count_message_tokens([{"role": "assistant", "content": [{"type": "refusal", "refusal": said}]}])
     assert as_part == count_message_tokens([{"role": "assistant", "content": said}])
+
+
+def _png_url(width: int, height: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("size, detail, tokens", [
+    ((512, 512), "auto", 85 + 170),
+    ((2048, 2048), "auto", 85 + 170 * 4),      # fitted to 768 × 768
+    ((2048, 2048), "high", 85 + 170 * 4),
+    ((4096, 1024), "auto", 85 + 170 * 4),      # fitted to 2048 × 512
+    ((768, 2048), None, 85 + 170 * 8),         # 2 × 4 tiles
+    ((2048, 2048), "low", 85),
+    ((10, 10), "auto", 85 + 170),
+])
+def test_an_image_counts_as_openai_counts_it_from_its_size(size, detail, tokens):
+    image = {"url": _png_url(*size), **({"detail": detail} if detail else {})}
+    text_only = count_message_tokens([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    with_image = count_message_tokens([{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                                     {"type": "image_url", "image_url": image}]}])
+    assert with_image - text_only == tokens
