@@ -327,3 +327,28 @@ def test_the_database_refuses_to_change_or_delete_checkpoints():
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
             raw(statement)
     assert AuditHeadCheckpoint.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_forgets_the_remembered_checkpoint_with_the_trail():
+    chain_of(2)
+    write_head_checkpoint()
+    call_command("flush", interactive=False, verbosity=0)
+    chain_of(1)
+    assert write_head_checkpoint().sequence == 1  # not refused for a checkpoint flush removed
+    assert verify().startswith("1 events verified")
+
+
+@db
+def test_checkpoints_are_signed_and_verified_with_the_cache_down(monkeypatch, caplog):
+    from django.core.cache import cache
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    chain_of(2)
+    for method in ("get", "set", "delete"):
+        monkeypatch.setattr(cache, method, down)
+    assert write_head_checkpoint().sequence == 2
+    assert verify().startswith("2 events verified")
+    assert "cache is unavailable" in caplog.text

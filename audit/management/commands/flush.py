@@ -7,7 +7,7 @@ test teardown); the chain then starts again at #1.
 from django.core.management.commands import flush
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from audit import triggers
+from audit import head_checkpoints, triggers
 
 
 class Command(flush.Command):
@@ -20,7 +20,9 @@ class Command(flush.Command):
             elif connection.vendor == "sqlite":
                 cursor.execute(triggers.SQLITE_DROP_DELETE_TRIGGER)
         try:
-            return super().handle(**options)
+            result = super().handle(**options)
+            head_checkpoints.forget(connection.alias)  # the checkpoint it remembers is gone with the rest
+            return result
         finally:
             with connection.cursor() as cursor:
                 if connection.vendor == "postgresql":
