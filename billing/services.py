@@ -183,6 +183,25 @@ async def _grow(charge: Charge, minimum: int, wanted: int) -> None:
         charge.granted_nanos += grant.amount
 
 
+async def grow_to_cost(charge: Charge, input_tokens: int, output_tokens: int) -> None:
+    """Before a run settles: where a hard budget's grant is less than the run's cost (the upstream
+    counted more prompt than Relay's estimate), grow the grant by what the budgets still have room
+    for, so the record bills the whole cost whenever the limit allows. What no budget has room
+    for stays capped (the limit holds). A failure is logged; the cap then applies as before."""
+    if not charge.reserved or charge.granted_nanos == UNLIMITED:
+        return
+    cost = charge.cost_nanos(input_tokens, output_tokens)
+    if cost <= charge.granted_nanos:
+        return
+    try:
+        await _grow(charge, 0, cost - charge.reserved_nanos)
+    except (LedgerUnavailable, BudgetExceeded) as error:
+        logger.warning("could not grow %s's grant to its cost of %d nanos: %s", charge.request_id, cost, error)
+    if cost > charge.granted_nanos:
+        logger.warning("%s cost %d nanos; its hard budget had room for %d: the rest is not billed",
+                       charge.request_id, cost, charge.granted_nanos)
+
+
 async def _cover(charge: Charge, actual: int) -> None:
     """Reserve on top what a cost passes its reservation by before it settles (the ledger settles
     at most what it holds, and the record would say more). Only where no hard budget caps the

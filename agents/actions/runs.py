@@ -205,6 +205,8 @@ def _origin(req) -> dict:
 
 async def settle_run(run, ending: Ending) -> Closing:
     """Settle the run's reservation and hold its closing record, in one ledger step (before any answer)."""
+    if run.charge is not None:
+        await billing.grow_to_cost(run.charge, ending.input_tokens, ending.output_tokens)
     closing = closing_of(run, ending)
     settled = await billing.settle_closing(closing.charge, closing.actual_nanos, closing.text())
     closing.spent, closing.held = settled.spent, settled.held

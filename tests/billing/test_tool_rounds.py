@@ -3,7 +3,8 @@
 A round after the first sends the whole conversation to the model again. Controls: agents.rounds
 (the round counted and the reservation grown before the round is sent, through
 billing.services.extend_charge and the ledger's `extend`), and billing.services' settle, which
-first reserves on top what a cost passes its reservation by (only a soft budget lets it).
+first reserves on top what a cost passes its reservation by; under a hard budget, billing.services.grow_to_cost
+grows the grant to the cost where the budget has room (the rest stays capped at the limit).
 """
 
 import asyncio
@@ -96,6 +97,34 @@ def test_a_soft_budget_counts_what_the_upstream_reported_beyond_the_estimate(asg
     record = UsageRecord.objects.get(api_key__budgets=budget)
     assert record.input_tokens == 5000 and record.cost == exact_cost(record)
     assert ledger_figures(budget, record.created_at) == (usd_to_nanos(record.cost), 0)
+    assert_reconciled()
+
+
+def test_a_hard_budget_with_room_bills_what_the_upstream_reported_beyond_the_estimate(
+        asgi_server, users, fake_upstream, upstream_model):
+    # Control: billing.services.grow_to_cost before the settle. Without it the record stopped at
+    # the reservation (Relay's estimate of the prompt), and the rest of the upstream's bill went
+    # unbilled although the budget had room for it.
+    fake_upstream.configure(prompt_tokens=5000)
+    secret, budget = key_budget(users["user"], 10**7)  # a hard $0.01: room for 5,000 tokens and more
+    status, events = ask(asgi_server, secret, query="What is two plus two?", agent_type="general")
+    assert status == 200 and events[-1]["status"] == "complete", events[-3:]
+    record = UsageRecord.objects.get(api_key__budgets=budget)
+    assert record.input_tokens == 5000 and record.cost == exact_cost(record)
+    assert ledger_figures(budget, record.created_at) == (usd_to_nanos(record.cost), 0)
+    assert_reconciled()
+
+
+def test_a_hard_budget_without_that_room_still_caps_the_record_at_its_limit(asgi_server, users, fake_upstream,
+                                                                           upstream_model):
+    fake_upstream.configure(prompt_tokens=5000)
+    limit = 1000 * IN_PRICE + MAX_TOKENS * OUT_PRICE  # enough for the estimate, not for 5,000 tokens
+    secret, budget = key_budget(users["user"], limit)
+    status, events = ask(asgi_server, secret, query="What is two plus two?", agent_type="general")
+    assert status == 200, events[-3:]
+    record = UsageRecord.objects.get(api_key__budgets=budget)
+    assert record.cost < exact_cost(record) and usd_to_nanos(record.cost) == limit  # the limit holds, exactly
+    assert ledger_figures(budget, record.created_at) == (limit, 0)
     assert_reconciled()
 
 
