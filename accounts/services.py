@@ -198,8 +198,15 @@ def _cache_key(prefix: str) -> str:
     return f"apikey:{prefix}"
 
 
+# A forgotten key leaves a marker, not an empty slot: a request that read the row before the
+# change committed and writes its copy after the forget (set-if-absent: `cache.add`) then finds
+# the slot taken, and nothing stale is cached. While the marker lives, every use reads the row.
+_FORGOTTEN = "forgotten"
+_FORGOTTEN_SECONDS = 30
+
+
 def forget_cached_key(prefix: str) -> None:
-    cache.delete(_cache_key(prefix))
+    cache.set(_cache_key(prefix), _FORGOTTEN, _FORGOTTEN_SECONDS)
 
 
 def parse_key(presented: str) -> str:
@@ -218,7 +225,7 @@ def _lookup(prefix: str) -> APIKey | None:
     cached = versioned_cache.get_along(_cache_key(prefix))  # the price copies' token in the same trip
     if cached == "missing":
         return None
-    if cached is not None:
+    if cached is not None and cached != _FORGOTTEN:
         return cached
     # The ancestors come in the same query and stay in the cached copy: the throttle, the token
     # limit and the budgets walk them without a query (accounts/key_tree.py).
@@ -228,7 +235,8 @@ def _lookup(prefix: str) -> APIKey | None:
         # Computed now, the owner's permissions travel in the cached copy: no permission queries
         # per request. Role and role-permission changes drop the copy (accounts/signals.py).
         effective_permissions(key.owner)
-    cache.set(_cache_key(prefix), key if key else "missing", _KEY_CACHE_SECONDS if key else 30)
+    if cached != _FORGOTTEN:  # not over a marker: see forget_cached_key
+        cache.add(_cache_key(prefix), key if key else "missing", _KEY_CACHE_SECONDS if key else 30)
     return key
 
 

@@ -227,3 +227,49 @@ def test_a_key_read_while_its_owner_or_limits_change_is_not_cached_as_it_was(use
         read_meanwhile(owned.secret)
     with pytest.raises(KeyRejected):
         authenticate_key(owned.secret, client_ip="127.0.0.1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_read_before_its_revocation_and_cached_after_it_stays_revoked(users, monkeypatch):
+    # Control: accounts.services.forget_cached_key leaves a marker that _lookup's set-if-absent write
+    # cannot replace. A request that read the row before the revocation committed and wrote its
+    # copy after both forgets cached the key as active for the key cache's whole lifetime.
+    import threading
+
+    from django.db import connections
+
+    from accounts import services
+    from accounts.actions.keys import revoke_api_key
+    from accounts.services import KeyRejected, authenticate_key
+    from tests.conftest import require_postgres
+
+    require_postgres()  # a reader thread beside the test's own connection
+    issued = create_api_key(users["user"], "revoked meanwhile")
+    read, revoked = threading.Event(), threading.Event()
+    reader_thread = []
+    compute = services.effective_permissions
+
+    def read_then_wait(user):
+        if threading.current_thread() in reader_thread:
+            read.set()  # the row is read: the revocation commits before the copy is written
+            assert revoked.wait(30)
+        return compute(user)
+
+    monkeypatch.setattr(services, "effective_permissions", read_then_wait)
+
+    def use():
+        try:
+            authenticate_key(issued.secret, client_ip="127.0.0.1")
+        finally:
+            connections.close_all()
+
+    reader = threading.Thread(target=use)
+    reader_thread.append(reader)
+    reader.start()
+    assert read.wait(30)
+    revoke_api_key(APIKey.objects.get(pk=issued.key.pk))
+    revoked.set()
+    reader.join(timeout=30)
+    assert not reader.is_alive()
+    with pytest.raises(KeyRejected):
+        authenticate_key(issued.secret, client_ip="127.0.0.1")
