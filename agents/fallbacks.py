@@ -14,7 +14,6 @@ some models never falls back to one it may not use.
 
 from __future__ import annotations
 
-import functools
 import logging
 from contextlib import aclosing
 
@@ -23,7 +22,7 @@ from django.utils import timezone
 from accounts import key_tree
 from agents.providers.base import ProviderError
 from agents.providers.catalog import resolve
-from agents.rounds import reserve_round
+from agents.rounds import Rounds
 from agents.router import metrics as router_metrics
 from agents.router.calls import ModelUnavailable
 from agents.upstream import answer_with_model
@@ -59,7 +58,7 @@ def _answer_of(run, progress):
     if run.model.is_local:
         return run.agent.answer_locally(run.ctx)
     return answer_with_model(run.agent, run.ctx, run.model, run.max_tokens, run.request.temperature,
-                             input_tokens=run.input_tokens, before_round=functools.partial(reserve_round, run, progress))
+                             input_tokens=run.input_tokens, rounds=Rounds(run, progress))
 
 
 async def _switch(run, candidates: list[str], reason: str, error: ProviderError) -> None:

@@ -31,6 +31,7 @@ from agents.history import _id, load_history
 from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
+from agents.rounds import BudgetStop
 from agents.tokenizer import count_message_tokens, count_tool_tokens, split_tokens
 from agents.upstream import build_messages
 from billing import ratelimit
@@ -114,12 +115,6 @@ class PreparedRun:
     unreserved: bool = False
     call_tokens: int = 0  # output the model wrote in tool calls (not streamed, still billed)
     take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
-
-
-class _BudgetStop(Exception):
-    def __init__(self, message: str = ""):
-        super().__init__(message)
-        self.message = message
 
 
 def _check_request(req: RunRequest):
@@ -274,7 +269,7 @@ async def stream(run: PreparedRun):
 
 def _failure_event(run: PreparedRun, progress: _Progress, error: Exception) -> dict:
     """The error event of a run that failed; sets the status it is stored with."""
-    if isinstance(error, (_BudgetStop, billing.BudgetExceeded)):  # the latter: a fallback's reservation refused
+    if isinstance(error, (BudgetStop, billing.BudgetExceeded)):  # the latter: a fallback's reservation refused
         progress.status, progress.error_code = "budget_stop", "budget_exceeded"
         blocking = run.charge.blocking_budget()
         return events.error("budget_exceeded", error.message or (blocking.message if blocking else
@@ -353,7 +348,7 @@ async def _produce(run: PreparedRun, progress: _Progress):
                     run.ctx.facts["finish_reason"] = "length"
                     return  # the local engine honours max_tokens like a model does
                 if not run.charge.allows(run.input_tokens, run.call_tokens + progress.output_tokens + 1):
-                    raise _BudgetStop()
+                    raise BudgetStop()
                 progress.output_tokens += 1
                 progress.answer.append(piece)
                 if progress.ttft_ms is None:
@@ -396,8 +391,12 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     if run.unreserved:  # no model could be reserved: the request never ran anywhere it could be billed
         input_tokens = output_tokens = 0
     reported = run.ctx.facts.get("upstream_usage")
-    if reported and reported["reported"] and progress.status == "complete":
-        input_tokens, output_tokens = reported["input_tokens"], reported["output_tokens"]
+    if reported and reported["reported"] and not run.unreserved:
+        if progress.status == "complete":
+            input_tokens, output_tokens = reported["input_tokens"], reported["output_tokens"]
+        else:  # the rounds the upstream finished and counted were spent, whatever cut the run short
+            input_tokens = max(input_tokens, reported["input_tokens"])
+            output_tokens = max(output_tokens, reported["output_tokens"])
     answer = "".join(progress.answer)
     quality = run.agent.quality(run.ctx, answer) if progress.status == "complete" else 0.0
     closing = await runs.settle_run(run, runs.Ending(

@@ -3,7 +3,7 @@
 Yields what the runner consumes: tool_call event dicts (while tools run) and provider
 TextDelta objects (one per upstream chunk, each counted as one output token). Upstream usage
 is summed over the rounds into ctx.facts["upstream_usage"]. Each round after the first sends the
-whole conversation again: it is counted and reserved before it is sent (`before_round`, agents.rounds).
+whole conversation again: it is counted and reserved before it is sent (agents.rounds.Rounds).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contextlib import aclosing
 from agents.core import Agent, RunContext
 from agents.providers.base import ChatRequest, Finish, TextDelta, ToolCallRequest, Usage
 from agents.providers.catalog import ModelChoice
+from agents.rounds import BudgetStop
 from agents.router import calls as router_calls
 from agents.tokenizer import count_message_tokens, count_tokens, count_tool_tokens
 
@@ -27,14 +28,14 @@ def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
 
 
 async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
-                            temperature: float | None = None, *, input_tokens: int = 0, before_round=None):
+                            temperature: float | None = None, *, input_tokens: int = 0, rounds=None):
     """The model's answer through its deployments (agents.router.calls: one call per tool round).
 
     Raises ModelUnavailable when a round cannot start on any deployment; input_tokens is the first
     prompt's size, counted against the deployments' tokens-per-minute limits (a later round's is
-    counted here). `await before_round(input_tokens, call_tokens)` runs before each later round is
-    sent: its prompt's size and what the model wrote in tool calls in the round before; an
-    exception from it ends the answer there.
+    counted here). `rounds` (agents.rounds.Rounds) sets each round's max_tokens, bills the calls a
+    round wrote before any is handed over or run, and admits and reserves each later round before
+    it is sent; an exception from it ends the answer there.
     """
     messages = list(build_messages(agent, ctx))
     tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
@@ -44,11 +45,12 @@ async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, 
         offered = ctx.client_tools or [t.spec() for t in tools.values()] or None
         if round_number:
             input_tokens = count_message_tokens(messages) + count_tool_tokens(offered)
-            if before_round is not None:
-                await before_round(input_tokens, sum(count_tokens(c.name) + count_tokens(c.arguments) for c in calls))
-        request = ChatRequest(messages=messages, model=choice.name, max_tokens=max_tokens,
+            if rounds is not None:
+                await rounds.before(input_tokens)
+        request = ChatRequest(messages=messages, model=choice.name,
+                              max_tokens=rounds.max_tokens() if rounds is not None else max_tokens,
                               temperature=temperature, tools=offered)
-        calls = []
+        calls, ctx.facts["finish_reason"] = [], None
         async with aclosing(router_calls.stream(choice, request, tokens=input_tokens)) as stream:
             async for event in stream:
                 if isinstance(event, TextDelta):
@@ -62,8 +64,13 @@ async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, 
                     usage["input_tokens"] += event.input_tokens
                     usage["output_tokens"] += event.output_tokens
                     usage["reported"] = True
+        if rounds is not None and not calls and rounds.text_cut_by_budget(ctx.facts["finish_reason"]):
+            raise BudgetStop()
         if not calls:
             return
+        if rounds is not None:  # billed now: the client may leave while a tool runs, or run the calls itself
+            rounds.calls_written(sum(count_tokens(c.name) + count_tokens(c.arguments) for c in calls),
+                                 ctx.facts["finish_reason"])
         if ctx.client_tools:  # the client's own tools: hand the calls back, the client runs them
             for call in calls:
                 yield call

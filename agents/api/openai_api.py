@@ -26,7 +26,7 @@ from accounts import key_tree
 from accounts.permissions import AUTHENTICATED, request_key
 from agents import runner
 from agents.api import openai_images, sse
-from agents.api.serializers import MAX_QUERY_CHARS, clean_text, content_problem
+from agents.api.serializers import MAX_QUERY_CHARS, clean_text, content_problem, forwarded_message
 from agents.idempotency import prepare_once, presented
 from agents.providers.catalog import available_models
 from agents.registry import all_agents
@@ -133,7 +133,7 @@ def _run_request(drf_request, data: dict, image: bytes | None = None) -> runner.
     if agent := agent_of(name):
         model, raw = None, None
     else:  # an upstream or local model: runner.prepare answers 404 if none has this name
-        agent, model, raw = "general", name, [{k: v for k, v in m.items()} for m in data["messages"]]
+        agent, model, raw = "general", name, [forwarded_message(m) for m in data["messages"]]
     query = clean_text(text_of(next(m for m in reversed(data["messages"]) if m["role"] == "user").get("content")))
     if not query.strip() and image is not None:
         query = "Describe this image."  # as /api/v1/vision/analyze without a question

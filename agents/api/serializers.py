@@ -243,3 +243,35 @@ def content_problem(content) -> str | None:
 
 
 _STRING_PARTS = ("text", "refusal")
+# What a model reads of a message, all of it counted by agents.tokenizer: nothing else is
+# forwarded (a legacy `function_call`, or a stray key inside a part, would reach the model
+# uncounted: past the tokens per minute, unreserved and, cut short, unbilled).
+_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+def forwarded_message(message: dict) -> dict:
+    """The message as it goes to the model: known keys only, each part and tool call with its own."""
+    kept = {key: message[key] for key in _MESSAGE_KEYS if key in message}
+    if isinstance(kept.get("content"), list):
+        kept["content"] = [_forwarded_part(part) for part in kept["content"]]
+    if isinstance(kept.get("tool_calls"), list):
+        kept["tool_calls"] = [_forwarded_call(call) for call in kept["tool_calls"] if isinstance(call, dict)]
+    return kept
+
+
+def _forwarded_part(part):
+    if not isinstance(part, dict) or part.get("type") not in (*_STRING_PARTS, "image_url"):
+        return part  # content_problem has refused it already
+    kind = part["type"]
+    if kind != "image_url":
+        return {"type": kind, kind: part.get(kind)}
+    image = part.get("image_url")
+    if isinstance(image, dict):
+        image = {key: image[key] for key in ("url", "detail") if key in image}
+    return {"type": kind, "image_url": image}
+
+
+def _forwarded_call(call: dict) -> dict:
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    return {**{key: call[key] for key in ("id", "type") if key in call},
+            "function": {key: function[key] for key in ("name", "arguments") if key in function}}

@@ -358,3 +358,32 @@ def test_large_images_are_reserved_as_the_upstream_bills_them(asgi_server, users
     record = UsageRecord.objects.get(api_key__budgets=budget)
     assert record.input_tokens == billed
     assert ledger_figures(budget, record.created_at)[0] == billed * IN_PRICE + record.output_tokens * OUT_PRICE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_only_what_relay_counts_reaches_the_model(asgi_server, user_key, fake_upstream, upstream_model):
+    # Control: agents.api.serializers.forwarded_message. A legacy function_call, or a stray key in a
+    # part or a tool call, reached the model uncounted: past the key's tokens per minute and the
+    # reservation, and unbilled when the run was cut short.
+    import httpx
+
+    padding = "word " * 300
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "hi", "extra": padding}]},
+        {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": padding},
+         "tool_calls": [{"id": "c1", "type": "function", "more": padding,
+                         "function": {"name": "lookup", "arguments": "{}", "hidden": padding}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok", "note": padding},
+        {"role": "user", "content": [{"type": "refusal", "refusal": "no", "text": padding}, {"type": "text", "text": "go on"}]},
+    ]
+    response = httpx.post(f"{asgi_server.url}{CHAT}", json={"model": upstream_model, "messages": messages},
+                          headers={"Authorization": f"Bearer {user_key}"}, timeout=60)
+    assert response.status_code == 200, response.content[:300]
+    assert fake_upstream.requests[-1].body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "user", "content": [{"type": "refusal", "refusal": "no"}, {"type": "text", "text": "go on"}]},
+    ]
+    assert response.json()["usage"]["prompt_tokens"] < 100  # and what it read is what was counted

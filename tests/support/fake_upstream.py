@@ -264,6 +264,9 @@ class FakeUpstreamApp:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if limit and len(tokens) > limit:
             tokens, finish = tokens[:limit], "length"
+        if limit and calls:  # a model's tool-call arguments are output too: cut where max_tokens ends
+            calls, cut = _calls_within(calls, limit)
+            finish = "length" if cut else finish
         if cfg.prompt_tokens is not None:
             prompt_tokens = cfg.prompt_tokens
         else:
@@ -493,3 +496,18 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _calls_within(calls: list[dict], limit: int) -> tuple[list[dict], bool]:
+    """The calls as a model writes them when max_tokens ends: the arguments cut short, later calls unwritten."""
+    kept, left = [], limit
+    for call in calls:
+        cost = len(_tokens(call["name"] + " " + call["arguments"]))
+        if cost <= left:
+            kept.append(call)
+            left -= cost
+            continue
+        room = max(0, left - len(_tokens(call["name"] + " ")))
+        kept.append({**call, "arguments": "".join(_tokens(call["arguments"])[:room])})
+        return kept, True
+    return kept, False
