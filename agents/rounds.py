@@ -61,6 +61,10 @@ class Rounds:
                 self.run.input_tokens, self._output_so_far()):
             raise BudgetStop()
 
+    def calls_cut_short(self, streamed_tokens: int) -> None:
+        """Bill the tool-call chunks a round streamed before it was cut (no call completed to count)."""
+        self.run.call_tokens += streamed_tokens
+
     def text_cut_by_budget(self, finish_reason: str | None) -> bool:
         """The round's answer stopped where the budget let it, not where the model would have."""
         return self.capped and finish_reason == "length"

@@ -12,7 +12,7 @@ import json
 from contextlib import aclosing
 
 from agents.core import Agent, RunContext
-from agents.providers.base import ChatRequest, Finish, TextDelta, ToolCallRequest, Usage
+from agents.providers.base import ChatRequest, Finish, TextDelta, ToolCallDelta, ToolCallRequest, Usage
 from agents.providers.catalog import ModelChoice
 from agents.rounds import BudgetStop
 from agents.router import calls as router_calls
@@ -51,19 +51,27 @@ async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, 
                               max_tokens=rounds.max_tokens() if rounds is not None else max_tokens,
                               temperature=temperature, tools=offered)
         calls, ctx.facts["finish_reason"] = [], None
-        async with aclosing(router_calls.stream(choice, request, tokens=input_tokens)) as stream:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        yield event
-                elif isinstance(event, ToolCallRequest):
-                    calls.append(event)
-                elif isinstance(event, Finish):
-                    ctx.facts["finish_reason"] = event.reason
-                elif isinstance(event, Usage):
-                    usage["input_tokens"] += event.input_tokens
-                    usage["output_tokens"] += event.output_tokens
-                    usage["reported"] = True
+        streamed = 0  # chunks of tool calls still being written: billed if the round ends before they complete
+        try:
+            async with aclosing(router_calls.stream(choice, request, tokens=input_tokens)) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            yield event
+                    elif isinstance(event, ToolCallDelta):
+                        streamed += event.tokens
+                    elif isinstance(event, ToolCallRequest):
+                        calls.append(event)
+                    elif isinstance(event, Finish):
+                        ctx.facts["finish_reason"] = event.reason
+                    elif isinstance(event, Usage):
+                        usage["input_tokens"] += event.input_tokens
+                        usage["output_tokens"] += event.output_tokens
+                        usage["reported"] = True
+        except BaseException:  # cut (a failure, a timeout, the client gone): what was streamed was written
+            if rounds is not None and streamed:
+                rounds.calls_cut_short(streamed)
+            raise
         if rounds is not None and not calls and rounds.text_cut_by_budget(ctx.facts["finish_reason"]):
             raise BudgetStop()
         if not calls:

@@ -30,6 +30,19 @@ class TextDelta:
 
 
 @dataclass
+class ToolCallDelta:
+    """A piece of a tool call the model is writing (a streamed chunk of its name or arguments).
+
+    Output the upstream produced, one token a chunk like a TextDelta; the call itself comes as a
+    ToolCallRequest once complete. Yielded so that the router sees the upstream answering (its
+    first-token wait ends, a long call is not taken for a dead deployment) and the run can bill
+    what was streamed when the call is cut short.
+    """
+
+    tokens: int = 1
+
+
+@dataclass
 class ToolCallRequest:
     """The model asks for a tool; arguments is the raw JSON string the model produced."""
     call_id: str
@@ -48,7 +61,7 @@ class Finish:
     reason: str  # "stop", "length", "tool_calls", ...
 
 
-ProviderEvent = TextDelta | ToolCallRequest | Usage | Finish
+ProviderEvent = TextDelta | ToolCallDelta | ToolCallRequest | Usage | Finish
 
 
 class ProviderError(Exception):

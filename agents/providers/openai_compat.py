@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +28,9 @@ import aiohttp
 
 from agents.tokenizer import count_tokens
 
-from .base import ChatRequest, Finish, ProviderError, ProviderEvent, TextDelta, ToolCallRequest, Usage
+from .base import ChatRequest, Finish, ProviderError, ProviderEvent, TextDelta, ToolCallDelta, ToolCallRequest, Usage
+
+logger = logging.getLogger(__name__)
 
 MAX_WHOLE_BYTES = 8 * 1024 * 1024  # a whole completion's body; far above max_tokens' worth of text
 MAX_RETRY_AFTER = 2.0  # seconds; a longer Retry-After is not worth holding a user request for
@@ -181,8 +184,8 @@ async def _parse_stream(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderE
             raise ProviderError("upstream_error", "malformed stream from upstream", 502)
         if chunk.get("error"):  # vLLM/LiteLLM report mid-stream failures as an error chunk
             err = chunk["error"]
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            raise ProviderError("upstream_error", f"upstream error: {msg}", 502)
+            logger.warning("upstream error chunk: %.500s", err.get("message") if isinstance(err, dict) else err)
+            raise ProviderError("upstream_error", "the upstream reported an error mid-answer", 502)
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -196,6 +199,8 @@ async def _parse_stream(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderE
                     slot["name"] += fn["name"]
                 if fn.get("arguments"):
                     slot["args"].append(fn["arguments"])
+                if fn.get("name") or fn.get("arguments"):
+                    yield ToolCallDelta()
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
                 for call in _drain(calls):
@@ -223,8 +228,8 @@ async def _parse_whole(resp: aiohttp.ClientResponse) -> AsyncIterator[ProviderEv
         body = json.loads(raw)
         if isinstance(body, dict) and body.get("error"):
             err = body["error"]
-            raise ProviderError("upstream_error", "upstream error: {}".format(
-                err.get("message") if isinstance(err, dict) else str(err)), 502)
+            logger.warning("upstream error body: %.500s", err.get("message") if isinstance(err, dict) else err)
+            raise ProviderError("upstream_error", "the upstream reported an error", 502)
         choice = body["choices"][0]
         message = choice.get("message") or {}
         content = message.get("content") or ""
@@ -298,8 +303,9 @@ def _status_error_of(resp: _Failed) -> ProviderError:
         return ProviderError("bad_request", message, 400)
     if status == 408:
         return ProviderError("upstream_timeout", "upstream timed out", 504, retryable=True)
-    return ProviderError("upstream_error", f"upstream error {status}: {_upstream_message(resp)}", 502,
-                         retryable=status >= 500)
+    # Its text stays in the log: a proxy's error page can name hosts, ports and paths behind it.
+    logger.warning("upstream error %s: %.500s", status, _upstream_message(resp))
+    return ProviderError("upstream_error", f"upstream error {status}", 502, retryable=status >= 500)
 
 
 def _retry_after(headers: dict) -> float | None:
@@ -325,11 +331,13 @@ def _transport_error(exc: BaseException, *, before_response: bool) -> ProviderEr
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ProviderError("upstream_timeout", "timed out connecting to upstream", 504, retryable=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ProviderError("upstream_unavailable", f"cannot connect to upstream: {exc}", 502, retryable=True)
+        logger.warning("cannot connect to upstream: %s", exc)  # the address stays here, not in the answer
+        return ProviderError("upstream_unavailable", "cannot connect to upstream", 502, retryable=True)
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return ProviderError("upstream_timeout", "upstream timed out", 504)
     if isinstance(exc, aiohttp.ServerDisconnectedError) and before_response:
         # Typically a pooled keep-alive connection the server (or a load balancer) had closed;
         # no answer was produced, so one more try is safe.
         return ProviderError("upstream_unavailable", "upstream closed the connection", 502, retryable=True)
-    return ProviderError("upstream_error", f"connection to upstream failed: {exc}", 502)
+    logger.warning("connection to upstream failed: %s", exc)
+    return ProviderError("upstream_error", "connection to upstream failed", 502)

@@ -23,7 +23,7 @@ from contextlib import aclosing
 from dataclasses import replace
 
 from agents import router
-from agents.providers.base import ChatRequest, ProviderError, TextDelta, ToolCallRequest, Usage
+from agents.providers.base import ChatRequest, ProviderError, TextDelta, ToolCallDelta, ToolCallRequest, Usage
 from relay.eventloop.later import later
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class _Attempt:
             await asyncio.shield(self._close(outcome))
 
     def _count(self, event) -> None:
-        if isinstance(event, TextDelta):
+        if isinstance(event, TextDelta | ToolCallDelta):
             self.output_tokens += event.tokens
         elif isinstance(event, Usage):
             self.reported_tokens = event.output_tokens
