@@ -4,7 +4,9 @@ Visibility is decided by the scoping gate (accounts.scoping, DOCUMENT_RULE): bui
 everyone; otherwise documents of the caller's organization that they own, that were shared with
 them or their team (guardian object permissions), or all of them for an organization admin.
 Reading their text, through any agent or tool, also needs `use_rag_agent` (`readable_documents`):
-without it a caller — a key scoped to math, say — searches Relay's own documentation only.
+without it a caller — a key scoped to math, say — searches Relay's own documentation only. And it
+never leaves the caller's own organization, superusers included: what is read lands in their
+conversations, and from there in their organization's training data.
 """
 
 from __future__ import annotations
@@ -54,8 +56,18 @@ def may_read_documents(user: User, api_key: APIKey | None) -> bool:
 
 
 def readable_documents(user: User, api_key: APIKey | None) -> QuerySet[Document]:
-    """The documents whose text this caller may read: what they see, or Relay's own docs only."""
-    return scoping.restrict(Document.objects.all(), user, api_key, scoping.READ)
+    """The documents whose text this caller may read: what they see in their own organization (their
+    own, without one), or Relay's own docs only.
+
+    The gate shows a superuser every organization's documents, to manage; reading one into an
+    answer would copy another tenant's text into this caller's conversation, so it stays home.
+    """
+    organization_id = getattr(user, "organization_id", None)  # None too for an anonymous caller (reads nothing)
+    if organization_id is not None:
+        home = Q(organization_id=organization_id)
+    else:
+        home = Q(organization__isnull=True, owner_id=user.pk)
+    return scoping.restrict(Document.objects.all(), user, api_key, scoping.READ).filter(Q(builtin=True) | home)
 
 
 def may_manage(user: User, document: Document, api_key: APIKey | None = None) -> bool:

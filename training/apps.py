@@ -20,10 +20,9 @@ def register_evaluation_hooks() -> None:
 
     from accounts import scoping
     from agents.listing import register_unlisted
-    from training.models import ConversationExclusion, Evaluation, EvaluationResult, EvaluationSet
+    from training.models import EVALUATION_RUNS, ConversationExclusion, Evaluation, EvaluationResult, EvaluationSet
 
-    evaluation_runs = ConversationExclusion.objects.filter(conversation=OuterRef("pk"),
-                                                           reason=ConversationExclusion.Reason.EVALUATION)
+    evaluation_runs = ConversationExclusion.objects.filter(conversation=OuterRef("pk"), reason__in=EVALUATION_RUNS)
     register_unlisted("training-evaluations", lambda conversations: conversations.exclude(Exists(evaluation_runs)))
     scoping.register(EvaluationSet, scoping.Rule(organization="organization"))
     scoping.register(Evaluation, scoping.Rule(organization="organization"))
@@ -37,11 +36,13 @@ class TrainingConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import pre_delete
 
-        from agents.models import Conversation
-        from training.actions.withdrawal import withdraw_deleted_conversation
+        from agents.models import Conversation, Message
+        from training.actions.withdrawal import withdraw_deleted_conversation, withdraw_deleted_message
 
         register_rules()
         register_evaluation_hooks()
         # agents cannot import training: a conversation's deletion withdraws the versions holding it
         # through this signal, sent inside the deletion's transaction (every path: API, admin, cascade).
         pre_delete.connect(withdraw_deleted_conversation, sender=Conversation, dispatch_uid="training-withdraw")
+        # One message deleted (the admin) changes its conversation as well: the versions holding it go too.
+        pre_delete.connect(withdraw_deleted_message, sender=Message, dispatch_uid="training-withdraw-message")

@@ -122,7 +122,7 @@ def parse_upload(data: bytes) -> list[ItemData]:
 
 def version_items(version: DatasetVersion) -> list[ItemData]:
     """A built version's rows as items: the question before each answer, the answer as its reference."""
-    services.downloadable(version)  # NotDownloadable: not built, or withdrawn
+    services.downloadable(version)  # NotDownloadable: not built, or withdrawn; ConsentRequired: consent off
     items = []
     with open(storage.path(version.file_name), encoding="utf-8") as source:
         for row in map(json.loads, source):

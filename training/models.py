@@ -33,6 +33,9 @@ class ConversationExclusion(models.Model):
     class Reason(models.TextChoices):
         USER = "user", "Excluded by its owner"
         EVALUATION = "evaluation", "An evaluation run"
+        # A run of a set made from a dataset version asks a copy of training data again: a build
+        # never selects it, include_evaluation or not (training.services.selected_answers).
+        EVALUATION_COPY = "evaluation_copy", "An evaluation run of a set made from a dataset version"
 
     conversation = models.OneToOneField("agents.Conversation", on_delete=models.CASCADE,
                                         related_name="training_exclusion")
@@ -43,6 +46,10 @@ class ConversationExclusion(models.Model):
 
     def __str__(self):
         return f"{self.conversation_id} ({self.reason})"
+
+
+# The reasons of evaluation runs: out of their owners' lists, and never let back into training.
+EVALUATION_RUNS = (ConversationExclusion.Reason.EVALUATION, ConversationExclusion.Reason.EVALUATION_COPY)
 
 
 class Dataset(models.Model):

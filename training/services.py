@@ -83,7 +83,9 @@ def selected_answers(definition: dict) -> QuerySet:
         answers = answers.exclude(Exists(UsageRecord.objects.filter(message_id=OuterRef("pk"), cached=True)))
     excluded = ConversationExclusion.objects.filter(conversation=OuterRef("conversation_id"))
     if definition["include_evaluation"]:
-        excluded = excluded.filter(reason=ConversationExclusion.Reason.USER)
+        # Runs of uploaded sets only. A run of a set made from a version asked a copy of training
+        # data again (EVALUATION_COPY): its source may be deleted or excluded since, so it stays out.
+        excluded = excluded.exclude(reason=ConversationExclusion.Reason.EVALUATION)
     return answers.exclude(Exists(excluded))
 
 
@@ -94,9 +96,16 @@ def split_of(conversation_id, validation_percent: int) -> str:
 
 
 def downloadable(version: DatasetVersion) -> DatasetVersion:
+    """The version, if its rows may leave it now (a download, a set made from it): NotDownloadable,
+    or ConsentRequired while its organization's consent is off (the version stays: consent back on
+    restores it)."""
     if version.withdrawn:
         raise NotDownloadable(f"This version was withdrawn ({version.withdrawn_reason}) and can no longer be "
                               "downloaded; build the dataset again.", withdrawn=True)
+    if not consent_enabled(version.dataset.organization_id):
+        raise ConsentRequired("This organization has turned off training on its interactions: its versions "
+                              "cannot be downloaded or made into evaluation sets until an organization admin "
+                              "turns it on again.")
     if version.state != DatasetVersion.State.DONE:
         raise NotDownloadable(f"This version is {version.state}, not built: nothing to download yet.")
     return version

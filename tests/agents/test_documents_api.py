@@ -120,3 +120,26 @@ def test_builtin_docs_are_visible_to_everyone_but_not_deletable(users, client_fo
     viewer = client_for(users["viewer"])
     assert viewer.get(reverse("document-detail", args=[builtin.pk])).status_code == 200
     assert_envelope(client_for(users["admin"]).delete(reverse("document-detail", args=[builtin.pk])), 403)
+
+
+def test_a_superuser_member_reads_documents_of_their_own_organization_only(users, other_users, client_for):
+    # Control: agents.documents.readable_documents keeps reading in the caller's organization, even
+    # where the scoping gate shows a superuser every one: what is read lands in their conversations.
+    from agents.documents import readable_documents, search
+
+    theirs = upload(client_for(other_users["user"]), "globex.txt",
+                    b"Globex merger codename zanzibar: the pricing floor is 42 million.").json()
+    ours = upload(client_for(users["user"]), "acme.txt", b"Acme merger codename nightjar closes in May.").json()
+    boss = users["admin"]
+    boss.is_superuser = True
+    boss.save()
+
+    found = search(boss, "merger codename zanzibar nightjar", api_key=None)
+    assert theirs["id"] not in {passage.document_id for passage in found}
+    assert not any("zanzibar" in passage.text for passage in found)
+    assert ours["id"] in {passage.document_id for passage in found}
+    readable = set(readable_documents(boss, None).values_list("pk", flat=True))
+    assert theirs["id"] not in readable and Document.objects.filter(builtin=True).first().pk in readable
+    assert "zanzibar" not in ask_rag(client_for(boss), "What is the Globex merger codename zanzibar?")
+    # Managing them stays the superuser's: the gate still shows every organization's documents.
+    assert client_for(boss).get(reverse("document-detail", args=[theirs["id"]])).status_code == 200

@@ -2,18 +2,24 @@
 
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.db.models.signals import pre_delete
+from django.test import Client
 from django.urls import reverse
 
 from accounts.actions.users import create_user
+from accounts.models import User
 from agents.actions.conversations import delete_conversation
-from agents.models import Conversation
+from agents.models import Conversation, Message
 from audit import actions
 from audit.models import AuditEvent
 from tests.conftest import assert_envelope
 from tests.training.conftest import build, conversation, dataset, lines_of, turn
 from training.models import DatasetVersion, VersionConversation
+from training.models_evaluation import EvaluationSet
+
+SETS = "/api/v1/training/evaluation-sets/"
 
 pytestmark = pytest.mark.django_db
 
@@ -114,6 +120,52 @@ def test_deleting_a_conversation_withdraws_exactly_the_versions_holding_it(users
     rebuilt = build(dataset(users["admin"].organization, name="again"))
     assert str(first.pk) not in {row["conversation"] for row in lines_of(rebuilt)}
     assert not AuditEvent.objects.filter(action=actions.DATA_EXPORTED, resource=f"dataset_version:{both.pk}")
+
+
+def test_a_message_deleted_in_the_admin_withdraws_the_versions_holding_its_conversation(users, consent,
+                                                                                      client_for):
+    # Control: training's receiver of Message's pre_delete (training.actions.withdrawal.withdraw_deleted_message).
+    first, _, both, only_second = _two_versions(users)
+    admin = client_for(users["admin"])
+    made = admin.post(SETS, {"name": "from both", "dataset_version": both.pk}, format="json").json()
+    assert made["items_count"] == 2
+    root = User.objects.create_superuser("root", "root@example.com", "correct horse battery staple")
+    site = Client()
+    site.force_login(root)
+    question = Message.objects.get(conversation=first, role="user")
+    response = site.post(reverse("admin:agents_message_delete", args=[question.pk]), {"post": "yes"})
+    assert response.status_code == 302 and not Message.objects.filter(pk=question.pk).exists()
+    assert Conversation.objects.filter(pk=first.pk).exists()  # only the message went
+
+    both.refresh_from_db(), only_second.refresh_from_db()
+    assert both.withdrawn and str(first.pk) in both.withdrawn_reason and not only_second.withdrawn
+    assert_envelope(admin.get(reverse("training-version-download", args=[both.pk])), 410, "withdrawn")
+    # The set made from it no longer holds the question, nor the answer it was copied with.
+    assert [item.prompt for item in EvaluationSet.objects.get(pk=made["id"]).items.all()] == ["Second question"]
+
+
+def test_turning_consent_off_closes_built_versions_until_it_is_on_again(users, consent, client_for):
+    # Control: training.services.downloadable refuses while the organization's consent is off (409, as a build).
+    turn(conversation(users["user"]), "what is the capital of France", "Paris")
+    version = build(dataset(users["admin"].organization))
+    admin = client_for(users["admin"])
+    download = reverse("training-version-download", args=[version.pk])
+    assert admin.put(reverse("training-consent"), {"enabled": False}, format="json").json()["enabled"] is False
+
+    assert_envelope(admin.get(download), 409, "training_consent_required")
+    assert_envelope(admin.post(SETS, {"name": "copy", "dataset_version": version.pk}, format="json"), 409,
+                    "training_consent_required")
+    with pytest.raises(CommandError, match="turned off training"):
+        call_command("export_dataset", str(version.pk))
+    assert not EvaluationSet.objects.exists()
+    assert not AuditEvent.objects.filter(action=actions.DATA_EXPORTED).exists()
+    version.refresh_from_db()
+    assert not version.withdrawn  # closed, not withdrawn: consent back on opens it again
+
+    assert admin.put(reverse("training-consent"), {"enabled": True}, format="json").json()["enabled"] is True
+    response = admin.get(download)
+    assert response.status_code == 200 and b"France" in b"".join(response.streaming_content)
+    assert admin.post(SETS, {"name": "copy", "dataset_version": version.pk}, format="json").status_code == 201
 
 
 def test_the_withdrawal_is_training_s_hook_on_the_deletion(users, consent):

@@ -4,21 +4,26 @@ import json
 from collections import Counter
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.actions.keys import create_api_key
+from accounts.actions.keys import create_api_key, revoke_api_key
+from accounts.models import APIKey, User
 from accounts.roles import effective_permissions
 from agents.actions.conversations import delete_conversation
-from agents.models import Conversation
+from agents.models import Conversation, Message
+from audit.models import AuditEvent
 from tests.conftest import assert_envelope
 from tests.training.conftest import build, conversation, dataset, lines_of, turn
-from tests.training.test_evaluations import EVALUATIONS, SETS, jsonl, two_models  # noqa: F401  (a fixture)
+from tests.training.test_evaluations import EVALUATIONS, SETS, _set, jsonl, two_models  # noqa: F401  (a fixture)
 from training import storage
 from training.actions import builds
 from training.actions.consent import set_consent
-from training.models import VersionConversation
+from training.actions.evaluations import run_evaluation, start_evaluation
+from training.models import ConversationExclusion, VersionConversation
 from training.models_evaluation import Evaluation, EvaluationSet
 from training.rows import conversation_rows
 
@@ -189,3 +194,99 @@ def test_the_results_of_an_evaluation_of_a_version_need_export_data(users, conse
     keyed.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow.secret}")
     assert "France" not in json.dumps(assert_envelope(keyed.get(evaluation + "results/"), 403))
     assert keyed.get(evaluation + "comparison/").status_code == 200  # aggregates only
+
+
+SECRET = "my private question about my divorce lawyer"
+
+
+def _evaluated_copy(users, client_for):
+    """The owner's conversation, built into a version, made into a set, evaluated by the admin: the
+    owner's question asked again in the admin's run conversation."""
+    admin, owner = users["admin"], users["user"]
+    source = conversation(owner)
+    turn(source, SECRET, "a private answer")
+    version = build(dataset(admin.organization), actor=admin)
+    made = client_for(admin).post(SETS, {"name": "from v1", "dataset_version": version.pk}, format="json")
+    assert made.status_code == 201, made.content
+    evaluation = start_evaluation(EvaluationSet.objects.get(pk=made.json()["id"]), actor=admin,
+                                  targets=["fake-a"], enqueue=False)
+    run = run_evaluation(evaluation.pk).results.get().conversation_id
+    assert Message.objects.filter(conversation_id=run, content=SECRET).exists()  # the copy the test is about
+    return source, run
+
+
+@pytest.mark.parametrize("how", ["deleted", "excluded"])
+def test_a_deleted_or_excluded_conversation_leaves_no_evaluation_run_asking_it(two_models, users, consent,  # noqa: F811
+                                                                               client_for, how):
+    # Control: training.actions.withdrawal (the conversation's pre_delete, and exclude_conversation
+    # for its owner's exclusion) deletes the runs made of the items copied from it, each audited.
+    owner = client_for(users["user"])
+    source, run = _evaluated_copy(users, client_for)
+    if how == "deleted":
+        assert owner.delete(reverse("conversation-detail", args=[source.pk])).status_code == 204
+    else:
+        assert owner.post(reverse("training-exclusion", args=[source.pk])).json()["excluded"] is True
+
+    assert not Conversation.objects.filter(pk=run).exists()
+    assert not Message.objects.filter(content__contains="divorce").exclude(conversation=source).exists()
+    deleted = AuditEvent.objects.get(action="conversation.deleted", resource=f"conversation:{run}")
+    assert deleted.actor_id == users["user"].pk  # the owner's act, in the owner's name
+    rebuilt = build(dataset(users["admin"].organization, name="again", include_evaluation=True))
+    assert rebuilt.state == "done" and "divorce" not in json.dumps(lines_of(rebuilt))
+
+
+def test_runs_of_sets_made_from_versions_never_return_in_builds(two_models, users, consent, client_for):  # noqa: F811
+    # Control: training.services.selected_answers lets back in, with include_evaluation, only runs
+    # of uploaded sets; a run of a version's copy is marked evaluation_copy when it opens.
+    admin = users["admin"]
+    source, run = _evaluated_copy(users, client_for)
+    assert ConversationExclusion.objects.get(conversation_id=run).reason == "evaluation_copy"
+    uploaded = start_evaluation(_set(users, {"prompt": "What is 6 times 7?"}), actor=admin, targets=["fake-a"],
+                                enqueue=False)
+    mine = run_evaluation(uploaded.pk).results.get().conversation_id
+
+    rows = lines_of(build(dataset(admin.organization, name="with runs", include_evaluation=True)))
+    assert {row["conversation"] for row in rows} >= {str(mine)}
+    assert str(run) not in {row["conversation"] for row in rows}
+    assert [row["conversation"] for row in rows if SECRET in json.dumps(row)] == [str(source.pk)]  # once, its own
+
+
+def _revoke(users, key):
+    revoke_api_key(key, actor=users["admin"])
+
+
+def _revoke_parent(users, key):
+    # Revoking a key revokes its children too; a parent revoked alone (a row changed by hand) must bind anyway.
+    APIKey.objects.filter(pk=key.parent_id).update(revoked_at=timezone.now())
+
+
+def _deactivate(users, key):
+    User.objects.filter(pk=key.owner_id).update(is_active=False)  # as another process would
+
+
+def _demote(users, key):
+    users["admin"].groups.set([Group.objects.get(name="user")])  # no manage_training any more
+
+
+@pytest.mark.parametrize(("change", "reason"), [(_revoke, "its key was revoked"),
+                                                (_revoke_parent, "revoked with the key it was started through"),
+                                                (_deactivate, "was deactivated"),
+                                                (_demote, "no longer holds manage_training")])
+def test_an_evaluation_stops_when_its_key_or_starter_loses_the_right(two_models, users, change, reason):  # noqa: F811
+    # Control: training.actions.evaluations._refusal reads the key and its owner again before each run.
+    admin = users["admin"]
+    evaluation = start_evaluation(_set(users, *[{"prompt": f"What is {i} times 7?"} for i in range(4)]),
+                                  actor=admin, targets=["fake-a"], enqueue=False,
+                                  via_key=create_api_key(admin, "started through").key)
+
+    def after_the_first(progress):
+        if progress.processed == 1:
+            change(users, APIKey.objects.get(pk=progress.api_key_id))
+
+    ended = run_evaluation(evaluation.pk, on_progress=after_the_first)
+    assert list(ended.results.values_list("status", flat=True)) == ["complete"]
+    assert len(two_models["fake-a"].requests) == 1
+    assert ended.state == "failed" and reason in ended.message and ended.message.startswith("Stopped after 1 of 4")
+    finished = AuditEvent.objects.get(action="evaluation.finished", resource=f"evaluation:{ended.pk}")
+    assert finished.status == "error" and reason in finished.metadata["refused"]
+    assert APIKey.objects.get(pk=ended.api_key_id).revoked_at is not None

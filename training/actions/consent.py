@@ -9,6 +9,7 @@ from accounts.models import Organization, User
 from agents.models import Conversation
 from audit import actions
 from audit.services import record
+from training.actions.withdrawal import delete_runs_of_copies
 from training.models import ConversationExclusion, TrainingConsent
 
 
@@ -27,9 +28,15 @@ def set_consent(organization: Organization, *, enabled: bool, actor: User | None
 @transaction.atomic
 def exclude_conversation(conversation: Conversation, *, actor: User | None,
                          reason: str = ConversationExclusion.Reason.USER) -> ConversationExclusion:
-    """Idempotent: excluding an excluded conversation keeps the first exclusion (and records again)."""
+    """Idempotent: excluding an excluded conversation keeps the first exclusion (and records again).
+
+    Its owner's exclusion also deletes the evaluation runs that asked questions copied from it
+    (each audited as conversation.deleted): otherwise they hold its words outside its exclusion.
+    """
     exclusion, _ = ConversationExclusion.objects.get_or_create(
         conversation=conversation, defaults={"reason": reason, "excluded_by": actor})
+    if reason == ConversationExclusion.Reason.USER:
+        delete_runs_of_copies(conversation, actor=actor)
     record(actions.TRAINING_CONVERSATION_EXCLUDED, actor=actor, organization=conversation.organization_id,
            resource=f"conversation:{conversation.pk}", metadata={"reason": exclusion.reason})
     return exclusion

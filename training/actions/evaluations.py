@@ -6,7 +6,9 @@ with that person's own permissions, under the key they asked through if any (nev
 either), so the key's, its ancestors', the user's and the organization's budgets apply. Each run gets its own conversation, excluded from training (reason evaluation)
 before its first message exists; that exclusion also hides it from its owner's conversation
 lists. A budget that refuses or stops a run ends the evaluation cleanly as stopped_by_budget:
-its results so far stay, nothing more is reserved.
+its results so far stay, nothing more is reserved. Before each run the key and its owner are read
+again, as every transport admits each query (accounts.admission): a key revoked or expired (or one
+above it), an owner deactivated, moved or without manage_training ends the evaluation as failed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.exceptions import APIException
 
+from accounts import key_tree
 from accounts.actions.keys import create_api_key, revoke_api_key
 from accounts.models import APIKey, Organization, User
+from accounts.permissions import holds
 from accounts.services import key_permissions
 from agents import runner
 from agents.actions.conversations import create_conversation, delete_conversation
@@ -35,6 +39,7 @@ from training.models_evaluation import Evaluation, EvaluationItem, EvaluationRes
 
 logger = logging.getLogger(__name__)
 BUDGET = "budget"
+MANAGE = "manage_training"  # what starting an evaluation needs (training.api), and so each of its runs
 
 
 # --- sets -------------------------------------------------------------------------------------
@@ -105,11 +110,44 @@ def _issue_key(evaluation: Evaluation, via_key: APIKey | None) -> None:
 
 
 @transaction.atomic
-def _open_conversation(user: User, agent: str) -> Conversation:
-    """The run's conversation, out of training and out of its owner's lists before any message is in it."""
+def _open_conversation(user: User, agent: str, evaluation_set: EvaluationSet) -> Conversation:
+    """The run's conversation, out of training and out of its owner's lists before any message is in it.
+
+    A set made from a version asks copies of training data: its runs are marked so that no build,
+    include_evaluation or not, takes them back (training.services.selected_answers)."""
+    reason = (ConversationExclusion.Reason.EVALUATION_COPY if evaluation_set.source == EvaluationSet.Source.DATASET
+              else ConversationExclusion.Reason.EVALUATION)
     conversation = create_conversation(user, agent=agent, title="Evaluation run")
-    exclude_conversation(conversation, actor=user, reason=ConversationExclusion.Reason.EVALUATION)
+    exclude_conversation(conversation, actor=user, reason=reason)
     return conversation
+
+
+def _refusal(evaluation: Evaluation) -> str | None:
+    """Why the evaluation may not make its next run, from the key and owner as they are now; None: it may.
+
+    The checks of accounts.services.authenticate_key and accounts.admission.admit, which need the
+    secret or a request: the worker holds neither, and the rows it loaded at the start go stale
+    (addresses are not checked: no client asks here). On None, the evaluation runs with the fresh rows.
+    """
+    key = APIKey.objects.select_related("owner", key_tree.CHAIN).filter(pk=evaluation.api_key_id).first()
+    now = timezone.now()
+    if key is None:
+        return "its key was deleted"
+    if key.revoked_at is not None:
+        return "its key was revoked"
+    if any(link.revoked_at is not None for link in key_tree.ancestors(key)):
+        return "its key was revoked with the key it was started through"
+    if any(link.expires_at is not None and link.expires_at <= now for link in key_tree.chain(key)):
+        return "its key expired"
+    owner = key.owner
+    if not owner.is_active:
+        return "the person who started it was deactivated"
+    if owner.organization_id != evaluation.organization_id:
+        return "the person who started it left the organization"
+    if not holds(owner, key, MANAGE):
+        return "the person who started it no longer holds manage_training"
+    evaluation.api_key, evaluation.started_by = key, owner
+    return None
 
 
 async def _ask(request: runner.RunRequest) -> tuple[str, dict | str | None]:
@@ -124,9 +162,9 @@ async def _ask(request: runner.RunRequest) -> tuple[str, dict | str | None]:
 
 def _one_run(evaluation: Evaluation, item: EvaluationItem, target: str) -> str | None:
     """Run item on target and store its result; BUDGET when a budget refused or stopped it."""
-    user = evaluation.started_by
+    user = evaluation.started_by  # as _refusal read it just before
     agent, model = evaluations.run_of(target, evaluation.agent, item.agent)
-    conversation = _open_conversation(user, agent)
+    conversation = _open_conversation(user, agent, evaluation.evaluation_set)
     request = runner.new_request(user, evaluation.api_key, {
         "agent_type": agent, "query": item.prompt, "model": model, "max_tokens": evaluation.max_tokens,
         "cache": False,  # the model is measured, not the response cache
@@ -155,33 +193,41 @@ def _one_run(evaluation: Evaluation, item: EvaluationItem, target: str) -> str |
     return None
 
 
-def run_evaluation(evaluation_id: int, *, on_progress=None) -> Evaluation:
-    """Run a queued evaluation (the task's body and `manage.py run_evaluation`'s), item by item across targets.
+def _runs(evaluation: Evaluation):
+    """(item, target) in item-major order: when a budget stops it, every target has answered the same
+    items (give or take one)."""
+    for item in evaluation.evaluation_set.items.order_by("position").iterator(chunk_size=200):
+        for target in evaluation.targets:
+            yield item, target
 
-    Item-major order: when a budget stops it, every target has answered the same items (give or take one).
-    """
+
+def run_evaluation(evaluation_id: int, *, on_progress=None) -> Evaluation:
+    """Run a queued evaluation (the task's body and `manage.py run_evaluation`'s), item by item across targets."""
     evaluation = Evaluation.objects.select_related("evaluation_set", "api_key", "started_by").get(pk=evaluation_id)
     if evaluation.state != Evaluation.State.QUEUED:
         return evaluation
     Evaluation.objects.filter(pk=evaluation.pk).update(state=Evaluation.State.RUNNING, started_at=timezone.now())
     evaluation.state = Evaluation.State.RUNNING
-    stopped = None
+    stopped = refused = None
     try:
-        for item in evaluation.evaluation_set.items.order_by("position").iterator(chunk_size=200):
-            for target in evaluation.targets:
-                stopped = _one_run(evaluation, item, target)
-                evaluation.processed = evaluation.results.count()
-                Evaluation.objects.filter(pk=evaluation.pk).update(processed=evaluation.processed)
-                if on_progress:
-                    on_progress(evaluation)
-                if stopped is not None:
-                    break
+        for item, target in _runs(evaluation):
+            refused = _refusal(evaluation)
+            if refused is not None:
+                break
+            stopped = _one_run(evaluation, item, target)
+            evaluation.processed = evaluation.results.count()
+            Evaluation.objects.filter(pk=evaluation.pk).update(processed=evaluation.processed)
+            if on_progress:
+                on_progress(evaluation)
             if stopped is not None:
                 break
     except Exception as error:
         logger.exception("evaluation %s failed", evaluation.pk)
         return _finish(evaluation, Evaluation.State.FAILED, f"The evaluation failed ({type(error).__name__}); "
                        "see the server log.")
+    if refused is not None:
+        return _finish(evaluation, Evaluation.State.FAILED, f"Stopped after {evaluation.processed} of "
+                       f"{evaluation.total} runs: {refused}.", refused=refused)
     if stopped is not None:
         return _finish(evaluation, Evaluation.State.STOPPED_BY_BUDGET,
                        f"Stopped by a budget after {evaluation.processed} of {evaluation.total} runs: {stopped}")
@@ -189,15 +235,19 @@ def run_evaluation(evaluation_id: int, *, on_progress=None) -> Evaluation:
 
 
 @transaction.atomic
-def _finish(evaluation: Evaluation, state: str, message: str) -> Evaluation:
+def _finish(evaluation: Evaluation, state: str, message: str, *, refused: str | None = None) -> Evaluation:
+    """refused: why its key or starter may no longer run it (_refusal), recorded with the ending."""
     evaluation.state, evaluation.message, evaluation.finished_at = state, message[:500], timezone.now()
     evaluation.processed = evaluation.results.count()
     evaluation.save(update_fields=["state", "message", "finished_at", "processed"])
-    if evaluation.api_key is not None and evaluation.api_key.revoked_at is None:
-        revoke_api_key(evaluation.api_key, actor=evaluation.started_by)  # its work is done: nothing else uses it
+    key = APIKey.objects.filter(pk=evaluation.api_key_id).first()  # as it is now: it may be revoked already
+    if key is not None and key.revoked_at is None:
+        revoke_api_key(key, actor=evaluation.started_by)  # its work is done: nothing else uses it
+    metadata = {"state": state, "finished": evaluation.processed, "total": evaluation.total,
+                "stopped_by_budget": state == Evaluation.State.STOPPED_BY_BUDGET}
+    if refused is not None:
+        metadata["refused"] = refused
     record(actions.EVALUATION_FINISHED, status=actions.ERROR if state == Evaluation.State.FAILED else actions.SUCCESS,
            actor=evaluation.started_by, organization=evaluation.organization_id,
-           resource=f"evaluation:{evaluation.pk}",
-           metadata={"state": state, "finished": evaluation.processed, "total": evaluation.total,
-                     "stopped_by_budget": state == Evaluation.State.STOPPED_BY_BUDGET})
+           resource=f"evaluation:{evaluation.pk}", metadata=metadata)
     return evaluation

@@ -1,4 +1,4 @@
-"""A download of a built version: refused when it is withdrawn, audited as data.exported when it starts."""
+"""A download of a built version: refused when withdrawn or while consent is off, audited as data.exported."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from training.models import DatasetVersion
 def export_version(version: DatasetVersion, *, actor: User | None, fmt: str, split: str = "all") -> Iterator[str]:
     """The lines of the export (a generator that reads the file as it is consumed).
 
-    services.NotDownloadable for a withdrawn or unbuilt version; ValueError for an unknown format.
+    services.NotDownloadable for a withdrawn or unbuilt version, services.ConsentRequired while the
+    organization's consent is off; ValueError for an unknown format.
     """
     if fmt not in exports.FORMATS or split not in exports.SPLITS:
         raise ValueError(f"format is one of {exports.FORMATS}, split one of {exports.SPLITS}")

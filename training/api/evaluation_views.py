@@ -26,7 +26,7 @@ from training.api.evaluation_serializers import (
     EvaluationSetUploadSerializer,
     EvaluationStartSerializer,
 )
-from training.api.views import MANAGE, Conflict, Gone, caller_organization
+from training.api.views import MANAGE, Conflict, ConsentRequired, Gone, caller_organization
 from training.models import DatasetVersion
 from training.models_evaluation import Evaluation, EvaluationSet
 
@@ -62,6 +62,8 @@ class EvaluationSetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mix
             if error.withdrawn:
                 raise Gone(str(error)) from None
             raise Conflict(str(error), code="not_built") from None
+        except services.ConsentRequired as error:  # a set copies the version's rows out, as a download does
+            raise ConsentRequired(str(error)) from None
         except evaluations.SetError as error:
             raise ValidationError({"dataset_version": [str(error)]}) from None
         created = evaluation_actions.create_set(caller_organization(request), actor=request.user,

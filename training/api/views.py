@@ -196,6 +196,8 @@ class VersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
             if error.withdrawn:
                 raise Gone(str(error)) from None
             raise NotBuilt(str(error)) from None
+        except services.ConsentRequired as error:  # consent off: built versions stay, closed until it is on
+            raise ConsentRequired(str(error)) from None
         except ValueError as error:
             raise ValidationError({"format": [str(error)]}) from None
         response = StreamingHttpResponse((line.encode() for line in lines), content_type="application/jsonl")

@@ -22,7 +22,7 @@ class Command(BaseCommand):
             raise CommandError(f"There is no dataset version {version_id}.")
         try:
             lines = export_version(version, actor=None, fmt=format, split=split)
-        except services.NotDownloadable as error:
+        except (services.NotDownloadable, services.ConsentRequired) as error:
             raise CommandError(str(error)) from None
         stream = open(output, "w", encoding="utf-8") if output else sys.stdout
         try:
