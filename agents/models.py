@@ -129,6 +129,23 @@ def validate_upstream_url(value: str) -> None:
 
 
 _ENV_NAME = RegexValidator(r"^[A-Za-z_][A-Za-z0-9_]*\Z", "A name of an environment variable: letters, digits, _.")
+UPSTREAM_KEY_PREFIX = "RELAY_UPSTREAM_KEY_"
+UPSTREAM_KEY_ENV_RULE = (f"An upstream key comes only from RELAY_LLM_API_KEY, a variable named {UPSTREAM_KEY_PREFIX}<NAME>, "
+                         "or one the operator lists in RELAY_UPSTREAM_KEY_ENVS.")
+
+
+def upstream_key_env_allowed(name: str) -> bool:
+    """Whether a deployment's key may be read from the environment variable `name`.
+
+    Only variables meant for upstream keys: whoever edits a deployment (platform staff) chooses
+    its base_url too, so naming any variable (SECRET_KEY, DATABASE_URL, ...) would send it to a
+    host of their choosing. Checked when a deployment is validated (ModelDeployment.clean_fields)
+    and again when the catalog reads the key (a row written past validation gets none).
+    """
+    return (name == "RELAY_LLM_API_KEY" or (name.startswith(UPSTREAM_KEY_PREFIX) and name != UPSTREAM_KEY_PREFIX)
+            or name in settings.RELAY_UPSTREAM_KEY_ENVS)
+
+
 MAX_FALLBACKS = 5
 
 
@@ -249,6 +266,22 @@ class ModelDeployment(models.Model):
 
     def __str__(self):
         return f"{self.endpoint.name}/{self.name}" if self.endpoint_id else self.name
+
+    def clean_fields(self, exclude=None):
+        """The field validators, and api_key_env naming a variable meant for upstream keys (a
+        check rather than a validator: its allowed names come from settings, not the schema)."""
+        errors = {}
+        try:
+            super().clean_fields(exclude=exclude)
+        except ValidationError as error:
+            errors = error.update_error_dict(errors)
+        name = self.api_key_env
+        if name and "api_key_env" not in errors and "api_key_env" not in (exclude or ()) \
+                and not upstream_key_env_allowed(name):
+            errors["api_key_env"] = [ValidationError(f"{name[:100]!r} is not an upstream key variable. "
+                                                     f"{UPSTREAM_KEY_ENV_RULE}", code="upstream_key_env")]
+        if errors:
+            raise ValidationError(errors)
 
 
 class IdempotencyKey(models.Model):

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.db import models
 
@@ -85,9 +86,23 @@ class UsageRecordAdmin(admin.ModelAdmin):
         return False
 
 
+class BudgetForm(forms.ModelForm):
+    def clean(self):
+        """A new budget, or one moved to another organization, within the cap of budgets per
+        organization (billing.actions.budgets; checked again, locked, when it is saved)."""
+        cleaned = super().clean()
+        organization = cleaned.get("organization")
+        if organization is not None and (self.instance.pk is None or "organization" in self.changed_data):
+            problem = budgets.budget_room_problem(organization.pk)
+            if problem:
+                raise forms.ValidationError(problem, code="too_many_budgets")
+        return cleaned
+
+
 @admin.register(Budget)
 class BudgetAdmin(ActionsAdmin):
     org_admin_access = MANAGE
+    form = BudgetForm
     list_display = ["__str__", "organization", "scope", "team", "user", "api_key", "period",
                     money_column("limit_usd", description="limit"), "hard", "updated_at"]
     list_filter = ["scope", "period", "hard", "organization"]

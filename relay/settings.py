@@ -394,6 +394,10 @@ RELAY_METRICS_TOKEN = os.environ.get("RELAY_METRICS_TOKEN", "")
 RELAY_LLM_BASE_URL = os.environ.get("RELAY_LLM_BASE_URL", "")
 RELAY_LLM_API_KEY = os.environ.get("RELAY_LLM_API_KEY", "")
 RELAY_LLM_MODELS = env_list("RELAY_LLM_MODELS")
+# Environment variables a deployment's `api_key_env` may name besides RELAY_LLM_API_KEY and
+# RELAY_UPSTREAM_KEY_* (agents.models.upstream_key_env_allowed): any other variable, such as
+# SECRET_KEY, is never sent upstream.
+RELAY_UPSTREAM_KEY_ENVS = env_list("RELAY_UPSTREAM_KEY_ENVS")
 RELAY_DRAIN_SECONDS = env_int("RELAY_DRAIN_SECONDS", 30)
 # A message still "running" after this long belongs to a dead instance (agents/jobs.py);
 # by default the reservation TTL, which already bounds the longest run.
@@ -407,6 +411,9 @@ RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
 # keep it above the longest run. Threshold alerts are also POSTed to the webhook when set.
 RELAY_BUDGET_RESERVATION_TTL = env_int("RELAY_BUDGET_RESERVATION_TTL", 900)
 RELAY_BUDGET_WEBHOOK_URL = os.environ.get("RELAY_BUDGET_WEBHOOK_URL", "")
+# Budgets one organization may hold (billing.actions.budgets): each is a series of
+# budget_usage_ratio, so no organization can crowd the others out of the budget alerts.
+RELAY_MAX_BUDGETS_PER_ORGANIZATION = env_int("RELAY_MAX_BUDGETS_PER_ORGANIZATION", 100)
 # Under Sentinel a ledger write counts once this many replicas acknowledged it (WAIT, up to
 # RELAY_LEDGER_WAIT_MS; docs/design.md section 7), and a settlement that finds the primary gone
 # is retried for RELAY_LEDGER_RETRY_SECONDS, long enough for a promotion. 0: neither (one server).

@@ -6,6 +6,7 @@ the router (agents/router/) spreads its requests over by the model's RoutingPoli
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from django.db import transaction
 
 from agents.providers.openai_compat import OpenAICompatibleProvider
 
+logger = logging.getLogger(__name__)
 LOCAL_MODELS = ("local-mini", "local-large")
 _providers: dict[tuple, OpenAICompatibleProvider] = {}
 
@@ -81,10 +83,32 @@ def _env_models() -> list[ModelChoice]:
         api_key=settings.RELAY_LLM_API_KEY or ""),)) for n in _env_names()]
 
 
+_refused_key_envs: set[tuple[int, str]] = set()  # (deployment, variable) already warned about
+
+
+def _upstream_key(row, model_name: str) -> str:
+    """The deployment's key: the value of its api_key_env, only when that names a variable meant
+    for upstream keys (agents.models.upstream_key_env_allowed). A row written past validation
+    naming any other variable (SECRET_KEY, ...) gets no key, and a warning once per process."""
+    from agents.models import upstream_key_env_allowed
+
+    name = row.api_key_env
+    if not name:
+        return ""
+    if not upstream_key_env_allowed(name):
+        if (row.pk, name) not in _refused_key_envs:
+            _refused_key_envs.add((row.pk, name))
+            logger.warning("deployment %s/%s names api_key_env %r, which is not an upstream key variable: "
+                           "no key is sent (use RELAY_LLM_API_KEY, RELAY_UPSTREAM_KEY_<NAME>, or list it in "
+                           "RELAY_UPSTREAM_KEY_ENVS)", model_name, row.name, name[:100])
+        return ""
+    return os.environ.get(name, "")
+
+
 def _deployment(row, model_name: str) -> DeploymentChoice:
     return DeploymentChoice(
         key=str(row.pk), name=row.name, base_url=row.base_url, upstream_model=row.upstream_model or model_name,
-        api_key=os.environ.get(row.api_key_env, "") if row.api_key_env else "", weight=row.weight,
+        api_key=_upstream_key(row, model_name), weight=row.weight,
         priority=row.priority, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit)
 
 

@@ -184,8 +184,8 @@ def _inline(rows: list[dict], initial: int = 0) -> dict:
 
 
 def _deployment_row(name: str, url: str, **extra) -> dict:
-    return {"name": name, "base_url": url, "upstream_model": "", "api_key_env": "TINY_KEY", "weight": "1",
-            "priority": "0", "rpm_limit": "", "tpm_limit": "", "enabled": "on", **extra}
+    return {"name": name, "base_url": url, "upstream_model": "", "api_key_env": "RELAY_UPSTREAM_KEY_TINY",
+            "weight": "1", "priority": "0", "rpm_limit": "", "tpm_limit": "", "enabled": "on", **extra}
 
 
 def test_admin_writes_of_models_and_deployments_are_recorded_once_each(operator, client):
@@ -201,8 +201,8 @@ def test_admin_writes_of_models_and_deployments_are_recorded_once_each(operator,
     endpoint = ModelEndpoint.objects.get(name="tiny")
     created = only(actions.MODEL_ENDPOINT_CREATED)  # the model and its inline's deployments: one event
     assert (created.actor_id, created.resource) == (operator.pk, f"model_endpoint:{endpoint.pk}")
-    assert [(d["name"], d["api_key_env"]) for d in created.metadata["deployments"]] == [("a", "TINY_KEY"),
-                                                                                          ("b", "TINY_KEY")]
+    assert [(d["name"], d["api_key_env"]) for d in created.metadata["deployments"]] == [
+        ("a", "RELAY_UPSTREAM_KEY_TINY"), ("b", "RELAY_UPSTREAM_KEY_TINY")]
     assert events(actions.MODEL_DEPLOYMENT_CREATED) == []
     a, b = endpoint.deployments.order_by("name")
 

@@ -34,7 +34,7 @@ def test_endpoints_become_one_deployment_models_and_clients_see_no_change(at_000
 
     old = at_0005.get_model("agents", "ModelEndpoint")
     old.objects.create(name="alpha", base_url=fake_upstream.base_url, upstream_model="fake-alpha", tier="large")
-    old.objects.create(name="beta", base_url="http://vllm:8000/v1", api_key_env="BETA_KEY", supports_tools=False)
+    old.objects.create(name="beta", base_url="http://vllm:8000/v1", api_key_env="RELAY_UPSTREAM_KEY_BETA", supports_tools=False)
     old.objects.create(name="gamma", base_url="http://10.0.0.9:8000/v1", enabled=False)
     old.objects.create(name="delta", provider_kind="local")  # no upstream: nothing to carry over
     price = ModelPrice.objects.create(model="alpha", input_per_1k=Decimal("0.003"), output_per_1k=Decimal("0.011"))
@@ -45,13 +45,13 @@ def test_endpoints_become_one_deployment_models_and_clients_see_no_change(at_000
     carried = {name: [(d.name, d.base_url, d.upstream_model, d.api_key_env, d.weight, d.enabled)
                       for d in rows[name].deployments.all()] for name in rows}
     assert carried == {"alpha": [("primary", fake_upstream.base_url, "fake-alpha", "", 1, True)],
-                       "beta": [("primary", "http://vllm:8000/v1", "", "BETA_KEY", 1, True)],
+                       "beta": [("primary", "http://vllm:8000/v1", "", "RELAY_UPSTREAM_KEY_BETA", 1, True)],
                        "gamma": [("primary", "http://10.0.0.9:8000/v1", "", "", 1, True)],
                        "delta": []}
     assert (rows["alpha"].tier, rows["beta"].supports_tools, rows["gamma"].enabled) == ("large", False, False)
     assert rows["alpha"].routing_strategy == "least_busy" and rows["alpha"].fallbacks == []
 
-    monkeypatch.setenv("BETA_KEY", "sk-beta")
+    monkeypatch.setenv("RELAY_UPSTREAM_KEY_BETA", "sk-beta")
     beta = resolve("beta").deployments[0]
     assert (beta.upstream_model, beta.api_key) == ("beta", "sk-beta")  # blank upstream model: the model's name
 
@@ -71,11 +71,11 @@ def test_endpoints_become_one_deployment_models_and_clients_see_no_change(at_000
 
 def test_backwards_each_model_keeps_its_primary_upstream(at_0005):
     old = at_0005.get_model("agents", "ModelEndpoint")
-    old.objects.create(name="alpha", base_url="http://a:1/v1", upstream_model="up-alpha", api_key_env="A_KEY")
+    old.objects.create(name="alpha", base_url="http://a:1/v1", upstream_model="up-alpha", api_key_env="RELAY_UPSTREAM_KEY_A")
     new = migrate(AFTER)
     endpoint = new.get_model("agents", "ModelEndpoint").objects.get(name="alpha")
     new.get_model("agents", "ModelDeployment").objects.create(endpoint=endpoint, name="aaa-second",
                                                               base_url="http://b:1/v1", priority=0)
 
     back = migrate(BEFORE).get_model("agents", "ModelEndpoint").objects.get(name="alpha")
-    assert (back.base_url, back.upstream_model, back.api_key_env) == ("http://a:1/v1", "up-alpha", "A_KEY")
+    assert (back.base_url, back.upstream_model, back.api_key_env) == ("http://a:1/v1", "up-alpha", "RELAY_UPSTREAM_KEY_A")

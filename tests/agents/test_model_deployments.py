@@ -29,14 +29,14 @@ def events(action: str) -> list[AuditEvent]:
 def two_gpus(name="llama", **fields) -> ModelEndpoint:
     return create_endpoint(name, deployments=[
         {"name": "gpu-b", "base_url": "http://b:8000/v1", "priority": 1, "weight": 3, "rpm_limit": 60},
-        {"name": "gpu-a", "base_url": "http://a:8000/v1", "upstream_model": "meta/llama", "api_key_env": "A_KEY"},
+        {"name": "gpu-a", "base_url": "http://a:8000/v1", "upstream_model": "meta/llama", "api_key_env": "RELAY_UPSTREAM_KEY_A"},
     ], **fields)
 
 
 # --- The catalog ---------------------------------------------------------------------------------
 
 def test_a_model_is_offered_with_its_enabled_deployments_and_policy(monkeypatch):
-    monkeypatch.setenv("A_KEY", "sk-a")
+    monkeypatch.setenv("RELAY_UPSTREAM_KEY_A", "sk-a")
     endpoint = two_gpus(routing_strategy="priority", allowed_fails=5, cooldown_seconds=10, num_retries=1,
                         first_token_timeout_seconds=2.5, fallbacks=["local-mini"], context_window_fallback="local-large")
     choice = catalog.resolve("llama")
@@ -88,7 +88,7 @@ def test_create_endpoint_is_one_event_with_its_deployments():
     [event] = events(actions.MODEL_ENDPOINT_CREATED)
     assert event.resource == f"model_endpoint:{endpoint.pk}"
     assert [(d["name"], d["weight"], d["api_key_env"]) for d in event.metadata["deployments"]] == [
-        ("gpu-b", 3, ""), ("gpu-a", 1, "A_KEY")]
+        ("gpu-b", 3, ""), ("gpu-a", 1, "RELAY_UPSTREAM_KEY_A")]
     assert events(actions.MODEL_DEPLOYMENT_CREATED) == []
 
 
