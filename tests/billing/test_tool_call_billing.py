@@ -83,6 +83,8 @@ def test_an_agents_tool_call_is_billed_when_the_client_leaves_while_the_tool_run
         await asyncio.sleep(WAIT)
 
     monkeypatch.setattr("agents.kinds.code.run_python", slow_program)
+    # The server learns that the client left when it next writes: a heartbeat soon after, not in 15 s.
+    monkeypatch.setattr("agents.api.sse.HEARTBEAT_SECONDS", 0.1)
     secret, budget = key_budget(users["user"], 10**9)
     body = {"query": "Write me a long program.", "agent_type": "code", "model": upstream_model, "max_tokens": 4000}
     with httpx.Client(timeout=60) as client, client.stream(
