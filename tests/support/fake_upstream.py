@@ -26,7 +26,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import re
 import socket
 import threading
 import time
@@ -35,7 +34,8 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-MAGIC_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")
+from tests.support.fake_answers import MAGIC_RE, _calls_within, _parse_magic, _text_of, _tokens
+
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                404: "invalid_request_error", 429: "requests"}
 ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
@@ -90,31 +90,6 @@ class _QuietDrops(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-
-
-def _text_of(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def _parse_magic(text: str) -> dict:
-    out: dict = {}
-    for m in MAGIC_RE.finditer(text):
-        for pair in m.group(1).split():
-            key, _, raw = pair.partition("=")
-            try:
-                out[key] = json.loads(raw)
-            except ValueError:
-                out[key] = raw
-    return out
-
-
-def _tokens(text: str) -> list[str]:
-    # Word tokens carrying their leading whitespace, like BPE, so they concatenate back exactly.
-    return re.findall(r"\s*\S+", text)
 
 
 class FakeUpstreamApp:
@@ -497,17 +472,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def _calls_within(calls: list[dict], limit: int) -> tuple[list[dict], bool]:
-    """The calls as a model writes them when max_tokens ends: the arguments cut short, later calls unwritten."""
-    kept, left = [], limit
-    for call in calls:
-        cost = len(_tokens(call["name"] + " " + call["arguments"]))
-        if cost <= left:
-            kept.append(call)
-            left -= cost
-            continue
-        room = max(0, left - len(_tokens(call["name"] + " ")))
-        kept.append({**call, "arguments": "".join(_tokens(call["arguments"])[:room])})
-        return kept, True
-    return kept, False
