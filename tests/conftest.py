@@ -190,7 +190,8 @@ def assert_envelope(response, status: int, code: str | None = None) -> dict:
 class ASGIServer:
     """Relay's real ASGI application (HTTP and WebSocket) served by uvicorn on 127.0.0.1."""
 
-    def __init__(self, ws: str = "websockets-sansio"):
+    def __init__(self, ws: str = "websockets-sansio", around=None):
+        """`around(app)`, if given, wraps the application: a test's stand-in for the transport."""
         import threading
 
         import uvicorn
@@ -205,7 +206,8 @@ class ASGIServer:
         self.socket = bound_socket()
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(application, log_level="warning", lifespan="off", ws=ws)
+        app = around(application) if around else application
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws=ws)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
@@ -225,12 +227,17 @@ class ASGIServer:
         self.thread.join(timeout=10)
 
 
+def start_asgi_server(settings, **options) -> ASGIServer:
+    """A started ASGIServer(**options) with the settings a live Relay runs under; stop() it when done."""
+    settings.RELAY_DB_THREAD_SENSITIVE = False  # the production threading
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
+    return ASGIServer(**options).start()
+
+
 @pytest.fixture
 def asgi_server(transactional_db, settings):
     """A live Relay over real sockets; data written by the test is visible to it (transactional_db)."""
-    settings.RELAY_DB_THREAD_SENSITIVE = False  # the production threading
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
-    server = ASGIServer().start()
+    server = start_asgi_server(settings)
     yield server
     server.stop()
 

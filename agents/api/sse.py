@@ -78,6 +78,7 @@ class _Pump:
         self.taken = None  # the task's wait until the consumer took `ready`
         self.answer = None  # what the consumer waits on: (event, error), or (None, None) for a heartbeat
         self.deadline, self.timer = 0.0, None
+        self.stalled = False  # the source is closed, or being closed, for a client that took nothing
         self.task = self.loop.create_task(self._fetch())
 
     async def _fetch(self) -> None:
@@ -99,6 +100,7 @@ class _Pump:
                         async with asyncio.timeout(self.stall):
                             await self.taken
                     except TimeoutError:  # the consumer is stuck in a send: its client is gone
+                        self.stalled = True
                         await self.iterator.aclose()
                         return
             if last:
@@ -109,7 +111,8 @@ class _Pump:
             (event, error), self.ready = self.ready, None
             if self.taken is not None and not self.taken.done():
                 self.taken.set_result(None)
-        elif self.task.done():  # the source was closed for a stalled client
+        elif self.stalled:  # the end, once the run is closed: no heartbeat for a client that is gone
+            await self.task
             return _END
         else:
             self.answer = self.loop.create_future()
@@ -154,9 +157,28 @@ async def sse_events(run: runner.PreparedRun, framing):
             yield framing.closing
 
 
+class EventStreamResponse(StreamingHttpResponse):
+    """A streaming response that closes its events when the server stops sending them.
+
+    Django's own __aiter__ hands the events on through a generator of its own and closes only
+    that one, so the run's generator is closed by the garbage collector, whenever it runs: if the
+    client's hang-up lands while a send waits (a full socket buffer), the run would go on, holding
+    its reservation and calling the model, for nobody. Here the server's close reaches the run.
+    """
+
+    def __init__(self, events, **kwargs):
+        super().__init__(events, **kwargs)
+        self.events = events
+
+    async def __aiter__(self):
+        async with contextlib.aclosing(self.events) as events:
+            async for part in events:
+                yield part  # sse_events yields bytes only
+
+
 def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpResponse:
     """The streaming response of a run: no caching, and no proxy buffering (nginx honours X-Accel-Buffering)."""
-    response = StreamingHttpResponse(sse_events(run, framing), content_type="text/event-stream")
+    response = EventStreamResponse(sse_events(run, framing), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

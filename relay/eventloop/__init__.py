@@ -10,7 +10,8 @@ process; under load every request would queue there. This package holds Relay's 
 - `caches`: one cache backend per thread, not one built per request;
 - `static`: WhiteNoise with only static requests leaving the loop;
 - `db`: `run_db`, ORM work on a bounded pool of threads;
-- `group_commit`: concurrent requests' writes committed in one transaction.
+- `group_commit`: concurrent requests' writes committed in one transaction;
+- `wait_for`: Python 3.12's asyncio.wait_for on 3.11, so that a cancelled run stays cancelled.
 
 Where these rely on Django's or WhiteNoise's internals, tests/test_eventloop_internals.py
 exercises each relied-on behaviour by name.

@@ -7,7 +7,9 @@ short bills at least what the upstream reported for the rounds it finished.
 """
 
 import asyncio
+import gc
 import json
+import threading
 import time
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from billing.models import UsageRecord
 from billing.money import usd_to_nanos
 from tests.billing.test_live_budgets import IN_PRICE, OUT_PRICE, key_budget, ledger_figures
+from tests.conftest import start_asgi_server
 from tests.reconciled import assert_reconciled
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,29 +75,67 @@ def test_a_round_asks_the_upstream_for_no_more_than_the_hard_budget_has_room_for
     assert_reconciled()
 
 
+def stuck_once_a_tool_runs(app, stuck: threading.Event):
+    """Relay behind a transport whose writes stop draining once the run's tool started (its client
+    stopped reading): the server is waiting in a send when the client's hang-up arrives."""
+
+    async def transport(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        tool_started = False
+
+        async def send_until_stuck(message):
+            nonlocal tool_started
+            if tool_started:
+                stuck.set()
+                await asyncio.Event().wait()  # never drains: only the request's cancellation ends it
+            tool_started = b'"status": "running"' in message.get("body", b"")
+            await send(message)
+
+        await app(scope, receive, send_until_stuck)
+
+    return transport
+
+
+@pytest.fixture
+def without_cyclic_gc():
+    """The collector closes a generator nobody closed, whenever it happens to run: not during this test."""
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
+
+
+@pytest.mark.parametrize("sends", ["draining", "stuck"])
 def test_an_agents_tool_call_is_billed_when_the_client_leaves_while_the_tool_runs(
-        asgi_server, users, fake_upstream, upstream_model, monkeypatch):
+        sends, transactional_db, settings, users, fake_upstream, upstream_model, monkeypatch, without_cyclic_gc):
     program = "print(1)\n# " + " ".join(["word"] * 3000)
     fake_upstream.configure(tool_calls=[{"name": "run_python", "arguments": {"code": program}}])
-    running = asyncio.Event()
 
     async def slow_program(code, limits=None):  # the model's program runs until the run is cancelled
-        running.set()
         await asyncio.sleep(4 * WAIT)
 
     monkeypatch.setattr("agents.kinds.code.run_python", slow_program)
-    # The server learns that the client left when it next writes: a heartbeat soon after, not in 15 s.
+    # Stuck: the server's next write after the tool started is a heartbeat, soon rather than in 15 s.
     monkeypatch.setattr("agents.api.sse.HEARTBEAT_SECONDS", 0.1)
+    stuck = threading.Event()
+    server = start_asgi_server(settings, around=(lambda app: stuck_once_a_tool_runs(app, stuck)) if sends == "stuck"
+                               else None)
     secret, budget = key_budget(users["user"], 10**9)
     body = {"query": "Write me a long program.", "agent_type": "code", "model": upstream_model, "max_tokens": 4000}
-    with httpx.Client(timeout=60) as client, client.stream(
-            "POST", f"{asgi_server.url}/api/v1/stream", json=body, headers={"Authorization": f"Bearer {secret}"}) as sse:
-        for line in sse.iter_lines():
-            event = json.loads(line[6:]) if line.startswith("data: ") else {}
-            if event.get("type") == "tool_call" and event["status"] == "running":
-                assert len(event["input"]["code"].split()) > 3000  # the model's whole program reached the client
-                break  # and the client hangs up while it runs
-    record = record_of(budget, wait=4 * WAIT)  # a loaded machine may take a while to see the hang-up
+    try:
+        with httpx.Client(timeout=60) as client, client.stream(
+                "POST", f"{server.url}/api/v1/stream", json=body, headers={"Authorization": f"Bearer {secret}"}) as sse:
+            for line in sse.iter_lines():
+                event = json.loads(line[6:]) if line.startswith("data: ") else {}
+                if event.get("type") == "tool_call" and event["status"] == "running":
+                    assert len(event["input"]["code"].split()) > 3000  # the model's whole program reached the client
+                    assert sends == "draining" or stuck.wait(WAIT)
+                    break  # and the client hangs up while it runs
+        record = record_of(budget, wait=4 * WAIT)  # a loaded machine may take a while to see the hang-up
+    finally:
+        server.stop()
     assert record.status == "cancelled" and record.output_tokens >= 3000
     assert usd_to_nanos(record.cost) == record.input_tokens * IN_PRICE + record.output_tokens * OUT_PRICE
     assert_reconciled()
