@@ -38,6 +38,7 @@
       try {
         consent = await R.api(API + "consent", { method: "PUT", json: { enabled: !consent.enabled } });
         showConsent();
+        if (selectedDataset) showVersions(selectedDataset);  // downloads open and close with consent
       } catch (e) {
         document.getElementById("consent-error").textContent = e.message;
       } finally { toggle.disabled = false; }
@@ -215,6 +216,8 @@
       })));
     } else if (!canExport && v.rows && !v.withdrawn) {
       node.append(el("p", { class: "small muted", text: "Downloads need the export_data permission." }));
+    } else if (v.rows && !v.withdrawn) {
+      node.append(el("p", { class: "small muted", "data-closed": "consent", text: "Downloads are closed while training consent is off; the version is kept." }));
     }
     return node;
   }

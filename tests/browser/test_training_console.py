@@ -89,6 +89,11 @@ def test_an_admin_turns_consent_on_builds_a_dataset_and_downloads_it(new_page, u
     assert len(rows) == 3 and all(row["messages"][0]["role"] for row in rows)
     assert "@example.com" not in "\n".join(lines)  # redacted before anything was written
 
+    # Consent off closes the version's downloads (409 from the API): the page offers none, says why.
+    page.get_by_role("button", name="Turn training off").click()
+    version.locator("[data-closed='consent']").wait_for()
+    assert version.get_by_role("link").count() == 0 and "consent is off" in version.inner_text()
+
 
 def test_build_progress_is_shown_until_the_version_is_done(new_page, users, monkeypatch):
     from django.db import connection

@@ -153,6 +153,9 @@ def test_turning_consent_off_closes_built_versions_until_it_is_on_again(users, c
     assert admin.put(reverse("training-consent"), {"enabled": False}, format="json").json()["enabled"] is False
 
     assert_envelope(admin.get(download), 409, "training_consent_required")
+    detail = reverse("training-version-detail", args=[version.pk])
+    assert admin.get(detail).json()["download_formats"] == []  # the console offers no link that would 409
+    assert admin.get(reverse("training-version-list")).json()["results"][0]["download_formats"] == []
     assert_envelope(admin.post(SETS, {"name": "copy", "dataset_version": version.pk}, format="json"), 409,
                     "training_consent_required")
     with pytest.raises(CommandError, match="turned off training"):
@@ -165,6 +168,7 @@ def test_turning_consent_off_closes_built_versions_until_it_is_on_again(users, c
     assert admin.put(reverse("training-consent"), {"enabled": True}, format="json").json()["enabled"] is True
     response = admin.get(download)
     assert response.status_code == 200 and b"France" in b"".join(response.streaming_content)
+    assert admin.get(detail).json()["download_formats"] == ["chat", "preference", "reward"]
     assert admin.post(SETS, {"name": "copy", "dataset_version": version.pk}, format="json").status_code == 201
 
 

@@ -93,8 +93,15 @@ class VersionSerializer(serializers.ModelSerializer):
         return round(min(1.0, version.processed / version.total), 4)
 
     def get_download_formats(self, version) -> list[str]:
+        """The formats a download would give now: none while the organization's consent is off (409)."""
         ready = version.state == DatasetVersion.State.DONE and not version.withdrawn
-        return list(exports.FORMATS) if ready else []
+        return list(exports.FORMATS) if ready and self._consent(version.dataset.organization_id) else []
+
+    def _consent(self, organization_id) -> bool:
+        known = self.__dict__.setdefault("_consent_of", {})  # one query per organization, not per version
+        if organization_id not in known:
+            known[organization_id] = services.consent_enabled(organization_id)
+        return known[organization_id]
 
 
 class VersionQuerySerializer(StrictSerializer):
