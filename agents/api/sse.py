@@ -160,10 +160,12 @@ async def sse_events(run: runner.PreparedRun, framing):
 class EventStreamResponse(StreamingHttpResponse):
     """A streaming response that closes its events when the server stops sending them.
 
-    Django's own __aiter__ hands the events on through a generator of its own and closes only
-    that one, so the run's generator is closed by the garbage collector, whenever it runs: if the
-    client's hang-up lands while a send waits (a full socket buffer), the run would go on, holding
-    its reservation and calling the model, for nobody. Here the server's close reaches the run.
+    Django's own __aiter__ hands the events on through generators of its own (and a middleware may
+    add one: audit's binds its context around each chunk) and closes only the outermost, so the
+    run's generator is closed by the garbage collector, whenever it runs: if the client's hang-up
+    lands while a send waits (a full socket buffer), the run would go on, holding its reservation
+    and calling the model, for nobody. Here the chain is consumed as Django and the middleware
+    built it, and the server's close then reaches the run's events too.
     """
 
     def __init__(self, events, **kwargs):
@@ -171,9 +173,12 @@ class EventStreamResponse(StreamingHttpResponse):
         self.events = events
 
     async def __aiter__(self):
-        async with contextlib.aclosing(self.events) as events:
-            async for part in events:
-                yield part  # sse_events yields bytes only
+        try:
+            async with contextlib.aclosing(super().__aiter__()) as parts:
+                async for part in parts:
+                    yield part
+        finally:
+            await self.events.aclose()  # a no-op when they ran to their end
 
 
 def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpResponse:

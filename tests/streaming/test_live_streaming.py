@@ -114,6 +114,27 @@ def test_sse_upstream_model_streams_and_disconnect_cancels_the_upstream(asgi_ser
         e["content"] for e in events if e["type"] == "token"))
 
 
+def test_an_sse_runs_work_happens_in_its_requests_audit_context(asgi_server, user_key, fake_upstream, upstream_model,
+                                                               monkeypatch):
+    # Control: agents.api.sse.EventStreamResponse consumes the chain the middleware built (audit's
+    # wraps the events to bind the request's context while they are produced), not the bare events.
+    from types import SimpleNamespace
+
+    from audit import context
+
+    seen = []
+
+    async def program(code, limits=None):
+        seen.append((context.is_bound(), context.current().request_id))
+        return SimpleNamespace(exit_code=0, killed_reason="", stdout="1\n", stderr="")
+
+    monkeypatch.setattr("agents.kinds.code.run_python", program)
+    fake_upstream.configure(tool_calls=[{"name": "run_python", "arguments": {"code": "print(1)"}}])
+    response = sse(asgi_server, user_key, {"query": "Run print(1).", "agent_type": "code", "model": upstream_model})
+    assert response.status_code == 200
+    assert seen == [(True, response.headers["X-Request-ID"])]
+
+
 async def _ws_events(ws, until="done", limit=500):
     events = []
     while len(events) < limit:
