@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.utils import timezone
 
 from accounts import key_tree
@@ -33,6 +34,7 @@ from accounts.roles import (
 from audit import actions
 from audit.services import record
 from relay import versioned_cache
+from relay.redis_cache import replace_if
 
 KEY_PREFIX = "rk_"
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
@@ -200,13 +202,25 @@ def _cache_key(prefix: str) -> str:
 
 # A forgotten key leaves a marker, not an empty slot: a request that read the row before the
 # change committed and writes its copy after the forget (set-if-absent: `cache.add`) then finds
-# the slot taken, and nothing stale is cached. While the marker lives, every use reads the row.
+# the slot taken, and nothing stale is cached. The marker is written twice: `forgotten` at once
+# (the change may not have committed yet: nobody may cache what they read now) and, once it has
+# committed, `forgotten:<nonce>`. A request that finds the committed marker read the row after
+# the commit, so it may put its copy in the marker's place, and only in that marker's place
+# (compare-and-set): a later change has written its own marker first. Without the second
+# marker a changed or new key was read from the database on every use for 30 seconds.
 _FORGOTTEN = "forgotten"
 _FORGOTTEN_SECONDS = 30
 
 
 def forget_cached_key(prefix: str) -> None:
+    """Drop the cached copy of a key now and, with a marker readers may replace, once the change commits."""
     cache.set(_cache_key(prefix), _FORGOTTEN, _FORGOTTEN_SECONDS)
+    transaction.on_commit(lambda: cache.set(_cache_key(prefix), f"{_FORGOTTEN}:{secrets.token_hex(8)}",
+                                            _FORGOTTEN_SECONDS))
+
+
+def _committed_marker(cached) -> bool:
+    return isinstance(cached, str) and cached.startswith(f"{_FORGOTTEN}:")
 
 
 def parse_key(presented: str) -> str:
@@ -225,7 +239,7 @@ def _lookup(prefix: str) -> APIKey | None:
     cached = versioned_cache.get_along(_cache_key(prefix))  # the price copies' token in the same trip
     if cached == "missing":
         return None
-    if cached is not None and cached != _FORGOTTEN:
+    if cached is not None and cached != _FORGOTTEN and not _committed_marker(cached):
         return cached
     # The ancestors come in the same query and stay in the cached copy: the throttle, the token
     # limit and the budgets walk them without a query (accounts/key_tree.py).
@@ -235,8 +249,11 @@ def _lookup(prefix: str) -> APIKey | None:
         # Computed now, the owner's permissions travel in the cached copy: no permission queries
         # per request. Role and role-permission changes drop the copy (accounts/signals.py).
         effective_permissions(key.owner)
-    if cached != _FORGOTTEN:  # not over a marker: see forget_cached_key
-        cache.add(_cache_key(prefix), key if key else "missing", _KEY_CACHE_SECONDS if key else 30)
+    copy, seconds = (key, _KEY_CACHE_SECONDS) if key else ("missing", 30)
+    if cached is None:  # set-if-absent: a marker written meanwhile stays (see forget_cached_key)
+        cache.add(_cache_key(prefix), copy, seconds)
+    elif _committed_marker(cached):  # read after the change committed: in that marker's place only
+        replace_if(_cache_key(prefix), cached, copy, seconds)
     return key
 
 

@@ -1,22 +1,16 @@
-"""Keep the API key cache honest: any change to a key or its owner drops the cached copy."""
+"""Keep the API key cache honest: any change to a key or its owner drops the cached copy.
+
+Dropped now and again once the change commits: a request between the two reads the row as it
+was before the commit and must not cache that state (accounts.services, the key cache's markers).
+"""
 
 from django.contrib.auth.models import Group
-from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from accounts.key_tree import descendants
 from accounts.models import APIKey, User
-from accounts.services import forget_cached_key as _forget_now
-from accounts.services import sync_team_group
-
-
-def forget_cached_key(prefix: str) -> None:
-    """Drop the copy now and again once the change commits: a request between the two reads the
-    row as it was committed and would cache the old state (an owner still active, a role or key
-    not yet narrowed) for the cache's whole lifetime."""
-    _forget_now(prefix)
-    transaction.on_commit(lambda: _forget_now(prefix))
+from accounts.services import forget_cached_key, sync_team_group
 
 
 @receiver(post_save, sender=APIKey)

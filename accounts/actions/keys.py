@@ -91,15 +91,8 @@ def revoke_api_key(key: APIKey, *, actor=None) -> APIKey:
         # revoked_with: the key above it whose revocation took this one along.
         _event(actions.API_KEY_REVOKED, member, actor=actor,
                **({} if member is key else {"revoked_with": f"api_key:{key.pk}"}))
-    prefixes = [member.prefix for member in family]
-
-    def forget():
-        for prefix in prefixes:
-            forget_cached_key(prefix)
-
-    # Now for this process, and after the commit so nobody caches the rows as they were before it.
-    forget()
-    transaction.on_commit(forget)
+    for member in family:  # now, and again once this commits (accounts.services.forget_cached_key)
+        forget_cached_key(member.prefix)
     return key
 
 
@@ -114,8 +107,7 @@ def rotate_api_key(key: APIKey, *, actor=None) -> IssuedKey:
     key.hash_version = settings.RELAY_API_KEY_HASH_VERSION
     key.secret_hash = hash_secret(secret, key.hash_version)
     key.save(update_fields=["prefix", "secret_hash", "hash_version"])
-    transaction.on_commit(lambda: forget_cached_key(old_prefix))
-    forget_cached_key(old_prefix)
+    forget_cached_key(old_prefix)  # now, and again once this commits
     _event(actions.API_KEY_ROTATED, key, actor=actor, old_prefix=old_prefix)
     return IssuedKey(key=key, secret=secret)
 
@@ -142,5 +134,6 @@ def delete_api_key(key: APIKey, *, actor=None) -> None:
     key = APIKey.objects.select_related("owner").get(pk=key.pk)
     pk, prefixes = key.pk, [key.prefix, *(child.prefix for child in key_tree.descendants(key))]
     key.delete()
-    transaction.on_commit(lambda: [forget_cached_key(prefix) for prefix in prefixes])
+    for prefix in prefixes:  # now, and again once this commits
+        forget_cached_key(prefix)
     _event(actions.API_KEY_DELETED, key, actor=actor, pk=pk)

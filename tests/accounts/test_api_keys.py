@@ -230,12 +230,16 @@ def test_a_key_read_while_its_owner_or_limits_change_is_not_cached_as_it_was(use
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_key_read_before_its_revocation_and_cached_after_it_stays_revoked(users, monkeypatch):
-    # Control: accounts.services.forget_cached_key leaves a marker that _lookup's set-if-absent write
-    # cannot replace. A request that read the row before the revocation committed and wrote its
-    # copy after both forgets cached the key as active for the key cache's whole lifetime.
+@pytest.mark.parametrize("slot", ["empty", "creation's marker"])
+def test_a_key_read_before_its_revocation_and_cached_after_it_stays_revoked(users, monkeypatch, slot):
+    # Control: accounts.services.forget_cached_key leaves a marker that _lookup's writes cannot
+    # replace: set-if-absent over an empty slot, compare-and-set over the marker the reader saw
+    # (`creation's marker`: the key's creation committed, so a reader may replace that marker).
+    # A request that read the row before the revocation committed and wrote its copy after both
+    # forgets cached the key as active for the key cache's whole lifetime.
     import threading
 
+    from django.core.cache import cache
     from django.db import connections
 
     from accounts import services
@@ -245,6 +249,11 @@ def test_a_key_read_before_its_revocation_and_cached_after_it_stays_revoked(user
 
     require_postgres()  # a reader thread beside the test's own connection
     issued = create_api_key(users["user"], "revoked meanwhile")
+    if slot == "empty":
+        cache.delete(services._cache_key(issued.key.prefix))
+    else:
+        require_redis()  # the compare-and-set is Redis's (relay.redis_cache.replace_if)
+        assert cache.get(services._cache_key(issued.key.prefix)).startswith("forgotten:")
     read, revoked = threading.Event(), threading.Event()
     reader_thread = []
     compute = services.effective_permissions
@@ -273,3 +282,46 @@ def test_a_key_read_before_its_revocation_and_cached_after_it_stays_revoked(user
     assert not reader.is_alive()
     with pytest.raises(KeyRejected):
         authenticate_key(issued.secret, client_ip="127.0.0.1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_or_changed_key_is_read_from_the_database_once_then_from_the_cache(users):
+    # Control: the marker written once a change commits (`forgotten:<nonce>`) may be replaced by a
+    # copy read after it. With only the first marker, a new key, and any key after a change, was
+    # read from the database on every use for the marker's 30 seconds.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.actions.keys import save_api_key
+    from accounts.services import authenticate_key
+
+    require_redis()
+    issued = create_api_key(users["user"], "fresh")
+
+    def key_reads():
+        with CaptureQueriesContext(connection) as queries:
+            authenticate_key(issued.secret, client_ip="127.0.0.1")
+        return [q["sql"] for q in queries if q["sql"].startswith("SELECT") and '"accounts_apikey"' in q["sql"]]
+
+    assert len(key_reads()) == 1  # the first use reads the row, and caches it
+    assert key_reads() == [] and key_reads() == []
+    key = APIKey.objects.get(pk=issued.key.pk)
+    key.name = "renamed"
+    save_api_key(key)  # a change: the next use reads the row again, once
+    assert len(key_reads()) == 1
+    assert key_reads() == []
+
+
+def test_replace_if_writes_only_over_the_value_it_was_given():
+    from django.core.cache import cache
+
+    from relay.redis_cache import replace_if
+
+    require_redis()
+    cache.set("swap-test", "forgotten:a", 30)
+    assert not replace_if("swap-test", "forgotten:b", {"copy": 1}, 30)
+    assert cache.get("swap-test") == "forgotten:a"
+    assert replace_if("swap-test", "forgotten:a", {"copy": 1}, 30)
+    assert cache.get("swap-test") == {"copy": 1}
+    assert not replace_if("swap-test", "forgotten:a", {"copy": 2}, 30)  # once replaced, never again
+    assert not replace_if("absent-key", None, {"copy": 3}, 30) and cache.get("absent-key") is None
