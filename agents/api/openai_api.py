@@ -48,11 +48,14 @@ class UnsupportedParameter(exceptions.ValidationError):
 class RunFailed(exceptions.APIException):
     """A whole (non-streamed) answer that failed: an HTTP error, as OpenAI's API gives, not a 200 with no content."""
 
-    STATUS = {"rate_limited": 429, "upstream_timeout": 504, "run_timeout": 504, "agent_error": 500}
+    STATUS = {"rate_limited": 429, "upstream_timeout": 504, "run_timeout": 504, "agent_error": 500,
+              "service_unavailable": 503}
 
     def __init__(self, code: str, message: str):
         self.status_code = self.STATUS.get(code, 502)  # the upstream's failures: a bad gateway
         self.default_code = code  # what the error envelope names
+        # This instance was busy (agents.providers.base.UpstreamBusy): the error handler sends Retry-After.
+        self.wait = 1 if code == "service_unavailable" else None
         super().__init__(detail=message, code=code)
 
 

@@ -80,6 +80,16 @@ class ProviderError(Exception):
         self.retry_after: float | None = None  # seconds the upstream asked us to wait (429/503 Retry-After)
 
 
+class UpstreamBusy(ProviderError):
+    """This process already has as many requests open to the upstream as it may (its connection
+    pool is full) and none ended in time: this instance is busy, the deployment is not at fault,
+    so the router counts it against nobody and another deployment may still answer."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__("service_unavailable", message, 503, retryable=True)
+        self.retry_after = retry_after
+
+
 class Provider(Protocol):
     name: str
 

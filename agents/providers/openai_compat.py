@@ -28,7 +28,17 @@ import aiohttp
 
 from agents.tokenizer import count_tokens
 
-from .base import ChatRequest, Finish, ProviderError, ProviderEvent, TextDelta, ToolCallDelta, ToolCallRequest, Usage
+from .base import (
+    ChatRequest,
+    Finish,
+    ProviderError,
+    ProviderEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallRequest,
+    UpstreamBusy,
+    Usage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +69,10 @@ class OpenAICompatibleProvider:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout,
                                               sock_read=read_timeout)
         self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None  # the session's connections, one per open response
 
     def _http(self) -> aiohttp.ClientSession:
         # Pooled connections belong to one event loop; tests and management commands may run
@@ -71,7 +83,29 @@ class OpenAICompatibleProvider:
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
                                                   raise_for_status=False)
             self._session_loop = loop
+            self._slots = asyncio.Semaphore(self._max_connections)
         return self._session
+
+    async def _take_slot(self) -> asyncio.Semaphore:
+        """One of the pool's connections, to give back (`.release()`) when the response is done; or
+        UpstreamBusy.
+
+        aiohttp would wait for a free connection inside its connect timeout and then fail as if
+        the upstream had not answered: a healthy deployment would be counted as failing (and
+        cooled down) because this instance is busy. Waiting here tells the two apart.
+        """
+        self._http()
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # free: no timer to arm
+            return slots
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise UpstreamBusy(f"this instance has {self._max_connections} requests open to {self.name}; "
+                               f"none ended within {self._connect_timeout:g} s") from None
+        return slots
 
     async def aclose(self) -> None:
         if self._session is not None and self._session_loop is asyncio.get_running_loop():
@@ -125,7 +159,12 @@ class OpenAICompatibleProvider:
         return self.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.0)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        resp = await self._open("POST", "/chat/completions", self._body(request))
+        slots = await self._take_slot()
+        try:
+            resp = await self._open("POST", "/chat/completions", self._body(request))
+        except BaseException:
+            slots.release()
+            raise
         # Held apart from the response: aiohttp may detach the connection from a response that
         # stopped early, and only the socket itself can then still be hung up.
         transport = resp.connection.transport if resp.connection is not None else None
@@ -139,16 +178,24 @@ class OpenAICompatibleProvider:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc, before_response=False) from exc
         finally:
-            if finished:
-                resp.release()  # read to the end: the connection goes back to the pool
-            else:  # stopped early (cancelled, budget, error): hang up so the upstream stops
-                resp.close()
-                if transport is not None:
-                    transport.abort()
-                    await asyncio.sleep(0)  # the loop closes the socket on its next turn: take it now
+            try:
+                if finished:
+                    resp.release()  # read to the end: the connection goes back to the pool
+                else:  # stopped early (cancelled, budget, error): hang up so the upstream stops
+                    resp.close()
+                    if transport is not None:
+                        transport.abort()
+                        await asyncio.sleep(0)  # the loop closes the socket on its next turn: take it now
+            finally:
+                slots.release()  # after the connection is back in aiohttp's pool, or gone
 
     async def list_models(self) -> list[str]:
-        resp = await self._open("GET", "/models")
+        slots = await self._take_slot()
+        try:
+            resp = await self._open("GET", "/models")
+        except BaseException:
+            slots.release()
+            raise
         try:
             data = json.loads(await resp.read())
             return [m["id"] for m in data["data"]]
@@ -158,6 +205,7 @@ class OpenAICompatibleProvider:
             raise ProviderError("upstream_error", "malformed model list from upstream", 502) from exc
         finally:
             resp.release()
+            slots.release()
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleProvider({self.name!r}, {self.base_url!r})"

@@ -23,7 +23,15 @@ from contextlib import aclosing
 from dataclasses import replace
 
 from agents import router
-from agents.providers.base import ChatRequest, ProviderError, TextDelta, ToolCallDelta, ToolCallRequest, Usage
+from agents.providers.base import (
+    ChatRequest,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallRequest,
+    UpstreamBusy,
+    Usage,
+)
 from relay.eventloop.later import later
 
 logger = logging.getLogger(__name__)
@@ -119,6 +127,9 @@ class _Attempt:
         except StopAsyncIteration:  # a provider always ends with Finish; an empty stream is a cut one
             await self._close(router.Outcome.FAILURE)
             raise ProviderError("upstream_error", "upstream stream ended before completion", 502) from None
+        except UpstreamBusy:  # this instance's connections to it are all in use: not the deployment's fault
+            await self._close(router.Outcome.NEUTRAL)
+            raise
         except ProviderError as failure:
             caller = failure.code in CALLER_ERRORS
             await self._close(router.Outcome.NEUTRAL if caller else router.Outcome.FAILURE,

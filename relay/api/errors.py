@@ -75,7 +75,7 @@ def exception_handler(exc, context):
         message = "Invalid input. " + _flatten(detail)
     else:
         message = _flatten(exc.detail)
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+    if getattr(exc, "wait", None) is not None:  # DRF's Throttled, and errors that name a wait (503s)
         extra["retry_after"] = max(1, math.ceil(exc.wait))
         response["Retry-After"] = str(extra["retry_after"])
     response.data = envelope(code, message, **extra)

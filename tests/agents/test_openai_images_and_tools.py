@@ -295,6 +295,32 @@ def test_an_upstream_failure_is_an_http_error_not_an_empty_answer(asgi_server, u
     assert info.value.body["code"] == "upstream_error" and info.value.body["type"] == "server_error"
 
 
+def test_an_instance_with_every_upstream_connection_in_use_answers_503_with_retry_after(
+        asgi_server, user_key, fake_upstream, upstream_model, monkeypatch):
+    # Control: agents.providers.openai_compat waits for a connection itself (UpstreamBusy). Without
+    # it aiohttp's pool wait timed out as an upstream timeout: a 504 counted against the deployment.
+    import openai
+
+    from agents.providers import catalog
+    from agents.providers.openai_compat import OpenAICompatibleProvider
+
+    busy = OpenAICompatibleProvider("primary", fake_upstream.base_url, None, max_retries=0, connect_timeout=0.2,
+                                    max_connections=1)
+    monkeypatch.setitem(catalog._providers, (fake_upstream.base_url, ""), busy)
+    fake_upstream.configure(stall_after=1, stall=10)  # the first answer holds the one connection
+    client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=user_key, max_retries=0)
+    holding = client.chat.completions.create(model=upstream_model, messages=[{"role": "user", "content": "Hold."}],
+                                             stream=True)
+    try:
+        next(iter(holding))
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model=upstream_model, messages=[{"role": "user", "content": "Hello?"}])
+    finally:
+        holding.close()
+    assert info.value.status_code == 503 and info.value.response.headers["Retry-After"] == "1"
+    assert info.value.body["code"] == "service_unavailable"
+
+
 def test_an_upstream_that_ignores_stream_true_still_answers_in_full(asgi_server, user_key, fake_upstream,
                                                                      upstream_model):
     import openai

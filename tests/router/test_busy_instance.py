@@ -1,0 +1,61 @@
+"""An instance whose connections to an upstream are all in use answers 503 `service_unavailable`
+without counting it against the deployment: the deployment answered every request it was sent,
+and cooling it down would turn one busy instance into an outage for the whole cluster."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents.providers import catalog
+from agents.providers.base import ChatRequest, TextDelta, UpstreamBusy
+from agents.providers.catalog import DeploymentChoice, close_providers
+from agents.providers.openai_compat import OpenAICompatibleProvider
+from agents.router import calls, snapshot
+from tests.router.conftest import model
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _ask(text="Say hello."):
+    return ChatRequest(messages=[{"role": "user", "content": text}], model="fake-large")
+
+
+@pytest.fixture
+def one_connection(fake_upstream, monkeypatch):
+    """A deployment whose provider may hold one connection to the upstream, waiting 0.2 s for it."""
+    deployment = DeploymentChoice(key="41", name="only", base_url=fake_upstream.base_url, upstream_model="fake-large")
+    provider = OpenAICompatibleProvider("only", fake_upstream.base_url, None, max_retries=0, connect_timeout=0.2,
+                                        max_connections=1)
+    monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), provider)
+    # One failure would cool it down: the test fails if the busy instance is counted as one.
+    return model(deployment, name="fake-large", allowed_fails=1, cooldown=30.0, num_retries=0)
+
+
+def test_a_full_connection_pool_is_503_and_not_the_deployments_failure(states, clock, fake_upstream, one_connection):
+    fake_upstream.configure(stall_after=1, stall=10)  # the first answer holds its connection
+
+    async def scenario():
+        holding = calls.stream(one_connection, _ask("Hold the line."))
+        first = await anext(holding)
+        try:
+            with pytest.raises(calls.ModelUnavailable) as refused:
+                async for _ in calls.stream(one_connection, _ask()):
+                    pass
+            seen = snapshot(one_connection)[0]
+        finally:
+            await holding.aclose()  # the held connection is hung up and its slot given back
+        fake_upstream.configure(stall_after=None, stall=0.0)
+        after = [event async for event in calls.stream(one_connection, _ask())]
+        await close_providers()
+        return first, refused.value.error, seen, after
+
+    first, error, seen, after = asyncio.run(scenario())
+    assert isinstance(first, TextDelta)
+    assert isinstance(error, UpstreamBusy)
+    assert (error.status, error.code, error.retry_after) == (503, "service_unavailable", 1.0)
+    assert (seen["state"], seen["in_flight"]) == ("closed", 1)  # not cooled down; the held call is still out
+    assert any(isinstance(event, TextDelta) for event in after)  # the slot came back with the hang-up
+    [row] = snapshot(one_connection)
+    assert (row["state"], row["in_flight"]) == ("closed", 0)
