@@ -73,6 +73,9 @@ class Evaluation(models.Model):
                                    related_name="+")
     api_key = models.ForeignKey("accounts.APIKey", on_delete=models.SET_NULL, null=True, blank=True,
                                 related_name="+", help_text="The evaluation key its runs are charged to.")
+    client_ip = models.GenericIPAddressField(
+        null=True, blank=True,
+        help_text="The address it was started from; before each run its key's address ranges must still admit it.")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

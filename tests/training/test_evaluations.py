@@ -140,6 +140,8 @@ def test_an_evaluation_compares_two_models_side_by_side(two_models, users, clien
     assert response.status_code == 202, response.content
     started = response.json()
     assert (started["state"], started["processed"], started["total"], started["progress"]) == ("done", 6, 6, 1.0)
+    # The address its key's ranges are checked against before each run (training.actions.evaluations._refusal).
+    assert Evaluation.objects.get(pk=started["id"]).client_ip == "127.0.0.1"
 
     report = client.get(f"{EVALUATIONS}{started['id']}/comparison/").json()
     assert (report["state"], report["stopped_by_budget"], report["finished"], report["total"]) == ("done", False, 6, 6)

@@ -268,16 +268,23 @@ def _demote(users, key):
     users["admin"].groups.set([Group.objects.get(name="user")])  # no manage_training any more
 
 
+def _move_the_addresses(users, key):
+    # The key it was started through may now be used from elsewhere only; the worker has no client
+    # address, so the one that started the evaluation is what the ranges must still admit.
+    APIKey.objects.filter(pk=key.parent_id).update(allowed_ips=["10.0.0.0/8"])
+
+
 @pytest.mark.parametrize(("change", "reason"), [(_revoke, "its key was revoked"),
                                                 (_revoke_parent, "revoked with the key it was started through"),
                                                 (_deactivate, "was deactivated"),
-                                                (_demote, "no longer holds manage_training")])
+                                                (_demote, "no longer holds manage_training"),
+                                                (_move_the_addresses, "no longer be used from the address")])
 def test_an_evaluation_stops_when_its_key_or_starter_loses_the_right(two_models, users, change, reason):  # noqa: F811
     # Control: training.actions.evaluations._refusal reads the key and its owner again before each run.
     admin = users["admin"]
     evaluation = start_evaluation(_set(users, *[{"prompt": f"What is {i} times 7?"} for i in range(4)]),
-                                  actor=admin, targets=["fake-a"], enqueue=False,
-                                  via_key=create_api_key(admin, "started through").key)
+                                  actor=admin, targets=["fake-a"], enqueue=False, client_ip="127.0.0.1",
+                                  via_key=create_api_key(admin, "started through", allowed_ips=["127.0.0.0/8"]).key)
 
     def after_the_first(progress):
         if progress.processed == 1:

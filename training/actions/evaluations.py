@@ -8,7 +8,8 @@ before its first message exists; that exclusion also hides it from its owner's c
 lists. A budget that refuses or stops a run ends the evaluation cleanly as stopped_by_budget:
 its results so far stay, nothing more is reserved. Before each run the key and its owner are read
 again, as every transport admits each query (accounts.admission): a key revoked or expired (or one
-above it), an owner deactivated, moved or without manage_training ends the evaluation as failed.
+above it), whose address ranges no longer admit the address the evaluation was started from, an
+owner deactivated, moved or without manage_training ends the evaluation as failed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from accounts import key_tree
 from accounts.actions.keys import create_api_key, revoke_api_key
 from accounts.models import APIKey, Organization, User
 from accounts.permissions import holds
-from accounts.services import key_permissions
+from accounts.services import ip_allowed, key_permissions
 from agents import runner
 from agents.actions.conversations import create_conversation, delete_conversation
 from agents.models import Conversation, Message
@@ -78,15 +79,18 @@ def delete_set(evaluation_set: EvaluationSet, *, actor: User | None) -> None:
 
 @transaction.atomic
 def start_evaluation(evaluation_set: EvaluationSet, *, actor: User, targets: list[str], agent: str = "general",
-                     max_tokens: int = 512, enqueue: bool = True, via_key: APIKey | None = None) -> Evaluation:
+                     max_tokens: int = 512, enqueue: bool = True, via_key: APIKey | None = None,
+                     client_ip: str | None = None) -> Evaluation:
     """A queued evaluation on a new key of actor's; the Celery task runs it once this commits.
 
     The caller has checked the targets (training.evaluations.target_problem) and that actor may
-    use agent. via_key: the API key the request came through, which the evaluation key stays within.
+    use agent. via_key: the API key the request came through, which the evaluation key stays within;
+    client_ip: the address of that request, which the key's address ranges must admit before each run.
     """
     evaluation = Evaluation.objects.create(
         organization_id=evaluation_set.organization_id, evaluation_set=evaluation_set, targets=list(targets),
-        agent=agent, max_tokens=max_tokens, started_by=actor, total=evaluation_set.items_count * len(targets))
+        agent=agent, max_tokens=max_tokens, started_by=actor, total=evaluation_set.items_count * len(targets),
+        client_ip=client_ip)
     _issue_key(evaluation, via_key)
     record(actions.EVALUATION_STARTED, actor=actor, organization=evaluation.organization_id,
            resource=f"evaluation:{evaluation.pk}",
@@ -126,8 +130,9 @@ def _refusal(evaluation: Evaluation) -> str | None:
     """Why the evaluation may not make its next run, from the key and owner as they are now; None: it may.
 
     The checks of accounts.services.authenticate_key and accounts.admission.admit, which need the
-    secret or a request: the worker holds neither, and the rows it loaded at the start go stale
-    (addresses are not checked: no client asks here). On None, the evaluation runs with the fresh rows.
+    secret or a request: the worker holds neither, and the rows it loaded at the start go stale.
+    No client asks here: the address ranges are checked against the address that started it. On
+    None, the evaluation runs with the fresh rows.
     """
     key = APIKey.objects.select_related("owner", key_tree.CHAIN).filter(pk=evaluation.api_key_id).first()
     now = timezone.now()
@@ -139,6 +144,8 @@ def _refusal(evaluation: Evaluation) -> str | None:
         return "its key was revoked with the key it was started through"
     if any(link.expires_at is not None and link.expires_at <= now for link in key_tree.chain(key)):
         return "its key expired"
+    if any(link.allowed_ips and not ip_allowed(evaluation.client_ip, link.allowed_ips) for link in key_tree.chain(key)):
+        return "its key may no longer be used from the address it was started from"
     owner = key.owner
     if not owner.is_active:
         return "the person who started it was deactivated"

@@ -15,6 +15,7 @@ from accounts.scoping import ScopedViewSet, restrict
 from agents.registry import may_use
 from relay.api.errors import PayloadTooLarge
 from relay.api.parsers import BoundedJSONParser
+from relay.http import client_ip
 from training import evaluations, services
 from training.actions import evaluations as evaluation_actions
 from training.api.evaluation_serializers import (
@@ -116,7 +117,8 @@ class EvaluationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scoped
             raise PermissionDenied(f"You may not use the {values['agent']} agent.")
         evaluation = evaluation_actions.start_evaluation(evaluation_set, actor=request.user, targets=values["targets"],
                                                          agent=values["agent"], max_tokens=values["max_tokens"],
-                                                         via_key=request_key(request))
+                                                         via_key=request_key(request),
+                                                         client_ip=client_ip(request.META))
         evaluation.refresh_from_db()  # an eager run has already finished
         return Response(EvaluationSerializer(evaluation).data, status=status.HTTP_202_ACCEPTED)
 
