@@ -281,10 +281,15 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
             raise KeyRejected("This API key has been revoked with the key it was made from.")
         if ancestor.expires_at is not None and ancestor.expires_at <= timezone.now():
             raise KeyRejected("The key this API key was made from has expired.")
-    if any(link.allowed_ips and not ip_allowed(client_ip, link.allowed_ips) for link in key_tree.chain(key)):
+    if not addresses_admit(key, client_ip):
         raise KeyRejected("This API key may not be used from this address.")
     touch_last_used(key)
     return key
+
+
+def addresses_admit(key: APIKey, client_ip: str | None) -> bool:
+    """Whether the key and every key above it may be used from client_ip (a key without ranges: anywhere)."""
+    return not any(link.allowed_ips and not ip_allowed(client_ip, link.allowed_ips) for link in key_tree.chain(key))
 
 
 def ip_allowed(client_ip: str | None, ranges: list[str]) -> bool:

@@ -50,7 +50,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_replace_scripts: dict[int, object] = {}
+_replace_script = None  # redis-py's Script: its SHA is the same for every client it is called with
 
 
 def replace_if(key: str, expected, value, timeout: float, *, alias: str = "default") -> bool:
@@ -62,11 +62,11 @@ def replace_if(key: str, expected, value, timeout: float, *, alias: str = "defau
     backend = caches[alias]
     if not isinstance(backend, PlainRedisCache):
         return False
+    global _replace_script
     client = backend.client.get_client(write=True)
-    script = _replace_scripts.get(id(client))
-    if script is None:
-        script = _replace_scripts[id(client)] = client.register_script(_REPLACE_IF)
+    if _replace_script is None:
+        _replace_script = client.register_script(_REPLACE_IF)
     encode = backend.client.encode
-    done = script(keys=[backend.make_key(key)], args=[encode(expected), encode(value), max(1, int(timeout * 1000))],
+    done = _replace_script(keys=[backend.make_key(key)], args=[encode(expected), encode(value), max(1, int(timeout * 1000))],
                   client=client)
     return bool(int(done))

@@ -25,7 +25,7 @@ from accounts import key_tree
 from accounts.actions.keys import create_api_key, revoke_api_key
 from accounts.models import APIKey, Organization, User
 from accounts.permissions import holds
-from accounts.services import ip_allowed, key_permissions
+from accounts.services import addresses_admit, key_permissions
 from agents import runner
 from agents.actions.conversations import create_conversation, delete_conversation
 from agents.models import Conversation, Message
@@ -144,7 +144,7 @@ def _refusal(evaluation: Evaluation) -> str | None:
         return "its key was revoked with the key it was started through"
     if any(link.expires_at is not None and link.expires_at <= now for link in key_tree.chain(key)):
         return "its key expired"
-    if any(link.allowed_ips and not ip_allowed(evaluation.client_ip, link.allowed_ips) for link in key_tree.chain(key)):
+    if not addresses_admit(key, evaluation.client_ip):
         return "its key may no longer be used from the address it was started from"
     owner = key.owner
     if not owner.is_active:
