@@ -57,8 +57,9 @@ async def answer(run, progress):
 def _answer_of(run, progress):
     if run.model.is_local:
         return run.agent.answer_locally(run.ctx)
+    ahead = run.ahead.unclaimed_for(run.model) if run.ahead is not None else None
     return answer_with_model(run.agent, run.ctx, run.model, run.max_tokens, run.request.temperature,
-                             input_tokens=run.input_tokens, rounds=Rounds(run, progress))
+                             input_tokens=run.input_tokens, rounds=Rounds(run, progress), ahead=ahead)
 
 
 async def _switch(run, candidates: list[str], reason: str, error: ProviderError) -> None:

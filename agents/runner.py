@@ -24,7 +24,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from accounts import key_tree
-from agents import deadlines, events, fallbacks, heavy, optimizer
+from agents import deadlines, events, fallbacks, heavy, optimizer, router
 from agents.actions import runs
 from agents.core import RunContext
 from agents.history import _id, load_history
@@ -114,6 +114,7 @@ class PreparedRun:
     # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
     unreserved: bool = False
     call_tokens: int = 0  # output the model wrote in tool calls (not streamed, still billed)
+    ahead: router.Ahead | None = None  # the first attempt's deployment, acquired while the opening committed
     take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
 
 
@@ -213,12 +214,19 @@ async def _prepare(req: RunRequest) -> PreparedRun:
     run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
                       max_tokens=max_tokens, plan=plan, remaining_tokens=remaining_tokens,
                       conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()))
+    # The first attempt's deployment is acquired while the opening commits: its round trip overlaps
+    # the opening's instead of following it. Acquiring asks no model; if the opening fails, the
+    # lease is given back, neutral.
+    if not plan.hit and model.deployments:
+        run.ahead = router.Ahead(model, tokens=input_tokens)
     # The question and the running answer are stored before the model is asked: if the database
     # cannot take them, the request fails here (503) instead of streaming an answer nobody can
     # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
     try:
         await runs.open_run(runs.Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
     except BaseException:
+        if run.ahead is not None:
+            await asyncio.shield(run.ahead.drop())
         await asyncio.shield(billing.release_charge(charge))
         raise
     return run
@@ -387,6 +395,8 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     record for the periodic job and `reconcile` to write (agents.actions.recovery).
     """
     await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
+    if run.ahead is not None:  # no attempt took it (the client left first, a cached answer): given back
+        await run.ahead.drop()
     input_tokens, output_tokens = run.input_tokens, run.call_tokens + progress.output_tokens
     if run.unreserved:  # no model could be reserved: the request never ran anywhere it could be billed
         input_tokens = output_tokens = 0

@@ -28,14 +28,15 @@ def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
 
 
 async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
-                            temperature: float | None = None, *, input_tokens: int = 0, rounds=None):
+                            temperature: float | None = None, *, input_tokens: int = 0, rounds=None, ahead=None):
     """The model's answer through its deployments (agents.router.calls: one call per tool round).
 
     Raises ModelUnavailable when a round cannot start on any deployment; input_tokens is the first
     prompt's size, counted against the deployments' tokens-per-minute limits (a later round's is
     counted here). `rounds` (agents.rounds.Rounds) sets each round's max_tokens, bills the calls a
     round wrote before any is handed over or run, and admits and reserves each later round before
-    it is sent; an exception from it ends the answer there.
+    it is sent; an exception from it ends the answer there. `ahead` (agents.router.Ahead): the first
+    call's deployment, already acquired.
     """
     messages = list(build_messages(agent, ctx))
     tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
@@ -53,7 +54,8 @@ async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, 
         calls, ctx.facts["finish_reason"] = [], None
         streamed = 0  # chunks of tool calls still being written: billed if the round ends before they complete
         try:
-            async with aclosing(router_calls.stream(choice, request, tokens=input_tokens)) as stream:
+            first, ahead = ahead, None
+            async with aclosing(router_calls.stream(choice, request, tokens=input_tokens, ahead=first)) as stream:
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         if event.text:

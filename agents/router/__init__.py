@@ -15,6 +15,7 @@ for that attempt), `release` and `snapshot` log and go on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -39,7 +40,7 @@ LEASE_TTL = 30.0
 PROBE_MARGIN = 10.0
 _rand: Callable[[], float] = random.random  # tests replace it to make ties and weights deterministic
 
-__all__ = ["LEASE_TTL", "NoDeployment", "Outcome", "Pick", "acquire", "clock", "release", "snapshot"]
+__all__ = ["LEASE_TTL", "Ahead", "NoDeployment", "Outcome", "Pick", "acquire", "clock", "release", "snapshot"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,54 @@ async def _report(pick: Pick, change: Transition) -> None:
                      seconds=change.seconds)
     except Exception:
         logger.exception("router: could not record the cooldown transition of %s/%s", model, deployment.name)
+
+
+class Ahead:
+    """A deployment acquired while the caller does something else first (a run's opening commits):
+    its round trip overlaps that work instead of following it. The lease is the caller's from the
+    start: `take()` hands it to the first attempt, or `drop()` gives it back, neutral (nothing was
+    sent to the deployment). Exactly one of them counts; the other does nothing."""
+
+    def __init__(self, model, *, tokens: int = 0):
+        self.model = model
+        self._task = asyncio.ensure_future(acquire(model, tokens=tokens))
+        self._claimed = False
+
+    def unclaimed_for(self, model) -> Ahead | None:
+        """This, if it holds `model`'s first attempt and nobody took or dropped it yet."""
+        return self if model is self.model and not self._claimed else None
+
+    async def take(self) -> Pick:
+        """The pick, as `acquire` would return it (or raise NoDeployment)."""
+        self._claimed = True
+        try:
+            return await asyncio.shield(self._task)
+        except asyncio.CancelledError:  # the caller went away, not the acquire: its lease is given back
+            self._task.add_done_callback(_release_when_acquired)
+            raise
+
+    async def drop(self) -> None:
+        if self._claimed:
+            return
+        self._claimed = True
+        try:
+            pick = await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            self._task.add_done_callback(_release_when_acquired)
+            raise
+        except Exception:  # noqa: BLE001  (nothing was acquired: nothing to give back)
+            return
+        await release(pick, outcome=Outcome.NEUTRAL)
+
+
+_releasing: set[asyncio.Task] = set()  # held until done, so none is garbage-collected half-way
+
+
+def _release_when_acquired(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is None:
+        releasing = task.get_loop().create_task(release(task.result(), outcome=Outcome.NEUTRAL))
+        _releasing.add(releasing)
+        releasing.add_done_callback(_releasing.discard)
 
 
 def snapshot(model) -> list[dict]:

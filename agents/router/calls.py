@@ -63,15 +63,19 @@ def _unavailable(model, none: router.NoDeployment, last: ProviderError | None) -
     return ModelUnavailable(model.name, error, none.reason)
 
 
-async def stream(model, request: ChatRequest, *, tokens: int = 0) -> AsyncIterator:
+async def stream(model, request: ChatRequest, *, tokens: int = 0, ahead: router.Ahead | None = None) -> AsyncIterator:
     """The events of one call to `model` (see the module docstring); raises ModelUnavailable or,
-    after the first event, the ProviderError that cut the stream."""
+    after the first event, the ProviderError that cut the stream. `ahead`: the first attempt's
+    deployment, acquired by the caller beforehand (agents.runner, while the run's opening commits)."""
     policy = model.policy
     tried: set[str] = set()
     last: ProviderError | None = None
     for attempt in range(policy.num_retries + 1):
         try:
-            pick = await router.acquire(model, exclude=frozenset(tried), tokens=tokens)
+            if attempt == 0 and ahead is not None:
+                pick = await ahead.take()
+            else:
+                pick = await router.acquire(model, exclude=frozenset(tried), tokens=tokens)
         except router.NoDeployment as none:
             if none.reason != "exhausted" or last is None or not last.retryable:
                 raise _unavailable(model, none, last) from None

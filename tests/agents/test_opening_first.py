@@ -1,13 +1,18 @@
-"""The model is asked only after the run's opening has committed.
+"""The model is asked only after the run's opening has committed; its deployment is picked meanwhile.
 
 Control: agents.runner._prepare awaits runs.open_run before it returns, and the model's answer
 (agents.fallbacks.answer) is begun only by the stream that follows. A model call begun while the
 opening commits would reach the upstream even when the database refuses the opening: a paid
 call with no row for `reconcile` to find (70ff43c did this, and was withdrawn).
+
+Acquiring the deployment asks no model, so it runs while the opening commits (agents.router.Ahead,
+one round trip off the time to first token); a run that never gets to ask gives the lease back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from decimal import Decimal
 
 import httpx
@@ -15,10 +20,11 @@ import pytest
 from django.db import OperationalError
 
 from accounts.actions.keys import create_api_key
-from agents import fallbacks
+from agents import fallbacks, router, runner
 from agents.actions import runs
 from agents.actions.endpoints import create_endpoint
 from agents.models import Message
+from agents.providers.catalog import resolve
 from billing.models import Budget, ModelPrice, UsageRecord
 from tests.reconciled import assert_reconciled
 from tests.support.streams import parse_sse
@@ -85,3 +91,55 @@ def test_an_opening_the_database_refuses_asks_no_model(asgi_server, secret, fake
     assert steps == ["opening"] and fake_upstream.requests == []
     assert not Message.objects.exists() and not UsageRecord.objects.exists()
     assert_reconciled()  # the reservation was given back
+    [deployment] = router.snapshot(resolve("fake-large"))
+    assert (deployment["in_flight"], deployment["state"]) == (0, "closed")  # the lease taken meanwhile, back
+
+
+def test_the_deployment_is_acquired_while_the_opening_commits(asgi_server, secret, fake_upstream, steps,
+                                                              monkeypatch):
+    """The opening's write waits (up to 10 s) for the acquire to begin: it begins at once when it
+    overlaps the opening, and only after the opening returned when it follows it."""
+    acquiring = threading.Event()
+    write_one, acquire = runs._OPENINGS.write_one, router.acquire  # the first: `steps`' own, noting "opening"
+
+    def opening(write):
+        acquiring.wait(10)
+        result = write_one(write)
+        steps.append("opened")
+        return result
+
+    async def picking(*args, **kwargs):
+        steps.append("acquire")
+        acquiring.set()
+        return await acquire(*args, **kwargs)
+
+    monkeypatch.setattr(runs._OPENINGS, "write_one", opening)
+    monkeypatch.setattr(router, "acquire", picking)
+
+    response = post_stream(asgi_server, secret)
+
+    assert response.status_code == 200
+    assert parse_sse(response.iter_lines())[-1]["status"] == "complete"
+    assert steps == ["acquire", "opening", "opened", "model asked"]  # one acquire: the first attempt took it
+    [deployment] = router.snapshot(resolve("fake-large"))
+    assert (deployment["in_flight"], deployment["state"]) == (0, "closed")
+    assert len(fake_upstream.requests) == 1
+    assert_reconciled()
+
+
+def test_a_run_abandoned_before_it_asks_gives_its_deployment_back(users, secret, fake_upstream):
+    """The client gone between the opening and the stream's start: the run closes without a model call,
+    and the lease acquired for it is released (neutral: the deployment did nothing wrong)."""
+    request = runner.new_request(users["user"], None, {"agent_type": "general", "model": "fake-large",
+                                                       "query": "Say hello.", "cache": False})
+
+    async def scenario():
+        await runner.abandon(await runner.prepare(request))
+
+    asyncio.run(scenario())
+
+    [deployment] = router.snapshot(resolve("fake-large"))
+    assert (deployment["in_flight"], deployment["state"]) == (0, "closed")
+    assert fake_upstream.requests == []
+    assert Message.objects.get(role="assistant").status == "cancelled"
+    assert_reconciled()
