@@ -7,6 +7,10 @@ Relay instance (uvicorn, its own database) with a model on that upstream, then s
 completion directly from the upstream and through Relay's SSE, WebSocket and /v1/chat/completions
 endpoints, one request at a time. Prints p50/p99 of time to first token and of the time per token
 after the first; the last line is one JSON object with every figure.
+
+The upstream runs as its own process, not a thread of this one: sharing this process's interpreter
+lock, it would answer Relay's model call only after this client had read Relay's response headers,
+which Relay sends at nearly the same moment, so the measure would charge Relay for the client.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import httpx
 import websockets
-from _relay import RelayInstance, print_result, summary_ms  # noqa: I001  (bench-local helper)
-
-from tests.support.fake_upstream import FakeUpstream, FakeUpstreamConfig
+from _litellm import wait_http  # noqa: I001  (bench-local helpers)
+from _relay import ROOT, RelayInstance, free_port, print_result, summary_ms
 
 MODEL = "bench-model"
 
@@ -68,7 +73,7 @@ def is_relay_token(event) -> bool:
     return event.get("type") == "token"
 
 
-async def measure(relay: RelayInstance, upstream: FakeUpstream, requests: int) -> dict:
+async def measure(relay: RelayInstance, upstream_base: str, requests: int) -> dict:
     key = {"Authorization": f"Bearer {relay.key}"}
     ws_url = relay.url.replace("http://", "ws://") + "/ws/chat/"
     counter = iter(range(10**9))
@@ -82,7 +87,7 @@ async def measure(relay: RelayInstance, upstream: FakeUpstream, requests: int) -
         return {"query": f"benchmark {next(counter)}", "agent_type": "general", "model": MODEL}
 
     paths = {
-        "direct": lambda c: sse_tokens(c, f"{upstream.base_url}/chat/completions", chat(), {}, is_openai_token),
+        "direct": lambda c: sse_tokens(c, f"{upstream_base}/chat/completions", chat(), {}, is_openai_token),
         "relay_sse": lambda c: sse_tokens(c, f"{relay.url}/api/v1/stream", query(), key, is_relay_token),
         "relay_websocket": lambda c: ws_tokens(ws_url, relay.key, query()),
         "relay_openai": lambda c: sse_tokens(c, f"{relay.url}/v1/chat/completions", chat(), key, is_openai_token),
@@ -116,13 +121,21 @@ def main():
     parser.add_argument("--ttft-ms", type=float, default=50)
     parser.add_argument("--tps", type=float, default=500)
     args = parser.parse_args()
-    config = FakeUpstreamConfig(ttft=args.ttft_ms / 1000, tps=args.tps, tokens=args.tokens)
-    with FakeUpstream(config) as upstream:
-        relay = RelayInstance({MODEL: upstream.base_url})
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port),
+                                 "--ttft", str(args.ttft_ms / 1000), "--tps", str(args.tps), "--tokens",
+                                 str(args.tokens)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        wait_http(f"{base}/models", process=upstream)
+        relay = RelayInstance({MODEL: base})
         try:
-            figures = asyncio.run(measure(relay, upstream, args.requests))
+            figures = asyncio.run(measure(relay, base, args.requests))
         finally:
             relay.stop()
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
     for name, figure in figures.items():
         line = f"{name:16} ttft p50 {figure['ttft']['p50_ms']:7.2f} ms  p99 {figure['ttft']['p99_ms']:7.2f} ms  " \
                f"per token p50 {figure['per_token']['p50_ms']:6.3f} ms"
