@@ -395,7 +395,7 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
     record for the periodic job and `reconcile` to write (agents.actions.recovery).
     """
     await heavy.release(run.ctx.heavy_lease)  # if no tool call used (and released) it
-    if run.ahead is not None:  # no attempt took it (the client left first, a cached answer): given back
+    if run.ahead is not None:  # no attempt took it (the client left before the model was asked): given back
         await run.ahead.drop()
     input_tokens, output_tokens = run.input_tokens, run.call_tokens + progress.output_tokens
     if run.unreserved:  # no model could be reserved: the request never ran anywhere it could be billed
