@@ -1,6 +1,7 @@
-"""The floors under a gateway's cost: the same proxying with nothing of Relay's guarantees.
+"""The floors under a gateway's cost: the same proxying with nothing of Relay's guarantees, or
+with only the round trips those guarantees cannot do without.
 
-    python bench/_floor_app.py asgi|django PORT MODEL=UPSTREAM_BASE [MODEL=UPSTREAM_BASE ...]
+    python bench/_floor_app.py asgi|django|guarded PORT MODEL=UPSTREAM_BASE [MODEL=UPSTREAM_BASE ...]
 
 Both forward POST /v1/chat/completions to the upstream of the body's model with one pooled
 aiohttp session (as Relay's provider does) and pass its answer back, streamed or whole, on
@@ -9,8 +10,16 @@ uvicorn with uvloop and httptools (relay.serve's server):
   django  a Django async view behind Relay's own settings, middleware and ASGI handler (security
           headers, request ids, audit context, metrics, sessions, size limits): no authentication,
           no ledger, no database or Redis write, no audit event, no usage record.
+  guarded the django floor plus the trips the guarantees need, each made once and the cheapest way
+          (bench/_floor_guarded.py): before the model is asked, one Redis script that finds the key
+          and reserves its budget, then the run's row committed (Relay asks no model before its
+          opening commits: a refused opening must not leave a paid call unrecorded); after the
+          answer, one script that settles and one commit of the usage row, the run's close and a
+          hash-chained audit row. No permissions, rate limits, routing, metrics or group commit:
+          a floor under Relay, not a gateway (PostgreSQL only; RELAY_FLOOR_KEY is its key).
 bench/load.py measures them beside Relay and LiteLLM, so what Relay adds over the django floor is
-the price of its guarantees, and the django floor over the asgi one the framework's.
+the price of its guarantees, and the django floor over the asgi one the framework's; one idle
+request on the guarded floor is the least those guarantees add in sequence on this machine.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import aiohttp
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # Relay's packages, run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own helpers
 
 UPSTREAMS: dict[str, str] = {}
 _session: aiohttp.ClientSession | None = None
@@ -61,7 +71,7 @@ async def asgi_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def django_app():
+def django_app(guarded: bool = False):
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relay.settings")
     import django
 
@@ -73,17 +83,34 @@ def django_app():
 
     from relay.eventloop.handler import RelayASGIHandler
 
+    guard = None
+    if guarded:
+        from _floor_guarded import Guard
+
+        guard = Guard(os.environ["DATABASE_URL"], os.environ["REDIS_URL"], os.environ["RELAY_FLOOR_KEY"])
+
     @csrf_exempt
     async def chat_completions(request):
+        run = None
+        if guard is not None:
+            run = await guard.open(request.headers.get("Authorization", ""), request.body)
+            if run is None:
+                return HttpResponse(b'{"error":"refused"}', status=401, content_type="application/json")
         upstream, stream = await _forward(request.body)
         if not stream:
             body = await upstream.read()
+            if run is not None:
+                guard.close_later(run, body)
             return HttpResponse(body, status=upstream.status, content_type="application/json")
 
         async def chunks():
+            tail = b""
             async for chunk in upstream.content.iter_any():
+                tail = (tail + chunk)[-2048:]  # the usage chunk is the last but one
                 yield chunk
             upstream.release()
+            if run is not None:
+                guard.close_later(run, tail)
 
         return StreamingHttpResponse(chunks(), status=upstream.status, content_type="text/event-stream")
 
@@ -100,8 +127,8 @@ def main() -> None:
     kind, port, *routes = sys.argv[1:]
     UPSTREAMS.update(route.split("=", 1) for route in routes)
     sys.modules.setdefault("_floor_app", sys.modules[__name__])  # the urlconf, when run as a script
-    app = asgi_app if kind == "asgi" else django_app()
-    if kind == "django":
+    app = asgi_app if kind == "asgi" else django_app(guarded=kind == "guarded")
+    if kind != "asgi":
         import gc
 
         gc.collect()

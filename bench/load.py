@@ -18,7 +18,11 @@ Targets, each measured with one load tool (bench/_load.py), plain and streaming:
   floor_asgi, floor_django  the floors under any gateway's cost, N processes each (bench/_floor_app.py):
            the same proxying as a bare ASGI app, and as a Django view behind Relay's own middleware
            with no auth, ledger, database, Redis or audit; Relay minus floor_django is the price
-           of its guarantees (--no-floors leaves them out).
+           of its guarantees (--no-floors leaves them out);
+  floor_guarded  in the idle phase, on PostgreSQL: the django floor plus the fewest round trips
+           Relay's guarantees need (the key and its reservation in one Redis script, the run's row
+           committed before the model is asked, the settle and one commit of the usage row and a
+           chained audit row after the answer): the least those guarantees add to one request.
 For each process count and concurrency, rounds alternate the targets; each figure is the best
 round. Beside requests/s and latency, each figure has the CPU milliseconds per request of every
 component (Relay's processes, LiteLLM's, PostgreSQL, Redis, each nginx, the load generator),
@@ -96,7 +100,8 @@ general_settings:
     return process, url
 
 
-def start_floor(kind: str, bases: dict[str, str], env: dict) -> tuple[subprocess.Popen, str]:
+def start_floor(kind: str, bases: dict[str, str], env: dict, headers: dict | None = None
+                ) -> tuple[subprocess.Popen, str]:
     """One floor process (bench/_floor_app.py), once it answers."""
     port = free_port()
     routes = [f"{MODELS[k]}={bases[k]}" for k in MODELS]
@@ -106,7 +111,8 @@ def start_floor(kind: str, bases: dict[str, str], env: dict) -> tuple[subprocess
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.post(url + "/v1/chat/completions", json=body("plain"), timeout=2).status_code == 200:
+            if httpx.post(url + "/v1/chat/completions", json=body("plain"), headers=headers,
+                          timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             if time.monotonic() > deadline or process.poll() is not None:
@@ -298,6 +304,13 @@ class Bench:
                 cluster_script, cluster_url = start_cluster(self.relay, processes)
                 targets["cluster"] = {"url": cluster_url, "path": self.relay_paths, "headers": self.auth}
                 cluster_pids = cluster_roots(self.relay)
+            idle_targets = dict(targets)  # the guarded floor is measured idle only
+            if self.args.floors and processes == 1 and self.args.idle_requests and self.relay.dbname:
+                started = start_floor("guarded", self.bases, {**self.relay.env, "RELAY_FLOOR_KEY": self.relay.key},
+                                      self.auth)
+                extras.append(started)
+                floor_pids["floor_guarded"] = [started[0].pid]
+                idle_targets["floor_guarded"] = {"url": started[1], "path": self.relay_paths, "headers": self.auth}
             # The cluster's instances count as Relay, its nginx as the cluster's.
             components = self.components(relay_pids + cluster_pids[:-1], litellm_pids, cluster_pids[-1:], floor_pids)
             out = {}
@@ -307,7 +320,7 @@ class Bench:
                 best = {name: max((r[name] for r in rounds), key=lambda f: f["rps"]) for name in rounds[0]}
                 out[f"c{concurrency}"] = {"figures": best, "relay_vs_litellm": ratios(best, list(targets)[1:])}
             if processes == 1 and self.args.idle_requests:
-                out["idle"] = self.idle(targets, components)
+                out["idle"] = self.idle(idle_targets, components)
             return out
         finally:
             if cluster_script:
@@ -324,16 +337,17 @@ class Bench:
         requests = self.args.idle_requests
         direct = {kind: asyncio.run(idle_latency(self.direct, kind, requests))["p50_ms"] for kind in MODELS}
         out = {"direct_p50_ms": direct, "cpu_ms_per_request": {}}
-        for name in ("relay", "litellm", "floor_django"):
+        for name in ("relay", "litellm", "floor_django", "floor_guarded"):
             if name in targets:
                 out[name] = {}
                 for kind in MODELS:
                     measured = asyncio.run(idle_latency(targets[name], kind, requests, components))
                     out[name][kind] = round(measured["p50_ms"] - direct[kind], 2)
                     out["cpu_ms_per_request"][f"{name}_{kind}"] = measured["cpu_ms_per_request"]
-        if "relay" in out and "litellm" in out:
-            out["relay_over_litellm"] = {kind: round(out["relay"][kind] / out["litellm"][kind], 2)
-                                         if out["litellm"][kind] > 0 else None for kind in MODELS}
+        for name in ("relay", "floor_guarded"):
+            if name in out and "litellm" in out:
+                out[f"{name}_over_litellm"] = {kind: round(out[name][kind] / out["litellm"][kind], 2)
+                                               if out["litellm"][kind] > 0 else None for kind in MODELS}
         return out
 
     def stop(self) -> dict:
