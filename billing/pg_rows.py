@@ -2,7 +2,7 @@
 
 Each ORM bulk_create or update costs its compiler, Django's cursor wrapper and a round trip; a
 model call's opening and closing rows are few and always of the same shape, so their SQL is
-built once per shape and cached, a batch's rows travel as one array per column, and their values
+built once per shape and cached, a batch's rows travel as VALUES (a few) or one array per column, and their values
 are the fields' own `get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM.
 `Columns` is that for any model (agents.actions.run_rows uses it too); `insert_usages` is the
 usage records' insert; `client_cursor` and `result_sets` serve a round trip of several statements.
@@ -16,6 +16,15 @@ from psycopg.pq import ExecStatus
 
 # Built SQL by (statement, shape): the parts a batch (relay.eventloop.group_commit) needs; a few.
 _sql_cache: dict[tuple, str] = {}
+# Up to this many rows travel as VALUES of typed scalars, more as one array per column: an idle
+# instance's opening (a question and its answer) binds each value as it is, where two-element
+# arrays cost psycopg a literal per array and PostgreSQL an array parse per column.
+SCALAR_ROWS = 2
+
+
+def shape(count: int) -> int:
+    """The shape of `count` rows for cached SQL: 0, 1 ... SCALAR_ROWS as VALUES, or many (one more)."""
+    return min(count, SCALAR_ROWS + 1)
 
 
 def cached_sql(key: tuple, build) -> str:
@@ -63,11 +72,11 @@ def result_sets(cursor) -> list[list | None]:
 class Columns:
     """Some concrete fields of a model, as plain SQL wants them: names, and rows as a FROM item.
 
-    One row travels as VALUES of typed scalars (an idle instance's case: psycopg caches the
-    conversion of a short statement with few parameters); more as one typed array per column,
-    so the statement's text and its number of parameters do not grow with the batch: psycopg
-    converts it once, and PostgreSQL parses a short query, where a VALUES list of a batch cost
-    both a new conversion of every parameter's placeholder on every execute."""
+    Up to SCALAR_ROWS rows travel as VALUES of typed scalars (an idle instance's case: psycopg
+    caches the conversion of a short statement with few parameters); more as one typed array per
+    column, so the statement's text and its number of parameters do not grow with the batch:
+    psycopg converts it once, and PostgreSQL parses a short query, where a VALUES list of a batch
+    cost both a new conversion of every parameter's placeholder on every execute."""
 
     def __init__(self, model, attnames: tuple[str, ...], *, fields: tuple = ()):
         """`model`'s fields named `attnames`, or the `fields` given (of any model), into `model`'s table."""
@@ -79,11 +88,12 @@ class Columns:
         self._defaults = None
 
     def source(self, connection, count: int) -> str:
-        """`count` rows as a FROM item (to be aliased): `(VALUES (%s::uuid, ...))` or `unnest(%s::uuid[], ...)`."""
-        key = count == 1
+        """`count` rows as a FROM item (to be aliased): `(VALUES (%s::uuid, ...), ...)` or `unnest(%s::uuid[], ...)`."""
+        key = shape(count)
         if key not in self._sources:
             casts = [cast(field, connection) for field in self.fields]
-            self._sources[key] = ("(VALUES (" + ", ".join(f"%s::{c}" for c in casts) + "))" if key
+            row = "(" + ", ".join(f"%s::{c}" for c in casts) + ")"
+            self._sources[key] = ("(VALUES " + ", ".join([row] * key) + ")" if key <= SCALAR_ROWS
                                   else "unnest(" + ", ".join(f"%s::{c}[]" for c in casts) + ")")
         return self._sources[key]
 
@@ -95,10 +105,9 @@ class Columns:
             self._defaults = {field.attname: field.get_db_prep_save(field.get_default(), connection)
                               for field in self.fields}
         defaults = self._defaults
-        if len(rows) == 1:
-            row = rows[0]
+        if len(rows) <= SCALAR_ROWS:
             return [field.get_db_prep_save(row[field.attname], connection) if field.attname in row
-                    else defaults[field.attname] for field in self.fields]
+                    else defaults[field.attname] for row in rows for field in self.fields]
         arrays = []
         for field in self.fields:
             name, prepare, default = field.attname, field.get_db_prep_save, defaults[field.attname]
@@ -143,7 +152,7 @@ def insert_usages(connection, usages: list[tuple[object, list]]) -> None:
     calls = [{**call.__dict__, "request_id": record.request_id} for record, calls in usages for call in calls]
     if calls:
         params += tool.params(connection, calls)
-    records, tools = min(len(usages), 2), min(len(calls), 2)  # the shapes: none, one, many
+    records, tools = shape(len(usages)), shape(len(calls))
     sql = cached_sql(("usage", records, tools), lambda: _usage_sql(connection, records, tools))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -3,13 +3,13 @@
 The opening stands before every first token. Through the ORM it was five round trips (BEGIN, SET
 LOCAL, the conversation, the messages, COMMIT), each with Django's cursor wrapper and compiler;
 here it is one multi-statement execute on a client-binding cursor (server-side binding refuses
-several statements with parameters), its SQL built once per shape, a batch's rows as one array
-per column (billing.pg_rows.Columns). A turn continuing a
+several statements with parameters), its SQL built once per shape, a batch's rows as VALUES
+(up to two) or one array per column (billing.pg_rows.Columns). A turn continuing a
 conversation locks it, if it is the caller's, in the same statement that inserts the turn's
 messages: they are inserted only for the conversations so found, and `open_rows` names the
 openings that found none (the caller refuses them; nothing of theirs was written).
 
-The closing's answers, one per run of a batch, are one `UPDATE ... FROM unnest(...)` (VALUES for one).
+The closing's answers, one per run of a batch, are one `UPDATE ... FROM unnest(...)` (VALUES for one or two).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from audit.pg_append import roll_back
-from billing.pg_rows import Columns, cached_sql, cast, client_cursor, result_sets
+from billing.pg_rows import Columns, cached_sql, cast, client_cursor, result_sets, shape
 
 _COLUMNS = None
 ANSWERED = ("model", "content", "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "quality_score",
@@ -73,8 +73,8 @@ def open_rows(connection, new: list[dict], continued: list[tuple], turns: list[d
         params += mine.params(connection, [{"id": pair[0], "user_id": pair[1]} for pair in continued])
         params.append(moved.get_db_prep_save(now, connection))
     params += turn.params(connection, turns)
-    shape = (min(len(new), 2), min(len(continued), 2), min(len(turns), 2))  # none, one, many of each
-    sql = cached_sql(("open", *shape, own), lambda: _opening_sql(connection, *shape, own))
+    shapes = (shape(len(new)), shape(len(continued)), shape(len(turns)))
+    sql = cached_sql(("open", *shapes, own), lambda: _opening_sql(connection, *shapes, own))
     if not own:
         with transaction.atomic(using=connection.alias), client_cursor(connection) as cursor:
             cursor.execute(sql, params)
@@ -97,7 +97,7 @@ def _answers_sql(connection, count: int) -> str:
 
 def store_answers(connection, answers: list[dict]) -> None:
     """Each answer message's closing fields (ANSWERED, and its id), in one statement."""
-    count = min(len(answers), 2)  # one, or many
+    count = shape(len(answers))
     sql = cached_sql(("answers", count), lambda: _answers_sql(connection, count))
     with connection.cursor() as cursor:
         cursor.execute(sql, _columns()[3].params(connection, answers))

@@ -143,15 +143,16 @@ def test_a_failed_opening_batch_is_written_again_run_by_run(users, batches):
     assert _idle()
 
 
-def test_a_batchs_answers_and_usage_are_one_statement_each_and_each_run_its_own(users, ledger, sql):
+@pytest.mark.parametrize("count", [1, 2, 4])  # VALUES of one row, of two (billing.pg_rows.SCALAR_ROWS), arrays
+def test_a_batchs_answers_and_usage_are_one_statement_each_and_each_run_its_own(users, ledger, sql, count):
     user = users["user"]
-    prepared = [_opened_run(user) for _ in range(4)]
+    prepared = [_opened_run(user) for _ in range(count)]
     for n, run in enumerate(prepared):
         run.ctx.tool_records = [{"name": f"tool{n}", "duration_ms": n + 1}] * (n % 3)
     endings = [runs.Ending(status=("complete", "cancelled", "error", "budget_stop")[n], answer=f"answer {n}",
                            input_tokens=IN, output_tokens=n + 1, latency_ms=10 + n, quality=n / 10,
                            ttft_ms=None if n == 2 else n, error_code="upstream_error" if n == 2 else "")
-               for n in range(4)]
+               for n in range(count)]
 
     async def together():
         closings = [await runs.settle_run(run, ending) for run, ending in zip(prepared, endings, strict=True)]
