@@ -90,6 +90,27 @@ def test_runs_opened_together_are_one_round_trip_each_with_its_own_rows(users, b
     assert Message.objects.filter(conversation_id=second.conversation_id).count() == 4
 
 
+AWKWARD = ["it's \"quoted\" \\ {a,b} NULL", "{}", "NULL", "", "多语言 🤖 émoji\nnew line\ttab", "a,b;c) --"]
+
+
+@pytest.mark.parametrize("together", [1, 3])  # VALUES of scalars (one opening: two rows), arrays (three: six)
+def test_awkward_text_is_stored_exactly_in_either_shape(users, batches, together):
+    user = users["user"]
+    for query in AWKWARD:
+        openings = [_opening(user, query=query or " ") for _ in range(together)]
+        for opening in openings:
+            opening.req.client_request_id = query  # free text of the client's, stored on both rows
+        batches.clear()
+        assert _open_together(*openings) == [None] * together
+        assert batches == ([together] if together > 1 else [])  # one alone is written by write_one
+        for opening in openings:
+            conversation = Conversation.objects.get(pk=opening.conversation_id)
+            question, answer = conversation.messages.order_by("created_at")
+            assert (question.content, question.client_request_id, answer.client_request_id) == (
+                opening.req.query, query, query)
+            assert conversation.title == summarise(opening.req.query)
+
+
 @pytest.mark.parametrize("other", ["same_org", "other_org"])
 def test_a_turn_in_another_users_conversation_is_refused_and_writes_nothing(users, other_users, batches, other):
     owner = users["user"]
