@@ -32,6 +32,12 @@ def _stat(pid: int) -> tuple[str, int, float] | None:
     return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one live process (a PostgreSQL backend), None if it is gone."""
+    stat = _stat(pid)
+    return stat[2] if stat else None
+
+
 def _processes() -> dict[int, tuple[str, int, float]]:
     out = {}
     for entry in os.listdir("/proc"):

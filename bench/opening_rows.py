@@ -23,13 +23,10 @@ import time
 import uuid
 from pathlib import Path
 
+from _cpu import cpu_seconds  # noqa: I001  (bench-local helpers)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def backend_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(user, size: int, repeat: int, backend: int) -> dict:
@@ -44,7 +41,7 @@ def measure(user, size: int, repeat: int, backend: int) -> dict:
 
     for _ in range(20):  # the statement's shape built and the connection warm
         runs._open_many(batch())
-    walls, cpu, pg = [], 0.0, backend_cpu(backend)
+    walls, cpu, pg = [], 0.0, cpu_seconds(backend)
     for _ in range(repeat):
         writes = batch()
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -52,7 +49,7 @@ def measure(user, size: int, repeat: int, backend: int) -> dict:
         walls.append(time.perf_counter() - started)
         cpu += time.process_time() - cpu_started
         assert results == [None] * size, results
-    pg = backend_cpu(backend) - pg
+    pg = cpu_seconds(backend) - pg
     openings = repeat * size
     return {"batch": size, "wall_ms_per_opening": round(statistics.median(walls) * 1000 / size, 3),
             "relay_cpu_ms_per_opening": round(cpu * 1000 / openings, 3),
