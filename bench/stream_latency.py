@@ -5,8 +5,9 @@ Run: python bench/stream_latency.py [--requests 100] [--tokens 50] [--ttft-ms 50
 Starts the fake OpenAI-compatible upstream (fixed time to first token and token rate) and one
 Relay instance (uvicorn, its own database) with a model on that upstream, then streams the same
 completion directly from the upstream and through Relay's SSE, WebSocket and /v1/chat/completions
-endpoints, one request at a time. Prints p50/p99 of time to first token and of the time per token
-after the first; the last line is one JSON object with every figure.
+endpoints, one request at a time, the paths taking turns in a rotating order. Prints p50/p99 of time
+to first token and of the time per token after the first; the last line is one JSON object with
+every figure.
 
 The upstream runs as its own process, not a thread of this one: sharing this process's interpreter
 lock, it would answer Relay's model call only after this client had read Relay's response headers,
@@ -97,9 +98,13 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int) -> di
         for _ in range(3):  # warm connections, caches, the model list
             for run in paths.values():
                 await run(client)
-        for _ in range(requests):
-            for name, run in paths.items():  # interleaved, so machine drift hits every path alike
-                ttft, per_token = await run(client)
+        names = list(paths)
+        for index in range(requests):
+            # Interleaved, so machine drift hits every path alike, and rotated: Relay's first request
+            # after the direct one (~150 ms of Relay idle) is 1.3-1.6 ms slower than one right after
+            # another Relay request, and a fixed order gave that penalty to the SSE path alone.
+            for name in names[index % len(names):] + names[:index % len(names)]:
+                ttft, per_token = await paths[name](client)
                 samples[name][0].append(ttft)
                 samples[name][1].append(per_token)
     figures = {}
