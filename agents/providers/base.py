@@ -6,7 +6,7 @@ turns provider events into protocol events (agents/events.py), charges them and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,6 +93,10 @@ class UpstreamBusy(ProviderError):
 class Provider(Protocol):
     name: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        """Yield events; cancelling the consuming task must abort the upstream call at once."""
+    def stream(self, request: ChatRequest, *,
+               on_connection: Callable[[], None] | None = None) -> AsyncIterator[ProviderEvent]:
+        """Yield events; cancelling the consuming task must abort the upstream call at once.
+
+        on_connection() is called once the call holds one of this instance's connections to the
+        upstream, before anything is sent: what came before it was a wait for this instance."""
         ...

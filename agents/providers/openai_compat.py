@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -158,8 +158,11 @@ class OpenAICompatibleProvider:
         # full jitter so a burst of requests that failed together doesn't retry together
         return self.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.0)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+    async def stream(self, request: ChatRequest, *,
+                     on_connection: Callable[[], None] | None = None) -> AsyncIterator[ProviderEvent]:
         slots = await self._take_slot()
+        if on_connection is not None:
+            on_connection()
         try:
             resp = await self._open("POST", "/chat/completions", self._body(request))
         except BaseException:

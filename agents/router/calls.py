@@ -113,16 +113,29 @@ class _Attempt:
 
     def __init__(self, pick, request: ChatRequest):
         self.pick = pick
-        self.source = pick.deployment.provider().stream(request)
+        self.source = pick.deployment.provider().stream(request, on_connection=self._connected)
         self.started = time.monotonic()
         self.ttft: float | None = None
+        self._first_event_clock: asyncio.Timeout | None = None
+        self._first_event_within = 0.0
         self.output_tokens = 0
         self.reported_tokens: int | None = None
 
+    def _connected(self) -> None:
+        # The deployment's time starts here. Before it the call waited for this instance's own pool
+        # (bounded by the provider's connect timeout, then UpstreamBusy, neutral): counted against the
+        # first-token timeout, a busy instance with a short one cooled a healthy deployment down.
+        self.started = time.monotonic()
+        if self._first_event_clock is not None:
+            self._first_event_clock.reschedule(asyncio.get_running_loop().time() + self._first_event_within)
+
     async def first_event(self, timeout: float):
-        """The first event, or a ProviderError (the attempt released as a failure, or neutral for the caller's)."""
+        """The first event within `timeout` of the call's connection, or a ProviderError (the attempt
+        released as a failure, or neutral for the caller's)."""
+        self._first_event_within = timeout
+        self._first_event_clock = asyncio.timeout(None)  # armed by _connected
         try:
-            async with asyncio.timeout(timeout):
+            async with self._first_event_clock:
                 first = await anext(self.source)
         except TimeoutError:
             await self._close(router.Outcome.FAILURE)

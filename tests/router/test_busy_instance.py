@@ -22,15 +22,19 @@ def _ask(text="Say hello."):
     return ChatRequest(messages=[{"role": "user", "content": text}], model="fake-large")
 
 
+def _one_connection(fake_upstream, monkeypatch, *, waited_for: float, **policy):
+    """A deployment whose provider may hold one connection to the upstream, waiting `waited_for` s for it.
+    One failure would cool it down: a test fails if the busy instance is counted as one."""
+    deployment = DeploymentChoice(key="41", name="only", base_url=fake_upstream.base_url, upstream_model="fake-large")
+    provider = OpenAICompatibleProvider("only", fake_upstream.base_url, None, max_retries=0,
+                                        connect_timeout=waited_for, max_connections=1)
+    monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), provider)
+    return model(deployment, name="fake-large", allowed_fails=1, cooldown=30.0, num_retries=0, **policy)
+
+
 @pytest.fixture
 def one_connection(fake_upstream, monkeypatch):
-    """A deployment whose provider may hold one connection to the upstream, waiting 0.2 s for it."""
-    deployment = DeploymentChoice(key="41", name="only", base_url=fake_upstream.base_url, upstream_model="fake-large")
-    provider = OpenAICompatibleProvider("only", fake_upstream.base_url, None, max_retries=0, connect_timeout=0.2,
-                                        max_connections=1)
-    monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), provider)
-    # One failure would cool it down: the test fails if the busy instance is counted as one.
-    return model(deployment, name="fake-large", allowed_fails=1, cooldown=30.0, num_retries=0)
+    return _one_connection(fake_upstream, monkeypatch, waited_for=0.2)
 
 
 def test_a_full_connection_pool_is_503_and_not_the_deployments_failure(states, clock, fake_upstream, one_connection):
@@ -58,4 +62,39 @@ def test_a_full_connection_pool_is_503_and_not_the_deployments_failure(states, c
     assert (seen["state"], seen["in_flight"]) == ("closed", 1)  # not cooled down; the held call is still out
     assert any(isinstance(event, TextDelta) for event in after)  # the slot came back with the hang-up
     [row] = snapshot(one_connection)
+    assert (row["state"], row["in_flight"]) == ("closed", 0)
+
+
+@pytest.fixture
+def one_slow_connection(fake_upstream, monkeypatch):
+    """The one connection waited for up to 10 s, the first token for 0.5 s: far below that wait."""
+    return _one_connection(fake_upstream, monkeypatch, waited_for=10, first_token_timeout=0.5)
+
+
+def test_the_first_token_clock_starts_when_the_call_has_a_connection(states, clock, fake_upstream,
+                                                                      one_slow_connection):
+    # Control: calls._Attempt starts the first-token timeout at the provider's on_connection. When it
+    # ran from the attempt's start, a call still waiting for this instance's own pool timed out after
+    # 0.5 s as `upstream_timeout` and cooled the healthy deployment down (allowed_fails=1).
+    fake_upstream.configure(stall_after=1, stall=10)  # every answer holds its connection after one chunk
+
+    async def scenario():
+        holding = calls.stream(one_slow_connection, _ask("Hold the line."))
+        await anext(holding)
+        second = calls.stream(one_slow_connection, _ask())
+        waiting = asyncio.create_task(anext(second))
+        await asyncio.sleep(1.0)  # twice the first-token timeout spent waiting for the pool
+        waited_out = waiting.done() and waiting.exception()
+        await holding.aclose()  # the slot is given back: the waiting call goes out now
+        first = await waiting
+        in_flight = snapshot(one_slow_connection)[0]
+        await second.aclose()
+        await close_providers()
+        return waited_out, first, in_flight
+
+    waited_out, first, in_flight = asyncio.run(scenario())
+    assert not waited_out, f"the pool wait was counted against the first-token timeout: {waited_out!r}"
+    assert isinstance(first, TextDelta)  # its own 0.5 s began with its connection
+    assert (in_flight["state"], in_flight["in_flight"]) == ("closed", 1)
+    [row] = snapshot(one_slow_connection)
     assert (row["state"], row["in_flight"]) == ("closed", 0)
