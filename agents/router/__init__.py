@@ -28,7 +28,7 @@ from typing import Any
 from agents.router import metrics
 from agents.router.leases import LeaseKeeper
 from agents.router.state import get_state
-from agents.router.state_base import Breaker, Candidate, StateUnavailable, Transition
+from agents.router.state_base import Breaker, Candidate, StateUnavailable, Transition, minute_of
 from relay.eventloop.db import run_db
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Pick:
     deployment: Any  # agents.providers.catalog.DeploymentChoice
     lease: str  # in-flight lease id (uuid4 hex)
     probe: bool = False  # this attempt is the half-open probe after a cooldown
+    counted: tuple[int, int] | None = None  # (minute, tokens) the acquire counted against the deployment's limits
 
 
 class NoDeployment(Exception):
@@ -96,26 +97,32 @@ async def acquire(model, *, exclude: frozenset[str] = frozenset(), tokens: int =
     open_ = [d for d in deployments if d.key not in exclude]
     if not open_:
         raise NoDeployment("exhausted")
-    lease, policy = uuid.uuid4().hex, model.policy
+    lease, policy, now, tokens = uuid.uuid4().hex, model.policy, clock(), max(int(tokens), 0)
     try:
         got = await get_state().acquire(
-            [_candidate(d) for d in open_], strategy=policy.strategy, lease=lease, now=clock(), ttl=LEASE_TTL,
-            tokens=max(int(tokens), 0), rand=_rand(), probe_ttl=float(policy.first_token_timeout) + PROBE_MARGIN)
+            [_candidate(d) for d in open_], strategy=policy.strategy, lease=lease, now=now, ttl=LEASE_TTL,
+            tokens=tokens, rand=_rand(), probe_ttl=float(policy.first_token_timeout) + PROBE_MARGIN)
     except StateUnavailable:
         logger.warning("router: shared state unreachable; %s routed without it", model.name, exc_info=True)
-        deployment, probe = _without_shared_state(open_), False
+        deployment, probe, counted = _without_shared_state(open_), False, None
     else:
         if got.key is None:
             raise NoDeployment(got.reason, got.retry_after)
         deployment, probe = next(d for d in open_ if d.key == got.key), got.probe
+        limited = deployment.rpm_limit is not None or deployment.tpm_limit is not None
+        counted = (minute_of(now), tokens) if limited else None
         _keeper.track(deployment.key, lease)
     metrics.acquired(lease, model.name, deployment.name)
-    return Pick(model, deployment, lease, probe)
+    return Pick(model, deployment, lease, probe, counted)
 
 
 async def release(pick: Pick, *, outcome: Outcome, ttft: float | None = None, tokens: int = 0,
-                  retry_after: float | None = None) -> None:
-    """Give the lease back with the attempt's outcome; never raises (routing must not fail a run)."""
+                  retry_after: float | None = None, sent: bool = True) -> None:
+    """Give the lease back with the attempt's outcome; never raises (routing must not fail a run).
+
+    sent=False: nothing reached the deployment (this instance's pool was full, the caller left
+    first), so the request and tokens its acquire counted in the minute are given back: a
+    deployment's rpm and tpm count what it was sent, not what this instance meant to send."""
     outcome = Outcome(outcome)
     _keeper.forget(pick.lease)
     deployment = pick.deployment
@@ -123,7 +130,8 @@ async def release(pick: Pick, *, outcome: Outcome, ttft: float | None = None, to
     try:
         change = await get_state().release(
             deployment.key, pick.lease, outcome=outcome.value, now=clock(), breaker=_breaker(pick.model.policy),
-            ttft=ttft, tokens=tokens, retry_after=retry_after, count_tokens=deployment.tpm_limit is not None)
+            ttft=ttft, tokens=tokens, retry_after=retry_after, count_tokens=deployment.tpm_limit is not None,
+            uncount=None if sent else pick.counted)
     except StateUnavailable:
         logger.warning("router: shared state unreachable; the outcome of %s/%s is not counted",
                        pick.model.name, deployment.name, exc_info=True)
@@ -185,7 +193,7 @@ class Ahead:
             raise
         except Exception:  # noqa: BLE001  (nothing was acquired: nothing to give back)
             return
-        await release(pick, outcome=Outcome.NEUTRAL)
+        await release(pick, outcome=Outcome.NEUTRAL, sent=False)
 
 
 _releasing: set[asyncio.Task] = set()  # held until done, so none is garbage-collected half-way
@@ -193,7 +201,7 @@ _releasing: set[asyncio.Task] = set()  # held until done, so none is garbage-col
 
 def _release_when_acquired(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is None:
-        releasing = task.get_loop().create_task(release(task.result(), outcome=Outcome.NEUTRAL))
+        releasing = task.get_loop().create_task(release(task.result(), outcome=Outcome.NEUTRAL, sent=False))
         _releasing.add(releasing)
         releasing.add_done_callback(_releasing.discard)
 

@@ -118,6 +118,7 @@ class _Attempt:
         self.ttft: float | None = None
         self._first_event_clock: asyncio.Timeout | None = None
         self._first_event_within = 0.0
+        self.connected = False  # until then nothing was sent: the deployment's minute gets its count back
         self.output_tokens = 0
         self.reported_tokens: int | None = None
 
@@ -125,7 +126,7 @@ class _Attempt:
         # The deployment's time starts here. Before it the call waited for this instance's own pool
         # (bounded by the provider's connect timeout, then UpstreamBusy, neutral): counted against the
         # first-token timeout, a busy instance with a short one cooled a healthy deployment down.
-        self.started = time.monotonic()
+        self.started, self.connected = time.monotonic(), True
         if self._first_event_clock is not None:
             self._first_event_clock.reschedule(asyncio.get_running_loop().time() + self._first_event_within)
 
@@ -195,6 +196,6 @@ class _Attempt:
     async def _release(self, outcome, tokens: int, retry_after: float | None) -> None:
         try:
             await router.release(self.pick, outcome=outcome, ttft=self.ttft, tokens=tokens,
-                                 retry_after=retry_after)
+                                 retry_after=retry_after, sent=self.connected)
         except Exception:  # release never should; a run is not failed for routing bookkeeping
             logger.exception("releasing deployment %s failed", self.pick.deployment.name)

@@ -109,8 +109,10 @@ class RouterState:
 
     async def release(self, key: str, lease: str, *, outcome: str, now: float, breaker: Breaker,
                       ttft: float | None = None, tokens: int = 0, retry_after: float | None = None,
-                      count_tokens: bool = False) -> Transition | None:
-        """Drop the lease; outcome "success" | "failure" | "neutral" (see the module docstring)."""
+                      count_tokens: bool = False, uncount: tuple[int, int] | None = None) -> Transition | None:
+        """Drop the lease; outcome "success" | "failure" | "neutral" (see the module docstring).
+
+        uncount: (minute, tokens) the acquire counted, given back: the attempt was never sent."""
         raise NotImplementedError
 
     async def renew(self, leases: list[tuple[str, str]], *, now: float, expiry: float) -> None:
@@ -205,12 +207,14 @@ class InProcessState(RouterState):
             return Acquired(candidate.key, probe=chosen["probe"])
 
     async def release(self, key, lease, *, outcome, now, breaker, ttft=None, tokens=0, retry_after=None,
-                      count_tokens=False):
+                      count_tokens=False, uncount=None):
         with self._lock:
             dep = self._get(key)
             dep.leases.pop(lease, None)
             if count_tokens and tokens > 0:
                 dep.minute(now)[1] += tokens
+            if uncount is not None and (counts := dep.minutes.get(uncount[0])) is not None:
+                counts[0], counts[1] = max(counts[0] - 1, 0), max(counts[1] - uncount[1], 0)
             was_probe = bool(lease) and dep.probe_lease == lease
             if was_probe:
                 dep.probe_until, dep.probe_lease = 0.0, ""

@@ -109,8 +109,8 @@ return {c.key, '0', ''}
 """
 
 # ARGV: prefix, key, lease, now, outcome, ttft, tokens, retry after ('' = none), allowed fails,
-# window, cooldown, alpha, count tokens 0|1, keep, max cooldown. Returns {} or
-# {'entered'|'left', reason, seconds}.
+# window, cooldown, alpha, count tokens 0|1, keep, max cooldown, the minute and tokens the acquire
+# counted to give back ('' = none: the attempt was sent). Returns {} or {'entered'|'left', reason, seconds}.
 RELEASE = """
 local P, key, lease, now, outcome = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local ttft, tokens, retry_after = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -122,6 +122,13 @@ if ARGV[13] == '1' and tokens > 0 then
   local mk = P .. 'm:' .. key .. ':' .. string.format('%d', math.floor(now / 60))
   redis.call('HINCRBY', mk, 't', tokens)
   redis.call('EXPIRE', mk, keep)
+end
+if ARGV[16] ~= '' then
+  local mk, given = P .. 'm:' .. key .. ':' .. ARGV[16], tonumber(ARGV[17])
+  if redis.call('EXISTS', mk) == 1 then
+    if redis.call('HINCRBY', mk, 'r', -1) < 0 then redis.call('HSET', mk, 'r', 0) end
+    if given > 0 and redis.call('HINCRBY', mk, 't', -given) < 0 then redis.call('HSET', mk, 't', 0) end
+  end
 end
 local b = redis.call('HMGET', h, 'open', 'since', 'pl', 'ttft')
 local open_until = tonumber(b[1] or '0')
@@ -266,11 +273,12 @@ class RedisState(RouterState):
         return Acquired(key, probe=second == "1")
 
     async def release(self, key, lease, *, outcome, now, breaker, ttft=None, tokens=0, retry_after=None,
-                      count_tokens=False):
+                      count_tokens=False, uncount=None):
+        minute, given = ("", 0) if uncount is None else (int(uncount[0]), max(0, int(uncount[1])))
         out = await self.clients.run(
             RELEASE, self.prefix, key, lease, _num(now), outcome, _num(ttft), max(0, int(tokens)), _num(retry_after),
             int(breaker.allowed_fails), _num(breaker.failure_window), _num(breaker.cooldown), _num(TTFT_ALPHA),
-            "1" if count_tokens else "0", MINUTE_KEEP_SECONDS, _num(MAX_COOLDOWN))
+            "1" if count_tokens else "0", MINUTE_KEEP_SECONDS, _num(MAX_COOLDOWN), minute, given)
         if not out:
             return None
         return Transition(out[0] == "entered", out[1], float(out[2]))

@@ -22,10 +22,11 @@ def _ask(text="Say hello."):
     return ChatRequest(messages=[{"role": "user", "content": text}], model="fake-large")
 
 
-def _one_connection(fake_upstream, monkeypatch, *, waited_for: float, **policy):
+def _one_connection(fake_upstream, monkeypatch, *, waited_for: float, rpm_limit: int | None = None, **policy):
     """A deployment whose provider may hold one connection to the upstream, waiting `waited_for` s for it.
     One failure would cool it down: a test fails if the busy instance is counted as one."""
-    deployment = DeploymentChoice(key="41", name="only", base_url=fake_upstream.base_url, upstream_model="fake-large")
+    deployment = DeploymentChoice(key="41", name="only", base_url=fake_upstream.base_url, upstream_model="fake-large",
+                                  rpm_limit=rpm_limit)
     provider = OpenAICompatibleProvider("only", fake_upstream.base_url, None, max_retries=0,
                                         connect_timeout=waited_for, max_connections=1)
     monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), provider)
@@ -98,3 +99,27 @@ def test_the_first_token_clock_starts_when_the_call_has_a_connection(states, clo
     assert (in_flight["state"], in_flight["in_flight"]) == ("closed", 1)
     [row] = snapshot(one_slow_connection)
     assert (row["state"], row["in_flight"]) == ("closed", 0)
+
+
+def test_a_call_refused_for_a_full_pool_is_not_counted_in_the_deployments_minute(states, clock, fake_upstream,
+                                                                                  monkeypatch):
+    # Control: calls._Attempt releases with sent=False until the provider's on_connection. Counted,
+    # the refused call left the deployment's two requests of the minute used by one that went out.
+    limited = _one_connection(fake_upstream, monkeypatch, waited_for=0.2, rpm_limit=2)
+    fake_upstream.configure(stall_after=1, stall=10)
+
+    async def scenario():
+        holding = calls.stream(limited, _ask("Hold the line."))
+        await anext(holding)
+        with pytest.raises(calls.ModelUnavailable) as refused:
+            async for _ in calls.stream(limited, _ask()):
+                pass
+        await holding.aclose()
+        fake_upstream.configure(stall_after=None, stall=0.0)
+        after = [event async for event in calls.stream(limited, _ask())]  # the minute's second request
+        await close_providers()
+        return refused.value.error, after
+
+    error, after = asyncio.run(scenario())
+    assert isinstance(error, UpstreamBusy)
+    assert any(isinstance(event, TextDelta) for event in after)

@@ -41,6 +41,23 @@ def test_a_pick_holds_a_lease_until_released(states, clock, rand):
     async_to_sync(scenario)()
 
 
+def test_a_deployment_acquired_ahead_and_dropped_keeps_its_rpm(states, clock, rand):
+    # Control: router.Ahead.drop releases with sent=False. Counted, the request the caller never
+    # sent (its opening failed, its client left) used the deployment's one request of the minute.
+    limited = model(deployment("9", name="limited", rpm_limit=1), name="fake-large")
+
+    async def scenario():
+        ahead = router.Ahead(limited, tokens=10)
+        await ahead.drop()
+        pick = await acquire(limited)
+        await release(pick, outcome=Outcome.SUCCESS, ttft=0.1)
+        with pytest.raises(NoDeployment) as refused:  # the one it did send counts
+            await acquire(limited)
+        return pick.deployment.name, refused.value.reason
+
+    assert async_to_sync(scenario)() == ("limited", "limits")
+
+
 @pytest.mark.parametrize(("chosen", "exclude", "reason"), [
     (model(), frozenset(), "none"),
     (PAIR, frozenset({"7", "8"}), "exhausted"),

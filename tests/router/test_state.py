@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from agents.router.state_base import MAX_COOLDOWN, Breaker, Candidate, Transition
+from agents.router.state_base import MAX_COOLDOWN, Breaker, Candidate, Transition, minute_of
 from tests.router.conftest import NOW
 
 BREAKER = Breaker(allowed_fails=3, failure_window=60.0, cooldown=30.0)
@@ -138,6 +138,26 @@ def test_tpm_limit_counts_prompt_tokens_when_acquired_and_output_when_released(s
         await give(state, "a", lease, "success", tokens=30, count_tokens=True)  # output: 90 used
         assert (await pick(10))[0] == "a"  # exactly 100
         assert (await pick(1))[0] == "b"
+
+    run(scenario())
+
+
+def test_an_attempt_never_sent_gives_its_request_and_tokens_back_to_the_minute(state):
+    limited, spare = Candidate("a", rpm_limit=1, tpm_limit=100), Candidate("b", priority=1)
+
+    async def pick(now, tokens=0):
+        return await take(state, limited, spare, strategy="priority", tokens=tokens, now=now)
+
+    async def scenario():
+        key, lease, _ = await pick(NOW, tokens=60)
+        assert key == "a" and (await pick(NOW + 1))[0] == "b"  # its one request of the minute is taken
+        await give(state, "a", lease, "neutral", now=NOW + 2, uncount=(minute_of(NOW), 60))
+        key, lease, _ = await pick(NOW + 3, tokens=100)  # the request and all 100 tokens are free again
+        assert key == "a"
+        await give(state, "a", lease, "neutral", now=NOW + 4)  # sent, then cancelled: it stays counted
+        assert (await pick(NOW + 5))[0] == "b"
+        await give(state, "a", "gone", "neutral", now=NOW + 6, uncount=(minute_of(NOW) - 5, 60))  # a minute gone
+        assert (await pick(NOW + 7))[0] == "b"
 
     run(scenario())
 
