@@ -98,5 +98,7 @@ class Provider(Protocol):
         """Yield events; cancelling the consuming task must abort the upstream call at once.
 
         on_connection() is called once the call holds one of this instance's connections to the
-        upstream, before anything is sent: what came before it was a wait for this instance."""
+        upstream, before anything is sent: what came before it was a wait for this instance. The
+        first-token timeout starts there (a provider that never calls it gets
+        agents.router.calls.CONNECTION_WAIT_CEILING more)."""
         ...

@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 # fail the same way, and they must not cool a healthy deployment down.
 CALLER_ERRORS = frozenset({"bad_request", "context_window_exceeded"})
 RETRY_PAUSE = 0.2  # seconds, at most, before a deployment that already failed this request is asked again
+# How long a call may wait for this instance's own connection before its first-token clock runs anyway.
+# Providers bound that wait themselves and say when it ends (on_connection; OpenAICompatibleProvider after its
+# connect timeout, 5 s by default); this ceiling holds for one that never says, so no call waits unbounded.
+CONNECTION_WAIT_CEILING = 30.0
 
 
 class ModelUnavailable(Exception):
@@ -134,7 +138,8 @@ class _Attempt:
         """The first event within `timeout` of the call's connection, or a ProviderError (the attempt
         released as a failure, or neutral for the caller's)."""
         self._first_event_within = timeout
-        self._first_event_clock = asyncio.timeout(None)  # armed by _connected
+        # Moved to `timeout` after the connection by _connected; the ceiling if the provider never reports one.
+        self._first_event_clock = asyncio.timeout(CONNECTION_WAIT_CEILING + timeout)
         try:
             async with self._first_event_clock:
                 first = await anext(self.source)

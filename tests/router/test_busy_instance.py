@@ -123,3 +123,33 @@ def test_a_call_refused_for_a_full_pool_is_not_counted_in_the_deployments_minute
     error, after = asyncio.run(scenario())
     assert isinstance(error, UpstreamBusy)
     assert any(isinstance(event, TextDelta) for event in after)
+
+
+class _SilentProvider:
+    """A provider that never reports a connection and never answers."""
+
+    name = "silent"
+
+    async def stream(self, request, *, on_connection=None):
+        await asyncio.Event().wait()
+        yield  # pragma: no cover  (an async generator that never gets here)
+
+
+def test_a_provider_that_never_reports_its_connection_still_times_out(states, clock, fake_upstream, monkeypatch):
+    # Control: calls._Attempt arms the first-token clock at CONNECTION_WAIT_CEILING + the timeout before
+    # on_connection. Unarmed until then, this call waited forever (the test's 10 s bound fails it).
+    deployment = DeploymentChoice(key="42", name="silent", base_url=fake_upstream.base_url, upstream_model="fake-large")
+    monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), _SilentProvider())
+    monkeypatch.setattr(calls, "CONNECTION_WAIT_CEILING", 0.2)
+    silent = model(deployment, name="fake-large", allowed_fails=1, cooldown=30.0, num_retries=0,
+                   first_token_timeout=0.1)
+
+    async def scenario():
+        with pytest.raises(calls.ModelUnavailable) as refused:
+            await asyncio.wait_for(anext(calls.stream(silent, _ask())), 10)
+        return refused.value.error
+
+    error = asyncio.run(scenario())
+    assert (error.code, error.status) == ("upstream_timeout", 504)
+    [row] = snapshot(silent)
+    assert row["state"] == "open"  # a deployment that never answers is one that failed
