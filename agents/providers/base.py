@@ -92,13 +92,15 @@ class UpstreamBusy(ProviderError):
 
 class Provider(Protocol):
     name: str
+    reports_connection: bool  # whether stream() calls on_connection (below)
 
     def stream(self, request: ChatRequest, *,
                on_connection: Callable[[], None] | None = None) -> AsyncIterator[ProviderEvent]:
         """Yield events; cancelling the consuming task must abort the upstream call at once.
 
-        on_connection() is called once the call holds one of this instance's connections to the
-        upstream, before anything is sent: what came before it was a wait for this instance. The
-        first-token timeout starts there (a provider that never calls it gets
-        agents.router.calls.CONNECTION_WAIT_CEILING more)."""
+        A provider with `reports_connection = True` calls on_connection() once the call holds one of
+        this instance's connections to the upstream, before anything is sent: what came before it was a
+        wait for this instance. The router starts the first-token timeout there, and gives the
+        deployment's minute its count back for a call ended before it (agents.router.calls). A provider
+        without it is timed, and counted, from the call's start."""
         ...

@@ -57,6 +57,8 @@ class _Failed:
 
 
 class OpenAICompatibleProvider:
+    reports_connection = True  # stream() calls on_connection once it holds a pool slot (agents.providers.base)
+
     def __init__(self, name: str, base_url: str, api_key: str | None, *, connect_timeout: float = 5,
                  read_timeout: float = 60, max_retries: int = 2, retry_backoff: float = 0.2,
                  max_connections: int = 1000):
@@ -161,9 +163,9 @@ class OpenAICompatibleProvider:
     async def stream(self, request: ChatRequest, *,
                      on_connection: Callable[[], None] | None = None) -> AsyncIterator[ProviderEvent]:
         slots = await self._take_slot()
-        if on_connection is not None:
-            on_connection()
         try:
+            if on_connection is not None:
+                on_connection()
             resp = await self._open("POST", "/chat/completions", self._body(request))
         except BaseException:
             slots.release()

@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 CALLER_ERRORS = frozenset({"bad_request", "context_window_exceeded"})
 RETRY_PAUSE = 0.2  # seconds, at most, before a deployment that already failed this request is asked again
 # How long a call may wait for this instance's own connection before its first-token clock runs anyway.
-# Providers bound that wait themselves and say when it ends (on_connection; OpenAICompatibleProvider after its
-# connect timeout, 5 s by default); this ceiling holds for one that never says, so no call waits unbounded.
+# A provider that reports its connection bounds that wait itself (OpenAICompatibleProvider: its connect
+# timeout, 5 s by default); this ceiling holds if one never calls on_connection, so no call waits unbounded.
 CONNECTION_WAIT_CEILING = 30.0
 
 
@@ -117,12 +117,17 @@ class _Attempt:
 
     def __init__(self, pick, request: ChatRequest):
         self.pick = pick
-        self.source = pick.deployment.provider().stream(request, on_connection=self._connected)
+        provider = pick.deployment.provider()
+        # A provider that does not say when it holds a connection is taken to have sent the call at once:
+        # its first-token clock runs from the start, and the deployment's minute keeps its count.
+        self.reports_connection = getattr(provider, "reports_connection", False)
+        self.source = provider.stream(request, on_connection=self._connected if self.reports_connection else None)
         self.started = time.monotonic()
         self.ttft: float | None = None
         self._first_event_clock: asyncio.Timeout | None = None
         self._first_event_within = 0.0
-        self.connected = False  # until then nothing was sent: the deployment's minute gets its count back
+        # Until then nothing was sent: the deployment's minute gets its count back.
+        self.connected = not self.reports_connection
         self.output_tokens = 0
         self.reported_tokens: int | None = None
 
@@ -138,8 +143,10 @@ class _Attempt:
         """The first event within `timeout` of the call's connection, or a ProviderError (the attempt
         released as a failure, or neutral for the caller's)."""
         self._first_event_within = timeout
-        # Moved to `timeout` after the connection by _connected; the ceiling if the provider never reports one.
-        self._first_event_clock = asyncio.timeout(CONNECTION_WAIT_CEILING + timeout)
+        # Moved to `timeout` after the connection by _connected; the ceiling if a provider that says it reports
+        # its connection never does.
+        self._first_event_clock = asyncio.timeout(CONNECTION_WAIT_CEILING + timeout if self.reports_connection
+                                                  else timeout)
         try:
             async with self._first_event_clock:
                 first = await anext(self.source)

@@ -208,21 +208,28 @@ def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fak
                                                                      live_settings):
     require_postgres()
     require_redis()
-    # A run lasts at most the TTL less three client stalls (agents.deadlines): 2.5 s at 5 s, room for
-    # the first token on a loaded machine. At 2 s (1 s) a slow first token was cut by the deadline and
-    # settled before the kill, and the test saw a finished run instead of a killed one.
-    ttl = 5
+    # A run lasts at most the TTL less three client stalls (agents.deadlines): 5 s at 10 s. The victim
+    # answers one warm-up request first, so its first run's start-up (connections, caches, scripts) is not
+    # timed against that. Twice on a loaded machine (at 2 s and at 5 s) a cold victim's first token came so
+    # late that the run's deadline cut it before the kill, billed its prompt and at most that token
+    # (reproduced with a 3 s first token at 5 s; it passes at 10 s).
+    ttl = 10
     query = "Stream slowly please."
     fake_upstream.configure(tokens=300, tps=20, prompt_tokens=prompt_tokens(query))
     secret, budget = key_budget(users["user"], prompt_tokens(query) * IN_PRICE + 300 * OUT_PRICE)
     body = {"query": query, "agent_type": "general", "max_tokens": 300, "cache": False}
     [victim] = start_workers(1, RELAY_BUDGET_RESERVATION_TTL=str(ttl))
-    asked = timezone.now()  # the period the reservation is made in
+    seen = []
     try:
+        warm = create_api_key(users["user"], "warm-up").secret
+        status, events = asyncio.run(_stream_once(victim.url, warm, {**body, "max_tokens": 1}))
+        assert status == 200 and events[-1]["status"] == "complete", events
+        asked = timezone.now()  # the period the reservation is made in
         with httpx.Client(base_url=victim.url, timeout=30) as client:
             with client.stream("POST", "/api/v1/stream", json=body,
                                headers={"Authorization": f"Bearer {secret}"}) as response:
                 for event in sse_events(response.iter_lines()):
+                    seen.append(event)
                     if event["type"] == "token":
                         break
                 killed_at = time.monotonic()
@@ -230,6 +237,7 @@ def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fak
                 victim.process.wait(timeout=10)
     finally:
         victim.stop()
+    assert seen[-1]["type"] == "token", f"the run ended before its first token, so nothing was killed: {seen}"
     spent, reserved = ledger_figures(budget, asked)
     assert spent == 0, "the run settled before its instance was killed (it ended first)"
     assert reserved > 0, "the dead instance's reservation is still held"

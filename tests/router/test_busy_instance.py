@@ -126,30 +126,60 @@ def test_a_call_refused_for_a_full_pool_is_not_counted_in_the_deployments_minute
 
 
 class _SilentProvider:
-    """A provider that never reports a connection and never answers."""
+    """A provider that never answers, and never reports a connection."""
 
     name = "silent"
 
+    def __init__(self, reports_connection: bool):
+        self.reports_connection = reports_connection
+        self.calls = 0
+
     async def stream(self, request, *, on_connection=None):
+        self.calls += 1
         await asyncio.Event().wait()
         yield  # pragma: no cover  (an async generator that never gets here)
 
 
-def test_a_provider_that_never_reports_its_connection_still_times_out(states, clock, fake_upstream, monkeypatch):
-    # Control: calls._Attempt arms the first-token clock at CONNECTION_WAIT_CEILING + the timeout before
-    # on_connection. Unarmed until then, this call waited forever (the test's 10 s bound fails it).
-    deployment = DeploymentChoice(key="42", name="silent", base_url=fake_upstream.base_url, upstream_model="fake-large")
-    monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), _SilentProvider())
-    monkeypatch.setattr(calls, "CONNECTION_WAIT_CEILING", 0.2)
-    silent = model(deployment, name="fake-large", allowed_fails=1, cooldown=30.0, num_retries=0,
-                   first_token_timeout=0.1)
+def _silent(fake_upstream, monkeypatch, *, reports_connection: bool, **policy):
+    deployment = DeploymentChoice(key="42", name="silent", base_url=fake_upstream.base_url, upstream_model="fake-large",
+                                  rpm_limit=1)
+    provider = _SilentProvider(reports_connection)
+    monkeypatch.setitem(catalog._providers, (deployment.base_url, deployment.api_key), provider)
+    return provider, model(deployment, name="fake-large", cooldown=30.0, num_retries=0, first_token_timeout=0.1,
+                           **policy)
 
+
+def _refusal(silent):
     async def scenario():
         with pytest.raises(calls.ModelUnavailable) as refused:
             await asyncio.wait_for(anext(calls.stream(silent, _ask())), 10)
-        return refused.value.error
+        return refused.value
 
-    error = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_provider_that_says_it_reports_its_connection_and_never_does_still_times_out(states, clock, fake_upstream,
+                                                                                       monkeypatch):
+    # Control: calls._Attempt arms the first-token clock at CONNECTION_WAIT_CEILING + the timeout before
+    # on_connection. Unarmed until then, this call waited forever (the test's 10 s bound fails it).
+    monkeypatch.setattr(calls, "CONNECTION_WAIT_CEILING", 0.2)
+    _, silent = _silent(fake_upstream, monkeypatch, reports_connection=True, allowed_fails=1)
+
+    error = _refusal(silent).error
+
     assert (error.code, error.status) == ("upstream_timeout", 504)
     [row] = snapshot(silent)
     assert row["state"] == "open"  # a deployment that never answers is one that failed
+
+
+def test_a_provider_that_does_not_report_its_connection_is_counted_in_the_minute(states, clock, fake_upstream,
+                                                                                  monkeypatch):
+    # Control: calls._Attempt takes such a provider's call as sent from its start. Taken as never sent (it
+    # never reported a connection), each call gave its request back and rpm_limit=1 let every one through.
+    provider, silent = _silent(fake_upstream, monkeypatch, reports_connection=False, allowed_fails=5)
+
+    timed_out, limited = _refusal(silent), _refusal(silent)
+
+    assert (timed_out.error.code, timed_out.error.status) == ("upstream_timeout", 504)  # 0.1 s from its start
+    assert (limited.reason, limited.error.code) == ("limits", "rate_limited")  # the minute's one request was used
+    assert provider.calls == 1
