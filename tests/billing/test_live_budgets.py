@@ -237,7 +237,7 @@ def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fak
                 victim.process.wait(timeout=10)
     finally:
         victim.stop()
-    assert seen[-1]["type"] == "token", f"the run ended before its first token, so nothing was killed: {seen}"
+    assert seen and seen[-1]["type"] == "token", f"the run ended before its first token, so nothing was killed: {seen}"
     spent, reserved = ledger_figures(budget, asked)
     assert spent == 0, "the run settled before its instance was killed (it ended first)"
     assert reserved > 0, "the dead instance's reservation is still held"
