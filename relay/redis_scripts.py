@@ -4,14 +4,21 @@ The ledger and the router make about five script calls per model call, and under
 requests are at one of them in the same turn of the event loop. Each call alone pays redis-py's
 pool checkout, a write, a read wake-up and Redis's own read and write: about 70 µs of the
 client's CPU, where a pipeline of calls pays those once (about 30 µs a call at 8 or more in
-flight; `bench/README.md`, issue 22). So `ScriptRunner.run` queues the call and the first call of
-a turn starts one task that sends every call queued by then as one pipeline (no MULTI: each
-script is atomic on its own, and their order is the order they were made in).
+flight; `bench/README.md`, issue 22). So `ScriptRunner.run` queues the call, and one sender task
+sends every call queued by then as one pipeline (no MULTI: each script is atomic on its own, and
+their order is the order they were made in); calls made while a trip is out go in the next one.
+
+The trips go on one connection the runner holds (checked out of the client's pool once, and opened
+again before a trip when the server closed it meanwhile), written and read with
+redis-py's own connection calls: a profile of an idle plain request put the pool's checkout and
+release, its timeouts and the client's per-command wrapping at over half of the scripts' CPU on
+the event loop, which is a quarter of the loop's busy time (`bench/README.md`).
 
 Nothing about a call's meaning changes: each caller gets its own reply or its own exception, a
-connection error fails the calls of that trip (as it would each of them alone), and a script
-Redis no longer holds (a restart, a promoted replica) is loaded and that call sent again. A
-caller cancelled while its call is in flight does not take it back, as with a call sent alone.
+connection error fails the calls of that trip after the client's own retries (as it would each
+of them alone), and a script Redis no longer holds (a restart, a promoted replica) is loaded and
+that call sent again. A caller cancelled while its call is in flight does not take it back, as
+with a call sent alone.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 
 def _sha(script: str) -> str:
@@ -33,21 +41,32 @@ class ScriptRunner:
         self.client = client
         self._shas: dict[str, str] = {}
         self._queue: list[tuple[str, tuple, asyncio.Future]] = []
-        self._trips: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self._sender: asyncio.Task | None = None  # the loop keeps only weak references to tasks
+        self._connection = None  # held for the trips, one at a time
 
     def run(self, script: str, args) -> asyncio.Future:
         """The script's reply (await it); raises what Redis or the connection raised for this call."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._queue:
-            trip = loop.create_task(self._send())  # its first step runs next turn, after this turn's calls
-            self._trips.add(trip)
-            trip.add_done_callback(self._trips.discard)
         self._queue.append((script, tuple(args), future))
+        if self._sender is None:  # its first step runs next turn, after this turn's calls
+            self._sender = loop.create_task(self._send_queued())
         return future
 
-    async def _send(self) -> None:
-        calls, self._queue = self._queue, []
+    async def _send_queued(self) -> None:
+        try:
+            while self._queue:
+                calls, self._queue = self._queue, []
+                await self._send(calls)
+        except BaseException:  # the sender itself was cancelled (the loop is closing)
+            for *_, future in self._queue:
+                future.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._sender = None
+
+    async def _send(self, calls) -> None:
         try:
             replies = await self._pipeline(calls)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -61,7 +80,7 @@ class ScriptRunner:
                 if not future.done():
                     future.set_exception(error)
             return
-        except BaseException:  # the trip itself was cancelled (the loop is closing)
+        except BaseException:
             for *_, future in calls:
                 future.cancel()
             raise
@@ -74,19 +93,58 @@ class ScriptRunner:
                 future.set_result(reply)
 
     async def _pipeline(self, calls) -> list:
-        if len(calls) == 1:  # alone: the plain call, without a pipeline's bookkeeping
-            script, args, _ = calls[0]
-            try:
-                return [await self.client.evalsha(self._sha_of(script), 0, *args)]
-            except NoScriptError as missing:
-                return [missing]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for script, args, _ in calls:
-                pipe.evalsha(self._sha_of(script), 0, *args)
-            return await pipe.execute(raise_on_error=False)
+        connection = await self._held()
+        commands = [("EVALSHA", self._sha_of(script), 0, *args) for script, args, _ in calls]
+        try:
+            # The client's retry policy, as its own commands have: a lost connection is opened again.
+            return await connection.retry.call_with_retry(lambda: _trip(connection, commands),
+                                                          lambda _error: connection.disconnect())
+        except BaseException:  # its replies may still be on the way: never read them as the next trip's
+            self._connection = None
+            await asyncio.shield(_give_back(self.client.connection_pool, connection))
+            raise
+
+    async def _held(self):
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = await self.client.connection_pool.get_connection()
+        elif connection.is_connected and await _closed_or_dirty(connection):
+            # Closed by the server while held (a restart, an idle timeout, CLIENT KILL), or holding
+            # bytes nobody asked for: the trip goes on a fresh socket (send opens it) rather than
+            # failing its callers. (The pool's own check at checkout is off with RESP3's
+            # maintenance notifications, which redis-py enables by default.)
+            await connection.disconnect(nowait=True)
+        return connection
 
     def _sha_of(self, script: str) -> str:
         sha = self._shas.get(script)
         if sha is None:
             sha = self._shas[script] = _sha(script)
         return sha
+
+
+async def _trip(connection, commands) -> list:
+    """Send the commands at once, then read their replies in order (an error reply in its place)."""
+    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+async def _closed_or_dirty(connection) -> bool:
+    try:
+        return await connection.can_read()
+    except (RedisConnectionError, OSError):  # redis-py's ConnectionError is not the builtin one
+        return True
+
+
+async def _give_back(pool, connection) -> None:
+    await connection.disconnect(nowait=True)
+    try:
+        await pool.release(connection)
+    except (KeyError, ValueError):  # the pool was reset or closed meanwhile: nothing to give back
+        pass

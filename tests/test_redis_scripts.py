@@ -23,16 +23,30 @@ def _client():
 
 
 def _count_trips(client) -> list[int]:
-    """Every connection checkout from the client's pool: one per trip to Redis."""
+    """Every write to Redis from the client's connections from now on: one per trip."""
     pool, trips = client.connection_pool, [0]
-    checkout = pool.get_connection
+    connection_class = pool.connection_class
+    send = connection_class.send_packed_command
 
-    async def counted(*args, **kwargs):
-        trips[0] += 1
-        return await checkout(*args, **kwargs)
+    async def counted(connection, *args, **kwargs):
+        if connection.host == pool.connection_kwargs.get("host") and connection.port == pool.connection_kwargs.get(
+                "port") and connection.db == pool.connection_kwargs.get("db", 0):
+            trips[0] += 1
+        return await send(connection, *args, **kwargs)
 
-    pool.get_connection = counted
+    connection_class.send_packed_command = counted
+    _restore.append(lambda: setattr(connection_class, "send_packed_command", send))
     return trips
+
+
+_restore: list = []
+
+
+@pytest.fixture(autouse=True)
+def _restore_counting():
+    yield
+    while _restore:
+        _restore.pop()()
 
 
 def _key() -> str:
@@ -177,3 +191,88 @@ def test_the_ledger_and_the_router_send_their_concurrent_calls_together(kind):
     ok, trips = asyncio.run(scenario())
     assert ok
     assert trips == 1  # ten calls made in one turn: one trip, where each alone took its own
+
+
+def test_the_trips_go_on_one_held_connection_opened_again_when_redis_closes_it():
+    """The pool's checkout and release were over half of a call's CPU: the runner holds one
+    connection for its trips, and a connection the server dropped meanwhile is opened again."""
+    require_redis()
+    key = _key()
+
+    name = f"held-{uuid.uuid4().hex}"
+
+    async def scenario():
+        client = redis_clients.async_client(max_connections=64, decode_responses=True, client_name=name)
+        await client.script_load(ECHO_INCR)
+        runner = ScriptRunner(client)
+        pool, checkouts = client.connection_pool, [0]
+        checkout = pool.get_connection
+
+        async def counted(*args, **kwargs):
+            checkouts[0] += 1
+            return await checkout(*args, **kwargs)
+
+        pool.get_connection = counted
+        try:
+            first = [await runner.run(ECHO_INCR, (f"a{i}", key)) for i in range(50)]
+            async with redis_clients.async_client(decode_responses=True) as other:
+                killed = await _kill_client_named(other, name)
+            after = await runner.run(ECHO_INCR, ("after", key))
+            return first, killed, after, checkouts[0]
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    first, killed, after, checkouts = asyncio.run(scenario())
+    assert [reply[1] for reply in first] == list(range(1, 51))
+    assert killed >= 1
+    assert after == ["after", 51]  # the dropped connection was opened again, the call made once
+    assert checkouts == 1
+
+
+async def _kill_client_named(client, name: str) -> int:
+    """Kill the connections named `name`, and return once Redis has closed them (it closes a killed
+    client after its own reply, so the socket's end is not there yet when CLIENT KILL answers)."""
+    killed = 0
+    for fields in await _clients_named(client, name):
+        killed += await client.execute_command("CLIENT", "KILL", "ID", fields["id"])
+    while await _clients_named(client, name):
+        pass
+    return killed
+
+
+async def _clients_named(client, name: str) -> list[dict]:
+    lines = (await client.execute_command("CLIENT", "LIST")).splitlines()
+    found = (dict(part.split("=", 1) for part in line.split() if "=" in part) for line in lines)
+    return [fields for fields in found if fields.get("name") == name]
+
+
+def test_a_trip_that_timed_out_leaves_no_reply_for_the_next_one():
+    """A reply that comes after its callers gave up must never be read as the next trip's."""
+    require_redis()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    key = _key()
+
+    async def scenario():
+        client = redis_clients.async_client(max_connections=64, decode_responses=True, socket_timeout=0.2,
+                                            retry=Retry(NoBackoff(), 0))
+        await client.script_load(ECHO_INCR)
+        runner = ScriptRunner(client)
+        try:
+            await runner.run(ECHO_INCR, ("warm", key))
+            async with redis_clients.async_client(decode_responses=True) as other:
+                await other.execute_command("CLIENT", "PAUSE", 600, "ALL")
+                late = await asyncio.gather(runner.run(ECHO_INCR, ("late", key)), return_exceptions=True)
+                await asyncio.sleep(0.7)  # the pause ends; Redis runs the late call and answers it
+            after = await runner.run(ECHO_INCR, ("after", key))
+            return late[0], after
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    late, after = asyncio.run(scenario())
+    assert isinstance(late, RedisTimeoutError)
+    assert after[0] == "after"  # its own reply, not the late call's
