@@ -197,9 +197,7 @@ def test_the_trips_go_on_one_held_connection_opened_again_when_redis_closes_it()
     """The pool's checkout and release were over half of a call's CPU: the runner holds one
     connection for its trips, and a connection the server dropped meanwhile is opened again."""
     require_redis()
-    key = _key()
-
-    name = f"held-{uuid.uuid4().hex}"
+    key, name = _key(), f"held-{uuid.uuid4().hex}"
 
     async def scenario():
         client = redis_clients.async_client(max_connections=64, decode_responses=True, client_name=name)
