@@ -228,13 +228,17 @@ def test_a_killed_instance_leaks_no_budget_beyond_the_reservation_ttl(users, fak
         with httpx.Client(base_url=victim.url, timeout=30) as client:
             with client.stream("POST", "/api/v1/stream", json=body,
                                headers={"Authorization": f"Bearer {secret}"}) as response:
-                for event in sse_events(response.iter_lines()):
+                # Held in a name: leaving a loop over a temporary generator closes it at once, and with it
+                # the connection, so the victim could see the hang-up and settle before the kill landed.
+                events = sse_events(response.iter_lines())
+                for event in events:
                     seen.append(event)
                     if event["type"] == "token":
                         break
                 killed_at = time.monotonic()
                 victim.process.send_signal(signal.SIGKILL)
                 victim.process.wait(timeout=10)
+                events.close()
     finally:
         victim.stop()
     assert seen and seen[-1]["type"] == "token", f"the run ended before its first token, so nothing was killed: {seen}"
