@@ -96,3 +96,17 @@ def test_settings_configure_cache_channels_celery_and_ledger_from_the_one_settin
     bad = subprocess.run([sys.executable, "-c", "import relay.settings"], cwd=ROOT, capture_output=True, text=True,
                          env={**env, "REDIS_SENTINEL_MASTER": ""}, timeout=60)
     assert bad.returncode != 0 and "REDIS_SENTINEL_MASTER" in bad.stderr
+
+
+def test_every_client_parses_replies_with_hiredis():
+    """requirements.txt pins hiredis for its ~3-5% of Relay's CPU per request under load (bench/README.md,
+    2026-12-06); redis-py uses it only if it imports, so an install that lost it would be silently slower."""
+    from redis._parsers import _AsyncHiredisParser, _HiredisParser
+
+    from relay.redis_clients import async_client, sync_client
+
+    target = Target.from_environment({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    sync = sync_client(target)
+    assert sync.connection_pool.make_connection()._parser.__class__ is _HiredisParser
+    pooled = async_client(target, max_connections=2)
+    assert pooled.connection_pool.make_connection()._parser.__class__ is _AsyncHiredisParser
