@@ -5,9 +5,10 @@ Run: python bench/ab.py [--b-cwd ../other-checkout] [--a-env NAME=VALUE ...] [--
                         [--processes 2] [--concurrency 32 64] [--seconds 6]
 
 Each side is `bench/load.py` (Relay alone: no LiteLLM, no floors, no streams, no idle phase) run
-from a checkout (`--a-cwd`, `--b-cwd`; default this one) with its own environment. `--a-hide
-hiredis` makes that side's processes fail to import the module (an optional accelerator measured
-against its absence in one venv).
+from a checkout (`--a-cwd`, `--b-cwd`; default this one) with its own environment, by this
+interpreter and so with this venv's packages (a side that needs others adds them with `--b-env
+PYTHONPATH=...`). `--a-hide hiredis` makes that side's processes fail to import the module (an
+optional accelerator measured against its absence in one venv).
 
 Why normalized: this 2-core VM swings by up to ±30% between runs minutes apart, and every process
 on it swings together. Relay's CPU per request over the load generator's, which does the same work
@@ -20,8 +21,10 @@ request, the mean normalized CPU of each side, its change, and in how many pairs
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +72,7 @@ def hiding(modules: list[str]) -> str | None:
     if not modules:
         return None
     directory = tempfile.mkdtemp(prefix="relay-ab-hide-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     for name in modules:
         Path(directory, f"{name}.py").write_text(f"raise ImportError('{name} hidden by bench/ab.py')\n")
     return directory
