@@ -50,12 +50,13 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
 
     async def shutdown(self, sockets=None) -> None:
-        from relay.eventloop import later
+        from relay.eventloop import later, pg
         from relay.health import close_held_open
 
         await super().shutdown(sockets)
         await later.drain(self.config.timeout_graceful_shutdown or 30)
         await close_held_open()
+        await pg.close_loop_connection()
 
     def handle_exit(self, sig, frame) -> None:
         from relay.health import start_draining

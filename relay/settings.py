@@ -407,6 +407,9 @@ RELAY_INTERRUPTED_AFTER_SECONDS = env_int("RELAY_INTERRUPTED_AFTER_SECONDS",
 RELAY_AUDIT_RETENTION_DAYS = env_int("RELAY_AUDIT_RETENTION_DAYS", 0)
 # Threads running ORM work for async views (each holds one database connection).
 RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
+# The hot path's plain-SQL writes (a run's opening) on the event loop's own PostgreSQL connection,
+# not a DB thread (relay/eventloop/pg.py); 0 sends them to the threads like the ORM's.
+RELAY_DB_LOOP_WRITES = env_bool("RELAY_DB_LOOP_WRITES", True)
 # Budgets: a reservation outlives this many seconds only if its instance died (then it is freed);
 # keep it above the longest run. Threshold alerts are also POSTed to the webhook when set.
 RELAY_BUDGET_RESERVATION_TTL = env_int("RELAY_BUDGET_RESERVATION_TTL", 900)

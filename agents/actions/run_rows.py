@@ -18,6 +18,7 @@ from django.db import transaction
 
 from audit.pg_append import roll_back
 from billing.pg_rows import Columns, cached_sql, cast, client_cursor, result_sets, shape
+from relay.eventloop import pg
 
 _COLUMNS = None
 ANSWERED = ("model", "content", "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "quality_score",
@@ -62,19 +63,33 @@ def _opening_sql(connection, new: int, continued: int, turns: int, own: bool) ->
     return sql
 
 
-def open_rows(connection, new: list[dict], continued: list[tuple], turns: list[dict], now) -> set:
-    """Insert the new conversations and the turns, lock and move up the continued ones (id, user id);
-    in a transaction of its own unless the caller's is open. Returns the conversation ids that got
-    their turns: a continued one missing from it is not the user's (or no longer exists)."""
+def opening_statement(connection, new: list[dict], continued: list[tuple], turns: list[dict], now,
+                      own: bool) -> tuple[str, list]:
+    """(sql, params) of an opening; `own`: the SQL carries its own transaction. `connection` only
+    prepares (it need not be connected)."""
     conversation, mine, turn, _, moved = _columns()
-    own = not connection.in_atomic_block and connection.get_autocommit()
     params = conversation.params(connection, new) if new else []
     if continued:
         params += mine.params(connection, [{"id": pair[0], "user_id": pair[1]} for pair in continued])
         params.append(moved.get_db_prep_save(now, connection))
     params += turn.params(connection, turns)
     shapes = (shape(len(new)), shape(len(continued)), shape(len(turns)))
-    sql = cached_sql(("open", *shapes, own), lambda: _opening_sql(connection, *shapes, own))
+    return cached_sql(("open", *shapes, own), lambda: _opening_sql(connection, *shapes, own)), params
+
+
+async def open_rows_on_loop(new: list[dict], continued: list[tuple], turns: list[dict], now) -> set:
+    """open_rows in a transaction of its own, on the event loop's connection (relay.eventloop.pg)."""
+    sql, params = opening_statement(pg.wrapper(), new, continued, turns, now, own=True)
+    sets = await pg.execute_sets(sql, params)
+    return {row[0] for row in sets[-2]}
+
+
+def open_rows(connection, new: list[dict], continued: list[tuple], turns: list[dict], now) -> set:
+    """Insert the new conversations and the turns, lock and move up the continued ones (id, user id);
+    in a transaction of its own unless the caller's is open. Returns the conversation ids that got
+    their turns: a continued one missing from it is not the user's (or no longer exists)."""
+    own = not connection.in_atomic_block and connection.get_autocommit()
+    sql, params = opening_statement(connection, new, continued, turns, now, own)
     if not own:
         with transaction.atomic(using=connection.alias), client_cursor(connection) as cursor:
             cursor.execute(sql, params)

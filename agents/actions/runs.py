@@ -32,6 +32,7 @@ from agents.titles import summarise
 from audit import context as audit_context
 from billing import services as billing
 from billing.money import decimal_text
+from relay.eventloop import pg
 from relay.eventloop.group_commit import GroupCommit
 
 # --- opening ----------------------------------------------------------------------------------
@@ -78,6 +79,25 @@ def _not_theirs():
     return Conversation.DoesNotExist(f"{Conversation._meta.object_name} matching query does not exist.")
 
 
+def _opening_rows(writes) -> tuple:
+    """(now, new conversations, continued (id, user id), turns) of a batch of openings."""
+    now, new, continued, turns = timezone.now(), [], [], []
+    for write in writes:
+        conversation, messages = _rows(write.item, now)
+        if conversation is None:
+            continued.append((write.item.req.conversation_id, write.item.req.user.pk))
+        else:
+            new.append(conversation)
+        turns += messages
+    return now, new, continued, turns
+
+
+def _found(writes, found: set) -> list:
+    """Each opening's result: None, or Conversation.DoesNotExist for a continued one not found (UUIDs)."""
+    return [None if not write.item.req.conversation_id or uuid.UUID(str(write.item.req.conversation_id)) in found
+            else _not_theirs() for write in writes]
+
+
 def _open_many(writes) -> list:
     """Many runs' opening rows in one transaction; a run continuing a conversation that is not its
     caller's (or no longer exists) gets Conversation.DoesNotExist and writes nothing.
@@ -90,21 +110,27 @@ def _open_many(writes) -> list:
     """
     from agents.models import Conversation
 
-    now, new, continued, turns = timezone.now(), [], [], []
-    for write in writes:
-        conversation, messages = _rows(write.item, now)
-        if conversation is None:
-            continued.append((write.item.req.conversation_id, write.item.req.user.pk))
-        else:
-            new.append(conversation)
-        turns += messages
+    now, new, continued, turns = _opening_rows(writes)
     connection = connections[Conversation.objects.db]
     if connection.vendor == "postgresql":
-        found = run_rows.open_rows(connection, new, continued, turns, now)  # UUIDs
-        return [None if not write.item.req.conversation_id or uuid.UUID(str(write.item.req.conversation_id)) in found
-                else _not_theirs() for write in writes]
+        return _found(writes, run_rows.open_rows(connection, new, continued, turns, now))
     _open_orm(new, continued, turns, now)
     return [None] * len(writes)
+
+
+async def _open_on_loop(writes) -> list | None:
+    """_open_many on the event loop's own connection (relay.eventloop.pg), without a DB thread: the
+    opening is on the way to every first token. None where that connection cannot serve."""
+    if not pg.available():
+        return None
+    now, new, continued, turns = _opening_rows(writes)
+    try:
+        found = await run_rows.open_rows_on_loop(new, continued, turns, now)
+    except Exception as error:  # noqa: BLE001  (handed to its caller, or each written alone)
+        if len(writes) == 1:
+            return [error]
+        return [(await _open_on_loop([write]))[0] for write in writes]
+    return _found(writes, found)
 
 
 def _open_orm(new: list[dict], continued: list[tuple], turns: list[dict], now) -> None:
@@ -125,7 +151,7 @@ def _open_one(write) -> None:
         raise error
 
 
-_OPENINGS = GroupCommit(_open_many, _open_one)
+_OPENINGS = GroupCommit(_open_many, _open_one, on_loop=_open_on_loop)
 
 # --- closing ----------------------------------------------------------------------------------
 

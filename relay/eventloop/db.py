@@ -60,8 +60,12 @@ def db(fn):
 
 
 def close_db_threads() -> None:
-    """Close every pool thread's connections and stop the pool (shutdown, test teardown)."""
+    """Close every pool thread's connections and stop the pool, and the loops' own connections
+    (relay.eventloop.pg) (shutdown, test teardown)."""
     global _executor
+    from relay.eventloop import pg
+
+    pg.close_all()
     with _lock:
         pool, _executor = _executor, None
     if pool is None:

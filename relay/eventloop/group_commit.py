@@ -12,6 +12,10 @@ If a batch fails (say one request's row breaks a constraint), each write of it i
 its own transaction, so a bad write fails its own caller only. An `after` step, if given, runs
 once per batch after the commit and before its callers are answered, so it is done when they
 resume (the model calls' closings: the ledger forgets their records in one trip).
+
+A writer whose batch is plain SQL may also give `on_loop`, the batch written on the event loop's
+own connection (relay.eventloop.pg) instead of a DB thread: it answers None when that connection
+cannot serve (another database, tests inside a transaction), and the thread writes the batch.
 """
 
 from __future__ import annotations
@@ -47,13 +51,15 @@ class _LoopState:
 
 class GroupCommit:
     def __init__(self, write_batch: Callable[[list[Write]], list], write_one: Callable[[Write], object], *,
-                 max_batch: int = 64, after: Callable[[list[tuple[Write, object]]], Awaitable] | None = None):
+                 max_batch: int = 64, after: Callable[[list[tuple[Write, object]]], Awaitable] | None = None,
+                 on_loop: Callable[[list[Write]], Awaitable[list | None]] | None = None):
         """write_batch(writes) -> one result per write, in one transaction; write_one(write) -> its result alone.
 
         after([(write, result or error), ...]): awaited once per batch, after its commit, before its callers resume.
+        on_loop(writes) -> one result (or error) per write, written on the loop, or None: the thread writes them.
         """
         self.write_batch, self.write_one, self.max_batch = write_batch, write_one, max_batch
-        self.after = after
+        self.after, self.on_loop = after, on_loop
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
 
     async def submit(self, item):
@@ -78,8 +84,11 @@ class GroupCommit:
         try:
             while state.pending:
                 batch, state.pending = state.pending[:self.max_batch], state.pending[self.max_batch:]
+                writes = [write for write, _ in batch]
                 try:
-                    results = await run_db(self._write, [write for write, _ in batch])
+                    results = await self.on_loop(writes) if self.on_loop is not None else None
+                    if results is None:
+                        results = await run_db(self._write, writes)
                 except Exception as error:  # every caller must be answered
                     results = [error] * len(batch)
                 if self.after is not None:

@@ -7,6 +7,10 @@ call with no row for `reconcile` to find (70ff43c did this, and was withdrawn).
 
 Acquiring the deployment asks no model, so it runs while the opening commits (agents.router.Ahead,
 one round trip off the time to first token); a run that never gets to ask gives the lease back.
+
+Each holds on both ways the opening is written: on the event loop's own connection
+(relay.eventloop.pg, production's on PostgreSQL) and on a DB thread (RELAY_DB_LOOP_WRITES=0, other
+databases).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from django.db import OperationalError
 
 from accounts.actions.keys import create_api_key
 from agents import fallbacks, router, runner
-from agents.actions import runs
+from agents.actions import run_rows, runs
 from agents.actions.endpoints import create_endpoint
 from agents.models import Message
 from agents.providers.catalog import resolve
@@ -43,21 +47,64 @@ def secret(users, fake_upstream):
     return issued.secret
 
 
+@pytest.fixture(params=["loop", "thread"])
+def opening_path(request, settings):
+    """Where the opening is written: the event loop's connection, or a DB thread."""
+    if request.param == "loop" and not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        pytest.skip("the loop's own connection is PostgreSQL's")
+    settings.RELAY_DB_LOOP_WRITES = request.param == "loop"
+    return request.param
+
+
+def replace_opening(monkeypatch, path: str, before=None, fail: Exception | None = None, after=None):
+    """The opening's write on `path`, with `await before()` (loop) or `before()` (thread) first, then
+    `fail` raised instead of writing, or the write and `after()`."""
+    if path == "loop":
+        write = run_rows.open_rows_on_loop
+
+        async def on_loop(*args):
+            if before is not None:
+                await before()
+            if fail is not None:
+                raise fail
+            result = await write(*args)
+            if after is not None:
+                after()
+            return result
+
+        monkeypatch.setattr(run_rows, "open_rows_on_loop", on_loop)
+        return
+    write_one = runs._OPENINGS.write_one
+
+    def on_thread(write):
+        if before is not None:
+            before()
+        if fail is not None:
+            raise fail
+        result = write_one(write)
+        if after is not None:
+            after()
+        return result
+
+    monkeypatch.setattr(runs._OPENINGS, "write_one", on_thread)
+
+
 @pytest.fixture
-def steps(monkeypatch):
+def steps(monkeypatch, opening_path):
     """The order of the opening's write and the start of the model's answer, as they happen."""
     seen: list[str] = []
-    write_one, answer = runs._OPENINGS.write_one, fallbacks.answer
-
-    def opening(write):
-        seen.append("opening")
-        return write_one(write)
+    answer = fallbacks.answer
 
     def asking(*args, **kwargs):
         seen.append("model asked")
         return answer(*args, **kwargs)
 
-    monkeypatch.setattr(runs._OPENINGS, "write_one", opening)
+    noted = (lambda: seen.append("opening")) if opening_path == "thread" else None
+
+    async def noted_on_loop():
+        seen.append("opening")
+
+    replace_opening(monkeypatch, opening_path, before=noted or noted_on_loop)
     monkeypatch.setattr(fallbacks, "answer", asking)
     return seen
 
@@ -78,12 +125,13 @@ def test_the_model_is_asked_after_the_opening_commits(asgi_server, secret, fake_
     assert_reconciled()
 
 
-def test_an_opening_the_database_refuses_asks_no_model(asgi_server, secret, fake_upstream, steps, monkeypatch):
-    def refuse(write):
+def test_an_opening_the_database_refuses_asks_no_model(asgi_server, secret, fake_upstream, steps, monkeypatch,
+                                                       opening_path):
+    async def noted_on_loop():
         steps.append("opening")
-        raise OperationalError("the database went away")
 
-    monkeypatch.setattr(runs._OPENINGS, "write_one", refuse)
+    replace_opening(monkeypatch, opening_path, fail=OperationalError("the database went away"),
+                    before=(lambda: steps.append("opening")) if opening_path == "thread" else noted_on_loop)
 
     response = post_stream(asgi_server, secret)
 
@@ -96,24 +144,27 @@ def test_an_opening_the_database_refuses_asks_no_model(asgi_server, secret, fake
 
 
 def test_the_deployment_is_acquired_while_the_opening_commits(asgi_server, secret, fake_upstream, steps,
-                                                              monkeypatch):
+                                                              monkeypatch, opening_path):
     """The opening's write waits (up to 10 s) for the acquire to begin: it begins at once when it
     overlaps the opening, and only after the opening returned when it follows it."""
-    acquiring = threading.Event()
-    write_one, acquire = runs._OPENINGS.write_one, router.acquire  # the first: `steps`' own, noting "opening"
+    acquiring, on_loop = threading.Event(), {}  # on the loop path: an asyncio.Event of the server's loop
+    acquire = router.acquire
 
-    def opening(write):
-        acquiring.wait(10)
-        result = write_one(write)
-        steps.append("opened")
-        return result
+    def loop_event() -> asyncio.Event:
+        return on_loop.setdefault("event", asyncio.Event())
+
+    async def wait_on_loop():
+        await asyncio.wait_for(loop_event().wait(), 10)
 
     async def picking(*args, **kwargs):
         steps.append("acquire")
         acquiring.set()
+        loop_event().set()
         return await acquire(*args, **kwargs)
 
-    monkeypatch.setattr(runs._OPENINGS, "write_one", opening)
+    # Around `steps`' own opening, which notes "opening" as it writes.
+    replace_opening(monkeypatch, opening_path, after=lambda: steps.append("opened"),
+                    before=(lambda: acquiring.wait(10)) if opening_path == "thread" else wait_on_loop)
     monkeypatch.setattr(router, "acquire", picking)
 
     response = post_stream(asgi_server, secret)
