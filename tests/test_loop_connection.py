@@ -37,10 +37,10 @@ def _postgres(settings):
 
 
 def backends() -> int:
-    """Sessions on the test database other than this thread's."""
+    """The loops' sessions on the test database (the DB threads' and this thread's are not counted)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                       "AND pid <> pg_backend_pid()")
+                       "AND application_name = %s", [pg.APPLICATION_NAME])
         return cursor.fetchone()[0]
 
 

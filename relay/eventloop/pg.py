@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connections
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
+APPLICATION_NAME = "relay-loop"
 
 
 @dataclass
@@ -92,6 +93,7 @@ async def _connect():
 
     params = wrapper().get_connection_params()
     params.pop("cursor_factory", None)
+    params.setdefault("application_name", APPLICATION_NAME)  # told apart from the threads' in pg_stat_activity
     return await psycopg.AsyncConnection.connect(**params, autocommit=True, cursor_factory=psycopg.AsyncClientCursor)
 
 

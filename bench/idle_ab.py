@@ -1,0 +1,97 @@
+"""Idle A/B: two settings of Relay, side by side on one database, answering single requests in turn.
+
+Run: python bench/idle_ab.py --a-env NAME=VALUE ... --b-env NAME=VALUE ... [--requests 300]
+
+What `bench/load.py`'s idle phase measures (one plain request at a time, then one stream's first
+token), for two `relay.serve` processes of this checkout on one database and one static upstream,
+each with its own environment: request by request, A then B, then B then A, so that whatever the
+machine does meanwhile falls on both alike. On this 2-core VM, consecutive load.py runs of one
+build differ by up to a millisecond in idle latency; interleaved request by request, an A/A run
+(both sides the same) differed by 0.15 ms (bench/README.md). Prints, per kind, each side's median
+(the whole time, the upstream's own included) and B's difference; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+import httpx
+from _relay import print_result
+from load import MODELS, Bench, body  # noqa: I001  (bench-local helpers)
+
+WARM = 20  # requests per side before the measured ones: connections, caches
+
+
+def pairs(env: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in env)
+
+
+async def timed(client: httpx.AsyncClient, url: str, kind: str, headers: dict) -> float:
+    """Seconds to the whole answer (plain) or to the first token (stream), reading the stream to its end."""
+    started, elapsed = time.perf_counter(), None
+    async with client.stream("POST", url + "/v1/chat/completions", json=body(kind), headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
+        if kind == "plain":
+            await response.aread()
+            return time.perf_counter() - started
+        async for line in response.aiter_lines():
+            if elapsed is None and '"content":"token' in line.replace(" ", ""):
+                elapsed = time.perf_counter() - started
+    return elapsed
+
+
+async def interleaved(urls: dict[str, str], headers: dict, requests: int) -> dict:
+    out = {}
+    async with httpx.AsyncClient(timeout=30) as a, httpx.AsyncClient(timeout=30) as b:
+        clients = {"A": a, "B": b}
+        for kind in MODELS:
+            samples = {"A": [], "B": []}
+            for index in range(requests + WARM):
+                for side in ("A", "B") if index % 2 else ("B", "A"):
+                    seconds = await timed(clients[side], urls[side], kind, headers)
+                    if index >= WARM:
+                        samples[side].append(seconds)
+            medians = {side: round(statistics.median(values) * 1000, 3) for side, values in samples.items()}
+            out[kind] = {"A_p50_ms": medians["A"], "B_p50_ms": medians["B"],
+                         "B_minus_A_ms": round(medians["B"] - medians["A"], 3)}
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--a-env", nargs="*", default=[])
+    parser.add_argument("--b-env", nargs="*", default=[])
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    a_env, b_env = pairs(args.a_env), pairs(args.b_env)
+    before = {name: os.environ.get(name) for name in a_env}
+    os.environ.update(a_env)  # side A is the bench's own instance: it takes this process's environment
+    bench = Bench(argparse.Namespace(upstream="static", tokens=20, litellm=False, floors=False, idle_requests=0))
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
+    process_b, url_b = bench.relay.spawn("relay.serve", env={**{name: os.environ.get(name, "") for name in a_env},
+                                                             **b_env})
+    try:
+        result = asyncio.run(interleaved({"A": bench.relay.url, "B": url_b}, bench.auth, args.requests))
+    finally:
+        process_b.terminate()
+        process_b.wait(60)
+        bench.relay.stop()
+        bench.stop_upstream()
+        bench.paced.terminate()
+    for kind, figures in result.items():
+        print(f"{kind:6}  A {figures['A_p50_ms']:.3f} ms  B {figures['B_p50_ms']:.3f} ms  "
+              f"B - A {figures['B_minus_A_ms']:+.3f} ms")
+    print_result({"a_env": a_env, "b_env": b_env, "requests": args.requests, **result})
+
+
+if __name__ == "__main__":
+    main()
