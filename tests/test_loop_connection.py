@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import httpx
@@ -36,12 +37,18 @@ def _postgres(settings):
     pg.close_all()
 
 
-def backends() -> int:
-    """The loops' sessions on the test database (the DB threads' and this thread's are not counted)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                       "AND application_name = %s", [pg.APPLICATION_NAME])
-        return cursor.fetchone()[0]
+def disconnected(pids: list[int], seconds: float = 10) -> bool:
+    """Whether PostgreSQL has let these sessions go. A session whose client closed its socket leaves
+    pg_stat_activity when its backend exits, a moment later: polled, up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
+            if cursor.fetchone()[0] == 0:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def test_statements_run_on_the_loop_and_return_each_statements_rows():
@@ -100,18 +107,20 @@ def test_a_database_that_cannot_be_reached_is_djangos_operational_error(monkeypa
 
 
 def test_every_loops_connection_closes():
+    pids = []
+
     async def connect():
         await pg.execute_sets("SELECT 1", [])
+        pids.append(pg._state().connection.info.backend_pid)
 
-    asyncio.run(connect())
-    assert backends() == 1
-    for _ in range(3):  # a new loop (a test server's) closes the connections of loops that are gone
+    for _ in range(4):  # four loops, as four test servers one after the other
         asyncio.run(connect())
-    assert backends() == 1
+    assert disconnected(pids[:-1])  # each new loop closed the connections of the loops gone before it
+    assert not disconnected(pids[-1:], seconds=0)  # the last one's is held until someone closes it
 
     pg.close_all()
 
-    assert backends() == 0
+    assert disconnected(pids[-1:])
 
 
 def test_off_without_postgresql_or_inside_a_tests_transaction(settings):
