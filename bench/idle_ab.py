@@ -17,32 +17,16 @@ import argparse
 import asyncio
 import os
 import statistics
-import time
 
 import httpx
 from _relay import print_result
-from load import MODELS, Bench, body  # noqa: I001  (bench-local helpers)
+from load import MODELS, Bench, timed  # noqa: I001  (bench-local helpers)
 
 WARM = 20  # requests per side before the measured ones: connections, caches
 
 
 def pairs(env: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in env)
-
-
-async def timed(client: httpx.AsyncClient, url: str, kind: str, headers: dict) -> float:
-    """Seconds to the whole answer (plain) or to the first token (stream), reading the stream to its end."""
-    started, elapsed = time.perf_counter(), None
-    async with client.stream("POST", url + "/v1/chat/completions", json=body(kind), headers=headers) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
-        if kind == "plain":
-            await response.aread()
-            return time.perf_counter() - started
-        async for line in response.aiter_lines():
-            if elapsed is None and '"content":"token' in line.replace(" ", ""):
-                elapsed = time.perf_counter() - started
-    return elapsed
 
 
 async def interleaved(urls: dict[str, str], headers: dict, requests: int) -> dict:
@@ -53,7 +37,7 @@ async def interleaved(urls: dict[str, str], headers: dict, requests: int) -> dic
             samples = {"A": [], "B": []}
             for index in range(requests + WARM):
                 for side in ("A", "B") if index % 2 else ("B", "A"):
-                    seconds = await timed(clients[side], urls[side], kind, headers)
+                    seconds = await timed(clients[side], urls[side] + "/v1/chat/completions", kind, headers)
                     if index >= WARM:
                         samples[side].append(seconds)
             medians = {side: round(statistics.median(values) * 1000, 3) for side, values in samples.items()}

@@ -149,6 +149,22 @@ async def measure_round(targets: dict, seconds: float, concurrency: int, compone
     return out
 
 
+async def timed(client: httpx.AsyncClient, url: str, kind: str, headers: dict) -> float:
+    """Seconds to the whole answer (plain) or to the first token (stream) of one request to `url`,
+    reading a stream to its end (the connection is reused)."""
+    started, elapsed = time.perf_counter(), None
+    async with client.stream("POST", url, json=body(kind), headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
+        if kind == "plain":
+            await response.aread()
+            return time.perf_counter() - started
+        async for line in response.aiter_lines():
+            if elapsed is None and '"content":"token' in line.replace(" ", ""):
+                elapsed = time.perf_counter() - started
+    return elapsed
+
+
 async def idle_latency(target: dict, kind: str, requests: int, components: Components | None = None) -> dict:
     """Single requests one at a time: `p50_ms`, of the whole answer (plain) or of the first token
     (stream), and, with `components`, `cpu_ms_per_request` of each over the measured requests:
@@ -159,20 +175,7 @@ async def idle_latency(target: dict, kind: str, requests: int, components: Compo
         for index in range(requests + 10):  # the first ten warm the connection and the caches
             if index == 10 and components is not None:
                 before = components.snapshot()
-            started = time.perf_counter()
-            async with client.stream("POST", url + target["path"][kind], json=body(kind),
-                                     headers=target["headers"]) as response:
-                if response.status_code != 200:
-                    raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
-                if kind == "stream":
-                    elapsed = None
-                    async for line in response.aiter_lines():  # to the end: the connection is reused
-                        if elapsed is None and '"content":"token' in line.replace(" ", ""):
-                            elapsed = time.perf_counter() - started
-                else:
-                    await response.aread()
-                    elapsed = time.perf_counter() - started
-            samples.append(elapsed)
+            samples.append(await timed(client, url + target["path"][kind], kind, target["headers"]))
     out = {"p50_ms": round(statistics.median(samples[10:]) * 1000, 2)}
     if before is not None:
         out["cpu_ms_per_request"] = {name: ms for name, ms in per_request(before, components.snapshot(), requests).items()
