@@ -20,11 +20,19 @@ from importlib import import_module
 from types import SimpleNamespace
 
 from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.settings import api_settings
 
+from accounts.authentication import APIKeyAuthentication, bearer_token
 from accounts.permissions import AUTHENTICATED, holds, request_key
+from accounts.services import KEY_PREFIX, KeyRejected, admitted_cached_key, key_cache_key, parse_key
+from accounts.throttling import APIKeyRateThrottle, count_request_on_loop, limits_of, wait_seconds
 from audit import context as audit_context
+from relay import versioned_cache
+from relay.eventloop.caches import get_many_on_loop
+from relay.http import client_ip
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class Admitted:
     user: object
     api_key: object | None
     remaining_requests: int | None = None  # the key's requests left this minute (X-RateLimit-Remaining-Requests)
+    authenticator: object = None  # the DRF authenticator the credential stands for (admit_on_loop)
 
 
 def admit(credential, requirement=AUTHENTICATED, *, throttle: bool = True) -> Admitted:
@@ -123,3 +132,50 @@ def admit(credential, requirement=AUTHENTICATED, *, throttle: bool = True) -> Ad
                 raise exceptions.Throttled(wait=limiter.wait())
         remaining = getattr(subject._request, "rate_limit_remaining_requests", None)
     return Admitted(user, key, remaining)
+
+
+async def admit_on_loop(request, requirement=AUTHENTICATED, throttle: bool = True) -> tuple[Admitted, dict] | None:
+    """`admit` of an HTTP request (a Django request) made with an API key, done on the event loop
+    when nothing in it needs the database: the key's copy read from the shared cache (with the
+    version tokens of the per-process copies, returned for `versioned_cache.one_read`) and its rate
+    limit counted by the loop's own Redis client, with no trip to a DB thread.
+
+    None when the loop cannot decide it alone: another credential, a cache that is not Redis, a
+    key not cached, any refusal of the key or of the requirement (authenticate_key and holds decide
+    and record those on a DB thread, as for every request), a last use to note. Nothing has been
+    counted then. A request over its rate raises Throttled, as admit does.
+    """
+    if throttle and list(api_settings.DEFAULT_THROTTLE_CLASSES) != [APIKeyRateThrottle]:
+        return None
+    try:
+        token = bearer_token(request)
+        prefix = parse_key(token) if token and token.startswith(KEY_PREFIX) else None
+    except (exceptions.AuthenticationFailed, KeyRejected):
+        prefix = None
+    if prefix is None:
+        return None
+    along = versioned_cache.token_keys()
+    try:
+        found = await get_many_on_loop([key_cache_key(prefix), *along])
+    except RedisError:
+        return None  # unreachable: the DB thread's read meets it, and answers 503
+    if found is None:
+        return None
+    key = admitted_cached_key(token, found.get(key_cache_key(prefix)), client_ip(request.META))
+    if key is None:
+        return None
+    try:
+        if requirement is not None and not holds(key.owner, key, requirement):
+            return None
+    except SynchronousOnlyOperation:  # a permission the cached copy does not carry: the thread reads it
+        return None
+    audit_context.set_actor(key.owner, key)
+    remaining = None
+    limits = limits_of(key) if throttle else []
+    if limits:
+        allowed, wait, remaining = await count_request_on_loop(limits)
+        if not allowed:
+            raise exceptions.Throttled(wait=wait_seconds(wait))
+        request.rate_limit_remaining_requests = remaining  # billing.ratelimit's header reads it here
+    admitted = Admitted(key.owner, key, remaining, authenticator=APIKeyAuthentication())
+    return admitted, {name: found.get(version_key) for version_key, name in along.items()}

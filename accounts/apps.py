@@ -10,7 +10,7 @@ class AccountsConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from accounts import scoping, signals  # noqa: F401
-        from accounts.admission import HTTPCredential, admit
+        from accounts.admission import HTTPCredential, admit, admit_on_loop
         from accounts.roles import ensure_roles
         from relay.api.async_views import register_admission
         from relay.api.errors import add_error_listener
@@ -20,4 +20,5 @@ class AccountsConfig(AppConfig):
         add_error_listener(scoping.on_api_error)
         # The async API views (relay.api.async_views) admit requests by accounts' rule.
         register_admission(lambda request, requirement, throttle: admit(
-            HTTPCredential(request), requirement, throttle=throttle))
+            HTTPCredential(request), requirement, throttle=throttle),
+            on_loop=admit_on_loop)

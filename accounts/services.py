@@ -196,7 +196,7 @@ def under_parent(owner: User, parent: APIKey, limits: dict) -> dict:
     return narrow_to_parent(parent, **limits)
 
 
-def _cache_key(prefix: str) -> str:
+def key_cache_key(prefix: str) -> str:
     return f"apikey:{prefix}"
 
 
@@ -214,8 +214,8 @@ _FORGOTTEN_SECONDS = 30
 
 def forget_cached_key(prefix: str) -> None:
     """Drop the cached copy of a key now and, with a marker readers may replace, once the change commits."""
-    cache.set(_cache_key(prefix), _FORGOTTEN, _FORGOTTEN_SECONDS)
-    transaction.on_commit(lambda: cache.set(_cache_key(prefix), f"{_FORGOTTEN}:{secrets.token_hex(8)}",
+    cache.set(key_cache_key(prefix), _FORGOTTEN, _FORGOTTEN_SECONDS)
+    transaction.on_commit(lambda: cache.set(key_cache_key(prefix), f"{_FORGOTTEN}:{secrets.token_hex(8)}",
                                             _FORGOTTEN_SECONDS))
 
 
@@ -236,7 +236,7 @@ def parse_key(presented: str) -> str:
 
 def _lookup(prefix: str) -> APIKey | None:
     """The key row for a prefix, through the cache (invalidated on revoke and rotate)."""
-    cached = versioned_cache.get_along(_cache_key(prefix))  # the price copies' token in the same trip
+    cached = versioned_cache.get_along(key_cache_key(prefix))  # the price copies' token in the same trip
     if cached == "missing":
         return None
     if cached is not None and cached != _FORGOTTEN and not _committed_marker(cached):
@@ -251,40 +251,66 @@ def _lookup(prefix: str) -> APIKey | None:
         effective_permissions(key.owner)
     copy, seconds = (key, _KEY_CACHE_SECONDS) if key else ("missing", 30)
     if cached is None:  # set-if-absent: a marker written meanwhile stays (see forget_cached_key)
-        cache.add(_cache_key(prefix), copy, seconds)
+        cache.add(key_cache_key(prefix), copy, seconds)
     elif _committed_marker(cached):  # read after the change committed: in that marker's place only
-        replace_if(_cache_key(prefix), cached, copy, seconds)
+        replace_if(key_cache_key(prefix), cached, copy, seconds)
     return key
+
+
+_REVOKED = "This API key has been revoked."
 
 
 def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
     prefix = parse_key(presented)
     key = _lookup(prefix)
+    reason = key_refusal(key, presented, client_ip)
+    if reason == _REVOKED:
+        # Someone holds the secret of a revoked key: the owner is named, the attempt refused.
+        record(actions.API_KEY_USED_AFTER_REVOKE, status=actions.DENIED, actor=key.owner, api_key=key,
+               resource=f"api_key:{key.pk}", metadata={"name": key.name, "revoked_at": key.revoked_at})
+    if reason is not None:
+        raise KeyRejected(reason)
+    touch_last_used(key)
+    return key
+
+
+def key_refusal(key: APIKey | None, presented: str, client_ip: str | None) -> str | None:
+    """Why the presented secret may not act as key (None: the row the prefix found) now, or None
+    when it may. No I/O: the key's chain travels with it."""
     # Hash even when the prefix is unknown so timing does not reveal which prefixes exist.
     version = key.hash_version if key else settings.RELAY_API_KEY_HASH_VERSION
     expected = key.secret_hash if key else "0" * 64
     if version not in settings.RELAY_API_KEY_HASH_SECRETS:
-        raise KeyRejected("Invalid API key.")
+        return "Invalid API key."
     if not hmac.compare_digest(hash_secret(presented, version), expected) or key is None:
-        raise KeyRejected("Invalid API key.")
+        return "Invalid API key."
     if key.revoked_at is not None:
-        # Someone holds the secret of a revoked key: the owner is named, the attempt refused.
-        record(actions.API_KEY_USED_AFTER_REVOKE, status=actions.DENIED, actor=key.owner, api_key=key,
-               resource=f"api_key:{key.pk}", metadata={"name": key.name, "revoked_at": key.revoked_at})
-        raise KeyRejected("This API key has been revoked.")
+        return _REVOKED
     if key.expires_at is not None and key.expires_at <= timezone.now():
-        raise KeyRejected("This API key has expired.")
+        return "This API key has expired."
     if not key.owner.is_active:
-        raise KeyRejected("The owner of this API key is deactivated.")
+        return "The owner of this API key is deactivated."
     for ancestor in key_tree.ancestors(key):  # loaded with the key: no query
         if ancestor.revoked_at is not None:
-            raise KeyRejected("This API key has been revoked with the key it was made from.")
+            return "This API key has been revoked with the key it was made from."
         if ancestor.expires_at is not None and ancestor.expires_at <= timezone.now():
-            raise KeyRejected("The key this API key was made from has expired.")
+            return "The key this API key was made from has expired."
     if not addresses_admit(key, client_ip):
-        raise KeyRejected("This API key may not be used from this address.")
-    touch_last_used(key)
-    return key
+        return "This API key may not be used from this address."
+    return None
+
+
+def admitted_cached_key(presented: str, cached, client_ip: str | None) -> APIKey | None:
+    """The key a presented secret acts as, from the key cache's entry for its prefix (`cached`,
+    read by the caller), when nothing about it needs the database or a write: a cached row (not a
+    marker), whose chain is loaded, that admits the secret now, and whose last use was noted this
+    minute. None otherwise, refusals included: authenticate_key then decides, and records, the
+    same way as ever (accounts.admission.admit_on_loop)."""
+    if not isinstance(cached, APIKey) or not key_tree.chain_loaded(cached):
+        return None
+    if key_refusal(cached, presented, client_ip) is not None or _touch_due(cached):
+        return None
+    return cached
 
 
 def addresses_admit(key: APIKey, client_ip: str | None) -> bool:
@@ -300,12 +326,17 @@ def ip_allowed(client_ip: str | None, ranges: list[str]) -> bool:
     return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in ranges)
 
 
+def _touch_due(key: APIKey) -> bool:
+    moment, resolution = time.monotonic(), _LAST_USED_RESOLUTION.total_seconds()
+    return _last_touched.get(key.prefix, -resolution) <= moment - resolution
+
+
 def touch_last_used(key: APIKey) -> None:
     """Record use at most once a minute per key, so the hot path does not write every request."""
     # This process's own memory first: only its first use of a key each minute asks the shared cache.
-    moment, resolution = time.monotonic(), _LAST_USED_RESOLUTION.total_seconds()
-    if _last_touched.get(key.prefix, -resolution) > moment - resolution:
+    if not _touch_due(key):
         return
+    moment, resolution = time.monotonic(), _LAST_USED_RESOLUTION.total_seconds()
     if len(_last_touched) > 10_000:
         _last_touched.clear()
     _last_touched[key.prefix] = moment

@@ -70,12 +70,33 @@ def _count_redis(limits, now: float) -> tuple[bool, float, int]:
     client = cache.client.get_client(write=True)
     if _script is None:
         _script = client.register_script(_SLIDING_MINUTE)
+    return _verdict(_script(args=_script_args(limits, now), client=client))
+
+
+async def count_request_on_loop(limits: list[tuple[int, int]], now: float | None = None) -> tuple[bool, float, int]:
+    """count_request on the event loop, with the same script and counters (the cache is Redis)."""
+    from relay.eventloop.caches import run_script_on_loop
+
+    now = time.time() if now is None else now
+    return _verdict(await run_script_on_loop(_SLIDING_MINUTE, _script_args(limits, now)))
+
+
+def _script_args(limits, now: float) -> list:
     args = [repr(now), WINDOW_SECONDS, uuid.uuid4().hex, len(limits)]
     for key_id, limit in limits:
         args += [cache.make_key(_counter(key_id)), limit]
-    allowed, figure = _script(args=args, client=client)
+    return args
+
+
+def _verdict(reply) -> tuple[bool, float, int]:
+    allowed, figure = reply
     figure = float(figure)
     return (True, 0.0, int(figure)) if int(allowed) else (False, figure, 0)
+
+
+def limits_of(key) -> list[tuple[int, int]]:
+    """(key id, requests/minute) of the key and of every key above it that has a limit."""
+    return [(k.pk, k.requests_per_minute) for k in chain(key) if k.requests_per_minute]
 
 
 def _count_local(limits, now: float) -> tuple[bool, float, int]:
@@ -91,6 +112,11 @@ def _count_local(limits, now: float) -> tuple[bool, float, int]:
         return True, 0.0, min(limit - len(histories[key_id]) - 1 for key_id, limit in limits)
 
 
+def wait_seconds(wait: float) -> int:
+    """The Retry-After of a refusal: whole seconds, at least one."""
+    return max(1, math.ceil(wait))
+
+
 class APIKeyRateThrottle(BaseThrottle):
     """Applies the requests/minute of a request's key and of every key above it."""
 
@@ -101,12 +127,12 @@ class APIKeyRateThrottle(BaseThrottle):
         key = request_key(request)
         if key is None:
             return True
-        limits = [(k.pk, k.requests_per_minute) for k in chain(key) if k.requests_per_minute]
+        limits = limits_of(key)
         if not limits:
             return True
         allowed, wait, remaining = count_request(limits)
         if not allowed:
-            self._wait = max(1, math.ceil(wait))
+            self._wait = wait_seconds(wait)
             return False
         # For the X-RateLimit-Remaining-Requests header of the model-call responses (billing.ratelimit).
         request._request.rate_limit_remaining_requests = remaining

@@ -415,7 +415,8 @@ async def _finish(run: PreparedRun, progress: _Progress) -> _Usage:
         error_code=progress.error_code))
     commit = _commit(run, closing, progress.status, answer)
     record = closing.record
-    if not (closing.held and later(commit, name=f"closing {run.request.run_id}", key=run.conversation_id)):
+    if not (closing.held and later(commit, name=f"closing {run.request.run_id}", key=run.conversation_id,
+                                   behind_answers=True)):
         record = await commit
     await metrics.refresh_known_models_if_stale()
     metrics.record_run(agent=run.agent.name, model=run.model.name, status=progress.status,

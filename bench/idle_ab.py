@@ -7,7 +7,11 @@ token), for two `relay.serve` processes of this checkout on one database and one
 each with its own environment: request by request, A then B, then B then A, so that whatever the
 machine does meanwhile falls on both alike. On this 2-core VM, consecutive load.py runs of one
 build differ by up to a millisecond in idle latency; interleaved request by request, an A/A run
-(both sides the same) differed by 0.15 ms (bench/README.md). Prints, per kind, each side's median
+(both sides the same) differed by 0.15 ms (bench/README.md).
+
+`--block N` sends N requests in a row to one side before turning to the other: what a request
+leaves running after its answer (its closing's commit) then meets the same process's next request,
+as in load.py's idle phase, instead of the other process's. Prints, per kind, each side's median
 (the whole time, the upstream's own included) and B's difference; the last line is one JSON object.
 """
 
@@ -29,17 +33,18 @@ def pairs(env: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in env)
 
 
-async def interleaved(urls: dict[str, str], headers: dict, requests: int) -> dict:
+async def interleaved(urls: dict[str, str], headers: dict, requests: int, block: int = 1) -> dict:
     out = {}
     async with httpx.AsyncClient(timeout=30) as a, httpx.AsyncClient(timeout=30) as b:
         clients = {"A": a, "B": b}
         for kind in MODELS:
             samples = {"A": [], "B": []}
-            for index in range(requests + WARM):
-                for side in ("A", "B") if index % 2 else ("B", "A"):
-                    seconds = await timed(clients[side], urls[side] + "/v1/chat/completions", kind, headers)
-                    if index >= WARM:
-                        samples[side].append(seconds)
+            for index in range(0, requests + WARM, block):
+                for side in ("A", "B") if (index // block) % 2 else ("B", "A"):
+                    for inner in range(block):
+                        seconds = await timed(clients[side], urls[side] + "/v1/chat/completions", kind, headers)
+                        if index + inner >= WARM:
+                            samples[side].append(seconds)
             medians = {side: round(statistics.median(values) * 1000, 3) for side, values in samples.items()}
             out[kind] = {"A_p50_ms": medians["A"], "B_p50_ms": medians["B"],
                          "B_minus_A_ms": round(medians["B"] - medians["A"], 3)}
@@ -51,6 +56,7 @@ def main():
     parser.add_argument("--a-env", nargs="*", default=[])
     parser.add_argument("--b-env", nargs="*", default=[])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--block", type=int, default=1)
     args = parser.parse_args()
     a_env, b_env = pairs(args.a_env), pairs(args.b_env)
     before = {name: os.environ.get(name) for name in a_env}
@@ -64,7 +70,7 @@ def main():
     process_b, url_b = bench.relay.spawn("relay.serve", env={**{name: os.environ.get(name, "") for name in a_env},
                                                              **b_env})
     try:
-        result = asyncio.run(interleaved({"A": bench.relay.url, "B": url_b}, bench.auth, args.requests))
+        result = asyncio.run(interleaved({"A": bench.relay.url, "B": url_b}, bench.auth, args.requests, args.block))
     finally:
         process_b.terminate()
         process_b.wait(60)
@@ -74,7 +80,7 @@ def main():
     for kind, figures in result.items():
         print(f"{kind:6}  A {figures['A_p50_ms']:.3f} ms  B {figures['B_p50_ms']:.3f} ms  "
               f"B - A {figures['B_minus_A_ms']:+.3f} ms")
-    print_result({"a_env": a_env, "b_env": b_env, "requests": args.requests, **result})
+    print_result({"a_env": a_env, "b_env": b_env, "requests": args.requests, "block": args.block, **result})
 
 
 if __name__ == "__main__":

@@ -410,6 +410,8 @@ RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
 # The hot path's plain-SQL writes (a run's opening) on the event loop's own PostgreSQL connection,
 # not a DB thread (relay/eventloop/pg.py); 0 sends them to the threads like the ORM's.
 RELAY_DB_LOOP_WRITES = env_bool("RELAY_DB_LOOP_WRITES", True)
+# A request with an API key whose copy is cached is admitted on the event loop (accounts.admission.admit_on_loop).
+RELAY_ADMIT_ON_LOOP = env_bool("RELAY_ADMIT_ON_LOOP", True)
 # Budgets: a reservation outlives this many seconds only if its instance died (then it is freed);
 # keep it above the longest run. Threshold alerts are also POSTed to the webhook when set.
 RELAY_BUDGET_RESERVATION_TTL = env_int("RELAY_BUDGET_RESERVATION_TTL", 900)

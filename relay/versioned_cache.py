@@ -33,9 +33,11 @@ _read_along: contextvars.ContextVar[dict | None] = contextvars.ContextVar("versi
 
 
 @contextlib.contextmanager
-def one_read():
-    """A block whose first get_along() also reads every copy's version token (see the module docstring)."""
-    reset = _read_along.set({})
+def one_read(tokens: dict | None = None):
+    """A block whose first get_along() also reads every copy's version token (see the module
+    docstring); or, given `tokens` ({copy name: token}, read with `token_keys()` in the caller's
+    own trip), a block whose copies use those."""
+    reset = _read_along.set(dict(tokens) if tokens else {})
     try:
         yield
     finally:
@@ -47,11 +49,17 @@ def get_along(key: str):
     tokens = _read_along.get()
     if tokens is None or tokens or not _registered:
         return cache.get(key)
-    names = {c._version_key: c.name for c in _registered}
+    names = token_keys()
     found = cache.get_many([key, *names])
     for version_key, name in names.items():
         tokens[name] = found.get(version_key)  # None (no token yet): view() reads and creates it
     return found.get(key)
+
+
+def token_keys() -> dict[str, str]:
+    """{cache key of a copy's version token: the copy's name}, to read along with a key elsewhere
+    (the admission on the event loop), then handed to one_read(tokens)."""
+    return {c._version_key: c.name for c in _registered}
 
 
 class VersionedCache:

@@ -16,6 +16,7 @@ import json
 from django.http import StreamingHttpResponse
 
 from agents import deadlines, runner
+from relay.eventloop import later
 from relay.observability import metrics
 
 HEARTBEAT_SECONDS = 15  # read at each stream's start, so tests can shorten it
@@ -152,6 +153,8 @@ async def sse_events(run: runner.PreparedRun, framing):
             if event is None:
                 yield HEARTBEAT
             elif frame := framing.frame(event):
+                if event["type"] != "start":  # sent before the model is asked
+                    later.answer_started()  # what waits behind answers (a closing's commit) need not wait for the rest
                 yield frame
         if framing.closing:
             yield framing.closing

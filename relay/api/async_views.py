@@ -38,26 +38,36 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _REFUSALS = (exceptions.APIException, DjangoValidationError, Http404)
 
 _admission = []  # [admit(drf_request, requirement, throttle)], set by AccountsConfig.ready
+_admission_on_loop = []  # [async admit(django_request, requirement, throttle) -> (admitted, tokens) | None]
+# A body parsed on the loop is at most this long; a longer one is parsed on a DB thread, where it
+# holds up no other request.
+_LOOP_BODY_BYTES = 64 * 1024
 
 
-def register_admission(admit) -> None:
+def register_admission(admit, on_loop=None) -> None:
     """The one admission step (authenticate, authorize, throttle); accounts owns the rule, so it
-    registers it here and this module imports no app."""
+    registers it here and this module imports no app. `on_loop`, the same step for the requests it
+    can decide on the event loop alone (None: it cannot, go to a DB thread)."""
     _admission[:] = [admit]
+    _admission_on_loop[:] = [on_loop] if on_loop is not None else []
 
 
 def _authenticate(django_request, requirement, throttle: bool, parsers, max_body_bytes: int):
     """Admit an HTTP request through the registered admission step; the DRF request, its body parsed."""
     if not _admission:
         raise ImproperlyConfigured("no admission step registered (accounts must be installed)")
-    request = Request(django_request, parsers=[cls() for cls in parsers],
-                      authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES],
-                      negotiator=api_settings.DEFAULT_CONTENT_NEGOTIATION_CLASS(),
-                      parser_context={"max_body_bytes": max_body_bytes})
+    request = _drf_request(django_request, parsers, max_body_bytes,
+                           [cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES])
     _admission[0](request, requirement, throttle)
     if django_request.method in _BODY_METHODS:
         request.data  # noqa: B018 - parsed here, after admission, for callers whose CSRF check did not
     return request
+
+
+def _drf_request(django_request, parsers, max_body_bytes: int, authenticators: list) -> Request:
+    return Request(django_request, parsers=[cls() for cls in parsers], authenticators=authenticators,
+                   negotiator=api_settings.DEFAULT_CONTENT_NEGOTIATION_CLASS(),
+                   parser_context={"max_body_bytes": max_body_bytes})
 
 
 def _admit(django_request, requirement, throttle: bool, parsers, max_body_bytes: int, prelude):
@@ -65,13 +75,52 @@ def _admit(django_request, requirement, throttle: bool, parsers, max_body_bytes:
     thread, the version tokens of the per-process copies read along with the API key
     (relay.versioned_cache.one_read). Returns (DRF request, what the prelude gave, its refusal)."""
     with versioned_cache.one_read():
-        request = _authenticate(django_request, requirement, throttle, parsers, max_body_bytes)
-        if prelude is None:
-            return request, None, None
-        try:
-            return request, prelude(django_request, request), None
-        except _REFUSALS as refusal:  # answered with the admitted request: its caller is known
-            return request, None, refusal
+        return _with_prelude(prelude, django_request,
+                             _authenticate(django_request, requirement, throttle, parsers, max_body_bytes))
+
+
+def _with_prelude(prelude, django_request, request):
+    if prelude is None:
+        return request, None, None
+    try:
+        return request, prelude(django_request, request), None
+    except _REFUSALS as refusal:  # answered with the admitted request: its caller is known
+        return request, None, refusal
+
+
+async def _admit_on_loop(django_request, requirement, throttle: bool, parsers, max_body_bytes: int, prelude):
+    """_admit without the trip for admission when the registered loop step decides it (an API key
+    whose copy is cached): the body parsed on the loop, then only the prelude on a DB thread, with
+    the version tokens the step read. None when the step cannot decide: _admit then does it all."""
+    if not (_admission_on_loop and settings.RELAY_ADMIT_ON_LOOP) or _content_length(django_request) > _LOOP_BODY_BYTES:
+        return None
+    decided = await _admission_on_loop[0](django_request, requirement, throttle)
+    if decided is None:
+        return None
+    admitted, tokens = decided
+    request = _drf_request(django_request, parsers, max_body_bytes, [admitted.authenticator])
+    # As DRF's own authentication leaves the request (request.user, .auth, successful_authenticator).
+    request._authenticator, request.user, request.auth = admitted.authenticator, admitted.user, admitted.api_key
+    if django_request.method in _BODY_METHODS:
+        request.data  # noqa: B018 - parsed here (a ParseError is the caller's refusal)
+    if prelude is None:
+        return request, None, None
+    return await db(_prelude_with)(tokens, prelude, django_request, request)
+
+
+def _content_length(django_request) -> int:
+    if django_request.method not in _BODY_METHODS:
+        return 0
+    try:  # the ASGI handler sets it for a chunked body too (the length it read); unknown: not on the loop
+        return int(django_request.META["CONTENT_LENGTH"])
+    except (KeyError, ValueError):
+        return _LOOP_BODY_BYTES + 1
+
+
+def _prelude_with(tokens: dict, prelude, django_request, request):
+    """The prelude on a DB thread, its copies read under the tokens the loop's admission read."""
+    with versioned_cache.one_read(tokens):
+        return _with_prelude(prelude, django_request, request)
 
 
 def error_response(exc, drf_request) -> JsonResponse:
@@ -139,8 +188,9 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
             try:
                 if django_request.method not in methods:
                     raise exceptions.MethodNotAllowed(django_request.method)
-                drf_request, ready, refusal = await db(_admit)(
-                    django_request, required_permission, throttle, parsers, max_body_bytes(), prelude)
+                arguments = (django_request, required_permission, throttle, parsers, max_body_bytes(), prelude)
+                admitted = await _admit_on_loop(*arguments)
+                drf_request, ready, refusal = admitted if admitted is not None else await db(_admit)(*arguments)
                 if refusal is not None:
                     raise refusal
                 if prelude is not None:

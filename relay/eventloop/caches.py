@@ -15,12 +15,59 @@ restores Django's per-context behaviour for the rest of that process.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 
 from django.core.cache import CacheHandler, caches
+from django_redis.cache import RedisCache as DjangoRedisCache
 
 
 def share_per_thread(handler: CacheHandler = caches) -> None:
     # BaseConnectionHandler keeps its backends as attributes of `_connections` (get/set/delattr),
     # which a threading.local serves: tests/test_eventloop_internals.py holds Django to that.
     handler._connections = threading.local()
+
+
+# -- the shared cache read on the loop ------------------------------------------------------------
+# A request admitted on the loop (accounts.admission.admit_on_loop) reads its API key's cached copy
+# and counts its rate limit without a trip to a DB thread: the same keys and values as Django's
+# cache (its key function, django-redis's serializer), through the loop's own redis.asyncio client.
+
+_loop_redis: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> (client, ScriptRunner)
+
+
+def _redis_of_loop():
+    """(the loop's client to the cache's Redis, its script runner); None when the cache is not Redis."""
+    backend = caches["default"]
+    if not isinstance(backend, DjangoRedisCache):
+        return None
+    loop = asyncio.get_running_loop()
+    entry = _loop_redis.get(loop)
+    if entry is None:
+        from relay import redis_clients
+        from relay.redis_scripts import ScriptRunner
+
+        options = backend._params.get("OPTIONS", {})  # the same timeouts as the sync client's
+        client = redis_clients.async_client(max_connections=64, pool_timeout=2,
+                                            socket_timeout=options.get("SOCKET_TIMEOUT", 2),
+                                            socket_connect_timeout=options.get("SOCKET_CONNECT_TIMEOUT", 2))
+        entry = _loop_redis[loop] = (client, ScriptRunner(client))
+    return entry
+
+
+async def get_many_on_loop(keys: list[str]) -> dict | None:
+    """cache.get_many(keys) without blocking the loop (absent keys are left out); None when the
+    cache is not Redis (the in-process cache of `make run`): the caller reads it on a thread."""
+    entry = _redis_of_loop()
+    if entry is None:
+        return None
+    backend = caches["default"]
+    values = await entry[0].mget([backend.make_key(key) for key in keys])
+    return {key: backend.client.decode(value) for key, value in zip(keys, values, strict=True) if value is not None}
+
+
+async def run_script_on_loop(script: str, args: list):
+    """A Lua script's reply (its keys passed in ARGV, made with cache.make_key), run on the loop in
+    the loop's pipelined trip (relay.redis_scripts); the caller checked the cache is Redis."""
+    return await _redis_of_loop()[1].run(script, args)

@@ -33,7 +33,7 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import Resolver404, resolve, set_script_prefix
 
-from relay.eventloop import unfinished
+from relay.eventloop import later, unfinished
 from relay.eventloop.caches import share_per_thread
 from relay.eventloop.middleware import body_limit
 
@@ -120,12 +120,22 @@ class RelayASGIHandler(ASGIHandler):
             await super().__call__(scope, receive, send)
             return
         scope, receive = bounded_body(scope, receive)
-        async with unfinished.request_scope():  # what the request left open is closed when it ends
-            # Under a script prefix the path would need stripping before resolving: Django's way then.
-            if not scope.get("root_path") and serves_async_view(scope["path"]):
-                await self._handle_on_loop(scope, receive, send)
-            else:
-                await super().__call__(scope, receive, send)
+        answered = later.answering()  # work held behind answers waits until this one has answered
+
+        async def sending(message):
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered()
+            await send(message)
+
+        try:
+            async with unfinished.request_scope():  # what the request left open is closed when it ends
+                # Under a script prefix the path would need stripping before resolving: Django's way then.
+                if not scope.get("root_path") and serves_async_view(scope["path"]):
+                    await self._handle_on_loop(scope, receive, sending)
+                else:
+                    await super().__call__(scope, receive, sending)
+        finally:
+            answered()
 
     async def _handle_on_loop(self, scope, receive, send):
         """Django's handle() (5.2) for an async view, its request signals sent on the loop (module docstring)."""

@@ -6,37 +6,114 @@ with `serve_here` when it starts and awaits `drain` when it stops). Anywhere els
 client, a Celery task's `async_to_sync`, the development server) the loop may close as soon as
 the request returns and would cancel the work, so `later` declines and the caller awaits it.
 The tasks are held here until they end, so none is garbage-collected half-way.
+
+Work that may wait (`behind_answers`: a closing's commit, held in the ledger meanwhile) starts
+only once no request of this loop is still before its answer (`answering`, marked by the ASGI
+handler until its response ends, or until a stream's first event, `answer_started`), or after
+BEHIND_ANSWERS_AT_MOST: a closing that commits beside the next request's
+admission, reservation and opening takes the CPU, the interpreter lock and PostgreSQL from them,
+and on two cores that delayed the next first byte by about a millisecond (bench/README.md). A
+turn that waits for its conversation's closing (`settled`) and a draining server start it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import weakref
 
 logger = logging.getLogger(__name__)
 
 _tasks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # serving loop -> its pending tasks
+_gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # serving loop -> _Gate
+_answering: contextvars.ContextVar = contextvars.ContextVar("relay_answering", default=None)  # the request's mark
+# Under steady load some request is nearly always starting: held work then goes in batches this far apart.
+BEHIND_ANSWERS_AT_MOST = 0.02
+
+
+class _Gate:
+    """The requests of one serving loop before their first byte, and the work waiting for none to be."""
+
+    def __init__(self):
+        self.starting = 0
+        self.waiting: list[asyncio.Future] = []
+
+    def open(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for waiter in waiting:
+            _release(waiter)
+
+
+def _release(waiter: asyncio.Future | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _no_op() -> None:
+    pass
 
 
 def serve_here() -> None:
     """Mark the running loop as one that outlives its requests and drains before it stops."""
     _tasks.setdefault(asyncio.get_running_loop(), set())
+    _gates.setdefault(asyncio.get_running_loop(), _Gate())
 
 
-def later(work, name: str = "", *, key: str | None = None) -> bool:
+def answering():
+    """Mark the request this context serves as before its answer; call what it returns when the
+    response ends, or the request does (idempotent; a stream ends it sooner, `answer_started`).
+    Nothing to mark on a loop that does not drain."""
+    try:
+        gate = _gates.get(asyncio.get_running_loop())
+    except RuntimeError:
+        gate = None
+    if gate is None:
+        return _no_op
+    gate.starting += 1
+    marked = True
+
+    def answered() -> None:
+        nonlocal marked
+        if marked:
+            marked = False
+            gate.starting -= 1
+            if not gate.starting:
+                gate.open()
+
+    _answering.set(answered)
+    return answered
+
+
+def answer_started() -> None:
+    """The request this context serves has sent its answer's first event (a stream's first token):
+    work held behind answers need not wait for the rest of it."""
+    answered = _answering.get()
+    if answered is not None:
+        answered()
+
+
+def later(work, name: str = "", *, key: str | None = None, behind_answers: bool = False) -> bool:
     """Run the coroutine `work` after the answer if this loop drains; False: the caller must await it.
 
     `key` names what the work completes (a conversation): `settled(key)` waits for it.
+    `behind_answers`: it starts once no request of this loop is before its first byte (module docstring).
     """
     try:
-        pending = _tasks.get(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        pending = _tasks.get(loop)
     except RuntimeError:
         pending = None
     if pending is None:
         return False
-    task = asyncio.get_running_loop().create_task(work, name=name or None)
-    task.relay_key = key
+    gate, waiter = _gates[loop], None
+    if behind_answers and gate.starting:
+        waiter = loop.create_future()
+        gate.waiting = [*(held for held in gate.waiting if not held.done()), waiter]  # gone: let go at most
+        loop.call_later(BEHIND_ANSWERS_AT_MOST, _release, waiter)
+        work = _after(waiter, work)
+    task = loop.create_task(work, name=name or None)
+    task.relay_key, task.relay_waiter = key, waiter
     pending.add(task)
     task.add_done_callback(_finished(pending))
     return True
@@ -46,8 +123,19 @@ async def settled(key: str) -> None:
     """Wait for this loop's pending work on `key` (a conversation's last closing: the next turn reads
     its answer as history). Its failure is not the caller's: the work logs it and recovery covers it."""
     waiting = [task for task in _tasks.get(asyncio.get_running_loop(), ()) if task.relay_key == key]
+    for task in waiting:
+        _release(task.relay_waiter)  # this request waits for it: it goes now
     if waiting:
         await asyncio.wait(waiting)
+
+
+async def _after(waiter: asyncio.Future, work):
+    try:
+        await waiter
+    except BaseException:
+        work.close()  # cancelled while waiting: the coroutine never ran
+        raise
+    return await work
 
 
 def _finished(pending: set):
@@ -70,6 +158,9 @@ async def drain(timeout: float) -> int:
     Returns how many were cancelled: their work is left to the recovery that covers it.
     """
     tasks = _tasks.get(asyncio.get_running_loop(), set())
+    gate = _gates.get(asyncio.get_running_loop())
+    if gate is not None:
+        gate.open()  # nothing is let wait for requests any more
     deadline = asyncio.get_running_loop().time() + timeout
     while tasks:
         left = deadline - asyncio.get_running_loop().time()

@@ -250,10 +250,10 @@ def test_a_key_read_before_its_revocation_and_cached_after_it_stays_revoked(user
     require_postgres()  # a reader thread beside the test's own connection
     issued = create_api_key(users["user"], "revoked meanwhile")
     if slot == "empty":
-        cache.delete(services._cache_key(issued.key.prefix))
+        cache.delete(services.key_cache_key(issued.key.prefix))
     else:
         require_redis()  # the compare-and-set is Redis's (relay.redis_cache.replace_if)
-        assert cache.get(services._cache_key(issued.key.prefix)).startswith("forgotten:")
+        assert cache.get(services.key_cache_key(issued.key.prefix)).startswith("forgotten:")
     read, revoked = threading.Event(), threading.Event()
     reader_thread = []
     compute = services.effective_permissions

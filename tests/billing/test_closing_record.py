@@ -218,6 +218,34 @@ def test_on_the_servers_loop_the_answer_ends_before_its_closing_commits(org, use
     assert_reconciled()
 
 
+def test_a_held_closing_commits_once_no_other_request_is_starting(org, users, ledger, monkeypatch):
+    """The closing's commit waits behind a request of its loop that has sent nothing yet (relay.eventloop.later)."""
+    from agents import runner
+    from relay.eventloop import later
+    from relay.eventloop.db import run_db
+
+    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+    durable = hasattr(ledger, "backend")  # only a closing the ledger holds may wait
+
+    async def scenario():
+        later.serve_here()
+        starting = later.answering()  # another request on this loop, before its first byte
+        run = await runner.prepare(runner.new_request(users["user"], None, {"agent_type": "math", "query": "1+1"}))
+        async for _ in runner.stream(run):
+            pass
+        for _ in range(20):
+            await asyncio.sleep(0)
+        while_starting = await run_db(UsageRecord.objects.count)
+        starting()
+        assert await later.drain(10) == 0
+        return while_starting
+
+    assert asyncio.run(scenario()) == (0 if durable else 1)
+    assert UsageRecord.objects.count() == 1
+    assert _held(ledger) == {}
+    assert_reconciled()
+
+
 def test_the_next_turn_waits_for_the_last_closing_on_this_instance(org, users, ledger, monkeypatch):
     """A follow-up sent the moment an answer ends reads that answer as history, not the empty row."""
     from agents import runner
