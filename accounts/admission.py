@@ -21,12 +21,14 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.exceptions import SynchronousOnlyOperation
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions
 from rest_framework.settings import api_settings
 
 from accounts.authentication import APIKeyAuthentication, bearer_token
-from accounts.permissions import AUTHENTICATED, holds, request_key
+from accounts.permissions import ADMIN, AUTHENTICATED, holds, request_key
 from accounts.services import KEY_PREFIX, KeyRejected, admitted_cached_key, key_cache_key, parse_key
 from accounts.throttling import APIKeyRateThrottle, count_request_on_loop, limits_of, wait_seconds
 from audit import context as audit_context
@@ -145,7 +147,7 @@ async def admit_on_loop(request, requirement=AUTHENTICATED, throttle: bool = Tru
     and record those on a DB thread, as for every request), a last use to note. Nothing has been
     counted then. A request over its rate raises Throttled, as admit does.
     """
-    if throttle and list(api_settings.DEFAULT_THROTTLE_CLASSES) != [APIKeyRateThrottle]:
+    if not _decidable_on_loop(requirement, throttle):
         return None
     try:
         token = bearer_token(request)
@@ -157,8 +159,10 @@ async def admit_on_loop(request, requirement=AUTHENTICATED, throttle: bool = Tru
     along = versioned_cache.token_keys()
     try:
         found = await get_many_on_loop([key_cache_key(prefix), *along])
+    except (RedisConnectionError, RedisTimeoutError):
+        raise  # unreachable: 503 now (relay.faults), not after the DB thread's read has waited as long
     except RedisError:
-        return None  # unreachable: the DB thread's read meets it, and answers 503
+        return None
     if found is None:
         return None
     key = admitted_cached_key(token, found.get(key_cache_key(prefix)), client_ip(request.META))
@@ -179,3 +183,12 @@ async def admit_on_loop(request, requirement=AUTHENTICATED, throttle: bool = Tru
         request.rate_limit_remaining_requests = remaining  # billing.ratelimit's header reads it here
     admitted = Admitted(key.owner, key, remaining, authenticator=APIKeyAuthentication())
     return admitted, {name: found.get(version_key) for version_key, name in along.items()}
+
+
+def _decidable_on_loop(requirement, throttle: bool) -> bool:
+    """Whether the loop's step gives the DB thread's answer under these settings: an API key is the
+    first credential DRF tries, the rate limit is only the key's and counted in Redis, and the
+    requirement needs no query (an admin's role is read from the database: ADMIN goes to the thread)."""
+    return (bool(settings.REDIS_URL) and requirement != ADMIN
+            and api_settings.DEFAULT_AUTHENTICATION_CLASSES[:1] == [APIKeyAuthentication]
+            and (not throttle or list(api_settings.DEFAULT_THROTTLE_CLASSES) == [APIKeyRateThrottle]))

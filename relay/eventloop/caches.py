@@ -21,6 +21,7 @@ import weakref
 
 from django.core.cache import CacheHandler, caches
 from django_redis.cache import RedisCache as DjangoRedisCache
+from django_redis.client import DefaultClient
 
 
 def share_per_thread(handler: CacheHandler = caches) -> None:
@@ -40,7 +41,9 @@ _loop_redis: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> 
 def _redis_of_loop():
     """(the loop's client to the cache's Redis, its script runner); None when the cache is not Redis."""
     backend = caches["default"]
-    if not isinstance(backend, DjangoRedisCache):
+    # django-redis's plain client on one server: what a plain MGET to REDIS_URL reads (not sharded, no herd).
+    if not (isinstance(backend, DjangoRedisCache) and type(backend.client) is DefaultClient
+            and len(backend.client._server) == 1):
         return None
     loop = asyncio.get_running_loop()
     entry = _loop_redis.get(loop)

@@ -120,7 +120,19 @@ class RelayASGIHandler(ASGIHandler):
             await super().__call__(scope, receive, send)
             return
         scope, receive = bounded_body(scope, receive)
-        answered = later.answering()  # work held behind answers waits until this one has answered
+        async with unfinished.request_scope():  # what the request left open is closed when it ends
+            # Under a script prefix the path would need stripping before resolving: Django's way then.
+            if not scope.get("root_path") and serves_async_view(scope["path"]):
+                await self._answer_on_loop(scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
+
+    async def _answer_on_loop(self, scope, receive, send):
+        """_handle_on_loop, the request marked as not yet answered until its response ends (a stream:
+        its first event, agents.api.sse): work held behind answers (a closing's commit) waits for it.
+        Only these requests (model calls) are marked: a page or a read of the answer just given
+        must not hold back the commit it is about to read."""
+        answered = later.answering()
 
         async def sending(message):
             if message["type"] == "http.response.body" and not message.get("more_body"):
@@ -128,12 +140,7 @@ class RelayASGIHandler(ASGIHandler):
             await send(message)
 
         try:
-            async with unfinished.request_scope():  # what the request left open is closed when it ends
-                # Under a script prefix the path would need stripping before resolving: Django's way then.
-                if not scope.get("root_path") and serves_async_view(scope["path"]):
-                    await self._handle_on_loop(scope, receive, sending)
-                else:
-                    await super().__call__(scope, receive, sending)
+            await self._handle_on_loop(scope, receive, sending)
         finally:
             answered()
 

@@ -8,12 +8,11 @@ the request returns and would cancel the work, so `later` declines and the calle
 The tasks are held here until they end, so none is garbage-collected half-way.
 
 Work that may wait (`behind_answers`: a closing's commit, held in the ledger meanwhile) starts
-only once no request of this loop is still before its answer (`answering`, marked by the ASGI
-handler until its response ends, or until a stream's first event, `answer_started`), or after
-BEHIND_ANSWERS_AT_MOST: a closing that commits beside the next request's
-admission, reservation and opening takes the CPU, the interpreter lock and PostgreSQL from them,
-and on two cores that delayed the next first byte by about a millisecond (bench/README.md). A
-turn that waits for its conversation's closing (`settled`) and a draining server start it at once.
+only once no model call of this loop is still before its answer (`answering`, marked by the ASGI
+handler until the response ends, or until a stream's first event, `answer_started`), or after
+BEHIND_ANSWERS_AT_MOST: a closing that commits beside the next request's admission, reservation
+and opening takes the CPU, the interpreter lock and PostgreSQL from them (bench/README.md). A turn
+that waits for its conversation's closing (`settled`) and a draining server start it at once.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ class _Gate:
     def __init__(self):
         self.starting = 0
         self.waiting: list[asyncio.Future] = []
+        self.draining = False  # the server stops: nothing waits any more
 
     def open(self) -> None:
         waiting, self.waiting = self.waiting, []
@@ -97,7 +97,7 @@ def later(work, name: str = "", *, key: str | None = None, behind_answers: bool 
     """Run the coroutine `work` after the answer if this loop drains; False: the caller must await it.
 
     `key` names what the work completes (a conversation): `settled(key)` waits for it.
-    `behind_answers`: it starts once no request of this loop is before its first byte (module docstring).
+    `behind_answers`: it starts once no model call of this loop is before its answer (module docstring).
     """
     try:
         loop = asyncio.get_running_loop()
@@ -107,13 +107,16 @@ def later(work, name: str = "", *, key: str | None = None, behind_answers: bool 
     if pending is None:
         return False
     gate, waiter = _gates[loop], None
-    if behind_answers and gate.starting:
+    if behind_answers and gate.starting and not gate.draining:
         waiter = loop.create_future()
-        gate.waiting = [*(held for held in gate.waiting if not held.done()), waiter]  # gone: let go at most
+        gate.waiting = [*(other for other in gate.waiting if not other.done()), waiter]  # gone: let go at most
         loop.call_later(BEHIND_ANSWERS_AT_MOST, _release, waiter)
-        work = _after(waiter, work)
+        held, work = work, _after(waiter, work)
+    else:
+        held = None
     task = loop.create_task(work, name=name or None)
     task.relay_key, task.relay_waiter = key, waiter
+    task.relay_held = held
     pending.add(task)
     task.add_done_callback(_finished(pending))
     return True
@@ -130,17 +133,15 @@ async def settled(key: str) -> None:
 
 
 async def _after(waiter: asyncio.Future, work):
-    try:
-        await waiter
-    except BaseException:
-        work.close()  # cancelled while waiting: the coroutine never ran
-        raise
+    await waiter  # cancelled meanwhile: the done callback closes `work`, which never ran
     return await work
 
 
 def _finished(pending: set):
     def done(task: asyncio.Task) -> None:
         pending.discard(task)
+        if task.cancelled() and task.relay_held is not None:
+            task.relay_held.close()  # cancelled before it could start: never awaited, and no warning
         if not task.cancelled() and task.exception() is not None:
             logger.error("work after an answer failed (%s)", task.get_name(), exc_info=task.exception())
 
@@ -160,6 +161,7 @@ async def drain(timeout: float) -> int:
     tasks = _tasks.get(asyncio.get_running_loop(), set())
     gate = _gates.get(asyncio.get_running_loop())
     if gate is not None:
+        gate.draining = True
         gate.open()  # nothing is let wait for requests any more
     deadline = asyncio.get_running_loop().time() + timeout
     while tasks:

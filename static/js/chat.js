@@ -540,7 +540,14 @@
     if (!current.conversationId || current.conversationId !== conversationId) return;
     let detail;
     try {
-      detail = await R.api("/api/v1/conversations/" + current.conversationId + "/");
+      // The answer's row commits just after its last event (on another instance, or behind other
+      // requests' answers on this one): read again for a moment while it still shows as running.
+      for (let attempt = 1; ; attempt++) {
+        detail = await R.api("/api/v1/conversations/" + current.conversationId + "/");
+        const stored = detail.messages.find(function (m) { return m.id === current.messageId; });
+        if (!stored || stored.status !== "running" || attempt === 5) break;
+        await new Promise(function (resolve) { setTimeout(resolve, 40 * attempt); });
+      }
     } catch (e) { return; }
     if (run || current.conversationId !== conversationId) return;
     tree = buildTree(detail.messages);

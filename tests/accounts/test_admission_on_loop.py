@@ -171,3 +171,22 @@ def test_the_rate_limit_counts_each_request_once_on_the_loop(asgi_server, users,
     for _ in range(7):
         assert _ask(asgi_server, sibling.secret).status_code == 200
     assert _ask(asgi_server, sibling.secret).status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redis_lost_on_the_loop_is_answered_503_at_once(asgi_server, users, model, thread_admissions, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from accounts import admission
+
+    issued = create_api_key(users["user"], "lost")
+    assert _ask(asgi_server, issued.secret).status_code == 200
+
+    async def unreachable(keys):
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(admission, "get_many_on_loop", unreachable)
+    response = _ask(asgi_server, issued.secret)
+
+    assert response.status_code == 503 and response.json()["error"]["code"] == "service_unavailable"
+    assert len(thread_admissions) == 1  # not tried again on a DB thread, to wait out the same timeout
