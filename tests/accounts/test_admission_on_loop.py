@@ -190,3 +190,25 @@ def test_redis_lost_on_the_loop_is_answered_503_at_once(asgi_server, users, mode
 
     assert response.status_code == 503 and response.json()["error"]["code"] == "service_unavailable"
     assert len(thread_admissions) == 1  # not tried again on a DB thread, to wait out the same timeout
+
+
+@pytest.mark.django_db
+def test_a_burst_of_admissions_reads_the_cache_over_one_connection():
+    """A thousand streams opening at once: their key reads share the loop's pipelined trips on the
+    one connection the script runner holds, instead of queueing for a pool's connections (which
+    answered 503 "No connection available" under load.py's 1,000 streams)."""
+    import asyncio
+
+    from relay.eventloop import caches as loop_caches
+
+    cache.set("burst-test-key", {"a": 1}, 60)
+
+    async def burst():
+        found = await asyncio.gather(*(loop_caches.get_many_on_loop(["burst-test-key", "burst-absent"])
+                                       for _ in range(1000)))
+        pool = loop_caches._redis_of_loop()[0].connection_pool
+        return found, len(pool._available_connections) + len(pool._in_use_connections)
+
+    found, connections = asyncio.run(burst())
+    assert found == [{"burst-test-key": {"a": 1}}] * 1000
+    assert connections == 1
