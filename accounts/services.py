@@ -275,8 +275,8 @@ def authenticate_key(presented: str, *, client_ip: str | None = None) -> APIKey:
 
 
 def key_refusal(key: APIKey | None, presented: str, client_ip: str | None) -> str | None:
-    """Why the presented secret may not act as key (None: the row the prefix found) now, or None
-    when it may. No I/O: the key's chain travels with it."""
+    """Why the presented secret may not act as `key` (the row its prefix found; None: no row) now, or
+    None when it may. No I/O: the key's chain travels with it."""
     # Hash even when the prefix is unknown so timing does not reveal which prefixes exist.
     version = key.hash_version if key else settings.RELAY_API_KEY_HASH_VERSION
     expected = key.secret_hash if key else "0" * 64

@@ -32,7 +32,7 @@ BEHIND_ANSWERS_AT_MOST = 0.02
 
 
 class _Gate:
-    """The requests of one serving loop before their first byte, and the work waiting for none to be."""
+    """The model calls of one serving loop not yet answered, and the work waiting for none to be."""
 
     def __init__(self):
         self.starting = 0
