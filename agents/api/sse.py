@@ -149,11 +149,13 @@ async def sse_events(run: runner.PreparedRun, framing):
     with metrics.session_open():
         if framing.opening:
             yield framing.opening
+        answering = True
         async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS, stall=deadlines.limits()[1]):
             if event is None:
                 yield HEARTBEAT
             elif frame := framing.frame(event):
-                if event["type"] != "start":  # sent before the model is asked
+                if answering and event["type"] != "start":  # `start` is sent before the model is asked
+                    answering = False
                     later.answer_started()  # what waits behind answers (a closing's commit) need not wait for the rest
                 yield frame
         if framing.closing:
