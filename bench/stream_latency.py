@@ -3,9 +3,10 @@
 Run: python bench/stream_latency.py [--requests 100] [--tokens 50] [--ttft-ms 50]
 
 Starts the fake OpenAI-compatible upstream (fixed time to first token and token rate) and one
-Relay instance (uvicorn, its own database) with a model on that upstream, then streams the same
-completion directly from the upstream and through Relay's SSE, WebSocket and /v1/chat/completions
-endpoints, one request at a time, the paths taking turns in a rotating order. Prints p50/p99 of time
+Relay instance (its own database; `relay.serve`, the production launcher, whose loop commits a
+run's closing after the answer; `--server uvicorn` for the bare server) with a model on that
+upstream, then streams the same completion directly from the upstream and through Relay's SSE,
+WebSocket and /v1/chat/completions endpoints, one request at a time, the paths taking turns in a rotating order. Prints p50/p99 of time
 to first token and of the time per token after the first; the last line is one JSON object with
 every figure.
 
@@ -125,6 +126,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--ttft-ms", type=float, default=50)
     parser.add_argument("--tps", type=float, default=500)
+    parser.add_argument("--server", default="relay.serve", choices=["relay.serve", "uvicorn"])
     args = parser.parse_args()
     port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port),
@@ -133,7 +135,7 @@ def main():
     try:
         base = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{base}/models", process=upstream)
-        relay = RelayInstance({MODEL: base})
+        relay = RelayInstance({MODEL: base}, server=args.server)
         try:
             figures = asyncio.run(measure(relay, base, args.requests))
         finally:
@@ -147,7 +149,8 @@ def main():
         if "ttft_overhead_p50_ms" in figure:
             line += f"  | added ttft p50 {figure['ttft_overhead_p50_ms']:+.2f} ms"
         print(line)
-    print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms, **figures})
+    print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms,
+                  "server": args.server, **figures})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Work held behind answers (relay.eventloop.later): a closing's commit waits while a request of its
 loop has not answered yet (its response has not ended, or a stream has sent no event past its
-start), and no longer than BEHIND_ANSWERS_AT_MOST; a turn waiting for it, and a
-draining server, start it at once. Other later work never waits. The events asserted are the
-order of things, not their timing."""
+start) and until no request has been starting for RELAY_CLOSING_QUIET_MS, and no longer than
+RELAY_CLOSING_HOLD_MS, then all that waits goes together; a turn waiting for it, and a draining
+server, start it at once. Other later work never waits. The events asserted are the order of
+things, not their timing."""
 
 from __future__ import annotations
 
@@ -33,8 +34,18 @@ async def _turns(count: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-def test_held_work_starts_once_no_request_is_before_its_answer(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)  # the cap plays no part here
+@pytest.fixture
+def hold(settings):
+    """Set the quiet moment and the hold (ms); by default long enough to play no part."""
+    def set_hold(quiet_ms: int = 60_000, hold_ms: int = 60_000):
+        settings.RELAY_CLOSING_QUIET_MS, settings.RELAY_CLOSING_HOLD_MS = quiet_ms, hold_ms
+
+    set_hold()
+    return set_hold
+
+
+def test_held_work_starts_once_no_request_is_before_its_answer(hold):
+    hold(quiet_ms=1)
     events = []
 
     async def closing():
@@ -47,17 +58,111 @@ def test_held_work_starts_once_no_request_is_before_its_answer(monkeypatch):
         events.append("first answered")
         first()
         first()  # idempotent: one request, one mark
-        await _turns()
+        await asyncio.sleep(0.01)  # ten quiet moments' worth: the second request is still before its answer
         events.append("second answered")
         second()
+        await asyncio.wait_for(_until(lambda: "closing" in events), 10)  # the quiet moment lasted
         assert await later.drain(10) == 0
 
     _serving(scenario)
     assert events == ["first answered", "second answered", "closing"]
 
 
-def test_other_later_work_does_not_wait(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_a_quiet_moment_counts_only_once_it_has_lasted(hold):
+    """The client's next request, sent the moment it has its answer, keeps the closing waiting."""
+    hold(quiet_ms=1)
+    events = []
+
+    async def closing():
+        events.append("closing")
+
+    async def scenario():
+        answered = later.answering()
+        assert later.later(closing(), behind_answers=True)  # the runner holds its closing before it answers
+        answered()
+        following = later.answering()  # the next request, within the quiet moment
+        await asyncio.sleep(0.01)
+        events.append("next answered")
+        following()
+        await asyncio.wait_for(_until(lambda: "closing" in events), 10)
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    assert events == ["next answered", "closing"]
+
+
+def test_work_held_with_no_request_starting_still_waits_for_the_quiet_moment(hold):
+    """A stream's closing is held after its mark ended (at its first token): the next stream, arriving
+    at once, is not made to share its start with that commit."""
+    hold(quiet_ms=1)
+    events = []
+
+    async def closing():
+        events.append("closing")
+
+    async def scenario():
+        assert later.later(closing(), behind_answers=True)
+        arriving = later.answering()
+        await asyncio.sleep(0.01)
+        events.append("answered")
+        arriving()
+        await asyncio.wait_for(_until(lambda: "closing" in events), 10)
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    assert events == ["answered", "closing"]
+
+
+def test_what_waits_goes_together_at_the_oldest_works_hold(hold):
+    """Released one by one, each closing would commit alone and meet a request of its own."""
+    hold(hold_ms=20)
+    events = []
+
+    def closing(name):
+        async def work():
+            events.append(name)
+
+        return work()
+
+    async def ticking():
+        while len([e for e in events if e != "tick"]) < 2:
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    async def scenario():
+        later.answering()  # a request that never answers: only the hold lets them go
+        assert later.later(closing("first"), behind_answers=True)
+        await asyncio.sleep(0.01)
+        assert later.later(closing("second"), behind_answers=True)
+        await asyncio.wait_for(ticking(), 10)
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    ran = [e for e in events if e != "tick"]
+    assert ran == ["first", "second"]
+    assert events[events.index("first") + 1] == "second"  # in one turn of the loop: one batch
+
+
+def test_no_hold_starts_held_work_at_once(hold):
+    hold(hold_ms=0)
+    events = []
+
+    async def closing():
+        events.append("closing")
+
+    async def scenario():
+        answered = later.answering()
+        assert later.later(closing(), behind_answers=True)
+        await _turns()
+        events.append("answered")
+        answered()
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    assert events == ["closing", "answered"]
+
+
+def test_other_later_work_does_not_wait(hold):
     events = []
 
     async def release():
@@ -75,8 +180,8 @@ def test_other_later_work_does_not_wait(monkeypatch):
     assert events == ["released", "answered"]
 
 
-def test_held_work_waits_no_longer_than_the_cap(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 0.01)
+def test_held_work_waits_no_longer_than_the_hold(hold):
+    hold(hold_ms=10)
     events = []
 
     async def closing():
@@ -99,8 +204,7 @@ async def _until(condition) -> None:
         await asyncio.sleep(0.001)
 
 
-def test_the_turn_that_waits_for_a_closing_starts_it(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_the_turn_that_waits_for_a_closing_starts_it(hold):
     events = []
 
     async def closing():
@@ -118,8 +222,7 @@ def test_the_turn_that_waits_for_a_closing_starts_it(monkeypatch):
     assert events == ["closing", "settled"]
 
 
-def test_a_draining_server_starts_held_work(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_a_draining_server_starts_held_work(hold):
     events = []
 
     async def closing():
@@ -134,8 +237,7 @@ def test_a_draining_server_starts_held_work(monkeypatch):
     assert events == ["closing"]
 
 
-def test_held_work_cancelled_while_waiting_never_runs_and_leaves_no_warning(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_held_work_cancelled_while_waiting_never_runs_and_leaves_no_warning(hold):
     events = []
 
     async def closing():
@@ -214,8 +316,7 @@ def test_other_requests_are_not_marked():
     assert {starting for _, starting in _through_the_handler("/healthz")} == {0}
 
 
-def test_held_work_cancelled_before_it_starts_leaves_no_warning(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_held_work_cancelled_before_it_starts_leaves_no_warning(hold):
 
     async def closing():
         return None
@@ -234,8 +335,7 @@ def test_held_work_cancelled_before_it_starts_leaves_no_warning(monkeypatch):
     assert not [w for w in warned if "never awaited" in str(w.message)]
 
 
-def test_work_held_after_the_drain_began_does_not_wait(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_work_held_after_the_drain_began_does_not_wait(hold):
     events = []
 
     async def closing():
@@ -253,8 +353,7 @@ def test_work_held_after_the_drain_began_does_not_wait(monkeypatch):
     assert events == ["closing", "a moment later"]
 
 
-def test_a_streams_first_event_ends_its_mark(monkeypatch):
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+def test_a_streams_first_event_ends_its_mark(hold):
     events = []
 
     async def closing():

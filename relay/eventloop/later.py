@@ -7,12 +7,17 @@ client, a Celery task's `async_to_sync`, the development server) the loop may cl
 the request returns and would cancel the work, so `later` declines and the caller awaits it.
 The tasks are held here until they end, so none is garbage-collected half-way.
 
-Work that may wait (`behind_answers`: a closing's commit, held in the ledger meanwhile) starts
-only once no model call of this loop is still before its answer (`answering`, marked by the ASGI
-handler until the response ends, or until a stream's first event, `answer_started`), or after
-BEHIND_ANSWERS_AT_MOST: a closing that commits beside the next request's admission, reservation
-and opening takes the CPU, the interpreter lock and PostgreSQL from them (bench/README.md). A turn
-that waits for its conversation's closing (`settled`) and a draining server start it at once.
+Work that may wait (`behind_answers`: a closing's commit, held in the ledger meanwhile) waits for
+the model calls of this loop (`answering`, marked by the ASGI handler until the response ends):
+it starts once none has been before its answer for RELAY_CLOSING_QUIET_MS, or at once when the
+last of them is a stream past its first token (`answer_started`: the commit runs while it sends
+the rest), and RELAY_CLOSING_HOLD_MS after the oldest of it was held at the latest. Then all
+that waits goes together, so group commit writes it as one batch. A closing that commits beside
+the next request's admission, reservation and opening takes the CPU, the interpreter lock and
+PostgreSQL from them (bench/README.md), and a client that sends its next request as soon as it
+has an answer does so within a millisecond: a moment without requests counts only once it has
+lasted. A turn that waits for its conversation's closing (`settled`) and a draining server start
+it at once.
 """
 
 from __future__ import annotations
@@ -22,24 +27,56 @@ import contextvars
 import logging
 import weakref
 
+from django.conf import settings
+
 logger = logging.getLogger(__name__)
 
 _tasks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # serving loop -> its pending tasks
 _gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # serving loop -> _Gate
 _answering: contextvars.ContextVar = contextvars.ContextVar("relay_answering", default=None)  # the request's mark
-# Under steady load some request is nearly always starting: held work then goes in batches this far apart.
-BEHIND_ANSWERS_AT_MOST = 0.02
 
 
 class _Gate:
     """The model calls of one serving loop not yet answered, and the work waiting for none to be."""
 
-    def __init__(self):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
         self.starting = 0
         self.waiting: list[asyncio.Future] = []
         self.draining = False  # the server stops: nothing waits any more
+        self.quieting: asyncio.TimerHandle | None = None  # a moment without model calls, not yet long enough
+        self.deadline: asyncio.TimerHandle | None = None  # the oldest waiting work's hold ends
+
+    def hold(self, waiter: asyncio.Future) -> None:
+        self.waiting = [*(other for other in self.waiting if not other.done()), waiter]  # gone: let go at most
+        if self.deadline is None:
+            self.deadline = self.loop.call_later(settings.RELAY_CLOSING_HOLD_MS / 1000, self.open)
+        if not self.starting and self.quieting is None:
+            self.quiet()
+
+    def quiet(self) -> None:
+        """No model call is before its answer: what waits goes once that has lasted."""
+        self.quieting = self.loop.call_later(settings.RELAY_CLOSING_QUIET_MS / 1000, self.open)
+
+    def start(self) -> None:
+        self.starting += 1
+        if self.quieting is not None:
+            self.quieting.cancel()
+            self.quieting = None
+
+    def answered(self, midway: bool) -> None:
+        self.starting -= 1
+        if not self.starting and self.waiting:
+            if midway:  # a stream past its first token: what waits runs while it sends the rest
+                self.open()
+            elif self.quieting is None:
+                self.quiet()
 
     def open(self) -> None:
+        for timer in (self.quieting, self.deadline):
+            if timer is not None:
+                timer.cancel()
+        self.quieting = self.deadline = None
         waiting, self.waiting = self.waiting, []
         for waiter in waiting:
             _release(waiter)
@@ -56,8 +93,9 @@ def _no_op() -> None:
 
 def serve_here() -> None:
     """Mark the running loop as one that outlives its requests and drains before it stops."""
-    _tasks.setdefault(asyncio.get_running_loop(), set())
-    _gates.setdefault(asyncio.get_running_loop(), _Gate())
+    loop = asyncio.get_running_loop()
+    _tasks.setdefault(loop, set())
+    _gates.setdefault(loop, _Gate(loop))
 
 
 def answering():
@@ -70,16 +108,14 @@ def answering():
         gate = None
     if gate is None:
         return _no_op
-    gate.starting += 1
+    gate.start()
     marked = True
 
-    def answered() -> None:
+    def answered(midway: bool = False) -> None:
         nonlocal marked
         if marked:
             marked = False
-            gate.starting -= 1
-            if not gate.starting:
-                gate.open()
+            gate.answered(midway)
 
     _answering.set(answered)
     return answered
@@ -90,7 +126,7 @@ def answer_started() -> None:
     work held behind answers need not wait for the rest of it."""
     answered = _answering.get()
     if answered is not None:
-        answered()
+        answered(midway=True)
 
 
 def later(work, name: str = "", *, key: str | None = None, behind_answers: bool = False) -> bool:
@@ -107,10 +143,10 @@ def later(work, name: str = "", *, key: str | None = None, behind_answers: bool 
     if pending is None:
         return False
     gate, waiter = _gates[loop], None
-    if behind_answers and gate.starting and not gate.draining:
+    if behind_answers and not gate.draining and settings.RELAY_CLOSING_HOLD_MS > 0 and (
+            gate.starting or settings.RELAY_CLOSING_QUIET_MS > 0):
         waiter = loop.create_future()
-        gate.waiting = [*(other for other in gate.waiting if not other.done()), waiter]  # gone: let go at most
-        loop.call_later(BEHIND_ANSWERS_AT_MOST, _release, waiter)
+        gate.hold(waiter)
         held, work = work, _after(waiter, work)
     else:
         held = None

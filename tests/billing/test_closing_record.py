@@ -218,13 +218,13 @@ def test_on_the_servers_loop_the_answer_ends_before_its_closing_commits(org, use
     assert_reconciled()
 
 
-def test_a_held_closing_commits_once_no_other_request_is_starting(org, users, ledger, monkeypatch):
+def test_a_held_closing_commits_once_no_other_request_is_starting(org, users, ledger, settings):
     """The closing's commit waits behind a request of its loop that has sent nothing yet (relay.eventloop.later)."""
     from agents import runner
     from relay.eventloop import later
     from relay.eventloop.db import run_db
 
-    monkeypatch.setattr(later, "BEHIND_ANSWERS_AT_MOST", 60.0)
+    settings.RELAY_CLOSING_HOLD_MS = 60_000
     durable = hasattr(ledger, "backend")  # only a closing the ledger holds may wait
 
     async def scenario():
