@@ -143,6 +143,100 @@ def test_what_waits_goes_together_at_the_oldest_works_hold(hold):
     assert events[events.index("first") + 1] == "second"  # in one turn of the loop: one batch
 
 
+def test_held_work_goes_at_its_hold_while_more_keeps_coming(hold):
+    """The hold counts from the oldest held work: closings arriving all the time do not push it back."""
+    hold(hold_ms=20)
+    events = []
+
+    def closing(number):
+        async def work():
+            events.append(number)
+
+        return work()
+
+    async def scenario():
+        later.answering()  # a request that never answers
+        for number in range(200):  # a second of closings, one every 5 ms
+            if events:
+                break
+            assert later.later(closing(number), behind_answers=True)
+            await asyncio.sleep(0.005)
+        assert await later.drain(10) == 0
+        return number
+
+    held = _serving(scenario)
+    assert events and events[0] == 0 and held < 199  # the first went while more kept coming
+
+
+def test_held_work_goes_at_its_hold_while_requests_keep_starting(hold):
+    hold(hold_ms=20)
+    events = []
+
+    async def closing():
+        events.append("closing")
+
+    async def scenario():
+        answered = later.answering()
+        assert later.later(closing(), behind_answers=True)
+        for _ in range(200):  # a second of overlapping requests, one starting every 5 ms
+            if events:
+                break
+            following = later.answering()
+            answered()
+            answered = following
+            await asyncio.sleep(0.005)
+        events.append("requests stopped")
+        answered()
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    assert events == ["closing", "requests stopped"]
+
+
+def test_work_held_with_no_request_goes_after_the_quiet_moment(hold):
+    hold(quiet_ms=1)  # the hold (a minute) plays no part
+    events = []
+
+    async def closing():
+        events.append("closing")
+
+    async def scenario():
+        assert later.later(closing(), behind_answers=True)
+        await asyncio.wait_for(_until(lambda: events), 10)
+        events.append("no drain needed")
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    assert events == ["closing", "no drain needed"]
+
+
+def test_no_quiet_moment_starts_work_held_with_no_request_at_once(hold):
+    hold(quiet_ms=0)
+    events = []
+
+    async def closing():
+        events.append("closing")
+
+    async def scenario():
+        assert later.later(closing(), behind_answers=True)
+        await _turns()
+        events.append("a moment later")
+        assert await later.drain(10) == 0
+
+    _serving(scenario)
+    assert events == ["closing", "a moment later"]
+
+
+def test_a_finished_serving_loop_is_not_kept():
+    async def scenario():
+        later.serve_here()
+
+    before = len(later._gates)
+    asyncio.run(scenario())
+    gc.collect()
+    assert len(later._gates) == before
+
+
 def test_no_hold_starts_held_work_at_once(hold):
     hold(hold_ms=0)
     events = []
@@ -308,6 +402,41 @@ def test_the_handler_marks_a_model_call_until_its_response_ends():
     seen = _through_the_handler("/v1/models")  # an async API view: refused 401 here, marked all the same
     assert seen[0] == ("http.response.start", 1)  # headers alone are not the answer
     assert seen[-1] == ("http.response.body", 0)  # its last body message ends the mark
+
+
+@pytest.mark.django_db
+def test_a_model_call_is_marked_only_once_its_body_has_arrived():
+    """A client sending its body slowly, before any authentication, would otherwise keep every
+    closing of the instance waiting for the whole hold."""
+    from relay.asgi import application
+
+    async def scenario():
+        later.serve_here()
+        gate = later._gates[asyncio.get_running_loop()]
+        chunks = [{"type": "http.request", "body": b'{"model": ', "more_body": True}]
+
+        async def receive():
+            if chunks:
+                return chunks.pop(0)
+            await asyncio.Event().wait()  # the rest of the body never comes
+
+        async def send(message):
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                             (b"content-length", b"100")],
+                 "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+                 "scheme": "http", "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0"}}
+        task = asyncio.create_task(application(scope, receive, send))
+        await _turns(50)
+        assert not chunks and not task.done()  # the handler is reading the body
+        starting = gate.starting
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return starting
+
+    assert asyncio.run(scenario()) == 0
 
 
 @pytest.mark.django_db

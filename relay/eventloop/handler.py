@@ -131,8 +131,19 @@ class RelayASGIHandler(ASGIHandler):
         """_handle_on_loop, the request marked as not yet answered until its response ends (a stream:
         its first event, agents.api.sse): work held behind answers (a closing's commit) waits for it.
         Only these requests (model calls) are marked: a page or a read of the answer just given
-        must not hold back the commit it is about to read."""
-        answered = later.answering()
+        must not hold back the commit it is about to read. The mark starts once the body has arrived:
+        a client sending it slowly, before any authentication, does not hold the commits back."""
+        marks = []
+
+        async def receiving():
+            message = await receive()
+            if not marks and message["type"] == "http.request" and not message.get("more_body"):
+                marks.append(later.answering())  # in the request's own context: its stream ends it sooner
+            return message
+
+        def answered():
+            if marks:
+                marks[0]()
 
         async def sending(message):
             if message["type"] == "http.response.body" and not message.get("more_body"):
@@ -140,7 +151,7 @@ class RelayASGIHandler(ASGIHandler):
             await send(message)
 
         try:
-            await self._handle_on_loop(scope, receive, sending)
+            await self._handle_on_loop(scope, receiving, sending)
         finally:
             answered()
 

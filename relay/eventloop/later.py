@@ -39,8 +39,7 @@ _answering: contextvars.ContextVar = contextvars.ContextVar("relay_answering", d
 class _Gate:
     """The model calls of one serving loop not yet answered, and the work waiting for none to be."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self):
         self.starting = 0
         self.waiting: list[asyncio.Future] = []
         self.draining = False  # the server stops: nothing waits any more
@@ -50,13 +49,14 @@ class _Gate:
     def hold(self, waiter: asyncio.Future) -> None:
         self.waiting = [*(other for other in self.waiting if not other.done()), waiter]  # gone: let go at most
         if self.deadline is None:
-            self.deadline = self.loop.call_later(settings.RELAY_CLOSING_HOLD_MS / 1000, self.open)
+            self.deadline = asyncio.get_running_loop().call_later(settings.RELAY_CLOSING_HOLD_MS / 1000, self.open)
         if not self.starting and self.quieting is None:
             self.quiet()
 
     def quiet(self) -> None:
         """No model call is before its answer: what waits goes once that has lasted."""
-        self.quieting = self.loop.call_later(settings.RELAY_CLOSING_QUIET_MS / 1000, self.open)
+        # Not the loop itself kept here: _gates is keyed by it weakly, and a value holding it would keep it forever.
+        self.quieting = asyncio.get_running_loop().call_later(settings.RELAY_CLOSING_QUIET_MS / 1000, self.open)
 
     def start(self) -> None:
         self.starting += 1
@@ -95,7 +95,7 @@ def serve_here() -> None:
     """Mark the running loop as one that outlives its requests and drains before it stops."""
     loop = asyncio.get_running_loop()
     _tasks.setdefault(loop, set())
-    _gates.setdefault(loop, _Gate(loop))
+    _gates.setdefault(loop, _Gate())
 
 
 def answering():
