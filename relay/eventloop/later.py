@@ -8,16 +8,16 @@ the request returns and would cancel the work, so `later` declines and the calle
 The tasks are held here until they end, so none is garbage-collected half-way.
 
 Work that may wait (`behind_answers`: a closing's commit, held in the ledger meanwhile) waits for
-the model calls of this loop (`answering`, marked by the ASGI handler until the response ends):
-it starts once none has been before its answer for RELAY_CLOSING_QUIET_MS, or at once when the
-last of them is a stream past its first token (`answer_started`: the commit runs while it sends
-the rest), and RELAY_CLOSING_HOLD_MS after the oldest of it was held at the latest. Then all
-that waits goes together, so group commit writes it as one batch. A closing that commits beside
-the next request's admission, reservation and opening takes the CPU, the interpreter lock and
-PostgreSQL from them (bench/README.md), and a client that sends its next request as soon as it
-has an answer does so within a millisecond: a moment without requests counts only once it has
-lasted. A turn that waits for its conversation's closing (`settled`) and a draining server start
-it at once.
+the model calls of this loop (`answering`, marked by the ASGI handler from the arrival of the body
+until the response ends): it starts once none has been before its answer for
+RELAY_CLOSING_QUIET_MS, or at once when the last of them is a stream past its first token
+(`answer_started`: the commit runs while it sends the rest), and RELAY_CLOSING_HOLD_MS after the
+oldest of it was held at the latest. Then all that waits goes together, so group commit writes it
+as one batch. A closing that commits beside the next request's admission, reservation and opening
+takes the CPU, the interpreter lock and PostgreSQL from them (bench/README.md), and a client that
+sends its next request as soon as it has an answer does so within a millisecond: a moment without
+requests counts only once it has lasted. A turn that waits for its conversation's closing
+(`settled`) and a draining server start it at once.
 """
 
 from __future__ import annotations
