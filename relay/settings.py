@@ -412,6 +412,8 @@ RELAY_DB_THREADS = env_int("RELAY_DB_THREADS", 8)
 RELAY_DB_LOOP_WRITES = env_bool("RELAY_DB_LOOP_WRITES", True)
 # A request with an API key whose copy is cached is admitted on the event loop (accounts.admission.admit_on_loop).
 RELAY_ADMIT_ON_LOOP = env_bool("RELAY_ADMIT_ON_LOOP", True)
+# ...and its view's prelude there too, when it needs no database (a DB thread otherwise).
+RELAY_PRELUDE_ON_LOOP = env_bool("RELAY_PRELUDE_ON_LOOP", True)
 # A run's closing commit (held in the ledger meanwhile) waits behind the next model calls of its
 # process (relay.eventloop.later): until none has been before its answer for QUIET ms (a stream
 # past its first token lets it go at once), or HOLD ms at most; then all that waited commits as

@@ -247,8 +247,8 @@ async def _whole(run: runner.PreparedRun, model: str) -> dict:
 
 
 def _admitted_body(request, drf_request) -> tuple[dict, dict, runner.RunRequest]:
-    """The body checked and the run's reads done, on the DB thread that admitted the request (the
-    api_endpoint prelude): sync."""
+    """The body checked and the run's reads done, where the request was admitted (the
+    api_endpoint prelude): sync, reads only."""
     body = read_json(drf_request)
     serializer = ChatCompletionSerializer(data=body)
     serializer.is_valid(raise_exception=True)

@@ -26,8 +26,8 @@ def run_request(drf_request, data: dict) -> runner.RunRequest:
 
 
 def admitted_query(request, drf_request) -> tuple[dict, runner.RunRequest]:
-    """The body checked and the run's reads done, on the DB thread that admitted the request (the
-    api_endpoint prelude): sync."""
+    """The body checked and the run's reads done, where the request was admitted (the
+    api_endpoint prelude): sync, reads only."""
     body = read_json(drf_request)
     req = run_request(drf_request, validated(QuerySerializer, body))
     if presented(request) is None:  # a replayed Idempotency-Key reads nothing of its run again
@@ -52,7 +52,7 @@ def _vision_input(drf_request) -> dict:
 
 
 def _admitted_image(request, drf_request) -> runner.RunRequest:
-    """The form checked and the run's reads done, on the DB thread that admitted the request: sync."""
+    """The form checked and the run's reads done, where the request was admitted: sync, reads only."""
     if not request.content_type.startswith("multipart/"):
         raise exceptions.UnsupportedMediaType(request.content_type or "(none)")
     return runner.read_ahead(run_request(drf_request, _vision_input(drf_request)))

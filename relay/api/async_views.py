@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -90,8 +90,10 @@ def _with_prelude(prelude, django_request, request):
 
 async def _admit_on_loop(django_request, requirement, throttle: bool, parsers, max_body_bytes: int, prelude):
     """_admit without the trip for admission when the registered loop step decides it (an API key
-    whose copy is cached): the body parsed on the loop, then only the prelude on a DB thread, with
-    the version tokens the step read. None when the step cannot decide: _admit then does it all."""
+    whose copy is cached): the body parsed on the loop, then the prelude, with the version tokens the
+    step read, on the loop too (RELAY_PRELUDE_ON_LOOP) unless it must read the database: Django
+    refuses a query on the loop (SynchronousOnlyOperation) before sending it, and the prelude, which
+    only reads, runs again, whole, on a DB thread. None when the step cannot decide: _admit then does it all."""
     if not (_admission_on_loop and settings.RELAY_ADMIT_ON_LOOP) or _content_length(django_request) > _LOOP_BODY_BYTES:
         return None
     decided = await _admission_on_loop[0](django_request, requirement, throttle)
@@ -105,6 +107,11 @@ async def _admit_on_loop(django_request, requirement, throttle: bool, parsers, m
         request.data  # noqa: B018 - parsed here (a ParseError is the caller's refusal)
     if prelude is None:
         return request, None, None
+    if settings.RELAY_PRELUDE_ON_LOOP:
+        try:
+            return _prelude_with(tokens, prelude, django_request, request)
+        except SynchronousOnlyOperation:
+            pass  # it reads the database: all of it again on a DB thread
     return await db(_prelude_with)(tokens, prelude, django_request, request)
 
 
@@ -165,8 +172,8 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
                  parsers=JSON, upload_sized=False, prelude=None):
     """Decorate `async def view(request, drf_request, ...)`; errors become envelopes.
 
-    prelude(request, drf_request), sync, runs on the DB thread that admitted the request, right
-    after admission; the view gets what it returns as its third argument (`view(request,
+    prelude(request, drf_request), sync and read-only, runs right after admission, where the request
+    was admitted (the event loop, or a DB thread: it may then run once on each, _admit_on_loop); the view gets what it returns as its third argument (`view(request,
     drf_request, ready, ...)`): a view whose first step reads the database saves a trip.
 
     error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format);
