@@ -9,27 +9,19 @@ SynchronousOnlyOperation there before any query, and runs again, whole, on a DB 
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 
 import httpx
 import pytest
 
 from accounts.actions.keys import create_api_key
 from agents import runner
-from agents.actions.endpoints import create_endpoint
 from audit import actions
 from audit.models import AuditEvent
-from billing.models import ModelPrice, UsageRecord
+from billing.models import UsageRecord
 from billing.rule_cache import RULES
+from tests.accounts.test_admission_on_loop import BODY, model  # noqa: F401  (the priced model, a fixture)
 
-BODY = {"model": "fake-large", "messages": [{"role": "user", "content": "Say hello."}], "temperature": 0.7}
-
-
-@pytest.fixture
-def model(fake_upstream):
-    create_endpoint("fake-large", deployments=[
-        {"name": "only", "base_url": fake_upstream.base_url, "upstream_model": "fake-large"}])
-    ModelPrice.objects.create(model="fake-large", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
+pytestmark = pytest.mark.usefixtures("model")
 
 
 @pytest.fixture
@@ -62,8 +54,7 @@ def _ask(server, secret, **body):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("on_loop", [True, False])
-def test_the_prelude_runs_on_the_loop_when_its_copies_are_current(asgi_server, users, model, read_aheads, settings,
-                                                                  on_loop):
+def test_the_prelude_runs_on_the_loop_when_its_copies_are_current(asgi_server, users, read_aheads, settings, on_loop):
     settings.RELAY_PRELUDE_ON_LOOP = on_loop
     issued = create_api_key(users["user"], "loop")
     for stream in (False, False, True):
@@ -77,7 +68,7 @@ def test_the_prelude_runs_on_the_loop_when_its_copies_are_current(asgi_server, u
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_prelude_that_reads_the_database_runs_again_on_a_thread(asgi_server, users, model, read_aheads):
+def test_a_prelude_that_reads_the_database_runs_again_on_a_thread(asgi_server, users, read_aheads):
     issued = create_api_key(users["user"], "loop")
     assert _ask(asgi_server, issued.secret).status_code == 200
     assert _ask(asgi_server, issued.secret).status_code == 200
@@ -101,7 +92,7 @@ def test_a_prelude_that_reads_the_database_runs_again_on_a_thread(asgi_server, u
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_refusal_on_the_loop_is_answered_as_on_a_thread(asgi_server, users, model, read_aheads):
+def test_a_refusal_on_the_loop_is_answered_as_on_a_thread(asgi_server, users, read_aheads):
     issued = create_api_key(users["user"], "loop")
     assert _ask(asgi_server, issued.secret).status_code == 200
 
