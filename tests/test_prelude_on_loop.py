@@ -9,9 +9,11 @@ SynchronousOnlyOperation there before any query, and runs again, whole, on a DB 
 from __future__ import annotations
 
 import asyncio
+import io
 
 import httpx
 import pytest
+from PIL import Image
 
 from accounts.actions.keys import create_api_key
 from agents import runner
@@ -105,3 +107,21 @@ def test_a_refusal_on_the_loop_is_answered_as_on_a_thread(asgi_server, users, re
     assert invalid.status_code == 400, invalid.text
     assert read_aheads[1:] == [("loop", "NotFound")]  # the empty messages failed their check before any read
     assert UsageRecord.objects.filter(api_key=issued.key).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_uploaded_image_is_read_where_its_prelude_can_finish(asgi_server, users, read_aheads):
+    """A multipart body's files are read as the prelude goes: a prelude started on the loop and
+    redone on a thread would find them read. It runs on a DB thread from the start."""
+    issued = create_api_key(users["user"], "loop")
+    assert _ask(asgi_server, issued.secret).status_code == 200
+    RULES.bump()  # the prelude needs the database
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(buffer, "PNG")
+
+    response = httpx.post(asgi_server.url + "/api/v1/vision/analyze", headers={"Authorization": f"Bearer {issued.secret}"},
+                          files={"image": ("red.png", buffer.getvalue(), "image/png")}, data={"question": "Which colour?"},
+                          timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert read_aheads[1:] == [("thread", "ok")]

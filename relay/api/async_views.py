@@ -91,7 +91,7 @@ def _with_prelude(prelude, django_request, request):
 async def _admit_on_loop(django_request, requirement, throttle: bool, parsers, max_body_bytes: int, prelude):
     """_admit without the trip for admission when the registered loop step decides it (an API key
     whose copy is cached): the body parsed on the loop, then the prelude, with the version tokens the
-    step read, on the loop too (RELAY_PRELUDE_ON_LOOP) unless it must read the database: Django
+    step read, on the loop too for a JSON body (RELAY_PRELUDE_ON_LOOP) unless it must read the database: Django
     refuses a query on the loop (SynchronousOnlyOperation) before sending it, and the prelude, which
     only reads, runs again, whole, on a DB thread. None when the step cannot decide: _admit then does it all."""
     if not (_admission_on_loop and settings.RELAY_ADMIT_ON_LOOP) or _content_length(django_request) > _LOOP_BODY_BYTES:
@@ -107,7 +107,9 @@ async def _admit_on_loop(django_request, requirement, throttle: bool, parsers, m
         request.data  # noqa: B018 - parsed here (a ParseError is the caller's refusal)
     if prelude is None:
         return request, None, None
-    if settings.RELAY_PRELUDE_ON_LOOP:
+    # A JSON body is parsed whole; a multipart body's files are read as the prelude goes, so a
+    # prelude redone on a thread would find them read: those run on a thread from the start.
+    if settings.RELAY_PRELUDE_ON_LOOP and parsers == JSON:
         try:
             return _prelude_with(tokens, prelude, django_request, request)
         except SynchronousOnlyOperation:
