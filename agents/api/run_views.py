@@ -52,7 +52,7 @@ def _vision_input(drf_request) -> dict:
 
 
 def _admitted_image(request, drf_request) -> runner.RunRequest:
-    """The form checked and the run's reads done, where the request was admitted: sync, reads only."""
+    """The form checked and the run's reads done, on a DB thread (its files are read as it goes): sync, reads only."""
     if not request.content_type.startswith("multipart/"):
         raise exceptions.UnsupportedMediaType(request.content_type or "(none)")
     return runner.read_ahead(run_request(drf_request, _vision_input(drf_request)))

@@ -91,9 +91,10 @@ def _with_prelude(prelude, django_request, request):
 async def _admit_on_loop(django_request, requirement, throttle: bool, parsers, max_body_bytes: int, prelude):
     """_admit without the trip for admission when the registered loop step decides it (an API key
     whose copy is cached): the body parsed on the loop, then the prelude, with the version tokens the
-    step read, on the loop too for a JSON body (RELAY_PRELUDE_ON_LOOP) unless it must read the database: Django
-    refuses a query on the loop (SynchronousOnlyOperation) before sending it, and the prelude, which
-    only reads, runs again, whole, on a DB thread. None when the step cannot decide: _admit then does it all."""
+    step read, on the loop too for a JSON body (RELAY_PRELUDE_ON_LOOP) unless it must read the
+    database: Django refuses a query on the loop (SynchronousOnlyOperation) before sending it, and
+    the prelude, which only reads, runs again, whole, on a DB thread. None when the step cannot
+    decide: _admit then does it all."""
     if not (_admission_on_loop and settings.RELAY_ADMIT_ON_LOOP) or _content_length(django_request) > _LOOP_BODY_BYTES:
         return None
     decided = await _admission_on_loop[0](django_request, requirement, throttle)
@@ -175,7 +176,8 @@ def api_endpoint(required_permission, *, methods=("POST",), throttle=True, error
     """Decorate `async def view(request, drf_request, ...)`; errors become envelopes.
 
     prelude(request, drf_request), sync and read-only, runs right after admission, where the request
-    was admitted (the event loop, or a DB thread: it may then run once on each, _admit_on_loop); the view gets what it returns as its third argument (`view(request,
+    was admitted (the event loop, or a DB thread; it may start on the loop and run again on a
+    thread, _admit_on_loop); the view gets what it returns as its third argument (`view(request,
     drf_request, ready, ...)`): a view whose first step reads the database saves a trip.
 
     error_adapter reshapes the envelope response (the OpenAI-compatible API uses OpenAI's format);
