@@ -16,6 +16,12 @@ from billing.models import ModelPrice
 from relay.eventloop import later
 
 
+def _scope(method: str, path: str, *headers: tuple[bytes, bytes]) -> dict:
+    return {"type": "http", "method": method, "path": path, "headers": [(b"host", b"testserver"), *headers],
+            "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+            "scheme": "http", "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0"}}
+
+
 def _through_the_handler(path: str) -> list[tuple[str, int]]:
     """(ASGI message type, model calls not yet answered) as each message of a GET of path is sent."""
     from relay.asgi import application  # sets Django up as the server does
@@ -35,10 +41,7 @@ def _through_the_handler(path: str) -> list[tuple[str, int]]:
         async def send(message):
             seen.append((message["type"], gate.starting))
 
-        scope = {"type": "http", "method": "GET", "path": path, "headers": [(b"host", b"testserver")],
-                 "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
-                 "scheme": "http", "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0"}}
-        await application(scope, receive, send)
+        await application(_scope("GET", path), receive, send)
         assert gate.starting == 0
 
     asyncio.run(scenario())
@@ -63,23 +66,22 @@ def test_a_model_call_is_marked_only_once_its_body_has_arrived():
         gate = later._gates[asyncio.get_running_loop()]
         chunks = [{"type": "http.request", "body": b'{"model": ', "more_body": True}]
 
+        waiting_for_more = asyncio.Event()
+
         async def receive():
             if chunks:
                 return chunks.pop(0)
+            waiting_for_more.set()
             await asyncio.Event().wait()  # the rest of the body never comes
 
         async def send(message):
             pass
 
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-                 "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
-                             (b"content-length", b"100")],
-                 "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
-                 "scheme": "http", "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0"}}
+        scope = _scope("POST", "/v1/chat/completions", (b"content-type", b"application/json"),
+                       (b"content-length", b"100"))
         task = asyncio.create_task(application(scope, receive, send))
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert not chunks and not task.done()  # the handler is reading the body
+        await waiting_for_more.wait()
+        assert not task.done()  # the handler is reading the body
         starting = gate.starting
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
