@@ -154,6 +154,27 @@ def _recorded(event) -> dict:
     return values
 
 
+def queued_json(events) -> str:
+    """The events as audit_lock_or_queue takes them (queued as they are, if it cannot lock)."""
+    return _encode([_recorded(event) for event in events])
+
+
+def chained_json(events) -> str:
+    """The linked events (sequence and hashes set) as audit_chain takes them."""
+    rows = []
+    for event in events:
+        row = _recorded(event)
+        row.update(sequence=event.sequence, prev_hash=event.prev_hash, hash=event.hash, version=event.version)
+        rows.append(row)
+    return _encode(rows)
+
+
+def chained_ids(events, ids: dict[int, int], alias: str) -> None:
+    """Each inserted event gets its id ({sequence: id}, as audit_chain returns them)."""
+    for event in events:
+        event.pk, event._state.adding, event._state.db = ids[event.sequence], False, alias
+
+
 def lock_or_queue(connection, events, alone: bool) -> tuple[bool, tuple | None, bool]:
     """Try the append lock; if another transaction holds it, queue the events. (Whether the lock was
     taken, the head if it was and the chain has one, whether this process is now the drainer.)
@@ -161,7 +182,7 @@ def lock_or_queue(connection, events, alone: bool) -> tuple[bool, tuple | None, 
     `alone`: record() outside a transaction; the lock is a session lock, let go of by chain_insert
     (or give_up_session_lock), and queued events are committed.
     """
-    events_json = _literal(connection, _encode([_recorded(event) for event in events]))
+    events_json = _literal(connection, queued_json(events))
     if alone:
         _, result, _, drainer = exchange(connection, _QUEUE_ALONE % events_json)
         drainer = drainer.get_value(0, 0) == b"t"
@@ -174,16 +195,10 @@ def lock_or_queue(connection, events, alone: bool) -> tuple[bool, tuple | None, 
 def chain_insert(connection, events, alone: bool) -> None:
     """Insert the linked events; each gets its id. `alone`: in a transaction of their own, after
     whose commit the session lock is let go of."""
-    rows = []
-    for event in events:
-        row = _recorded(event)
-        row.update(sequence=event.sequence, prev_hash=event.prev_hash, hash=event.hash, version=event.version)
-        rows.append(row)
-    rows_json = _literal(connection, _encode(rows))
+    rows_json = _literal(connection, chained_json(events))
     result = exchange(connection, (_CHAIN_ALONE if alone else _CHAIN_IN_TRANSACTION) % rows_json)[1 if alone else 0]
-    ids = {int(result.get_value(n, 0)): int(result.get_value(n, 1)) for n in range(result.ntuples)}
-    for event in events:
-        event.pk, event._state.adding, event._state.db = ids[event.sequence], False, connection.alias
+    chained_ids(events, {int(result.get_value(n, 0)): int(result.get_value(n, 1)) for n in range(result.ntuples)},
+                connection.alias)
 
 
 def give_up_session_lock(connection) -> None:

@@ -171,12 +171,20 @@ def appending_together():
     One lock, one head read and one INSERT for all of them (the group commit of model calls,
     relay/eventloop/group_commit.py). Until the block ends, the events it returned have no sequence yet.
     """
-    previous = getattr(_together, "events", None)
-    _together.events = events = []
-    try:
+    with collecting_events() as events:
         yield
         if events:
             _append(events, DEFAULT_DB_ALIAS)
+
+
+@contextmanager
+def collecting_events():
+    """The events record() makes in the block, not appended: the caller appends them (the list
+    yielded) in its own transaction (audit.loop_append)."""
+    previous = getattr(_together, "events", None)
+    _together.events = events = []
+    try:
+        yield events
     finally:
         _together.events = previous
 

@@ -147,16 +147,27 @@ def _usage_sql(connection, records: int, tools: int) -> str:
 def insert_usages(connection, usages: list[tuple[object, list]]) -> None:
     """Insert the usage records and their tool usages (unsaved ToolUsage instances) in one statement;
     each record gets its primary key. IntegrityError (a run recorded already) as through the ORM."""
+    sql, params = usages_statement(connection, usages)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        usages_inserted(usages, cursor.fetchall(), connection.alias)
+
+
+def usages_statement(connection, usages: list[tuple[object, list]]) -> tuple[str, list]:
+    """insert_usages' statement and parameters, for a caller that sends it itself (`connection`
+    only prepares the values); its rows go to `usages_inserted`."""
     usage, tool = _columns()
     params = usage.params(connection, [record.__dict__ for record, _ in usages])
     calls = [{**call.__dict__, "request_id": record.request_id} for record, calls in usages for call in calls]
     if calls:
         params += tool.params(connection, calls)
     records, tools = shape(len(usages)), shape(len(calls))
-    sql = cached_sql(("usage", records, tools), lambda: _usage_sql(connection, records, tools))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        ids = dict(cursor.fetchall())
+    return cached_sql(("usage", records, tools), lambda: _usage_sql(connection, records, tools)), params
+
+
+def usages_inserted(usages: list[tuple[object, list]], rows: list, alias: str) -> None:
+    """Each record gets its primary key from the statement's rows (request id, id)."""
+    ids = dict(rows)
     for record, _ in usages:
         record.pk = ids[record.request_id]
-        record._state.adding, record._state.db = False, connection.alias
+        record._state.adding, record._state.db = False, alias

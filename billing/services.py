@@ -17,6 +17,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -271,11 +272,25 @@ def record_usages(usages: list[tuple[object, list[dict]]]) -> None:
 
     connection = connections[UsageRecord.objects.db]
     if connection.vendor == "postgresql":
-        pg_rows.insert_usages(connection, [(record, [ToolUsage.from_call(record, call) for call in calls])
-                                           for record, calls in usages])
+        pg_rows.insert_usages(connection, _with_tool_rows(usages))
         return
     UsageRecord.objects.bulk_create([record for record, _ in usages])
     ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for record, calls in usages for call in calls])
+
+
+def record_usages_statement(connection, usages: list[tuple[object, list[dict]]]) -> tuple[str, list, Callable]:
+    """record_usages on PostgreSQL as (sql, params, inserted) for a caller that sends the statement
+    itself, in its transaction (agents.actions.runs: a closing on the event loop's connection);
+    `inserted(rows)` then gives each record its primary key. `connection` only prepares the values."""
+    with_tools = _with_tool_rows(usages)
+    sql, params = pg_rows.usages_statement(connection, with_tools)
+    return sql, params, lambda rows: pg_rows.usages_inserted(with_tools, rows, connection.alias)
+
+
+def _with_tool_rows(usages: list[tuple[object, list[dict]]]) -> list[tuple[object, list]]:
+    from billing.models import ToolUsage
+
+    return [(record, [ToolUsage.from_call(record, call) for call in calls]) for record, calls in usages]
 
 
 def recorded_usage(request_id: str):

@@ -9,7 +9,8 @@ conversation locks it, if it is the caller's, in the same statement that inserts
 messages: they are inserted only for the conversations so found, and `open_rows` names the
 openings that found none (the caller refuses them; nothing of theirs was written).
 
-The closing's answers, one per run of a batch, are one `UPDATE ... FROM unnest(...)` (VALUES for one or two).
+The closing's answers, one per run of a batch, are one `UPDATE ... FROM unnest(...)` (VALUES for one or two),
+sent on a DB thread or, with the closing's other statements, on the event loop's connection.
 """
 
 from __future__ import annotations
@@ -112,7 +113,12 @@ def _answers_sql(connection, count: int) -> str:
 
 def store_answers(connection, answers: list[dict]) -> None:
     """Each answer message's closing fields (ANSWERED, and its id), in one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(*answers_statement(connection, answers))
+
+
+def answers_statement(connection, answers: list[dict]) -> tuple[str, list]:
+    """store_answers' (sql, params); `connection` only prepares (it need not be connected)."""
     count = shape(len(answers))
     sql = cached_sql(("answers", count), lambda: _answers_sql(connection, count))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, _columns()[3].params(connection, answers))
+    return sql, _columns()[3].params(connection, answers)

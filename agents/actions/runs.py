@@ -5,7 +5,9 @@ share one transaction of bulk statements, and a batch that fails is written agai
 write, so a bad write fails its own run only. Closing writes billing's usage record (through
 billing's plain functions), the stored answers, and the `agent.run` audit event last. On
 PostgreSQL the rows travel as plain SQL (agents.actions.run_rows, billing.pg_rows): a batch's
-opening is one round trip, its answers one statement; other databases keep the ORM.
+opening is one round trip, its answers one statement, and both are written on the event loop's own
+connection (relay.eventloop.pg): the opening in one round trip, the closing in two, its audit event
+appended by audit.loop_append; other databases, and a closing refused there, go to a DB thread.
 
 A run closes in two steps (docs/design.md section 7). `settle_run`: one ledger step settles the
 reservation to the actual cost and holds the closing record, this module's `Closing.data`, the
@@ -23,8 +25,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from agents.actions import run_rows
@@ -302,7 +305,36 @@ async def _forget_closings(done: list) -> None:
         logger.warning("could not drop %d closing record(s) from the ledger", len(committed), exc_info=True)
 
 
-_CLOSINGS = GroupCommit(_close_many, _close_one, after=_forget_closings)
+async def _close_on_loop(writes) -> list | None:
+    """_close_many on the event loop's own connection (relay.eventloop.pg), in two round trips
+    (audit.loop_append) instead of a DB thread's five, each of which waited for the interpreter lock
+    while the loop streamed the next answer. None where that connection cannot serve, or when the
+    batch failed there (rolled back, nothing written): the thread writes it as before, each run alone
+    if need be (one closed already answers with its first record)."""
+    if not pg.available():
+        return None
+    from audit.loop_append import append_with
+    from audit.services import collecting_events
+
+    closings = [write.item for write in writes]
+    try:
+        with collecting_events() as events:
+            for write in writes:
+                write.run(_audit_run, write.item)
+        usage_sql, usage_params, inserted = billing.record_usages_statement(
+            pg.wrapper(), [(closing.record, closing.data["tools"]) for closing in closings])
+        answers = run_rows.answers_statement(pg.wrapper(), [_answer_row(closing) for closing in closings])
+        sets = await append_with([(usage_sql, usage_params), answers], events)
+    except (DatabaseError, SynchronousOnlyOperation):
+        logger.info("%d closing(s) not written on the loop; a DB thread writes them", len(writes), exc_info=True)
+        return None
+    if sets is None:
+        return None
+    inserted(sets[0])
+    return [(closing.record, True) for closing in closings]
+
+
+_CLOSINGS = GroupCommit(_close_many, _close_one, after=_forget_closings, on_loop=_close_on_loop)
 
 
 def _answer_and_audit(closing: Closing) -> None:

@@ -7,8 +7,10 @@ in PostgreSQL (bench/README.md). A write that needs no ORM, only its SQL and par
 on the loop itself over psycopg's async connection: `execute_sets` sends it and returns the rows
 of each statement.
 
-One connection per event loop, one statement at a time (group commit already sends one batch at
-a time per loop); in autocommit, the statement carrying its own BEGIN/COMMIT. It is opened with
+One connection per event loop and lane (the openings', the closings': a closing's transaction
+takes two round trips, and the next request's opening does not wait behind it), one caller at a
+time (group commit already sends one batch at a time per loop); in autocommit, the statements
+carrying their own BEGIN/COMMIT, over one round trip (`execute_sets`) or several (`session`). It is opened with
 Django's connection parameters and type adapters, binds values client-side (a round trip of
 several statements) and is opened again after it breaks. A statement that fails, or is cancelled
 midway, leaves no transaction open: the connection is rolled back, or dropped when its state is
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -30,6 +33,7 @@ from django.db import connections
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 APPLICATION_NAME = "relay-loop"
+OPENINGS, CLOSINGS = "openings", "closings"  # the lanes
 
 
 @dataclass
@@ -39,7 +43,7 @@ class _Held:
     connection: object | None = None  # psycopg.AsyncConnection
 
 
-_held: dict[asyncio.AbstractEventLoop, _Held] = {}
+_held: dict[tuple[asyncio.AbstractEventLoop, str], _Held] = {}
 _guard = threading.Lock()  # loops of several threads (test servers) register at once
 _wrappers: dict[str, object] = {}
 
@@ -60,22 +64,37 @@ def wrapper(alias: str = "default"):
     return found
 
 
-async def execute_sets(sql: str, params) -> list[list | None]:
+async def execute_sets(sql: str, params, lane: str = OPENINGS) -> list[list | None]:
     """Run sql (one or several statements) on this loop's connection; the rows of each statement
     (None for a command). Raises Django's database errors."""
-    held = _state()
+    async with session(lane) as execute:
+        return await execute(sql, params)
+
+
+@asynccontextmanager
+async def session(lane: str = OPENINGS):
+    """This loop's connection of `lane`, held for several round trips in a row (a transaction over
+    two): `await execute(sql, params)` gives each statement's rows, as execute_sets does. Leaving the
+    block by an error, or with a transaction still open, rolls it back: nothing is kept half-done."""
+    held = _state(lane)
     async with held.lock:
         with wrapper().wrap_database_errors:
             connection = held.connection
             if connection is None or connection.closed or connection.broken:
                 connection = held.connection = await _connect()
-            try:
+
+            async def execute(sql: str, params) -> list[list | None]:
                 async with connection.cursor() as cursor:
                     await cursor.execute(sql, params)
                     return await _sets(cursor)
+
+            try:
+                yield execute
             except BaseException:
                 await _after_failure(held)
                 raise
+            if connection.info.transaction_status != _IDLE:
+                await _after_failure(held)
 
 
 async def _sets(cursor) -> list[list | None]:
@@ -113,14 +132,14 @@ async def _after_failure(held: _Held) -> None:
     connection.pgconn.finish()
 
 
-def _state() -> _Held:
+def _state(lane: str = OPENINGS) -> _Held:
     loop = asyncio.get_running_loop()
-    held = _held.get(loop)
+    held = _held.get((loop, lane))
     if held is None:
         with _guard:
-            for other in [other for other in _held if other.is_closed()]:
+            for other in [other for other in _held if other[0].is_closed()]:
                 _finish(_held.pop(other))  # the loops of finished test servers
-            held = _held[loop] = _Held(loop)
+            held = _held[(loop, lane)] = _Held(loop)
     return held
 
 
@@ -131,11 +150,13 @@ def _finish(held: _Held) -> None:
 
 
 async def close_loop_connection() -> None:
-    """Close this loop's connection (the server's shutdown)."""
-    held = _held.pop(asyncio.get_running_loop(), None)
-    if held is not None and held.connection is not None:
-        async with held.lock:
-            await held.connection.close()
+    """Close this loop's connections (the server's shutdown)."""
+    loop = asyncio.get_running_loop()
+    for key in [key for key in _held if key[0] is loop]:
+        held = _held.pop(key)
+        if held.connection is not None:
+            async with held.lock:
+                await held.connection.close()
 
 
 def close_all() -> None:
