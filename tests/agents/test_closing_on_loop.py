@@ -13,27 +13,26 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from decimal import Decimal
 
 import httpx
 import psycopg
 import pytest
 
-from accounts.actions.keys import create_api_key
 from agents.actions import runs
-from agents.actions.endpoints import create_endpoint
 from agents.models import Message
 from audit import loop_append
 from audit.maintenance import verify_chain
 from audit.models import AuditEvent, PendingAuditEvent
 from audit.pg_append import APPEND_LOCK_KEY
-from billing.models import ModelPrice, UsageRecord
+from billing.models import UsageRecord
 from relay.eventloop import pg
+from tests import test_loop_connection
 from tests.conftest import require_postgres
 from tests.reconciled import assert_reconciled
 from tests.support.streams import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
+secret = test_loop_connection.secret  # the fixture: an API key for fake-large on the fake upstream
 
 
 @pytest.fixture(autouse=True)
@@ -41,14 +40,6 @@ def _postgres():
     require_postgres()
     yield
     pg.close_all()
-
-
-@pytest.fixture
-def secret(users, fake_upstream):
-    create_endpoint("fake-large", deployments=[
-        {"name": "only", "base_url": fake_upstream.base_url, "upstream_model": "fake-large"}])
-    ModelPrice.objects.create(model="fake-large", input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
-    return create_api_key(users["user"], "closing on the loop").secret
 
 
 @pytest.fixture
