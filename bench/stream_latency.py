@@ -6,7 +6,9 @@ Starts the fake OpenAI-compatible upstream (fixed time to first token and token 
 Relay instance (its own database; `relay.serve`, the production launcher, whose loop commits a
 run's closing after the answer; `--server uvicorn` for the bare server) with a model on that
 upstream, then streams the same completion directly from the upstream and through Relay's SSE,
-WebSocket and /v1/chat/completions endpoints, one request at a time, the paths taking turns in a rotating order. Prints p50/p99 of time
+WebSocket and /v1/chat/completions endpoints, one request at a time, the paths taking turns in a rotating order,
+each request after --pause-ms (50) of idle time, so that it starts on an idle machine: not
+beside what its predecessor left running (a closing's commit, a WebSocket's teardown). Prints p50/p99 of time
 to first token and of the time per token after the first; the last line is one JSON object with
 every figure.
 
@@ -75,7 +77,7 @@ def is_relay_token(event) -> bool:
     return event.get("type") == "token"
 
 
-async def measure(relay: RelayInstance, upstream_base: str, requests: int) -> dict:
+async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause: float) -> dict:
     key = {"Authorization": f"Bearer {relay.key}"}
     ws_url = relay.url.replace("http://", "ws://") + "/ws/chat/"
     counter = iter(range(10**9))
@@ -101,13 +103,15 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int) -> di
                 await run(client)
         names = list(paths)
         for index in range(requests):
-            # Interleaved, so machine drift hits every path alike, and rotated: Relay's first request
-            # after the direct one (~150 ms of Relay idle) is 1.3-1.6 ms slower than one right after
-            # another Relay request, and a fixed order gave that penalty to the SSE path alone.
+            # Interleaved, so machine drift hits every path alike, and rotated. Rotating a fixed order
+            # leaves each path behind the same other one, though: back to back, /v1 always met the
+            # WebSocket's teardown and closing (+2 ms p50) and SSE a Relay idle since its previous
+            # request. So each request starts on an idle Relay, its predecessor's work done.
             for name in names[index % len(names):] + names[:index % len(names)]:
                 ttft, per_token = await paths[name](client)
                 samples[name][0].append(ttft)
                 samples[name][1].append(per_token)
+                await asyncio.sleep(pause)
     figures = {}
     for name, (ttfts, per_tokens) in samples.items():
         figures[name] = {"ttft": summary_ms(ttfts), "per_token": summary_ms(per_tokens)}
@@ -127,6 +131,8 @@ def main():
     parser.add_argument("--ttft-ms", type=float, default=50)
     parser.add_argument("--tps", type=float, default=500)
     parser.add_argument("--server", default="relay.serve", choices=["relay.serve", "uvicorn"])
+    parser.add_argument("--pause-ms", type=float, default=50,
+                        help="idle time after each request (0: back to back)")
     args = parser.parse_args()
     port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port),
@@ -137,7 +143,7 @@ def main():
         wait_http(f"{base}/models", process=upstream)
         relay = RelayInstance({MODEL: base}, server=args.server)
         try:
-            figures = asyncio.run(measure(relay, base, args.requests))
+            figures = asyncio.run(measure(relay, base, args.requests, args.pause_ms / 1000))
         finally:
             relay.stop()
     finally:
@@ -150,6 +156,7 @@ def main():
             line += f"  | added ttft p50 {figure['ttft_overhead_p50_ms']:+.2f} ms"
         print(line)
     print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms,
+                  "pause_ms": args.pause_ms,
                   "server": args.server, **figures})
 
 

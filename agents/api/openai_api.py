@@ -278,7 +278,7 @@ async def chat_completions(request, drf_request, ready):
     if not data["stream"]:
         return quota_headers(JsonResponse(await _whole(run, data["model"])), request, run.remaining_tokens)
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-    response = sse.event_stream(run, _OpenAIFraming(run, data["model"], include_usage))
+    response = await sse.event_stream(run, _OpenAIFraming(run, data["model"], include_usage))
     return quota_headers(response, request, run.remaining_tokens)
 
 

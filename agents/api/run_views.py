@@ -79,4 +79,4 @@ async def stream(request, drf_request, ready):
     """
     body, req = ready
     run = await prepare_once(request, "stream", body, req)
-    return quota_headers(sse.event_stream(run, sse.RelayFraming()), request, run.remaining_tokens)
+    return quota_headers(await sse.event_stream(run, sse.RelayFraming()), request, run.remaining_tokens)

@@ -10,17 +10,23 @@ The run itself stores its answer however the stream ends, also when the client d
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+from collections.abc import Callable
 
 from django.http import StreamingHttpResponse
 
 from agents import deadlines, runner
-from relay.eventloop import later
+from relay.eventloop import later, unfinished
 from relay.observability import metrics
 
 HEARTBEAT_SECONDS = 15  # read at each stream's start, so tests can shorten it
 HEARTBEAT = b": heartbeat\n\n"
+# Turns of the loop for the pump to send the model call before the response goes out, its deployment
+# acquired and its connection open: its own task's first, aiohttp's writing the request (a task of
+# its own on Python 3.11), and one to spare.
+_ASKING_TURNS = 3
 
 
 def data(payload) -> bytes:
@@ -63,7 +69,8 @@ _END = object()
 
 
 class _Pump:
-    """Fetches the source's events in one task for the whole stream, at most one step ahead.
+    """Fetches the source's events in one task for the whole stream, at most one step ahead (after
+    its `head_start`: that many first events are fetched without waiting for the consumer).
 
     Per event this costs one future, and only when the consumer is already waiting: the task
     starts on the next event as soon as it handed one over, so the consumer never has to wake
@@ -72,11 +79,14 @@ class _Pump:
     since it started waiting.
     """
 
-    def __init__(self, source, interval: float, stall: float | None = None):
+    def __init__(self, source, interval: float, stall: float | None = None, head_start: int = 0):
         self.loop = asyncio.get_running_loop()
         self.iterator, self.interval, self.stall = aiter(source), interval, stall
-        self.ready = None  # (event, error) fetched while the consumer was away (sending, or a heartbeat)
-        self.taken = None  # the task's wait until the consumer took `ready`
+        # (event, error) fetched while the consumer was away (sending, or a heartbeat): one at most,
+        # but for the first `head_start` events, which are fetched without waiting for the consumer.
+        self.ready = collections.deque()
+        self.head_start = head_start
+        self.taken = None  # the task's wait until the consumer took all of `ready`
         self.answer = None  # what the consumer waits on: (event, error), or (None, None) for a heartbeat
         self.deadline, self.timer = 0.0, None
         self.stalled = False  # the source is closed, or being closed, for a client that took nothing
@@ -91,11 +101,13 @@ class _Pump:
             except Exception as error:  # noqa: BLE001 (raised in the consumer, as the source raised it)
                 result = (None, error)
             last = result[0] is _END or result[1] is not None
+            ahead = self.head_start > 0
+            self.head_start -= ahead
             if self.answer is not None and not self.answer.done():
                 self.answer.set_result(result)
             else:
-                self.ready = result
-                if not last:
+                self.ready.append(result)
+                if not (last or ahead):
                     self.taken = self.loop.create_future()
                     try:
                         async with asyncio.timeout(self.stall):
@@ -108,9 +120,9 @@ class _Pump:
                 return
 
     async def next(self):
-        if self.ready is not None:
-            (event, error), self.ready = self.ready, None
-            if self.taken is not None and not self.taken.done():
+        if self.ready:
+            event, error = self.ready.popleft()
+            if not self.ready and self.taken is not None and not self.taken.done():
                 self.taken.set_result(None)
         elif self.stalled:  # the end, once the run is closed: no heartbeat for a client that is gone
             await self.task
@@ -144,20 +156,36 @@ class _Pump:
         await self.iterator.aclose()
 
 
-async def sse_events(run: runner.PreparedRun, framing):
-    """The run's events as SSE bytes in `framing`, with heartbeats, counted as an open session."""
+def fetching(run: runner.PreparedRun) -> tuple[_Pump, Callable[[], None]]:
+    """The run's events, fetched from now on: its `start` event and then, without waiting for the
+    consumer, its first answer, so the model is asked while the response's headers go out rather
+    than after. (The pump, and what its consumer calls once it has taken the pump over; until
+    then the request's end closes it, relay.eventloop.unfinished: a client gone before the stream
+    starts leaves no run going.)"""
+    pump = _Pump(runner.stream(run), HEARTBEAT_SECONDS, deadlines.limits()[1], head_start=1)
+    return pump, unfinished.register(pump.close)
+
+
+async def sse_events(run: runner.PreparedRun, framing, started: tuple | None = None):
+    """The run's events as SSE bytes in `framing`, with heartbeats, counted as an open session.
+    `started`: what `fetching(run)` returned (None: the events are fetched from the first step)."""
+    pump, take_over = started or fetching(run)
     with metrics.session_open():
         if framing.opening:
             yield framing.opening
+        take_over()
         answering = True
-        async for event in with_heartbeats(runner.stream(run), HEARTBEAT_SECONDS, stall=deadlines.limits()[1]):
-            if event is None:
-                yield HEARTBEAT
-            elif frame := framing.frame(event):
-                if answering and event["type"] != "start":  # `start` is sent before the model is asked
-                    answering = False
-                    later.answer_started()  # what waits behind answers (a closing's commit) need not wait for the rest
-                yield frame
+        try:
+            while (event := await pump.next()) is not _END:
+                if event is None:
+                    yield HEARTBEAT
+                elif frame := framing.frame(event):
+                    if answering and event["type"] != "start":  # `start` is sent before the model is asked
+                        answering = False
+                        later.answer_started()  # what waits behind answers (a closing's commit) need not wait for the rest
+                    yield frame
+        finally:
+            await pump.close()
         if framing.closing:
             yield framing.closing
 
@@ -186,9 +214,24 @@ class EventStreamResponse(StreamingHttpResponse):
             await self.events.aclose()  # a no-op when they ran to their end
 
 
-def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpResponse:
-    """The streaming response of a run: no caching, and no proxy buffering (nginx honours X-Accel-Buffering)."""
-    response = EventStreamResponse(sse_events(run, framing), content_type="text/event-stream")
+async def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpResponse:
+    """The streaming response of a run: no caching, and no proxy buffering (nginx honours X-Accel-Buffering).
+
+    Served by Relay's handler, its events start before it is returned: a few turns of the loop here
+    let the run's pump ask the model, which then thinks while the middleware and the server send the
+    response's headers (an upstream's time to first token is tens of milliseconds or more: starting
+    it first makes the first token about a millisecond sooner on this 2-core machine,
+    bench/README.md). Elsewhere (Django's test client runs the view and reads the response in
+    different loops, and nothing would close a response never read) they start when it is read.
+    """
+    started = None
+    if unfinished.in_request():
+        started = fetching(run)
+        if run.ahead is not None:  # the model is asked once its deployment is acquired (overlapping the opening)
+            await run.ahead.settled()
+        for _ in range(_ASKING_TURNS):
+            await asyncio.sleep(0)
+    response = EventStreamResponse(sse_events(run, framing, started), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

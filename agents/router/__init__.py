@@ -182,6 +182,10 @@ class Ahead:
             self._task.add_done_callback(_release_when_acquired)
             raise
 
+    async def settled(self) -> None:
+        """Once the acquire has ended, either way; claims nothing and raises nothing of its own."""
+        await asyncio.wait([self._task])
+
     async def drop(self) -> None:
         if self._claimed:
             return

@@ -47,6 +47,11 @@ async def request_scope():
                 logger.exception("closing what a request left open failed")
 
 
+def in_request() -> bool:
+    """Whether this runs inside a request scope (an HTTP request the handler serves on this loop)."""
+    return _closers.get() is not None
+
+
 def register(closer: Callable[[], Awaitable]) -> Callable[[], None]:
     """Have the request's end await closer() unless the returned function is called first."""
     closers = _closers.get()

@@ -385,21 +385,26 @@ def test_a_client_gone_before_the_first_event_holds_no_budget(asgi_server, users
                                                               monkeypatch, path, body):
     """The client hangs up after the run is reserved and before its stream starts (here: the body is
     cancelled at its first step, as a disconnect cancels it). Repeated, that would hold the shared
-    budget until each reservation's TTL; the request's end closes the run instead: cancelled, unbilled."""
+    budget until each reservation's TTL; the request's end closes the run instead: cancelled, nothing
+    left reserved, and the model call (made while the response was built, agents.api.sse) cut off."""
     from agents.api import sse
     from billing.models import UsageRecord
+    from billing.money import usd_to_nanos
     from tests.billing.test_live_budgets import key_budget, ledger_figures
 
-    async def gone(run, framing):
+    async def gone(run, framing, started=None):
         raise asyncio.CancelledError  # the client went away before the first event was sent
         yield  # noqa: RET503 (an async generator, as the real body is)
 
     monkeypatch.setattr(sse, "sse_events", gone)
+    fake_upstream.configure(ttft=30)  # still thinking when the client leaves
     secret, budget = key_budget(users["user"], 10**9)
     with contextlib.suppress(httpx.HTTPError):  # the body never ends: the server gave up on it
         httpx.post(f"{asgi_server.url}{path}", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     answer = Message.objects.get(role="assistant")
     assert answer.status == Message.Status.CANCELLED
-    assert UsageRecord.objects.get(request_id=answer.request_id).cost == 0
-    assert ledger_figures(budget) == (0, 0), "nothing spent, nothing still reserved"
-    assert not fake_upstream.requests, "no model was asked"
+    usage = UsageRecord.objects.get(request_id=answer.request_id)
+    assert usage.output_tokens == 0
+    assert ledger_figures(budget) == (usd_to_nanos(usage.cost), 0), "what was billed is spent, nothing still reserved"
+    assert fake_upstream.wait_for(lambda reqs: all(r.client_disconnected for r in reqs), timeout=10), \
+        "the model call went on for a client that is gone"
