@@ -169,10 +169,12 @@ def fetching(run: runner.PreparedRun) -> tuple[_Pump, Callable[[], None]]:
 async def sse_events(run: runner.PreparedRun, framing, started: tuple | None = None):
     """The run's events as SSE bytes in `framing`, with heartbeats, counted as an open session.
     `started`: what `fetching(run)` returned (None: the events are fetched from the first step)."""
-    pump, take_over = started or fetching(run)
     with metrics.session_open():
         if framing.opening:
             yield framing.opening
+        # Fetched only past the opening: outside a request's scope (`started` None), a consumer that
+        # closed this generator at that yield would otherwise leave a pump running that nobody closes.
+        pump, take_over = started or fetching(run)
         take_over()
         answering = True
         try:
@@ -220,8 +222,7 @@ async def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpRespons
     Served by Relay's handler, its events start before it is returned: a few turns of the loop here
     let the run's pump ask the model, which then thinks while the middleware and the server send the
     response's headers (an upstream's time to first token is tens of milliseconds or more: starting
-    it first makes the first token about a millisecond sooner on this 2-core machine,
-    bench/README.md). Elsewhere (Django's test client runs the view and reads the response in
+    it first made the first token 0.3-0.8 ms sooner on this 2-core machine, bench/README.md). Elsewhere (Django's test client runs the view and reads the response in
     different loops, and nothing would close a response never read) they start when it is read.
     """
     started = None
