@@ -184,7 +184,8 @@ async def sse_events(run: runner.PreparedRun, framing, started: tuple | None = N
                 elif frame := framing.frame(event):
                     if answering and event["type"] != "start":  # `start` is sent before the model is asked
                         answering = False
-                        later.answer_started()  # what waits behind answers (a closing's commit) need not wait for the rest
+                        # what waits behind answers (a closing's commit) need not wait for the rest
+                        later.answer_started()
                     yield frame
         finally:
             await pump.close()
@@ -222,8 +223,9 @@ async def event_stream(run: runner.PreparedRun, framing) -> StreamingHttpRespons
     Served by Relay's handler, its events start before it is returned: a few turns of the loop here
     let the run's pump ask the model, which then thinks while the middleware and the server send the
     response's headers (an upstream's time to first token is tens of milliseconds or more: starting
-    it first made the first token 0.3-0.8 ms sooner on this 2-core machine, bench/README.md). Elsewhere (Django's test client runs the view and reads the response in
-    different loops, and nothing would close a response never read) they start when it is read.
+    it first made the first token 0.3-0.8 ms sooner on this 2-core machine, bench/README.md).
+    Elsewhere (Django's test client runs the view and reads the response in different loops, and
+    nothing would close a response never read) they start when it is read.
     """
     started = None
     if unfinished.in_request():
