@@ -33,7 +33,7 @@ from accounts.services import KEY_PREFIX, KeyRejected, admitted_cached_key, key_
 from accounts.throttling import APIKeyRateThrottle, count_request_on_loop, limits_of, wait_seconds
 from audit import context as audit_context
 from relay import versioned_cache
-from relay.eventloop.caches import get_many_on_loop
+from relay.eventloop.caches import ManyRead, get_many_on_loop, read_many_on_loop
 from relay.http import client_ip
 
 
@@ -149,16 +149,15 @@ async def admit_on_loop(request, requirement=AUTHENTICATED, throttle: bool = Tru
     """
     if not _decidable_on_loop(requirement, throttle):
         return None
-    try:
-        token = bearer_token(request)
-        prefix = parse_key(token) if token and token.startswith(KEY_PREFIX) else None
-    except (exceptions.AuthenticationFailed, KeyRejected):
-        prefix = None
-    if prefix is None:
+    presented = _presented_key(request)
+    if presented is None:
         return None
+    token, prefix = presented
     along = versioned_cache.token_keys()
+    keys = [key_cache_key(prefix), *along]
+    ahead = request.__dict__.pop(_READ_AHEAD, None)
     try:
-        found = await get_many_on_loop([key_cache_key(prefix), *along])
+        found = await (ahead.result() if ahead is not None and ahead.keys == keys else get_many_on_loop(keys))
     except (RedisConnectionError, RedisTimeoutError):
         raise  # unreachable: 503 now (relay.faults), not after the DB thread's read has waited as long
     except RedisError:
@@ -183,6 +182,34 @@ async def admit_on_loop(request, requirement=AUTHENTICATED, throttle: bool = Tru
         request.rate_limit_remaining_requests = remaining  # billing.ratelimit's header reads it here
     admitted = Admitted(key.owner, key, remaining, authenticator=APIKeyAuthentication())
     return admitted, {name: found.get(version_key) for version_key, name in along.items()}
+
+
+def _presented_key(request) -> tuple[str, str] | None:
+    """(token, prefix) of the API key the request presents (None: no key, or not one at all)."""
+    try:
+        token = bearer_token(request)
+        prefix = parse_key(token) if token and token.startswith(KEY_PREFIX) else None
+    except (exceptions.AuthenticationFailed, KeyRejected):
+        return None
+    return None if prefix is None else (token, prefix)
+
+
+_READ_AHEAD = "_relay_key_read_ahead"
+
+
+def read_key_ahead(request) -> ManyRead | None:
+    """Queue admit_on_loop's one read (the key's cached copy and the version tokens) now, for the
+    admission to take when it comes: the round trip to Redis then runs beside the middleware and
+    the URL's resolution instead of after them. The read decides nothing (the admission does, from
+    it, exactly as from its own); a request refused before its admission leaves it untaken. None
+    when there is nothing to read ahead: no API key, or a cache that is not Redis."""
+    presented = _presented_key(request) if settings.RELAY_ADMIT_ON_LOOP and settings.REDIS_URL else None
+    if presented is None:
+        return None
+    ahead = read_many_on_loop([key_cache_key(presented[1]), *versioned_cache.token_keys()])
+    if ahead is not None:
+        request.__dict__[_READ_AHEAD] = ahead
+    return ahead
 
 
 def _decidable_on_loop(requirement, throttle: bool) -> bool:

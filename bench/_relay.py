@@ -71,10 +71,12 @@ class RelayInstance:
                                         env={**self.env, "RELAY_PORT": str(self.port)})
         self._wait_ready()
 
-    def spawn(self, server: str, workers: int = 1, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-        """Another server process on this instance's database, on its own port, once ready."""
+    def spawn(self, server: str, workers: int = 1, env: dict | None = None,
+              cwd: Path | str = ROOT) -> tuple[subprocess.Popen, str]:
+        """Another server process on this instance's database, on its own port, once ready (`cwd`:
+        the checkout it runs, this one unless told)."""
         port = free_port()
-        process = subprocess.Popen(server_command(server, port, workers), cwd=ROOT,
+        process = subprocess.Popen(server_command(server, port, workers), cwd=cwd,
                                    env={**self.env, "RELAY_PORT": str(port), **(env or {})})
         url = f"http://127.0.0.1:{port}"
         self._wait_ready(url)

@@ -1,16 +1,20 @@
 """Streaming latency: what Relay adds to time to first token and per token, over the upstream itself.
 
-Run: python bench/stream_latency.py [--requests 100] [--tokens 50] [--ttft-ms 50]
+Run: python bench/stream_latency.py [--requests 100] [--tokens 50] [--ttft-ms 50] [--b-cwd ../other-checkout]
 
 Starts the fake OpenAI-compatible upstream (fixed time to first token and token rate) and one
 Relay instance (its own database; `relay.serve`, the production launcher, whose loop commits a
 run's closing after the answer; `--server uvicorn` for the bare server) with a model on that
 upstream, then streams the same completion directly from the upstream and through Relay's SSE,
-WebSocket and /v1/chat/completions endpoints, one request at a time, the paths taking turns in a rotating order,
+WebSocket and /v1/chat/completions endpoints, one request at a time, the paths taking turns in an order shuffled each round,
 each request after --pause-ms (50) of idle time, so that it starts on an idle machine: not
 beside what its predecessor left running (a closing's commit, a WebSocket's teardown). Prints p50/p99 of time
 to first token and of the time per token after the first; the last line is one JSON object with
 every figure.
+
+`--b-cwd ../other-checkout` serves that checkout too, as a second process on the same database, and its
+paths (b_sse, b_websocket, b_openai) take turns with this one's request by request: an A/B in which the
+machine's drift (up to ±1 ms between runs minutes apart here) falls on both sides alike. Prints B − A.
 
 The upstream runs as its own process, not a thread of this one: sharing this process's interpreter
 lock, it would answer Relay's model call only after this client had read Relay's response headers,
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import time
@@ -77,9 +82,9 @@ def is_relay_token(event) -> bool:
     return event.get("type") == "token"
 
 
-async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause: float) -> dict:
+async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause: float,
+                  b_url: str | None = None) -> dict:
     key = {"Authorization": f"Bearer {relay.key}"}
-    ws_url = relay.url.replace("http://", "ws://") + "/ws/chat/"
     counter = iter(range(10**9))
 
     # Each request asks something new, so Relay's response cache never answers in the model's place.
@@ -90,24 +95,32 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause
     def query():
         return {"query": f"benchmark {next(counter)}", "agent_type": "general", "model": MODEL}
 
+    def through(url: str, prefix: str) -> dict:
+        ws_url = url.replace("http://", "ws://") + "/ws/chat/"
+        return {
+            f"{prefix}_sse": lambda c: sse_tokens(c, f"{url}/api/v1/stream", query(), key, is_relay_token),
+            f"{prefix}_websocket": lambda c: ws_tokens(ws_url, relay.key, query()),
+            f"{prefix}_openai": lambda c: sse_tokens(c, f"{url}/v1/chat/completions", chat(), key, is_openai_token),
+        }
+
     paths = {
         "direct": lambda c: sse_tokens(c, f"{upstream_base}/chat/completions", chat(), {}, is_openai_token),
-        "relay_sse": lambda c: sse_tokens(c, f"{relay.url}/api/v1/stream", query(), key, is_relay_token),
-        "relay_websocket": lambda c: ws_tokens(ws_url, relay.key, query()),
-        "relay_openai": lambda c: sse_tokens(c, f"{relay.url}/v1/chat/completions", chat(), key, is_openai_token),
+        **through(relay.url, "relay"), **(through(b_url, "b") if b_url else {}),
     }
     samples = {name: ([], []) for name in paths}
     async with httpx.AsyncClient(timeout=60) as client:
         for _ in range(3):  # warm connections, caches, the model list
             for run in paths.values():
                 await run(client)
-        names = list(paths)
-        for index in range(requests):
-            # Interleaved, so machine drift hits every path alike, and rotated. Rotating a fixed order
-            # leaves each path behind the same other one, though: back to back, /v1 always met the
-            # WebSocket's teardown and closing (+2 ms p50) and SSE a Relay idle since its previous
-            # request. So each request starts on an idle Relay, its predecessor's work done.
-            for name in names[index % len(names):] + names[:index % len(names)]:
+        names, order = list(paths), random.Random(0)
+        for _ in range(requests):
+            # Interleaved, so machine drift hits every path alike, in an order shuffled each round.
+            # Rotating a fixed order left each path behind the same other one: back to back, /v1 always
+            # met the WebSocket's teardown and closing (+2 ms p50), and even after a pause the path
+            # behind the direct request met a machine idle for longer (+0.9 ms in an A/A run). So each
+            # request starts on an idle Relay, its predecessor's work done, behind any other path.
+            order.shuffle(names)
+            for name in names:
                 ttft, per_token = await paths[name](client)
                 samples[name][0].append(ttft)
                 samples[name][1].append(per_token)
@@ -116,7 +129,7 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause
     for name, (ttfts, per_tokens) in samples.items():
         figures[name] = {"ttft": summary_ms(ttfts), "per_token": summary_ms(per_tokens)}
     direct = figures["direct"]
-    for name in ("relay_sse", "relay_websocket", "relay_openai"):
+    for name in [name for name in figures if name != "direct"]:
         figures[name]["ttft_overhead_p50_ms"] = round(figures[name]["ttft"]["p50_ms"] - direct["ttft"]["p50_ms"], 2)
         figures[name]["ttft_overhead_p99_ms"] = round(figures[name]["ttft"]["p99_ms"] - direct["ttft"]["p99_ms"], 2)
         figures[name]["per_token_overhead_p50_ms"] = round(
@@ -133,6 +146,8 @@ def main():
     parser.add_argument("--server", default="relay.serve", choices=["relay.serve", "uvicorn"])
     parser.add_argument("--pause-ms", type=float, default=50,
                         help="idle time after each request (0: back to back)")
+    parser.add_argument("--b-cwd", help="another checkout, served beside this one on the same database: its "
+                                        "paths (b_*) take turns with this one's, request by request")
     args = parser.parse_args()
     port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port),
@@ -142,9 +157,14 @@ def main():
         base = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{base}/models", process=upstream)
         relay = RelayInstance({MODEL: base}, server=args.server)
+        other = relay.spawn(args.server, cwd=args.b_cwd) if args.b_cwd else None
         try:
-            figures = asyncio.run(measure(relay, base, args.requests, args.pause_ms / 1000))
+            figures = asyncio.run(measure(relay, base, args.requests, args.pause_ms / 1000,
+                                          other[1] if other else None))
         finally:
+            if other:
+                other[0].terminate()
+                other[0].wait(60)
             relay.stop()
     finally:
         upstream.terminate()
@@ -155,6 +175,11 @@ def main():
         if "ttft_overhead_p50_ms" in figure:
             line += f"  | added ttft p50 {figure['ttft_overhead_p50_ms']:+.2f} ms"
         print(line)
+    if args.b_cwd:
+        for path in ("sse", "websocket", "openai"):
+            figures[f"b_{path}"]["minus_a_p50_ms"] = round(
+                figures[f"b_{path}"]["ttft"]["p50_ms"] - figures[f"relay_{path}"]["ttft"]["p50_ms"], 2)
+            print(f"b - a, {path:9} ttft p50 {figures[f'b_{path}']['minus_a_p50_ms']:+.2f} ms")
     print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms,
                   "pause_ms": args.pause_ms,
                   "server": args.server, **figures})

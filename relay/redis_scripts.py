@@ -41,6 +41,7 @@ class ScriptRunner:
         self.client = client
         self._shas: dict[str, str] = {}
         self._queue: list[tuple[str, tuple, asyncio.Future]] = []
+        self._queue_written: asyncio.Future | None = None  # done once the queued calls are written
         self._sender: asyncio.Task | None = None  # the loop keeps only weak references to tasks
         self._connection = None  # held for the trips, one at a time
 
@@ -49,26 +50,41 @@ class ScriptRunner:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((script, tuple(args), future))
+        if self._queue_written is None:
+            self._queue_written = loop.create_future()
         if self._sender is None:  # its first step runs next turn, after this turn's calls
             self._sender = loop.create_task(self._send_queued())
         return future
+
+    async def sent(self) -> None:
+        """Once the calls made so far have been written to Redis, their replies still to come: a caller
+        with work of its own to do meanwhile (accounts.admission.read_key_ahead) does it during the
+        trip rather than before it. Raises nothing of its own: a failed trip fails its calls."""
+        if self._queue_written is not None:
+            await asyncio.shield(self._queue_written)
 
     async def _send_queued(self) -> None:
         try:
             while self._queue:
                 calls, self._queue = self._queue, []
-                await self._send(calls)
+                written, self._queue_written = self._queue_written, None
+                try:
+                    await self._send(calls, written)
+                finally:
+                    _settle(written)
         except BaseException:  # the sender itself was cancelled (the loop is closing)
             for *_, future in self._queue:
                 future.cancel()
             self._queue = []
             raise
         finally:
+            _settle(self._queue_written)
+            self._queue_written = None
             self._sender = None
 
-    async def _send(self, calls) -> None:
+    async def _send(self, calls, written: asyncio.Future | None = None) -> None:
         try:
-            replies = await self._pipeline(calls)
+            replies = await self._pipeline(calls, written)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:
                 for script in {calls[i][0] for i in missing}:
@@ -92,12 +108,12 @@ class ScriptRunner:
             else:
                 future.set_result(reply)
 
-    async def _pipeline(self, calls) -> list:
+    async def _pipeline(self, calls, written: asyncio.Future | None = None) -> list:
         connection = await self._held()
         commands = [("EVALSHA", self._sha_of(script), 0, *args) for script, args, _ in calls]
         try:
             # The client's retry policy, as its own commands have: a lost connection is opened again.
-            return await connection.retry.call_with_retry(lambda: _trip(connection, commands),
+            return await connection.retry.call_with_retry(lambda: _trip(connection, commands, written),
                                                           lambda _error: connection.disconnect())
         except BaseException:  # its replies may still be on the way: never read them as the next trip's
             self._connection = None
@@ -123,9 +139,10 @@ class ScriptRunner:
         return sha
 
 
-async def _trip(connection, commands) -> list:
+async def _trip(connection, commands, written: asyncio.Future | None = None) -> list:
     """Send the commands at once, then read their replies in order (an error reply in its place)."""
     await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    _settle(written)
     replies = []
     for _ in commands:
         try:
@@ -133,6 +150,11 @@ async def _trip(connection, commands) -> list:
         except ResponseError as error:
             replies.append(error)
     return replies
+
+
+def _settle(written: asyncio.Future | None) -> None:
+    if written is not None and not written.done():
+        written.set_result(None)
 
 
 async def _closed_or_dirty(connection) -> bool:

@@ -111,6 +111,8 @@ MIDDLEWARE = MiddlewareList([
     "relay.security.SecurityHeadersMiddleware",  # CSP (no inline script), Permissions-Policy
     "relay.eventloop.static.AsyncWhiteNoiseMiddleware",
     "relay.eventloop.middleware.RequestSizeLimitMiddleware",
+    # Right after the size check: an API key's read goes out while the rest of the chain runs.
+    "accounts.middleware.KeyReadAheadMiddleware",
     "relay.eventloop.inline.SessionMiddleware",
     "relay.eventloop.inline.CommonMiddleware",
     "relay.eventloop.inline.CsrfViewMiddleware",

@@ -24,6 +24,43 @@ async def _async_view(request):
     return HttpResponse("ok")
 
 
+urlpatterns = []  # a URLconf with no views, for test_a_changed_urlconf_forgets_the_async_views_matches
+
+
+# --- django.core.handlers.base.BaseHandler.resolve_request (relay/eventloop/handler.py) --------
+
+
+def test_base_handler_resolves_each_request_through_the_handlers_resolve_request():
+    """RelayASGIHandler.resolve_request gives Django the match the handler chose an async view by:
+    the URL is resolved once per path, not twice per request."""
+    from relay.eventloop.handler import RelayASGIHandler, async_view_match
+
+    seen = []
+
+    class Handler(RelayASGIHandler):
+        def resolve_request(self, request):
+            seen.append(request.path_info)
+            return super().resolve_request(request)
+
+    handler = Handler()
+    handler.load_middleware(is_async=True)
+    request = RequestFactory().get("/api/v1/stream")
+    asyncio.run(handler.get_response_async(request))
+    assert seen == ["/api/v1/stream"]
+    assert request.resolver_match is async_view_match("/api/v1/stream") is not None
+    page = RequestFactory().get("/healthz")  # a sync view: resolved Django's way
+    assert Handler().resolve_request(page).func is page.resolver_match.func
+    assert async_view_match("/healthz") is None
+
+
+def test_a_changed_urlconf_forgets_the_async_views_matches(settings):
+    from relay.eventloop.handler import async_view_match
+
+    assert async_view_match("/api/v1/stream") is not None
+    settings.ROOT_URLCONF = __name__
+    assert async_view_match("/api/v1/stream") is None
+
+
 # --- django.utils.deprecation.MiddlewareMixin (relay/eventloop/inline.py) ---------------------
 
 

@@ -168,6 +168,36 @@ def test_an_opening_takes_no_trip_to_the_db_threads(asgi_server, secret, monkeyp
     assert_reconciled()
 
 
+def test_the_openings_statement_goes_out_before_the_deployment_is_acquired(asgi_server, secret, monkeypatch):
+    """The opening's commit is the longer of the two trips that overlap before the model is asked, so
+    it is sent first and the acquire's runs inside it. Control: agents.router._acquire_a_turn_later's
+    turn; acquired at once, the acquire's Lua call is sent first and this fails."""
+    from agents import router
+
+    order, execute_sets, acquire = [], pg.execute_sets, router.acquire
+
+    async def opening(*args, **kwargs):
+        order.append("opening")
+        return await execute_sets(*args, **kwargs)
+
+    async def acquiring(*args, **kwargs):
+        order.append("acquire")
+        return await acquire(*args, **kwargs)
+
+    monkeypatch.setattr(pg, "execute_sets", opening)
+    monkeypatch.setattr(router, "acquire", acquiring)
+    headers = {"Authorization": f"Bearer {secret}"}
+    for content in ("Say hello.", "Say it again."):
+        body = {"model": "fake-large", "messages": [{"role": "user", "content": content}], "stream": True}
+        with httpx.stream("POST", f"{asgi_server.url}/v1/chat/completions", json=body, headers=headers,
+                          timeout=30) as response:
+            assert response.status_code == 200
+            assert "data: [DONE]" in response.read().decode()
+
+    assert order[:2] == ["opening", "acquire"] and order[2:4] == ["opening", "acquire"], order
+    assert_reconciled()
+
+
 def test_a_turn_in_someone_elses_conversation_is_refused_on_the_loop(asgi_server, secret, users):
     """The lock-and-check of a continued conversation (agents.actions.run_rows) holds on the loop path:
     a conversation that is not the caller's is a 404, and nothing of the turn is written."""

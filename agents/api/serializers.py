@@ -5,7 +5,7 @@ from rest_framework import serializers
 from agents.models import Conversation, Document, Message
 from agents.registry import all_agents
 from billing.api.serializers import MoneyText
-from relay.api.serializers import StrictCharField, StrictModelSerializer, StrictSerializer
+from relay.api.serializers import SharedFieldsMixin, StrictCharField, StrictModelSerializer, StrictSerializer
 
 MAX_QUERY_CHARS = 32_000
 # Control characters other than tab and newlines carry no meaning in a question, and NUL cannot
@@ -35,7 +35,7 @@ class BoundedImageField(serializers.ImageField):
         return super().to_internal_value(data)
 
 
-class QuerySerializer(StrictSerializer):
+class QuerySerializer(SharedFieldsMixin, StrictSerializer):
     query = StrictCharField(max_length=MAX_QUERY_CHARS, trim_whitespace=False, allow_blank=True, required=False,
                             help_text="The question; with `regenerate` it is the stored question's and may be left out.")
     agent_type = StrictCharField(max_length=32)

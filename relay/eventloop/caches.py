@@ -65,15 +65,40 @@ def _redis_of_loop():
 _MGET = "return redis.call('MGET', unpack(ARGV))"
 
 
+class ManyRead:
+    """A get_many_on_loop queued now, read later: `sent()` once it is on its way, `result()` its dict.
+    A read nobody takes (its request refused before it) is dropped with its reply, error included."""
+
+    def __init__(self, keys: list[str], runner, backend):
+        self.keys, self._runner, self._backend = keys, runner, backend
+        self._reply = runner.run(_MGET, [backend.make_key(key) for key in keys])
+        self._reply.add_done_callback(_retrieved)
+
+    async def sent(self) -> None:
+        await self._runner.sent()
+
+    async def result(self) -> dict:
+        values = await self._reply
+        decode = self._backend.client.decode
+        return {key: decode(value) for key, value in zip(self.keys, values, strict=True) if value is not None}
+
+
+def _retrieved(reply: asyncio.Future) -> None:
+    if not reply.cancelled():
+        reply.exception()
+
+
+def read_many_on_loop(keys: list[str]) -> ManyRead | None:
+    """get_many_on_loop's trip, queued now (None when the cache is not Redis)."""
+    entry = _redis_of_loop()
+    return None if entry is None else ManyRead(keys, entry[1], caches["default"])
+
+
 async def get_many_on_loop(keys: list[str]) -> dict | None:
     """cache.get_many(keys) without blocking the loop (absent keys are left out); None when the
     cache is not Redis (the in-process cache of `make run`): the caller reads it on a thread."""
-    entry = _redis_of_loop()
-    if entry is None:
-        return None
-    backend = caches["default"]
-    values = await entry[1].run(_MGET, [backend.make_key(key) for key in keys])
-    return {key: backend.client.decode(value) for key, value in zip(keys, values, strict=True) if value is not None}
+    read = read_many_on_loop(keys)
+    return None if read is None else await read.result()
 
 
 async def run_script_on_loop(script: str, args: list):

@@ -31,7 +31,9 @@ from asgiref.sync import iscoroutinefunction
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.urls import Resolver404, resolve, set_script_prefix
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix
 
 from relay.eventloop import later, unfinished
 from relay.eventloop.caches import share_per_thread
@@ -41,12 +43,20 @@ _END_OF_BODY = {"type": "http.request", "body": b"", "more_body": False}
 
 
 @functools.lru_cache(maxsize=4096)
-def serves_async_view(path: str) -> bool:
+def async_view_match(path: str) -> ResolverMatch | None:
+    """The URL match of `path` when it names an async view (None otherwise), resolved once per
+    path: the handler's choice and Django's own resolve_request both need it, on every model call."""
     try:
         match = resolve(path)
     except Resolver404:
-        return False
-    return iscoroutinefunction(match.func)
+        return None
+    return match if iscoroutinefunction(match.func) else None
+
+
+@receiver(setting_changed)
+def _forget_matches(*, setting, **kwargs) -> None:
+    if setting == "ROOT_URLCONF":
+        async_view_match.cache_clear()
 
 
 class _BoundedBody:
@@ -122,7 +132,7 @@ class RelayASGIHandler(ASGIHandler):
         scope, receive = bounded_body(scope, receive)
         async with unfinished.request_scope():  # what the request left open is closed when it ends
             # Under a script prefix the path would need stripping before resolving: Django's way then.
-            if not scope.get("root_path") and serves_async_view(scope["path"]):
+            if not scope.get("root_path") and async_view_match(scope["path"]) is not None:
                 await self._answer_on_loop(scope, receive, send)
             else:
                 await super().__call__(scope, receive, send)
@@ -154,6 +164,15 @@ class RelayASGIHandler(ASGIHandler):
             await self._handle_on_loop(scope, receiving, sending)
         finally:
             answered()
+
+    def resolve_request(self, request):
+        """Django's, but an async view's match is the one the handler chose it by (a request with its
+        own urlconf resolves Django's way)."""
+        match = None if hasattr(request, "urlconf") else async_view_match(request.path_info)
+        if match is None:
+            return super().resolve_request(request)
+        request.resolver_match = match
+        return match
 
     async def _handle_on_loop(self, scope, receive, send):
         """Django's handle() (5.2) for an async view, its request signals sent on the loop (module docstring)."""

@@ -177,15 +177,15 @@ def test_the_rate_limit_counts_each_request_once_on_the_loop(asgi_server, users,
 def test_redis_lost_on_the_loop_is_answered_503_at_once(asgi_server, users, model, thread_admissions, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from accounts import admission
+    from relay.eventloop import caches
 
     issued = create_api_key(users["user"], "lost")
     assert _ask(asgi_server, issued.secret).status_code == 200
 
-    async def unreachable(keys):
+    async def unreachable(read):
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(admission, "get_many_on_loop", unreachable)
+    monkeypatch.setattr(caches.ManyRead, "result", unreachable)  # the key's read, ahead or not
     response = _ask(asgi_server, issued.secret)
 
     assert response.status_code == 503 and response.json()["error"]["code"] == "service_unavailable"
@@ -212,3 +212,40 @@ def test_a_burst_of_admissions_reads_the_cache_over_one_connection():
     found, connections = asyncio.run(burst())
     assert found == [{"burst-test-key": {"a": 1}}] * 1000
     assert connections == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_keys_read_goes_out_before_the_view_runs_and_the_admission_takes_it(asgi_server, users, model,
+                                                                                 monkeypatch):
+    """The admission's one read of a cached key is sent as the request comes in, so its trip runs beside
+    the rest of the middleware, and the admission decides from it without reading again.
+    Control: accounts.middleware.KeyReadAheadMiddleware; without it the read is sent from inside the
+    view's admission, and this fails."""
+    from accounts import admission
+    from relay import redis_scripts
+    from relay.eventloop import caches
+
+    issued = create_api_key(users["user"], "ahead")
+    assert _ask(asgi_server, issued.secret).status_code == 200  # the key's copy is cached from now on
+    order, trip, admit, read = [], redis_scripts._trip, async_views._admit_on_loop, admission.get_many_on_loop
+    mget = redis_scripts._sha(caches._MGET)
+
+    async def spied_trip(connection, commands, *args):
+        order.extend("key read sent" for command in commands if command[1] == mget)
+        return await trip(connection, commands, *args)
+
+    async def spied_admit(*args):
+        order.append("view admits")
+        return await admit(*args)
+
+    async def read_again(keys):
+        order.append("read again")
+        return await read(keys)
+
+    monkeypatch.setattr(redis_scripts, "_trip", spied_trip)
+    monkeypatch.setattr(async_views, "_admit_on_loop", spied_admit)
+    monkeypatch.setattr(admission, "get_many_on_loop", read_again)
+    for _ in range(2):
+        response = _ask(asgi_server, issued.secret)
+        assert response.status_code == 200, response.text
+    assert order == ["key read sent", "view admits"] * 2
