@@ -304,9 +304,10 @@ def test_whitenoise_static_prefix_is_the_static_url_path():
     assert WhiteNoiseMiddleware(_async_view).static_prefix == settings.STATIC_URL
 
 
-def test_whitenoise_files_maps_url_paths_to_static_files_without_autorefresh():
+def test_whitenoise_files_maps_url_paths_to_static_files_without_autorefresh(settings):
     from whitenoise.middleware import WhiteNoiseMiddleware
 
+    settings.WHITENOISE_AUTOREFRESH = False  # as in production (`make run` and a bare `make test` run with DEBUG)
     middleware = WhiteNoiseMiddleware(_async_view)
     assert middleware.autorefresh is False
     assert middleware.files.get(STATIC_PATH) is not None and middleware.files.get("/static/nope.css") is None
@@ -321,9 +322,10 @@ def test_whitenoise_find_file_finds_url_paths_with_autorefresh(settings):
     assert middleware.find_file(STATIC_PATH) is not None and middleware.find_file("/static/nope.css") is None
 
 
-def test_whitenoise_serve_answers_a_static_file_from_a_request():
+def test_whitenoise_serve_answers_a_static_file_from_a_request(settings):
     from whitenoise.middleware import WhiteNoiseMiddleware
 
+    settings.WHITENOISE_AUTOREFRESH = False
     middleware = WhiteNoiseMiddleware(_async_view)
     response = middleware.serve(middleware.files[STATIC_PATH], RequestFactory().get(STATIC_PATH))
     assert response.status_code == 200 and b"--accent" in b"".join(response.streaming_content)

@@ -22,6 +22,7 @@ from audit.models import AuditEvent
 from billing.models import UsageRecord
 from billing.rule_cache import RULES
 from tests.accounts.test_admission_on_loop import BODY, model  # noqa: F401  (the priced model, a fixture)
+from tests.conftest import require_redis
 
 pytestmark = pytest.mark.usefixtures("model")
 
@@ -57,6 +58,7 @@ def _ask(server, secret, **body):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("on_loop", [True, False])
 def test_the_prelude_runs_on_the_loop_when_its_copies_are_current(asgi_server, users, read_aheads, settings, on_loop):
+    require_redis()  # admitted on the loop: the key's copy is read from Redis
     settings.RELAY_PRELUDE_ON_LOOP = on_loop
     issued = create_api_key(users["user"], "loop")
     for stream in (False, False, True):
@@ -71,6 +73,7 @@ def test_the_prelude_runs_on_the_loop_when_its_copies_are_current(asgi_server, u
 
 @pytest.mark.django_db(transaction=True)
 def test_a_prelude_that_reads_the_database_runs_again_on_a_thread(asgi_server, users, read_aheads):
+    require_redis()  # admitted on the loop: the key's copy is read from Redis
     issued = create_api_key(users["user"], "loop")
     assert _ask(asgi_server, issued.secret).status_code == 200
     assert _ask(asgi_server, issued.secret).status_code == 200
@@ -95,6 +98,7 @@ def test_a_prelude_that_reads_the_database_runs_again_on_a_thread(asgi_server, u
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refusal_on_the_loop_is_answered_as_on_a_thread(asgi_server, users, read_aheads):
+    require_redis()  # admitted on the loop: the key's copy is read from Redis
     issued = create_api_key(users["user"], "loop")
     assert _ask(asgi_server, issued.secret).status_code == 200
 

@@ -87,7 +87,8 @@ def test_settings_configure_cache_channels_celery_and_ledger_from_the_one_settin
             "['CONNECTION_FACTORY'], s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]['master_name'], "
             "s.CELERY_BROKER_URL.split(';')[0], s.CELERY_BROKER_TRANSPORT_OPTIONS['master_name'], "
             "s.RELAY_LEDGER_REPLICAS, s.REDIS_URL]))")
-    env = {**os.environ, **SENTINEL_ENV, "DJANGO_SETTINGS_MODULE": "relay.settings"}
+    # Redis named: production settings, which refuse the development key.
+    env = {"SECRET_KEY": "test-" + "k" * 50, **os.environ, **SENTINEL_ENV, "DJANGO_SETTINGS_MODULE": "relay.settings"}
     env.pop("CELERY_BROKER_URL", None)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,3 +1,4 @@
+from django.db.backends.base.operations import BaseDatabaseOperations
 from rest_framework import serializers
 
 
@@ -14,7 +15,17 @@ class StrictSerializer(serializers.Serializer):
 
 
 class StrictModelSerializer(StrictSerializer, serializers.ModelSerializer):
-    pass
+    """A model's integers are bounded by PostgreSQL's ranges, the production database's, on every
+    database: SQLite (`make run`) would store what PostgreSQL refuses, so the API would answer 201
+    there and 400 in production."""
+
+    def build_standard_field(self, field_name, model_field):
+        field_class, kwargs = super().build_standard_field(field_name, model_field)
+        low, high = BaseDatabaseOperations.integer_field_ranges.get(model_field.get_internal_type(), (None, None))
+        if high is not None and "choices" not in kwargs:
+            kwargs["min_value"] = max(kwargs.get("min_value", low), low)
+            kwargs["max_value"] = min(kwargs.get("max_value", high), high)
+        return field_class, kwargs
 
 
 class StrictCharField(serializers.CharField):

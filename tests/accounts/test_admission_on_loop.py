@@ -27,7 +27,14 @@ from audit.models import AuditEvent
 from billing.models import ModelPrice
 from relay.api import async_views
 
+from tests.conftest import require_redis
+
 BODY = {"model": "fake-large", "messages": [{"role": "user", "content": "Say hello."}], "temperature": 0.7}
+
+
+@pytest.fixture(autouse=True)
+def _redis():
+    require_redis()  # the loop's admission reads the key's copy from Redis; without it every request goes to a thread
 
 
 @pytest.fixture

@@ -94,7 +94,8 @@ def _database_url() -> str:
 
 def _build_elsewhere(dataset_id: int, seed: str) -> str:
     env = {**os.environ, "DATABASE_URL": _database_url(), "PYTHONHASHSEED": seed,
-           "RELAY_TRAINING_DIR": str(settings.RELAY_TRAINING_DIR), "DEBUG": "0"}
+           "RELAY_TRAINING_DIR": str(settings.RELAY_TRAINING_DIR), "DEBUG": "0",
+           "SECRET_KEY": os.environ.get("SECRET_KEY") or "test-" + "k" * 50}  # DEBUG off refuses the development key
     done = subprocess.run([sys.executable, "manage.py", "build_dataset", str(dataset_id)], env=env,
                           cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
