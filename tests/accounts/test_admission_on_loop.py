@@ -26,7 +26,6 @@ from audit import actions
 from audit.models import AuditEvent
 from billing.models import ModelPrice
 from relay.api import async_views
-
 from tests.conftest import require_redis
 
 BODY = {"model": "fake-large", "messages": [{"role": "user", "content": "Say hello."}], "temperature": 0.7}
