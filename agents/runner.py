@@ -114,7 +114,7 @@ class PreparedRun:
     # Bill nothing: no model was asked (abandon), or a fallback's reservation failed after the first was given back.
     unreserved: bool = False
     call_tokens: int = 0  # output the model wrote in tool calls (not streamed, still billed)
-    ahead: router.Ahead | None = None  # the first attempt's deployment, acquired while the opening committed
+    ahead: router.Ahead | None = None  # the first attempt's deployment, acquired during the reservation and opening
     take_over: Callable[[], None] = lambda: None  # the closing is this code's now, not the request's end
 
 
@@ -186,9 +186,36 @@ async def _prepare(req: RunRequest) -> PreparedRun:
             await settled(req.conversation_id)
         now = timezone.now()
         agent, model, history, decided, rules = await db(_prepare_reads)(req, now)
-    # Cost optimizer (agents/optimizer): may route an unnamed model by complexity, trims long
-    # histories and looks the question up in the response cache — all before anything is reserved.
-    plan = await optimizer.plan(req, agent, model, history, decided)
+    # Cost optimizer (agents/optimizer): may route an unnamed model by complexity and trims long
+    # histories; its response cache lookup (a Redis trip) goes out now, beside what follows.
+    plan = decided or await db(optimizer.decide)(req, agent, model, history)
+    lookup = optimizer.look_up_soon(plan)
+    try:
+        return await _reserve_and_open(req, agent, plan, lookup, now, rules)
+    except BaseException:
+        if lookup is not None:
+            lookup.cancel()  # it only reads; ended already, its error is the request's no more
+            if lookup.done() and not lookup.cancelled():
+                lookup.exception()
+        raise
+
+
+def _reserves(rules) -> bool:
+    """Whether open_charge will reserve (a budget covers the request; unknown until read: assume so)."""
+    return rules is None or bool(rules[1])
+
+
+async def _reserve_and_open(req: RunRequest, agent, plan: optimizer.Plan, lookup: asyncio.Task | None, now,
+                            rules) -> PreparedRun:
+    """The rate limit, the reservation and the opening of a planned run.
+
+    A cached answer needs no reservation, so where one will be made the cache's answer is awaited
+    first; where none will be (no budget covers the request), the opening, which is the same for a
+    hit as for a miss, commits meanwhile and the answer is awaited after it, before the model is asked.
+    """
+    if lookup is not None and _reserves(rules):
+        await lookup
+        lookup = None
     model = plan.model
     ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=plan.history,
                      attachment=req.attachment, raw_messages=plan.raw_messages, client_tools=req.client_tools)
@@ -196,13 +223,44 @@ async def _prepare(req: RunRequest) -> PreparedRun:
     # The client's tools go to the model with the messages: they are input, reserved and rate-limited as such.
     input_tokens = count_message_tokens(build_messages(agent, ctx)) + count_tool_tokens(ctx.client_tools)
     remaining_tokens = await ratelimit.admit(req.api_key, input_tokens, max_tokens)  # 429 rate_limited
+    # The first attempt's deployment is acquired while the reservation and the opening are made: its
+    # round trip overlaps theirs instead of following them. Acquiring asks no model; if the run is
+    # refused, or answered from the cache, the lease is given back, neutral.
+    ahead = router.Ahead(model, tokens=input_tokens) if not plan.hit and model.deployments else None
+    try:
+        charge = await _open_charge(req, agent, plan, input_tokens, max_tokens, now, rules)
+    except BaseException:
+        if ahead is not None:
+            await asyncio.shield(ahead.drop())
+        raise
+    run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
+                      max_tokens=max_tokens, plan=plan, remaining_tokens=remaining_tokens,
+                      conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+                      ahead=ahead)
+    # The question and the running answer are stored before the model is asked: if the database
+    # cannot take them, the request fails here (503) instead of streaming an answer nobody can
+    # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
+    try:
+        await runs.open_run(runs.Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
+        if lookup is not None and (await lookup).hit:  # nothing was reserved: only the price changes
+            run.charge = optimizer.free_of(charge)  # (the deployment no attempt takes is given back at the end)
+    except BaseException:
+        if run.ahead is not None:
+            await asyncio.shield(run.ahead.drop())
+        await asyncio.shield(billing.release_charge(charge))
+        raise
+    return run
+
+
+async def _open_charge(req: RunRequest, agent, plan: optimizer.Plan, input_tokens: int, max_tokens: int, now,
+                       rules) -> billing.Charge:
+    model = plan.model
     try:
         if plan.hit:  # a cached answer costs nothing: no reservation, a zero-priced charge
-            charge = await optimizer.free_charge(request_id=req.run_id, user=req.user, model=model.name)
-        else:
-            charge = await billing.open_charge(request_id=req.run_id, user=req.user, api_key=req.api_key,
-                                               model=model.name, input_tokens=input_tokens,
-                                               max_output_tokens=max_tokens, now=now, rules=rules)
+            return await optimizer.free_charge(request_id=req.run_id, user=req.user, model=model.name)
+        return await billing.open_charge(request_id=req.run_id, user=req.user, api_key=req.api_key,
+                                         model=model.name, input_tokens=input_tokens,
+                                         max_output_tokens=max_tokens, now=now, rules=rules)
     except billing.BudgetExceeded as exceeded:
         metrics.record_refusal(agent=agent.name, reason="budget_exceeded", scope=exceeded.scope)
         raise BudgetExceededError(exceeded.message) from None
@@ -211,25 +269,6 @@ async def _prepare(req: RunRequest) -> PreparedRun:
     except billing.LedgerUnavailable:
         metrics.record_refusal(agent=agent.name, reason="ledger_unavailable")
         raise LedgerUnavailableError() from None
-    run = PreparedRun(request=req, agent=agent, model=model, ctx=ctx, charge=charge, input_tokens=input_tokens,
-                      max_tokens=max_tokens, plan=plan, remaining_tokens=remaining_tokens,
-                      conversation_id=req.conversation_id or str(uuid.uuid4()), message_id=str(uuid.uuid4()))
-    # The first attempt's deployment is acquired while the opening commits: its round trip overlaps
-    # the opening's instead of following it. Acquiring asks no model; if the opening fails, the
-    # lease is given back, neutral.
-    if not plan.hit and model.deployments:
-        run.ahead = router.Ahead(model, tokens=input_tokens)
-    # The question and the running answer are stored before the model is asked: if the database
-    # cannot take them, the request fails here (503) instead of streaming an answer nobody can
-    # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
-    try:
-        await runs.open_run(runs.Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
-    except BaseException:
-        if run.ahead is not None:
-            await asyncio.shield(run.ahead.drop())
-        await asyncio.shield(billing.release_charge(charge))
-        raise
-    return run
 
 
 @dataclass

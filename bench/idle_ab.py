@@ -1,10 +1,10 @@
 """Idle A/B: two settings of Relay, side by side on one database, answering single requests in turn.
 
-Run: python bench/idle_ab.py --a-env NAME=VALUE ... --b-env NAME=VALUE ... [--requests 300]
+Run: python bench/idle_ab.py --a-env NAME=VALUE ... --b-env NAME=VALUE ... [--requests 300] [--b-cwd CHECKOUT]
 
 What `bench/load.py`'s idle phase measures (one plain request at a time, then one stream's first
 token), for two `relay.serve` processes of this checkout on one database and one static upstream,
-each with its own environment: request by request, A then B, then B then A, so that whatever the
+each with its own environment (and side B, with `--b-cwd`, another checkout's code): request by request, A then B, then B then A, so that whatever the
 machine does meanwhile falls on both alike. On this 2-core VM, consecutive load.py runs of one
 build differ by up to a millisecond in idle latency; interleaved request by request, an A/A run
 (both sides the same) differed by 0.15 ms (bench/README.md).
@@ -57,6 +57,7 @@ def main():
     parser.add_argument("--b-env", nargs="*", default=[])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--block", type=int, default=1)
+    parser.add_argument("--b-cwd", default=None, help="the checkout side B runs (default: this one)")
     args = parser.parse_args()
     a_env, b_env = pairs(args.a_env), pairs(args.b_env)
     before = {name: os.environ.get(name) for name in a_env}
@@ -68,7 +69,7 @@ def main():
         else:
             os.environ[name] = value
     process_b, url_b = bench.relay.spawn("relay.serve", env={**{name: os.environ.get(name, "") for name in a_env},
-                                                             **b_env})
+                                                             **b_env}, **({"cwd": args.b_cwd} if args.b_cwd else {}))
     try:
         result = asyncio.run(interleaved({"A": bench.relay.url, "B": url_b}, bench.auth, args.requests, args.block))
     finally:
@@ -80,7 +81,7 @@ def main():
     for kind, figures in result.items():
         print(f"{kind:6}  A {figures['A_p50_ms']:.3f} ms  B {figures['B_p50_ms']:.3f} ms  "
               f"B - A {figures['B_minus_A_ms']:+.3f} ms")
-    print_result({"a_env": a_env, "b_env": b_env, "requests": args.requests, "block": args.block, **result})
+    print_result({"a_env": a_env, "b_env": b_env, "b_cwd": args.b_cwd, "requests": args.requests, "block": args.block, **result})
 
 
 if __name__ == "__main__":

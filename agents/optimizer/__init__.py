@@ -1,7 +1,8 @@
 """The cost optimizer: model routing, the response cache and context trimming, for the runner.
 
-`plan(req, agent, model, history)` is called by `agents.runner.prepare` before anything is
-reserved and decides, per organization's `OptimizerSettings` (no row: everything on):
+`plan(req, agent, model, history)` (in the runner: `decide`, then `look_up_soon`, whose answer a run
+has before anything is reserved, or where nothing is, before the model is asked) decides, per
+organization's `OptimizerSettings` (no row: everything on):
 
 - routing (`classifier` + `routing`): when the caller named no model, a `simple` query runs on
   the cheapest model it may use and anything else on the strongest. A named model is never changed.
@@ -20,6 +21,8 @@ reserved and decides, per organization's `OptimizerSettings` (no row: everything
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -33,7 +36,7 @@ from agents.optimizer.routing import load_candidates, pick_model
 from agents.optimizer.trimming import trim_history, trim_messages
 from relay.eventloop.db import run_db
 
-__all__ = ["Plan", "plan", "replay", "remember", "free_charge", "classify", "pick_model", "cache_key"]
+__all__ = ["Plan", "plan", "look_up", "look_up_soon", "free_of", "replay", "remember", "free_charge", "classify", "pick_model", "cache_key"]
 
 
 @dataclass
@@ -117,7 +120,19 @@ async def plan(req, agent, model, history: list[dict], decided: Plan | None = No
 
     decided: `decide(...)` already made by the caller on a DB thread (saving the round trip).
     """
-    result = decided or await run_db(decide, req, agent, model, history)
+    return await look_up(decided or await run_db(decide, req, agent, model, history))
+
+
+def look_up_soon(result: Plan) -> asyncio.Task | None:
+    """`look_up(result)` started now, for the caller to await when it needs the answer (None: the
+    plan looks nothing up). Its trip then overlaps what the caller does meanwhile."""
+    if result.probe is None and result.cache_key is None:
+        return None
+    return asyncio.ensure_future(look_up(result))
+
+
+async def look_up(result: Plan) -> Plan:
+    """The cache's answer to a decided plan, in `result.cached_answer` (a miss leaves it None)."""
     if result.probe is not None:
         if not await get_cache().has(result.probe):
             return result  # no answer to this question is stored in the tenant: a miss, no documents read
@@ -147,6 +162,13 @@ async def remember(result: Plan | None, status: str, answer: str, facts: dict) -
         return
     if await get_cache().put(result.cache_key, answer, result.cache_ttl) and result.probe is not None:
         await get_cache().mark(result.probe, result.cache_ttl)
+
+
+def free_of(charge):
+    """A charge nothing was reserved for, priced at zero: what a cache hit is billed."""
+    if charge.reserved:
+        raise ValueError("A reservation is settled or released, not repriced.")
+    return dataclasses.replace(charge, input_nanos_per_token=0, output_nanos_per_token=0)
 
 
 async def free_charge(*, request_id: str, user, model: str):

@@ -159,7 +159,7 @@ async def _report(pick: Pick, change: Transition) -> None:
 
 
 class Ahead:
-    """A deployment acquired while the caller does something else first (a run's opening commits):
+    """A deployment acquired while the caller does something else first (a run's reservation and opening):
     its round trip overlaps that work instead of following it. The lease is the caller's from the
     start: `take()` hands it to the first attempt, or `drop()` gives it back, neutral (nothing was
     sent to the deployment). Exactly one of them counts; the other does nothing."""
@@ -201,9 +201,10 @@ class Ahead:
 
 
 async def _acquire_a_turn_later(model, tokens: int) -> Pick:
-    """acquire, once what the caller starts next has sent its own request: the opening's statement
-    is the longer trip, so it goes out first and this trip runs inside it (started first, the
-    acquire's Lua call delayed the opening's send by ~0.3 ms on this 2-core machine, bench/README.md)."""
+    """acquire, once what the caller starts next has sent its own request (the run's reservation,
+    or else its opening): that trip is the one the run waits for, so it goes out first and this one
+    runs beside it (started first, the acquire's Lua call delayed the opening's send by ~0.3 ms on
+    this 2-core machine, bench/README.md)."""
     await asyncio.sleep(0)
     return await acquire(model, tokens=tokens)
 
