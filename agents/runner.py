@@ -242,14 +242,31 @@ async def _reserve_and_open(req: RunRequest, agent, plan: optimizer.Plan, lookup
     # bill, and an instance killed mid-stream leaves a row for the periodic job to mark.
     try:
         await runs.open_run(runs.Opening(req, run.conversation_id, run.message_id, agent.name, model.name))
-        if lookup is not None and (await lookup).hit:  # nothing was reserved: only the price changes
-            run.charge = optimizer.free_of(charge)  # (the deployment no attempt takes is given back at the end)
     except BaseException:
         if run.ahead is not None:
             await asyncio.shield(run.ahead.drop())
         await asyncio.shield(billing.release_charge(charge))
         raise
+    if lookup is not None:
+        await _answer_from_cache_after_opening(run, lookup)
     return run
+
+
+async def _answer_from_cache_after_opening(run: PreparedRun, lookup: asyncio.Task) -> None:
+    """The cache's answer to a run no budget covers, once its rows are written: a hit is priced at
+    zero (nothing was reserved) and gives back the deployment acquired for a miss. A lookup that
+    fails, or a client gone meanwhile, closes the run as one that asked no model (its rows exist)."""
+    try:
+        hit = (await lookup).hit
+    except BaseException as error:
+        gone = isinstance(error, asyncio.CancelledError)
+        await asyncio.shield(abandon(run, "cancelled" if gone else "error", "" if gone else "agent_error"))
+        raise
+    if hit:
+        run.charge = optimizer.free_of(run.charge)
+        if run.ahead is not None:
+            ahead, run.ahead = run.ahead, None
+            await asyncio.shield(ahead.drop())
 
 
 async def _open_charge(req: RunRequest, agent, plan: optimizer.Plan, input_tokens: int, max_tokens: int, now,

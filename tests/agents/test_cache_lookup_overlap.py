@@ -5,7 +5,7 @@ decided. A cached answer needs no reservation, so a run a budget covers waits fo
 it reserves: a hit is served even when the budget is used up. A run no budget covers reserves
 nothing, so its opening (the same for a hit as for a miss) commits meanwhile and the answer is
 awaited after it, before the model is asked; a hit found then is priced at zero and gives back the
-deployment acquired for a miss.
+deployment acquired for a miss, and a lookup that fails then closes the run at once (its rows exist).
 
 The first attempt's deployment is acquired beside the reservation (agents.router.Ahead), not after it.
 """
@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from accounts.actions.keys import create_api_key
-from agents import fallbacks, router
+from agents import fallbacks, optimizer, router
 from agents.actions.endpoints import create_endpoint
+from agents.models import Message
 from agents.optimizer import cache as response_cache
 from agents.providers.catalog import resolve
 from audit import actions
@@ -144,8 +145,16 @@ def test_without_a_budget_the_opening_commits_before_the_cache_answers(asgi_serv
 
 
 def test_a_hit_found_after_the_opening_costs_nothing_and_gives_its_deployment_back(asgi_server, issued,
-                                                                                   fake_upstream):
-    """No budget: the hit is found after the opening, with the deployment already acquired for a miss."""
+                                                                                   fake_upstream, monkeypatch):
+    """No budget: the hit is found after the opening, with the deployment already acquired for a miss;
+    that lease is given back before the cached answer is replayed, not when the replay has ended."""
+    held_while_replaying, replay = [], optimizer.replay
+
+    def replaying(answer):
+        held_while_replaying.append(router.snapshot(resolve("fake-large"))[0]["in_flight"])
+        return replay(answer)
+
+    monkeypatch.setattr(optimizer, "replay", replaying)
     first = record_of(ask(asgi_server, issued, "Say hello."))
     hit = ask_until_cached(asgi_server, issued, "Say hello.")
 
@@ -155,6 +164,28 @@ def test_a_hit_found_after_the_opening_costs_nothing_and_gives_its_deployment_ba
     assert len(fake_upstream.requests) == misses  # the hit asked no model
     [deployment] = router.snapshot(resolve("fake-large"))
     assert (deployment["in_flight"], deployment["state"]) == (0, "closed")  # the acquired lease was given back
+    assert held_while_replaying == [0]
+    assert_reconciled()
+
+
+def test_a_lookup_that_fails_after_the_opening_closes_the_run(asgi_server, issued, fake_upstream, monkeypatch):
+    """No budget: the opening is written before the cache answers, so a lookup that fails then leaves
+    rows behind; the run is closed at once as one that asked no model, not left running for the
+    periodic job."""
+    async def failing(self, key):
+        raise RuntimeError("the lookup failed")
+
+    monkeypatch.setattr(response_cache.ResponseCache, "has", failing)
+
+    response = ask(asgi_server, issued, "A question nobody asked yet.")
+
+    assert response.status_code == 500 and response.json()["error"]["code"]
+    answer = Message.objects.get(role="assistant")
+    assert (answer.status, answer.error_code) == ("error", "agent_error")
+    assert UsageRecord.objects.get(message_id=answer.pk).cost == 0
+    assert fake_upstream.requests == []
+    [deployment] = router.snapshot(resolve("fake-large"))
+    assert deployment["in_flight"] == 0
     assert_reconciled()
 
 
@@ -171,5 +202,7 @@ def test_a_hit_is_served_when_the_budget_is_used_up(asgi_server, users, issued, 
     assert hit.cached and hit.cost == 0 and hit.status == "complete"
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
     assert len(fake_upstream.requests) == asked  # neither asked the model
+    [deployment] = router.snapshot(resolve("fake-large"))
+    assert deployment["in_flight"] == 0  # the refused run's lease was given back
     assert AuditEvent.objects.filter(action=actions.BUDGET_EXCEEDED).count() == 1
     assert_reconciled()
