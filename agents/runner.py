@@ -24,7 +24,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from accounts import key_tree
-from agents import deadlines, events, fallbacks, heavy, optimizer, router
+from agents import charging, deadlines, events, fallbacks, heavy, optimizer, router
 from agents.actions import runs
 from agents.core import RunContext
 from agents.history import _id, load_history
@@ -36,7 +36,6 @@ from agents.tokenizer import count_message_tokens, count_tool_tokens, split_toke
 from agents.upstream import build_messages
 from billing import ratelimit
 from billing import services as billing
-from billing.api.errors import BudgetExceededError, LedgerUnavailableError
 from billing.money import cost_usd, usd_to_nanos
 from relay.eventloop import unfinished
 from relay.eventloop.db import db
@@ -200,11 +199,6 @@ async def _prepare(req: RunRequest) -> PreparedRun:
         raise
 
 
-def _reserves(rules) -> bool:
-    """Whether open_charge will reserve (a budget covers the request; unknown until read: assume so)."""
-    return rules is None or bool(rules[1])
-
-
 async def _reserve_and_open(req: RunRequest, agent, plan: optimizer.Plan, lookup: asyncio.Task | None, now,
                             rules) -> PreparedRun:
     """The rate limit, the reservation and the opening of a planned run.
@@ -213,7 +207,7 @@ async def _reserve_and_open(req: RunRequest, agent, plan: optimizer.Plan, lookup
     first; where none will be (no budget covers the request), the opening, which is the same for a
     hit as for a miss, commits meanwhile and the answer is awaited after it, before the model is asked.
     """
-    if lookup is not None and _reserves(rules):
+    if lookup is not None and charging.reserves(rules):
         await lookup
         lookup = None
     model = plan.model
@@ -228,7 +222,7 @@ async def _reserve_and_open(req: RunRequest, agent, plan: optimizer.Plan, lookup
     # refused, or answered from the cache, the lease is given back, neutral.
     ahead = router.Ahead(model, tokens=input_tokens) if not plan.hit and model.deployments else None
     try:
-        charge = await _open_charge(req, agent, plan, input_tokens, max_tokens, now, rules)
+        charge = await charging.open_charge(req, agent, plan, input_tokens, max_tokens, now, rules)
     except BaseException:
         if ahead is not None:
             await asyncio.shield(ahead.drop())
@@ -267,25 +261,6 @@ async def _answer_from_cache_after_opening(run: PreparedRun, lookup: asyncio.Tas
         if run.ahead is not None:
             ahead, run.ahead = run.ahead, None
             await asyncio.shield(ahead.drop())
-
-
-async def _open_charge(req: RunRequest, agent, plan: optimizer.Plan, input_tokens: int, max_tokens: int, now,
-                       rules) -> billing.Charge:
-    model = plan.model
-    try:
-        if plan.hit:  # a cached answer costs nothing: no reservation, a zero-priced charge
-            return await optimizer.free_charge(request_id=req.run_id, user=req.user, model=model.name)
-        return await billing.open_charge(request_id=req.run_id, user=req.user, api_key=req.api_key,
-                                         model=model.name, input_tokens=input_tokens,
-                                         max_output_tokens=max_tokens, now=now, rules=rules)
-    except billing.BudgetExceeded as exceeded:
-        metrics.record_refusal(agent=agent.name, reason="budget_exceeded", scope=exceeded.scope)
-        raise BudgetExceededError(exceeded.message) from None
-    except billing.UnknownModel as unknown:
-        raise exceptions.ValidationError({"model": [str(unknown)]}) from None
-    except billing.LedgerUnavailable:
-        metrics.record_refusal(agent=agent.name, reason="ledger_unavailable")
-        raise LedgerUnavailableError() from None
 
 
 @dataclass
