@@ -16,8 +16,11 @@ oldest of it was held at the latest. Then all that waits goes together, so group
 as one batch. A closing that commits beside the next request's admission, reservation and opening
 takes the CPU, the interpreter lock and PostgreSQL from them (bench/README.md), and a client that
 sends its next request as soon as it has an answer does so within a millisecond: a moment without
-requests counts only once it has lasted. A turn that waits for its conversation's closing
-(`settled`) and a draining server start it at once.
+requests counts only once it has lasted. For a stream's own closing, held as its model's answer
+ends, that moment begins when its response has ended (the settle and the last events sent), when its
+client can send the next request: counted from the hold, it ran out while that stream was still
+finishing and the commit met the next request's start (bench/README.md). A turn that waits for its
+conversation's closing (`settled`) and a draining server start it at once.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ class _Gate:
         self.quieting: asyncio.TimerHandle | None = None  # a moment without model calls, not yet long enough
         self.deadline: asyncio.TimerHandle | None = None  # the oldest waiting work's hold ends
 
-    def hold(self, waiter: asyncio.Future) -> None:
+    def hold(self, waiter: asyncio.Future, by_a_sending_stream: bool = False) -> None:
+        """`by_a_sending_stream`: held by a stream past its first event that has not ended: its quiet
+        moment counts from its end (`ended`)."""
         self.waiting = [*(other for other in self.waiting if not other.done()), waiter]  # gone: let go at most
         if self.deadline is None:
             self.deadline = asyncio.get_running_loop().call_later(settings.RELAY_CLOSING_HOLD_MS / 1000, self.open)
-        if not self.starting and self.quieting is None:
+        if not self.starting and not by_a_sending_stream and self.quieting is None:
             self.quiet()
 
     def quiet(self) -> None:
@@ -71,6 +76,11 @@ class _Gate:
                 self.open()
             elif self.quieting is None:
                 self.quiet()
+
+    def ended(self) -> None:
+        """A stream past its first event has ended: its client may send its next request now."""
+        if not self.starting and self.waiting and self.quieting is None:
+            self.quiet()
 
     def open(self) -> None:
         for timer in (self.quieting, self.deadline):
@@ -109,16 +119,27 @@ def answering():
     if gate is None:
         return _no_op
     gate.start()
-    marked = True
+    mark = _Mark(gate)
+    _answering.set(mark)
+    return mark
 
-    def answered(midway: bool = False) -> None:
-        nonlocal marked
-        if marked:
-            marked = False
-            gate.answered(midway)
 
-    _answering.set(answered)
-    return answered
+class _Mark:
+    """One model call: before its answer, then, for a stream answered at its first event, still
+    sending the rest until its response ends."""
+
+    __slots__ = ("before", "gate", "sending")
+
+    def __init__(self, gate: _Gate):
+        self.gate, self.before, self.sending = gate, True, True
+
+    def __call__(self, midway: bool = False) -> None:
+        if self.before:
+            self.before, self.sending = False, midway
+            self.gate.answered(midway)
+        elif self.sending and not midway:  # the stream's end
+            self.sending = False
+            self.gate.ended()
 
 
 def answer_started() -> None:
@@ -146,7 +167,8 @@ def later(work, name: str = "", *, key: str | None = None, behind_answers: bool 
     if behind_answers and not gate.draining and settings.RELAY_CLOSING_HOLD_MS > 0 and (
             gate.starting or settings.RELAY_CLOSING_QUIET_MS > 0):
         waiter = loop.create_future()
-        gate.hold(waiter)
+        mark = _answering.get()  # the request this work closes, if it is one: a stream's closing is held at its end
+        gate.hold(waiter, by_a_sending_stream=isinstance(mark, _Mark) and not mark.before and mark.sending)
         held, work = work, _after(waiter, work)
     else:
         held = None
