@@ -14,7 +14,7 @@ from accounts.actions.users import create_user
 from accounts.roles import ROLES
 
 # The streaming fixtures (fake_upstream, upstream_model, user_key) for every test directory.
-pytest_plugins = ["tests.support.streams"]
+pytest_plugins = ["tests.support.streams", "tests.support.later_gate"]  # the latter: the `hold` fixture
 
 REQUIRE_SERVICES = os.environ.get("RELAY_REQUIRE_SERVICES") == "1"
 
