@@ -16,6 +16,7 @@ from decimal import Decimal
 import httpx
 import psycopg
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import IntegrityError, OperationalError, connection
 
 from accounts.actions.keys import create_api_key
@@ -23,6 +24,7 @@ from agents.actions.endpoints import create_endpoint
 from agents.models import Conversation, Message
 from billing.models import ModelPrice
 from relay.eventloop import group_commit, pg
+from relay.eventloop.db import close_db_threads
 from tests.conftest import require_postgres
 from tests.reconciled import assert_reconciled
 
@@ -121,6 +123,27 @@ def test_every_loops_connection_closes():
     pg.close_all()
 
     assert disconnected(pids[-1:])
+
+
+def test_shutdown_also_closes_the_shared_sync_threads_connection():
+    """asgiref's process-wide thread for sync calls made outside a request (Channels' WebSocket auth
+    runs there) kept its connection past the pool's close, and a test database from dropping."""
+
+    def backend_pid():
+        with connection.cursor() as cursor:  # this thread's own connection
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    async def outside_a_request():
+        return await sync_to_async(backend_pid, thread_sensitive=True)()
+
+    pid = asyncio.run(outside_a_request())
+    assert pid != backend_pid()  # not the test's own connection
+    assert not disconnected([pid], seconds=0)
+
+    close_db_threads()
+
+    assert disconnected([pid])
 
 
 def test_off_without_postgresql_or_inside_a_tests_transaction(settings):

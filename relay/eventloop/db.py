@@ -16,7 +16,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connections
 
@@ -59,13 +59,24 @@ def db(fn):
     return run
 
 
+def _close_shared_sync_thread() -> None:
+    """asgiref runs thread-sensitive calls made outside any request (Channels' WebSocket auth, a
+    sync_to_async at the top of a loop) on one process-wide thread; nothing ages its connection out
+    unless another such call comes, so it outlived the pool (and kept a test database from dropping)."""
+    try:
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+    except TimeoutError:
+        pass  # that thread is stuck in a call: its connection closes when the process exits
+
+
 def close_db_threads() -> None:
-    """Close every pool thread's connections and stop the pool, and the loops' own connections
-    (relay.eventloop.pg) (shutdown, test teardown)."""
+    """Close every pool thread's connections and stop the pool, the loops' own connections
+    (relay.eventloop.pg) and asgiref's shared sync thread's (shutdown, test teardown)."""
     global _executor
     from relay.eventloop import pg
 
     pg.close_all()
+    _close_shared_sync_thread()
     with _lock:
         pool, _executor = _executor, None
     if pool is None:
