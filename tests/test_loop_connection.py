@@ -126,8 +126,8 @@ def test_every_loops_connection_closes():
 
 
 def test_shutdown_also_closes_the_shared_sync_threads_connection():
-    """asgiref's process-wide thread for sync calls made outside a request (Channels' WebSocket auth
-    runs there) kept its connection past the pool's close, and a test database from dropping."""
+    """asgiref's process-wide thread for thread-sensitive calls made outside a request's context kept
+    its connection past the pool's close, and a test database from dropping."""
 
     def backend_pid():
         with connection.cursor() as cursor:  # this thread's own connection

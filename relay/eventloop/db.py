@@ -60,9 +60,10 @@ def db(fn):
 
 
 def _close_shared_sync_thread() -> None:
-    """asgiref runs thread-sensitive calls made outside any request (Channels' WebSocket auth, a
-    sync_to_async at the top of a loop) on one process-wide thread; nothing ages its connection out
-    unless another such call comes, so it outlived the pool (and kept a test database from dropping)."""
+    """asgiref runs thread-sensitive calls made outside a request's context (Channels'
+    database_sync_to_async, run_db under RELAY_DB_THREAD_SENSITIVE, from a loop of their own) on one
+    process-wide thread; nothing ages its connection out unless another such call comes, so it
+    outlived the pool (and kept a test database from dropping)."""
     try:
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
     except TimeoutError:
