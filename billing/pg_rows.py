@@ -10,6 +10,7 @@ usage records' insert; `client_cursor` and `result_sets` serve a round trip of s
 
 from __future__ import annotations
 
+import json
 import re
 
 from psycopg.pq import ExecStatus
@@ -86,6 +87,7 @@ class Columns:
         self.names = ", ".join(field.column for field in self.fields)
         self._sources = {}
         self._defaults = None
+        self._json_defaults = None
 
     def source(self, connection, count: int) -> str:
         """`count` rows as a FROM item (to be aliased): `(VALUES (%s::uuid, ...), ...)` or `unnest(%s::uuid[], ...)`."""
@@ -113,6 +115,17 @@ class Columns:
             name, prepare, default = field.attname, field.get_db_prep_save, defaults[field.attname]
             arrays.append([prepare(row[name], connection) if name in row else default for row in rows])
         return arrays
+
+    def as_json(self, rows: list[dict]) -> str:
+        """The rows as one JSON array of objects named by column, for a PostgreSQL function's
+        jsonb_populate_recordset: each value as the field prepares it for a query (a missing field its
+        default), written as its text (UUIDs, timestamps to the microsecond, decimals exactly)."""
+        if self._json_defaults is None:
+            self._json_defaults = {field.attname: field.get_prep_value(field.get_default()) for field in self.fields}
+        defaults = self._json_defaults
+        return json.dumps([{field.column: field.get_prep_value(row[field.attname]) if field.attname in row
+                            else defaults[field.attname] for field in self.fields} for row in rows],
+                          default=str, separators=(",", ":"))
 
 
 _COLUMNS = None

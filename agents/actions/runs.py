@@ -195,6 +195,19 @@ class Closing:
         return json.dumps(self.data, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
+def storable(value):
+    """`value` with every NUL character of its strings replaced by U+FFFD: PostgreSQL stores none in a
+    text or JSON column, and a model (or a tool's output) may write one; refused, it failed the
+    whole closing, a 500 with the run left for recovery. The client already got the answer as written."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: storable(item) for key, item in value.items()}
+    return value
+
+
 def closing_of(run, ending: Ending) -> Closing:
     """The closing of a run as it ended (pure: no I/O)."""
     req, charge = run.request, run.charge
@@ -211,8 +224,8 @@ def closing_of(run, ending: Ending) -> Closing:
     data = {
         "usage": billing.usage_data(record),
         "tools": [{"tool": r["name"], "duration_ms": r["duration_ms"]} for r in run.ctx.tool_records],
-        "answer": {"model": run.model.name, "content": ending.answer, "latency_ms": ending.latency_ms,
-                   "ttft_ms": ending.ttft_ms, "quality": ending.quality, "tool_calls": run.ctx.tool_records,
+        "answer": {"model": run.model.name, "content": storable(ending.answer), "latency_ms": ending.latency_ms,
+                   "ttft_ms": ending.ttft_ms, "quality": ending.quality, "tool_calls": storable(run.ctx.tool_records),
                    "status": ending.status, "error_code": ending.error_code},
         "audit": {"actor": req.user.pk, "resource": f"message:{run.message_id}", "run": run_event,
                   "status": "success" if ending.status != "error" else "error",
