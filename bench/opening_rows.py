@@ -1,14 +1,14 @@
 """The opening's rows on PostgreSQL: what one batch of openings costs Relay's process and PostgreSQL.
 
-    python bench/opening_rows.py [--repeat 300] [--batches 1,2,4,8] [--scalar-rows 1,2]
+    python bench/opening_rows.py [--repeat 300] [--batches 1,2,4,8]
 
 Every model call commits its opening rows (the conversation, the question, the running answer:
 agents.actions.run_rows) before the model is asked, through the group commit's writer
 (agents.actions.runs._open_many). This times that writer's call alone, on a scratch database on
-DATABASE_URL's server, for batches of each size, with each value of billing.pg_rows.SCALAR_ROWS
-(how many rows travel as VALUES of scalars rather than one array per column; 1 was the rule
-before 2): per opening, the wall time of the call, this process's CPU and the PostgreSQL
-backend's. The last line is a JSON object with the figures.
+DATABASE_URL's server, for batches of each size: per opening, the wall time of the call, this
+process's CPU and the PostgreSQL backend's. The last line is a JSON object with the figures.
+(Until 2026-12-07 the rows travelled as VALUES or arrays by billing.pg_rows.SCALAR_ROWS, which
+`--scalar-rows` set; they now travel as JSON to one function whatever the batch, bench/README.md.)
 """
 
 from __future__ import annotations
@@ -65,27 +65,18 @@ def run(args) -> dict:
 
     from accounts.actions.organizations import create_organization
     from accounts.actions.users import create_user
-    from agents.actions import run_rows
-    from billing import pg_rows
 
     user = create_user("bench", organization=create_organization("Bench"), role="user", email="bench@example.com")
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
-    out = {}
-    for scalar_rows in args.scalar_rows:
-        pg_rows.SCALAR_ROWS = scalar_rows
-        pg_rows._sql_cache.clear()  # the built SQL and the columns' sources are per shape
-        run_rows._COLUMNS = pg_rows._COLUMNS = None
-        out[f"scalar_rows_{scalar_rows}"] = [measure(user, size, args.repeat, backend) for size in args.batches]
-    return out
+    return {"openings": [measure(user, size, args.repeat, backend) for size in args.batches]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=300)
     parser.add_argument("--batches", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 4, 8])
-    parser.add_argument("--scalar-rows", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2])
     args = parser.parse_args()
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith("postgres"):

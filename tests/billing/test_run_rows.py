@@ -74,6 +74,7 @@ def test_runs_opened_together_are_one_round_trip_each_with_its_own_rows(users, b
     sent = [q for q in sql if "agents_" in q]
     assert len(sent) == 1, sent  # BEGIN, the setting, the conversations, the lock, the messages, COMMIT
     assert sent[0].startswith("BEGIN; ") and sent[0].endswith("; COMMIT")
+    assert "SELECT agents_open_runs(" in sent[0]  # its plan cached by the connection (migration agents/0008)
     for opening in new:
         conversation = Conversation.objects.get(pk=opening.conversation_id)
         assert (conversation.user, conversation.title) == (user, summarise(opening.req.query))
