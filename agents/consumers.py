@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -130,7 +129,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def send_event(self, event: dict):
-        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+        await self.send(text_data=events.utf8_json(event).decode())
 
     async def _refuse(self, code: str, message: str, close_code: int):
         await self.send_event({"type": "error", "code": code, "message": message})

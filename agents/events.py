@@ -5,9 +5,20 @@ and the non-streaming API collects them. Build events only through these functio
 field names stay exactly those of the contract.
 """
 
+import json
 from decimal import Decimal
 
 from billing.money import decimal_text
+
+
+def utf8_json(payload) -> bytes:
+    """`payload` as JSON in UTF-8, as a frame carries it: each character as itself, unless a string
+    holds a lone surrogate (a model's JSON may escape one, and Python decodes it to a str with no
+    UTF-8 form): then escaped, as the model sent it, where encoding it would have cut the stream."""
+    try:
+        return json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload).encode()
 
 
 def start(conversation_id, message_id, agent: str, model: str) -> dict:

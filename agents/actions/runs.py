@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -195,12 +196,17 @@ class Closing:
         return json.dumps(self.data, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
+# What PostgreSQL cannot store in text or JSON: NUL, and a UTF-16 surrogate without its partner (a
+# model's JSON may escape one, \ud800; Python decodes it to a str that has no UTF-8 form).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def storable(value):
-    """`value` with every NUL character of its strings replaced by U+FFFD: PostgreSQL stores none in a
-    text or JSON column, and a model (or a tool's output) may write one; refused, it failed the
-    whole closing, a 500 with the run left for recovery. The client already got the answer as written."""
+    """`value` with every character of its strings that PostgreSQL cannot store replaced by U+FFFD. A
+    model (or a tool's output) may write one; refused, it failed the whole closing, a 500 with the
+    run left for recovery. The client already got the answer as it was written."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        return _UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, list):
         return [storable(item) for item in value]
     if isinstance(value, dict):

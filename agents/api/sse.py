@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 from collections.abc import Callable
 
 from django.http import StreamingHttpResponse
 
-from agents import deadlines, runner
+from agents import deadlines, events, runner
 from relay.eventloop import later, unfinished
 from relay.observability import metrics
 
@@ -31,7 +30,7 @@ _ASKING_TURNS = 3
 
 def data(payload) -> bytes:
     """One `data:` event carrying `payload` as JSON."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + events.utf8_json(payload) + b"\n\n"
 
 
 class RelayFraming:
