@@ -1,9 +1,10 @@
 """Rows written with plain SQL on PostgreSQL, on the hot path of every model call.
 
 Each ORM bulk_create or update costs its compiler, Django's cursor wrapper and a round trip; a
-model call's opening and closing rows are few and always of the same shape, so their SQL is
-built once per shape and cached, a batch's rows travel as VALUES (a few) or one array per column, and their values
-are the fields' own `get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM.
+model call's closing rows are few and always of the same shape, so their SQL is built once per
+shape and cached, a batch's rows travel as VALUES (a few) or one array per column, and their values
+are the fields' own `get_db_prep_save`, so they reach PostgreSQL exactly as through the ORM. The
+opening's rows go to a PostgreSQL function instead, as JSON (`Columns.as_json`, agents.actions.run_rows).
 `Columns` is that for any model (agents.actions.run_rows uses it too); `insert_usages` is the
 usage records' insert; `client_cursor` and `result_sets` serve a round trip of several statements.
 """
