@@ -22,6 +22,7 @@ from tests.support.streams import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
 @pytest.mark.parametrize("unstorable", ["\x00", "\ud800"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_postgresql_cannot_store_as_written_is_answered_and_stored(asgi_server, user_key, fake_upstream,
