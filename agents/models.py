@@ -42,7 +42,8 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # Indexed by (conversation, created_at) below, which serves a lookup by conversation alone too.
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
     # A conversation is a tree: each message follows its parent (an answer its question, a question
     # the answer before it). Messages with the same parent and role are versions of one turn: a
     # regenerated answer, an edited question. Sibling answers to one question are preference pairs.
@@ -60,17 +61,22 @@ class Message(models.Model):
     quality_auto = models.FloatField(null=True, blank=True, help_text="The agent's own score by its rule.")
     feedback = models.SmallIntegerField(null=True, blank=True, help_text="-1 or +1 from the user.")
     tool_calls = models.JSONField(default=list, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     error_code = models.CharField(max_length=64, blank=True)
     # The run's id, named by the server (its ledger reservation and usage record carry the same).
-    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    request_id = models.CharField(max_length=64, blank=True)
     client_request_id = models.CharField(max_length=64, blank=True,
                                          help_text="The client's X-Request-ID: a correlation label, not an identity.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["created_at"]
-        indexes = [models.Index(fields=["conversation", "created_at"])]
+        # Every run writes two rows and updates one, each through every index: status and request_id
+        # are looked up by equality only, so they have no LIKE index (db_index gives PostgreSQL one
+        # more of each: migration 0009).
+        indexes = [models.Index(fields=["conversation", "created_at"]),
+                   models.Index(fields=["status"], name="agents_message_status_idx"),
+                   models.Index(fields=["request_id"], name="agents_message_request_idx")]
 
     def __str__(self):
         return f"{self.role}: {self.content[:40]}"
