@@ -90,8 +90,7 @@ class Columns:
         self.names = ", ".join(field.column for field in self.fields)
         self._sources = {}
         self._defaults = None
-        self._json_defaults = None
-        self._json_fields = ()
+        self._json_fields = None
 
     def source(self, connection, count: int) -> str:
         """`count` rows as a FROM item (to be aliased): `(VALUES (%s::uuid, ...), ...)` or `unnest(%s::uuid[], ...)`."""
@@ -127,14 +126,14 @@ class Columns:
         already of the type the field prepares to (a str for a text column, an int for an integer one,
         None) is written as it is: the opening's rows are mostly such, and preparing each cost a call
         through the field's conversion on the way to every first token."""
-        if self._json_defaults is None:
-            self._json_defaults = {field.attname: field.get_prep_value(field.get_default()) for field in self.fields}
-            self._json_fields = tuple((field.attname, field.column, field.get_prep_value, _prepared_types(field))
-                                      for field in self.fields)
-        defaults = self._json_defaults
+        fields = self._json_fields
+        if fields is None:  # one assignment: the loop and the writers' threads may ask at once
+            fields = self._json_fields = tuple(
+                (field.attname, field.column, field.get_prep_value, _prepared_types(field),
+                 field.get_prep_value(field.get_default())) for field in self.fields)
         return json.dumps([{column: (value if value is None or type(value) in ready else prepare(value))
-                            if (value := row.get(name, _MISSING)) is not _MISSING else defaults[name]
-                            for name, column, prepare, ready in self._json_fields} for row in rows],
+                            if (value := row.get(name, _MISSING)) is not _MISSING else default
+                            for name, column, prepare, ready, default in fields} for row in rows],
                           default=str, separators=(",", ":"))
 
 
