@@ -31,7 +31,8 @@ one at a time, plain (whole answer) and streaming (time to the first token), min
 figure, with the CPU each such request costs every component (the work after the answer
 included). Then 1,000 streams held open at once on one instance, with its memory growth. Last,
 `manage.py reconcile` checks that the usage records, the ledger and the audit trail agree after
-all that load. The last line is one JSON object with every figure.
+all that load, and each of issue 22's goals is printed met or MISSED, decided on the exact figures
+(bench/_goals.py). The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ import sys
 import time
 from pathlib import Path
 
-import _litellm  # noqa: I001  (bench-local helpers)
+import _goals as goals  # noqa: I001  (bench-local helpers)
+import _litellm
 import httpx
 from _cpu import Components, per_request, postgres_of
 from _litellm import wait_http
@@ -349,7 +351,7 @@ class Bench:
                     out["cpu_ms_per_request"][f"{name}_{kind}"] = measured["cpu_ms_per_request"]
         for name in ("relay", "floor_guarded"):
             if name in out and "litellm" in out:
-                out[f"{name}_over_litellm"] = {kind: round(out[name][kind] / out["litellm"][kind], 2)
+                out[f"{name}_over_litellm"] = {kind: round(out[name][kind] / out["litellm"][kind], 3)
                                                if out["litellm"][kind] > 0 else None for kind in MODELS}
         return out
 
@@ -404,8 +406,11 @@ def main():
         print(f"open streams: {streams['open_at_peak']}/{streams['streams']} at once, RSS {streams['rss_before_mb']} -> "
               f"{streams['rss_peak_mb']} MB (+{streams['growth_mb']} MB)")
     print_reconcile(books)
-    print_result({"seconds": args.seconds, "upstream": args.upstream, "phases": phases, "open_streams": streams,
-                  "reconcile": books})
+    result = {"seconds": args.seconds, "upstream": args.upstream, "phases": phases, "open_streams": streams,
+              "reconcile": books}
+    result["goals"] = goals.check(result)
+    print(goals.report(result["goals"]))
+    print_result(result)
 
 
 def print_phase(processes: int, phase: dict) -> None:

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+import _goals as goals
 import httpx
 import websockets
 from _litellm import wait_http  # noqa: I001  (bench-local helpers)
@@ -180,9 +181,11 @@ def main():
             figures[f"b_{path}"]["minus_a_p50_ms"] = round(
                 figures[f"b_{path}"]["ttft"]["p50_ms"] - figures[f"relay_{path}"]["ttft"]["p50_ms"], 2)
             print(f"b - a, {path:9} ttft p50 {figures[f'b_{path}']['minus_a_p50_ms']:+.2f} ms")
+    met = goals.check_stream_latency(figures)
+    print(goals.report(met))
     print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms,
                   "pause_ms": args.pause_ms,
-                  "server": args.server, **figures})
+                  "server": args.server, **figures, "goals": met})
 
 
 if __name__ == "__main__":
