@@ -348,6 +348,43 @@ def test_async_whitenoise_serves_static_files_and_passes_the_rest_on_the_loop():
     assert static.status_code == 200 and other.content == b"ok"
 
 
+def test_a_static_file_is_streamed_by_the_asgi_handler_without_reading_it_whole_first():
+    """Control: relay.eventloop.static hands Django an async iterator. Given the file's sync one,
+    Django's ASGI handler warns and reads the whole file into memory before sending a byte."""
+    import warnings
+
+    expected = (settings.BASE_DIR / "static" / STATIC_PATH.removeprefix("/static/")).read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sent = asyncio.run(_asgi("GET", STATIC_PATH))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert b"".join(message.get("body", b"") for message in sent[1:]) == expected
+    assert [str(w.message) for w in caught if "synchronous iterators" in str(w.message)] == []
+    head = asyncio.run(_asgi("HEAD", STATIC_PATH))  # no body to stream: as WhiteNoise made it
+    assert head[0]["status"] == 200 and b"".join(message.get("body", b"") for message in head[1:]) == b""
+
+
+async def _asgi(method: str, path: str) -> list[dict]:
+    """What Relay's ASGI handler sends for one request."""
+    from relay.eventloop.handler import RelayASGIHandler
+
+    arriving, sent = [{"type": "http.request", "body": b"", "more_body": False}], []
+
+    async def receive():
+        if arriving:
+            return arriving.pop()
+        await asyncio.Event().wait()  # the client stays: the handler's disconnect listener waits
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
+    await RelayASGIHandler()(scope, receive, send)
+    return sent
+
+
 # --- the admin's LogEntry manager (audit/signals.py wraps log_actions) ------------------------
 
 

@@ -11,6 +11,18 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 
 from relay.eventloop.middleware import DualModeMiddleware
 
+# A static file is sent in blocks this large, each read on a worker thread (FileResponse's 4 KiB
+# would be one thread hop per 4 KiB).
+BLOCK_BYTES = 64 * 1024
+
+
+async def _read_off_the_loop(blocks):
+    """A file response's blocks as an async iterator, each read on a worker thread. Given the file's
+    own sync iterator, Django's ASGI handler warns and reads the whole file into memory first."""
+    read = sync_to_async(next, thread_sensitive=False)
+    while (block := await read(blocks, None)) is not None:
+        yield block
+
 
 class AsyncWhiteNoiseMiddleware(DualModeMiddleware, WhiteNoiseMiddleware):
     def __init__(self, get_response=None, **kwargs):
@@ -27,5 +39,9 @@ class AsyncWhiteNoiseMiddleware(DualModeMiddleware, WhiteNoiseMiddleware):
         if request.path_info.startswith(self.static_prefix):
             static_file = await sync_to_async(self._static_file, thread_sensitive=False)(request.path_info)
             if static_file is not None:
-                return await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
+                response = await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
+                if response.streaming and not response.is_async:  # not a 304 or a HEAD's empty body
+                    response.block_size = BLOCK_BYTES
+                    response.streaming_content = _read_off_the_loop(iter(response.streaming_content))
+                return response
         return await self.get_response(request)
