@@ -360,7 +360,7 @@ def test_a_static_file_is_streamed_by_the_asgi_handler_without_reading_it_whole_
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     assert b"".join(message.get("body", b"") for message in sent[1:]) == expected
     assert [str(w.message) for w in caught if "synchronous iterators" in str(w.message)] == []
-    head = asyncio.run(_asgi("HEAD", STATIC_PATH))  # no body to stream: as WhiteNoise made it
+    head = asyncio.run(_asgi("HEAD", STATIC_PATH))  # its headers, and an empty body
     assert head[0]["status"] == 200 and b"".join(message.get("body", b"") for message in head[1:]) == b""
 
 

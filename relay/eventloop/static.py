@@ -40,7 +40,7 @@ class AsyncWhiteNoiseMiddleware(DualModeMiddleware, WhiteNoiseMiddleware):
             static_file = await sync_to_async(self._static_file, thread_sensitive=False)(request.path_info)
             if static_file is not None:
                 response = await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
-                if response.streaming and not response.is_async:  # not a 304 or a HEAD's empty body
+                if response.streaming and not response.is_async:  # WhiteNoise's (a 304's or a HEAD's: empty)
                     response.block_size = BLOCK_BYTES
                     response.streaming_content = _read_off_the_loop(iter(response.streaming_content))
                 return response
