@@ -15,6 +15,7 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.test import RequestFactory
 
+from tests.support.asgi import asgi_request, body_of
 from tests.support.caches import backends_of_two_requests
 
 STATIC_PATH = "/static/css/relay.css"
@@ -356,33 +357,12 @@ def test_a_static_file_is_streamed_by_the_asgi_handler_without_reading_it_whole_
     expected = (settings.BASE_DIR / "static" / STATIC_PATH.removeprefix("/static/")).read_bytes()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sent = asyncio.run(_asgi("GET", STATIC_PATH))
+        sent = asyncio.run(asgi_request("GET", STATIC_PATH))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
-    assert b"".join(message.get("body", b"") for message in sent[1:]) == expected
+    assert body_of(sent) == expected
     assert [str(w.message) for w in caught if "synchronous iterators" in str(w.message)] == []
-    head = asyncio.run(_asgi("HEAD", STATIC_PATH))  # its headers, and an empty body
-    assert head[0]["status"] == 200 and b"".join(message.get("body", b"") for message in head[1:]) == b""
-
-
-async def _asgi(method: str, path: str) -> list[dict]:
-    """What Relay's ASGI handler sends for one request."""
-    from relay.eventloop.handler import RelayASGIHandler
-
-    arriving, sent = [{"type": "http.request", "body": b"", "more_body": False}], []
-
-    async def receive():
-        if arriving:
-            return arriving.pop()
-        await asyncio.Event().wait()  # the client stays: the handler's disconnect listener waits
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
-    await RelayASGIHandler()(scope, receive, send)
-    return sent
+    head = asyncio.run(asgi_request("HEAD", STATIC_PATH))  # its headers, and an empty body
+    assert head[0]["status"] == 200 and body_of(head) == b""
 
 
 # --- the admin's LogEntry manager (audit/signals.py wraps log_actions) ------------------------

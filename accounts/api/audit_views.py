@@ -3,7 +3,6 @@
 Here, not in audit: who may read which events is an accounts rule, and audit sits below accounts.
 """
 
-from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.generics import ListAPIView
@@ -16,6 +15,7 @@ from audit.api.serializers import AuditEventSerializer, EventFilterSerializer
 from audit.export import iter_jsonl
 from audit.models import AuditEvent
 from audit.services import record
+from relay.http import RowsStreamingResponse
 
 _PAGING_PARAMS = {"cursor", "page_size"}
 
@@ -61,7 +61,7 @@ class AuditExportView(ScopedAPIView):
         events = queries.filter_events(self.scoped(AuditEvent.objects.all()), **filters).order_by("sequence")
         record(actions.DATA_EXPORTED, request=request, resource="audit_events",
                metadata={"format": "jsonl", **{k: v for k, v in filters.items() if v is not None}})
-        response = StreamingHttpResponse(iter_jsonl(events.iterator(chunk_size=1000)),
+        response = RowsStreamingResponse(iter_jsonl(events.iterator(chunk_size=1000)),
                                          content_type="application/x-ndjson")
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.jsonl"'

@@ -4,7 +4,6 @@
 import csv
 from decimal import Decimal
 
-from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -23,6 +22,7 @@ from billing.api.serializers import BudgetInputSerializer, ExportQuerySerializer
 from billing.ledger import LedgerUnavailable
 from billing.models import UsageRecord
 from billing.money import decimal_text
+from relay.http import RowsStreamingResponse
 
 from .errors import LedgerUnavailableError
 
@@ -150,7 +150,7 @@ class ExportView(APIView):
         writer = csv.writer(_Echo())
         header = [column.replace("__", "_") for column in stats.EXPORT_COLUMNS]
         lines = (writer.writerow(row) for row in _with_header(header, rows))
-        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+        response = RowsStreamingResponse(lines, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="relay-usage-{organization.slug}.csv"'
         return response
 

@@ -4,7 +4,6 @@ Everything needs manage_training, a download export_data too; consent is changed
 organization admin; a conversation's exclusion is its owner's.
 """
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status
@@ -16,6 +15,7 @@ from rest_framework.response import Response
 from accounts.permissions import ADMIN, AUTHENTICATED, holds, request_key
 from accounts.scoping import ScopedAPIView, ScopedViewSet
 from agents.models import Conversation
+from relay.http import RowsStreamingResponse
 from training import services
 from training.actions import builds, consent, datasets, exports
 from training.api.serializers import (
@@ -200,7 +200,7 @@ class VersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedVie
             raise ConsentRequired(str(error)) from None
         except ValueError as error:
             raise ValidationError({"format": [str(error)]}) from None
-        response = StreamingHttpResponse((line.encode() for line in lines), content_type="application/jsonl")
+        response = RowsStreamingResponse((line.encode() for line in lines), content_type="application/jsonl")
         response["Content-Disposition"] = (
             f'attachment; filename="dataset-{version.dataset_id}-v{version.number}-{fmt}-{split}.jsonl"')
         return response
