@@ -20,12 +20,17 @@ class RowsStreamingResponse(StreamingHttpResponse):
 
     BATCH = 200
 
-    async def __aiter__(self):
-        take = sync_to_async(_take, thread_sensitive=True)
-        parts = iter(self.streaming_content)
-        while batch := await take(parts, self.BATCH):
-            for part in batch:
-                yield part
+    def __aiter__(self):
+        return read_off_the_loop(iter(self.streaming_content), self.BATCH, thread_sensitive=True)
+
+
+async def read_off_the_loop(parts, count: int = 1, *, thread_sensitive: bool):
+    """A sync iterator's parts as an async iterator, `count` at a time read on a thread (Django's
+    request thread if `thread_sensitive`, else any worker), each batch handed on before the next is read."""
+    take = sync_to_async(_take, thread_sensitive=thread_sensitive)
+    while batch := await take(parts, count):
+        for part in batch:
+            yield part
 
 
 def _take(parts, count: int) -> list:

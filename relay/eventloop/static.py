@@ -10,18 +10,12 @@ from asgiref.sync import sync_to_async
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from relay.eventloop.middleware import DualModeMiddleware
+from relay.http import read_off_the_loop
 
 # A static file is sent in blocks this large, each read on a worker thread (FileResponse's 4 KiB
-# would be one thread hop per 4 KiB).
+# would be one thread hop per 4 KiB). Given the file's own sync iterator, Django's ASGI handler
+# would warn and read the whole file into memory first.
 BLOCK_BYTES = 64 * 1024
-
-
-async def _read_off_the_loop(blocks):
-    """A file response's blocks as an async iterator, each read on a worker thread. Given the file's
-    own sync iterator, Django's ASGI handler warns and reads the whole file into memory first."""
-    read = sync_to_async(next, thread_sensitive=False)
-    while (block := await read(blocks, None)) is not None:
-        yield block
 
 
 class AsyncWhiteNoiseMiddleware(DualModeMiddleware, WhiteNoiseMiddleware):
@@ -42,6 +36,6 @@ class AsyncWhiteNoiseMiddleware(DualModeMiddleware, WhiteNoiseMiddleware):
                 response = await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
                 if response.streaming and not response.is_async:  # WhiteNoise's (a 304's or a HEAD's: empty)
                     response.block_size = BLOCK_BYTES
-                    response.streaming_content = _read_off_the_loop(iter(response.streaming_content))
+                    response.streaming_content = read_off_the_loop(iter(response.streaming_content), thread_sensitive=False)
                 return response
         return await self.get_response(request)
