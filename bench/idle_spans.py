@@ -71,15 +71,22 @@ def requests_of(notes: list) -> list[tuple[int, list]]:
 
 
 def timeline(requests: list[tuple[int, list]]) -> list[dict]:
-    """Each span event's median offset (ms) from its request's start, in order."""
-    offsets = collections.defaultdict(list)
+    """Each span event's median offset (ms) from its request's start, in order, and for an event on
+    the request's own thread (the event loop) the CPU that thread had used since (`cpu_ms`): where
+    the wall time and the loop's CPU grow alike the request waits for the loop's own work, where only
+    the wall time grows it waits for another process (a trip) or thread."""
+    offsets, cpu = collections.defaultdict(list), collections.defaultdict(list)
     for start, notes in requests:
         seen = collections.Counter()
-        for at, _thread, name, kind in notes:
+        loop, cpu_start = notes[0][1], notes[0][4]
+        for at, thread, name, kind, thread_cpu in notes:
             seen[(name, kind)] += 1
             offsets[(name, kind, seen[(name, kind)])].append((at - start) / 1e6)
+            if thread == loop:
+                cpu[(name, kind, seen[(name, kind)])].append((thread_cpu - cpu_start) / 1e6)
     rows = [{"ms": round(statistics.median(values), 3), "span": name, "event": f"{kind}#{count}",
-             "share": round(len(values) / len(requests), 2)}
+             "share": round(len(values) / len(requests), 2),
+             "cpu_ms": round(statistics.median(cpu[(name, kind, count)]), 3) if cpu[(name, kind, count)] else None}
             for (name, kind, count), values in offsets.items() if len(values) >= len(requests) / 2]
     return sorted(rows, key=lambda row: row["ms"])
 
@@ -113,9 +120,11 @@ def main():
         rows = timeline(served)
         out[kind] = {**measured[kind], "requests": len(served), "timeline": rows}
         print(f"\n{kind}: added {measured[kind]['added_ms']} ms p50, traced ({len(served)} traced requests)")
+        print("   wall ms   loop CPU ms")
         for row in rows:
             shown = "" if row["share"] == 1 else f"  (in {row['share']:.0%})"
-            print(f"  {row['ms']:8.3f} ms  {row['event']:5}  {row['span']}{shown}")
+            cpu = f"{row['cpu_ms']:8.3f}" if row["cpu_ms"] is not None else "  (thread)"
+            print(f"  {row['ms']:8.3f}  {cpu}  {row['event']:5}  {row['span']}{shown}")
     print_result(out)
 
 

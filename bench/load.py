@@ -102,18 +102,21 @@ general_settings:
     return process, url
 
 
-def start_floor(kind: str, bases: dict[str, str], env: dict, headers: dict | None = None
-                ) -> tuple[subprocess.Popen, str]:
-    """One floor process (bench/_floor_app.py), once it answers."""
+def start_floor(kind: str, bases: dict[str, str], env: dict, headers: dict | None = None,
+                models: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """One floor process (bench/_floor_app.py), once it answers. `bases` {kind: upstream base} of
+    `models` {kind: model name} (this script's MODELS unless given; "plain" is asked to see it answer)."""
+    models = models or MODELS
     port = free_port()
-    routes = [f"{MODELS[k]}={bases[k]}" for k in MODELS]
+    routes = [f"{models[k]}={bases[k]}" for k in models]
     process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_floor_app.py"), kind, str(port), *routes],
                                cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
+    probe = {**body("plain"), "model": models["plain"]}
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.post(url + "/v1/chat/completions", json=body("plain"), headers=headers,
+            if httpx.post(url + "/v1/chat/completions", json=probe, headers=headers,
                           timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:

@@ -10,7 +10,9 @@ WebSocket and /v1/chat/completions endpoints, one request at a time, the paths t
 each request after --pause-ms (50) of idle time, so that it starts on an idle machine: not
 beside what its predecessor left running (a closing's commit, a WebSocket's teardown). Prints p50/p99 of time
 to first token and of the time per token after the first; the last line is one JSON object with
-every figure.
+every figure. On PostgreSQL the guarded floor (bench/_floor_app.py guarded: the key's reservation,
+the run's row committed, then the model; no permissions, rate limits, routing, metrics) takes its
+turns too on /v1 (`floor_guarded_openai`): what Relay's guarantees add at the least, in this run.
 
 `--b-cwd ../other-checkout` serves that checkout too, as a second process on the same database, and its
 paths (b_sse, b_websocket, b_openai) take turns with this one's request by request: an A/B in which the
@@ -36,6 +38,7 @@ import httpx
 import websockets
 from _litellm import wait_http  # noqa: I001  (bench-local helpers)
 from _relay import ROOT, RelayInstance, free_port, print_result, summary_ms
+from load import start_floor
 
 MODEL = "bench-model"
 
@@ -84,7 +87,7 @@ def is_relay_token(event) -> bool:
 
 
 async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause: float,
-                  b_url: str | None = None) -> dict:
+                  b_url: str | None = None, floor_url: str | None = None) -> dict:
     key = {"Authorization": f"Bearer {relay.key}"}
     counter = iter(range(10**9))
 
@@ -108,6 +111,9 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause
         "direct": lambda c: sse_tokens(c, f"{upstream_base}/chat/completions", chat(), {}, is_openai_token),
         **through(relay.url, "relay"), **(through(b_url, "b") if b_url else {}),
     }
+    if floor_url:  # the guarded floor answers /v1 only
+        paths["floor_guarded_openai"] = lambda c: sse_tokens(c, f"{floor_url}/v1/chat/completions", chat(), key,
+                                                             is_openai_token)
     samples = {name: ([], []) for name in paths}
     async with httpx.AsyncClient(timeout=60) as client:
         for _ in range(3):  # warm connections, caches, the model list
@@ -147,6 +153,9 @@ def main():
     parser.add_argument("--server", default="relay.serve", choices=["relay.serve", "uvicorn"])
     parser.add_argument("--pause-ms", type=float, default=50,
                         help="idle time after each request (0: back to back)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="without the guarded floor's /v1 (PostgreSQL only): its added first token is the "
+                             "least Relay's guarantees add in sequence, on this machine, in this run")
     parser.add_argument("--b-cwd", help="another checkout, served beside this one on the same database: its "
                                         "paths (b_*) take turns with this one's, request by request")
     args = parser.parse_args()
@@ -159,13 +168,18 @@ def main():
         wait_http(f"{base}/models", process=upstream)
         relay = RelayInstance({MODEL: base}, server=args.server)
         other = relay.spawn(args.server, cwd=args.b_cwd) if args.b_cwd else None
+        floor = None
+        if args.floor and relay.dbname:
+            floor = start_floor("guarded", {"plain": base}, {**relay.env, "RELAY_FLOOR_KEY": relay.key},
+                                {"Authorization": f"Bearer {relay.key}"}, models={"plain": MODEL})
         try:
             figures = asyncio.run(measure(relay, base, args.requests, args.pause_ms / 1000,
-                                          other[1] if other else None))
+                                          other[1] if other else None, floor[1] if floor else None))
         finally:
-            if other:
-                other[0].terminate()
-                other[0].wait(60)
+            for process in (other, floor):
+                if process:
+                    process[0].terminate()
+                    process[0].wait(60)
             relay.stop()
     finally:
         upstream.terminate()
@@ -181,6 +195,10 @@ def main():
             figures[f"b_{path}"]["minus_a_p50_ms"] = round(
                 figures[f"b_{path}"]["ttft"]["p50_ms"] - figures[f"relay_{path}"]["ttft"]["p50_ms"], 2)
             print(f"b - a, {path:9} ttft p50 {figures[f'b_{path}']['minus_a_p50_ms']:+.2f} ms")
+    if "floor_guarded_openai" in figures:
+        floor_added = figures["floor_guarded_openai"]["ttft_overhead_p50_ms"]
+        print(f"/v1 over the guarded floor: {figures['relay_openai']['ttft_overhead_p50_ms'] - floor_added:+.2f} ms "
+              f"(the floor adds {floor_added:+.2f} ms)")
     met = goals.check_stream_latency(figures)
     print(goals.report(met))
     print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms,

@@ -65,7 +65,8 @@ def test_memory_growth_and_the_books_are_goals_too():
 def test_stream_latency_is_under_five_milliseconds_on_every_path():
     figures = {"direct": {}, "relay_sse": {"ttft_overhead_p50_ms": 4.95},
                "relay_websocket": {"ttft_overhead_p50_ms": 2.51}, "relay_openai": {"ttft_overhead_p50_ms": 5.05},
-               "b_sse": {"ttft_overhead_p50_ms": 9.0}}  # another checkout's path is not judged
+               "b_sse": {"ttft_overhead_p50_ms": 9.0},  # another checkout's path is not judged
+               "floor_guarded_openai": {"ttft_overhead_p50_ms": 9.0}}  # nor the floor measured beside it
     checked = goals.check_stream_latency(figures)
     assert [goal["met"] for goal in checked] == [True, True, False]
     assert missed(checked) == ["added first token p50, openai (ms)"]

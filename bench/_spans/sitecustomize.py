@@ -1,8 +1,8 @@
 """Span tracing for bench/idle_spans.py, loaded only into the traced Relay process (PYTHONPATH).
 
 RELAY_SPANS names the functions to time, `module:attribute.path` separated by commas. Once Django
-is set up, each is replaced by a wrapper that notes (time, thread, name, B/E) when it begins and
-ends (an async generator also notes its first item, Y), in its module and wherever another module
+is set up, each is replaced by a wrapper that notes (time, thread, name, B/E, the thread's CPU
+time) when it begins and ends (an async generator also notes its first item, Y), in its module and wherever another module
 imported it by name. At exit the notes go to RELAY_SPANS_DIR/spans-<pid>.json. Not for production:
 every call of a traced function costs a few microseconds more.
 """
@@ -20,10 +20,10 @@ if os.environ.get("RELAY_SPANS"):
     import time
 
     NOTES = []
-    _now = time.perf_counter_ns
+    _now, _cpu = time.perf_counter_ns, time.thread_time_ns
 
     def _note(name, kind):
-        NOTES.append((_now(), threading.get_ident(), name, kind))
+        NOTES.append((_now(), threading.get_ident(), name, kind, _cpu()))
 
     def _wrap(name, fn):
         if inspect.isasyncgenfunction(fn):
