@@ -167,12 +167,12 @@ def main():
         base = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{base}/models", process=upstream)
         relay = RelayInstance({MODEL: base}, server=args.server)
-        other = relay.spawn(args.server, cwd=args.b_cwd) if args.b_cwd else None
-        floor = None
-        if args.floor and relay.dbname:
-            floor = start_floor("guarded", {"plain": base}, {**relay.env, "RELAY_FLOOR_KEY": relay.key},
-                                {"Authorization": f"Bearer {relay.key}"}, models={"plain": MODEL})
+        other = floor = None
         try:
+            other = relay.spawn(args.server, cwd=args.b_cwd) if args.b_cwd else None
+            if args.floor and relay.dbname:
+                floor = start_floor("guarded", {"plain": base}, {**relay.env, "RELAY_FLOOR_KEY": relay.key},
+                                    {"Authorization": f"Bearer {relay.key}"}, models={"plain": MODEL})
             figures = asyncio.run(measure(relay, base, args.requests, args.pause_ms / 1000,
                                           other[1] if other else None, floor[1] if floor else None))
         finally:
