@@ -166,7 +166,9 @@ def main():
     try:
         base = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{base}/models", process=upstream)
-        relay = RelayInstance({MODEL: base}, server=args.server)
+        # A prefix of its own, so that stop() drops the run's keys (the response cache's, the ledger's) from Redis.
+        relay = RelayInstance({MODEL: base}, server=args.server,
+                              extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
         other = floor = None
         try:
             other = relay.spawn(args.server, cwd=args.b_cwd) if args.b_cwd else None
