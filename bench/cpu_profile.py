@@ -24,6 +24,7 @@ import asyncio
 import collections
 import json
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -73,8 +74,8 @@ def end_phase(pid: int, sample_dir: Path, number: int) -> dict:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):  # not yet, or not yet whole
+            return json.loads(path.read_text())  # written whole (renamed into place)
+        except FileNotFoundError:
             time.sleep(0.05)
     raise RuntimeError(f"the sampled Relay wrote no {path.name}")
 
@@ -117,6 +118,7 @@ def main():
         bench.relay.stop()
         bench.stop_upstream()
         bench.paced.terminate()
+        shutil.rmtree(sample_dir, ignore_errors=True)
     rows = table({name: measured[name].pop("functions") for name in PHASES}, args.top)
     print(f"{args.kind}, {args.requests} requests per phase; idle: each after {args.pause_ms:g} ms")
     for name in PHASES:

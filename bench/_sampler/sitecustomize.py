@@ -51,8 +51,9 @@ if os.environ.get("RELAY_SAMPLE_DIR") and "relay.serve" in getattr(sys, "orig_ar
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF})
         _PHASE["number"] += 1
         path = os.path.join(os.environ["RELAY_SAMPLE_DIR"], f"samples-{os.getpid()}-{_PHASE['number']}.json")
-        with open(path, "w") as out:
+        with open(path + ".part", "w") as out:
             json.dump({"cpu_s": cpu_s, "stacks": stacks}, out)
+        os.replace(path + ".part", path)  # whole, for the reader waiting for it
         _PHASE["cpu_s"] = time.process_time()  # writing the file is not the next phase's
 
     def _at_exit():
