@@ -65,11 +65,16 @@ class RelayInstance:
             "RELAY_BEHIND_TLS": "0", "ALLOWED_HOSTS": "127.0.0.1,localhost", "RELAY_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
-        self.run_manage("migrate", "-v0")
-        self.key = self.run_manage("shell", "-c", SETUP.format(upstreams=upstreams)).strip().splitlines()[-1]
-        self.process = subprocess.Popen(server_command(server, self.port, workers), cwd=ROOT,
-                                        env={**self.env, "RELAY_PORT": str(self.port)})
-        self._wait_ready()
+        self.process = None
+        try:
+            self.run_manage("migrate", "-v0")
+            self.key = self.run_manage("shell", "-c", SETUP.format(upstreams=upstreams)).strip().splitlines()[-1]
+            self.process = subprocess.Popen(server_command(server, self.port, workers), cwd=ROOT,
+                                            env={**self.env, "RELAY_PORT": str(self.port)})
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # a failed start leaves no server, database or keys behind
+            raise
 
     def spawn(self, server: str, workers: int = 1, env: dict | None = None,
               cwd: Path | str = ROOT) -> tuple[subprocess.Popen, str]:
@@ -109,12 +114,13 @@ class RelayInstance:
         raise RuntimeError("Relay did not become ready")
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)  # relay.serve drains open connections first
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=20)
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)  # relay.serve drains open connections first
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=20)
         if self.dbname:
             subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", self.dbname], check=False)
         self._forget_redis_keys()

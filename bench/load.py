@@ -259,14 +259,25 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.upstream, self.bases, self.stop_upstream = start_upstream(args.upstream, args.tokens)
-        port = free_port()
-        self.paced = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port)],
-                                      cwd=ROOT, stdout=subprocess.DEVNULL)
-        wait_http(f"http://127.0.0.1:{port}/v1/models")
-        upstreams = {**{MODELS[k]: self.bases[k] for k in MODELS}, HELD_MODEL: f"http://127.0.0.1:{port}/v1"}
-        self.relay = RelayInstance(upstreams, server="relay.serve",
-                                   extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
-        self.relay.run_manage("shell", "-c", BUDGET)
+        self.paced = self.relay = None
+        try:
+            port = free_port()
+            self.paced = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port)],
+                                          cwd=ROOT, stdout=subprocess.DEVNULL)
+            wait_http(f"http://127.0.0.1:{port}/v1/models")
+            upstreams = {**{MODELS[k]: self.bases[k] for k in MODELS}, HELD_MODEL: f"http://127.0.0.1:{port}/v1"}
+            self.relay = RelayInstance(upstreams, server="relay.serve",
+                                       extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
+            self.relay.run_manage("shell", "-c", BUDGET)
+        except BaseException:
+            # A failed start leaves nothing running: a stray upstream would share the machine with every
+            # later measurement (it happened: bench/README.md, runs 51-52).
+            if self.relay is not None:
+                self.relay.stop()
+            if self.paced is not None:
+                self.paced.terminate()
+            self.stop_upstream()
+            raise
         direct_paths = {k: self.bases[k].split("127.0.0.1", 1)[1].split("/", 1)[1] for k in MODELS}
         self.direct = {"url": self.bases["plain"].rsplit("/", 2)[0] if self.args.upstream == "static"
                        else self.bases["plain"].rsplit("/", 1)[0],
