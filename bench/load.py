@@ -271,7 +271,7 @@ class Bench:
             self.relay.run_manage("shell", "-c", BUDGET)
         except BaseException:
             # A failed start leaves nothing running: a stray upstream would share the machine with every
-            # later measurement (it happened: bench/README.md, runs 51-52).
+            # later measurement (it happened: bench/README.md, cpu_profile.py, 2026-12-07).
             if self.relay is not None:
                 self.relay.stop()
             if self.paced is not None:
