@@ -97,6 +97,8 @@ def main():
     parser.add_argument("--pause-ms", type=float, default=50)
     parser.add_argument("--top", type=int, default=45)
     args = parser.parse_args()
+    if args.requests < 1 or args.pause_ms < 0:
+        parser.error("--requests must be at least 1 and --pause-ms not negative")
     sample_dir = Path(tempfile.mkdtemp(prefix="relay-samples-"))
     os.environ.update({"RELAY_SAMPLE_DIR": str(sample_dir),
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "bench" / "_sampler"),
