@@ -3,8 +3,8 @@
 RELAY_SPANS names the functions to time, `module:attribute.path` separated by commas. Once Django
 is set up, each is replaced by a wrapper that notes (time, thread, name, B/E, the thread's CPU
 time) when it begins and ends (an async generator also notes its first item, Y), in its module and
-wherever another module imported it by name. At exit the notes go to RELAY_SPANS_DIR/spans-<pid>.json. Not for production:
-every call of a traced function costs a few microseconds more.
+wherever another module imported it by name. At exit the notes go to RELAY_SPANS_DIR/spans-<pid>.json.
+Not for production: every call of a traced function costs a few microseconds more.
 """
 
 import os
