@@ -1,11 +1,15 @@
 """LiteLLM Proxy for the benches that compare with it (bench/load.py, bench/routing.py).
 
-One pinned version, installed by the bench itself into var/litellm/venv (outside Relay's
-environment: its dependencies are not Relay's), started on a config the bench writes.
+One pinned version, installed by the bench itself into var/litellm/venv-<python> (outside Relay's
+environment: its dependencies are not Relay's), started on a config the bench writes. One such
+environment per Python interpreter: LiteLLM runs on the interpreter that runs Relay, whichever
+the bench was started with, since builds of one Python version differ in speed (bench/README.md,
+"Which Python") and a comparison on two of them would measure the interpreters too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,13 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from _relay import ROOT, free_port
+from _relay import ROOT, free_port, interpreter
 
 # Pinned so figures compare across runs. The newest release whose `[proxy]` extra resolves from the
 # package index this project uses (later ones need builds of litellm-proxy / litellm-enterprise
 # that it does not carry); after 1.107.0, the compromised release.
 LITELLM_VERSION = "1.108.7"
-VENV = ROOT / "var" / "litellm" / "venv"
+
+
+def venv_for(python: dict) -> Path:
+    """LiteLLM's environment for the interpreter `python` (_relay.interpreter()): named by its version and path."""
+    tag = hashlib.sha256(python["base"].encode()).hexdigest()[:8]
+    return ROOT / "var" / "litellm" / f"venv-{python['version']}-{tag}"
+
+
+VENV = venv_for(interpreter())
 # Without a database LiteLLM authenticates its master key only (no virtual keys, no budgets).
 KEY = "sk-bench-" + "0123456789abcdef" * 3
 
@@ -36,7 +48,7 @@ def installed_version() -> str | None:
 def ensure_installed() -> None:
     if installed_version() == LITELLM_VERSION and (VENV / "bin" / "litellm").exists():
         return
-    print(f"installing LiteLLM Proxy {LITELLM_VERSION} into var/litellm/venv ...", flush=True)
+    print(f"installing LiteLLM Proxy {LITELLM_VERSION} into {VENV.relative_to(ROOT)} ...", flush=True)
     if not (VENV / "bin" / "pip").exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -163,5 +164,18 @@ def server_command(server: str, port: int, workers: int = 1) -> list[str]:
     raise ValueError(f"unknown server {server!r}")
 
 
+def interpreter() -> dict:
+    """The Python running this bench and every process it starts (sys.executable): its version and the
+    interpreter a virtual environment's python stands for. Builds of one version differ: back to back,
+    Relay's CPU per request was 13% lower on Debian's CPython than on a plain source build
+    (bench/README.md, "Which Python"), so each result names the one it ran on."""
+    return {"version": platform.python_version(), "base": os.path.realpath(sys._base_executable)}
+
+
+def print_interpreter() -> None:
+    python = interpreter()
+    print(f"Python {python['version']} ({python['base']}): every process this bench starts runs on it", flush=True)
+
+
 def print_result(figures: dict) -> None:
-    print(json.dumps(figures, sort_keys=True))
+    print(json.dumps({**figures, "interpreter": interpreter()}, sort_keys=True))

@@ -13,7 +13,7 @@ Targets, each measured with one load tool (bench/_load.py), plain and streaming:
            usage records, the audit trail and metrics all on: one process (python -m relay.serve),
            or N such processes on the same database and Redis, the connections spread over them;
   litellm  LiteLLM Proxy (the version pinned in bench/_litellm.py, installed by this script into
-           var/litellm/venv from the package index) with the same process count, no database;
+           var/litellm/venv-<python> from the package index) with the same process count, no database;
   cluster  with --instances N: N Relay instances behind nginx (platform/scripts/cluster.py);
   floor_asgi, floor_django  the floors under any gateway's cost, N processes each (bench/_floor_app.py):
            the same proxying as a bare ASGI app, and as a Django view behind Relay's own middleware
@@ -52,7 +52,7 @@ import httpx
 from _cpu import Components, per_request, postgres_of
 from _litellm import wait_http
 from _load import Connection, figures, open_stream, run_load
-from _relay import ROOT, RelayInstance, free_port, print_result
+from _relay import ROOT, RelayInstance, free_port, print_interpreter, print_result
 from _static_upstream import StaticUpstream
 
 from tests.support.ports import free_port_run
@@ -405,6 +405,7 @@ def main():
     parser.add_argument("--no-litellm", dest="litellm", action="store_false")
     parser.add_argument("--no-floors", dest="floors", action="store_false")
     args = parser.parse_args()
+    print_interpreter()
     bench = Bench(args)
     phases, streams, books = {}, {}, {}
     try:

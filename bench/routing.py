@@ -13,7 +13,7 @@ fallback, by `healthy` alone. The same settings on both targets: strategy least-
            by agents.actions.endpoints.create_endpoint; API-key auth and a hard budget on the key
            (reserve + settle across retries and fallbacks), usage records, audit and metrics all on.
   litellm  LiteLLM Proxy (the version pinned in bench/_litellm.py, installed by bench/load.py's
-           helper into var/litellm/venv), --instances workers sharing router state in the same Redis
+           helper into var/litellm/venv-<python>), --instances workers sharing router state in the same Redis
            (router_settings.redis_url), master key, no database.
 Both get the same number of processes and share their routing state across them through Redis
 (LiteLLM: cooldowns, failure counts and least-busy counts), on the same cores; the load tool sends

@@ -37,7 +37,7 @@ import _goals as goals
 import httpx
 import websockets
 from _litellm import wait_http  # noqa: I001  (bench-local helpers)
-from _relay import ROOT, RelayInstance, free_port, print_result, summary_ms
+from _relay import ROOT, RelayInstance, free_port, print_interpreter, print_result, summary_ms
 from load import start_floor
 
 MODEL = "bench-model"
@@ -159,6 +159,7 @@ def main():
     parser.add_argument("--b-cwd", help="another checkout, served beside this one on the same database: its "
                                         "paths (b_*) take turns with this one's, request by request")
     args = parser.parse_args()
+    print_interpreter()
     port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port),
                                  "--ttft", str(args.ttft_ms / 1000), "--tps", str(args.tps), "--tokens",
