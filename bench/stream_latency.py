@@ -14,6 +14,12 @@ every figure. On PostgreSQL the guarded floor (bench/_floor_app.py guarded: the 
 the run's row committed, then the model; no permissions, rate limits, routing, metrics) takes its
 turns too on /v1 (`floor_guarded_openai`): what Relay's guarantees add at the least, in this run.
 
+Each path's first token is also split in two by the upstream's own notes (`GET /_control`: when each
+stream arrived and when it sent its first token, on the one monotonic clock of every process here):
+the time from the client's sending to the upstream's arrival (`to_upstream`: for Relay, its whole path
+up to the model call) and from the upstream's first token to the client's (`from_upstream_first_token`:
+the chunk's way back). Minus the direct path's, they say where Relay's added first token is spent.
+
 `--b-cwd ../other-checkout` serves that checkout too, as a second process on the same database, and its
 paths (b_sse, b_websocket, b_openai) take turns with this one's request by request: an A/B in which the
 machine's drift (up to ±1 ms between runs minutes apart here) falls on both sides alike. Prints B − A.
@@ -44,8 +50,9 @@ MODEL = "bench-model"
 
 
 async def sse_tokens(client: httpx.AsyncClient, url: str, body: dict, headers: dict, is_token):
-    """(seconds to first token, seconds per later token) for one streamed request."""
-    started = time.perf_counter()
+    """(seconds to first token, seconds per later token, when it was sent, when its first token came) for
+    one streamed request; the times on time.monotonic(), the clock the upstream notes its own on."""
+    started = time.monotonic()
     first = last = None
     count = 0
     async with client.stream("POST", url, json=body, headers=headers) as response:
@@ -54,28 +61,45 @@ async def sse_tokens(client: httpx.AsyncClient, url: str, body: dict, headers: d
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             if is_token(json.loads(line[6:])):
-                last = time.perf_counter()
+                last = time.monotonic()
                 first = first or last
                 count += 1
-    return first - started, (last - first) / max(count - 1, 1)
+    return first - started, (last - first) / max(count - 1, 1), started, first
 
 
 async def ws_tokens(url: str, key: str, body: dict):
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"type": "auth", "token": key}))
         await ws.recv()
-        started = time.perf_counter()
+        started = time.monotonic()
         await ws.send(json.dumps({"type": "query", **body}))
         first = last = None
         count = 0
         while True:
             event = json.loads(await ws.recv())
             if event["type"] == "token":
-                last = time.perf_counter()
+                last = time.monotonic()
                 first = first or last
                 count += 1
             elif event["type"] == "done":
-                return first - started, (last - first) / max(count - 1, 1)
+                return first - started, (last - first) / max(count - 1, 1), started, first
+
+
+def split(sent_at: float, first_at: float, streams: list) -> tuple[float, float] | None:
+    """(seconds from the request's sending to its arrival at the upstream, seconds from the upstream's
+    first token to the client's), from the upstream's [arrival, first token] of the streams that arrived
+    since `sent_at`: what a gateway in front adds before the model is asked and after it answers.
+    None unless exactly one stream arrived (a retry or a stray request would be matched wrongly)."""
+    if len(streams) != 1:
+        return None
+    arrived, first_sent = streams[0]
+    return arrived - sent_at, first_at - first_sent
+
+
+async def upstream_split(client: httpx.AsyncClient, control_url: str, sent_at: float,
+                         first_at: float) -> tuple[float, float] | None:
+    stats = (await client.get(control_url, params={"since": repr(sent_at)})).json()
+    return split(sent_at, first_at, stats["streams"])
 
 
 def is_openai_token(chunk) -> bool:
@@ -115,6 +139,8 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause
         paths["floor_guarded_openai"] = lambda c: sse_tokens(c, f"{floor_url}/v1/chat/completions", chat(), key,
                                                              is_openai_token)
     samples = {name: ([], []) for name in paths}
+    splits = {name: [] for name in paths}
+    control_url = upstream_base.removesuffix("/v1") + "/_control"
     async with httpx.AsyncClient(timeout=60) as client:
         for _ in range(3):  # warm connections, caches, the model list
             for run in paths.values():
@@ -128,19 +154,29 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause
             # request starts on an idle Relay, its predecessor's work done, behind any other path.
             order.shuffle(names)
             for name in names:
-                ttft, per_token = await paths[name](client)
+                ttft, per_token, sent_at, first_at = await paths[name](client)
                 samples[name][0].append(ttft)
                 samples[name][1].append(per_token)
+                parts = await upstream_split(client, control_url, sent_at, first_at)
+                if parts is not None:
+                    splits[name].append(parts)
                 await asyncio.sleep(pause)
     figures = {}
     for name, (ttfts, per_tokens) in samples.items():
         figures[name] = {"ttft": summary_ms(ttfts), "per_token": summary_ms(per_tokens)}
+        if splits[name]:
+            figures[name]["to_upstream"] = summary_ms([before for before, _ in splits[name]])
+            figures[name]["from_upstream_first_token"] = summary_ms([after for _, after in splits[name]])
     direct = figures["direct"]
     for name in [name for name in figures if name != "direct"]:
         figures[name]["ttft_overhead_p50_ms"] = round(figures[name]["ttft"]["p50_ms"] - direct["ttft"]["p50_ms"], 2)
         figures[name]["ttft_overhead_p99_ms"] = round(figures[name]["ttft"]["p99_ms"] - direct["ttft"]["p99_ms"], 2)
         figures[name]["per_token_overhead_p50_ms"] = round(
             figures[name]["per_token"]["p50_ms"] - direct["per_token"]["p50_ms"], 3)
+        for part in ("to_upstream", "from_upstream_first_token"):
+            if part in figures[name] and part in direct:
+                figures[name][f"{part}_added_p50_ms"] = round(
+                    figures[name][part]["p50_ms"] - direct[part]["p50_ms"], 2)
     return figures
 
 
@@ -192,6 +228,9 @@ def main():
                f"per token p50 {figure['per_token']['p50_ms']:6.3f} ms"
         if "ttft_overhead_p50_ms" in figure:
             line += f"  | added ttft p50 {figure['ttft_overhead_p50_ms']:+.2f} ms"
+        if "to_upstream_added_p50_ms" in figure and "from_upstream_first_token_added_p50_ms" in figure:
+            line += (f" (before the upstream {figure['to_upstream_added_p50_ms']:+.2f}, after its first token "
+                     f"{figure['from_upstream_first_token_added_p50_ms']:+.2f})")
         print(line)
     if args.b_cwd:
         for path in ("sse", "websocket", "openai"):

@@ -36,3 +36,16 @@ def test_control_refuses_unknown_fields_and_changes_nothing():
         assert refused.status_code == 400 and "explode" in refused.json()["error"]["message"]
         assert server.config.fail_all is False
         assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+
+
+def test_control_reports_when_each_stream_arrived_and_sent_its_first_token():
+    with FakeUpstream() as server, httpx.Client(base_url=server.url) as client:
+        started = time.monotonic()
+        server.configure(ttft=0.05)
+        streamed = client.post("/v1/chat/completions", json=BODY)
+        plain = client.post("/v1/chat/completions", json={**BODY, "stream": False})
+        assert streamed.status_code == plain.status_code == 200
+        stats = client.get("/_control", params={"since": started}).json()
+        assert stats["requests"] == 2
+        [(arrived, first_token)] = stats["streams"]  # the plain answer has no first token
+        assert started <= arrived and arrived + 0.05 <= first_token <= stats["now"]

@@ -13,7 +13,8 @@ timing and failures are scripted by :class:`FakeUpstreamConfig`:
   object of config fields (``{"fail_all": true, "fail_status": 429, "retry_after": 2}``) changes
   them and marks the moment; ``GET /_control?since=T`` counts the completions that arrived from
   ``T`` on (``time.monotonic()``, one clock for every process on the machine) and tells when the
-  first successful one arrived after the last change (``first_ok_after_change``).
+  first successful one arrived after the last change (``first_ok_after_change``), and for each
+  stream, when it arrived and when its first token left (``streams``).
 
 Raw ASGI (no framework) so the fake adds no dependency beyond uvicorn and costs little per token
 in benchmarks.  ``python -m tests.support.fake_upstream --port 8901 --ttft 0.05 --tps 200``.
@@ -78,6 +79,7 @@ class RecordedRequest:
     completed: bool = False                # the whole response (and [DONE]) was sent
     client_disconnected: bool | None = None  # for streams: client left before the end
     disconnected_at: float | None = None   # time.monotonic() when the disconnect was observed
+    first_token_at: float | None = None    # time.monotonic() when a stream's first token was sent
 
 
 class _DeliberateDrop(Exception):
@@ -326,6 +328,8 @@ class FakeUpstreamApp:
                 if gone.is_set():
                     return
                 await emit(data)
+                if not sent:
+                    rec.first_token_at = time.monotonic()
             await faults(len(body_pieces))
             if gone.is_set():
                 return
@@ -363,6 +367,8 @@ class FakeUpstreamApp:
             return {"now": time.monotonic(), "changed_at": self.changed_at, "requests": len(done), "ok": len(ok),
                     "failed": sum(1 for r in done if r.status >= 400),
                     "first_ok_after_change": min(after_change) if after_change else None,
+                    # [arrival, first token sent] of each stream: what a gateway in front adds before and after
+                    "streams": [[r.time, r.first_token_at] for r in done if r.first_token_at is not None],
                     "config": dataclasses.asdict(self.config)}
 
     async def _json(self, send, rec, status, payload, extra_headers=()):
