@@ -1,6 +1,6 @@
 """Streaming latency: what Relay adds to time to first token and per token, over the upstream itself.
 
-Run: python bench/stream_latency.py [--requests 100] [--tokens 50] [--ttft-ms 50] [--b-cwd ../other-checkout]
+Run: python bench/stream_latency.py [--requests 100] [--tokens 50] [--ttft-ms 50] [--trace] [--b-cwd ../other-checkout]
 
 Starts the fake OpenAI-compatible upstream (fixed time to first token and token rate) and one
 Relay instance (its own database; `relay.serve`, the production launcher, whose loop commits a
@@ -19,6 +19,8 @@ stream arrived and when it sent its first token, on the one monotonic clock of e
 the time from the client's sending to the upstream's arrival (`to_upstream`: for Relay, its whole path
 up to the model call) and from the upstream's first token to the client's (`from_upstream_first_token`:
 the chunk's way back). Minus the direct path's, they say where Relay's added first token is spent.
+`--trace` also loads bench/idle_spans.py's span tracer into this checkout's Relay and prints the timeline
+of its /v1 requests after the pause (each traced call costs a few microseconds more: read the gaps).
 
 `--b-cwd ../other-checkout` serves that checkout too, as a second process on the same database, and its
 paths (b_sse, b_websocket, b_openai) take turns with this one's request by request: an A/B in which the
@@ -37,16 +39,20 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import _goals as goals
 import httpx
 import websockets
 from _litellm import wait_http  # noqa: I001  (bench-local helpers)
 from _relay import ROOT, RelayInstance, free_port, print_interpreter, print_result, summary_ms
+from idle_spans import SPANS, requests_of, timeline
 from load import start_floor
 
 MODEL = "bench-model"
+WARM_ROUNDS = 3
 
 
 async def sse_tokens(client: httpx.AsyncClient, url: str, body: dict, headers: dict, is_token):
@@ -142,7 +148,7 @@ async def measure(relay: RelayInstance, upstream_base: str, requests: int, pause
     splits = {name: [] for name in paths}
     control_url = upstream_base.removesuffix("/v1") + "/_control"
     async with httpx.AsyncClient(timeout=60) as client:
-        for _ in range(3):  # warm connections, caches, the model list
+        for _ in range(WARM_ROUNDS):  # warm connections, caches, the model list
             for run in paths.values():
                 await run(client)
         names, order = list(paths), random.Random(0)
@@ -192,6 +198,9 @@ def main():
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="without the guarded floor's /v1 (PostgreSQL only): its added first token is the "
                              "least Relay's guarantees add in sequence, on this machine, in this run")
+    parser.add_argument("--trace", action="store_true",
+                        help="trace the hot path's spans in this checkout's Relay (bench/idle_spans.py's tracer, a few "
+                             "microseconds per traced call) and print the timeline of its /v1 requests")
     parser.add_argument("--b-cwd", help="another checkout, served beside this one on the same database: its "
                                         "paths (b_*) take turns with this one's, request by request")
     args = parser.parse_args()
@@ -205,12 +214,13 @@ def main():
         wait_http(f"{base}/models", process=upstream)
         # A prefix of its own, so that stop() drops the run's keys (the response cache's, the ledger's) from Redis.
         relay = RelayInstance({MODEL: base}, server=args.server,
-                              extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}"})
+                              extra_env={"RELAY_CACHE_PREFIX": f"bench{time.time_ns()}", **tracing(args.trace)})
+        traced = relay.process.pid
         other = floor = None
         try:
             other = relay.spawn(args.server, cwd=args.b_cwd) if args.b_cwd else None
             if args.floor and relay.dbname:
-                floor = start_floor("guarded", {"plain": base}, {**relay.env, "RELAY_FLOOR_KEY": relay.key},
+                floor = start_floor("guarded", {"plain": base}, {**untraced(relay.env), "RELAY_FLOOR_KEY": relay.key},
                                     {"Authorization": f"Bearer {relay.key}"}, models={"plain": MODEL})
             figures = asyncio.run(measure(relay, base, args.requests, args.pause_ms / 1000,
                                           other[1] if other else None, floor[1] if floor else None))
@@ -241,11 +251,39 @@ def main():
         floor_added = figures["floor_guarded_openai"]["ttft_overhead_p50_ms"]
         print(f"/v1 over the guarded floor: {figures['relay_openai']['ttft_overhead_p50_ms'] - floor_added:+.2f} ms "
               f"(the floor adds {floor_added:+.2f} ms)")
+    if args.trace:
+        figures["trace_openai"] = print_trace(relay.env["RELAY_SPANS_DIR"], traced)
     met = goals.check_stream_latency(figures)
     print(goals.report(met))
     print_result({"requests": args.requests, "tokens": args.tokens, "upstream_ttft_ms": args.ttft_ms,
                   "pause_ms": args.pause_ms,
                   "server": args.server, **figures, "goals": met})
+
+
+def tracing(on: bool) -> dict:
+    """The environment that loads the span tracer into Relay's processes (none unless `on`)."""
+    if not on:
+        return {}
+    return {"RELAY_SPANS": ",".join(SPANS), "RELAY_SPANS_DIR": tempfile.mkdtemp(prefix="relay-spans-"),
+            "PYTHONPATH": str(ROOT / "bench" / "_spans")}
+
+
+def untraced(env: dict) -> dict:
+    """`env` without the tracer (for the guarded floor, whose app the tracer's wrappers would break)."""
+    return {name: value for name, value in env.items() if name != "RELAY_SPANS"}
+
+
+def print_trace(spans_dir: str, pid: int) -> list[dict]:
+    """The timeline of the traced Relay's /v1 requests (its view's), after the warm-up's."""
+    served = requests_of(json.loads((Path(spans_dir) / f"spans-{pid}.json").read_text()))[WARM_ROUNDS:]
+    rows = timeline(served)
+    print(f"\n/v1 traced ({len(served)} requests; offsets from the ASGI handler's start, ms):")
+    print("   wall ms   loop CPU ms")
+    for row in rows:
+        shown = "" if row["share"] == 1 else f"  (in {row['share']:.0%})"
+        cpu = f"{row['cpu_ms']:8.3f}" if row["cpu_ms"] is not None else "  (thread)"
+        print(f"  {row['ms']:8.3f}  {cpu}  {row['event']:5}  {row['span']}{shown}")
+    return rows
 
 
 if __name__ == "__main__":

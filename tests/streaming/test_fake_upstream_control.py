@@ -49,3 +49,4 @@ def test_control_reports_when_each_stream_arrived_and_sent_its_first_token():
         assert stats["requests"] == 2
         [(arrived, first_token)] = stats["streams"]  # the plain answer has no first token
         assert started <= arrived and arrived + 0.05 <= first_token <= stats["now"]
+        assert "streams" not in client.post("/_control", json={"ttft": 0}).json()  # a change's answer: no report
