@@ -120,12 +120,16 @@ def main():
         rows = timeline(served)
         out[kind] = {**measured[kind], "requests": len(served), "timeline": rows}
         print(f"\n{kind}: added {measured[kind]['added_ms']} ms p50, traced ({len(served)} traced requests)")
-        print("   wall ms   loop CPU ms")
-        for row in rows:
-            shown = "" if row["share"] == 1 else f"  (in {row['share']:.0%})"
-            cpu = f"{row['cpu_ms']:8.3f}" if row["cpu_ms"] is not None else "  (thread)"
-            print(f"  {row['ms']:8.3f}  {cpu}  {row['event']:5}  {row['span']}{shown}")
+        print_timeline(rows)
     print_result(out)
+
+
+def print_timeline(rows: list[dict]) -> None:
+    print("   wall ms   loop CPU ms")
+    for row in rows:
+        shown = "" if row["share"] == 1 else f"  (in {row['share']:.0%})"
+        cpu = f"{row['cpu_ms']:8.3f}" if row["cpu_ms"] is not None else "  (thread)"
+        print(f"  {row['ms']:8.3f}  {cpu}  {row['event']:5}  {row['span']}{shown}")
 
 
 if __name__ == "__main__":

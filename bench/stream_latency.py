@@ -48,7 +48,7 @@ import httpx
 import websockets
 from _litellm import wait_http  # noqa: I001  (bench-local helpers)
 from _relay import ROOT, RelayInstance, free_port, print_interpreter, print_result, summary_ms
-from idle_spans import SPANS, requests_of, timeline
+from idle_spans import SPANS, print_timeline, requests_of, timeline
 from load import start_floor
 
 MODEL = "bench-model"
@@ -278,11 +278,7 @@ def print_trace(spans_dir: str, pid: int) -> list[dict]:
     served = requests_of(json.loads((Path(spans_dir) / f"spans-{pid}.json").read_text()))[WARM_ROUNDS:]
     rows = timeline(served)
     print(f"\n/v1 traced ({len(served)} requests; offsets from the ASGI handler's start, ms):")
-    print("   wall ms   loop CPU ms")
-    for row in rows:
-        shown = "" if row["share"] == 1 else f"  (in {row['share']:.0%})"
-        cpu = f"{row['cpu_ms']:8.3f}" if row["cpu_ms"] is not None else "  (thread)"
-        print(f"  {row['ms']:8.3f}  {cpu}  {row['event']:5}  {row['span']}{shown}")
+    print_timeline(rows)
     return rows
 
 
