@@ -120,9 +120,11 @@ def start_floor(kind: str, bases: dict[str, str], env: dict, headers: dict | Non
                           timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError(f"the {kind} floor did not start") from None
+            pass
+        # Whatever it answered: a floor that answers every probe with an error never starts either.
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"the {kind} floor did not start: no 200 from {url}")
         time.sleep(0.1)
 
 

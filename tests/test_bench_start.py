@@ -7,6 +7,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,3 +54,19 @@ def test_a_bench_whose_relay_fails_to_start_stops_its_upstreams(monkeypatch):
     with pytest.raises(subprocess.CalledProcessError):
         load.Bench(argparse.Namespace(upstream="static", tokens=20))
     assert stopped == ["upstream"] and paced.terminated
+
+
+def test_a_floor_that_answers_only_errors_is_stopped_at_its_deadline(monkeypatch):
+    # It used to be probed forever: the deadline was checked only when the probe could not connect.
+    floor, clock = Process(), iter(range(0, 10_000, 5))
+    floor.killed = False
+    floor.poll = lambda: None
+    floor.kill = lambda: setattr(floor, "killed", True)
+    monkeypatch.setattr(load.subprocess, "Popen", lambda *_args, **_kwargs: floor)
+    monkeypatch.setattr(load.httpx, "post", lambda *_args, **_kwargs: SimpleNamespace(status_code=500))
+    monkeypatch.setattr(load.time, "monotonic", lambda: next(clock))  # five seconds a probe
+    monkeypatch.setattr(load.time, "sleep", lambda _seconds: None)
+
+    with pytest.raises(RuntimeError, match="did not start"):
+        load.start_floor("guarded", dict.fromkeys(load.MODELS, "http://127.0.0.1:9/v1"), {})
+    assert floor.killed
