@@ -73,3 +73,54 @@ def test_an_unauthenticated_megabyte_frame_is_closed_with_1009(settings):
 
     with ProductionServer() as server:
         assert asyncio.run(scenario(server.url)) == 1009
+
+
+def _unread_messages(protocol) -> int:
+    """Client messages a socket's protocol holds that the consumer has not taken yet: websockets'
+    legacy queue (`ws="websockets"`), else the ASGI queue of uvicorn's sans-I/O implementations."""
+    if hasattr(protocol, "messages"):
+        return len(protocol.messages)
+    queue = getattr(protocol, "queue", None)
+    return queue.qsize() if queue is not None else 0
+
+
+def _flood_of_pings(count: int) -> bytes:
+    frame = json.dumps({"type": "ping"}).encode()
+    # A client's frame: FIN + text opcode, the mask bit and length, a zero mask (XOR with zeros).
+    return (bytes([0x81, 0x80 | len(frame)]) + b"\0\0\0\0" + frame) * count
+
+
+def test_a_flood_of_small_frames_is_held_at_ws_max_queue_messages(settings):
+    # Control: relay.serve's ws="websockets" with WS_MAX_QUEUE. uvicorn's `websockets-sansio` (which
+    # it names as the future default) ignores ws_max_queue: it parses every frame of each read
+    # (up to 256 KiB) into its queue before it pauses, thousands of messages per socket, before
+    # the client has even authenticated.
+    settings.RELAY_DB_THREAD_SENSITIVE = False
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
+    pings = 5000
+    most = 0
+
+    async def scenario(server):
+        nonlocal most
+        host, port = server.socket.getsockname()[:2]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.write(_flood_of_pings(pings))  # all at once: the server reads them as fast as it may
+        pongs = 0
+        while pongs < pings:
+            # The server answers each ping with a pong frame of 15 bytes (2 of header).
+            header = await asyncio.wait_for(reader.readexactly(2), 20)
+            body = await reader.readexactly(header[1] & 0x7F)
+            assert json.loads(body) == {"type": "pong"}
+            pongs += 1
+            # The server runs in its own thread: a deque's or a queue's length is one plain read.
+            most = max(most, max((_unread_messages(p) for p in list(server.server.server_state.connections)),
+                                 default=0))
+        writer.close()
+        return pongs
+
+    with ProductionServer() as server:
+        assert asyncio.run(scenario(server)) == pings
+    assert 1 <= most <= serve.WS_MAX_QUEUE
