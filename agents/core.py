@@ -8,6 +8,7 @@ through function calling (agents/upstream.py).
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import events
+from agents.tokenizer import count_tool_tokens
 from relay.observability import metrics
 
 
@@ -113,6 +115,16 @@ class Agent:
     # and in a sentence what the agent does with no language model configured.
     examples: list[str] = []
     without_model: str = ""
+
+    @functools.cached_property
+    def tool_specs(self) -> list[dict]:
+        """Its tools as function-calling definitions, sent beside the messages to a model that takes tools."""
+        return [tool.spec() for tool in self.tools]
+
+    @functools.cached_property
+    def tool_tokens(self) -> int:
+        """What those definitions weigh in a prompt: an upstream bills them as input, every call."""
+        return count_tool_tokens(self.tool_specs)
 
     @property
     def depends_on(self) -> frozenset[str] | None:

@@ -25,7 +25,7 @@ from agents.providers.catalog import resolve
 from agents.rounds import Rounds
 from agents.router import metrics as router_metrics
 from agents.router.calls import ModelUnavailable
-from agents.upstream import answer_with_model
+from agents.upstream import answer_with_model, first_input_tokens
 from billing import services as billing
 from relay.eventloop.db import db
 
@@ -70,11 +70,13 @@ async def _switch(run, candidates: list[str], reason: str, error: ProviderError)
         if found is None:
             continue
         model, rules = found
+        # Its first call's prompt, as this model is sent it: the agent's tools go only to a model that takes them.
+        input_tokens = first_input_tokens(run.agent, run.ctx, model)
         await billing.release_charge(run.charge)
         try:
             charge = await billing.open_charge(
                 request_id=run.request.run_id, user=run.request.user, api_key=run.request.api_key,
-                model=model.name, input_tokens=run.input_tokens, max_output_tokens=run.max_tokens, now=now,
+                model=model.name, input_tokens=input_tokens, max_output_tokens=run.max_tokens, now=now,
                 rules=rules)
         except billing.LedgerUnavailable:
             run.unreserved = True
@@ -85,7 +87,7 @@ async def _switch(run, candidates: list[str], reason: str, error: ProviderError)
             raise
         run.fallbacks.append({"from": run.model.name, "to": model.name, "reason": reason, "error": error.code})
         router_metrics.record_fallback(run.model.name, model.name, reason)
-        run.model, run.charge = model, charge
+        run.model, run.charge, run.input_tokens = model, charge, input_tokens
         return
     raise error
 

@@ -32,8 +32,8 @@ from agents.providers.base import ProviderError, TextDelta, ToolCallRequest
 from agents.providers.catalog import ModelChoice, resolve
 from agents.registry import get_agent, may_use
 from agents.rounds import BudgetStop
-from agents.tokenizer import count_message_tokens, count_tool_tokens, split_tokens
-from agents.upstream import build_messages
+from agents.tokenizer import split_tokens
+from agents.upstream import first_input_tokens
 from billing import ratelimit
 from billing import services as billing
 from billing.money import cost_usd, usd_to_nanos
@@ -214,8 +214,8 @@ async def _reserve_and_open(req: RunRequest, agent, plan: optimizer.Plan, lookup
     ctx = RunContext(query=req.query, user=req.user, api_key=req.api_key, history=plan.history,
                      attachment=req.attachment, raw_messages=plan.raw_messages, client_tools=req.client_tools)
     max_tokens = min(max(int(req.max_tokens or DEFAULT_MAX_TOKENS), 1), MAX_OUTPUT_TOKENS)
-    # The client's tools go to the model with the messages: they are input, reserved and rate-limited as such.
-    input_tokens = count_message_tokens(build_messages(agent, ctx)) + count_tool_tokens(ctx.client_tools)
+    # The tools offered go to the model with the messages: they are input, reserved and rate-limited as such.
+    input_tokens = first_input_tokens(agent, ctx, model)
     remaining_tokens = await ratelimit.admit(req.api_key, input_tokens, max_tokens)  # 429 rate_limited
     # The first attempt's deployment is acquired while the reservation and the opening are made: its
     # round trip overlaps theirs instead of following them. Acquiring asks no model; if the run is

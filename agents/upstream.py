@@ -27,6 +27,24 @@ def build_messages(agent: Agent, ctx: RunContext) -> list[dict]:
     return [{"role": "system", "content": agent.system_prompt}, *ctx.history, {"role": "user", "content": ctx.query}]
 
 
+def offered_tools(agent: Agent, ctx: RunContext, choice: ModelChoice) -> list[dict] | None:
+    """The tool definitions each call of a run sends beside its messages: the client's own (/v1),
+    else the agent's when the model takes tools (the embedded engine runs them itself)."""
+    if ctx.client_tools:
+        return ctx.client_tools
+    return (agent.tool_specs or None) if choice.supports_tools and not choice.is_local else None
+
+
+def first_input_tokens(agent: Agent, ctx: RunContext, choice: ModelChoice) -> int:
+    """The first call's prompt as the upstream bills it, its messages and the tools offered beside them:
+    what the run's reservation and the key's tokens per minute count before the model is asked."""
+    if ctx.client_tools:
+        tools = count_tool_tokens(ctx.client_tools)
+    else:
+        tools = agent.tool_tokens if offered_tools(agent, ctx, choice) else 0
+    return count_message_tokens(build_messages(agent, ctx)) + tools
+
+
 async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, max_tokens: int,
                             temperature: float | None = None, *, input_tokens: int = 0, rounds=None, ahead=None):
     """The model's answer through its deployments (agents.router.calls: one call per tool round).
@@ -40,10 +58,10 @@ async def answer_with_model(agent: Agent, ctx: RunContext, choice: ModelChoice, 
     """
     messages = list(build_messages(agent, ctx))
     tools = {tool.name: tool for tool in agent.tools} if choice.supports_tools and not ctx.client_tools else {}
+    offered = offered_tools(agent, ctx, choice)
     usage = ctx.facts.setdefault("upstream_usage", {"input_tokens": 0, "output_tokens": 0, "reported": False})
     calls: list[ToolCallRequest] = []  # the round before's
     for round_number in range(MAX_TOOL_ROUNDS + 1):
-        offered = ctx.client_tools or [t.spec() for t in tools.values()] or None
         if round_number:
             input_tokens = count_message_tokens(messages) + count_tool_tokens(offered)
             if rounds is not None:

@@ -55,12 +55,14 @@ def start_workers(count: int, **env_overrides) -> list[UvicornWorker]:
 
 
 def prompt_tokens(query: str) -> int:
-    """What the runner counts for a general-agent question (system prompt + question)."""
+    """What the runner counts for a general-agent question to a model that takes tools (the system
+    prompt, the question, and the agent's tool definitions sent beside them), as an upstream bills it."""
     from agents.registry import get_agent
-    from agents.tokenizer import count_message_tokens
+    from agents.tokenizer import count_message_tokens, count_tool_tokens
 
-    system = get_agent("general").system_prompt
-    return count_message_tokens([{"role": "system", "content": system}, {"role": "user", "content": query}])
+    agent = get_agent("general")
+    return (count_message_tokens([{"role": "system", "content": agent.system_prompt}, {"role": "user", "content": query}])
+            + count_tool_tokens([tool.spec() for tool in agent.tools]))
 
 
 def key_budget(user, limit_nanos: int):

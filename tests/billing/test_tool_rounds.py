@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agents.registry import get_agent
-from agents.tokenizer import count_message_tokens
+from agents.tokenizer import count_message_tokens, count_tool_tokens
 from billing.models import Budget, UsageRecord
 from billing.money import usd_to_nanos
 from tests.billing.test_live_budgets import IN_PRICE, OUT_PRICE, key_budget, ledger_figures, stream_one
@@ -35,10 +35,15 @@ def tool_calling(fake_upstream):
     return fake_upstream
 
 
-def first_round_tokens() -> int:
-    """The runner's estimate of the first round's prompt (the math agent's system prompt and the question)."""
+def first_round_messages_tokens() -> int:
     return count_message_tokens([{"role": "system", "content": get_agent("math").system_prompt},
                                  {"role": "user", "content": QUESTION}])
+
+
+def first_round_tokens() -> int:
+    """The first round's prompt as an upstream bills it: the math agent's system prompt, the question and
+    the definitions of the tools sent beside them."""
+    return first_round_messages_tokens() + count_tool_tokens([tool.spec() for tool in get_agent("math").tools])
 
 
 def ask(server, secret: str, **extra) -> tuple[int, list[dict]]:
@@ -140,4 +145,36 @@ def test_a_tool_round_draws_on_the_keys_tokens_per_minute(asgi_server, users, to
     assert len(tool_calling.requests) == 1  # the second round never reached the upstream
     record = UsageRecord.objects.get(api_key=key.key)
     assert record.input_tokens == first_round_tokens() and record.cost == exact_cost(record)
+    assert_reconciled()
+
+
+def test_a_hard_budget_with_room_for_the_messages_but_not_the_tools_refuses_before_the_model_is_asked(
+        asgi_server, users, fake_upstream, upstream_model):
+    # Control: agents.upstream.first_input_tokens counting the agent's own tools. Without it the first
+    # call's reservation held only the messages, the tools (129 tokens here) went with them, and an
+    # upstream billing what it was sent spent 213,000 nano-dollars of this 84,000 hard limit, unbilled.
+    assert first_round_tokens() > first_round_messages_tokens()
+    fake_upstream.configure(tokens=MAX_TOKENS, prompt_tokens=first_round_tokens())
+    limit = first_round_messages_tokens() * IN_PRICE + MAX_TOKENS * OUT_PRICE
+    secret, budget = key_budget(users["user"], limit)
+    status, events = ask(asgi_server, secret, cache=False)
+    assert status == 402 and events[0]["error"]["code"] == "budget_exceeded", (status, events)
+    assert fake_upstream.requests == []  # nothing was spent past the limit: the model was never asked
+    assert ledger_figures(budget) == (0, 0)
+
+
+def test_the_first_rounds_tools_are_reserved_and_billed_as_the_upstream_counts_them(
+        asgi_server, users, fake_upstream, upstream_model):
+    fake_upstream.configure(tokens=MAX_TOKENS, prompt_tokens=first_round_tokens())
+    limit = first_round_tokens() * IN_PRICE + MAX_TOKENS * OUT_PRICE  # the run's worst case, exactly
+    secret, budget = key_budget(users["user"], limit)
+    status, events = ask(asgi_server, secret, cache=False)
+    assert status == 200 and events[-1]["status"] == "complete", events[-3:]
+    sent = fake_upstream.requests[0].body
+    assert [tool["function"]["name"] for tool in sent["tools"]] == [tool.name for tool in get_agent("math").tools]
+    assert sent["max_tokens"] == MAX_TOKENS  # the reservation left the whole answer its room
+    record = UsageRecord.objects.get(api_key__budgets=budget)
+    assert record.input_tokens == first_round_tokens() and record.cost == exact_cost(record)
+    assert usd_to_nanos(record.cost) == limit
+    assert ledger_figures(budget, record.created_at) == (limit, 0)
     assert_reconciled()

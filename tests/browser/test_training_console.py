@@ -239,15 +239,13 @@ def test_an_evaluation_of_two_models_shows_the_comparison_and_charts(new_page, u
 
 
 def test_an_evaluation_stopped_by_its_budget_says_what_it_finished(new_page, users, two_models):
-    from agents.registry import get_agent
-    from agents.tokenizer import count_message_tokens
     from billing.models import Budget
+    from tests.billing.test_live_budgets import prompt_tokens
     from training import evaluations
     from training.actions.evaluations import create_set, run_evaluation, start_evaluation
 
     admin, query = users["admin"], "What is 6 times 7?"
-    system = get_agent("general").system_prompt
-    tokens_in = count_message_tokens([{"role": "system", "content": system}, {"role": "user", "content": query}])
+    tokens_in = prompt_tokens(query)  # with the general agent's tools, which fake-a is sent
     two_models["fake-a"].configure(tokens=10, prompt_tokens=tokens_in)
     one_run = Decimal(tokens_in * 1000 + 10 * 2000) / 10**9  # fake-a's price per token, in dollars
     Budget.objects.create(organization=admin.organization, scope="user", user=admin, period="monthly",

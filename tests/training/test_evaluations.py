@@ -200,12 +200,10 @@ def test_evaluation_runs_stay_out_of_conversation_lists_and_datasets(two_models,
 
 
 def test_an_evaluation_stopped_by_its_budget_reports_what_it_finished(two_models, users):
-    from agents.registry import get_agent
-    from agents.tokenizer import count_message_tokens
+    from tests.billing.test_live_budgets import prompt_tokens
 
     admin, query, output = users["admin"], "What is 6 times 7?", 10
-    system = get_agent("general").system_prompt
-    tokens_in = count_message_tokens([{"role": "system", "content": system}, {"role": "user", "content": query}])
+    tokens_in = prompt_tokens(query)  # with the general agent's tools, which fake-a is sent
     two_models["fake-a"].configure(tokens=output, prompt_tokens=tokens_in)
     one_run = Decimal(tokens_in * 1000 + output * 2000) / 10**9  # nano-dollars per token of fake-a
     budget = Budget.objects.create(organization=admin.organization, scope="user", user=admin, period="monthly",
