@@ -30,12 +30,22 @@ def mark_interrupted_messages(older_than_seconds: int | None = None) -> int:
     bound = settings.RELAY_INTERRUPTED_AFTER_SECONDS if older_than_seconds is None else older_than_seconds
     stale = list(stale_running_messages(bound)[:500])
     held = held_closings(stale)
-    outcomes = [recover_message(message, closing=held.get(message.request_id)) for message in stale]
+    outcomes = [_recovered(message, held.get(message.request_id)) for message in stale]
     recovered, interrupted = outcomes.count("recovered"), outcomes.count("interrupted")
     if recovered or interrupted:
         logger.warning("closed %d answer(s) of dead instances: %d from their closing records, %d interrupted",
                        recovered + interrupted, recovered, interrupted)
     return recovered + interrupted
+
+
+def _recovered(message: Message, closing) -> str | None:
+    """One answer's recovery; one that fails is logged and left for the next pass, so it cannot keep
+    the answers after it (oldest first) from theirs."""
+    try:
+        return recover_message(message, closing=closing)
+    except Exception:
+        logger.exception("could not close answer %s of a dead instance; it is tried again next pass", message.pk)
+        return None
 
 
 def stale_running_messages(older_than_seconds: float, now: dt.datetime | None = None):

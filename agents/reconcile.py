@@ -22,6 +22,7 @@ embedded mode the in-process ledger, which only the process holding it can see.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ LIMIT = 1000  # discrepancies listed (and fixed) per kind in one run; run again 
 # that disagrees is read again after this long, so a run closing at the moment of the check is
 # not reported.
 GRACE_SECONDS = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -263,9 +266,18 @@ def fix(report: Report, now: datetime | None = None) -> list[Discrepancy]:
     done = []
     for kind in order:
         for found in report.discrepancies:
-            if found.kind == kind and (repair := fixers[kind](found, now)) is not None:
+            if found.kind == kind and (repair := _repaired(fixers[kind], found, now)) is not None:
                 done.append(repair)
     return done
+
+
+def _repaired(fixer, found: Discrepancy, now: datetime) -> Discrepancy | None:
+    """One repair; one that fails is logged and left in the next report, and the others are made."""
+    try:
+        return fixer(found, now)
+    except Exception:
+        logger.exception("could not repair %s %s; it stays in the report", found.kind, found.ids)
+        return None
 
 
 def _release(found: Discrepancy, now: datetime) -> Discrepancy:

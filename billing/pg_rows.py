@@ -177,8 +177,10 @@ def _columns():
 
 def _usage_sql(connection, records: int, tools: int) -> str:
     usage, tool = _columns()
+    selected = ", ".join(_kept_reference(field) for field in usage.fields)
     sql = (f"WITH u AS (INSERT INTO {usage.table} ({usage.names}) "  # noqa: S608 (no user input)
-           f"SELECT * FROM {usage.source(connection, records)} AS r ({usage.names}) RETURNING id, request_id)")
+           f"SELECT {selected} FROM {usage.source(connection, records)} AS r ({usage.names}) "
+           f"RETURNING id, request_id)")
     if tools:
         sql += (f", t AS (INSERT INTO {tool.table} (usage_id, {', '.join(TOOL_FIELDS)}) "  # noqa: S608
                 f"SELECT u.id, {', '.join(f'v.{f.column}' for f in tool.fields[1:])} "
@@ -213,3 +215,14 @@ def usages_inserted(usages: list[tuple[object, list]], rows: list, alias: str) -
     for record, _ in usages:
         record.pk = ids[record.request_id]
         record._state.adding, record._state.db = False, alias
+
+
+def _kept_reference(field) -> str:
+    """The column as the record stores it. A reference the model sets to NULL when its row is deleted
+    (the run's team) is looked up: a row deleted while the run was answered is stored as NULL, as the
+    deletion would have left it, instead of failing the closing's foreign key every time it is tried."""
+    if isinstance(field, models.ForeignKey) and field.remote_field.on_delete is models.SET_NULL:
+        target = field.related_model._meta
+        key = target.pk.column
+        return f"(SELECT t.{key} FROM {target.db_table} t WHERE t.{key} = r.{field.column})"  # noqa: S608
+    return f"r.{field.column}"

@@ -24,7 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.utils import timezone
 
 from billing import budgets as budget_rules
@@ -277,8 +277,24 @@ def record_usages(usages: list[tuple[object, list[dict]]]) -> None:
     if connection.vendor == "postgresql":
         pg_rows.insert_usages(connection, _with_tool_rows(usages))
         return
+    _forget_deleted_references([record for record, _ in usages])
     UsageRecord.objects.bulk_create([record for record, _ in usages])
     ToolUsage.objects.bulk_create([ToolUsage.from_call(record, call) for record, calls in usages for call in calls])
+
+
+def _forget_deleted_references(records) -> None:
+    """pg_rows' `_kept_reference` through the ORM: a SET_NULL reference whose row was deleted since the
+    run opened (its team) is stored as NULL."""
+    from billing.models import UsageRecord
+
+    for reference in UsageRecord._meta.concrete_fields:
+        if not (reference.is_relation and reference.remote_field.on_delete is models.SET_NULL):
+            continue
+        named = {getattr(record, reference.attname) for record in records} - {None}
+        existing = set(reference.related_model._base_manager.filter(pk__in=named).values_list("pk", flat=True))
+        for record in records:
+            if getattr(record, reference.attname) not in existing:
+                setattr(record, reference.attname, None)
 
 
 def record_usages_statement(connection, usages: list[tuple[object, list[dict]]]) -> tuple[str, list, Callable]:

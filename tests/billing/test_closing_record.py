@@ -435,3 +435,61 @@ def test_a_settle_made_while_the_records_are_summed_survives_the_rebuild(org, us
     asyncio.run(runs.commit_run(summed["closing"]))
     assert _spent(org) == (cost, cost)
     assert_reconciled()
+
+
+def test_a_team_deleted_while_a_member_runs_leaves_the_run_billed_and_audited(org, users, ledger):
+    # Control: billing.pg_rows._kept_reference (and services._forget_deleted_references off PostgreSQL).
+    # Without it the closing named the deleted team, its foreign key failed on every try, and the
+    # answered run was never billed nor audited.
+    from accounts.actions.teams import delete_team
+
+    make_budget(org, limit_usd="10")
+    user = users["user"]
+    assert user.team is not None
+    run = _opened_run(user)  # reserved, the question stored, the model being asked
+    delete_team(user.team, actor=users["admin"])
+    closing = asyncio.run(runs.settle_run(run, ENDING))
+    asyncio.run(runs.commit_run(closing))
+    usage = UsageRecord.objects.get(request_id=run.request.run_id)
+    assert (usage.team_id, usage.user_id, usage.status) == (None, user.pk, "complete") and usage.cost > 0
+    assert AuditEvent.objects.filter(action="agent.run", metadata__run_id=run.request.run_id).count() == 1
+    assert Message.objects.get(pk=run.message_id).status == "complete"
+    assert _held(ledger) == {}
+    assert_reconciled()
+
+
+def test_a_held_closing_naming_a_deleted_team_is_recovered(org, users, ledger, monkeypatch):
+    # The same deletion when the instance died between the answer and the commit: the periodic job writes it.
+    from accounts.actions.teams import delete_team
+
+    make_budget(org, limit_usd="10")
+    run = _opened_run(users["user"])
+    asyncio.run(runs.settle_run(run, ENDING))  # held in the ledger; the process "dies" before its commit
+    delete_team(users["user"].team, actor=users["admin"])
+    assert mark_interrupted_messages(older_than_seconds=0) == 1
+    usage = UsageRecord.objects.get(request_id=run.request.run_id)
+    assert usage.team_id is None and usage.status == "complete" and usage.cost > 0
+    assert _held(ledger) == {}
+    assert_reconciled()
+
+
+def test_an_answer_whose_recovery_fails_does_not_hold_back_the_ones_after_it(org, users, ledger, monkeypatch):
+    # Control: agents.jobs._recovered. The stale answers are taken oldest first: one that raised ended
+    # the pass, so every answer after it stayed running, pass after pass.
+    import agents.jobs
+
+    first, second = _opened_run(users["user"]), _opened_run(users["viewer"])
+    recover = agents.jobs.recover_message
+
+    def failing_for_the_first(message, **kwargs):
+        if str(message.pk) == str(first.message_id):
+            raise RuntimeError("cannot be written")
+        return recover(message, **kwargs)
+
+    monkeypatch.setattr(agents.jobs, "recover_message", failing_for_the_first)
+    assert mark_interrupted_messages(older_than_seconds=0) == 1
+    assert Message.objects.get(pk=second.message_id).status == "interrupted"
+    assert Message.objects.get(pk=first.message_id).status == "running"  # tried again on the next pass
+    monkeypatch.setattr(agents.jobs, "recover_message", recover)
+    assert mark_interrupted_messages(older_than_seconds=0) == 1
+    assert Message.objects.get(pk=first.message_id).status == "interrupted"
