@@ -4,8 +4,8 @@ Dropped now and again once the change commits: a request between the two reads t
 was before the commit and must not cache that state (accounts.services, the key cache's markers).
 """
 
-from django.contrib.auth.models import Group
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.contrib.auth.models import Group, Permission
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
 from accounts.key_tree import descendants
@@ -37,16 +37,51 @@ def _owner_changed(sender, instance, **kwargs):
         forget_cached_key(prefix)
 
 
+def _forget_keys_of(owners) -> None:
+    for prefix in APIKey.objects.filter(owner__in=owners).values_list("prefix", flat=True):
+        forget_cached_key(prefix)
+
+
+def _changed(instance, action: str, pk_set, linked):
+    """The other side of a link that changed from `instance`'s side: the ids given, or for a clear
+    (which gives none) the rows `linked` still holds before it."""
+    if action == "pre_clear":
+        return linked.all()
+    return pk_set if action in ("post_add", "post_remove") else ()
+
+
 @receiver(m2m_changed, sender=User.groups.through)
-def _role_changed(sender, instance, **kwargs):
+def _role_changed(sender, instance, action, pk_set, **kwargs):
     if isinstance(instance, User):
         _owner_changed(User, instance)
+    else:  # from the role's side (role.user_set.remove(...)): its members named
+        _forget_keys_of(User.objects.filter(pk__in=_changed(instance, action, pk_set, instance.user_set)))
+
+
+@receiver(m2m_changed, sender=User.user_permissions.through)
+def _user_permissions_changed(sender, instance, action, pk_set, **kwargs):
+    if isinstance(instance, User):
+        _owner_changed(User, instance)
+    else:
+        _forget_keys_of(User.objects.filter(pk__in=_changed(instance, action, pk_set, instance.user_set)))
 
 
 @receiver(m2m_changed, sender=Group.permissions.through)
-def _role_permissions_changed(sender, instance, **kwargs):
+def _role_permissions_changed(sender, instance, action, pk_set, **kwargs):
     """A role's permissions changed: every key of its members must be looked up afresh."""
     if isinstance(instance, Group):
-        prefixes = APIKey.objects.filter(owner__groups=instance).values_list("prefix", flat=True)
-        for prefix in prefixes:
-            forget_cached_key(prefix)
+        _forget_keys_of(User.objects.filter(groups=instance))
+    else:  # from the permission's side: the roles named
+        groups = Group.objects.filter(pk__in=_changed(instance, action, pk_set, instance.group_set))
+        _forget_keys_of(User.objects.filter(groups__in=groups))
+
+
+@receiver(pre_delete, sender=Group)
+def _role_deleted(sender, instance, **kwargs):
+    """A deleted role's links go without m2m_changed: its members' keys are dropped while they are known."""
+    _forget_keys_of(User.objects.filter(groups=instance))
+
+
+@receiver(pre_delete, sender=Permission)
+def _permission_deleted(sender, instance, **kwargs):
+    _forget_keys_of(User.objects.filter(user_permissions=instance) | User.objects.filter(groups__permissions=instance))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -42,7 +43,13 @@ def save_team(team: Team, *, actor=None) -> Team:
 def delete_team(team: Team, *, actor=None) -> None:
     """The team goes; its members stay, without a team (Team.members is SET_NULL)."""
     pk = team.pk
+    # Its sharing group goes too, with what was shared through it: the members' teams are cleared by
+    # one update (Team.members is SET_NULL), which sync_team_group never sees. Read from the row: the
+    # group may have been made (on a first share) since `team` was read.
+    group_id = Team.objects.filter(pk=pk).values_list("group_id", flat=True).first()
     team.delete()
+    if group_id is not None:
+        Group.objects.filter(pk=group_id).delete()
     _event(actions.TEAM_DELETED, team, pk, actor=actor)
 
 

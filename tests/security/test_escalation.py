@@ -473,3 +473,27 @@ def test_an_admins_narrow_key_sees_and_manages_only_what_a_member_would(users, a
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {everything}")
     assert member.pk in [row["user"]["id"] for row in api_client.get(reverse("costs-breakdown")).json()["by_user"]]
     assert api_client.delete(reverse("document-detail", args=[private.pk])).status_code == 204
+
+
+@pytest.mark.django_db
+def test_a_deleted_teams_shares_are_gone_for_its_former_members(org):
+    # Control: accounts.actions.teams.delete_team deleting the team's sharing group. Before, the members'
+    # teams were cleared by one update (Team.members is SET_NULL) that never left the group, so they kept
+    # reading what had been shared with the team. Found by an outside review.
+    from accounts.actions.teams import create_team, delete_team
+    from accounts.actions.users import create_user
+    from accounts.services import TEAM_GROUP_PREFIX
+    from agents.actions.documents import share_document
+    from agents.documents import readable_documents
+
+    owner = create_user("owner", organization=org, role="user")
+    team = create_team(org, "Skunkworks")
+    member = create_user("member", organization=org, role="user", team=team)
+    document = upload_document(owner, name="plan.txt", data=b"the plan of the skunkworks", content_type="text/plain")
+    share_document(owner, document, team_ids=[team.pk])
+    assert readable_documents(User.objects.get(pk=member.pk), None).filter(pk=document.pk).exists()
+    delete_team(team)
+    member = User.objects.get(pk=member.pk)
+    assert member.team_id is None and not member.groups.filter(name__startswith=TEAM_GROUP_PREFIX).exists()
+    assert not readable_documents(member, None).filter(pk=document.pk).exists()
+    assert readable_documents(owner, None).filter(pk=document.pk).exists()  # the owner's own document stays
