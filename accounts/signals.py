@@ -30,16 +30,15 @@ def _team_changed(sender, instance, raw=False, update_fields=None, **kwargs):
         sync_team_group(instance)
 
 
-@receiver(post_save, sender=User)
-@receiver(post_delete, sender=User)
-def _owner_changed(sender, instance, **kwargs):
-    for prefix in APIKey.objects.filter(owner_id=instance.pk).values_list("prefix", flat=True):
-        forget_cached_key(prefix)
-
-
 def _forget_keys_of(owners) -> None:
     for prefix in APIKey.objects.filter(owner__in=owners).values_list("prefix", flat=True):
         forget_cached_key(prefix)
+
+
+@receiver(post_save, sender=User)
+@receiver(post_delete, sender=User)
+def _owner_changed(sender, instance, **kwargs):
+    _forget_keys_of([instance.pk])
 
 
 def _changed(instance, action: str, pk_set, linked):
@@ -51,15 +50,10 @@ def _changed(instance, action: str, pk_set, linked):
 
 
 @receiver(m2m_changed, sender=User.groups.through)
-def _role_changed(sender, instance, action, pk_set, **kwargs):
-    if isinstance(instance, User):
-        _owner_changed(User, instance)
-    else:  # from the role's side (role.user_set.remove(...)): its members named
-        _forget_keys_of(User.objects.filter(pk__in=_changed(instance, action, pk_set, instance.user_set)))
-
-
 @receiver(m2m_changed, sender=User.user_permissions.through)
-def _user_permissions_changed(sender, instance, action, pk_set, **kwargs):
+def _user_links_changed(sender, instance, action, pk_set, **kwargs):
+    """A user's roles or own permissions changed, from the user's side or from the role's or the
+    permission's (role.user_set.remove(...)): the keys of the users named."""
     if isinstance(instance, User):
         _owner_changed(User, instance)
     else:

@@ -224,5 +224,5 @@ def _kept_reference(field) -> str:
     if isinstance(field, models.ForeignKey) and field.remote_field.on_delete is models.SET_NULL:
         target = field.related_model._meta
         key = target.pk.column
-        return f"(SELECT t.{key} FROM {target.db_table} t WHERE t.{key} = r.{field.column})"  # noqa: S608
+        return f"(SELECT kept.{key} FROM {target.db_table} kept WHERE kept.{key} = r.{field.column})"  # noqa: S608
     return f"r.{field.column}"

@@ -97,7 +97,7 @@ def test_a_deleted_role_leaves_no_permission_on_the_sync_views_path(users):
                                  "permission.user_set.clear", "permission.group_set.remove",
                                  "permission deleted"])
 def test_a_permission_link_changed_from_either_side_binds_at_once(asgi_server, users, how):
-    # Control: accounts.signals' reverse-side handling (_changed) and _user_permissions_changed.
+    # Control: accounts.signals._user_links_changed and the permission side of _role_permissions_changed.
     member = users["viewer"]
     permission = Permission.objects.get(codename="use_math_agent")
     role = Group.objects.create(name="mathematicians")
